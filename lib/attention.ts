@@ -1,0 +1,208 @@
+/**
+ * Attention functions. Shape legend:
+ *   B = batch, H = heads, Lq = query length, Lk = key length, d = head dim, Dv = value dim
+ *   query [B, H, Lq, d], key [B, H, Lk, d], value [B, H, Lk, Dv]  ->  output [B, H, Lq, Dv]
+ *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
+ */
+import { describe, rangeError, typeError } from './errors';
+import { FeatureMap } from './feature-map';
+import { native, type NativeDims } from './native';
+import type { MaskLike, Tensor, TensorLike } from './tensor';
+import {
+  checkNoOverlap,
+  formatShape,
+  readBoolean,
+  readInteger,
+  readMask,
+  readNumber,
+  readOptions,
+  readTensor,
+} from './validate';
+
+export interface FavorAttentionOptions {
+  /** The features to use. Default: `new FeatureMap({ headDim: d, seed: 0 })`, made once per d and reused. */
+  featureMap?: FeatureMap;
+  /** Query i attends key j only when j <= i + (Lk - Lq) (bottom-right aligned). Default false. */
+  causal?: boolean;
+  /** [B, Lk] Uint8Array, nonzero = attend. A padded key leaves numerator and normalizer alike. */
+  keyPaddingMask?: MaskLike;
+  /**
+   * Added to every stabilized query and key feature (each feature is then at most
+   * 1 + epsilon), for models trained with implementations that add 1e-6. Default 0 (exact).
+   */
+  epsilon?: number;
+  /** Causal only: rows per chunk (1 = the recurrent form). Same result up to rounding. Default 64. */
+  chunkSize?: number;
+  /** A preallocated output [B, H, Lq, Dv] to write into (it is also what is returned). */
+  out?: TensorLike;
+}
+
+export interface SoftmaxAttentionOptions {
+  /** Query i attends key j only when j <= i + (Lk - Lq) (bottom-right aligned). Default false. */
+  causal?: boolean;
+  /** [B, Lk] Uint8Array, nonzero = attend. */
+  keyPaddingMask?: MaskLike;
+  /** Multiplies q.k before the softmax. Default 1 / sqrt(d). */
+  scale?: number;
+  /** A preallocated output [B, H, Lq, Dv] to write into (it is also what is returned). */
+  out?: TensorLike;
+}
+
+const FAVOR_OPTIONS = ['featureMap', 'causal', 'keyPaddingMask', 'epsilon', 'chunkSize', 'out'] as const;
+const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
+const LEGEND = '[batch, heads, seq, headDim]';
+
+interface Prepared {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  out: Float32Array;
+  outShape: readonly number[];
+  dims: NativeDims;
+  causal: boolean;
+  keyPadding: Uint8Array | null;
+}
+
+function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Record<string, unknown>): Prepared {
+  const q = readTensor(query, 'query', 4, LEGEND);
+  const k = readTensor(key, 'key', 4, LEGEND);
+  const v = readTensor(value, 'value', 4, LEGEND);
+  const [B, H, Lq, d] = q.shape;
+  const [, , Lk] = k.shape;
+  const Dv = v.shape[3];
+  const expectedKey = [B, H, k.shape[2], d];
+  if (k.shape.some((s, i) => s !== expectedKey[i])) {
+    throw rangeError(`key: expected shape ${formatShape(expectedKey)} to match query's batch, heads and headDim, received ${formatShape(k.shape)}`);
+  }
+  const expectedValue = [B, H, Lk, v.shape[3]];
+  if (v.shape.some((s, i) => s !== expectedValue[i])) {
+    throw rangeError(`value: expected shape ${formatShape(expectedValue)} to match key's batch, heads and length, received ${formatShape(v.shape)}`);
+  }
+  const causal = readBoolean(o.causal, `${fn} options.causal`, false);
+  const keyPadding =
+    o.keyPaddingMask === undefined ? null : readMask(o.keyPaddingMask, `${fn} options.keyPaddingMask`, [B, Lk]);
+  const outShape = Object.freeze([B, H, Lq, Dv]);
+  let out: Float32Array;
+  if (o.out !== undefined) {
+    const given = readTensor(o.out, `${fn} options.out`, 4, '[batch, heads, queryLength, valueDim]');
+    if (given.shape.some((s, i) => s !== outShape[i])) {
+      throw rangeError(`${fn} options.out: expected shape ${formatShape(outShape)}, received ${formatShape(given.shape)}`);
+    }
+    for (const [t, name] of [[q, 'query'], [k, 'key'], [v, 'value']] as const) {
+      checkNoOverlap(given.data, `${fn} options.out`, t.data, name);
+    }
+    out = given.data;
+  } else {
+    out = new Float32Array(B * H * Lq * Dv);
+  }
+  return {
+    q,
+    k,
+    v,
+    out,
+    outShape,
+    dims: { batch: B, heads: H, queryLength: Lq, keyLength: Lk, headDim: d, valueDim: Dv },
+    causal,
+    keyPadding,
+  };
+}
+
+const defaultMaps = new Map<number, FeatureMap>();
+
+function favorArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string) {
+  const o = readOptions<FavorAttentionOptions>(options, `${fn} options`, FAVOR_OPTIONS) as Record<string, unknown>;
+  const p = prepare(fn, query, key, value, o);
+  let map = o.featureMap as FeatureMap | undefined;
+  if (map === undefined) {
+    const d = p.dims.headDim;
+    map = defaultMaps.get(d);
+    if (map === undefined) {
+      map = new FeatureMap({ headDim: d, seed: 0 });
+      defaultMaps.set(d, map);
+    }
+  } else if (!(map instanceof FeatureMap)) {
+    throw typeError(`${fn} options.featureMap: expected a FeatureMap, received ${describe(map)}`);
+  }
+  const featureMap = map as FeatureMap;
+  if (featureMap.headDim !== p.dims.headDim) {
+    throw rangeError(
+      `${fn} options.featureMap: headDim ${featureMap.headDim} does not match query and key headDim ${p.dims.headDim}`,
+    );
+  }
+  const epsilon = readNumber(o.epsilon, `${fn} options.epsilon`, 0, { min: 0 });
+  if (epsilon !== 0 && featureMap.kernel === 'trig') {
+    throw rangeError(`${fn} options.epsilon: applies to positive feature maps, not to signed 'trig' features`, 'ERR_INVALID_ARG_VALUE');
+  }
+  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, 64, 1, 4096);
+  const nativeOptions = {
+    ...featureMap.nativeSpec(),
+    causal: p.causal,
+    keyPadding: p.keyPadding,
+    epsilon,
+    chunkSize,
+  };
+  return { p, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
+}
+
+function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string) {
+  const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, SOFTMAX_OPTIONS) as Record<string, unknown>;
+  const p = prepare(fn, query, key, value, o);
+  const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
+  const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
+  return { p, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
+}
+
+/**
+ * FAVOR attention (Performer): softmax attention estimated with random features,
+ * in time and memory linear in the sequence length. Runs on native worker threads;
+ * the event loop stays free. Bad arguments reject the Promise with a TypeError or
+ * RangeError. Inputs must not be modified until the Promise settles.
+ */
+export async function favorAttention(
+  query: TensorLike,
+  key: TensorLike,
+  value: TensorLike,
+  options?: FavorAttentionOptions,
+): Promise<Tensor> {
+  const { p, args } = favorArgs(query, key, value, options, 'favorAttention');
+  const data = await native().favorAttentionAsync(...args);
+  return { data, shape: p.outShape };
+}
+
+/** The blocking twin of {@link favorAttention}. */
+export function favorAttentionSync(
+  query: TensorLike,
+  key: TensorLike,
+  value: TensorLike,
+  options?: FavorAttentionOptions,
+): Tensor {
+  const { p, args } = favorArgs(query, key, value, options, 'favorAttentionSync');
+  return { data: native().favorAttentionSync(...args), shape: p.outShape };
+}
+
+/**
+ * Exact softmax attention, softmax(q k^T * scale) v, computed blockwise with an
+ * online softmax: O(Lq * Lk) time, O(block^2) extra memory. Runs on native worker
+ * threads.
+ */
+export async function softmaxAttention(
+  query: TensorLike,
+  key: TensorLike,
+  value: TensorLike,
+  options?: SoftmaxAttentionOptions,
+): Promise<Tensor> {
+  const { p, args } = softmaxArgs(query, key, value, options, 'softmaxAttention');
+  const data = await native().softmaxAttentionAsync(...args);
+  return { data, shape: p.outShape };
+}
+
+/** The blocking twin of {@link softmaxAttention}. */
+export function softmaxAttentionSync(
+  query: TensorLike,
+  key: TensorLike,
+  value: TensorLike,
+  options?: SoftmaxAttentionOptions,
+): Tensor {
+  const { p, args } = softmaxArgs(query, key, value, options, 'softmaxAttentionSync');
+  return { data: native().softmaxAttentionSync(...args), shape: p.outShape };
+}

@@ -1,0 +1,23 @@
+/**
+ * performer-attention: FAVOR+ (Performer) linear attention and exact blockwise
+ * softmax attention for Node.js, on C++ SIMD kernels.
+ */
+export {
+  favorAttention,
+  favorAttentionSync,
+  softmaxAttention,
+  softmaxAttentionSync,
+  type FavorAttentionOptions,
+  type SoftmaxAttentionOptions,
+} from './attention';
+export { backendInfo, setBackend, type BackendInfo, type BackendOptions, type Isa } from './backend';
+export type { CodedError, ErrorCode } from './errors';
+export {
+  FeatureMap,
+  type FeatureKernel,
+  type FeatureMapOptions,
+  type FeaturesOptions,
+  type FromProjectionOptions,
+  type NormScaling,
+} from './feature-map';
+export { tensor, type MaskLike, type Tensor, type TensorLike } from './tensor';

@@ -1,0 +1,19 @@
+// Module entry point: each binding file registers its own functions.
+#include <napi.h>
+
+#include "addon/attention_bindings.h"
+#include "addon/backend_bindings.h"
+#include "addon/feature_map_bindings.h"
+
+namespace {
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  pa_addon::register_backend_bindings(env, exports);
+  pa_addon::register_feature_map_bindings(env, exports);
+  pa_addon::register_attention_bindings(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(performer_attention, init)

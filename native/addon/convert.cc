@@ -1,0 +1,84 @@
+#include "addon/convert.h"
+
+#include <cmath>
+#include <limits>
+
+namespace pa_addon {
+
+Napi::Error make_error(Napi::Env env, const std::string& kind, const std::string& message,
+                       const std::string& code) {
+  Napi::Error error = kind == "TypeError"    ? Napi::TypeError::New(env, message)
+                      : kind == "RangeError" ? Napi::RangeError::New(env, message)
+                                             : Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, code));
+  return error;
+}
+
+void throw_type_error(Napi::Env env, const std::string& message, const char* code) {
+  throw make_error(env, "TypeError", message, code);
+}
+
+void throw_range_error(Napi::Env env, const std::string& message, const char* code) {
+  throw make_error(env, "RangeError", message, code);
+}
+
+FloatView float32_array(const Napi::Value& value, const char* name) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throw_type_error(value.Env(), std::string(name) + ": expected a Float32Array");
+  }
+  auto array = value.As<Napi::Float32Array>();
+  return {array.Data(), array.ElementLength()};
+}
+
+const std::uint8_t* optional_uint8_array(const Napi::Value& value, const char* name,
+                                         std::size_t expected_length) {
+  if (value.IsNull() || value.IsUndefined()) return nullptr;
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw_type_error(value.Env(), std::string(name) + ": expected a Uint8Array");
+  }
+  auto array = value.As<Napi::Uint8Array>();
+  if (array.ElementLength() != expected_length) {
+    throw_range_error(value.Env(), std::string(name) + ": expected " + std::to_string(expected_length) +
+                                       " elements, received " + std::to_string(array.ElementLength()));
+  }
+  return array.Data();
+}
+
+std::size_t size_property(const Napi::Object& object, const char* key) {
+  const Napi::Value value = object.Get(key);
+  const double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1.0;
+  if (!(number >= 0.0) || number != std::floor(number) || number > 9007199254740991.0) {
+    throw_range_error(object.Env(), std::string(key) + ": expected a non-negative integer");
+  }
+  return static_cast<std::size_t>(number);
+}
+
+double number_property(const Napi::Object& object, const char* key, double fallback) {
+  const Napi::Value value = object.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return fallback;
+  if (!value.IsNumber()) throw_type_error(object.Env(), std::string(key) + ": expected a number");
+  return value.As<Napi::Number>().DoubleValue();
+}
+
+bool bool_property(const Napi::Object& object, const char* key, bool fallback) {
+  const Napi::Value value = object.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return fallback;
+  if (!value.IsBoolean()) throw_type_error(object.Env(), std::string(key) + ": expected a boolean");
+  return value.As<Napi::Boolean>().Value();
+}
+
+std::string string_property(const Napi::Object& object, const char* key, const char* fallback) {
+  const Napi::Value value = object.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return fallback;
+  if (!value.IsString()) throw_type_error(object.Env(), std::string(key) + ": expected a string");
+  return value.As<Napi::String>().Utf8Value();
+}
+
+std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {
+  if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) {
+    throw_range_error(env, "tensor size overflows the address space");
+  }
+  return a * b;
+}
+
+}  // namespace pa_addon

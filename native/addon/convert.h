@@ -1,0 +1,56 @@
+// Conversions between JavaScript values and plain C++ data, and JS errors in
+// Node's style (TypeError / RangeError with a `code`). Validation proper happens
+// in TypeScript; these checks make sure the native side is never handed memory
+// it could overrun, whatever calls it.
+#pragma once
+
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace pa_addon {
+
+[[noreturn]] void throw_type_error(Napi::Env env, const std::string& message,
+                                   const char* code = "ERR_INVALID_ARG_TYPE");
+[[noreturn]] void throw_range_error(Napi::Env env, const std::string& message,
+                                    const char* code = "ERR_OUT_OF_RANGE");
+Napi::Error make_error(Napi::Env env, const std::string& kind, const std::string& message,
+                       const std::string& code);
+
+struct FloatView {
+  float* data = nullptr;
+  std::size_t length = 0;
+};
+
+// A Float32Array argument (TypeError otherwise).
+FloatView float32_array(const Napi::Value& value, const char* name);
+// A Uint8Array argument, or null/undefined (nullptr).
+const std::uint8_t* optional_uint8_array(const Napi::Value& value, const char* name,
+                                         std::size_t expected_length);
+
+// Non-negative integer property (RangeError when missing, fractional or negative).
+std::size_t size_property(const Napi::Object& object, const char* key);
+double number_property(const Napi::Object& object, const char* key, double fallback);
+bool bool_property(const Napi::Object& object, const char* key, bool fallback);
+std::string string_property(const Napi::Object& object, const char* key, const char* fallback);
+
+// a * b, or a RangeError when it overflows size_t.
+std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b);
+
+// Errors caught on a worker thread, rethrown as JS errors on the main thread.
+struct PendingError {
+  std::string kind;  // "RangeError", "Error"
+  std::string message;
+  std::string code;
+  bool empty() const { return message.empty(); }
+};
+
+// Runs fn, converting C++ exceptions into a PendingError.
+template <typename Fn>
+PendingError capture_errors(Fn&& fn);
+
+}  // namespace pa_addon
+
+#include "addon/convert_inl.h"

@@ -1,0 +1,24 @@
+#pragma once
+
+#include <new>
+#include <stdexcept>
+
+#include "core/attention_common.h"
+
+namespace pa_addon {
+
+template <typename Fn>
+PendingError capture_errors(Fn&& fn) {
+  try {
+    fn();
+  } catch (const pa::InputError& error) {
+    return {"RangeError", error.what(), error.code()};
+  } catch (const std::bad_alloc&) {
+    return {"RangeError", "not enough memory for this call", "ERR_MEMORY_ALLOCATION_FAILED"};
+  } catch (const std::exception& error) {
+    return {"Error", std::string("internal error: ") + error.what(), "ERR_PERFORMER_INTERNAL"};
+  }
+  return {};
+}
+
+}  // namespace pa_addon

@@ -1,0 +1,43 @@
+// Shapes, input errors and input checks shared by the attention drivers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pa {
+
+// q [batch, heads, q_len, head_dim], k [batch, heads, k_len, head_dim],
+// v [batch, heads, k_len, value_dim], out [batch, heads, q_len, value_dim];
+// all contiguous row-major.
+struct AttentionDims {
+  std::size_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, value_dim = 0;
+};
+
+// A problem with the values handed in (not with the program): the bindings turn it
+// into a RangeError carrying `code`.
+class InputError : public std::runtime_error {
+ public:
+  InputError(const std::string& message, const char* code = "ERR_OUT_OF_RANGE")
+      : std::runtime_error(message), code_(code) {}
+  const char* code() const { return code_; }
+
+ private:
+  const char* code_;
+};
+
+// Largest squared row norm and largest |value| of the inputs.
+struct InputStats {
+  double max_query_norm2 = 0.0;
+  double max_key_norm2 = 0.0;
+  double max_abs_value = 0.0;
+};
+
+// Throws InputError naming the tensor and flat index of the first NaN or infinity.
+InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v);
+
+// Throws InputError when sums of k_len values of this magnitude could overflow float32.
+void check_value_magnitude(const AttentionDims& dims, const InputStats& stats);
+
+}  // namespace pa

@@ -1,0 +1,38 @@
+// FAVOR attention drivers: loop over (batch, head) pairs on the thread pool and,
+// inside one head, over blocks of keys and queries. All arithmetic on blocks goes
+// through the KernelSet handed in.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/attention_common.h"
+#include "core/feature_map.h"
+#include "core/thread_pool.h"
+#include "kernels/kernels.h"
+
+namespace pa {
+
+struct FavorOptions {
+  FeatureMapSpec feature_map;
+  bool causal = false;
+  // [batch, k_len], nonzero = attend; null = every key attends. A padded key's
+  // feature row is zero: it leaves both the numerator and the normalizer.
+  const std::uint8_t* key_padding = nullptr;
+  // Added to every stabilized feature of queries and keys (0 = exact estimator).
+  float epsilon = 0.0f;
+  // Rows per causal chunk (1 = the recurrent form). Results do not depend on it
+  // beyond rounding.
+  std::size_t chunk_size = 64;
+};
+
+constexpr std::size_t kMaxChunkSize = 4096;
+
+// out[batch, heads, q_len, value_dim]. Causal: query i attends key j when
+// j <= i + (k_len - q_len). A query that attends no key gets a zero row.
+// Throws InputError for non-finite or oversized inputs.
+void favor_attention(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                     float* out, const FavorOptions& options, const KernelSet& kernels,
+                     ThreadPool& pool);
+
+}  // namespace pa

@@ -1,0 +1,52 @@
+// Micro-kernels: the innermost loops, one implementation per instruction set.
+//
+// Every family has one signature; each ISA file (scalar.cc, avx2.cc, avx512.cc)
+// fills a KernelSet with its own versions. Drivers in native/core never call an
+// ISA directly: they receive a KernelSet chosen once at load time (dispatch.cc),
+// so tests can run every compiled path, not only the one the CPU would pick.
+#pragma once
+
+#include <cstddef>
+
+namespace pa {
+
+// C[M x N] = (accumulate ? C : 0) + A[M x K] * B[K x N]
+//   A(i, k) = a[i * a_row_stride + k * a_col_stride]  (any strides: A may be a transpose)
+//   B(k, n) = b[k * ldb + n]                          (rows contiguous)
+//   C(i, n) = c[i * ldc + n]                          (rows contiguous)
+// No alignment is assumed for any pointer. K == 0 with accumulate == false writes zeros.
+using GemmFn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float* a,
+                        std::size_t a_row_stride, std::size_t a_col_stride, const float* b,
+                        std::size_t ldb, float* c, std::size_t ldc, bool accumulate);
+
+// y[i] = exp(x[i] + (bias ? bias[i] : 0) + offset), for i < n. y may alias x.
+// Accurate to a few ulp over the whole float range: large arguments give +inf,
+// very negative ones give 0 (or a denormal), NaN stays NaN.
+using ExpBiasFn = void (*)(std::size_t n, const float* x, const float* bias, float offset,
+                           float* y);
+
+// max over i < n of (x[i] + (bias ? bias[i] : 0)); -inf when n == 0. NaN inputs are ignored.
+using MaxBiasFn = float (*)(std::size_t n, const float* x, const float* bias);
+
+// acc[i] = max(acc[i], x[i]) for i < n (running per-feature maximum).
+using MaxAccumulateFn = void (*)(std::size_t n, const float* x, float* acc);
+
+struct KernelSet {
+  const char* name;  // "scalar", "avx2", "avx512"
+  GemmFn gemm;
+  ExpBiasFn exp_bias;
+  MaxBiasFn max_bias;
+  MaxAccumulateFn max_accumulate;
+};
+
+// The ISA files each define one of these; the AVX ones only on x86-64 builds
+// (PA_HAVE_AVX2 / PA_HAVE_AVX512 are defined by both build systems there).
+extern const KernelSet kScalarKernels;
+#if defined(PA_HAVE_AVX2)
+extern const KernelSet kAvx2Kernels;
+#endif
+#if defined(PA_HAVE_AVX512)
+extern const KernelSet kAvx512Kernels;
+#endif
+
+}  // namespace pa

@@ -1,0 +1,92 @@
+// Portable micro-kernels: plain C++ with no intrinsics, for any CPU (arm64 included)
+// and as the reference path that tests can force. Loops are written so that the
+// compiler can vectorize them for the baseline ISA.
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+
+#include "kernels.h"
+
+namespace pa {
+namespace {
+
+// c[n] += a0 b0[n] + a1 b1[n] + a2 b2[n] + a3 b3[n], added left to right. Four rows of
+// B per pass cut the loads and stores of C by four; __restrict (C never aliases B)
+// lets the compiler vectorize without runtime overlap checks.
+void axpy4_scalar(std::size_t n, float a0, const float* __restrict b0, float a1,
+                  const float* __restrict b1, float a2, const float* __restrict b2, float a3,
+                  const float* __restrict b3, float* __restrict c) {
+  for (std::size_t j = 0; j < n; ++j) {
+    c[j] = c[j] + a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+  }
+}
+
+void axpy1_scalar(std::size_t n, float a0, const float* __restrict b0, float* __restrict c) {
+  for (std::size_t j = 0; j < n; ++j) c[j] += a0 * b0[j];
+}
+
+// Loops i, k, n: the innermost loop runs along contiguous rows of B and C.
+void gemm_scalar(std::size_t M, std::size_t N, std::size_t K, const float* a,
+                 std::size_t a_row_stride, std::size_t a_col_stride, const float* b,
+                 std::size_t ldb, float* c, std::size_t ldc, bool accumulate) {
+  if (N == 0) return;
+  for (std::size_t i = 0; i < M; ++i) {
+    const float* ai = a + i * a_row_stride;
+    float* ci = c + i * ldc;
+    if (!accumulate) std::memset(ci, 0, N * sizeof(float));
+    std::size_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      const float* bk = b + k * ldb;
+      axpy4_scalar(N, ai[k * a_col_stride], bk, ai[(k + 1) * a_col_stride], bk + ldb,
+                   ai[(k + 2) * a_col_stride], bk + 2 * ldb, ai[(k + 3) * a_col_stride],
+                   bk + 3 * ldb, ci);
+    }
+    for (; k < K; ++k) axpy1_scalar(N, ai[k * a_col_stride], b + k * ldb, ci);
+  }
+}
+
+// The argument is (x[i] + bias[i]) + offset rounded in float, in that order, as in
+// every kernel set; std::exp(float) handles overflow, denormals and NaN.
+void exp_bias_scalar(std::size_t n, const float* x, const float* bias, float offset,
+                     float* y) {
+  if (bias != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const float s = x[i] + bias[i];
+      y[i] = std::exp(s + offset);
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) y[i] = std::exp(x[i] + offset);
+  }
+}
+
+// `v > m` is false for NaN, so NaN inputs are skipped.
+float max_bias_scalar(std::size_t n, const float* x, const float* bias) {
+  float m = -std::numeric_limits<float>::infinity();
+  if (bias != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const float v = x[i] + bias[i];
+      if (v > m) m = v;
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (x[i] > m) m = x[i];
+    }
+  }
+  return m;
+}
+
+// acc = fmax(acc, x): a NaN on either side yields the other operand.
+void max_accumulate_scalar(std::size_t n, const float* x, float* acc) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float a = acc[i], v = x[i];
+    if (v > a || a != a) acc[i] = v;
+  }
+}
+
+}  // namespace
+
+const KernelSet kScalarKernels = {"scalar", gemm_scalar, exp_bias_scalar, max_bias_scalar,
+                                  max_accumulate_scalar};
+
+}  // namespace pa
