@@ -13,6 +13,15 @@ const jestJson = path.join(outDir, 'jest.json');
 const nativeJson = path.join(outDir, 'native.json');
 for (const file of [jestJson, nativeJson]) fs.rmSync(file, { force: true });
 
+// The README and demo tests run the built package: compile the TypeScript first.
+const tsc = spawnSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json'], {
+  cwd: root,
+  stdio: 'inherit',
+});
+if (tsc.status !== 0) {
+  console.log('0 passed, 1 failed');
+  process.exit(1);
+}
 const jestBin = require.resolve('jest/bin/jest');
 const jest = spawnSync(process.execPath, [jestBin, '--json', `--outputFile=${jestJson}`, ...process.argv.slice(2)], {
   cwd: root,
