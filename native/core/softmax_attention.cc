@@ -6,6 +6,8 @@
 #include <memory>
 #include <vector>
 
+#include "core/head_loop.h"
+
 namespace pa {
 namespace {
 
@@ -105,17 +107,8 @@ void softmax_attention(const AttentionDims& dims, const float* q, const float* k
     throw InputError("query/key: magnitudes so large that attention scores overflow float32");
   }
   check_value_magnitude(dims, stats);
-  const std::size_t pairs = dims.batch * dims.heads;
-  std::vector<std::unique_ptr<SoftmaxHead>> heads(pool.size());
-  pool.parallel_for(pairs, 1, [&](std::size_t begin, std::size_t end, std::size_t slot) {
-    if (!heads[slot]) heads[slot] = std::make_unique<SoftmaxHead>(dims, options, kernels);
-    for (std::size_t p = begin; p < end; ++p) {
-      const std::size_t b = p / dims.heads;
-      const std::uint8_t* pad = options.key_padding ? options.key_padding + b * dims.k_len : nullptr;
-      heads[slot]->run(q + p * dims.q_len * dims.head_dim, k + p * dims.k_len * dims.head_dim,
-                       v + p * dims.k_len * dims.value_dim, out + p * dims.q_len * dims.value_dim, pad);
-    }
-  });
+  run_heads<SoftmaxHead>(pool, dims, q, k, v, out, options.key_padding,
+                      [&] { return std::make_unique<SoftmaxHead>(dims, options, kernels); });
 }
 
 }  // namespace pa
