@@ -7,7 +7,7 @@ import { randomInt } from 'node:crypto';
 import { describe, rangeError, stateError, typeError } from './errors';
 import { native, type NativeFeatureMap } from './native';
 import type { Tensor, TensorLike } from './tensor';
-import { formatShape, readBoolean, readEnum, readInteger, readNumber, readOptions, readTensor } from './validate';
+import { formatShape, isFloat32Array, readBoolean, readEnum, readInteger, readNumber, readOptions, readTensor } from './validate';
 
 /**
  * The kernel a feature map estimates (or, for the generalized kernels, defines):
@@ -122,7 +122,7 @@ export class FeatureMap {
    * `projection` is m x d row-major: numFeatures * headDim floats.
    */
   static fromProjection(projection: Float32Array, options: FromProjectionOptions): FeatureMap {
-    if (!(projection instanceof Float32Array)) {
+    if (!isFloat32Array(projection)) {
       throw typeError(`projection: expected a Float32Array, received ${describe(projection)}`);
     }
     const o = readOptions<FromProjectionOptions>(options, 'FeatureMap.fromProjection options', [
@@ -190,8 +190,9 @@ export class FeatureMap {
 
   /**
    * phi(x) for x of shape [..., headDim]: a tensor of shape [..., featureCount].
-   * Values are computed in double and rounded once; positive features of very
-   * large inputs can exceed float range (Infinity): use `logSpace` for those.
+   * The projection and log-features are computed in float32, the final exp in
+   * double; positive features of very large inputs can exceed float range
+   * (Infinity): use `logSpace` for those.
    */
   features(x: TensorLike, options?: FeaturesOptions): Tensor {
     const o = readOptions<FeaturesOptions>(options, 'features options', ['logSpace']);

@@ -3,6 +3,8 @@
  * type) or RangeError (bad value or shape) whose message names the argument and
  * shows what was expected and what was received.
  */
+import { types } from 'node:util';
+
 import { describe, rangeError, typeError } from './errors';
 import type { MaskLike, Tensor, TensorLike } from './tensor';
 
@@ -34,18 +36,26 @@ function product(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
+// util.types checks work for typed arrays made in any realm (the addon's, a vm
+// context's), where `instanceof` would not.
+const TYPED_CHECKS = { Float32Array: types.isFloat32Array, Uint8Array: types.isUint8Array } as const;
+
+export function isFloat32Array(value: unknown): value is Float32Array {
+  return types.isFloat32Array(value);
+}
+
 function readTyped<T extends Float32Array | Uint8Array>(
   value: unknown,
   name: string,
-  ctor: { new (n: number): T; name: string },
+  typeName: 'Float32Array' | 'Uint8Array',
 ): { data: T; shape: number[] } {
   if (value === null || typeof value !== 'object' || ArrayBuffer.isView(value) || Array.isArray(value)) {
-    throw typeError(`${name}: expected an object { data: ${ctor.name}, shape: number[] }, received ${describe(value)}`);
+    throw typeError(`${name}: expected an object { data: ${typeName}, shape: number[] }, received ${describe(value)}`);
   }
   const record = value as Record<string, unknown>;
   const data = record.data;
-  if (!(data instanceof ctor)) {
-    throw typeError(`${name}.data: expected a ${ctor.name}, received ${describe(data)}`);
+  if (!TYPED_CHECKS[typeName](data)) {
+    throw typeError(`${name}.data: expected a ${typeName}, received ${describe(data)}`);
   }
   const shape = readShape(record, name);
   const size = product(shape);
@@ -62,7 +72,7 @@ function readTyped<T extends Float32Array | Uint8Array>(
 
 /** Reads a tensor argument; `rank` (when given) is required. */
 export function readTensor(value: unknown, name: string, rank?: number, legend?: string): Tensor {
-  const t = readTyped(value, name, Float32Array);
+  const t = readTyped<Float32Array>(value, name, 'Float32Array');
   if (rank !== undefined && t.shape.length !== rank) {
     throw rangeError(
       `${name}: expected a rank-${rank} tensor${legend ? ` ${legend}` : ''}, received shape ${formatShape(t.shape)}`,
@@ -72,7 +82,7 @@ export function readTensor(value: unknown, name: string, rank?: number, legend?:
 }
 
 export function readMask(value: unknown, name: string, expected: readonly number[]): Uint8Array {
-  const m = readTyped(value, name, Uint8Array);
+  const m = readTyped<Uint8Array>(value, name, 'Uint8Array');
   if (m.shape.length !== expected.length || m.shape.some((d, i) => d !== expected[i])) {
     throw rangeError(`${name}: expected shape ${formatShape(expected)}, received ${formatShape(m.shape)}`);
   }

@@ -10,6 +10,8 @@ import {
   softmaxAttentionSync,
   tensor,
 } from '../lib';
+import { runInNewContext } from 'node:vm';
+
 import { expectRejects, expectThrows, type ExpectedError } from './helpers/errors';
 
 const B = 2;
@@ -84,6 +86,14 @@ describe('tensor arguments', () => {
     const viaDims = favorAttentionSync({ data: q.data, dims: q.shape }, k, v, { featureMap: fm });
     const viaShape = favorAttentionSync(q, k, v, { featureMap: fm });
     expect(viaDims.data).toEqual(viaShape.data);
+  });
+  test('typed arrays from another realm (a vm context, the addon) are accepted', () => {
+    const foreign = runInNewContext('new Float32Array(16).fill(0.25)') as Float32Array;
+    const shape = [1, 1, 4, 4];
+    expect(softmaxAttentionSync({ data: foreign, shape }, { data: foreign, shape }, { data: foreign, shape }).data[0]).toBeCloseTo(0.25, 6);
+    const map = FeatureMap.fromProjection(runInNewContext('new Float32Array(32).fill(0.5)') as Float32Array, { headDim: 4, numFeatures: 8 });
+    const phi = map.features({ data: foreign, shape: [4, 4] });
+    expect(map.features({ data: phi.data.subarray(0, 8), shape: [2, 4] }).shape).toEqual([2, 8]);
   });
   test('tensor() checks its arguments', () => {
     expectThrows(() => tensor(new Float32Array(5), [2, 3]), rangeErr(/^tensor: data length 5 does not match shape \[2, 3\] \(6 elements\)$/));

@@ -55,8 +55,8 @@ class FeatureEvaluator {
   std::vector<float> projection_t_;  // d x m
 };
 
-// phi(x) itself (scale included), rows x d in, rows x F out, computed in double
-// from the log-magnitudes; values beyond float range become +-Infinity. With
+// phi(x) itself (scale included), rows x d in, rows x F out: float32
+// log-magnitudes, exponentiated in double; values beyond float range become +-Infinity. With
 // log_space, writes log|phi| instead (finite for every finite input of the
 // positive kernels).
 void compute_features(const FeatureMapSpec& spec, const KernelSet& kernels, const float* x,

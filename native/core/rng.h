@@ -4,7 +4,9 @@
 //   state  = four successive outputs of SplitMix64 seeded with `seed`
 //   next() = xoshiro256** (Blackman & Vigna)
 //   uniform() = (next() >> 11) * 2^-53, in [0, 1)
-//   normal()  = Marsaglia's polar method on two uniforms mapped to (-1, 1), using
+//   normal()  = Marsaglia's polar method: u = 2 uniform() - 1, v = 2 uniform() - 1,
+//               rejected unless 0 < s = u^2 + v^2 < 1; returns u f and keeps v f
+//               (f = sqrt(-2 log(s) / s)) for the next call; using
 //               portable_log() below instead of the C library's log, so the
 //               result does not depend on the platform's libm.
 //
