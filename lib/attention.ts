@@ -28,7 +28,9 @@ export interface FavorAttentionOptions {
   keyPaddingMask?: MaskLike;
   /**
    * Added to every stabilized query and key feature (each feature is then at most
-   * 1 + epsilon), for models trained with implementations that add 1e-6. Default 0 (exact).
+   * 1 + epsilon), for models trained with implementations that add 1e-6. Features
+   * are stabilized against the keys each query attends (a causal row never depends
+   * on later keys). Default 0 (exact).
    */
   epsilon?: number;
   /** Causal only: rows per chunk (1 = the recurrent form). Same result up to rounding. Default 64. */

@@ -19,7 +19,8 @@ struct FavorOptions {
   // [batch, k_len], nonzero = attend; null = every key attends. A padded key's
   // feature row is zero: it leaves both the numerator and the normalizer.
   const std::uint8_t* key_padding = nullptr;
-  // Added to every stabilized feature of queries and keys (0 = exact estimator).
+  // Added to every stabilized feature of queries and keys (0 = exact estimator);
+  // the stabilizer of each query row is the max over the keys it attends.
   float epsilon = 0.0f;
   // Rows per causal chunk (1 = the recurrent form). Results do not depend on it
   // beyond rounding.
