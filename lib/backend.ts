@@ -40,3 +40,32 @@ export function setBackend(options: BackendOptions): BackendInfo {
   if (o.threads !== undefined) native().setThreads(readInteger(o.threads, 'setBackend options.threads', 1, 1, 1024));
   return backendInfo();
 }
+
+export interface FmaPeakOptions {
+  /** Kernel set whose FMA loop to run. Default: the one in use. */
+  isa?: Isa;
+  /** Threads running the loop at the same time. Default 1. */
+  threads?: number;
+  /** How long to run. Default 200. */
+  milliseconds?: number;
+}
+
+export interface FmaPeak {
+  isa: Isa;
+  /** Total multiply-add rate of all threads, GFLOP/s (an FMA counts as 2 flops). */
+  gflops: number;
+  perThread: number[];
+}
+
+/**
+ * Measures this machine's float32 multiply-add peak: independent vector FMAs held
+ * in registers, on `threads` threads at once. Benchmarks report achieved GFLOP/s
+ * against it. Blocks the calling thread for about `milliseconds`.
+ */
+export function measureFmaPeak(options: FmaPeakOptions = {}): FmaPeak {
+  const o = readOptions<FmaPeakOptions>(options, 'measureFmaPeak options', ['isa', 'threads', 'milliseconds']);
+  const isa = readEnum(o.isa, 'measureFmaPeak options.isa', backendInfo().isa, ['scalar', 'avx2', 'avx512'] as const);
+  const threads = readInteger(o.threads, 'measureFmaPeak options.threads', 1, 1, 1024);
+  const milliseconds = readInteger(o.milliseconds, 'measureFmaPeak options.milliseconds', 200, 1, 60000);
+  return native().measureFmaPeak({ isa, threads, milliseconds }) as FmaPeak;
+}

@@ -10,7 +10,16 @@ export {
   type FavorAttentionOptions,
   type SoftmaxAttentionOptions,
 } from './attention';
-export { backendInfo, setBackend, type BackendInfo, type BackendOptions, type Isa } from './backend';
+export {
+  backendInfo,
+  measureFmaPeak,
+  setBackend,
+  type BackendInfo,
+  type BackendOptions,
+  type FmaPeak,
+  type FmaPeakOptions,
+  type Isa,
+} from './backend';
 export type { CodedError, ErrorCode } from './errors';
 export {
   FeatureMap,

@@ -3,7 +3,15 @@
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 
-import { FeatureMap, backendInfo, favorAttention, favorAttentionSync, setBackend, softmaxAttention } from '../lib';
+import {
+  FeatureMap,
+  backendInfo,
+  favorAttention,
+  favorAttentionSync,
+  measureFmaPeak,
+  setBackend,
+  softmaxAttention,
+} from '../lib';
 
 const root = path.resolve(__dirname, '..');
 
@@ -39,6 +47,17 @@ describe('backend', () => {
       setBackend({ isa: before.isa, threads: before.threads });
     }
     expect(backendInfo()).toEqual(before);
+  });
+
+  test('measureFmaPeak runs every available ISA on the requested threads', () => {
+    for (const isa of backendInfo().available) {
+      const peak = measureFmaPeak({ isa, threads: 2, milliseconds: 20 });
+      expect(peak.isa).toBe(isa);
+      expect(peak.perThread).toHaveLength(2);
+      for (const rate of peak.perThread) expect(rate).toBeGreaterThan(0.1);
+      expect(peak.gflops).toBeCloseTo(peak.perThread[0] + peak.perThread[1], 6);
+    }
+    expect(() => measureFmaPeak({ threads: 0 })).toThrow(/threads: expected an integer from 1 to 1024, received 0/);
   });
 
   test('PERFORMER_ATTENTION_ISA=scalar forces the scalar path at load', () => {

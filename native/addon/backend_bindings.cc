@@ -1,7 +1,10 @@
-// backendInfo(), setIsa(name), setThreads(n).
+// backendInfo(), setIsa(name), setThreads(n), measureFmaPeak(options).
 #include "addon/backend_bindings.h"
 
 #include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
 
 #include "addon/convert.h"
 #include "core/thread_pool.h"
@@ -49,6 +52,54 @@ Napi::Value set_threads(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Runs the ISA's FMA loop on `threads` threads at once for about `milliseconds`
+// and returns { gflops, perThread }: the multiply-add peak that benchmarks
+// compare their achieved rates against. Blocks the calling thread (a benchmark tool).
+Napi::Value measure_fma_peak(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throw_type_error(env, "options: expected an object");
+  const Napi::Object options = info[0].As<Napi::Object>();
+  const std::string isa = string_property(options, "isa", active_kernels().name);
+  const pa::KernelSet* set = pa::find_kernel_set(isa);
+  if (set == nullptr) throw_range_error(env, "isa: \"" + isa + "\" is not available on this CPU or build");
+  const double threads = number_property(options, "threads", 1);
+  const double milliseconds = number_property(options, "milliseconds", 200);
+  if (!(threads >= 1 && threads <= 1024) || threads != static_cast<double>(static_cast<long>(threads))) {
+    throw_range_error(env, "threads: expected an integer from 1 to 1024");
+  }
+  if (!(milliseconds >= 1 && milliseconds <= 60000)) throw_range_error(env, "milliseconds: expected 1 to 60000");
+  const std::size_t n = static_cast<std::size_t>(threads);
+  std::vector<double> rates(n, 0.0);
+  std::vector<float> sinks(n, 0.0f);
+  std::vector<std::thread> pool;
+  for (std::size_t t = 0; t < n; ++t) {
+    pool.emplace_back([&, t] {
+      using clock = std::chrono::steady_clock;
+      const auto start = clock::now();
+      const auto deadline = start + std::chrono::duration<double, std::milli>(milliseconds);
+      double flops = 0.0;
+      auto now = start;
+      do {
+        flops += set->fma_peak(1 << 16, &sinks[t]);
+        now = clock::now();
+      } while (now < deadline);
+      rates[t] = flops / std::chrono::duration<double>(now - start).count() / 1e9;
+    });
+  }
+  for (auto& thread : pool) thread.join();
+  Napi::Object result = Napi::Object::New(env);
+  Napi::Array per_thread = Napi::Array::New(env, n);
+  double total = 0.0;
+  for (std::size_t t = 0; t < n; ++t) {
+    per_thread.Set(static_cast<uint32_t>(t), rates[t]);
+    total += rates[t];
+  }
+  result.Set("isa", set->name);
+  result.Set("gflops", total);
+  result.Set("perThread", per_thread);
+  return result;
+}
+
 }  // namespace
 
 const pa::KernelSet& active_kernels() { return *active_slot().load(); }
@@ -57,6 +108,7 @@ void register_backend_bindings(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New(env, backend_info, "backendInfo"));
   exports.Set("setIsa", Napi::Function::New(env, set_isa, "setIsa"));
   exports.Set("setThreads", Napi::Function::New(env, set_threads, "setThreads"));
+  exports.Set("measureFmaPeak", Napi::Function::New(env, measure_fma_peak, "measureFmaPeak"));
 }
 
 }  // namespace pa_addon

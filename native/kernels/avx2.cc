@@ -340,8 +340,25 @@ void max_accumulate_avx2(std::size_t n, const float* x, float* acc) {
 
 }  // namespace
 
+// 12 independent accumulators: two FMA pipes with 4-cycle latency need at least 8.
+static double fma_peak_avx2(std::size_t iterations, float* sink) {
+  __m256 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(1.0f + 0.001f * i);
+  const __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  for (std::size_t it = 0; it < iterations; ++it) {
+    PA_UNROLL
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], b, c);
+  }
+  __m256 total = acc[0];
+  for (int i = 1; i < 12; ++i) total = _mm256_add_ps(total, acc[i]);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, total);
+  *sink = lanes[0] + lanes[7];
+  return static_cast<double>(iterations) * 12 * 8 * 2;
+}
+
 const KernelSet kAvx2Kernels = {"avx2", gemm_avx2, exp_bias_avx2, max_bias_avx2,
-                                max_accumulate_avx2};
+                                max_accumulate_avx2, fma_peak_avx2};
 
 }  // namespace pa
 

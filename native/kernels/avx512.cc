@@ -347,8 +347,25 @@ void max_accumulate_avx512(std::size_t n, const float* x, float* acc) {
 
 }  // namespace
 
+// 12 independent accumulators: two FMA pipes with 4-cycle latency need at least 8.
+static double fma_peak_avx512(std::size_t iterations, float* sink) {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(1.0f + 0.001f * i);
+  const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (std::size_t it = 0; it < iterations; ++it) {
+    PA_UNROLL
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
+  }
+  __m512 total = acc[0];
+  for (int i = 1; i < 12; ++i) total = _mm512_add_ps(total, acc[i]);
+  float lanes[16];
+  _mm512_storeu_ps(lanes, total);
+  *sink = lanes[0] + lanes[15];
+  return static_cast<double>(iterations) * 12 * 16 * 2;
+}
+
 const KernelSet kAvx512Kernels = {"avx512", gemm_avx512, exp_bias_avx512, max_bias_avx512,
-                                  max_accumulate_avx512};
+                                  max_accumulate_avx512, fma_peak_avx512};
 
 }  // namespace pa
 

@@ -31,12 +31,19 @@ using MaxBiasFn = float (*)(std::size_t n, const float* x, const float* bias);
 // acc[i] = max(acc[i], x[i]) for i < n (running per-feature maximum).
 using MaxAccumulateFn = void (*)(std::size_t n, const float* x, float* acc);
 
+// The machine's multiply-add peak with this ISA: runs `iterations` rounds of
+// independent vector FMAs held in registers and returns the flops performed
+// (writes a value derived from them to *sink so nothing is optimized away).
+// Benchmarks report achieved GFLOP/s against it.
+using FmaPeakFn = double (*)(std::size_t iterations, float* sink);
+
 struct KernelSet {
   const char* name;  // "scalar", "avx2", "avx512"
   GemmFn gemm;
   ExpBiasFn exp_bias;
   MaxBiasFn max_bias;
   MaxAccumulateFn max_accumulate;
+  FmaPeakFn fma_peak;
 };
 
 // The ISA files each define one of these; the AVX ones only on x86-64 builds

@@ -86,7 +86,22 @@ void max_accumulate_scalar(std::size_t n, const float* x, float* acc) {
 
 }  // namespace
 
+// The portable build's multiply-add rate (the compiler may vectorize this loop
+// for the baseline ISA, as it does the other scalar kernels).
+static double fma_peak_scalar(std::size_t iterations, float* sink) {
+  float acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = 1.0f + 0.001f * i;
+  const float b = 0.999999f, c = 1e-7f;
+  for (std::size_t it = 0; it < iterations; ++it) {
+    for (int i = 0; i < 16; ++i) acc[i] = acc[i] * b + c;
+  }
+  float total = 0.0f;
+  for (int i = 0; i < 16; ++i) total += acc[i];
+  *sink = total;
+  return static_cast<double>(iterations) * 16 * 2;
+}
+
 const KernelSet kScalarKernels = {"scalar", gemm_scalar, exp_bias_scalar, max_bias_scalar,
-                                  max_accumulate_scalar};
+                                  max_accumulate_scalar, fma_peak_scalar};
 
 }  // namespace pa
