@@ -4,10 +4,9 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <sstream>
 #include <vector>
 
-#include "core/head_loop.h"
+#include "core/memory.h"
 
 namespace pa {
 namespace {
@@ -15,137 +14,206 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr std::size_t kBlockRows = 64;  // rows per block of the bidirectional passes
 // Inside a causal chunk, query features may exceed 1 by at most exp(kMaxChunkGap)
-// (see process_causal_rows); past that the chunk is split in two.
+// (see FavorWorker::causal_rows); past that the chunk is split in two.
 constexpr float kMaxChunkGap = 40.0f;
+// A head is split into parts (key ranges, query ranges, causal segments) only
+// when there are fewer heads than threads, and never below this many rows a part.
+constexpr std::size_t kMinRowsPerPart = 256;
 
-// Divides each row of num by its normalizer. A row whose normalizer is zero (it
-// attends no key) or whose result is not finite (only possible with `trig`
-// features, whose normalizer can cancel) is returned as zeros.
-void normalize_rows(float* out, std::size_t rows, std::size_t width, const float* den) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    float* row = out + r * width;
-    bool ok = den[r] != 0.0f && std::isfinite(den[r]);
-    if (ok) {
-      const float inv = 1.0f / den[r];
-      for (std::size_t i = 0; i < width; ++i) {
-        row[i] *= inv;
-        ok = ok && std::isfinite(row[i]);
+// The running key statistics of one (batch, head), relative to a per-feature
+// reference c (b_jf = exp(zk_jf - c_f), W = Dv + 1):
+//   s[f * W + e] = sum_j b_jf v_je for e < Dv, and s[f * W + Dv] = sum_j b_jf
+//   values[e] = sum_j v_je, values[Dv] = number of keys (epsilon only)
+// over the attended (unpadded) keys absorbed so far.
+struct StateView {
+  float* s;
+  float* c;
+  float* values;
+};
+
+struct StateLayout {
+  std::size_t F, W;
+  std::size_t floats() const { return Carver::round_up(F * W) + Carver::round_up(F) + Carver::round_up(W); }
+  StateView view(float* base) const {
+    Carver carve(base);
+    float* s = carve.take(F * W);
+    float* c = carve.take(F);
+    return {s, c, carve.take(W)};
+  }
+  void reset(const StateView& st) const {
+    std::fill(st.s, st.s + F * W, 0.0f);
+    std::fill(st.c, st.c + F, kNegInf);
+    std::fill(st.values, st.values + W, 0.0f);
+  }
+  // dst <- the state of dst's keys and src's keys together.
+  void merge(const StateView& dst, const StateView& src) const {
+    for (std::size_t f = 0; f < F; ++f) {
+      if (src.c[f] == kNegInf) continue;  // src has nothing in this feature
+      float* d_row = dst.s + f * W;
+      const float* s_row = src.s + f * W;
+      if (dst.c[f] >= src.c[f]) {
+        const float factor = std::exp(src.c[f] - dst.c[f]);
+        for (std::size_t e = 0; e < W; ++e) d_row[e] += factor * s_row[e];
+      } else {
+        const float factor = dst.c[f] == kNegInf ? 0.0f : std::exp(dst.c[f] - src.c[f]);
+        for (std::size_t e = 0; e < W; ++e) d_row[e] = factor * d_row[e] + s_row[e];
+        dst.c[f] = src.c[f];
       }
     }
-    if (!ok) std::fill(row, row + width, 0.0f);
+    for (std::size_t e = 0; e < W; ++e) dst.values[e] += src.values[e];
   }
-}
+};
 
-// State and scratch of one thread; run() computes one (batch, head) pair.
+// Scratch of one thread and the operations on a state; the drivers below decide
+// which rows of which head each call covers.
 //
 // Epsilon. With epsilon > 0, query row i uses the stabilized features
-//   a_if + eps = exp(zq_if + c_f - m_i) + eps   and   b_jf + eps = exp(zk_jf - c_f) + eps,
-// where c_f is the max over the keys row i attends (so a causal row never depends
-// on keys it cannot see). Expanding the product, the running state only needs the
-// exact parts S = sum_j b_j v_j^T, z = sum_j b_j, plus sum_j v_j and the key count:
+//   a_if + eps = exp(zq_if + p_f - m_i) + eps   and   b_jf + eps = exp(zk_jf - p_f) + eps,
+// where p_f is the max over the keys row i attends (so a causal row never depends
+// on keys it cannot see). Expanding the product, the state only needs the exact
+// parts (s) plus the sum of attended values and their count:
 //   num_i = sum_f (a_if + eps) S_f + eps (sum_f a_if + eps F) sum_j v_j
 // and likewise for the normalizer. When the state is kept relative to a larger
-// reference c'_f, the query feature becomes (a_if + eps) exp(c'_f - c_f).
-class FavorHead {
+// reference c_f, the query feature becomes (a_if + eps) exp(c_f - p_f).
+class FavorWorker {
  public:
-  FavorHead(const AttentionDims& dims, const FavorOptions& options, const FeatureEvaluator& features,
-            const KernelSet& kernels)
+  FavorWorker(const AttentionDims& dims, const FavorOptions& options, const FeatureEvaluator& features,
+              const KernelSet& kernels)
       : dims_(dims),
         options_(options),
         features_(features),
         kernels_(kernels),
         F_(features.feature_count()),
         Dv_(dims.value_dim),
+        W_(dims.value_dim + 1),
         rows_(options.causal ? std::min(options.chunk_size, kMaxChunkSize) : kBlockRows),
         eps_(options.epsilon) {
-    const std::size_t signs = features.is_signed() ? rows_ * F_ : 0;
-    zk_.resize(rows_ * F_);
-    zq_.resize(rows_ * F_);
-    sk_.resize(signs);
-    sq_.resize(signs);
-    kf_.resize(rows_ * F_);
-    qf_.resize(rows_ * F_);
-    work_.resize(rows_ * std::max(features.work_per_row(), F_));
-    if (options.causal) {
-      kf_t_.resize(F_ * rows_);
-      scores_.resize(rows_ * rows_);
-    }
-    row_max_.resize(rows_);
-    row_eps_.resize(rows_);
-    den_.resize(rows_);
-    state_.resize(F_ * Dv_);
-    state_sum_.resize(F_);
-    value_sum_.resize(Dv_);
-    c_.resize(F_);
-    neg_c_.resize(F_);
-    scratch_max_.resize(F_);
-    prefix_max_.resize(F_);
+    const std::size_t R = rows_, F = F_, W = W_;
+    const bool causal = options.causal, signs = features.is_signed();
+    const std::size_t sizes[] = {R * F, R * F, signs ? R * F : 0, signs ? R * F : 0, R * F, R * F,
+                                 R * std::max(features.work_per_row(), F), causal ? F * R : 0,
+                                 causal ? R * R : 0, R * W, R * W, R, R, F, F, F, W};
+    std::size_t total = 0;
+    for (std::size_t size : sizes) total += Carver::round_up(size);
+    Carver carve(thread_scratch(total));
+    zk_ = carve.take(R * F);
+    zq_ = carve.take(R * F);
+    sk_ = signs ? carve.take(R * F) : nullptr;
+    sq_ = signs ? carve.take(R * F) : nullptr;
+    kf_ = carve.take(R * F);
+    qf_ = carve.take(R * F);
+    work_ = carve.take(R * std::max(features.work_per_row(), F));
+    kf_t_ = causal ? carve.take(F * R) : nullptr;
+    scores_ = causal ? carve.take(R * R) : nullptr;
+    values_ = carve.take(R * W);
+    num_ = carve.take(R * W);
+    row_max_ = carve.take(R);
+    row_eps_ = carve.take(R);
+    neg_c_ = carve.take(F);
+    chunk_max_ = carve.take(F);
+    prefix_max_ = carve.take(F);
+    running_values_ = carve.take(W);
   }
 
-  void run(const float* q, const float* k, const float* v, float* out, const std::uint8_t* pad) {
-    std::fill(state_.begin(), state_.end(), 0.0f);
-    std::fill(state_sum_.begin(), state_sum_.end(), 0.0f);
-    std::fill(value_sum_.begin(), value_sum_.end(), 0.0);
-    key_count_ = 0.0;
-    std::fill(c_.begin(), c_.end(), kNegInf);
-    std::fill(neg_c_.begin(), neg_c_.end(), 0.0f);
-    if (options_.causal) {
-      run_causal(q, k, v, out, pad);
-    } else {
-      absorb_keys(k, v, pad, 0, dims_.k_len);
-      emit_queries(q, out, 0, dims_.q_len);
+  // Keys [j_begin, j_end) of one head into st, block by block.
+  void absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad, std::size_t j_begin,
+              std::size_t j_end) {
+    for (std::size_t j0 = j_begin; j0 < j_end; j0 += rows_) {
+      const std::size_t n = std::min(rows_, j_end - j0);
+      key_log_features(k, pad, j0, n);
+      std::copy(st.c, st.c + F_, chunk_max_);
+      for (std::size_t r = 0; r < n; ++r) kernels_.max_accumulate(F_, zk_ + r * F_, chunk_max_);
+      raise_reference(st, chunk_max_);
+      key_features(st, 0, n);
+      pack_values(v + j0 * Dv_, 0, n);
+      accumulate(st, pad, j0, 0, n);
+    }
+  }
+
+  // Outputs of query rows [i_begin, i_end) of one head against the finished state.
+  void emit(const StateView& st, const float* q, float* out, std::size_t i_begin, std::size_t i_end) {
+    for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
+      const std::size_t n = std::min(rows_, i_end - i0);
+      features_.log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
+      for (std::size_t r = 0; r < n; ++r) {
+        query_features(st, r, kernels_.max_bias(F_, zq_ + r * F_, st.c), st.c);
+      }
+      kernels_.gemm(n, W_, F_, qf_, F_, 1, st.s, W_, num_, W_, false);
+      for (std::size_t r = 0; r < n; ++r) finish_row(num_ + r * W_, row_eps_[r], st.values, out + (i0 + r) * Dv_);
+    }
+  }
+
+  // Causal outputs of query rows [i_begin, i_end) of one head, whose keys are
+  // j = i + offset; st holds every attended key before key i_begin + offset and
+  // is advanced past the last one.
+  void causal(const StateView& st, const float* q, const float* k, const float* v, float* out,
+              const std::uint8_t* pad, std::size_t i_begin, std::size_t i_end, long long offset) {
+    for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
+      const std::size_t n = std::min(rows_, i_end - i0);
+      const std::size_t j0 = static_cast<std::size_t>(static_cast<long long>(i0) + offset);
+      key_log_features(k, pad, j0, n);
+      features_.log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
+      pack_values(v + j0 * Dv_, 0, n);
+      causal_rows(st, out + i0 * Dv_, pad, j0, 0, n);
     }
   }
 
  private:
-  float* sign_or_null(std::vector<float>& s) { return s.empty() ? nullptr : s.data(); }
   static bool attends(const std::uint8_t* pad, std::size_t j) { return pad == nullptr || pad[j] != 0; }
 
   // Log-features of key rows [j0, j0 + n) into zk_; padded keys get -inf (feature 0).
   void key_log_features(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t n) {
-    features_.log_features(k + j0 * dims_.head_dim, n, zk_.data(), sign_or_null(sk_), work_.data());
+    features_.log_features(k + j0 * dims_.head_dim, n, zk_, sk_, work_);
     for (std::size_t r = 0; r < n; ++r) {
-      if (!attends(pad, j0 + r)) std::fill(&zk_[r * F_], &zk_[r * F_] + F_, kNegInf);
+      if (!attends(pad, j0 + r)) std::fill(zk_ + r * F_, zk_ + (r + 1) * F_, kNegInf);
     }
   }
 
-  // Raises the per-feature reference c to new_c (elementwise max), rescaling the
-  // rows of the running state so that it stays expressed relative to c.
-  void raise_reference(const float* new_c) {
+  // Raises the state's reference c to new_c (elementwise max), rescaling the rows
+  // of s so that it stays expressed relative to c. Also refreshes neg_c_.
+  void raise_reference(const StateView& st, const float* new_c) {
     for (std::size_t f = 0; f < F_; ++f) {
-      if (!(new_c[f] > c_[f])) continue;
-      if (c_[f] != kNegInf) {
-        const float factor = std::exp(c_[f] - new_c[f]);
-        float* row = &state_[f * Dv_];
-        for (std::size_t i = 0; i < Dv_; ++i) row[i] *= factor;
-        state_sum_[f] *= factor;
+      if (new_c[f] > st.c[f]) {
+        if (st.c[f] != kNegInf) {
+          const float factor = std::exp(st.c[f] - new_c[f]);
+          float* row = st.s + f * W_;
+          for (std::size_t e = 0; e < W_; ++e) row[e] *= factor;
+        }
+        st.c[f] = new_c[f];
       }
-      c_[f] = new_c[f];
-      neg_c_[f] = -c_[f];
+      neg_c_[f] = st.c[f] == kNegInf ? 0.0f : -st.c[f];
     }
   }
 
   // kf_ rows [r0, r1) = stabilized key features b_j from zk_ (relative to c).
-  void key_features(std::size_t r0, std::size_t r1) {
+  void key_features(const StateView& st, std::size_t r0, std::size_t r1) {
     for (std::size_t r = r0; r < r1; ++r) {
-      float* kf = &kf_[r * F_];
-      kernels_.exp_bias(F_, &zk_[r * F_], neg_c_.data(), 0.0f, kf);
-      if (!sk_.empty()) {
+      float* kf = kf_ + r * F_;
+      kernels_.exp_bias(F_, zk_ + r * F_, neg_c_, 0.0f, kf);
+      if (sk_ != nullptr) {
         for (std::size_t f = 0; f < F_; ++f) kf[f] *= sk_[r * F_ + f];
       }
     }
   }
 
-  // qf_ row r: the query features against the state's reference c (= c_), for a
-  // row whose own reference is `own` (c itself when bidirectional) and whose
-  // largest log-term is m. Sets row_eps_[r] = eps (sum_f a_rf + eps F).
-  void query_features(std::size_t r, float m, const float* own) {
-    float* qf = &qf_[r * F_];
+  // values_ rows [r0, r1) = [v_j | 1], so one GEMM gives numerators and normalizers.
+  void pack_values(const float* v_rows, std::size_t r0, std::size_t r1) {
+    for (std::size_t r = r0; r < r1; ++r) {
+      std::copy(v_rows + r * Dv_, v_rows + (r + 1) * Dv_, values_ + r * W_);
+      values_[r * W_ + Dv_] = 1.0f;
+    }
+  }
+
+  // qf_ row r: the query features against the state's reference c, for a row
+  // whose own reference is `own` (c itself when bidirectional) and whose largest
+  // log-term is m. Sets row_eps_[r] = eps (sum_f a_rf + eps F).
+  void query_features(const StateView& st, std::size_t r, float m, const float* own) {
+    float* qf = qf_ + r * F_;
     if (m == kNegInf) {
       std::fill(qf, qf + F_, 0.0f);  // no feature of this row meets any key feature
     } else {
-      kernels_.exp_bias(F_, &zq_[r * F_], c_.data(), -m, qf);
-      if (!sq_.empty()) {
+      kernels_.exp_bias(F_, zq_ + r * F_, st.c, -m, qf);
+      if (sq_ != nullptr) {
         for (std::size_t f = 0; f < F_; ++f) qf[f] *= sq_[r * F_ + f];
       }
     }
@@ -153,94 +221,42 @@ class FavorHead {
     if (eps_ == 0.0f) return;
     double a_sum = 0.0;
     if (m != kNegInf) {
-      float* a = work_.data();
-      kernels_.exp_bias(F_, &zq_[r * F_], own, -m, a);
-      for (std::size_t f = 0; f < F_; ++f) a_sum += a[f];
+      kernels_.exp_bias(F_, zq_ + r * F_, own, -m, work_);
+      for (std::size_t f = 0; f < F_; ++f) a_sum += work_[f];
     }
     for (std::size_t f = 0; f < F_; ++f) {
       // eps exp(c_f - own_f); a feature no attended key has (own_f = -inf) is unused.
-      if (own[f] != kNegInf) qf[f] += eps_ * std::exp(c_[f] - own[f]);
+      if (own[f] != kNegInf) qf[f] += eps_ * std::exp(st.c[f] - own[f]);
     }
     row_eps_[r] = static_cast<float>(eps_ * (a_sum + static_cast<double>(eps_) * F_));
   }
 
-  // state += kf_[r0..r1)^T v_rows (v_rows is row r0's value; row r is key j0 + r),
-  // state_sum += column sums; value sums for epsilon.
-  void accumulate_state(const float* v_rows, const std::uint8_t* pad, std::size_t j0, std::size_t r0,
-                        std::size_t r1) {
-    const std::size_t n = r1 - r0;
-    if (n == 0) return;
-    kernels_.gemm(F_, Dv_, n, &kf_[r0 * F_], 1, F_, v_rows, Dv_, state_.data(), Dv_, true);
+  // st.s += kf_[r0..r1)^T values_[r0..r1) (row r is key j0 + r); value sums for epsilon.
+  void accumulate(const StateView& st, const std::uint8_t* pad, std::size_t j0, std::size_t r0, std::size_t r1) {
+    if (r1 == r0) return;
+    kernels_.gemm(F_, W_, r1 - r0, kf_ + r0 * F_, 1, F_, values_ + r0 * W_, W_, st.s, W_, true);
+    if (eps_ == 0.0f) return;
     for (std::size_t r = r0; r < r1; ++r) {
-      const float* kf = &kf_[r * F_];
-      for (std::size_t f = 0; f < F_; ++f) state_sum_[f] += kf[f];
-      if (eps_ != 0.0f && attends(pad, j0 + r)) {
-        const float* vr = v_rows + (r - r0) * Dv_;
-        for (std::size_t e = 0; e < Dv_; ++e) value_sum_[e] += vr[e];
-        key_count_ += 1.0;
+      if (!attends(pad, j0 + r)) continue;
+      const float* vr = values_ + r * W_;  // [v | 1]: also counts the key
+      for (std::size_t e = 0; e < W_; ++e) st.values[e] += vr[e];
+    }
+  }
+
+  // out_row = (num[:Dv] + w sums[:Dv]) / (num[Dv] + w sums[Dv]). A row whose
+  // normalizer is zero (it attends no key) or whose result is not finite (only
+  // possible with `trig` features, whose normalizer can cancel) gets zeros.
+  void finish_row(const float* num, float w, const float* sums, float* out_row) const {
+    const float den = num[Dv_] + (w != 0.0f ? w * sums[Dv_] : 0.0f);
+    bool ok = den != 0.0f && std::isfinite(den);
+    if (ok) {
+      const float inv = 1.0f / den;
+      for (std::size_t e = 0; e < Dv_; ++e) {
+        out_row[e] = (w != 0.0f ? num[e] + w * sums[e] : num[e]) * inv;
+        ok = ok && std::isfinite(out_row[e]);
       }
     }
-  }
-
-  // Keys [j_begin, j_end) into the running state, block by block.
-  void absorb_keys(const float* k, const float* v, const std::uint8_t* pad, std::size_t j_begin,
-                   std::size_t j_end) {
-    for (std::size_t j0 = j_begin; j0 < j_end; j0 += rows_) {
-      const std::size_t n = std::min(rows_, j_end - j0);
-      key_log_features(k, pad, j0, n);
-      std::copy(c_.begin(), c_.end(), scratch_max_.begin());
-      for (std::size_t r = 0; r < n; ++r) kernels_.max_accumulate(F_, &zk_[r * F_], scratch_max_.data());
-      raise_reference(scratch_max_.data());
-      key_features(0, n);
-      accumulate_state(v + j0 * Dv_, pad, j0, 0, n);
-    }
-  }
-
-  // Outputs of query rows [i_begin, i_end) against the finished state (bidirectional).
-  void emit_queries(const float* q, float* out, std::size_t i_begin, std::size_t i_end) {
-    for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
-      const std::size_t n = std::min(rows_, i_end - i0);
-      features_.log_features(q + i0 * dims_.head_dim, n, zq_.data(), sign_or_null(sq_), work_.data());
-      for (std::size_t r = 0; r < n; ++r) {
-        query_features(r, kernels_.max_bias(F_, &zq_[r * F_], c_.data()), c_.data());
-      }
-      float* out_rows = out + i0 * Dv_;
-      kernels_.gemm(n, Dv_, F_, qf_.data(), F_, 1, state_.data(), Dv_, out_rows, Dv_, false);
-      for (std::size_t r = 0; r < n; ++r) {
-        double den = dot(&qf_[r * F_], state_sum_.data(), F_);
-        if (eps_ != 0.0f) {
-          float* row = out_rows + r * Dv_;
-          for (std::size_t e = 0; e < Dv_; ++e) row[e] += static_cast<float>(row_eps_[r] * value_sum_[e]);
-          den += row_eps_[r] * key_count_;
-        }
-        den_[r] = static_cast<float>(den);
-      }
-      normalize_rows(out_rows, n, Dv_, den_.data());
-    }
-  }
-
-  static double dot(const float* a, const float* b, std::size_t n) {
-    double sum = 0.0;
-    for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(a[i]) * b[i];
-    return sum;
-  }
-
-  void run_causal(const float* q, const float* k, const float* v, float* out, const std::uint8_t* pad) {
-    const std::size_t Lq = dims_.q_len, Lk = dims_.k_len;
-    // Query i sees keys j <= i + offset (bottom-right aligned).
-    const long long offset = static_cast<long long>(Lk) - static_cast<long long>(Lq);
-    const std::size_t prefix_keys = offset > 0 ? static_cast<std::size_t>(offset) : 0;
-    const std::size_t blind_queries =
-        offset < 0 ? std::min(Lq, static_cast<std::size_t>(-offset)) : 0;
-    std::fill(out, out + blind_queries * Dv_, 0.0f);
-    absorb_keys(k, v, pad, 0, prefix_keys);
-    for (std::size_t i0 = blind_queries; i0 < Lq; i0 += rows_) {
-      const std::size_t n = std::min(rows_, Lq - i0);
-      const std::size_t j0 = static_cast<std::size_t>(static_cast<long long>(i0) + offset);
-      key_log_features(k, pad, j0, n);
-      features_.log_features(q + i0 * dims_.head_dim, n, zq_.data(), sign_or_null(sq_), work_.data());
-      process_causal_rows(v + j0 * Dv_, out + i0 * Dv_, pad, j0, 0, n);
-    }
+    if (!ok) std::fill(out_row, out_row + Dv_, 0.0f);
   }
 
   // Chunk rows [r0, r1): query row r attends the state and chunk keys r0..r.
@@ -252,83 +268,73 @@ class FavorHead {
   // gap_r = max_f (zq_rf + c_f) - m_r (and, with epsilon, max_f (c_f - p_rf)).
   // When a gap passes kMaxChunkGap the chunk is split in two (down to single rows,
   // where the gaps are 0), so no feature overflows and no term that matters underflows.
-  void process_causal_rows(const float* v_chunk, float* out_chunk, const std::uint8_t* pad,
-                           std::size_t j0, std::size_t r0, std::size_t r1) {
+  void causal_rows(const StateView& st, float* out_chunk, const std::uint8_t* pad, std::size_t j0, std::size_t r0,
+                   std::size_t r1) {
     const std::size_t n = r1 - r0;
-    std::copy(c_.begin(), c_.end(), scratch_max_.begin());  // becomes the chunk-end reference
-    for (std::size_t r = r0; r < r1; ++r) kernels_.max_accumulate(F_, &zk_[r * F_], scratch_max_.data());
-    std::copy(c_.begin(), c_.end(), prefix_max_.begin());
+    std::copy(st.c, st.c + F_, chunk_max_);  // becomes the chunk-end reference
+    for (std::size_t r = r0; r < r1; ++r) kernels_.max_accumulate(F_, zk_ + r * F_, chunk_max_);
+    std::copy(st.c, st.c + F_, prefix_max_);
     for (std::size_t r = r0; r < r1; ++r) {
-      kernels_.max_accumulate(F_, &zk_[r * F_], prefix_max_.data());
-      row_max_[r] = kernels_.max_bias(F_, &zq_[r * F_], prefix_max_.data());
+      kernels_.max_accumulate(F_, zk_ + r * F_, prefix_max_);
+      row_max_[r] = kernels_.max_bias(F_, zq_ + r * F_, prefix_max_);
       if (n == 1 || row_max_[r] == kNegInf) continue;
-      float gap = kernels_.max_bias(F_, &zq_[r * F_], scratch_max_.data()) - row_max_[r];
+      float gap = kernels_.max_bias(F_, zq_ + r * F_, chunk_max_) - row_max_[r];
       if (eps_ != 0.0f) {
         for (std::size_t f = 0; f < F_; ++f) {
-          if (prefix_max_[f] != kNegInf) gap = std::max(gap, scratch_max_[f] - prefix_max_[f]);
+          if (prefix_max_[f] != kNegInf) gap = std::max(gap, chunk_max_[f] - prefix_max_[f]);
         }
       }
       if (gap > kMaxChunkGap) {
         const std::size_t mid = r0 + n / 2;
-        process_causal_rows(v_chunk, out_chunk, pad, j0, r0, mid);
-        process_causal_rows(v_chunk, out_chunk, pad, j0, mid, r1);
+        causal_rows(st, out_chunk, pad, j0, r0, mid);
+        causal_rows(st, out_chunk, pad, j0, mid, r1);
         return;
       }
     }
-    std::copy(c_.begin(), c_.end(), prefix_max_.begin());  // the reference before this chunk
-    raise_reference(scratch_max_.data());
-    key_features(r0, r1);
-    running_values_ = value_sum_;
-    double running_count = key_count_;
+    std::copy(st.c, st.c + F_, prefix_max_);  // the reference before this chunk
+    raise_reference(st, chunk_max_);
+    key_features(st, r0, r1);
     for (std::size_t r = r0; r < r1; ++r) {
-      kernels_.max_accumulate(F_, &zk_[r * F_], prefix_max_.data());
-      query_features(r, row_max_[r], prefix_max_.data());
+      kernels_.max_accumulate(F_, zk_ + r * F_, prefix_max_);
+      query_features(st, r, row_max_[r], prefix_max_);
     }
 
     // scores = Q'_c K'_c^T, causal within the chunk.
     for (std::size_t r = 0; r < n; ++r) {
       for (std::size_t f = 0; f < F_; ++f) kf_t_[f * n + r] = kf_[(r0 + r) * F_ + f];
     }
-    kernels_.gemm(n, n, F_, &qf_[r0 * F_], F_, 1, kf_t_.data(), n, scores_.data(), n, false);
+    kernels_.gemm(n, n, F_, qf_ + r0 * F_, F_, 1, kf_t_, n, scores_, n, false);
+    for (std::size_t r = 0; r < n; ++r) std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
+    // [num | den] = Q'_c [S | z] + scores [V_c | 1].
+    kernels_.gemm(n, W_, F_, qf_ + r0 * F_, F_, 1, st.s, W_, num_, W_, false);
+    kernels_.gemm(n, W_, n, scores_, n, 1, values_ + r0 * W_, W_, num_, W_, true);
+    if (eps_ != 0.0f) std::copy(st.values, st.values + W_, running_values_);
     for (std::size_t r = 0; r < n; ++r) {
-      std::fill(&scores_[r * n] + r + 1, &scores_[r * n] + n, 0.0f);
-    }
-    // num = Q'_c S + scores V_c; den = Q'_c z + scores 1 (+ the epsilon terms).
-    float* out_rows = out_chunk + r0 * Dv_;
-    kernels_.gemm(n, Dv_, F_, &qf_[r0 * F_], F_, 1, state_.data(), Dv_, out_rows, Dv_, false);
-    kernels_.gemm(n, Dv_, n, scores_.data(), n, 1, v_chunk + r0 * Dv_, Dv_, out_rows, Dv_, true);
-    for (std::size_t r = 0; r < n; ++r) {
-      double sum = dot(&qf_[(r0 + r) * F_], state_sum_.data(), F_);
-      for (std::size_t j = 0; j <= r; ++j) sum += scores_[r * n + j];
-      if (eps_ != 0.0f) {
-        if (attends(pad, j0 + r0 + r)) {
-          const float* vr = v_chunk + (r0 + r) * Dv_;
-          for (std::size_t e = 0; e < Dv_; ++e) running_values_[e] += vr[e];
-          running_count += 1.0;
-        }
-        float* row = out_rows + r * Dv_;
-        const double w = row_eps_[r0 + r];
-        for (std::size_t e = 0; e < Dv_; ++e) row[e] += static_cast<float>(w * running_values_[e]);
-        sum += w * running_count;
+      if (eps_ != 0.0f && attends(pad, j0 + r0 + r)) {
+        const float* vr = values_ + (r0 + r) * W_;
+        for (std::size_t e = 0; e < W_; ++e) running_values_[e] += vr[e];
       }
-      den_[r] = static_cast<float>(sum);
+      finish_row(num_ + r * W_, row_eps_[r0 + r], running_values_, out_chunk + (r0 + r) * Dv_);
     }
-    normalize_rows(out_rows, n, Dv_, den_.data());
-    accumulate_state(v_chunk + r0 * Dv_, pad, j0, r0, r1);
+    accumulate(st, pad, j0, r0, r1);
   }
 
   const AttentionDims& dims_;
   const FavorOptions& options_;
   const FeatureEvaluator& features_;
   const KernelSet& kernels_;
-  const std::size_t F_, Dv_, rows_;
+  const std::size_t F_, Dv_, W_, rows_;
   const float eps_;
-  std::vector<float> zk_, zq_, sk_, sq_, kf_, qf_, kf_t_, scores_, work_;
-  std::vector<float> row_max_, row_eps_, den_;
-  std::vector<float> state_, state_sum_, c_, neg_c_, scratch_max_, prefix_max_;
-  std::vector<double> value_sum_, running_values_;  // epsilon only: sums of attended values
-  double key_count_ = 0.0;
+  // Views into this thread's scratch.
+  float *zk_, *zq_, *sk_, *sq_, *kf_, *qf_, *work_, *kf_t_, *scores_, *values_, *num_;
+  float *row_max_, *row_eps_, *neg_c_, *chunk_max_, *prefix_max_, *running_values_;
 };
+
+// Splits [begin, end) into `parts` nearly equal ranges; returns range `p`.
+std::pair<std::size_t, std::size_t> part_range(std::size_t begin, std::size_t end, std::size_t parts, std::size_t p) {
+  const std::size_t n = end - begin;
+  return {begin + n * p / parts, begin + n * (p + 1) / parts};
+}
 
 }  // namespace
 
@@ -352,8 +358,103 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   check_value_magnitude(dims, stats);
 
   const FeatureEvaluator features(fm, kernels);
-  run_heads<FavorHead>(pool, dims, q, k, v, out, options.key_padding,
-                      [&] { return std::make_unique<FavorHead>(dims, options, features, kernels); });
+  const std::size_t heads = dims.batch * dims.heads;
+  const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim;
+  // Causal geometry: query i sees keys j <= i + offset (bottom-right aligned);
+  // the first `blind` queries see none, the first `prefix` keys every query sees.
+  const long long offset = static_cast<long long>(Lk) - static_cast<long long>(Lq);
+  const std::size_t prefix = offset > 0 ? static_cast<std::size_t>(offset) : 0;
+  const std::size_t blind = offset < 0 ? std::min(Lq, static_cast<std::size_t>(-offset)) : 0;
+
+  // Parts per head: enough to give every thread work when heads are few.
+  const std::size_t threads = pool.size();
+  const std::size_t rows = options.causal ? Lq - blind : std::min(Lq, Lk);
+  std::size_t parts = heads >= threads ? 1 : (threads + heads - 1) / heads;
+  parts = std::max<std::size_t>(1, std::min(parts, rows / kMinRowsPerPart));
+
+  const StateLayout layout{features.feature_count(), Dv + 1};
+  PooledBuffer states(heads * parts * layout.floats());
+  auto state = [&](std::size_t h, std::size_t p) { return layout.view(states.data() + (h * parts + p) * layout.floats()); };
+  auto pad_of = [&](std::size_t h) {
+    return options.key_padding ? options.key_padding + (h / dims.heads) * Lk : nullptr;
+  };
+  std::vector<std::unique_ptr<FavorWorker>> workers(pool.size());
+  auto worker = [&](std::size_t slot) -> FavorWorker& {
+    if (!workers[slot]) workers[slot] = std::make_unique<FavorWorker>(dims, options, features, kernels);
+    return *workers[slot];
+  };
+  // Runs body(head, part, worker) for every (head, part) on the pool.
+  auto for_each_part = [&](std::size_t count, const auto& body) {
+    pool.parallel_for(heads * count, 1, [&](std::size_t begin, std::size_t end, std::size_t slot) {
+      for (std::size_t u = begin; u < end; ++u) body(u / count, u % count, worker(slot));
+    });
+  };
+  const float* qh = q;
+  const float* kh = k;
+  const float* vh = v;
+  auto q_of = [&](std::size_t h) { return qh + h * Lq * d; };
+  auto k_of = [&](std::size_t h) { return kh + h * Lk * d; };
+  auto v_of = [&](std::size_t h) { return vh + h * Lk * Dv; };
+  auto out_of = [&](std::size_t h) { return out + h * Lq * Dv; };
+
+  if (!options.causal) {
+    if (parts == 1) {
+      for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+        const StateView st = state(h, 0);
+        layout.reset(st);
+        w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, Lk);
+        w.emit(st, q_of(h), out_of(h), 0, Lq);
+      });
+      return;
+    }
+    // Key ranges into partial states, merged per head, then query ranges.
+    for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+      const StateView st = state(h, p);
+      layout.reset(st);
+      const auto range = part_range(0, Lk, parts, p);
+      w.absorb(st, k_of(h), v_of(h), pad_of(h), range.first, range.second);
+    });
+    for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker&) {
+      for (std::size_t p = 1; p < parts; ++p) layout.merge(state(h, 0), state(h, p));
+    });
+    for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+      const auto range = part_range(0, Lq, parts, p);
+      w.emit(state(h, 0), q_of(h), out_of(h), range.first, range.second);
+    });
+    return;
+  }
+
+  for (std::size_t h = 0; h < heads; ++h) std::fill(out_of(h), out_of(h) + blind * Dv, 0.0f);
+  if (parts == 1) {
+    for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+      const StateView st = state(h, 0);
+      layout.reset(st);
+      w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, prefix);
+      w.causal(st, q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), blind, Lq, offset);
+    });
+    return;
+  }
+  // Segments of queries: state p first holds the keys of segment p - 1 (state 0
+  // the prefix keys); a prefix combine then makes it hold every key before
+  // segment p, and the segments run in parallel from there.
+  auto key_index = [&](std::size_t i) { return static_cast<std::size_t>(static_cast<long long>(i) + offset); };
+  for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+    const StateView st = state(h, p);
+    layout.reset(st);
+    if (p == 0) {
+      w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, prefix);
+    } else {
+      const auto range = part_range(blind, Lq, parts, p - 1);
+      w.absorb(st, k_of(h), v_of(h), pad_of(h), key_index(range.first), key_index(range.second));
+    }
+  });
+  for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker&) {
+    for (std::size_t p = 1; p < parts; ++p) layout.merge(state(h, p), state(h, p - 1));
+  });
+  for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+    const auto range = part_range(blind, Lq, parts, p);
+    w.causal(state(h, p), q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), range.first, range.second, offset);
+  });
 }
 
 }  // namespace pa
