@@ -77,6 +77,7 @@ export class FeatureMap {
   readonly randomProjection: boolean;
   private _seed: number | undefined;
   private _projection: Float32Array | null;
+  private _packed!: Float32Array;
   private _sampled: boolean;
 
   constructor(options: FeatureMapOptions) {
@@ -115,6 +116,7 @@ export class FeatureMap {
     this._seed = readSeed(o.seed, 'FeatureMap options.seed');
     this._sampled = true;
     this._projection = this.randomProjection ? this._sample(this._seed) : null;
+    this._pack();
   }
 
   /**
@@ -160,6 +162,7 @@ export class FeatureMap {
     map._seed = undefined;
     map._sampled = false;
     map._projection = Float32Array.from(projection);
+    map._pack();
     return map;
   }
 
@@ -185,7 +188,10 @@ export class FeatureMap {
     }
     const s = readSeed(seed, 'seed');
     this._seed = s;
-    if (this.randomProjection) this._projection = this._sample(s);
+    if (this.randomProjection) {
+      this._projection = this._sample(s);
+      this._pack();
+    }
   }
 
   /**
@@ -219,8 +225,13 @@ export class FeatureMap {
       headDim: this.headDim,
       numProjections: this.numFeatures,
       projection: this._projection,
+      packedProjection: this._packed,
       kernelEpsilon: this.kernelEpsilon,
     };
+  }
+
+  private _pack(): void {
+    this._packed = native().packProjection(this._projection, this.numFeatures, this.headDim);
   }
 
   private _sample(seed: number): Float32Array {

@@ -25,6 +25,7 @@ export interface NativeAddon {
     normScaling: string;
     signFix?: boolean;
   }): Float32Array;
+  packProjection(projection: Float32Array | null, numProjections: number, headDim: number): Float32Array;
   computeFeatures(x: Float32Array, rows: number, featureMap: NativeFeatureMap, logSpace: boolean): Float32Array;
   favorAttentionSync(...args: NativeAttentionArgs<NativeFavorOptions>): Float32Array;
   favorAttentionAsync(...args: NativeAttentionArgs<NativeFavorOptions>): Promise<Float32Array>;
@@ -38,6 +39,8 @@ export interface NativeFeatureMap {
   headDim: number;
   numProjections: number;
   projection: Float32Array | null;
+  /** The projection as the kernels use it (packProjection), made once per map. */
+  packedProjection: Float32Array;
   kernelEpsilon: number;
 }
 

@@ -121,6 +121,7 @@ class AttentionWorker : public Napi::AsyncWorker {
     const Napi::Object options = info[5].As<Napi::Object>();
     keep_alive(options.Get("keyPadding"));
     keep_alive(options.Get("projection"));
+    keep_alive(options.Get("packedProjection"));
     out_ = Napi::Persistent(info[3].As<Napi::Object>());
   }
 

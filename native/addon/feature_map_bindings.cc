@@ -60,6 +60,22 @@ Napi::Value compute_features(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// packProjection(projection | null, numProjections, headDim): the layout the
+// feature maps multiply by (see pa::pack_projection), computed once per FeatureMap.
+Napi::Value pack_projection(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const bool identity = info[0].IsNull() || info[0].IsUndefined();
+  const FloatView projection = identity ? FloatView{} : float32_array(info[0], "projection");
+  const double m = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : 0;
+  const double d = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 0;
+  if (!(m >= 1 && d >= 1) || m != std::floor(m) || d != std::floor(d)) throw_range_error(env, "sizes: expected integers >= 1");
+  const std::size_t size = checked_mul(env, static_cast<std::size_t>(m), static_cast<std::size_t>(d));
+  if (!identity && projection.length != size) throw_range_error(env, "projection: wrong length");
+  Napi::Float32Array out = Napi::Float32Array::New(env, size);
+  pa::pack_projection(projection.data, static_cast<std::size_t>(m), static_cast<std::size_t>(d), out.Data());
+  return out;
+}
+
 }  // namespace
 
 pa::FeatureMapSpec parse_feature_map_spec(const Napi::Object& options, std::size_t head_dim) {
@@ -89,12 +105,22 @@ pa::FeatureMapSpec parse_feature_map_spec(const Napi::Object& options, std::size
     }
     spec.projection = view.data;
   }
+  const Napi::Value packed = options.Get("packedProjection");
+  if (!packed.IsNull() && !packed.IsUndefined()) {
+    const FloatView view = float32_array(packed, "packedProjection");
+    if (view.length != checked_mul(env, spec.num_projections, head_dim)) {
+      throw_range_error(env, "packedProjection: expected " + std::to_string(spec.num_projections * head_dim) +
+                                 " elements, received " + std::to_string(view.length));
+    }
+    spec.packed_projection = view.data;
+  }
   return spec;
 }
 
 void register_feature_map_bindings(Napi::Env env, Napi::Object exports) {
   exports.Set("sampleProjection", Napi::Function::New(env, sample_projection, "sampleProjection"));
   exports.Set("computeFeatures", Napi::Function::New(env, compute_features, "computeFeatures"));
+  exports.Set("packProjection", Napi::Function::New(env, pack_projection, "packProjection"));
 }
 
 }  // namespace pa_addon

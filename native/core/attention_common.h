@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/thread_pool.h"
+
 namespace pa {
 
 // q [batch, heads, q_len, head_dim], k [batch, heads, k_len, head_dim],
@@ -34,8 +36,9 @@ struct InputStats {
   double max_abs_value = 0.0;
 };
 
-// Throws InputError naming the tensor and flat index of the first NaN or infinity.
-InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v);
+// Throws InputError naming the tensor and flat index of the first NaN or infinity
+// (in the first row block that has one). Rows are scanned on the pool.
+InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v, ThreadPool& pool);
 
 // Throws InputError when sums of k_len values of this magnitude could overflow float32.
 void check_value_magnitude(const AttentionDims& dims, const InputStats& stats);

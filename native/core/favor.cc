@@ -349,7 +349,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   if (options.epsilon != 0.0f && fm.is_signed()) {
     throw InputError("epsilon applies to positive feature maps; trig features are signed");
   }
-  const InputStats stats = scan_inputs(dims, q, k, v);
+  const InputStats stats = scan_inputs(dims, q, k, v, pool);
   // log-features hold ||x_hat||^2 / 2 in float32: keep it far from overflow.
   const double normalizer2 = 1.0 / std::sqrt(static_cast<double>(dims.head_dim));
   if (std::max(stats.max_query_norm2, stats.max_key_norm2) * normalizer2 > 1e30) {

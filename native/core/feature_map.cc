@@ -51,16 +51,26 @@ double FeatureMapSpec::log_scale() const {
   }
 }
 
-FeatureEvaluator::FeatureEvaluator(const FeatureMapSpec& spec, const KernelSet& kernels)
-    : spec_(spec), kernels_(kernels) {
-  const std::size_t d = spec.head_dim, m = spec.num_projections;
-  normalizer_ = static_cast<float>(std::pow(static_cast<double>(d), -0.25));
-  projection_t_.assign(d * m, 0.0f);
-  for (std::size_t f = 0; f < m; ++f) {
-    for (std::size_t i = 0; i < d; ++i) {
-      const float w = spec.projection ? spec.projection[f * d + i] : (f == i ? 1.0f : 0.0f);
-      projection_t_[i * m + f] = normalizer_ * w;
+void pack_projection(const float* projection, std::size_t m, std::size_t d, float* out) {
+  const float normalizer = static_cast<float>(std::pow(static_cast<double>(d), -0.25));
+  for (std::size_t i = 0; i < d; ++i) {
+    float* row = out + i * m;
+    for (std::size_t f = 0; f < m; ++f) {
+      const float w = projection ? projection[f * d + i] : (f == i ? 1.0f : 0.0f);
+      row[f] = normalizer * w;
     }
+  }
+}
+
+FeatureEvaluator::FeatureEvaluator(const FeatureMapSpec& spec, const KernelSet& kernels)
+    : spec_(spec),
+      kernels_(kernels),
+      normalizer_(static_cast<float>(std::pow(static_cast<double>(spec.head_dim), -0.25))),
+      packed_(spec.packed_projection) {
+  if (packed_ == nullptr) {
+    own_packed_.resize(spec.head_dim * spec.num_projections);
+    pack_projection(spec.projection, spec.num_projections, spec.head_dim, own_packed_.data());
+    packed_ = own_packed_.data();
   }
 }
 
@@ -69,7 +79,7 @@ void FeatureEvaluator::log_features(const float* x, std::size_t rows, float* z, 
   const std::size_t d = spec_.head_dim, m = spec_.num_projections, F = feature_count();
   const float neg_inf = -std::numeric_limits<float>::infinity();
   // u = x_hat W^T for the whole row block.
-  kernels_.gemm(rows, m, d, x, d, 1, projection_t_.data(), m, work, m, false);
+  kernels_.gemm(rows, m, d, x, d, 1, packed_, m, work, m, false);
   const float eps = spec_.kernel_epsilon;
   const float log_eps = eps > 0.0f ? std::log(eps) : neg_inf;
   for (std::size_t r = 0; r < rows; ++r) {

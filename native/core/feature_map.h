@@ -24,6 +24,9 @@ struct FeatureMapSpec {
   std::size_t head_dim = 0;         // d
   std::size_t num_projections = 0;  // rows of the projection (m); d when projection is null
   const float* projection = nullptr;  // m x d row-major; null = identity (generalized kernels only)
+  // Optional: pack_projection() of `projection`, made once by the caller so that a
+  // call does not repack it.
+  const float* packed_projection = nullptr;
   float kernel_epsilon = 1e-3f;       // added to generalized kernels' features
 
   // Features per input row: 2m for softmax-hyperbolic and trig, else m.
@@ -33,8 +36,11 @@ struct FeatureMapSpec {
   double log_scale() const;
 };
 
-// A feature map prepared for one call: the projection is transposed (d x m) with
-// the data normalizer d^(-1/4) folded in, so u = W x_hat is one GEMM per row block.
+// out[d x m] = d^(-1/4) W^T: the projection transposed with the data normalizer
+// folded in, so u = W x_hat is one GEMM per row block.
+void pack_projection(const float* projection, std::size_t num_projections, std::size_t head_dim, float* out);
+
+// A feature map prepared for one call (uses the packed projection when given).
 class FeatureEvaluator {
  public:
   FeatureEvaluator(const FeatureMapSpec& spec, const KernelSet& kernels);
@@ -52,7 +58,8 @@ class FeatureEvaluator {
   FeatureMapSpec spec_;
   const KernelSet& kernels_;
   float normalizer_;
-  std::vector<float> projection_t_;  // d x m
+  std::vector<float> own_packed_;  // when the spec has no packed projection
+  const float* packed_;            // d x m
 };
 
 // phi(x) itself (scale included), rows x d in, rows x F out: float32

@@ -99,7 +99,7 @@ void softmax_attention(const AttentionDims& dims, const float* q, const float* k
                        float* out, const SoftmaxOptions& options, const KernelSet& kernels,
                        ThreadPool& pool) {
   if (!std::isfinite(options.scale)) throw InputError("scale must be a finite number");
-  const InputStats stats = scan_inputs(dims, q, k, v);
+  const InputStats stats = scan_inputs(dims, q, k, v, pool);
   // |q.k * scale| <= |scale| ||q|| ||k||: keep scores finite in float32.
   const double bound = std::fabs(static_cast<double>(options.scale)) *
                        std::sqrt(stats.max_query_norm2) * std::sqrt(stats.max_key_norm2);
