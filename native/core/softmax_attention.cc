@@ -7,90 +7,136 @@
 #include <vector>
 
 #include "core/head_loop.h"
+#include "core/memory.h"
 
 namespace pa {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr std::size_t kQueryBlock = 64;
-constexpr std::size_t kKeyBlock = 128;
+constexpr std::size_t kKeyBlock = 256;
+constexpr std::size_t kGroupRows = 4 * kQueryBlock;  // query rows sharing one packing of a key block
 
+// Scratch of one thread (kept between calls) and one head's computation:
+// flash-style tiles, scores of kQueryBlock x kKeyBlock at a time, with a running
+// row max and the row sums carried as an extra column of the accumulator.
 class SoftmaxHead {
  public:
   SoftmaxHead(const AttentionDims& dims, const SoftmaxOptions& options, const KernelSet& kernels)
-      : dims_(dims), options_(options), kernels_(kernels) {
-    k_t_.resize(dims.head_dim * kKeyBlock);
-    scores_.resize(kQueryBlock * kKeyBlock);
-    acc_.resize(kQueryBlock * dims.value_dim);
-    row_max_.resize(kQueryBlock);
-    row_sum_.resize(kQueryBlock);
+      : dims_(dims), options_(options), kernels_(kernels), W_(dims.value_dim + 1) {
+    const std::size_t d = dims.head_dim;
+    const std::size_t sizes[] = {kGroupRows * d, d * kKeyBlock, kKeyBlock * W_, kQueryBlock * kKeyBlock,
+                                 kGroupRows * W_, kGroupRows, kKeyBlock * 2};
+    std::size_t total = 0;
+    for (std::size_t size : sizes) total += Carver::round_up(size);
+    Carver carve(thread_scratch(total));
+    q_scaled_ = carve.take(kGroupRows * d);
+    k_t_ = carve.take(d * kKeyBlock);
+    values_ = carve.take(kKeyBlock * W_);
+    scores_ = carve.take(kQueryBlock * kKeyBlock);
+    acc_ = carve.take(kGroupRows * W_);
+    row_max_ = carve.take(kGroupRows);
+    padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
   }
 
   void run(const float* q, const float* k, const float* v, float* out, const std::uint8_t* pad) {
-    const std::size_t Lq = dims_.q_len, Lk = dims_.k_len, d = dims_.head_dim, Dv = dims_.value_dim;
+    const std::size_t Lq = dims_.q_len, Lk = dims_.k_len, d = dims_.head_dim;
     const long long offset = static_cast<long long>(Lk) - static_cast<long long>(Lq);
-    for (std::size_t i0 = 0; i0 < Lq; i0 += kQueryBlock) {
-      const std::size_t n = std::min(kQueryBlock, Lq - i0);
-      // Keys this block can see: all, or up to the last row's causal limit.
+    for (std::size_t g0 = 0; g0 < Lq; g0 += kGroupRows) {
+      const std::size_t group_rows = std::min(kGroupRows, Lq - g0);
+      // Keys this group can see: all, or up to its last row's causal limit.
       std::size_t key_end = Lk;
       if (options_.causal) {
-        const long long limit = static_cast<long long>(i0 + n - 1) + offset + 1;
+        const long long limit = static_cast<long long>(g0 + group_rows - 1) + offset + 1;
         key_end = static_cast<std::size_t>(std::clamp<long long>(limit, 0, static_cast<long long>(Lk)));
       }
-      std::fill(row_max_.begin(), row_max_.end(), kNegInf);
-      std::fill(row_sum_.begin(), row_sum_.end(), 0.0f);
-      std::fill(acc_.begin(), acc_.begin() + n * Dv, 0.0f);
+      // The scale is folded into the queries once, so scores come out of the GEMM final.
+      for (std::size_t t = 0; t < group_rows * d; ++t) q_scaled_[t] = q[g0 * d + t] * options_.scale;
+      std::fill(row_max_, row_max_ + group_rows, kNegInf);
+      std::fill(acc_, acc_ + group_rows * W_, 0.0f);
+      // Each key block is packed once for the whole group of query blocks.
       for (std::size_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
         const std::size_t m = std::min(kKeyBlock, key_end - j0);
-        for (std::size_t j = 0; j < m; ++j) {
-          for (std::size_t t = 0; t < d; ++t) k_t_[t * m + j] = k[(j0 + j) * d + t];
-        }
-        kernels_.gemm(n, m, d, q + i0 * d, d, 1, k_t_.data(), m, scores_.data(), m, false);
-        for (std::size_t r = 0; r < n; ++r) {
-          float* s = &scores_[r * m];
-          const long long limit = static_cast<long long>(i0 + r) + offset;  // last visible key
-          for (std::size_t j = 0; j < m; ++j) {
-            const bool hidden = (pad != nullptr && pad[j0 + j] == 0) ||
-                                (options_.causal && static_cast<long long>(j0 + j) > limit);
-            s[j] = hidden ? kNegInf : s[j] * options_.scale;
+        pack_keys(k, v, pad, j0, m);
+        for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
+          const std::size_t n = std::min(kQueryBlock, group_rows - b0);
+          if (options_.causal && static_cast<long long>(j0) > static_cast<long long>(g0 + b0 + n - 1) + offset) {
+            continue;  // the whole block is above the diagonal
           }
-          const float block_max = kernels_.max_bias(m, s, nullptr);
-          const float new_max = std::max(row_max_[r], block_max);
-          if (new_max == kNegInf) {  // nothing visible yet
-            std::fill(s, s + m, 0.0f);
-            continue;
-          }
-          const float correction = row_max_[r] == kNegInf ? 0.0f : std::exp(row_max_[r] - new_max);
-          row_max_[r] = new_max;
-          kernels_.exp_bias(m, s, nullptr, -new_max, s);
-          float block_sum = 0.0f;
-          for (std::size_t j = 0; j < m; ++j) block_sum += s[j];
-          row_sum_[r] = row_sum_[r] * correction + block_sum;
-          float* acc = &acc_[r * Dv];
-          if (correction != 1.0f) {
-            for (std::size_t t = 0; t < Dv; ++t) acc[t] *= correction;
-          }
-        }
-        kernels_.gemm(n, Dv, m, scores_.data(), m, 1, v + j0 * Dv, Dv, acc_.data(), Dv, true);
-      }
-      for (std::size_t r = 0; r < n; ++r) {
-        float* dst = out + (i0 + r) * Dv;
-        const float* acc = &acc_[r * Dv];
-        if (row_sum_[r] > 0.0f) {
-          const float inv = 1.0f / row_sum_[r];
-          for (std::size_t t = 0; t < Dv; ++t) dst[t] = acc[t] * inv;
-        } else {
-          std::fill(dst, dst + Dv, 0.0f);  // attends no key
+          block(g0 + b0, b0, n, j0, m, offset);
         }
       }
+      for (std::size_t r = 0; r < group_rows; ++r) finish_row(acc_ + r * W_, out + (g0 + r) * dims_.value_dim);
     }
   }
 
  private:
+  // Query rows [i0, i0 + n) (local row b0 of the group) against packed keys [j0, j0 + m).
+  void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m, long long offset) {
+    const std::size_t d = dims_.head_dim;
+    kernels_.gemm(n, m, d, q_scaled_ + b0 * d, d, 1, k_t_, m, scores_, m, false);
+    for (std::size_t r = 0; r < n; ++r) {
+      float* s = scores_ + r * m;
+      float& row_max = row_max_[b0 + r];
+      for (std::size_t t = 0; t < padded_count_; ++t) s[padded_[t]] = kNegInf;
+      if (options_.causal) {
+        // Keys after this row's limit are hidden: a tail of the block.
+        const long long visible = static_cast<long long>(i0 + r) + offset + 1 - static_cast<long long>(j0);
+        const std::size_t keep = static_cast<std::size_t>(std::clamp<long long>(visible, 0, static_cast<long long>(m)));
+        std::fill(s + keep, s + m, kNegInf);
+      }
+      const float new_max = std::max(row_max, kernels_.max_bias(m, s, nullptr));
+      if (new_max == kNegInf) {  // nothing visible yet
+        std::fill(s, s + m, 0.0f);
+        continue;
+      }
+      if (new_max > row_max && row_max != kNegInf) {
+        const float correction = std::exp(row_max - new_max);
+        float* acc = acc_ + (b0 + r) * W_;
+        for (std::size_t t = 0; t < W_; ++t) acc[t] *= correction;
+      }
+      row_max = new_max;
+      kernels_.exp_bias(m, s, nullptr, -new_max, s);
+    }
+    // [acc | row sums] += P [V | 1]
+    kernels_.gemm(n, W_, m, scores_, m, 1, values_, W_, acc_ + b0 * W_, W_, true);
+  }
+
+  void finish_row(const float* acc, float* dst) const {
+    const std::size_t Dv = dims_.value_dim;
+    const float sum = acc[Dv];
+    if (sum > 0.0f) {
+      const float inv = 1.0f / sum;
+      for (std::size_t t = 0; t < Dv; ++t) dst[t] = acc[t] * inv;
+    } else {
+      std::fill(dst, dst + Dv, 0.0f);  // attends no key
+    }
+  }
+
+  // k_t_ = K[j0 .. j0+m)^T (d x m), values_ = [V | 1] rows, padded_ = padded columns.
+  void pack_keys(const float* k, const float* v, const std::uint8_t* pad, std::size_t j0, std::size_t m) {
+    const std::size_t d = dims_.head_dim, Dv = dims_.value_dim;
+    for (std::size_t j = 0; j < m; ++j) {
+      const float* row = k + (j0 + j) * d;
+      for (std::size_t t = 0; t < d; ++t) k_t_[t * m + j] = row[t];
+      std::copy(v + (j0 + j) * Dv, v + (j0 + j + 1) * Dv, values_ + j * W_);
+      values_[j * W_ + Dv] = 1.0f;
+    }
+    padded_count_ = 0;
+    if (pad != nullptr) {
+      for (std::size_t j = 0; j < m; ++j) {
+        if (pad[j0 + j] == 0) padded_[padded_count_++] = j;
+      }
+    }
+  }
+
   const AttentionDims& dims_;
   const SoftmaxOptions& options_;
   const KernelSet& kernels_;
-  std::vector<float> k_t_, scores_, acc_, row_max_, row_sum_;
+  const std::size_t W_;
+  float *q_scaled_, *k_t_, *values_, *scores_, *acc_, *row_max_;
+  std::size_t* padded_;
+  std::size_t padded_count_ = 0;
 };
 
 }  // namespace
