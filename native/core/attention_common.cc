@@ -14,17 +14,21 @@ float row_statistic(const float* row, std::size_t width, bool want_abs_max) {
   float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
   std::size_t i = 0;
   if (want_abs_max) {
+    // Plain comparisons (maxss) rather than fmax calls; NaN is caught by `poison`.
+    auto larger = [](float a, float b) { return b > a ? b : a; };
+    float poison = 0.0f;  // 0 * x: NaN when any x is NaN or infinite
     for (; i + 4 <= width; i += 4) {
-      a0 = std::fmax(a0, std::fabs(row[i]));
-      a1 = std::fmax(a1, std::fabs(row[i + 1]));
-      a2 = std::fmax(a2, std::fabs(row[i + 2]));
-      a3 = std::fmax(a3, std::fabs(row[i + 3]));
+      a0 = larger(a0, std::fabs(row[i]));
+      a1 = larger(a1, std::fabs(row[i + 1]));
+      a2 = larger(a2, std::fabs(row[i + 2]));
+      a3 = larger(a3, std::fabs(row[i + 3]));
+      poison += (row[i] + row[i + 1] + row[i + 2] + row[i + 3]) * 0.0f;
     }
-    for (; i < width; ++i) a0 = std::fmax(a0, std::fabs(row[i]));
-    // fmax drops NaN: add 0 * sum so a NaN or infinity still shows in the result.
-    float poison = 0.0f;
-    for (std::size_t t = 0; t < width; ++t) poison += row[t] * 0.0f;
-    return std::fmax(std::fmax(a0, a1), std::fmax(a2, a3)) + poison;
+    for (; i < width; ++i) {
+      a0 = larger(a0, std::fabs(row[i]));
+      poison += row[i] * 0.0f;
+    }
+    return larger(larger(a0, a1), larger(a2, a3)) + poison;
   }
   for (; i + 4 <= width; i += 4) {
     a0 += row[i] * row[i];
@@ -67,7 +71,7 @@ double scan_rows(const char* name, const float* x, std::size_t rows, std::size_t
           bad_row[b] = r;
           break;
         }
-        result = std::fmax(result, value);
+        result = value > result ? value : result;
       }
       partial[b] = result;
     }

@@ -136,12 +136,12 @@ void gemm_avx512_tile(std::size_t kc, const float* a, std::size_t ars, std::size
 
 // All M rows of one column panel (NV vectors wide) for one k block. The main tile
 // keeps MR*NV accumulators + NV B vectors + 1 broadcast within the 32 zmm registers
-// (6x4: 24 + 4 + 1); leftover rows take 4-, 2- and 1-row tiles.
+// (6x4: 24 + 4 + 1; 5x5: 25 + 5 + 1); leftover rows take 4-, 2- and 1-row tiles.
 template <int NV, bool MASKED>
 void gemm_avx512_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars,
                        std::size_t acs, const float* b, std::size_t ldb, float* c,
                        std::size_t ldc, bool load_c, __mmask16 last) {
-  constexpr std::size_t MR = NV >= 4 ? 6 : 8;
+  constexpr std::size_t MR = NV >= 5 ? 5 : (NV >= 4 ? 6 : 8);
   std::size_t i = 0;
   for (; i + MR <= M; i += MR) {
     gemm_avx512_tile<MR, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
@@ -191,8 +191,11 @@ void gemm_avx512(std::size_t M, std::size_t N, std::size_t K, const float* a,
   const std::size_t k_blocks = (K + kMaxKc - 1) / kMaxKc;
   const std::size_t kc_step = (K + k_blocks - 1) / k_blocks;  // even split, no tiny block
 
-  for (std::size_t n0 = 0; n0 < N; n0 += kPanel) {
-    const std::size_t nb = std::min(kPanel, N - n0);
+  for (std::size_t n0 = 0; n0 < N;) {
+    // A last panel of one vector would sweep A once more for a sliver of C (as in
+    // [V | 1] with 65 columns): fold it into the panel before, 5 vectors wide.
+    const std::size_t left = N - n0;
+    const std::size_t nb = left > kPanel && left <= kPanel + kLanes ? left : std::min(kPanel, left);
     const std::size_t nv = (nb + kLanes - 1) / kLanes;
     const std::size_t rem = nb - (nv - 1) * kLanes;  // lanes used in the last vector
     const bool masked = rem != kLanes;
@@ -204,6 +207,10 @@ void gemm_avx512(std::size_t M, std::size_t N, std::size_t K, const float* a,
       const float* bp = b + k0 * ldb + n0;
       float* cp = c + n0;
       switch (nv) {
+        case 5:
+          gemm_avx512_panel_any<5>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp,
+                                   ldc, load_c, last);
+          break;
         case 4:
           gemm_avx512_panel_any<4>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp,
                                    ldc, load_c, last);
@@ -222,6 +229,7 @@ void gemm_avx512(std::size_t M, std::size_t N, std::size_t K, const float* a,
           break;
       }
     }
+    n0 += nb;
   }
 }
 
