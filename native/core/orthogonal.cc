@@ -8,6 +8,21 @@
 namespace pa {
 namespace {
 
+// sum_i a[i] * b[i] over [begin, end) with four interleaved partial sums: a fixed
+// order (so the same bits everywhere) without one long chain of dependent adds.
+double dot(const double* a, const double* b, std::size_t begin, std::size_t end) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  std::size_t i = begin;
+  for (; i + 4 <= end; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < end; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
 // Householder QR of the d x d column-major matrix `a` (overwritten). Returns Q
 // (column-major) with the sign fix applied when asked: column k of Q times
 // sign(R_kk), which makes Q Haar-distributed (uniform over the orthogonal group).
@@ -15,9 +30,7 @@ std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, boo
   std::vector<double> householder(d * d, 0.0);  // column k: reflector v_k (zero above k)
   std::vector<double> r_diag(d, 0.0);
   for (std::size_t k = 0; k < d; ++k) {
-    double norm2 = 0.0;
-    for (std::size_t i = k; i < d; ++i) norm2 += a[k * d + i] * a[k * d + i];
-    const double norm = std::sqrt(norm2);
+    const double norm = std::sqrt(dot(&a[k * d], &a[k * d], k, d));
     const double x0 = a[k * d + k];
     // alpha has the opposite sign of x0 to avoid cancellation in v = x - alpha e1.
     const double alpha = x0 >= 0.0 ? -norm : norm;
@@ -25,13 +38,10 @@ std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, boo
     double* v = &householder[k * d];
     for (std::size_t i = k; i < d; ++i) v[i] = a[k * d + i];
     v[k] -= alpha;
-    double v_norm2 = 0.0;
-    for (std::size_t i = k; i < d; ++i) v_norm2 += v[i] * v[i];
+    const double v_norm2 = dot(v, v, k, d);
     if (v_norm2 == 0.0) continue;  // column already reduced (probability zero)
     for (std::size_t j = k; j < d; ++j) {
-      double dot = 0.0;
-      for (std::size_t i = k; i < d; ++i) dot += v[i] * a[j * d + i];
-      const double f = 2.0 * dot / v_norm2;
+      const double f = 2.0 * dot(v, &a[j * d], k, d) / v_norm2;
       for (std::size_t i = k; i < d; ++i) a[j * d + i] -= f * v[i];
     }
     // keep v with its squared norm folded in
@@ -44,9 +54,8 @@ std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, boo
   for (std::size_t kk = d; kk-- > 0;) {
     const double* v = &householder[kk * d];
     for (std::size_t j = 0; j < d; ++j) {
-      double dot = 0.0;
-      for (std::size_t i = kk; i < d; ++i) dot += v[i] * q[j * d + i];
-      for (std::size_t i = kk; i < d; ++i) q[j * d + i] -= 2.0 * dot * v[i];
+      const double f = 2.0 * dot(v, &q[j * d], kk, d);
+      for (std::size_t i = kk; i < d; ++i) q[j * d + i] -= f * v[i];
     }
   }
   if (sign_fix) {

@@ -62,8 +62,11 @@ double portable_log(double x) {
   // log(m) = 2 atanh(t), t = (m - 1) / (m + 1), |t| <= 0.1716: 12 odd terms reach 1e-19.
   const double t = (mantissa - 1.0) / (mantissa + 1.0);
   const double t2 = t * t;
+  // 1/k for k = 3, 5, ..., 23 (correctly rounded constants, as a division would give).
+  static constexpr double kInverseOdd[] = {1.0 / 3,  1.0 / 5,  1.0 / 7,  1.0 / 9,  1.0 / 11, 1.0 / 13,
+                                           1.0 / 15, 1.0 / 17, 1.0 / 19, 1.0 / 21, 1.0 / 23};
   double series = 0.0;
-  for (int k = 23; k >= 3; k -= 2) series = (series + 1.0 / k) * t2;
+  for (int i = 10; i >= 0; --i) series = (series + kInverseOdd[i]) * t2;
   const double log_mantissa = 2.0 * t * (1.0 + series);
   // ln 2 split in two so exponent * ln2_hi is exact for |exponent| < 2^11.
   const double ln2_hi = 6.93147180369123816490e-01;
