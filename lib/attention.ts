@@ -53,6 +53,7 @@ export interface SoftmaxAttentionOptions {
 const FAVOR_OPTIONS = ['featureMap', 'causal', 'keyPaddingMask', 'epsilon', 'chunkSize', 'out'] as const;
 const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
 const LEGEND = '[batch, heads, seq, headDim]';
+const LARGE_OUTPUT = 1 << 18; // floats (1 MiB)
 
 interface Prepared {
   q: Tensor;
@@ -95,7 +96,10 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
     }
     out = given.data;
   } else {
-    out = new Float32Array(B * H * Lq * Dv);
+    // Large outputs come from native huge-page memory: faulting in fresh 4 KiB pages
+    // of a new ArrayBuffer can cost more than the attention itself.
+    const length = B * H * Lq * Dv;
+    out = length >= LARGE_OUTPUT ? native().allocateOutput(length) : new Float32Array(length);
   }
   return {
     q,
