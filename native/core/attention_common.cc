@@ -22,7 +22,7 @@ float row_statistic(const float* row, std::size_t width, bool want_abs_max) {
       a1 = larger(a1, std::fabs(row[i + 1]));
       a2 = larger(a2, std::fabs(row[i + 2]));
       a3 = larger(a3, std::fabs(row[i + 3]));
-      poison += (row[i] + row[i + 1] + row[i + 2] + row[i + 3]) * 0.0f;
+      poison += (row[i] * 0.0f + row[i + 1] * 0.0f) + (row[i + 2] * 0.0f + row[i + 3] * 0.0f);
     }
     for (; i < width; ++i) {
       a0 = larger(a0, std::fabs(row[i]));
