@@ -85,12 +85,20 @@ void FeatureEvaluator::log_features(const float* x, std::size_t rows, float* z, 
   for (std::size_t r = 0; r < rows; ++r) {
     const float* u = work + r * m;
     float* zr = z + r * F;
-    double norm2 = 0.0;
-    for (std::size_t i = 0; i < d; ++i) {
-      const double xi = static_cast<double>(x[r * d + i]) * normalizer_;
-      norm2 += xi * xi;
+    // ||x||^2 in double with four partial sums (no long chain of dependent adds),
+    // then times the normalizer^2.
+    const float* xr = x + r * d;
+    double p0 = 0.0, p1 = 0.0, p2 = 0.0, p3 = 0.0;
+    std::size_t i = 0;
+    for (; i + 4 <= d; i += 4) {
+      p0 += static_cast<double>(xr[i]) * xr[i];
+      p1 += static_cast<double>(xr[i + 1]) * xr[i + 1];
+      p2 += static_cast<double>(xr[i + 2]) * xr[i + 2];
+      p3 += static_cast<double>(xr[i + 3]) * xr[i + 3];
     }
-    const float half_norm2 = static_cast<float>(0.5 * norm2);
+    for (; i < d; ++i) p0 += static_cast<double>(xr[i]) * xr[i];
+    const double normalizer = normalizer_;
+    const float half_norm2 = static_cast<float>(0.5 * ((p0 + p1) + (p2 + p3)) * normalizer * normalizer);
     switch (spec_.kernel) {
       case Kernel::kSoftmax:
         for (std::size_t f = 0; f < m; ++f) zr[f] = u[f] - half_norm2;
