@@ -53,7 +53,6 @@ export interface SoftmaxAttentionOptions {
 const FAVOR_OPTIONS = ['featureMap', 'causal', 'keyPaddingMask', 'epsilon', 'chunkSize', 'out'] as const;
 const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
 const LEGEND = '[batch, heads, seq, headDim]';
-const LARGE_OUTPUT = 1 << 18; // floats (1 MiB)
 
 interface Prepared {
   q: Tensor;
@@ -96,10 +95,9 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
     }
     out = given.data;
   } else {
-    // Large outputs come from native huge-page memory: faulting in fresh 4 KiB pages
-    // of a new ArrayBuffer can cost more than the attention itself.
-    const length = B * H * Lq * Dv;
-    out = length >= LARGE_OUTPUT ? native().allocateOutput(length) : new Float32Array(length);
+    // A fresh output costs page faults on first write (milliseconds for large
+    // ones): callers that repeat calls should pass `out`.
+    out = new Float32Array(B * H * Lq * Dv);
   }
   return {
     q,

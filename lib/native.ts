@@ -12,7 +12,6 @@ export interface NativeAddon {
   backendInfo(): { isa: string; available: string[]; compiled: string[]; threads: number };
   setIsa(name: string): void;
   setThreads(n: number): void;
-  allocateOutput(length: number): Float32Array;
   measureFmaPeak(options: { isa?: string; threads?: number; milliseconds?: number }): {
     isa: string;
     gflops: number;

@@ -1,5 +1,4 @@
-// backendInfo(), setIsa(name), setThreads(n), measureFmaPeak(options),
-// allocateOutput(length).
+// backendInfo(), setIsa(name), setThreads(n), measureFmaPeak(options).
 #include "addon/backend_bindings.h"
 
 #include <atomic>
@@ -8,7 +7,6 @@
 #include <vector>
 
 #include "addon/convert.h"
-#include "core/memory.h"
 #include "core/thread_pool.h"
 #include "kernels/dispatch.h"
 
@@ -102,29 +100,6 @@ Napi::Value measure_fma_peak(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// A Float32Array for results, over memory from pa::allocate_large: large ones are
-// huge-page aligned and advised, so writing them the first time is several times
-// cheaper than a fresh zero-filled ArrayBuffer. Contents start undefined (the
-// attention functions write every element).
-Napi::Value allocate_output(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const double length = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
-  if (!(length >= 0) || length != static_cast<double>(static_cast<std::size_t>(length))) {
-    throw_range_error(env, "length: expected a non-negative integer");
-  }
-  const std::size_t bytes = checked_mul(env, static_cast<std::size_t>(length), sizeof(float));
-  void* memory = nullptr;
-  try {
-    memory = pa::allocate_large(bytes);
-  } catch (const std::bad_alloc&) {
-    throw_range_error(env, "not enough memory for an output of " + std::to_string(bytes) + " bytes",
-                      "ERR_MEMORY_ALLOCATION_FAILED");
-  }
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
-      env, memory, bytes, [](Napi::Env, void* data) { pa::free_large(data); });
-  return Napi::Float32Array::New(env, static_cast<std::size_t>(length), buffer, 0);
-}
-
 }  // namespace
 
 const pa::KernelSet& active_kernels() { return *active_slot().load(); }
@@ -134,7 +109,6 @@ void register_backend_bindings(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, set_isa, "setIsa"));
   exports.Set("setThreads", Napi::Function::New(env, set_threads, "setThreads"));
   exports.Set("measureFmaPeak", Napi::Function::New(env, measure_fma_peak, "measureFmaPeak"));
-  exports.Set("allocateOutput", Napi::Function::New(env, allocate_output, "allocateOutput"));
 }
 
 }  // namespace pa_addon

@@ -33,7 +33,7 @@ class FloatBuffer {
 };
 
 // Allocates `bytes` with the same alignment and huge-page advice; release with
-// free_large(). For memory handed to JavaScript (external ArrayBuffers).
+// free_large().
 void* allocate_large(std::size_t bytes);
 void free_large(void* pointer);
 
