@@ -35,7 +35,7 @@ Method:
   --budget S         skip exact attention where its extrapolated run time exceeds S seconds (default 10)
   --no-exact         FAVOR+ only
   --seed N           seed of the random inputs and features (default 1)
-  --peak-ms MS       duration of each FMA peak measurement (default 300)
+  --peak-ms MS       duration of each FMA peak measurement (the best of 3 is kept; default 300)
 Output:
   --json [FILE]      write the JSON report to FILE ('-' for stdout; default: the results folder)
   --out DIR          results folder for the JSON report and the chart (default ./results)
@@ -52,6 +52,8 @@ Extra measurements (--suite NAME[,NAME]; default sweep):
   numpy         FAVOR+ and exact attention against numpy in python3 (default L 4096,16384; bidirectional)
   all           every suite above
   --onnx, --numpy    add those suites to the others
+  --no-onnx          without --suite, the sweep also compares exact attention with onnxruntime-node
+                     at L = 1024..4096 when that package is installed; this turns that off
   -h, --help         this text
 `;
 
@@ -78,6 +80,8 @@ function defaults() {
     chart: true,
     quiet: false,
     help: false,
+    // The default run (no --suite, no --onnx) adds a short onnxruntime comparison when installed.
+    autoOnnx: true,
   };
 }
 
@@ -175,7 +179,7 @@ const WITH_VALUE = new Set([
   '--target-ms', '--budget', '--seed', '--peak-ms', '--out', '--suite',
 ]);
 const OPTIONAL_VALUE = new Set(['--json', '--causal']);
-const BARE = new Set(['--no-exact', '--no-chart', '--quiet', '--onnx', '--numpy', '--help', '-h']);
+const BARE = new Set(['--no-exact', '--no-chart', '--quiet', '--onnx', '--no-onnx', '--numpy', '--help', '-h']);
 
 /** Parses argv (without node and the script). Throws UsageError. */
 function parseArgs(argv) {
@@ -273,6 +277,9 @@ function parseArgs(argv) {
       case '--onnx':
         extraSuites.push('onnx');
         break;
+      case '--no-onnx':
+        o.autoOnnx = false;
+        break;
       case '--numpy':
         extraSuites.push('numpy');
         break;
@@ -282,6 +289,8 @@ function parseArgs(argv) {
         break;
     }
   }
+  if (o.suites !== null || extraSuites.includes('onnx')) o.autoOnnx = false;
+  if (seen.has('--onnx') && seen.has('--no-onnx')) throw new UsageError('--onnx and --no-onnx contradict each other');
   const base = o.suites ?? ['sweep'];
   o.suites = SUITES.filter((s) => base.includes(s) || extraSuites.includes(s));
   return o;

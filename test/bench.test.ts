@@ -1,0 +1,449 @@
+// The benchmark program's own logic (bench/), on tiny sizes. No assertion here
+// depends on how fast anything runs: timings never decide a test.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const root = path.resolve(__dirname, '..');
+const benchDir = path.join(root, 'bench');
+const cli = path.join(benchDir, 'performer-bench.js');
+
+/* eslint-disable @typescript-eslint/no-var-requires */
+const cost = require(path.join(benchDir, 'lib', 'cost.js'));
+const stats = require(path.join(benchDir, 'lib', 'stats.js'));
+const format = require(path.join(benchDir, 'lib', 'format.js'));
+const { findCrossover, describeCrossover } = require(path.join(benchDir, 'lib', 'crossover.js'));
+const { parseArgs, parseSeqList, UsageError } = require(path.join(benchDir, 'lib', 'args.js'));
+const { ProtoWriter, decodeMessage } = require(path.join(benchDir, 'lib', 'protobuf.js'));
+const onnx = require(path.join(benchDir, 'lib', 'onnx.js'));
+const { numpyEnv } = require(path.join(benchDir, 'lib', 'runner.js'));
+const { chartSpec } = require(path.join(benchDir, 'lib', 'chart.js'));
+const { deriveRecord } = require(path.join(benchDir, 'lib', 'measure.js'));
+const { summarizeSweep } = require(path.join(benchDir, 'lib', 'suites.js'));
+const data = require(path.join(benchDir, 'lib', 'data.js'));
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'pa-bench-'));
+}
+
+function runCli(args: string[], options: { cwd?: string } = {}) {
+  return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd: options.cwd ?? root, timeout: 60000 });
+}
+
+describe('cost model (DESIGN.md section 1)', () => {
+  test('FAVOR+: 2 Lq d m + 2 Lk d m + 2 Lk m (Dv+1) + 2 Lq m (Dv+1) per (batch, head), causal the same', () => {
+    const shape = { batch: 2, heads: 3, L: 10, headDim: 4, valueDim: 5, numFeatures: 6 };
+    const perHead = 2 * 10 * 4 * 6 + 2 * 10 * 4 * 6 + 2 * 10 * 6 * 6 + 2 * 10 * 6 * 6;
+    expect(cost.favorCost(shape)).toEqual({ flops: 6 * perHead, exps: 6 * 20 * 6 });
+    expect(cost.favorCost({ ...shape, causal: true })).toEqual(cost.favorCost(shape));
+    // The issue's configuration: B 1, H 8, L 4096, d = Dv = 64, m = 256.
+    const f = cost.favorCost({ batch: 1, heads: 8, L: 4096, headDim: 64, numFeatures: 256 });
+    expect(f.flops).toBe(8 * (4 * 4096 * 64 * 256 + 4 * 4096 * 256 * 65));
+  });
+
+  test('different query and key lengths, and kernels with 2m features', () => {
+    const s = { queryLength: 3, keyLength: 7, headDim: 2, valueDim: 1, numFeatures: 4 };
+    expect(cost.favorCost(s).flops).toBe(2 * 3 * 2 * 4 + 2 * 7 * 2 * 4 + 2 * 7 * 4 * 2 + 2 * 3 * 4 * 2);
+    expect(cost.featureCount(4, 'softmax-hyperbolic')).toBe(8);
+    expect(cost.featureCount(4, 'trig')).toBe(8);
+    expect(cost.featureCount(4, 'relu')).toBe(4);
+    const h = cost.favorCost({ ...s, kernel: 'softmax-hyperbolic' });
+    expect(h.flops).toBe(2 * 3 * 2 * 4 + 2 * 7 * 2 * 4 + 2 * 7 * 8 * 2 + 2 * 3 * 8 * 2);
+    expect(h.exps).toBe(10 * 8);
+  });
+
+  test('exact: 2 Lq Lk (d + Dv); causal counts the attended pairs (bottom-right aligned)', () => {
+    expect(cost.exactCost({ heads: 2, L: 8, headDim: 4, valueDim: 3 })).toEqual({ flops: 2 * 2 * 64 * 7, exps: 2 * 64 });
+    expect(cost.attendedPairs(4, 4, true)).toBe(10); // 1 + 2 + 3 + 4
+    expect(cost.attendedPairs(2, 4, true)).toBe(3 + 4);
+    expect(cost.attendedPairs(4, 2, true)).toBe(0 + 0 + 1 + 2);
+    expect(cost.attendedPairs(5, 3, false)).toBe(15);
+    const L = 1000;
+    const causal = cost.exactCost({ L, headDim: 64, causal: true }).flops;
+    const full = cost.exactCost({ L, headDim: 64 }).flops;
+    expect(causal / full).toBeCloseTo((L + 1) / (2 * L), 12);
+  });
+
+  test('input sizes, GFLOP/s, and bad shapes', () => {
+    const io = cost.ioBytes({ batch: 1, heads: 2, L: 3, headDim: 4, valueDim: 5 });
+    expect(io.total).toBe(4 * (6 * 4 + 6 * 4 + 6 * 5 + 6 * 5));
+    expect(cost.gflops(2e9, 1000)).toBe(2);
+    expect(() => cost.favorCost({ L: 4, headDim: 2 })).toThrow(RangeError);
+    expect(() => cost.exactCost({ L: -1, headDim: 2 })).toThrow(RangeError);
+  });
+});
+
+describe('statistics helpers', () => {
+  test('median, quantiles and summary', () => {
+    expect(stats.median([3, 1, 2])).toBe(2);
+    expect(stats.median([4, 1, 3, 2])).toBe(2.5);
+    expect(stats.quantile([10, 20, 30, 40, 50], 0.25)).toBe(20);
+    expect(stats.quantile([1, 2], 0.75)).toBeCloseTo(1.75);
+    const s = stats.summarize([5, 1, 4, 2, 3]);
+    expect(s).toMatchObject({ n: 5, median: 3, min: 1, max: 5, mean: 3, p25: 2, p75: 4 });
+    expect(s.spread).toBeCloseTo(1 / 3);
+    expect(() => stats.median([])).toThrow(RangeError);
+    expect(() => stats.quantile([1], 2)).toThrow(RangeError);
+    expect(() => stats.median([1, NaN])).toThrow(TypeError);
+  });
+
+  test('repeats adapt to the run time: more for fast calls, at least 3', () => {
+    expect(stats.chooseRepeats(1)).toBe(50);
+    expect(stats.chooseRepeats(100)).toBe(10);
+    expect(stats.chooseRepeats(5000)).toBe(3);
+    expect(stats.chooseRepeats(0)).toBe(50);
+    expect(stats.chooseRepeats(10, { targetMs: 100, min: 2, max: 5 })).toBe(5);
+  });
+
+  test('quadratic extrapolation and the scaling exponent', () => {
+    expect(stats.extrapolate({ L: 1024, ms: 10 }, 4096)).toBe(160);
+    expect(stats.extrapolate({ L: 1024, ms: 10 }, 4096, 1)).toBe(40);
+    expect(stats.scalingExponent({ L: 1000, ms: 2 }, { L: 4000, ms: 32 })).toBeCloseTo(2);
+  });
+});
+
+describe('table formatting', () => {
+  test('columns are aligned, right by default, left on request; missing cells print as –', () => {
+    const t = format.table(
+      [{ title: 'L' }, { title: 'mode', align: 'left' }, { title: 'ms' }],
+      [
+        ['256', 'causal', '1.23'],
+        ['16384', null, '12345'],
+      ],
+    );
+    expect(t.split('\n')).toEqual(['    L  mode       ms', '-----  ------  -----', '  256  causal   1.23', '16384  –       12345']);
+  });
+
+  test('numbers, durations, sizes', () => {
+    expect(format.sig(1.23456)).toBe('1.23');
+    expect(format.sig(123456)).toBe('123456');
+    expect(format.sig(0.000123)).toBe('0.000123');
+    expect(format.sig(NaN)).toBe('–');
+    expect(format.duration(0.25)).toBe('250 µs');
+    expect(format.duration(12.34)).toBe('12.3 ms');
+    expect(format.duration(4560)).toBe('4.56 s');
+    expect(format.duration(3 * 3600e3)).toBe('3.00 h');
+    expect(format.bytes(512)).toBe('0.500 KiB');
+    expect(format.bytes(3 * 1024 * 1024)).toBe('3.00 MiB');
+    expect(format.bytes(20 * 1024 ** 3)).toBe('20.0 GiB');
+    expect(format.percent(64.4)).toBe('64%');
+    expect(format.ratio(8.239)).toBe('8.24x');
+  });
+});
+
+describe('crossover from measured points', () => {
+  test('interpolates on log L against log(exact / FAVOR+)', () => {
+    // ratio 0.5 at L = 256, 2 at L = 1024: log ratio crosses 0 halfway in log L, at 512.
+    const c = findCrossover([
+      { L: 1024, favorMs: 1, exactMs: 2 },
+      { L: 256, favorMs: 2, exactMs: 1 },
+    ]);
+    expect(c.status).toBe('between');
+    expect(c.L).toBeCloseTo(512, 6);
+    expect(c.lower.L).toBe(256);
+    expect(c.upper.L).toBe(1024);
+    expect(describeCrossover(c)).toMatch(/^L ≈ 512 /);
+  });
+
+  test('takes the last crossing (FAVOR+ faster at every larger L), ignores unusable points', () => {
+    const c = findCrossover([
+      { L: 128, favorMs: 1, exactMs: 2 }, // noise: faster once at a small L
+      { L: 256, favorMs: 2, exactMs: 1 },
+      { L: 512, favorMs: 2, exactMs: 2 }, // a tie is not faster
+      { L: 1024, favorMs: 1, exactMs: 4 },
+      { L: 2048, favorMs: 1 },
+    ]);
+    expect(c.status).toBe('between');
+    expect(c.lower.L).toBe(512);
+    expect(c.upper.L).toBe(1024);
+    expect(c.L).toBeCloseTo(512, 6); // the tie sits exactly at ratio 1
+  });
+
+  test('below, above, none', () => {
+    expect(findCrossover([{ L: 64, favorMs: 1, exactMs: 3 }]).status).toBe('below');
+    const above = findCrossover([
+      { L: 64, favorMs: 3, exactMs: 1 },
+      { L: 128, favorMs: 3, exactMs: 2 },
+    ]);
+    expect(above.status).toBe('above');
+    expect(above.lower.L).toBe(128);
+    expect(findCrossover([]).status).toBe('none');
+    expect(describeCrossover({ status: 'none', L: null })).toMatch(/not measured/);
+  });
+});
+
+describe('flag parsing', () => {
+  test('defaults: sweep of L 256..16384 (chosen by the suite), both modes, adaptive repeats', () => {
+    const o = parseArgs([]);
+    expect(o).toMatchObject({ suites: ['sweep'], seq: null, batch: 1, heads: 8, dim: 64, features: 256, kernel: 'softmax' });
+    expect(o.modes).toEqual(['bidirectional', 'causal']);
+    expect(o.repeats).toBeNull();
+    expect(o.json).toBeNull();
+    expect(o.exact).toBe(true);
+  });
+
+  test('lengths: lists, doubling ranges, k and 2^n', () => {
+    expect(parseSeqList('256..2048')).toEqual([256, 512, 1024, 2048]);
+    expect(parseSeqList('64k,1024,2^20,1M,1024')).toEqual([1024, 65536, 1048576]);
+    expect(parseSeqList('100..500')).toEqual([100, 200, 400]);
+  });
+
+  test('every documented flag', () => {
+    const o = parseArgs([
+      '--seq', '32,64', '--batch', '2', '--heads=3', '--dim', '16', '--features', '32', '--kernel', 'softmax-hyperbolic',
+      '--causal', '--threads', '1,2', '--repeats', '4', '--budget', '2.5', '--no-exact', '--no-chart', '--out', 'x',
+      '--json', 'r.json', '--onnx', '--suite', 'overhead', '--isa', 'scalar', '--seed', '7', '--peak-ms', '20', '--quiet',
+    ]);
+    expect(o).toMatchObject({
+      seq: [32, 64], batch: 2, heads: 3, dim: 16, features: 32, kernel: 'softmax-hyperbolic', modes: ['causal'],
+      threads: [1, 2], repeats: 4, budget: 2.5, exact: false, chart: false, out: 'x', json: 'r.json',
+      suites: ['overhead', 'onnx'], isa: 'scalar', seed: 7, peakMs: 20, quiet: true,
+    });
+    expect(parseArgs(['--causal', 'false']).modes).toEqual(['bidirectional']);
+    expect(parseArgs(['--causal', 'both', '--json']).json).toBe('');
+    expect(parseArgs(['--json', '-']).json).toBe('-');
+    expect(parseArgs(['--json', '--quiet'])).toMatchObject({ json: '', quiet: true });
+    expect(parseArgs(['--suite', 'all']).suites).toEqual(['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy']);
+    expect(parseArgs(['--numpy']).suites).toEqual(['sweep', 'numpy']);
+  });
+
+  test('the default run adds the short onnxruntime comparison unless a suite is chosen or --no-onnx', () => {
+    expect(parseArgs([]).autoOnnx).toBe(true);
+    expect(parseArgs(['--seq', '1024']).autoOnnx).toBe(true);
+    expect(parseArgs(['--no-onnx']).autoOnnx).toBe(false);
+    expect(parseArgs(['--suite', 'sweep']).autoOnnx).toBe(false);
+    expect(parseArgs(['--onnx'])).toMatchObject({ autoOnnx: false, suites: ['sweep', 'onnx'] });
+    expect(() => parseArgs(['--onnx', '--no-onnx'])).toThrow(/contradict/);
+  });
+
+  test.each([
+    [['--sequence', '5'], /unknown flag --sequence/],
+    [['seq'], /unexpected argument "seq"/],
+    [['--heads', 'eight'], /--heads: expected an integer, received "eight"/],
+    [['--heads', '0'], /--heads: expected an integer from 1/],
+    [['--heads'], /--heads: missing value/],
+    [['--heads', '--dim', '8'], /--heads: missing value/],
+    [['--seq', '4096..1024'], /goes down/],
+    [['--seq', 'abc'], /--seq: expected a length/],
+    [['--seq', '64,,128'], /empty item/],
+    [['--kernel', 'favor'], /--kernel: expected one of softmax, /],
+    [['--causal', 'maybe'], /--causal: expected both, true or false/],
+    [['--budget', '-1'], /--budget: expected a positive number/],
+    [['--suite', 'fast'], /--suite: expected one of/],
+    [['--isa', 'neon'], /--isa: expected one of scalar, avx2, avx512/],
+    [['--no-exact=1'], /takes no value/],
+    [['--heads', '2', '--heads', '4'], /given twice/],
+  ])('rejects %j', (argv, message) => {
+    expect(() => parseArgs(argv)).toThrow(UsageError);
+    expect(() => parseArgs(argv)).toThrow(message);
+  });
+});
+
+describe('ONNX models from the hand-written protobuf encoder', () => {
+  const text = (b: Uint8Array) => Buffer.from(b).toString('utf8');
+
+  test('varints, negative int64 and floats follow the wire format', () => {
+    expect([...new ProtoWriter().varint(300).finish()]).toEqual([0xac, 0x02]);
+    expect([...new ProtoWriter().varint(0).finish()]).toEqual([0]);
+    const neg = new ProtoWriter().int(3, -1).finish();
+    expect(neg.length).toBe(11); // tag + 10-byte varint
+    expect(decodeMessage(neg)[3][0]).toBe(2n ** 64n - 1n);
+    const f = decodeMessage(new ProtoWriter().float(2, 0.125).finish())[2][0];
+    expect(new DataView(f.buffer, f.byteOffset, 4).getFloat32(0, true)).toBe(0.125);
+  });
+
+  function nodes(model: Uint8Array) {
+    const m = decodeMessage(model);
+    const graph = decodeMessage(m[7][0]);
+    return {
+      model: m,
+      graph,
+      nodes: graph[1].map((n: Uint8Array) => {
+        const f = decodeMessage(n);
+        const attrs: Record<string, bigint | number[]> = {};
+        for (const a of f[5] ?? []) {
+          const af = decodeMessage(a);
+          attrs[text(af[1][0])] = af[3] ? af[3][0] : (af[8] ?? []).map((x: bigint) => Number(BigInt.asIntN(64, x)));
+        }
+        return { op: text(f[4][0]), domain: f[7] ? text(f[7][0]) : '', inputs: (f[1] ?? []).map(text), outputs: f[2].map(text), attrs };
+      }),
+    };
+  }
+
+  test('MatMul-Softmax-MatMul graph: ops, opset, inputs and the causal mask', () => {
+    const bi = nodes(onnx.matmulSoftmaxModel({ batch: 1, heads: 2, L: 4, headDim: 8 }));
+    expect(bi.model[1][0]).toBe(8n); // ir_version
+    const opset = decodeMessage(bi.model[8][0]);
+    expect(opset[2][0]).toBe(17n);
+    expect(bi.nodes.map((n: { op: string }) => n.op)).toEqual(['Transpose', 'MatMul', 'Mul', 'Softmax', 'MatMul']);
+    expect(bi.nodes[0].attrs.perm).toEqual([0, 1, 3, 2]);
+    expect(BigInt.asIntN(64, bi.nodes[3].attrs.axis as bigint)).toBe(-1n);
+    expect(bi.graph[11].map((vi: Uint8Array) => text(decodeMessage(vi)[1][0]))).toEqual(['query', 'key', 'value']);
+    const causal = nodes(onnx.matmulSoftmaxModel({ batch: 1, heads: 2, L: 4, headDim: 8, causal: true }));
+    expect(causal.nodes.map((n: { op: string }) => n.op)).toEqual(['Transpose', 'MatMul', 'Mul', 'Add', 'Softmax', 'MatMul']);
+    const mask = causal.graph[5].map((t: Uint8Array) => decodeMessage(t)).find((t: Record<number, Uint8Array[]>) => text(t[8][0]) === 'causal_mask');
+    const raw = mask[9][0];
+    const values = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
+    expect([...values.slice(0, 4)]).toEqual([0, -Infinity, -Infinity, -Infinity]);
+    expect([...values.slice(12, 16)]).toEqual([0, 0, 0, 0]);
+  });
+
+  test('MultiHeadAttention graph: com.microsoft domain, num_heads, unidirectional when causal', () => {
+    const m = nodes(onnx.multiHeadAttentionModel({ batch: 1, heads: 4, L: 16, headDim: 8, causal: true }));
+    expect(m.nodes).toHaveLength(1);
+    expect(m.nodes[0]).toMatchObject({ op: 'MultiHeadAttention', domain: 'com.microsoft', inputs: ['query', 'key', 'value'] });
+    expect(m.nodes[0].attrs).toEqual({ num_heads: 4n, unidirectional: 1n });
+    const domains = m.model[8].map((o: Uint8Array) => decodeMessage(o)[1]).map((d: Uint8Array[] | undefined) => (d ? text(d[0]) : ''));
+    expect(domains).toEqual(['', 'com.microsoft']);
+    const bi = nodes(onnx.multiHeadAttentionModel({ batch: 1, heads: 4, L: 16, headDim: 8 }));
+    expect(bi.nodes[0].attrs).toEqual({ num_heads: 4n });
+  });
+
+  test('the [B, H, L, D] <-> [B, L, H*D] layout change round-trips', () => {
+    const x = Float32Array.from({ length: 2 * 3 * 4 * 5 }, (_, i) => i);
+    const bsd = data.toBSD(x, [2, 3, 4, 5]);
+    expect(bsd[5]).toBe(x[4 * 5]); // b 0, l 0, head 1, d 0
+    expect([...data.fromBSD(bsd, [2, 3, 4, 5])]).toEqual([...x]);
+  });
+});
+
+describe('records, summaries, chart and child environments', () => {
+  const config = { impl: 'favor', mode: 'bidirectional', L: 1024, batch: 1, heads: 2, headDim: 16, features: 32, kernel: 'softmax', threads: 2 };
+
+  test('a record: median ms, GFLOP/s from the cost model, % of peak, memory against q, k, v, output', () => {
+    const r = deriveRecord({ times: [3, 1, 2], firstMs: 5, extraBytes: 4096, outBytes: 131072, coresUsed: 1.5 }, config, 10);
+    const flops = cost.favorCost({ ...config, numFeatures: 32 }).flops;
+    expect(r.ms).toBe(2);
+    expect(r.runs).toBe(3);
+    expect(r.flops).toBe(flops);
+    expect(r.gflops).toBeCloseTo(flops / 2e6);
+    expect(r.pctPeak).toBeCloseTo((100 * flops) / 2e6 / 10);
+    expect(r.ioBytes).toBe(4 * 2 * 1024 * 16 * 4);
+    expect(r.extraOverIo).toBeCloseTo(4096 / r.ioBytes);
+    const e = deriveRecord({ times: [4] }, { ...config, impl: 'exact', mode: 'causal' }, null);
+    expect(e.flops).toBe(cost.exactCost({ ...config, causal: true }).flops);
+    expect(e.pctPeak).toBeNull();
+  });
+
+  test('sweep summary: crossover and linearity from rows', () => {
+    const row = (L: number, favorMs: number, exactMs: number | null) => ({
+      threads: 2,
+      mode: 'causal',
+      L,
+      favor: { L, ms: favorMs, extraBytes: 1000, ioBytes: 16 * L, extraOverIo: 1000 / (16 * L) },
+      exact: exactMs === null ? { skipped: true, estimatedMs: 1e6 } : { L, ms: exactMs },
+    });
+    const s = summarizeSweep([row(1024, 2, 1), row(4096, 8, 16), row(16384, 32, null), row(65536, 136, null)], { opts: { exact: true } });
+    expect(s.crossover).toHaveLength(1);
+    expect(s.crossover[0]).toMatchObject({ mode: 'causal', status: 'between' });
+    expect(s.crossover[0].L).toBeCloseTo(2048, 6);
+    expect(s.linearity[0]).toMatchObject({ fromL: 4096, toL: 65536, linearRatio: 16, timeRatio: 17 });
+    expect(s.linearity[0].extraOverIoAtLargest).toBeCloseTo(1000 / (16 * 65536));
+  });
+
+  test('chart spec: time against L on log-log axes, extrapolated points kept apart', () => {
+    const spec = chartSpec([
+      { name: 'FAVOR+ causal', mode: 'causal', points: [{ L: 256, ms: 1 }, { L: 512, ms: 0 }] },
+      { name: 'exact causal, extrapolated', mode: 'causal', points: [{ L: 1024, ms: 9, estimated: true }] },
+    ]);
+    expect(spec.encoding.x.scale.type).toBe('log');
+    expect(spec.encoding.y.scale.type).toBe('log');
+    expect(spec.data.values).toEqual([
+      { series: 'FAVOR+ causal', mode: 'causal', L: 256, ms: 1, estimated: false },
+      { series: 'exact causal, extrapolated', mode: 'causal', L: 1024, ms: 9, estimated: true },
+    ]);
+  });
+
+  test("numpy's child environment: no OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE, the library's thread count", () => {
+    const env = numpyEnv(2, { PATH: '/bin', OPENBLAS_CORETYPE: 'Haswell', OPENBLAS_L2_SIZE: '1048576', OPENBLAS_NUM_THREADS: '8' });
+    expect(env).toEqual({ PATH: '/bin', OPENBLAS_NUM_THREADS: '2', OMP_NUM_THREADS: '2' });
+  });
+
+  test('seeded inputs are reproducible and have the requested spread', () => {
+    const a = data.makeInputs({ batch: 1, heads: 1, L: 2000, headDim: 8, seed: 3 });
+    const b = data.makeInputs({ batch: 1, heads: 1, L: 2000, headDim: 8, seed: 3 });
+    expect(a.q.data).toEqual(b.q.data);
+    expect(a.q.data).not.toEqual(a.k.data);
+    let s2 = 0;
+    for (const x of a.v.data) s2 += x * x;
+    expect(Math.sqrt(s2 / a.v.data.length)).toBeCloseTo(1, 1);
+    expect(a.out.shape).toEqual([1, 1, 2000, 8]);
+  });
+});
+
+describe('performer-bench, run for real on tiny sizes', () => {
+  test('writes a JSON report with both modes, FAVOR+ and exact at each L, peaks and the chart', () => {
+    const dir = tmpDir();
+    const json = path.join(dir, 'report.json');
+    const r = runCli(['--seq', '32,64', '--heads', '1', '--dim', '8', '--features', '8', '--repeats', '1', '--peak-ms', '20', '--out', dir, '--json', json, '--quiet']);
+    expect(r.stderr).not.toMatch(/failed/);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/== sweep ==/);
+    expect(r.stdout).toMatch(/FAVOR\+ ms\s+GFLOP\/s\s+% peak/);
+    const report = JSON.parse(fs.readFileSync(json, 'utf8'));
+    expect(report.tool).toBe('performer-bench');
+    expect(report.peaks.map((p: { threads: number }) => p.threads)).toContain(1);
+    for (const p of report.peaks) expect(p.gflops).toBeGreaterThan(0);
+    const rows = report.suites.sweep.rows;
+    expect(rows.map((x: { mode: string; L: number }) => `${x.mode} ${x.L}`)).toEqual(['bidirectional 32', 'bidirectional 64', 'causal 32', 'causal 64']);
+    for (const row of rows) {
+      for (const rec of [row.favor, row.exact]) {
+        expect(rec.runs).toBe(1);
+        expect(rec.ms).toBeGreaterThan(0);
+        expect(Number.isFinite(rec.gflops)).toBe(true);
+        expect(rec.extraBytes).toBeGreaterThanOrEqual(0);
+        expect(rec.ioBytes).toBe(4 * 4 * row.L * 8);
+      }
+      const shape = { L: row.L, headDim: 8, numFeatures: 8, causal: row.mode === 'causal' };
+      expect(row.favor.flops).toBe(cost.favorCost(shape).flops);
+      expect(row.exact.flops).toBe(cost.exactCost(shape).flops);
+    }
+    expect(report.suites.sweep.crossover).toHaveLength(2);
+    expect(report.suites.sweep.linearity).toHaveLength(2);
+    const chart = report.files['chart-sweep'];
+    if (chart) {
+      expect(fs.readFileSync(chart, 'utf8')).toMatch(/^<svg/);
+    } else {
+      // Without vega the run says so and how to get it.
+      expect(report.skipped.map((s: { why: string }) => s.why).join('\n')).toMatch(/vega/);
+    }
+  });
+
+  test('--json - prints the report on stdout (tables go to stderr); skipped comparisons are named', () => {
+    const dir = tmpDir();
+    const r = spawnSync(process.execPath, [cli, '--suite', 'sampling', '--dim', '8', '--features', '16', '--peak-ms', '10', '--json', '-', '--out', dir, '--quiet'], {
+      encoding: 'utf8',
+      cwd: root,
+      timeout: 60000,
+      env: { ...process.env, PERFORMER_BENCH_PYTHON: path.join(dir, 'no-such-python') },
+    });
+    expect(r.status).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.suites.sampling.redrawOrthogonalMs.median).toBeGreaterThan(0);
+    expect(r.stderr).toMatch(/== sampling ==/);
+    const np = spawnSync(process.execPath, [cli, '--suite', 'numpy', '--seq', '16', '--dim', '8', '--heads', '1', '--features', '8', '--no-exact', '--peak-ms', '10', '--out', dir, '--quiet'], {
+      encoding: 'utf8',
+      cwd: root,
+      timeout: 60000,
+      env: { ...process.env, PERFORMER_BENCH_PYTHON: path.join(dir, 'no-such-python') },
+    });
+    expect(np.status).toBe(0);
+    expect(np.stdout).toMatch(/skipped: numpy comparison: .*no-such-python not found/);
+  });
+
+  test('bad flags exit with code 2 and a message; --help exits 0', () => {
+    const bad = runCli(['--seq', '1024..256']);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/^performer-bench: --seq: range "1024..256" goes down/);
+    const unknown = runCli(['--fast']);
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown flag --fast/);
+    const help = runCli(['--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/--seq LIST/);
+    for (const flag of ['--batch', '--heads', '--dim', '--features', '--kernel', '--causal', '--threads', '--json', '--out', '--repeats', '--no-exact', '--onnx', '--numpy', '--suite']) {
+      expect(help.stdout).toContain(flag);
+    }
+  });
+});
