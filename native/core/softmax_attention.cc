@@ -19,23 +19,23 @@ constexpr std::size_t kGroupRows = 4 * kQueryBlock;  // query rows sharing one p
 
 // Scratch of one thread (kept between calls) and one head's computation:
 // flash-style tiles, scores of kQueryBlock x kKeyBlock at a time, with a running
-// row max and the row sums carried as an extra column of the accumulator.
+// row max and row sum (the exp kernel returns each row's sum).
 class SoftmaxHead {
  public:
   SoftmaxHead(const AttentionDims& dims, const SoftmaxOptions& options, const KernelSet& kernels)
-      : dims_(dims), options_(options), kernels_(kernels), W_(dims.value_dim + 1) {
+      : dims_(dims), options_(options), kernels_(kernels), Dv_(dims.value_dim) {
     const std::size_t d = dims.head_dim;
-    const std::size_t sizes[] = {kGroupRows * d, d * kKeyBlock, kKeyBlock * W_, kQueryBlock * kKeyBlock,
-                                 kGroupRows * W_, kGroupRows, kKeyBlock * 2};
+    const std::size_t sizes[] = {kGroupRows * d, d * kKeyBlock, kQueryBlock * kKeyBlock, kGroupRows * Dv_,
+                                 kGroupRows, kGroupRows, kKeyBlock * 2};
     std::size_t total = 0;
     for (std::size_t size : sizes) total += Carver::round_up(size);
     Carver carve(thread_scratch(total));
     q_scaled_ = carve.take(kGroupRows * d);
     k_t_ = carve.take(d * kKeyBlock);
-    values_ = carve.take(kKeyBlock * W_);
     scores_ = carve.take(kQueryBlock * kKeyBlock);
-    acc_ = carve.take(kGroupRows * W_);
+    acc_ = carve.take(kGroupRows * Dv_);
     row_max_ = carve.take(kGroupRows);
+    row_sum_ = carve.take(kGroupRows);
     padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
   }
 
@@ -53,26 +53,28 @@ class SoftmaxHead {
       // The scale is folded into the queries once, so scores come out of the GEMM final.
       for (std::size_t t = 0; t < group_rows * d; ++t) q_scaled_[t] = q[g0 * d + t] * options_.scale;
       std::fill(row_max_, row_max_ + group_rows, kNegInf);
-      std::fill(acc_, acc_ + group_rows * W_, 0.0f);
+      std::fill(row_sum_, row_sum_ + group_rows, 0.0f);
+      std::fill(acc_, acc_ + group_rows * Dv_, 0.0f);
       // Each key block is packed once for the whole group of query blocks.
       for (std::size_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
         const std::size_t m = std::min(kKeyBlock, key_end - j0);
-        pack_keys(k, v, pad, j0, m);
+        pack_keys(k, pad, j0, m);
         for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
           const std::size_t n = std::min(kQueryBlock, group_rows - b0);
           if (options_.causal && static_cast<long long>(j0) > static_cast<long long>(g0 + b0 + n - 1) + offset) {
             continue;  // the whole block is above the diagonal
           }
-          block(g0 + b0, b0, n, j0, m, offset);
+          block(g0 + b0, b0, n, j0, m, offset, v);
         }
       }
-      for (std::size_t r = 0; r < group_rows; ++r) finish_row(acc_ + r * W_, out + (g0 + r) * dims_.value_dim);
+      for (std::size_t r = 0; r < group_rows; ++r) finish_row(acc_ + r * Dv_, row_sum_[r], out + (g0 + r) * Dv_);
     }
   }
 
  private:
   // Query rows [i0, i0 + n) (local row b0 of the group) against packed keys [j0, j0 + m).
-  void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m, long long offset) {
+  void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m, long long offset,
+             const float* v) {
     const std::size_t d = dims_.head_dim;
     kernels_.gemm(n, m, d, q_scaled_ + b0 * d, d, 1, k_t_, m, scores_, m, false);
     for (std::size_t r = 0; r < n; ++r) {
@@ -90,21 +92,22 @@ class SoftmaxHead {
         std::fill(s, s + m, 0.0f);
         continue;
       }
+      float& row_sum = row_sum_[b0 + r];
       if (new_max > row_max && row_max != kNegInf) {
         const float correction = std::exp(row_max - new_max);
-        float* acc = acc_ + (b0 + r) * W_;
-        for (std::size_t t = 0; t < W_; ++t) acc[t] *= correction;
+        float* acc = acc_ + (b0 + r) * Dv_;
+        for (std::size_t t = 0; t < Dv_; ++t) acc[t] *= correction;
+        row_sum *= correction;
       }
       row_max = new_max;
-      kernels_.exp_bias(m, s, nullptr, -new_max, s);
+      row_sum += kernels_.exp_bias(m, s, nullptr, -new_max, s);
     }
-    // [acc | row sums] += P [V | 1]
-    kernels_.gemm(n, W_, m, scores_, m, 1, values_, W_, acc_ + b0 * W_, W_, true);
+    // acc += P V, straight from the caller's values.
+    kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
   }
 
-  void finish_row(const float* acc, float* dst) const {
-    const std::size_t Dv = dims_.value_dim;
-    const float sum = acc[Dv];
+  void finish_row(const float* acc, float sum, float* dst) const {
+    const std::size_t Dv = Dv_;
     if (sum > 0.0f) {
       const float inv = 1.0f / sum;
       for (std::size_t t = 0; t < Dv; ++t) dst[t] = acc[t] * inv;
@@ -113,14 +116,12 @@ class SoftmaxHead {
     }
   }
 
-  // k_t_ = K[j0 .. j0+m)^T (d x m), values_ = [V | 1] rows, padded_ = padded columns.
-  void pack_keys(const float* k, const float* v, const std::uint8_t* pad, std::size_t j0, std::size_t m) {
-    const std::size_t d = dims_.head_dim, Dv = dims_.value_dim;
+  // k_t_ = K[j0 .. j0+m)^T (d x m), padded_ = padded columns.
+  void pack_keys(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t m) {
+    const std::size_t d = dims_.head_dim;
     for (std::size_t j = 0; j < m; ++j) {
       const float* row = k + (j0 + j) * d;
       for (std::size_t t = 0; t < d; ++t) k_t_[t * m + j] = row[t];
-      std::copy(v + (j0 + j) * Dv, v + (j0 + j + 1) * Dv, values_ + j * W_);
-      values_[j * W_ + Dv] = 1.0f;
     }
     padded_count_ = 0;
     if (pad != nullptr) {
@@ -133,8 +134,8 @@ class SoftmaxHead {
   const AttentionDims& dims_;
   const SoftmaxOptions& options_;
   const KernelSet& kernels_;
-  const std::size_t W_;
-  float *q_scaled_, *k_t_, *values_, *scores_, *acc_, *row_max_;
+  const std::size_t Dv_;
+  float *q_scaled_, *k_t_, *scores_, *acc_, *row_max_, *row_sum_;
   std::size_t* padded_;
   std::size_t padded_count_ = 0;
 };

@@ -249,15 +249,22 @@ inline __m256 exp_avx2_8(__m256 s) {
 // The argument is (x[i] + bias[i]) + offset rounded in float, in that order, as in
 // every kernel set.
 template <bool kBias>
-void exp_bias_avx2_impl(std::size_t n, const float* x, const float* bias, float offset,
-                        float* y) {
+float exp_bias_avx2_impl(std::size_t n, const float* x, const float* bias, float offset,
+                         float* y) {
   const __m256 off = _mm256_set1_ps(offset);
+  __m256 sum = _mm256_setzero_ps();
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     __m256 s = _mm256_loadu_ps(x + i);
     if (kBias) s = _mm256_add_ps(s, _mm256_loadu_ps(bias + i));
-    _mm256_storeu_ps(y + i, exp_avx2_8(_mm256_add_ps(s, off)));
+    const __m256 e = exp_avx2_8(_mm256_add_ps(s, off));
+    _mm256_storeu_ps(y + i, e);
+    sum = _mm256_add_ps(sum, e);
   }
+  float lanes[kLanes];
+  _mm256_storeu_ps(lanes, sum);
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
   if (i < n) {
     // Tail through a local vector, so it gets the very same function as the body.
     const std::size_t rest = n - i;
@@ -268,15 +275,14 @@ void exp_bias_avx2_impl(std::size_t n, const float* x, const float* bias, float 
     if (kBias) s = _mm256_add_ps(s, _mm256_loadu_ps(bs));
     _mm256_storeu_ps(ys, exp_avx2_8(_mm256_add_ps(s, off)));
     std::memcpy(y + i, ys, rest * sizeof(float));
+    for (std::size_t t = 0; t < rest; ++t) total += ys[t];
   }
+  return total;
 }
 
-void exp_bias_avx2(std::size_t n, const float* x, const float* bias, float offset, float* y) {
-  if (bias != nullptr) {
-    exp_bias_avx2_impl<true>(n, x, bias, offset, y);
-  } else {
-    exp_bias_avx2_impl<false>(n, x, bias, offset, y);
-  }
+float exp_bias_avx2(std::size_t n, const float* x, const float* bias, float offset, float* y) {
+  return bias != nullptr ? exp_bias_avx2_impl<true>(n, x, bias, offset, y)
+                         : exp_bias_avx2_impl<false>(n, x, bias, offset, y);
 }
 
 // ---------------------------------------------------------------------------------

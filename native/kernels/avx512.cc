@@ -269,30 +269,37 @@ inline __m512 exp_avx512_16(__m512 s) {
 // The argument is (x[i] + bias[i]) + offset rounded in float, in that order, as in
 // every kernel set.
 template <bool kBias>
-void exp_bias_avx512_impl(std::size_t n, const float* x, const float* bias, float offset,
-                          float* y) {
+float exp_bias_avx512_impl(std::size_t n, const float* x, const float* bias, float offset,
+                           float* y) {
   const __m512 off = _mm512_set1_ps(offset);
+  __m512 sum = _mm512_setzero_ps();
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     __m512 s = _mm512_loadu_ps(x + i);
     if (kBias) s = _mm512_add_ps(s, _mm512_loadu_ps(bias + i));
-    _mm512_storeu_ps(y + i, exp_avx512_16(_mm512_add_ps(s, off)));
+    const __m512 e = exp_avx512_16(_mm512_add_ps(s, off));
+    _mm512_storeu_ps(y + i, e);
+    sum = _mm512_add_ps(sum, e);
   }
   if (i < n) {
     const __mmask16 m = first_lanes(n - i);
     __m512 s = _mm512_maskz_loadu_ps(m, x + i);
     if (kBias) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, bias + i));
-    _mm512_mask_storeu_ps(y + i, m, exp_avx512_16(_mm512_add_ps(s, off)));
+    const __m512 e = exp_avx512_16(_mm512_add_ps(s, off));
+    _mm512_mask_storeu_ps(y + i, m, e);
+    sum = _mm512_mask_add_ps(sum, m, sum, e);
   }
+  float lanes[kLanes];
+  _mm512_storeu_ps(lanes, sum);
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  return total;
 }
 
-void exp_bias_avx512(std::size_t n, const float* x, const float* bias, float offset,
-                     float* y) {
-  if (bias != nullptr) {
-    exp_bias_avx512_impl<true>(n, x, bias, offset, y);
-  } else {
-    exp_bias_avx512_impl<false>(n, x, bias, offset, y);
-  }
+float exp_bias_avx512(std::size_t n, const float* x, const float* bias, float offset,
+                      float* y) {
+  return bias != nullptr ? exp_bias_avx512_impl<true>(n, x, bias, offset, y)
+                         : exp_bias_avx512_impl<false>(n, x, bias, offset, y);
 }
 
 // ---------------------------------------------------------------------------------

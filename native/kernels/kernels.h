@@ -22,8 +22,10 @@ using GemmFn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float
 // y[i] = exp(x[i] + (bias ? bias[i] : 0) + offset), for i < n. y may alias x.
 // Accurate to a few ulp over the whole float range: large arguments give +inf,
 // very negative ones give 0 (or a denormal), NaN stays NaN.
-using ExpBiasFn = void (*)(std::size_t n, const float* x, const float* bias, float offset,
-                           float* y);
+// Returns the sum of the y[i] (float partial sums; the order is the kernel's own),
+// which softmax needs and which costs almost nothing while y is in registers.
+using ExpBiasFn = float (*)(std::size_t n, const float* x, const float* bias, float offset,
+                            float* y);
 
 // max over i < n of (x[i] + (bias ? bias[i] : 0)); -inf when n == 0. NaN inputs are ignored.
 using MaxBiasFn = float (*)(std::size_t n, const float* x, const float* bias);

@@ -48,16 +48,22 @@ void gemm_scalar(std::size_t M, std::size_t N, std::size_t K, const float* a,
 
 // The argument is (x[i] + bias[i]) + offset rounded in float, in that order, as in
 // every kernel set; std::exp(float) handles overflow, denormals and NaN.
-void exp_bias_scalar(std::size_t n, const float* x, const float* bias, float offset,
-                     float* y) {
+float exp_bias_scalar(std::size_t n, const float* x, const float* bias, float offset,
+                      float* y) {
+  float total = 0.0f;
   if (bias != nullptr) {
     for (std::size_t i = 0; i < n; ++i) {
       const float s = x[i] + bias[i];
       y[i] = std::exp(s + offset);
+      total += y[i];
     }
   } else {
-    for (std::size_t i = 0; i < n; ++i) y[i] = std::exp(x[i] + offset);
+    for (std::size_t i = 0; i < n; ++i) {
+      y[i] = std::exp(x[i] + offset);
+      total += y[i];
+    }
   }
+  return total;
 }
 
 // `v > m` is false for NaN, so NaN inputs are skipped.

@@ -421,7 +421,7 @@ TEST("kernels/exp_bias_variants") {
   for (const KernelSet* set : sets_under_test()) {
     ExpStats stats;
     std::size_t bad = 0;
-    bool guards = true, consistent = true;
+    bool guards = true, consistent = true, sums_ok = true;
     for (std::size_t n = 1; n <= 70; ++n) {
       for (std::size_t offset_floats = 0; offset_floats < 3; ++offset_floats) {
         for (int with_bias = 0; with_bias < 2; ++with_bias) {
@@ -439,8 +439,19 @@ TEST("kernels/exp_bias_variants") {
             set->exp_bias(n + 64, long_x.data(), with_bias ? long_b.data() : nullptr, offset,
                           long_y.data());
 
-            set->exp_bias(n, x.data(), bp, offset, y.data());
+            const float returned_sum = set->exp_bias(n, x.data(), bp, offset, y.data());
             bad += check_exp(set->name, n, x.data(), bp, offset, y.data(), 3.0, stats);
+            // The returned sum is the sum of the outputs (float partial sums).
+            double sum = 0.0, magnitude = 0.0;
+            for (std::size_t i = 0; i < n; ++i) {
+              sum += y[i];
+              magnitude += std::fabs(y[i]);
+            }
+            if (std::isfinite(sum)) {
+              sums_ok = sums_ok && std::fabs(returned_sum - sum) <= 1e-6 * magnitude + 1e-30;
+            } else {
+              sums_ok = sums_ok && !std::isfinite(returned_sum);
+            }
             guards = guards && y.guards_intact() && x.guards_intact();
             for (std::size_t i = 0; i < n; ++i) {
               consistent = consistent && Buffer::same_bits(y[i], long_y[i]);
@@ -460,6 +471,7 @@ TEST("kernels/exp_bias_variants") {
     CHECK(bad == 0);
     CHECK(guards);
     CHECK(consistent);
+    CHECK(sums_ok);
     std::printf("  [%s] exp_bias variants: %zu values, max %.3f ulp\n", set->name, stats.count,
                 stats.max_normal);
   }
