@@ -21,46 +21,53 @@ constexpr float kMaxChunkGap = 40.0f;
 constexpr std::size_t kMinRowsPerPart = 256;
 
 // The running key statistics of one (batch, head), relative to a per-feature
-// reference c (b_jf = exp(zk_jf - c_f), W = Dv + 1):
-//   s[f * W + e] = sum_j b_jf v_je for e < Dv, and s[f * W + Dv] = sum_j b_jf
+// reference c (b_jf = exp(zk_jf - c_f)):
+//   s[f * Dv + e] = sum_j b_jf v_je,  z[f] = sum_j b_jf
 //   values[e] = sum_j v_je, values[Dv] = number of keys (epsilon only)
 // over the attended (unpadded) keys absorbed so far.
 struct StateView {
   float* s;
+  float* z;
   float* c;
   float* values;
 };
 
 struct StateLayout {
-  std::size_t F, W;
-  std::size_t floats() const { return Carver::round_up(F * W) + Carver::round_up(F) + Carver::round_up(W); }
+  std::size_t F, Dv;
+  std::size_t floats() const {
+    return Carver::round_up(F * Dv) + 2 * Carver::round_up(F) + Carver::round_up(Dv + 1);
+  }
   StateView view(float* base) const {
     Carver carve(base);
-    float* s = carve.take(F * W);
+    float* s = carve.take(F * Dv);
+    float* z = carve.take(F);
     float* c = carve.take(F);
-    return {s, c, carve.take(W)};
+    return {s, z, c, carve.take(Dv + 1)};
   }
   void reset(const StateView& st) const {
-    std::fill(st.s, st.s + F * W, 0.0f);
+    std::fill(st.s, st.s + F * Dv, 0.0f);
+    std::fill(st.z, st.z + F, 0.0f);
     std::fill(st.c, st.c + F, kNegInf);
-    std::fill(st.values, st.values + W, 0.0f);
+    std::fill(st.values, st.values + Dv + 1, 0.0f);
   }
   // dst <- the state of dst's keys and src's keys together.
   void merge(const StateView& dst, const StateView& src) const {
     for (std::size_t f = 0; f < F; ++f) {
       if (src.c[f] == kNegInf) continue;  // src has nothing in this feature
-      float* d_row = dst.s + f * W;
-      const float* s_row = src.s + f * W;
+      float* d_row = dst.s + f * Dv;
+      const float* s_row = src.s + f * Dv;
       if (dst.c[f] >= src.c[f]) {
         const float factor = std::exp(src.c[f] - dst.c[f]);
-        for (std::size_t e = 0; e < W; ++e) d_row[e] += factor * s_row[e];
+        for (std::size_t e = 0; e < Dv; ++e) d_row[e] += factor * s_row[e];
+        dst.z[f] += factor * src.z[f];
       } else {
         const float factor = dst.c[f] == kNegInf ? 0.0f : std::exp(dst.c[f] - src.c[f]);
-        for (std::size_t e = 0; e < W; ++e) d_row[e] = factor * d_row[e] + s_row[e];
+        for (std::size_t e = 0; e < Dv; ++e) d_row[e] = factor * d_row[e] + s_row[e];
+        dst.z[f] = factor * dst.z[f] + src.z[f];
         dst.c[f] = src.c[f];
       }
     }
-    for (std::size_t e = 0; e < W; ++e) dst.values[e] += src.values[e];
+    for (std::size_t e = 0; e <= Dv; ++e) dst.values[e] += src.values[e];
   }
 };
 
@@ -85,14 +92,13 @@ class FavorWorker {
         kernels_(kernels),
         F_(features.feature_count()),
         Dv_(dims.value_dim),
-        W_(dims.value_dim + 1),
         rows_(options.causal ? std::min(options.chunk_size, kMaxChunkSize) : kBlockRows),
         eps_(options.epsilon) {
-    const std::size_t R = rows_, F = F_, W = W_;
+    const std::size_t R = rows_, F = F_;
     const bool causal = options.causal, signs = features.is_signed();
     const std::size_t sizes[] = {R * F, R * F, signs ? R * F : 0, signs ? R * F : 0, R * F, R * F,
                                  R * std::max(features.work_per_row(), F), causal ? F * R : 0,
-                                 causal ? R * R : 0, R * W, R * W, R, R, F, F, F, W};
+                                 causal ? R * R : 0, R, R, R, F, F, F, Dv_ + 1};
     std::size_t total = 0;
     for (std::size_t size : sizes) total += Carver::round_up(size);
     Carver carve(thread_scratch(total));
@@ -105,14 +111,14 @@ class FavorWorker {
     work_ = carve.take(R * std::max(features.work_per_row(), F));
     kf_t_ = causal ? carve.take(F * R) : nullptr;
     scores_ = causal ? carve.take(R * R) : nullptr;
-    values_ = carve.take(R * W);
-    num_ = carve.take(R * W);
+    ones_ = carve.take(R);
+    std::fill(ones_, ones_ + R, 1.0f);
     row_max_ = carve.take(R);
     row_eps_ = carve.take(R);
     neg_c_ = carve.take(F);
     chunk_max_ = carve.take(F);
     prefix_max_ = carve.take(F);
-    running_values_ = carve.take(W);
+    running_values_ = carve.take(Dv_ + 1);
   }
 
   // Keys [j_begin, j_end) of one head into st, block by block.
@@ -125,8 +131,7 @@ class FavorWorker {
       for (std::size_t r = 0; r < n; ++r) kernels_.max_accumulate(F_, zk_ + r * F_, chunk_max_);
       raise_reference(st, chunk_max_);
       key_features(st, 0, n);
-      pack_values(v + j0 * Dv_, 0, n);
-      accumulate(st, pad, j0, 0, n);
+      accumulate(st, v + j0 * Dv_, pad, j0, 0, n);
     }
   }
 
@@ -138,8 +143,11 @@ class FavorWorker {
       for (std::size_t r = 0; r < n; ++r) {
         query_features(st, r, kernels_.max_bias(F_, zq_ + r * F_, st.c), st.c);
       }
-      kernels_.gemm(n, W_, F_, qf_, F_, 1, st.s, W_, num_, W_, false);
-      for (std::size_t r = 0; r < n; ++r) finish_row(num_ + r * W_, row_eps_[r], st.values, out + (i0 + r) * Dv_);
+      float* out_rows = out + i0 * Dv_;
+      kernels_.gemm(n, Dv_, F_, qf_, F_, 1, st.s, Dv_, out_rows, Dv_, false);
+      for (std::size_t r = 0; r < n; ++r) {
+        finish_row(out_rows + r * Dv_, kernels_.dot(F_, qf_ + r * F_, st.z), row_eps_[r], st.values);
+      }
     }
   }
 
@@ -153,8 +161,7 @@ class FavorWorker {
       const std::size_t j0 = static_cast<std::size_t>(static_cast<long long>(i0) + offset);
       key_log_features(k, pad, j0, n);
       features_.log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
-      pack_values(v + j0 * Dv_, 0, n);
-      causal_rows(st, out + i0 * Dv_, pad, j0, 0, n);
+      causal_rows(st, v + j0 * Dv_, out + i0 * Dv_, pad, j0, 0, n);
     }
   }
 
@@ -176,8 +183,9 @@ class FavorWorker {
       if (new_c[f] > st.c[f]) {
         if (st.c[f] != kNegInf) {
           const float factor = std::exp(st.c[f] - new_c[f]);
-          float* row = st.s + f * W_;
-          for (std::size_t e = 0; e < W_; ++e) row[e] *= factor;
+          float* row = st.s + f * Dv_;
+          for (std::size_t e = 0; e < Dv_; ++e) row[e] *= factor;
+          st.z[f] *= factor;
         }
         st.c[f] = new_c[f];
       }
@@ -193,14 +201,6 @@ class FavorWorker {
       if (sk_ != nullptr) {
         for (std::size_t f = 0; f < F_; ++f) kf[f] *= sk_[r * F_ + f];
       }
-    }
-  }
-
-  // values_ rows [r0, r1) = [v_j | 1], so one GEMM gives numerators and normalizers.
-  void pack_values(const float* v_rows, std::size_t r0, std::size_t r1) {
-    for (std::size_t r = r0; r < r1; ++r) {
-      std::copy(v_rows + r * Dv_, v_rows + (r + 1) * Dv_, values_ + r * W_);
-      values_[r * W_ + Dv_] = 1.0f;
     }
   }
 
@@ -231,28 +231,33 @@ class FavorWorker {
     row_eps_[r] = static_cast<float>(eps_ * (a_sum + static_cast<double>(eps_) * F_));
   }
 
-  // st.s += kf_[r0..r1)^T values_[r0..r1) (row r is key j0 + r); value sums for epsilon.
-  void accumulate(const StateView& st, const std::uint8_t* pad, std::size_t j0, std::size_t r0, std::size_t r1) {
-    if (r1 == r0) return;
-    kernels_.gemm(F_, W_, r1 - r0, kf_ + r0 * F_, 1, F_, values_ + r0 * W_, W_, st.s, W_, true);
+  // st.s += kf_[r0..r1)^T v_rows and st.z += column sums of kf_[r0..r1) (v_rows is
+  // row r0's value; row r is key j0 + r); value sums for epsilon.
+  void accumulate(const StateView& st, const float* v_rows, const std::uint8_t* pad, std::size_t j0,
+                  std::size_t r0, std::size_t r1) {
+    const std::size_t n = r1 - r0;
+    if (n == 0) return;
+    kernels_.gemm(F_, Dv_, n, kf_ + r0 * F_, 1, F_, v_rows, Dv_, st.s, Dv_, true);
+    kernels_.gemm(1, F_, n, ones_, 0, 1, kf_ + r0 * F_, F_, st.z, F_, true);
     if (eps_ == 0.0f) return;
     for (std::size_t r = r0; r < r1; ++r) {
       if (!attends(pad, j0 + r)) continue;
-      const float* vr = values_ + r * W_;  // [v | 1]: also counts the key
-      for (std::size_t e = 0; e < W_; ++e) st.values[e] += vr[e];
+      const float* vr = v_rows + (r - r0) * Dv_;
+      for (std::size_t e = 0; e < Dv_; ++e) st.values[e] += vr[e];
+      st.values[Dv_] += 1.0f;
     }
   }
 
-  // out_row = (num[:Dv] + w sums[:Dv]) / (num[Dv] + w sums[Dv]). A row whose
-  // normalizer is zero (it attends no key) or whose result is not finite (only
-  // possible with `trig` features, whose normalizer can cancel) gets zeros.
-  void finish_row(const float* num, float w, const float* sums, float* out_row) const {
-    const float den = num[Dv_] + (w != 0.0f ? w * sums[Dv_] : 0.0f);
+  // out_row holds the numerator; makes it (num + w sums[:Dv]) / (den + w sums[Dv]).
+  // A row whose normalizer is zero (it attends no key) or whose result is not
+  // finite (only possible with `trig` features, whose normalizer can cancel) gets zeros.
+  void finish_row(float* out_row, float den, float w, const float* sums) const {
+    if (w != 0.0f) den += w * sums[Dv_];
     bool ok = den != 0.0f && std::isfinite(den);
     if (ok) {
       const float inv = 1.0f / den;
       for (std::size_t e = 0; e < Dv_; ++e) {
-        out_row[e] = (w != 0.0f ? num[e] + w * sums[e] : num[e]) * inv;
+        out_row[e] = (w != 0.0f ? out_row[e] + w * sums[e] : out_row[e]) * inv;
         ok = ok && std::isfinite(out_row[e]);
       }
     }
@@ -268,8 +273,8 @@ class FavorWorker {
   // gap_r = max_f (zq_rf + c_f) - m_r (and, with epsilon, max_f (c_f - p_rf)).
   // When a gap passes kMaxChunkGap the chunk is split in two (down to single rows,
   // where the gaps are 0), so no feature overflows and no term that matters underflows.
-  void causal_rows(const StateView& st, float* out_chunk, const std::uint8_t* pad, std::size_t j0, std::size_t r0,
-                   std::size_t r1) {
+  void causal_rows(const StateView& st, const float* v_chunk, float* out_chunk, const std::uint8_t* pad,
+                   std::size_t j0, std::size_t r0, std::size_t r1) {
     const std::size_t n = r1 - r0;
     std::copy(st.c, st.c + F_, chunk_max_);  // becomes the chunk-end reference
     for (std::size_t r = r0; r < r1; ++r) kernels_.max_accumulate(F_, zk_ + r * F_, chunk_max_);
@@ -286,8 +291,8 @@ class FavorWorker {
       }
       if (gap > kMaxChunkGap) {
         const std::size_t mid = r0 + n / 2;
-        causal_rows(st, out_chunk, pad, j0, r0, mid);
-        causal_rows(st, out_chunk, pad, j0, mid, r1);
+        causal_rows(st, v_chunk, out_chunk, pad, j0, r0, mid);
+        causal_rows(st, v_chunk, out_chunk, pad, j0, mid, r1);
         return;
       }
     }
@@ -305,28 +310,32 @@ class FavorWorker {
     }
     kernels_.gemm(n, n, F_, qf_ + r0 * F_, F_, 1, kf_t_, n, scores_, n, false);
     for (std::size_t r = 0; r < n; ++r) std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
-    // [num | den] = Q'_c [S | z] + scores [V_c | 1].
-    kernels_.gemm(n, W_, F_, qf_ + r0 * F_, F_, 1, st.s, W_, num_, W_, false);
-    kernels_.gemm(n, W_, n, scores_, n, 1, values_ + r0 * W_, W_, num_, W_, true);
-    if (eps_ != 0.0f) std::copy(st.values, st.values + W_, running_values_);
+    // num = Q'_c S + scores V_c; den = Q'_c z + scores 1.
+    float* out_rows = out_chunk + r0 * Dv_;
+    const float* v_rows = v_chunk + r0 * Dv_;
+    kernels_.gemm(n, Dv_, F_, qf_ + r0 * F_, F_, 1, st.s, Dv_, out_rows, Dv_, false);
+    kernels_.gemm(n, Dv_, n, scores_, n, 1, v_rows, Dv_, out_rows, Dv_, true);
+    if (eps_ != 0.0f) std::copy(st.values, st.values + Dv_ + 1, running_values_);
     for (std::size_t r = 0; r < n; ++r) {
       if (eps_ != 0.0f && attends(pad, j0 + r0 + r)) {
-        const float* vr = values_ + (r0 + r) * W_;
-        for (std::size_t e = 0; e < W_; ++e) running_values_[e] += vr[e];
+        const float* vr = v_rows + r * Dv_;
+        for (std::size_t e = 0; e < Dv_; ++e) running_values_[e] += vr[e];
+        running_values_[Dv_] += 1.0f;
       }
-      finish_row(num_ + r * W_, row_eps_[r0 + r], running_values_, out_chunk + (r0 + r) * Dv_);
+      const float den = kernels_.dot(F_, qf_ + (r0 + r) * F_, st.z) + kernels_.dot(r + 1, scores_ + r * n, ones_);
+      finish_row(out_rows + r * Dv_, den, row_eps_[r0 + r], running_values_);
     }
-    accumulate(st, pad, j0, r0, r1);
+    accumulate(st, v_rows, pad, j0, r0, r1);
   }
 
   const AttentionDims& dims_;
   const FavorOptions& options_;
   const FeatureEvaluator& features_;
   const KernelSet& kernels_;
-  const std::size_t F_, Dv_, W_, rows_;
+  const std::size_t F_, Dv_, rows_;
   const float eps_;
   // Views into this thread's scratch.
-  float *zk_, *zq_, *sk_, *sq_, *kf_, *qf_, *work_, *kf_t_, *scores_, *values_, *num_;
+  float *zk_, *zq_, *sk_, *sq_, *kf_, *qf_, *work_, *kf_t_, *scores_, *ones_;
   float *row_max_, *row_eps_, *neg_c_, *chunk_max_, *prefix_max_, *running_values_;
 };
 
@@ -372,7 +381,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   std::size_t parts = heads >= threads ? 1 : (threads + heads - 1) / heads;
   parts = std::max<std::size_t>(1, std::min(parts, rows / kMinRowsPerPart));
 
-  const StateLayout layout{features.feature_count(), Dv + 1};
+  const StateLayout layout{features.feature_count(), Dv};
   PooledBuffer states(heads * parts * layout.floats());
   auto state = [&](std::size_t h, std::size_t p) { return layout.view(states.data() + (h * parts + p) * layout.floats()); };
   auto pad_of = [&](std::size_t h) {

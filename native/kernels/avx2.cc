@@ -344,6 +344,28 @@ void max_accumulate_avx2(std::size_t n, const float* x, float* acc) {
   }
 }
 
+// Four accumulators so the adds of consecutive vectors do not wait on each other.
+float dot_avx2(std::size_t n, const float* a, const float* b) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+         s3 = _mm256_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + kLanes), _mm256_loadu_ps(b + i + kLanes), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 2 * kLanes), _mm256_loadu_ps(b + i + 2 * kLanes), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 3 * kLanes), _mm256_loadu_ps(b + i + 3 * kLanes), s3);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  }
+  float lanes[kLanes];
+  _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
 }  // namespace
 
 // 12 independent accumulators: two FMA pipes with 4-cycle latency need at least 8.
@@ -364,7 +386,7 @@ static double fma_peak_avx2(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kAvx2Kernels = {"avx2", gemm_avx2, exp_bias_avx2, max_bias_avx2,
-                                max_accumulate_avx2, fma_peak_avx2};
+                                max_accumulate_avx2, dot_avx2, fma_peak_avx2};
 
 }  // namespace pa
 

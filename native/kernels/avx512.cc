@@ -360,6 +360,31 @@ void max_accumulate_avx512(std::size_t n, const float* x, float* acc) {
   }
 }
 
+// Four accumulators so the adds of consecutive vectors do not wait on each other.
+float dot_avx512(std::size_t n, const float* a, const float* b) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(),
+         s3 = _mm512_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + kLanes), _mm512_loadu_ps(b + i + kLanes), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 2 * kLanes), _mm512_loadu_ps(b + i + 2 * kLanes), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 3 * kLanes), _mm512_loadu_ps(b + i + 3 * kLanes), s3);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  }
+  if (i < n) {
+    const __mmask16 m = first_lanes(n - i);
+    s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+  }
+  float lanes[kLanes];
+  _mm512_storeu_ps(lanes, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+
 }  // namespace
 
 // 12 independent accumulators: two FMA pipes with 4-cycle latency need at least 8.
@@ -380,7 +405,7 @@ static double fma_peak_avx512(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kAvx512Kernels = {"avx512", gemm_avx512, exp_bias_avx512, max_bias_avx512,
-                                  max_accumulate_avx512, fma_peak_avx512};
+                                  max_accumulate_avx512, dot_avx512, fma_peak_avx512};
 
 }  // namespace pa
 

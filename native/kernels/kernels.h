@@ -33,6 +33,9 @@ using MaxBiasFn = float (*)(std::size_t n, const float* x, const float* bias);
 // acc[i] = max(acc[i], x[i]) for i < n (running per-feature maximum).
 using MaxAccumulateFn = void (*)(std::size_t n, const float* x, float* acc);
 
+// sum over i < n of a[i] * b[i] (float partial sums; the order is the kernel's own).
+using DotFn = float (*)(std::size_t n, const float* a, const float* b);
+
 // The machine's multiply-add peak with this ISA: runs `iterations` rounds of
 // independent vector FMAs held in registers and returns the flops performed
 // (writes a value derived from them to *sink so nothing is optimized away).
@@ -45,6 +48,7 @@ struct KernelSet {
   ExpBiasFn exp_bias;
   MaxBiasFn max_bias;
   MaxAccumulateFn max_accumulate;
+  DotFn dot;
   FmaPeakFn fma_peak;
 };
 

@@ -581,3 +581,32 @@ TEST("kernels/max_accumulate") {
 }
 
 }  // namespace
+
+TEST("kernels/dot") {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> uni(-2.0f, 2.0f);
+  for (const KernelSet* set : sets_under_test()) {
+    bool ok = true;
+    for (std::size_t n = 0; n <= 300; n += (n < 70 ? 1 : 37)) {
+      for (std::size_t offset_floats = 0; offset_floats < 3; ++offset_floats) {
+        Buffer a(n, offset_floats), b(n, (offset_floats + 2) % 3);
+        double want = 0.0, magnitude = 0.0;
+        for (std::size_t i = 0; i < n; ++i) {
+          a[i] = uni(rng);
+          b[i] = uni(rng);
+          want += static_cast<double>(a[i]) * b[i];
+          magnitude += std::fabs(static_cast<double>(a[i]) * b[i]);
+        }
+        const double got = set->dot(n, a.data(), b.data());
+        if (!(std::fabs(got - want) <= 1e-6 * magnitude + 1e-30)) {
+          std::fprintf(stderr, "  [%s] dot n=%zu: %.9g, expected %.9g\n", set->name, n, got, want);
+          ok = false;
+        }
+        ok = ok && a.guards_intact() && b.guards_intact();
+      }
+    }
+    const float x[3] = {1.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f}, y[3] = {1.0f, 1.0f, 1.0f};
+    ok = ok && std::isnan(set->dot(3, x, y));
+    CHECK(ok);
+  }
+}
