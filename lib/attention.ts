@@ -33,7 +33,7 @@ export interface FavorAttentionOptions {
    * on later keys). Default 0 (exact).
    */
   epsilon?: number;
-  /** Causal only: rows per chunk (1 = the recurrent form). Same result up to rounding. Default 64. */
+  /** Causal only: rows per chunk (1 = the recurrent form). Same result up to rounding. Default 32 (fastest on the machines measured; the work inside a chunk grows with its size). */
   chunkSize?: number;
   /** A preallocated output [B, H, Lq, Dv] to write into (it is also what is returned). */
   out?: TensorLike;
@@ -137,7 +137,7 @@ function favorArgs(query: unknown, key: unknown, value: unknown, options: unknow
   if (epsilon !== 0 && featureMap.kernel === 'trig') {
     throw rangeError(`${fn} options.epsilon: applies to positive feature maps, not to signed 'trig' features`, 'ERR_INVALID_ARG_VALUE');
   }
-  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, 64, 1, 4096);
+  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, 32, 1, 4096);
   const nativeOptions = {
     ...featureMap.nativeSpec(),
     causal: p.causal,

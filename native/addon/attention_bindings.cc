@@ -93,7 +93,7 @@ AttentionJob parse_job(const Napi::CallbackInfo& info, AttentionKind kind) {
     if (!std::isfinite(job.favor.epsilon) || job.favor.epsilon < 0.0f) {
       throw_range_error(env, "epsilon: expected a finite number >= 0");
     }
-    const double chunk = number_property(options, "chunkSize", 64.0);
+    const double chunk = number_property(options, "chunkSize", 32.0);
     if (!(chunk >= 1 && chunk <= static_cast<double>(pa::kMaxChunkSize)) || chunk != std::floor(chunk)) {
       throw_range_error(env, "chunkSize: expected an integer from 1 to 4096");
     }

@@ -24,7 +24,7 @@ struct FavorOptions {
   float epsilon = 0.0f;
   // Rows per causal chunk (1 = the recurrent form). Results do not depend on it
   // beyond rounding.
-  std::size_t chunk_size = 64;
+  std::size_t chunk_size = 32;
 };
 
 constexpr std::size_t kMaxChunkSize = 4096;
