@@ -98,6 +98,26 @@ class ModelRng {
   }
 }
 
+/**
+ * A chi norm with d degrees of freedom as orthogonal.h documents it: sqrt(2 G),
+ * G ~ Gamma(d/2, 1) by Marsaglia and Tsang's squeeze-and-reject method.
+ */
+function modelChi(rng: ModelRng, d: number): number {
+  if (d === 1) return Math.abs(rng.normal());
+  const shape = d / 2 - 1 / 3;
+  const c = 1 / Math.sqrt(9 * shape);
+  for (;;) {
+    const x = rng.normal();
+    let v = 1 + c * x;
+    if (v <= 0) continue;
+    v = v * v * v;
+    const u = rng.uniform();
+    if (u < 1 - 0.0331 * x ** 4 || (u > 0 && Math.log(u) < 0.5 * x * x + shape * (1 - v + Math.log(v)))) {
+      return Math.sqrt(2 * shape * v);
+    }
+  }
+}
+
 /** Distance in float32 ulps between two float32 values of the same sign (or both tiny). */
 function ulpDistance(a: number, b: number): number {
   const view = new DataView(new ArrayBuffer(8));
@@ -179,7 +199,7 @@ describe('library projection against the model', () => {
 
   test.each(SEEDS)('orthogonal draw order: first row of each block and chi norms follow the contract, seed %p', (seed) => {
     // Contract (orthogonal.h): all d x d Gaussian blocks first, each filled column by
-    // column, then one fresh N(0, I_d) vector per row for its chi norm. Householder QR
+    // column, then one chi norm per row (Marsaglia-Tsang Gamma(d/2)). Householder QR
     // with the sign fix makes Q's first column a_0 / |a_0| (R_00 = |a_0| > 0), so the
     // first row of every block is the direction of the block's first d normals.
     // Without the sign fix (alpha = -sign(a_00) |a_0|) it is -sign(a_00) a_0 / |a_0|.
@@ -195,11 +215,7 @@ describe('library projection against the model', () => {
         firstColumns.push(block.slice(0, dd));
       }
       const chi: number[] = [];
-      for (let r = 0; r < mm; r++) {
-        let n2 = 0;
-        for (let i = 0; i < dd; i++) n2 += rng.normal() ** 2;
-        chi.push(Math.sqrt(n2));
-      }
+      for (let r = 0; r < mm; r++) chi.push(modelChi(rng, dd));
       for (let r = 0; r < mm; r++) {
         let n2 = 0;
         for (let i = 0; i < dd; i++) n2 += w[r * dd + i] ** 2;

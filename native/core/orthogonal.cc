@@ -68,6 +68,28 @@ std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, boo
   return q;
 }
 
+// A chi-distributed norm with d degrees of freedom (the norm of a N(0, I_d)
+// vector) from few draws: sqrt(2 G) with G ~ Gamma(d/2, 1) by Marsaglia and
+// Tsang's method, d = 1: |N(0, 1)|. Uses only basic arithmetic, sqrt and
+// portable_log, so the bits are the same everywhere.
+double chi_norm(Rng& rng, std::size_t d) {
+  if (d == 1) return std::fabs(rng.normal());
+  const double shape = 0.5 * static_cast<double>(d) - 1.0 / 3.0;
+  const double c = 1.0 / std::sqrt(9.0 * shape);
+  for (;;) {
+    const double x = rng.normal();
+    double v = 1.0 + c * x;
+    if (v <= 0.0) continue;
+    v = v * v * v;
+    const double u = rng.uniform();
+    const double x2 = x * x;
+    if (u < 1.0 - 0.0331 * x2 * x2 ||
+        (u > 0.0 && portable_log(u) < 0.5 * x2 + shape * (1.0 - v + portable_log(v)))) {
+      return std::sqrt(2.0 * shape * v);
+    }
+  }
+}
+
 }  // namespace
 
 void sample_projection(const ProjectionSpec& spec, float* out) {
@@ -99,12 +121,7 @@ void sample_projection(const ProjectionSpec& spec, float* out) {
       for (std::size_t i = 0; i < d; ++i) norm2 += row[i] * row[i];
       scale = std::sqrt(static_cast<double>(d)) / std::sqrt(norm2);
     } else if (spec.orthogonal) {
-      double norm2 = 0.0;
-      for (std::size_t i = 0; i < d; ++i) {
-        const double g = rng.normal();
-        norm2 += g * g;
-      }
-      scale = std::sqrt(norm2);
+      scale = chi_norm(rng, d);
     }
     for (std::size_t i = 0; i < d; ++i) out[r * d + i] = static_cast<float>(row[i] * scale);
   }

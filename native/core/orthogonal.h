@@ -24,8 +24,12 @@ struct ProjectionSpec {
 // Fills out[m * d]. Orthogonal: ceil(m/d) independent d x d blocks, each the Q of a
 // Householder QR of a Gaussian matrix with Q <- Q diag(sign(diag R)), rows of the
 // stack kept up to m, then rescaled. Draw order (part of the reproducibility
-// contract): all Gaussian blocks in order (column-major entries), then the m
-// chi-norm vectors. Computed in double, rounded to float once at the end.
+// contract): all Gaussian blocks in order (column-major entries), then the m chi
+// norms in row order, each sqrt(2 G) with G ~ Gamma(d/2, 1) drawn by Marsaglia and
+// Tsang's method (x = normal(), v = (1 + x / sqrt(9 (d/2 - 1/3)))^3, rejected while
+// v <= 0, then u = uniform(), accepted when u < 1 - 0.0331 x^4 or
+// log u < x^2/2 + (d/2 - 1/3)(1 - v + log v)); for d = 1, |normal()|.
+// Computed in double, rounded to float once at the end.
 void sample_projection(const ProjectionSpec& spec, float* out);
 
 }  // namespace pa
