@@ -34,7 +34,7 @@ Napi::Value sample_projection(const Napi::CallbackInfo& info) {
   }
   spec.sign_fix = bool_property(options, "signFix", true);
   Napi::Float32Array out = Napi::Float32Array::New(env, checked_mul(env, spec.num_features, spec.head_dim));
-  pa::sample_projection(spec, out.Data());
+  pa::sample_projection(spec, active_kernels(), out.Data());
   return out;
 }
 

@@ -8,29 +8,15 @@
 namespace pa {
 namespace {
 
-// sum_i a[i] * b[i] over [begin, end) with four interleaved partial sums: a fixed
-// order (so the same bits everywhere) without one long chain of dependent adds.
-double dot(const double* a, const double* b, std::size_t begin, std::size_t end) {
-  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-  std::size_t i = begin;
-  for (; i + 4 <= end; i += 4) {
-    s0 += a[i] * b[i];
-    s1 += a[i + 1] * b[i + 1];
-    s2 += a[i + 2] * b[i + 2];
-    s3 += a[i + 3] * b[i + 3];
-  }
-  for (; i < end; ++i) s0 += a[i] * b[i];
-  return (s0 + s1) + (s2 + s3);
-}
-
 // Householder QR of the d x d column-major matrix `a` (overwritten). Returns Q
 // (column-major) with the sign fix applied when asked: column k of Q times
 // sign(R_kk), which makes Q Haar-distributed (uniform over the orthogonal group).
-std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, bool sign_fix) {
+std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, bool sign_fix,
+                                      const KernelSet& kernels) {
   std::vector<double> householder(d * d, 0.0);  // column k: reflector v_k (zero above k)
   std::vector<double> r_diag(d, 0.0);
   for (std::size_t k = 0; k < d; ++k) {
-    const double norm = std::sqrt(dot(&a[k * d], &a[k * d], k, d));
+    const double norm = std::sqrt(kernels.dot_f64(d - k, &a[k * d + k], &a[k * d + k]));
     const double x0 = a[k * d + k];
     // alpha has the opposite sign of x0 to avoid cancellation in v = x - alpha e1.
     const double alpha = x0 >= 0.0 ? -norm : norm;
@@ -38,11 +24,11 @@ std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, boo
     double* v = &householder[k * d];
     for (std::size_t i = k; i < d; ++i) v[i] = a[k * d + i];
     v[k] -= alpha;
-    const double v_norm2 = dot(v, v, k, d);
+    const double v_norm2 = kernels.dot_f64(d - k, v + k, v + k);
     if (v_norm2 == 0.0) continue;  // column already reduced (probability zero)
     for (std::size_t j = k; j < d; ++j) {
-      const double f = 2.0 * dot(v, &a[j * d], k, d) / v_norm2;
-      for (std::size_t i = k; i < d; ++i) a[j * d + i] -= f * v[i];
+      const double f = 2.0 * kernels.dot_f64(d - k, v + k, &a[j * d + k]) / v_norm2;
+      kernels.axpy_f64(d - k, f, v + k, &a[j * d + k]);
     }
     // keep v with its squared norm folded in
     const double inv = 1.0 / std::sqrt(v_norm2);
@@ -54,8 +40,8 @@ std::vector<double> orthogonal_factor(std::vector<double>& a, std::size_t d, boo
   for (std::size_t kk = d; kk-- > 0;) {
     const double* v = &householder[kk * d];
     for (std::size_t j = 0; j < d; ++j) {
-      const double f = 2.0 * dot(v, &q[j * d], kk, d);
-      for (std::size_t i = kk; i < d; ++i) q[j * d + i] -= f * v[i];
+      const double f = 2.0 * kernels.dot_f64(d - kk, v + kk, &q[j * d + kk]);
+      kernels.axpy_f64(d - kk, f, v + kk, &q[j * d + kk]);
     }
   }
   if (sign_fix) {
@@ -92,7 +78,7 @@ double chi_norm(Rng& rng, std::size_t d) {
 
 }  // namespace
 
-void sample_projection(const ProjectionSpec& spec, float* out) {
+void sample_projection(const ProjectionSpec& spec, const KernelSet& kernels, float* out) {
   const std::size_t m = spec.num_features;
   const std::size_t d = spec.head_dim;
   Rng rng(spec.seed);
@@ -102,7 +88,7 @@ void sample_projection(const ProjectionSpec& spec, float* out) {
     std::vector<double> gaussian(d * d);
     for (std::size_t b = 0; b < blocks; ++b) {
       for (auto& g : gaussian) g = rng.normal();
-      std::vector<double> q = orthogonal_factor(gaussian, d, spec.sign_fix);
+      std::vector<double> q = orthogonal_factor(gaussian, d, spec.sign_fix, kernels);
       // Row r of this block is column r of Q (an orthonormal direction).
       for (std::size_t r = 0; r < d && b * d + r < m; ++r) {
         for (std::size_t i = 0; i < d; ++i) rows[(b * d + r) * d + i] = q[r * d + i];

@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/kernels.h"
+
 namespace pa {
 
 enum class NormScaling {
@@ -29,7 +31,8 @@ struct ProjectionSpec {
 // Tsang's method (x = normal(), v = (1 + x / sqrt(9 (d/2 - 1/3)))^3, rejected while
 // v <= 0, then u = uniform(), accepted when u < 1 - 0.0331 x^4 or
 // log u < x^2/2 + (d/2 - 1/3)(1 - v + log v)); for d = 1, |normal()|.
-// Computed in double, rounded to float once at the end.
-void sample_projection(const ProjectionSpec& spec, float* out);
+// Computed in double, rounded to float once at the end; every kernel set gives
+// the same bits (see DotF64Fn in kernels.h).
+void sample_projection(const ProjectionSpec& spec, const KernelSet& kernels, float* out);
 
 }  // namespace pa

@@ -36,6 +36,15 @@ using MaxAccumulateFn = void (*)(std::size_t n, const float* x, float* acc);
 // sum over i < n of a[i] * b[i] (float partial sums; the order is the kernel's own).
 using DotFn = float (*)(std::size_t n, const float* a, const float* b);
 
+// Double-precision helpers of the seeded sampling, which must give the same bits
+// in every kernel set: products and sums are rounded separately (never fused) and
+// in one fixed order.
+// dot: four partial sums s_l += a[i + l] * b[i + l] over the full groups of four,
+// the tail added to s_0, result (s_0 + s_1) + (s_2 + s_3).
+using DotF64Fn = double (*)(std::size_t n, const double* a, const double* b);
+// y[i] = y[i] - f * x[i] for i < n.
+using AxpyF64Fn = void (*)(std::size_t n, double f, const double* x, double* y);
+
 // The machine's multiply-add peak with this ISA: runs `iterations` rounds of
 // independent vector FMAs held in registers and returns the flops performed
 // (writes a value derived from them to *sink so nothing is optimized away).
@@ -49,6 +58,8 @@ struct KernelSet {
   MaxBiasFn max_bias;
   MaxAccumulateFn max_accumulate;
   DotFn dot;
+  DotF64Fn dot_f64;
+  AxpyF64Fn axpy_f64;
   FmaPeakFn fma_peak;
 };
 

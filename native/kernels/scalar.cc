@@ -104,6 +104,24 @@ float dot_scalar(std::size_t n, const float* a, const float* b) {
   return (s0 + s1) + (s2 + s3);
 }
 
+// The sampling helpers' reference arithmetic (see kernels.h): other sets must match it bit for bit.
+double dot_f64_scalar(std::size_t n, const double* a, const double* b) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+    s2 += a[i + 2] * b[i + 2];
+    s3 += a[i + 3] * b[i + 3];
+  }
+  for (; i < n; ++i) s0 += a[i] * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+void axpy_f64_scalar(std::size_t n, double f, const double* x, double* y) {
+  for (std::size_t i = 0; i < n; ++i) y[i] -= f * x[i];
+}
+
 }  // namespace
 
 // The portable build's multiply-add rate (the compiler may vectorize this loop
@@ -122,6 +140,7 @@ static double fma_peak_scalar(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kScalarKernels = {"scalar", gemm_scalar, exp_bias_scalar, max_bias_scalar,
-                                  max_accumulate_scalar, dot_scalar, fma_peak_scalar};
+                                  max_accumulate_scalar, dot_scalar, dot_f64_scalar,
+                                  axpy_f64_scalar, fma_peak_scalar};
 
 }  // namespace pa

@@ -28,7 +28,7 @@ void check_case(const Case& t, const pa::KernelSet& kernels, pa::ThreadPool& poo
   spec.num_features = t.m;
   spec.head_dim = t.d;
   spec.seed = 4;
-  pa::sample_projection(spec, w.data());
+  pa::sample_projection(spec, pa::kScalarKernels, w.data());
   std::vector<std::uint8_t> pad(B * t.Lk, 1);
   if (t.padded) {
     for (std::size_t j = 0; j < t.Lk; j += 3) pad[j] = 0;  // every third key of item 0

@@ -1,14 +1,18 @@
 // Orthogonal random projections: structure of the blocks and the row norms.
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "core/orthogonal.h"
+#include "kernels/dispatch.h"
 #include "test_harness.h"
 
 namespace {
 
 std::vector<float> sample(std::size_t m, std::size_t d, std::uint64_t seed, bool orthogonal,
-                          pa::NormScaling norm, bool sign_fix = true) {
+                          pa::NormScaling norm, bool sign_fix = true,
+                          const pa::KernelSet& kernels = pa::kScalarKernels) {
   pa::ProjectionSpec spec;
   spec.num_features = m;
   spec.head_dim = d;
@@ -17,7 +21,7 @@ std::vector<float> sample(std::size_t m, std::size_t d, std::uint64_t seed, bool
   spec.norm_scaling = norm;
   spec.sign_fix = sign_fix;
   std::vector<float> w(m * d);
-  pa::sample_projection(spec, w.data());
+  pa::sample_projection(spec, kernels, w.data());
   return w;
 }
 
@@ -93,4 +97,22 @@ TEST("orthogonal/the sign fix makes directions isotropic") {
   const double standard_error = std::sqrt(1.0 / d / seeds);
   CHECK(std::fabs(with_fix) < 5 * standard_error);
   CHECK(without_fix < -20 * standard_error);
+}
+
+TEST("orthogonal/every kernel set gives the same bits") {
+  for (std::size_t d : {1u, 3u, 16u, 64u, 67u}) {
+    const auto reference = sample(2 * d + 5, d, 77, true, pa::NormScaling::kChi);
+    for (const pa::KernelSet* set : pa::available_kernel_sets()) {
+      const auto got = sample(2 * d + 5, d, 77, true, pa::NormScaling::kChi, true, *set);
+      bool same = true;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        std::uint32_t a, b;
+        std::memcpy(&a, &got[i], 4);
+        std::memcpy(&b, &reference[i], 4);
+        same = same && a == b;
+      }
+      if (!same) std::fprintf(stderr, "  [%s] d=%zu differs from scalar\n", set->name, d);
+      CHECK(same);
+    }
+  }
 }
