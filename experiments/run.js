@@ -55,7 +55,7 @@ function config(quick, seeds) {
     };
   }
   return {
-    seeds: seeds ?? 15,
+    seeds: seeds ?? 30,
     temps: [1, 1.5],
     errorVsM: { L: 4096, d: 16, ms: [16, 32, 64, 128, 256, 512] },
     d64: { L: 1024, matrixL: 512, d: 64, ms: [16, 32, 64, 128, 256, 512] },
@@ -183,10 +183,13 @@ function markdown(results, meta) {
 }
 
 function errorVsMChart(s, title) {
-  const points = s.cells.map((c) => charts.bandPoint(c, c.m, c.variant, `T = ${c.T}`));
+  const points = s.cells.map((c) => {
+    const [kernel, sampling] = c.variant.split(', ');
+    return charts.bandPoint(c, c.m, kernel, sampling, `T = ${c.T}`);
+  });
   return charts.errorChartSpec(points, {
     title,
-    subtitle: `mean ± sd over ${s.seeds} seeds; q, k ~ N(0, T²/√d)`,
+    subtitle: `mean ± sd over ${s.seeds} seeds; q, k ~ N(0, T²/√d); solid: orthogonal, dashed: i.i.d. features`,
     xTitle: 'random projections m',
     yTitle: 'relative Frobenius error',
   });
@@ -229,12 +232,12 @@ async function main() {
   if (results.d64Matrix) specs.push(['d64-matrix.svg', errorVsMChart(results.d64Matrix, `Attention-matrix error vs m (L = ${results.d64Matrix.L}, d = 64)`)]);
   if (results.length) {
     const s = results.length;
-    const points = s.cells.map((c) => charts.bandPoint(c, c.L, `${c.variant}, m = ${c.m}`, `T = ${c.T}`));
+    const points = s.cells.map((c) => charts.bandPoint(c, c.L, `m = ${c.m}`, c.variant, `T = ${c.T}`));
     specs.push([
       'error-vs-length.svg',
       charts.errorChartSpec(points, {
         title: `Attention-output error vs sequence length (d = ${s.d})`,
-        subtitle: `mean ± sd over ${s.seeds} seeds`,
+        subtitle: `mean ± sd over ${s.seeds} seeds; solid: orthogonal, dashed: i.i.d. features`,
         xTitle: 'sequence length L',
         yTitle: 'relative Frobenius error',
       }),
