@@ -2,7 +2,7 @@
 // The four studies of the approximation error. Each returns plain data (no
 // formatting): the report and the charts are made from it.
 const { FeatureMap, favorAttentionSync, softmaxAttentionSync } = require('../..');
-const { attentionInputs, identityValues } = require('./data');
+const { Rng, attentionInputs, identityValues } = require('./data');
 const { relFrobenius, summarize } = require('./stats');
 
 /** The feature variants compared (the paper's figure: i.i.d. vs orthogonal, positive vs hyperbolic vs trig). */
@@ -120,7 +120,6 @@ function dot(a, b) {
  * with given norms and cosine, spread over all d coordinates.
  */
 function makePair(d, { nx, ny, cos }, id = 0) {
-  const { Rng } = require('./data');
   const rng = new Rng(424242 + id);
   const a = Array.from({ length: d }, () => rng.normal());
   const b0 = Array.from({ length: d }, () => rng.normal());
