@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Builds the C++ tests of the core and kernels with CMake and runs them with ctest.
 // Prints the ctest summary; exits non-zero on any failure. With --counts-file F,
-// writes {"passed": n, "failed": n} to F for scripts/run-tests.js.
+// writes {"passed": n, "failed": n} to F for scripts/run-tests.js. With --sanitize,
+// builds them with AddressSanitizer and UndefinedBehaviorSanitizer (in its own folder).
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -9,7 +10,8 @@ const os = require('node:os');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const buildDir = path.join(root, 'build', 'native-tests');
+const sanitize = process.argv.includes('--sanitize');
+const buildDir = path.join(root, 'build', sanitize ? 'native-tests-sanitize' : 'native-tests');
 const countsIndex = process.argv.indexOf('--counts-file');
 const countsFile = countsIndex > 0 ? process.argv[countsIndex + 1] : null;
 const jobs = String(Math.max(1, os.availableParallelism()));
@@ -23,7 +25,11 @@ function run(command, args, capture = false) {
   return result;
 }
 
-const configure = run('cmake', ['-S', '.', '-B', buildDir, '-DPA_NATIVE_TESTS=ON', '-DCMAKE_BUILD_TYPE=Release']);
+const configure = run('cmake', [
+  '-S', '.', '-B', buildDir, '-DPA_NATIVE_TESTS=ON',
+  sanitize ? '-DCMAKE_BUILD_TYPE=RelWithDebInfo' : '-DCMAKE_BUILD_TYPE=Release',
+  `-DPA_SANITIZE=${sanitize ? 'ON' : 'OFF'}`,
+]);
 if (configure.status !== 0) process.exit(configure.status ?? 1);
 const build = run('cmake', ['--build', buildDir, '--parallel', jobs]);
 if (build.status !== 0) process.exit(build.status ?? 1);
