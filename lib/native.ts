@@ -1,8 +1,9 @@
 /**
  * Loads the compiled addon. Looks, in order, at PERFORMER_ATTENTION_BINARY (a path
- * to a .node file), the node-gyp build (build/Release) and the cmake-js build
- * (build-cmake/Release); fails with one error that lists what was tried and how
- * to fix it.
+ * to a .node file, and then nothing else), the prebuilt binary for this platform in
+ * prebuilds/ (node-gyp-build's matching), the node-gyp build (build/Release) and the
+ * cmake-js build (build-cmake/Release); fails with one error that lists what was
+ * tried and how to fix it.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -79,19 +80,32 @@ export type NativeAttentionArgs<O> = [
   options: O,
 ];
 
-function candidates(): string[] {
-  const root = path.resolve(__dirname, '..');
-  const list = [
-    path.join(root, 'build', 'Release', 'performer_attention.node'),
-    path.join(root, 'build-cmake', 'Release', 'performer_attention.node'),
-  ];
+const root = path.resolve(__dirname, '..');
+
+function candidates(): { file: string | null; label: string }[] {
   const override = process.env.PERFORMER_ATTENTION_BINARY;
-  return override ? [path.resolve(override)] : list;
+  if (override) return [{ file: path.resolve(override), label: path.resolve(override) }];
+  // Plain JavaScript shared with the install script (scripts/install.js).
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { findPrebuild } = require(path.join(root, 'scripts', 'find-prebuild.js')) as {
+    findPrebuild(dir: string): string | null;
+  };
+  const prebuild = findPrebuild(root);
+  const build = (dir: string) => path.join(root, dir, 'Release', 'performer_attention.node');
+  return [
+    { file: prebuild, label: prebuild ?? path.join(root, 'prebuilds', `${process.platform}-${process.arch}`) },
+    { file: build('build'), label: build('build') },
+    { file: build('build-cmake'), label: build('build-cmake') },
+  ];
 }
 
 function load(): NativeAddon {
   const problems: string[] = [];
-  for (const file of candidates()) {
+  for (const { file, label } of candidates()) {
+    if (file === null) {
+      problems.push(`  ${label}: no prebuilt binary for this platform (prebuilds ship for linux-x64 with glibc)`);
+      continue;
+    }
     if (!fs.existsSync(file)) {
       problems.push(`  ${file}: not found`);
       continue;
@@ -115,14 +129,16 @@ function load(): NativeAddon {
     }
   }
   throw new Error(
-    'performer-attention: could not load the native addon.\n' +
+    'performer-attention: could not load the native addon ' +
+      `(${process.platform}-${process.arch}, Node ${process.versions.node}, Node-API ${process.versions.napi}).\n` +
       `Tried:\n${problems.join('\n')}\n` +
-      'Possible fixes:\n' +
-      '  - build it: run `npm rebuild performer-attention` in your project (or `npm run build` in a checkout);\n' +
-      '    building needs a C++17 compiler, make and python3, and the Node.js headers (node-gyp finds them\n' +
-      '    next to the running node binary);\n' +
-      `  - the addon was built for another platform or Node-API version than this one (${process.platform}-${process.arch},` +
-      ` Node ${process.versions.node}): rebuild it here;\n` +
+      'Possible causes and fixes:\n' +
+      '  - no prebuilt binary fits this platform and the install did not build one (install scripts disabled,\n' +
+      '    --ignore-scripts, or the build failed): run `npm rebuild performer-attention` in your project (or\n' +
+      '    `npm run build` in a checkout); building needs a C++17 compiler, make and python3, and the Node.js\n' +
+      '    headers (found next to the running node binary);\n' +
+      '  - the binary was built for another platform, C library or Node-API version than this one (for example\n' +
+      '    node_modules copied from another machine): run `npm rebuild performer-attention` here;\n' +
       '  - point PERFORMER_ATTENTION_BINARY at a performer_attention.node you built yourself.',
   );
 }

@@ -1,0 +1,17 @@
+// ES module entry point: the same module as the CommonJS build (one addon, one thread
+// pool, one FeatureMap class whichever way it is imported), with named exports.
+// test/package.test.ts checks that this list matches the CommonJS exports.
+import performer from '../dist/index.js';
+
+export const {
+  FeatureMap,
+  backendInfo,
+  favorAttention,
+  favorAttentionSync,
+  measureFmaPeak,
+  setBackend,
+  softmaxAttention,
+  softmaxAttentionSync,
+  tensor,
+} = performer;
+export default performer;
