@@ -26,4 +26,11 @@ if (!forced) {
     }
   }
 }
+if (forced) {
+  // The loader prefers a prebuild to build/Release: once a source build was asked for
+  // and has succeeded (build-addon.js exits on failure), drop the shipped prebuilds.
+  process.on('exit', (code) => {
+    if (code === 0) require('node:fs').rmSync(path.join(root, 'prebuilds'), { recursive: true, force: true });
+  });
+}
 require('./build-addon.js');
