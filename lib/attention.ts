@@ -161,6 +161,14 @@ function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unkn
  * in time and memory linear in the sequence length. Runs on native worker threads;
  * the event loop stays free. Bad arguments reject the Promise with a TypeError or
  * RangeError. Inputs must not be modified until the Promise settles.
+ * @param query `[B, H, Lq, d]` float32.
+ * @param key `[B, H, Lk, d]` float32.
+ * @param value `[B, H, Lk, Dv]` float32.
+ * @returns `[B, H, Lq, Dv]` float32 (`options.out` when given). A query row that can attend
+ *   no key gets zeros.
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`) for a wrong type or an
+ *   unknown option; RangeError (`ERR_OUT_OF_RANGE`) for mismatched shapes, a bad number, or
+ *   NaN / ±Infinity in an input (naming the tensor and the index). The Promise rejects with these.
  */
 export async function favorAttention(
   query: TensorLike,
@@ -173,7 +181,17 @@ export async function favorAttention(
   return { data, shape: p.outShape };
 }
 
-/** The blocking twin of {@link favorAttention}. */
+/**
+ * The blocking twin of {@link favorAttention}: same arguments, result and errors (thrown).
+ * @param query `[B, H, Lq, d]` float32.
+ * @param key `[B, H, Lk, d]` float32.
+ * @param value `[B, H, Lk, Dv]` float32.
+ * @returns `[B, H, Lq, Dv]` float32 (`options.out` when given). A query row that can attend
+ *   no key gets zeros.
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`) for a wrong type or an
+ *   unknown option; RangeError (`ERR_OUT_OF_RANGE`) for mismatched shapes, a bad number, or
+ *   NaN / ±Infinity in an input (naming the tensor and the index).
+ */
 export function favorAttentionSync(
   query: TensorLike,
   key: TensorLike,
@@ -188,6 +206,14 @@ export function favorAttentionSync(
  * Exact softmax attention, softmax(q k^T * scale) v, computed blockwise with an
  * online softmax: O(Lq * Lk) time, O(block^2) extra memory. Runs on native worker
  * threads.
+ * @param query `[B, H, Lq, d]` float32.
+ * @param key `[B, H, Lk, d]` float32.
+ * @param value `[B, H, Lk, Dv]` float32.
+ * @returns `[B, H, Lq, Dv]` float32 (`options.out` when given). A query row that can attend
+ *   no key gets zeros.
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`) for a wrong type or an
+ *   unknown option; RangeError (`ERR_OUT_OF_RANGE`) for mismatched shapes, a bad number, or
+ *   NaN / ±Infinity in an input (naming the tensor and the index). The Promise rejects with these.
  */
 export async function softmaxAttention(
   query: TensorLike,
@@ -200,7 +226,17 @@ export async function softmaxAttention(
   return { data, shape: p.outShape };
 }
 
-/** The blocking twin of {@link softmaxAttention}. */
+/**
+ * The blocking twin of {@link softmaxAttention}: same arguments, result and errors (thrown).
+ * @param query `[B, H, Lq, d]` float32.
+ * @param key `[B, H, Lk, d]` float32.
+ * @param value `[B, H, Lk, Dv]` float32.
+ * @returns `[B, H, Lq, Dv]` float32 (`options.out` when given). A query row that can attend
+ *   no key gets zeros.
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`, `ERR_INVALID_ARG_VALUE`) for a wrong type or an
+ *   unknown option; RangeError (`ERR_OUT_OF_RANGE`) for mismatched shapes, a bad number, or
+ *   NaN / ±Infinity in an input (naming the tensor and the index).
+ */
 export function softmaxAttentionSync(
   query: TensorLike,
   key: TensorLike,

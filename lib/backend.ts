@@ -3,8 +3,10 @@ import { describe, typeError } from './errors';
 import { native } from './native';
 import { readEnum, readInteger, readOptions } from './validate';
 
+/** A kernel set: portable scalar code, AVX2 + FMA, or AVX-512 (F, DQ, VL). */
 export type Isa = 'scalar' | 'avx2' | 'avx512';
 
+/** What {@link backendInfo} and {@link setBackend} return. */
 export interface BackendInfo {
   /** The kernel set new calls use. */
   isa: Isa;
@@ -16,10 +18,12 @@ export interface BackendInfo {
   threads: number;
 }
 
+/** The kernel set in use, those this CPU can run and this binary has, and the thread pool size. Loads the addon on first use (an Error listing the causes and fixes if it cannot be loaded). */
 export function backendInfo(): BackendInfo {
   return native().backendInfo() as BackendInfo;
 }
 
+/** Options of {@link setBackend}; both optional, omitted ones are left as they are. */
 export interface BackendOptions {
   /** Force a kernel set (for tests and comparisons). Also: env PERFORMER_ATTENTION_ISA at load. */
   isa?: Isa;
@@ -27,7 +31,14 @@ export interface BackendOptions {
   threads?: number;
 }
 
-/** Changes the kernel set or the thread count for calls made from now on. */
+/**
+ * Changes the kernel set or the thread count for calls made from now on.
+ * @returns The backend after the change.
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`) when `options` is not an object; TypeError
+ *   (`ERR_INVALID_ARG_VALUE`) for an unknown option; RangeError (`ERR_INVALID_ARG_VALUE`) for
+ *   an unknown kernel set; RangeError (`ERR_OUT_OF_RANGE`) for a kernel set this CPU cannot
+ *   run or `threads` outside 1 … 1024.
+ */
 export function setBackend(options: BackendOptions): BackendInfo {
   if (options === undefined || options === null || typeof options !== 'object') {
     throw typeError(`setBackend options: expected an object, received ${describe(options)}`);
@@ -41,6 +52,7 @@ export function setBackend(options: BackendOptions): BackendInfo {
   return backendInfo();
 }
 
+/** Options of {@link measureFmaPeak}. */
 export interface FmaPeakOptions {
   /** Kernel set whose FMA loop to run. Default: the one in use. */
   isa?: Isa;
@@ -50,10 +62,13 @@ export interface FmaPeakOptions {
   milliseconds?: number;
 }
 
+/** What {@link measureFmaPeak} measured. */
 export interface FmaPeak {
+  /** The kernel set that ran. */
   isa: Isa;
   /** Total multiply-add rate of all threads, GFLOP/s (an FMA counts as 2 flops). */
   gflops: number;
+  /** The rate of each thread, GFLOP/s; `threads` entries. */
   perThread: number[];
 }
 
@@ -61,6 +76,8 @@ export interface FmaPeak {
  * Measures this machine's float32 multiply-add peak: independent vector FMAs held
  * in registers, on `threads` threads at once. Benchmarks report achieved GFLOP/s
  * against it. Blocks the calling thread for about `milliseconds`.
+ * @throws RangeError (`ERR_OUT_OF_RANGE`) for `threads` outside 1 … 1024 or `milliseconds`
+ *   outside 1 … 60000; TypeError for an unknown option, RangeError for an unknown kernel set.
  */
 export function measureFmaPeak(options: FmaPeakOptions = {}): FmaPeak {
   const o = readOptions<FmaPeakOptions>(options, 'measureFmaPeak options', ['isa', 'threads', 'milliseconds']);

@@ -1,5 +1,6 @@
 /** Errors in Node's style: the right class, a message naming the argument, a `code`. */
 
+/** The `code` of the errors this package throws (see README, Errors). */
 export type ErrorCode =
   | 'ERR_INVALID_ARG_TYPE'
   | 'ERR_INVALID_ARG_VALUE'
@@ -8,6 +9,7 @@ export type ErrorCode =
 
 /** An Error with Node's `code` property. */
 export interface CodedError extends Error {
+  /** Node-style error code, for example `ERR_OUT_OF_RANGE`. */
   code: ErrorCode | string;
 }
 

@@ -23,8 +23,10 @@ export type FeatureKernel = 'softmax' | 'softmax-hyperbolic' | 'trig' | 'relu' |
 const KERNELS: readonly FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs'];
 const GENERALIZED: readonly FeatureKernel[] = ['relu', 'elu', 'exp', 'abs'];
 
+/** How projection rows are scaled: `chi` (norm of a fresh Gaussian vector, unbiased) or `sqrt` (norm √d). */
 export type NormScaling = 'chi' | 'sqrt';
 
+/** Options of `new FeatureMap(options)`. */
 export interface FeatureMapOptions {
   /** d, the width of the query and key rows. Required. */
   headDim: number;
@@ -47,13 +49,19 @@ export interface FeatureMapOptions {
   randomProjection?: boolean;
 }
 
+/** Options of {@link FeatureMap.fromProjection}. */
 export interface FromProjectionOptions {
+  /** d, the projection's columns. Required. */
   headDim: number;
+  /** m, the projection's rows. Required. */
   numFeatures: number;
+  /** Default 'softmax'. */
   kernel?: FeatureKernel;
+  /** Added to the generalized kernels' features. Default 1e-3. */
   kernelEpsilon?: number;
 }
 
+/** Options of {@link FeatureMap.features}. */
 export interface FeaturesOptions {
   /** Return log|phi(x)| (finite for every finite input of the positive kernels). Default false. */
   logSpace?: boolean;
@@ -67,13 +75,31 @@ function defaultNumFeatures(headDim: number): number {
   return Math.max(headDim, Math.round(headDim * Math.log(headDim)));
 }
 
+/**
+ * Random features φ with φ(q)·φ(k) ≈ exp(q·k/√d), and their projection W (numFeatures × headDim).
+ * Pass one to {@link favorAttention} as `featureMap`; reuse it across calls (it is sampled and
+ * packed once).
+ *
+ * `new FeatureMap(options)` samples W from `options.seed` (same seed, same W bit for bit
+ * everywhere). Throws TypeError (`ERR_INVALID_ARG_TYPE`) for a missing `headDim` or a wrong
+ * type, TypeError (`ERR_INVALID_ARG_VALUE`) for an unknown option, RangeError
+ * (`ERR_INVALID_ARG_VALUE`) for an unknown kernel or norm scaling, RangeError (`ERR_OUT_OF_RANGE`) for a number out of range (headDim 1 … 65536, numFeatures 1 … 2²⁰,
+ * seed 0 … 2⁵³−1).
+ */
 export class FeatureMap {
+  /** d. */
   readonly headDim: number;
+  /** m, the number of random projections. */
   readonly numFeatures: number;
+  /** The kernel (see {@link FeatureKernel}). */
   readonly kernel: FeatureKernel;
+  /** Whether W has orthogonal blocks (false for a given projection). */
   readonly orthogonal: boolean;
+  /** How W's rows are scaled. */
   readonly normScaling: NormScaling;
+  /** Added to the generalized kernels' features. */
   readonly kernelEpsilon: number;
+  /** False when a generalized kernel is applied to x̂ without a projection. */
   readonly randomProjection: boolean;
   private _seed: number | undefined;
   private _projection: Float32Array | null;
@@ -122,6 +148,8 @@ export class FeatureMap {
   /**
    * A feature map with a given projection (for example a trained model's), copied.
    * `projection` is m x d row-major: numFeatures * headDim floats.
+   * @throws TypeError when `projection` is not a Float32Array or headDim / numFeatures is
+   *   missing; RangeError when its length is not numFeatures * headDim or a value is not finite.
    */
   static fromProjection(projection: Float32Array, options: FromProjectionOptions): FeatureMap {
     if (!isFloat32Array(projection)) {
@@ -181,7 +209,10 @@ export class FeatureMap {
     return this.kernel === 'softmax-hyperbolic' || this.kernel === 'trig' ? 2 * this.numFeatures : this.numFeatures;
   }
 
-  /** Samples a new projection (with `seed`, or a random one). Not for maps made by fromProjection. */
+  /**
+   * Samples a new projection (with `seed`, or a random one). Not for maps made by fromProjection.
+   * @throws Error (`ERR_INVALID_STATE`) on a map made by fromProjection; RangeError for a bad seed.
+   */
   redraw(seed?: number): void {
     if (!this._sampled) {
       throw stateError('FeatureMap.redraw: this map holds a given projection; build a new FeatureMap to sample one');
@@ -199,6 +230,8 @@ export class FeatureMap {
    * The projection and log-features are computed in float32, the final exp in
    * double; positive features of very large inputs can exceed float range
    * (Infinity): use `logSpace` for those.
+   * @throws RangeError when the last dimension of `x` is not headDim, for `logSpace` with
+   *   `trig`, or for non-finite inputs.
    */
   features(x: TensorLike, options?: FeaturesOptions): Tensor {
     const o = readOptions<FeaturesOptions>(options, 'features options', ['logSpace']);

@@ -5,22 +5,49 @@
  */
 import { readTensor } from './validate';
 
+/** A float32 tensor: `data` holds the product of `shape` elements, row-major (last index fastest). */
 export interface Tensor {
+  /** The elements, row-major; used without copies. */
   readonly data: Float32Array;
+  /** The dimensions, for example `[B, H, L, d]`. */
   readonly shape: readonly number[];
 }
 
 /** What an input tensor may look like: `shape` or (onnxruntime-node style) `dims`. */
 export type TensorLike =
-  | { readonly data: Float32Array; readonly shape: readonly number[] }
-  | { readonly data: Float32Array; readonly dims: readonly number[] };
+  | {
+      /** The elements, row-major. */
+      readonly data: Float32Array;
+      /** The dimensions. */
+      readonly shape: readonly number[];
+    }
+  | {
+      /** The elements, row-major. */
+      readonly data: Float32Array;
+      /** The dimensions (onnxruntime-node's name for them). */
+      readonly dims: readonly number[];
+    };
 
 /** A boolean mask stored as bytes: nonzero = attend. Shape `[batch, keyLength]`. */
 export type MaskLike =
-  | { readonly data: Uint8Array; readonly shape: readonly number[] }
-  | { readonly data: Uint8Array; readonly dims: readonly number[] };
+  | {
+      /** One byte per key: nonzero = attend, 0 = padding. */
+      readonly data: Uint8Array;
+      /** `[batch, keyLength]`. */
+      readonly shape: readonly number[];
+    }
+  | {
+      /** One byte per key: nonzero = attend, 0 = padding. */
+      readonly data: Uint8Array;
+      /** `[batch, keyLength]` (onnxruntime-node's name). */
+      readonly dims: readonly number[];
+    };
 
-/** Wraps a Float32Array and a shape into a tensor, checking that they agree. */
+/**
+ * Wraps a Float32Array and a shape into a tensor, checking that they agree (no copy).
+ * @throws TypeError (`ERR_INVALID_ARG_TYPE`) when `data` is not a Float32Array or `shape` not
+ *   an array of integers; RangeError (`ERR_OUT_OF_RANGE`) when the shape's product is not `data.length`.
+ */
 export function tensor(data: Float32Array, shape: readonly number[]): Tensor {
   return readTensor({ data, shape }, 'tensor');
 }
