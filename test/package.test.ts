@@ -149,3 +149,33 @@ test('TypeScript resolves the installed types through the exports map, for ESM a
   const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
   expect(run(path.join(bin, 'node'), [tsc, '-p', 'tsconfig.json'], project, noCompilerEnv())).toBe('');
 });
+
+test('where no prebuild fits and nothing was built, loading fails with one error naming the causes and fixes', () => {
+  let stderr = '';
+  try {
+    // Another architecture: node-gyp-build's matching (and so the loader's) reads npm_config_arch.
+    run(path.join(bin, 'node'), ['-e', "require('performer-attention').backendInfo()"], project, {
+      ...noCompilerEnv(),
+      npm_config_arch: 'arm64',
+    });
+  } catch (error) {
+    stderr = String((error as { stderr?: string }).stderr);
+  }
+  expect(stderr).toMatch(/could not load the native addon/);
+  expect(stderr).toMatch(/prebuilds\/\S+: no prebuilt binary for this platform/);
+  expect(stderr).toMatch(/build\/Release\/performer_attention\.node: not found/);
+  expect(stderr).toMatch(/npm rebuild performer-attention/);
+  expect(stderr).toMatch(/C\+\+17 compiler/);
+});
+
+test('the tarball also builds from source (--build-from-source, offline), and then loads that build', () => {
+  const other = path.join(work, 'from-source');
+  fs.mkdirSync(other);
+  fs.writeFileSync(path.join(other, 'package.json'), JSON.stringify({ name: 'consumer2', version: '1.0.0', private: true }));
+  run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--build-from-source', tarball], other, cleanEnv());
+  const pkg = path.join(other, 'node_modules', 'performer-attention');
+  expect(fs.existsSync(path.join(pkg, 'build', 'Release', 'performer_attention.node'))).toBe(true);
+  expect(fs.existsSync(path.join(pkg, 'prebuilds'))).toBe(false);
+  fs.writeFileSync(path.join(other, 'example.cjs'), readmeBlock('Example'));
+  expect(run(process.execPath, ['example.cjs'], other, cleanEnv())).toMatch(exampleOutput);
+}, 120_000);
