@@ -122,6 +122,8 @@ class AttentionWorker : public Napi::AsyncWorker {
     keep_alive(options.Get("keyPadding"));
     keep_alive(options.Get("projection"));
     keep_alive(options.Get("packedProjection"));
+    keep_alive(options.Get("adaptiveCoefficients"));
+    keep_alive(options.Get("adaptiveBasis"));
     out_ = Napi::Persistent(info[3].As<Napi::Object>());
   }
 

@@ -5,6 +5,7 @@
 
 #include "addon/backend_bindings.h"
 #include "addon/convert.h"
+#include "core/adaptive_features.h"
 #include "core/orthogonal.h"
 
 namespace pa_addon {
@@ -76,6 +77,71 @@ Napi::Value pack_projection(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// A Float64Array of exactly `length` elements (TypeError / RangeError otherwise).
+const double* float64_array(const Napi::Value& value, const char* name, std::size_t length) {
+  Napi::Env env = value.Env();
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw_type_error(env, std::string(name) + ": expected a Float64Array");
+  }
+  const Napi::Float64Array array = value.As<Napi::Float64Array>();
+  if (array.ElementLength() != length) {
+    throw_range_error(env, std::string(name) + ": expected " + std::to_string(length) + " elements, received " +
+                               std::to_string(array.ElementLength()));
+  }
+  return array.Data();
+}
+
+// calibrateFeatures(query, key, rows: {batch, heads, queryLength, keyLength, headDim}, kernel):
+// the optimal parameters per head from the moments of every batch entry of that
+// head: {coefficients: heads x d, basis: heads x d x d | null}.
+Napi::Value calibrate_features(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const FloatView q = float32_array(info[0], "query");
+  const FloatView k = float32_array(info[1], "key");
+  if (!info[2].IsObject()) throw_type_error(env, "dims: expected an object");
+  const Napi::Object dims = info[2].As<Napi::Object>();
+  const std::size_t batch = size_property(dims, "batch"), heads = size_property(dims, "heads");
+  const std::size_t lq = size_property(dims, "queryLength"), lk = size_property(dims, "keyLength");
+  const std::size_t d = size_property(dims, "headDim");
+  if (batch == 0 || heads == 0 || lq == 0 || lk == 0 || d == 0) throw_range_error(env, "dims: every size must be >= 1");
+  if (checked_mul(env, checked_mul(env, batch * heads, lq), d) != q.length ||
+      checked_mul(env, checked_mul(env, batch * heads, lk), d) != k.length) {
+    throw_range_error(env, "query/key: lengths do not match dims");
+  }
+  const std::string kernel = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
+  if (kernel != "softmax-opt" && kernel != "softmax-dense") throw_range_error(env, "kernel: expected softmax-opt or softmax-dense");
+  const bool dense = kernel == "softmax-dense";
+  for (std::size_t i = 0; i < q.length; ++i) {
+    if (!std::isfinite(q.data[i])) throw_range_error(env, "query: values must be finite");
+  }
+  for (std::size_t i = 0; i < k.length; ++i) {
+    if (!std::isfinite(k.data[i])) throw_range_error(env, "key: values must be finite");
+  }
+  Napi::Float64Array coefficients = Napi::Float64Array::New(env, heads * d);
+  Napi::Value basis = env.Null();
+  Napi::Float64Array basis_array;
+  if (dense) {
+    basis_array = Napi::Float64Array::New(env, checked_mul(env, heads * d, d));
+    basis = basis_array;
+  }
+  pa::PairMoments total;
+  for (std::size_t h = 0; h < heads; ++h) {
+    total.init(d, dense);
+    for (std::size_t b = 0; b < batch; ++b) {
+      const std::size_t bh = b * heads + h;
+      total.add(q.data + bh * lq * d, lq, false, nullptr);
+      total.add(k.data + bh * lk * d, lk, true, nullptr);
+    }
+    const pa::AdaptiveParams params = pa::params_from_moments(total, dense);
+    std::copy(params.a.begin(), params.a.end(), coefficients.Data() + h * d);
+    if (dense) std::copy(params.basis.begin(), params.basis.end(), basis_array.Data() + h * d * d);
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("coefficients", coefficients);
+  out.Set("basis", basis);
+  return out;
+}
+
 }  // namespace
 
 pa::FeatureMapSpec parse_feature_map_spec(const Napi::Object& options, std::size_t head_dim) {
@@ -114,12 +180,31 @@ pa::FeatureMapSpec parse_feature_map_spec(const Napi::Object& options, std::size
     }
     spec.packed_projection = view.data;
   }
+  if (spec.is_adaptive()) {
+    if (spec.projection == nullptr) throw_range_error(env, "projection: required by the adaptive kernels");
+    spec.adaptive_heads = static_cast<std::size_t>(number_property(options, "adaptiveHeads", 0.0));
+    spec.adaptive_head = static_cast<std::size_t>(number_property(options, "adaptiveHead", 0.0));
+    if (spec.adaptive_heads > 0) {
+      spec.adaptive_a = float64_array(options.Get("adaptiveCoefficients"), "adaptiveCoefficients",
+                                      checked_mul(env, spec.adaptive_heads, head_dim));
+      if (spec.kernel == pa::Kernel::kSoftmaxDense) {
+        spec.adaptive_basis = float64_array(options.Get("adaptiveBasis"), "adaptiveBasis",
+                                            checked_mul(env, checked_mul(env, spec.adaptive_heads, head_dim), head_dim));
+      }
+      // Checked here too so that a bad set fails on the main thread.
+      const PendingError error = capture_errors([&] {
+        for (std::size_t h = 0; h < spec.adaptive_heads; ++h) pa::fixed_params(spec, h);
+      });
+      if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
+    }
+  }
   return spec;
 }
 
 void register_feature_map_bindings(Napi::Env env, Napi::Object exports) {
   exports.Set("sampleProjection", Napi::Function::New(env, sample_projection, "sampleProjection"));
   exports.Set("computeFeatures", Napi::Function::New(env, compute_features, "computeFeatures"));
+  exports.Set("calibrateFeatures", Napi::Function::New(env, calibrate_features, "calibrateFeatures"));
   exports.Set("packProjection", Napi::Function::New(env, pack_projection, "packProjection"));
 }
 

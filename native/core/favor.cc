@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/adaptive_features.h"
 #include "core/memory.h"
 
 namespace pa {
@@ -88,7 +89,7 @@ class FavorWorker {
               const KernelSet& kernels)
       : dims_(dims),
         options_(options),
-        features_(features),
+        features_(&features),
         kernels_(kernels),
         F_(features.feature_count()),
         Dv_(dims.value_dim),
@@ -121,6 +122,10 @@ class FavorWorker {
     running_values_ = carve.take(Dv_ + 1);
   }
 
+  // The feature map of the head the next calls work on (adaptive kernels have one
+  // per head; every one has the same feature count and scratch needs).
+  void use(const FeatureEvaluator& features) { features_ = &features; }
+
   // Keys [j_begin, j_end) of one head into st, block by block.
   void absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad, std::size_t j_begin,
               std::size_t j_end) {
@@ -139,7 +144,7 @@ class FavorWorker {
   void emit(const StateView& st, const float* q, float* out, std::size_t i_begin, std::size_t i_end) {
     for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
       const std::size_t n = std::min(rows_, i_end - i0);
-      features_.log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
+      features_->log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
       for (std::size_t r = 0; r < n; ++r) {
         query_features(st, r, kernels_.max_bias(F_, zq_ + r * F_, st.c), st.c);
       }
@@ -160,7 +165,7 @@ class FavorWorker {
       const std::size_t n = std::min(rows_, i_end - i0);
       const std::size_t j0 = static_cast<std::size_t>(static_cast<long long>(i0) + offset);
       key_log_features(k, pad, j0, n);
-      features_.log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
+      features_->log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
       causal_rows(st, v + j0 * Dv_, out + i0 * Dv_, pad, j0, 0, n);
     }
   }
@@ -170,7 +175,7 @@ class FavorWorker {
 
   // Log-features of key rows [j0, j0 + n) into zk_; padded keys get -inf (feature 0).
   void key_log_features(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t n) {
-    features_.log_features(k + j0 * dims_.head_dim, n, zk_, sk_, work_);
+    features_->log_features(k + j0 * dims_.head_dim, n, zk_, sk_, work_);
     for (std::size_t r = 0; r < n; ++r) {
       if (!attends(pad, j0 + r)) std::fill(zk_ + r * F_, zk_ + (r + 1) * F_, kNegInf);
     }
@@ -330,7 +335,7 @@ class FavorWorker {
 
   const AttentionDims& dims_;
   const FavorOptions& options_;
-  const FeatureEvaluator& features_;
+  const FeatureEvaluator* features_;
   const KernelSet& kernels_;
   const std::size_t F_, Dv_, rows_;
   const float eps_;
@@ -366,8 +371,52 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   }
   check_value_magnitude(dims, stats);
 
-  const FeatureEvaluator features(fm, kernels);
   const std::size_t heads = dims.batch * dims.heads;
+  // Adaptive kernels: one feature map per (batch, head), from fixed parameters or
+  // estimated here from that head's queries and attended keys.
+  std::vector<HeadFeatures> head_maps;
+  std::vector<std::unique_ptr<FeatureEvaluator>> evaluators;
+  if (fm.is_adaptive()) {
+    if (fm.projection == nullptr) throw InputError("adaptive features need a projection");
+    if (fm.adaptive_heads == 0 && options.causal) {
+      throw InputError(
+          "causal attention with softmax-opt / softmax-dense needs fixed parameters (calibrate on a prefix or set them): "
+          "estimating them from the call would let a row depend on keys it cannot attend");
+    }
+    if (fm.adaptive_heads != 0 && fm.adaptive_heads != 1 && fm.adaptive_heads != dims.heads) {
+      throw InputError("adaptive parameters: expected 1 set or one per head (" + std::to_string(dims.heads) + "), received " +
+                       std::to_string(fm.adaptive_heads));
+    }
+    std::vector<AdaptiveParams> fixed;
+    for (std::size_t h = 0; h < fm.adaptive_heads; ++h) fixed.push_back(fixed_params(fm, h));
+    head_maps.resize(heads);
+    const bool dense = fm.kernel == Kernel::kSoftmaxDense;
+    pool.parallel_for(heads, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
+      PairMoments moments;
+      for (std::size_t h = begin; h < end; ++h) {
+        if (!fixed.empty()) {
+          prepare_head(fm, fixed[fixed.size() == 1 ? 0 : h % dims.heads], &head_maps[h]);
+          continue;
+        }
+        moments.init(dims.head_dim, dense);
+        moments.add(q + h * dims.q_len * dims.head_dim, dims.q_len, false, nullptr);
+        const std::uint8_t* pad = options.key_padding ? options.key_padding + (h / dims.heads) * dims.k_len : nullptr;
+        moments.add(k + h * dims.k_len * dims.head_dim, dims.k_len, true, pad);
+        AdaptiveParams params;
+        if (moments.count_k == 0) {
+          params.a.assign(dims.head_dim, 0.0);  // no key attends: every row is zero anyway
+        } else {
+          params = params_from_moments(moments, dense);
+        }
+        prepare_head(fm, params, &head_maps[h]);
+      }
+    });
+    for (std::size_t h = 0; h < heads; ++h) evaluators.push_back(std::make_unique<FeatureEvaluator>(head_maps[h].spec, kernels));
+  }
+  const FeatureEvaluator features(fm.is_adaptive() ? head_maps[0].spec : fm, kernels);
+  auto evaluator_of = [&](std::size_t h) -> const FeatureEvaluator& {
+    return evaluators.empty() ? features : *evaluators[h];
+  };
   const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim;
   // Causal geometry: query i sees keys j <= i + offset (bottom-right aligned);
   // the first `blind` queries see none, the first `prefix` keys every query sees.
@@ -409,6 +458,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   if (!options.causal) {
     if (parts == 1) {
       for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+        w.use(evaluator_of(h));
         const StateView st = state(h, 0);
         layout.reset(st);
         w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, Lk);
@@ -418,6 +468,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     }
     // Key ranges into partial states, merged per head, then query ranges.
     for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+    w.use(evaluator_of(h));
       const StateView st = state(h, p);
       layout.reset(st);
       const auto range = part_range(0, Lk, parts, p);
@@ -427,6 +478,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
       for (std::size_t p = 1; p < parts; ++p) layout.merge(state(h, 0), state(h, p));
     });
     for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+    w.use(evaluator_of(h));
       const auto range = part_range(0, Lq, parts, p);
       w.emit(state(h, 0), q_of(h), out_of(h), range.first, range.second);
     });
@@ -436,6 +488,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   for (std::size_t h = 0; h < heads; ++h) std::fill(out_of(h), out_of(h) + blind * Dv, 0.0f);
   if (parts == 1) {
     for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+        w.use(evaluator_of(h));
       const StateView st = state(h, 0);
       layout.reset(st);
       w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, prefix);
@@ -448,6 +501,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   // segment p, and the segments run in parallel from there.
   auto key_index = [&](std::size_t i) { return static_cast<std::size_t>(static_cast<long long>(i) + offset); };
   for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+    w.use(evaluator_of(h));
     const StateView st = state(h, p);
     layout.reset(st);
     if (p == 0) {
@@ -461,6 +515,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     for (std::size_t p = 1; p < parts; ++p) layout.merge(state(h, p), state(h, p - 1));
   });
   for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+    w.use(evaluator_of(h));
     const auto range = part_range(blind, Lq, parts, p);
     w.causal(state(h, p), q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), range.first, range.second, offset);
   });

@@ -1,5 +1,8 @@
 #include "core/feature_map.h"
 
+#include "core/adaptive_features.h"
+#include "core/attention_common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -23,7 +26,8 @@ bool parse_kernel(const std::string& name, Kernel* kernel) {
   } table[] = {{"softmax", Kernel::kSoftmax}, {"softmax-hyperbolic", Kernel::kSoftmaxHyperbolic},
                {"trig", Kernel::kTrig},       {"relu", Kernel::kRelu},
                {"elu", Kernel::kElu},         {"exp", Kernel::kExp},
-               {"abs", Kernel::kAbs}};
+               {"abs", Kernel::kAbs},         {"softmax-opt", Kernel::kSoftmaxOpt},
+               {"softmax-dense", Kernel::kSoftmaxDense}};
   for (const auto& entry : table) {
     if (name == entry.name) {
       *kernel = entry.kernel;
@@ -46,6 +50,9 @@ double FeatureMapSpec::log_scale() const {
       return -0.5 * std::log(m);
     case Kernel::kSoftmaxHyperbolic:
       return -0.5 * std::log(2.0 * m);
+    case Kernel::kSoftmaxOpt:
+    case Kernel::kSoftmaxDense:
+      return -0.5 * std::log(m) + log_d;
     default:
       return 0.0;
   }
@@ -67,6 +74,9 @@ FeatureEvaluator::FeatureEvaluator(const FeatureMapSpec& spec, const KernelSet& 
       kernels_(kernels),
       normalizer_(static_cast<float>(std::pow(static_cast<double>(spec.head_dim), -0.25))),
       packed_(spec.packed_projection) {
+  if (spec.is_adaptive() && (packed_ == nullptr || spec.bias == nullptr)) {
+    throw InputError("adaptive features need a prepared head (packed projection and bias)");
+  }
   if (packed_ == nullptr) {
     own_packed_.resize(spec.head_dim * spec.num_projections);
     pack_projection(spec.projection, spec.num_projections, spec.head_dim, own_packed_.data());
@@ -103,6 +113,10 @@ void FeatureEvaluator::log_features(const float* x, std::size_t rows, float* z, 
       case Kernel::kSoftmax:
         for (std::size_t f = 0; f < m; ++f) zr[f] = u[f] - half_norm2;
         break;
+      case Kernel::kSoftmaxOpt:
+      case Kernel::kSoftmaxDense:
+        for (std::size_t f = 0; f < m; ++f) zr[f] = u[f] + spec_.bias[f] - half_norm2;
+        break;
       case Kernel::kSoftmaxHyperbolic:
         for (std::size_t f = 0; f < m; ++f) {
           zr[f] = u[f] - half_norm2;
@@ -138,8 +152,18 @@ void FeatureEvaluator::log_features(const float* x, std::size_t rows, float* z, 
   }
 }
 
-void compute_features(const FeatureMapSpec& spec, const KernelSet& kernels, const float* x,
+void compute_features(const FeatureMapSpec& given, const KernelSet& kernels, const float* x,
                       std::size_t rows, bool log_space, float* out) {
+  FeatureMapSpec spec = given;
+  HeadFeatures head;
+  if (spec.is_adaptive()) {
+    if (spec.adaptive_heads == 0) {
+      throw InputError("features of softmax-opt / softmax-dense need fixed parameters (calibrate or setParameters)");
+    }
+    if (spec.adaptive_head >= spec.adaptive_heads) throw InputError("head: beyond the fixed parameters");
+    prepare_head(given, fixed_params(given, spec.adaptive_head), &head);
+    spec = head.spec;
+  }
   FeatureEvaluator evaluator(spec, kernels);
   const std::size_t F = evaluator.feature_count();
   const std::size_t block = 64;

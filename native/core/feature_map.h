@@ -14,9 +14,9 @@
 
 namespace pa {
 
-enum class Kernel { kSoftmax, kSoftmaxHyperbolic, kTrig, kRelu, kElu, kExp, kAbs };
+enum class Kernel { kSoftmax, kSoftmaxHyperbolic, kTrig, kRelu, kElu, kExp, kAbs, kSoftmaxOpt, kSoftmaxDense };
 
-// "softmax", "softmax-hyperbolic", "trig", "relu", "elu", "exp", "abs".
+// "softmax", "softmax-hyperbolic", "trig", "relu", "elu", "exp", "abs", "softmax-opt", "softmax-dense".
 bool parse_kernel(const std::string& name, Kernel* kernel);
 
 struct FeatureMapSpec {
@@ -28,11 +28,24 @@ struct FeatureMapSpec {
   // call does not repack it.
   const float* packed_projection = nullptr;
   float kernel_epsilon = 1e-3f;       // added to generalized kernels' features
+  // Adaptive kernels (softmax-opt, softmax-dense; see adaptive_features.h). A
+  // prepared head has its own packed projection and `bias` (m log-terms added to
+  // z) and log D. Fixed parameters: adaptive_heads sets of a (d each) and, for
+  // softmax-dense, Q (d x d each); adaptive_heads = 0 estimates them per call
+  // (bidirectional only). adaptive_head picks the set compute_features uses.
+  const float* bias = nullptr;
+  double log_d = 0.0;
+  const double* adaptive_a = nullptr;
+  const double* adaptive_basis = nullptr;
+  std::size_t adaptive_heads = 0;
+  std::size_t adaptive_head = 0;
 
   // Features per input row: 2m for softmax-hyperbolic and trig, else m.
   std::size_t feature_count() const;
   bool is_signed() const { return kernel == Kernel::kTrig; }
-  // log(scale): -1/2 log m (softmax, trig), -1/2 log 2m (hyperbolic), 0 (generalized).
+  bool is_adaptive() const { return kernel == Kernel::kSoftmaxOpt || kernel == Kernel::kSoftmaxDense; }
+  // log(scale): -1/2 log m (softmax, trig), -1/2 log 2m (hyperbolic), 0 (generalized),
+  // -1/2 log m + log D (adaptive).
   double log_scale() const;
 };
 
