@@ -20,7 +20,10 @@ import {
 } from './validate';
 
 export interface FavorAttentionOptions {
-  /** The features to use. Default: `new FeatureMap({ headDim: d, seed: 0 })`, made once per d and reused. */
+  /**
+   * The features to use. With `softmax-opt` / `softmax-dense` and no fixed parameters, the
+   * parameters are estimated per (batch, head) from this call's queries and attended keys
+   * (bidirectional only: causal calls need fixed parameters, else RangeError). Default: `new FeatureMap({ headDim: d, seed: 0 })`, made once per d and reused. */
   featureMap?: FeatureMap;
   /** Query i attends key j only when j <= i + (Lk - Lq) (bottom-right aligned). Default false. */
   causal?: boolean;
@@ -138,6 +141,23 @@ function favorArgs(query: unknown, key: unknown, value: unknown, options: unknow
     throw rangeError(`${fn} options.epsilon: applies to positive feature maps, not to signed 'trig' features`, 'ERR_INVALID_ARG_VALUE');
   }
   const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, 32, 1, 4096);
+  if (p.causal && (featureMap.kernel === 'softmax-opt' || featureMap.kernel === 'softmax-dense')) {
+    const fixed = featureMap.parameters;
+    if (fixed === null) {
+      throw rangeError(
+        `${fn} options.featureMap: causal attention with '${featureMap.kernel}' needs fixed parameters ` +
+          '(featureMap.calibrate on a prefix such as the prompt, or featureMap.setParameters): ' +
+          'estimating them from this call would make a row depend on keys it cannot attend',
+        'ERR_INVALID_ARG_VALUE',
+      );
+    }
+  }
+  const params = featureMap.parameters;
+  if (params !== null && params.heads !== 1 && params.heads !== p.dims.heads) {
+    throw rangeError(
+      `${fn} options.featureMap: its parameters have ${params.heads} sets; expected 1 or one per head (${p.dims.heads})`,
+    );
+  }
   const nativeOptions = {
     ...featureMap.nativeSpec(),
     causal: p.causal,

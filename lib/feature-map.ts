@@ -17,10 +17,56 @@ import { formatShape, isFloat32Array, readBoolean, readEnum, readInteger, readNu
  *   values are small; kept for comparison.
  * - `relu`, `elu` (elu + 1), `exp`, `abs`: generalized kernels f(W x_hat) + kernelEpsilon;
  *   not estimators of softmax, different attention kernels.
+ * - `softmax-opt` (FAVOR++, optimal positive random features): unbiased positive features
+ *   D·exp(A‖w‖² + √(1−4A)·w·x̂ − ‖x̂‖²/2) with A ≤ 0 chosen from the data to minimize the
+ *   variance; A = 0 is `softmax`. See {@link AdaptiveParameters}.
+ * - `softmax-dense` (SDERF, dense exponential features): the same with one A per direction of
+ *   an orthogonal basis Q (the eigenvectors of the mean (x̂+ŷ)(x̂+ŷ)ᵀ); lower variance for
+ *   anisotropic queries and keys.
+ *
+ * The adaptive kernels estimate their parameters per (batch, head) at each bidirectional call
+ * unless they are fixed ({@link FeatureMap.calibrate}, {@link FeatureMap.setParameters});
+ * causal attention requires fixed parameters.
  */
-export type FeatureKernel = 'softmax' | 'softmax-hyperbolic' | 'trig' | 'relu' | 'elu' | 'exp' | 'abs';
+export type FeatureKernel =
+  | 'softmax'
+  | 'softmax-hyperbolic'
+  | 'trig'
+  | 'relu'
+  | 'elu'
+  | 'exp'
+  | 'abs'
+  | 'softmax-opt'
+  | 'softmax-dense';
 
-const KERNELS: readonly FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs'];
+const KERNELS: readonly FeatureKernel[] = [
+  'softmax',
+  'softmax-hyperbolic',
+  'trig',
+  'relu',
+  'elu',
+  'exp',
+  'abs',
+  'softmax-opt',
+  'softmax-dense',
+];
+const ADAPTIVE: readonly FeatureKernel[] = ['softmax-opt', 'softmax-dense'];
+
+/**
+ * Fixed parameters of the adaptive kernels (`softmax-opt`, `softmax-dense`). With the
+ * coefficients a_k (< 1/8) and an orthogonal basis Q, feature f of x̂ = d^(-1/4) x is
+ * D·m^(-1/2)·exp(Σ_k a_k w_fk² + Σ_k √(1−4a_k)·w_fk·(Qᵀx̂)_k − ‖x̂‖²/2), D = Π_k (1−4a_k)^(1/4):
+ * an unbiased estimator of exp(x̂·ŷ) for any such parameters, with the least variance at
+ * the optimum that {@link FeatureMap.calibrate} computes.
+ */
+export interface AdaptiveParameters {
+  /** Parameter sets: 1 (shared by every head) or one per attention head H (head h of every batch entry uses set h). */
+  heads: number;
+  /** a_k per set, heads × headDim; every value finite and below 1/8. For `softmax-opt` the optimum has all a_k of a set equal to A. */
+  coefficients: Float64Array;
+  /** Q per set, heads × headDim × headDim row-major, eigenvectors in columns (orthogonal); null for `softmax-opt` (Q = I). */
+  basis: Float64Array | null;
+}
 const GENERALIZED: readonly FeatureKernel[] = ['relu', 'elu', 'exp', 'abs'];
 
 /** How projection rows are scaled: `chi` (norm of a fresh Gaussian vector, unbiased) or `sqrt` (norm √d). */
@@ -47,6 +93,8 @@ export interface FeatureMapOptions {
    * numFeatures = headDim). Default true.
    */
   randomProjection?: boolean;
+  /** `softmax-opt` / `softmax-dense` only: fixed parameters (see {@link FeatureMap.setParameters}). Default: estimated per call. */
+  parameters?: AdaptiveParameters;
 }
 
 /** Options of {@link FeatureMap.fromProjection}. */
@@ -65,6 +113,8 @@ export interface FromProjectionOptions {
 export interface FeaturesOptions {
   /** Return log|phi(x)| (finite for every finite input of the positive kernels). Default false. */
   logSpace?: boolean;
+  /** Adaptive kernels: which fixed parameter set to use. Default 0. */
+  head?: number;
 }
 
 const MAX_FEATURES = 1 << 20;
@@ -105,6 +155,7 @@ export class FeatureMap {
   private _projection: Float32Array | null;
   private _packed!: Float32Array;
   private _sampled: boolean;
+  private _parameters: AdaptiveParameters | null = null;
 
   constructor(options: FeatureMapOptions) {
     const o = readOptions<FeatureMapOptions>(options, 'FeatureMap options', [
@@ -116,6 +167,7 @@ export class FeatureMap {
       'seed',
       'kernelEpsilon',
       'randomProjection',
+      'parameters',
     ]);
     if (options === undefined) throw typeError('FeatureMap options: expected an object with headDim, received undefined');
     if (o.headDim === undefined) throw typeError('FeatureMap options.headDim: required, received undefined');
@@ -143,6 +195,93 @@ export class FeatureMap {
     this._sampled = true;
     this._projection = this.randomProjection ? this._sample(this._seed) : null;
     this._pack();
+    if (o.parameters !== undefined) this.setParameters(o.parameters);
+  }
+
+  /**
+   * The variance-optimal FAVOR++ coefficient A* = −ρ / (d − 2ρ + √((2ρ + d)² + 8dρ)) (≤ 0),
+   * for ρ = the mean of ‖x̂ + ŷ‖² over query–key pairs (x̂ = d^(-1/4) q, ŷ = d^(-1/4) k) and
+   * d = headDim. Use it to fix `softmax-opt` parameters from known statistics.
+   * @throws RangeError for a negative or non-finite ρ or a headDim that is not a positive integer.
+   */
+  static optimalCoefficient(rho: number, headDim: number): number {
+    const r = readNumber(rho, 'rho', 0, { min: 0 });
+    const d = readInteger(headDim, 'headDim', 0, 1, MAX_HEAD_DIM);
+    return -r / (d - 2 * r + Math.sqrt((2 * r + d) ** 2 + 8 * d * r));
+  }
+
+  /** The fixed parameters of an adaptive kernel (a copy), or null when they are estimated per call. */
+  get parameters(): AdaptiveParameters | null {
+    const p = this._parameters;
+    if (p === null) return null;
+    return { heads: p.heads, coefficients: Float64Array.from(p.coefficients), basis: p.basis && Float64Array.from(p.basis) };
+  }
+
+  /**
+   * Fixes the parameters of `softmax-opt` / `softmax-dense` (copied), or with null goes back to
+   * estimating them per (batch, head) at each call. Fixed parameters make the features the same
+   * from call to call, and are required for causal attention.
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a non-adaptive kernel; TypeError for a wrong
+   *   type or an unknown key; RangeError for wrong lengths, a coefficient that is not finite or not
+   *   below 1/8, or a basis that is not orthogonal (to 1e-6).
+   */
+  setParameters(parameters: AdaptiveParameters | null): void {
+    if (!ADAPTIVE.includes(this.kernel)) {
+      throw rangeError(
+        `FeatureMap.setParameters: parameters are for the adaptive kernels (softmax-opt, softmax-dense), this map's kernel is '${this.kernel}'`,
+        'ERR_INVALID_ARG_VALUE',
+      );
+    }
+    if (parameters === null) {
+      this._parameters = null;
+      return;
+    }
+    this._parameters = readParameters(parameters, 'parameters', this.headDim, this.kernel);
+  }
+
+  /**
+   * Fixes the parameters of an adaptive kernel to their optimum for a calibration batch (for
+   * example a prompt, before causal generation) and returns them. `query` and `key` have shape
+   * [B, H, L, d], [H, L, d] or [L, d] (same leading dimensions, lengths may differ); one set per
+   * head H, from the statistics of that head over every batch entry. O(L·d) for `softmax-opt`,
+   * O(L·d²) plus a d×d eigendecomposition per head for `softmax-dense`.
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a non-adaptive kernel; RangeError for shapes
+   *   that do not fit or non-finite values.
+   */
+  calibrate(query: TensorLike, key: TensorLike): AdaptiveParameters {
+    if (!ADAPTIVE.includes(this.kernel)) {
+      throw rangeError(
+        `FeatureMap.calibrate: calibration is for the adaptive kernels (softmax-opt, softmax-dense), this map's kernel is '${this.kernel}'`,
+        'ERR_INVALID_ARG_VALUE',
+      );
+    }
+    const q = readTensor(query, 'query');
+    const k = readTensor(key, 'key');
+    const rank = q.shape.length;
+    if (rank < 2 || rank > 4 || k.shape.length !== rank) {
+      throw rangeError(
+        `query/key: expected rank 2 to 4 ([B, H, L, d], [H, L, d] or [L, d]) and equal ranks, received ${formatShape(q.shape)} and ${formatShape(k.shape)}`,
+      );
+    }
+    if (q.shape[rank - 1] !== this.headDim || k.shape[rank - 1] !== this.headDim) {
+      throw rangeError(
+        `query/key: expected last dimension headDim = ${this.headDim}, received ${formatShape(q.shape)} and ${formatShape(k.shape)}`,
+      );
+    }
+    for (let i = 0; i < rank - 2; i++) {
+      if (q.shape[i] !== k.shape[i]) {
+        throw rangeError(`query/key: leading dimensions differ, received ${formatShape(q.shape)} and ${formatShape(k.shape)}`);
+      }
+    }
+    const batch = rank === 4 ? q.shape[0] : 1;
+    const heads = rank >= 3 ? q.shape[rank - 3] : 1;
+    const dims = { batch, heads, queryLength: q.shape[rank - 2], keyLength: k.shape[rank - 2], headDim: this.headDim };
+    if (dims.queryLength === 0 || dims.keyLength === 0 || batch === 0 || heads === 0) {
+      throw rangeError(`query/key: calibration needs at least one query and one key, received ${formatShape(q.shape)} and ${formatShape(k.shape)}`);
+    }
+    const r = native().calibrateFeatures(q.data, k.data, dims, this.kernel);
+    this._parameters = { heads, coefficients: r.coefficients, basis: r.basis };
+    return this.parameters!;
   }
 
   /**
@@ -234,8 +373,20 @@ export class FeatureMap {
    *   `trig`, or for non-finite inputs.
    */
   features(x: TensorLike, options?: FeaturesOptions): Tensor {
-    const o = readOptions<FeaturesOptions>(options, 'features options', ['logSpace']);
+    const o = readOptions<FeaturesOptions>(options, 'features options', ['logSpace', 'head']);
     const logSpace = readBoolean(o.logSpace, 'features options.logSpace', false);
+    let head = 0;
+    if (ADAPTIVE.includes(this.kernel)) {
+      if (this._parameters === null) {
+        throw rangeError(
+          `FeatureMap.features: kernel '${this.kernel}' needs fixed parameters here (calibrate or setParameters); attention estimates them per call`,
+          'ERR_INVALID_ARG_VALUE',
+        );
+      }
+      head = readInteger(o.head, 'features options.head', 0, 0, this._parameters.heads - 1);
+    } else if (o.head !== undefined) {
+      throw rangeError(`features options.head: only for the adaptive kernels, this map's kernel is '${this.kernel}'`, 'ERR_INVALID_ARG_VALUE');
+    }
     if (logSpace && this.kernel === 'trig') {
       throw rangeError("features options.logSpace: trig features are signed; log space is for positive kernels", 'ERR_INVALID_ARG_VALUE');
     }
@@ -247,7 +398,7 @@ export class FeatureMap {
       );
     }
     const rows = t.data.length / this.headDim;
-    const data = native().computeFeatures(t.data, rows, this.nativeSpec(), logSpace);
+    const data = native().computeFeatures(t.data, rows, { ...this.nativeSpec(), adaptiveHead: head }, logSpace);
     return { data, shape: Object.freeze([...t.shape.slice(0, -1), this.featureCount]) };
   }
 
@@ -260,6 +411,9 @@ export class FeatureMap {
       projection: this._projection,
       packedProjection: this._packed,
       kernelEpsilon: this.kernelEpsilon,
+      adaptiveHeads: this._parameters ? this._parameters.heads : 0,
+      adaptiveCoefficients: this._parameters ? this._parameters.coefficients : null,
+      adaptiveBasis: this._parameters ? this._parameters.basis : null,
     };
   }
 
@@ -276,6 +430,52 @@ export class FeatureMap {
       normScaling: this.normScaling,
     });
   }
+}
+
+function readParameters(value: unknown, name: string, d: number, kernel: FeatureKernel): AdaptiveParameters {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw typeError(`${name}: expected an object with heads, coefficients and basis, received ${describe(value)}`);
+  }
+  const o = readOptions<AdaptiveParameters>(value, name, ['heads', 'coefficients', 'basis']);
+  if (o.heads === undefined) throw typeError(`${name}.heads: required, received undefined`);
+  const heads = readInteger(o.heads, `${name}.heads`, 1, 1, 1 << 16);
+  if (!(o.coefficients instanceof Float64Array)) {
+    throw typeError(`${name}.coefficients: expected a Float64Array, received ${describe(o.coefficients)}`);
+  }
+  if (o.coefficients.length !== heads * d) {
+    throw rangeError(`${name}.coefficients: expected heads * headDim = ${heads * d} elements, received ${o.coefficients.length}`);
+  }
+  for (let i = 0; i < o.coefficients.length; i++) {
+    const a = o.coefficients[i];
+    if (!Number.isFinite(a) || !(a < 0.125)) {
+      throw rangeError(`${name}.coefficients: values must be finite and below 1/8 (finite variance), received ${a} at index ${i}`);
+    }
+  }
+  let basis: Float64Array | null = null;
+  if (kernel === 'softmax-dense') {
+    if (!(o.basis instanceof Float64Array)) {
+      throw typeError(`${name}.basis: expected a Float64Array for 'softmax-dense', received ${describe(o.basis)}`);
+    }
+    if (o.basis.length !== heads * d * d) {
+      throw rangeError(`${name}.basis: expected heads * headDim² = ${heads * d * d} elements, received ${o.basis.length}`);
+    }
+    for (let h = 0; h < heads; h++) {
+      const Q = o.basis.subarray(h * d * d, (h + 1) * d * d);
+      for (let i = 0; i < d; i++) {
+        for (let j = i; j < d; j++) {
+          let s = 0;
+          for (let k = 0; k < d; k++) s += Q[k * d + i] * Q[k * d + j];
+          if (!(Math.abs(s - (i === j ? 1 : 0)) <= 1e-6)) {
+            throw rangeError(`${name}.basis: set ${h} is not orthogonal (column ${i} · column ${j} = ${s})`);
+          }
+        }
+      }
+    }
+    basis = Float64Array.from(o.basis);
+  } else if (o.basis !== undefined && o.basis !== null) {
+    throw rangeError(`${name}.basis: 'softmax-opt' uses Q = I; expected null, received ${describe(o.basis)}`, 'ERR_INVALID_ARG_VALUE');
+  }
+  return { heads, coefficients: Float64Array.from(o.coefficients), basis };
 }
 
 function readSeed(value: unknown, name: string): number {

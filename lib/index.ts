@@ -23,6 +23,7 @@ export {
 export type { CodedError, ErrorCode } from './errors';
 export {
   FeatureMap,
+  type AdaptiveParameters,
   type FeatureKernel,
   type FeatureMapOptions,
   type FeaturesOptions,

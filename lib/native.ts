@@ -27,6 +27,12 @@ export interface NativeAddon {
     signFix?: boolean;
   }): Float32Array;
   packProjection(projection: Float32Array | null, numProjections: number, headDim: number): Float32Array;
+  calibrateFeatures(
+    query: Float32Array,
+    key: Float32Array,
+    dims: { batch: number; heads: number; queryLength: number; keyLength: number; headDim: number },
+    kernel: string,
+  ): { coefficients: Float64Array; basis: Float64Array | null };
   computeFeatures(x: Float32Array, rows: number, featureMap: NativeFeatureMap, logSpace: boolean): Float32Array;
   favorAttentionSync(...args: NativeAttentionArgs<NativeFavorOptions>): Float32Array;
   favorAttentionAsync(...args: NativeAttentionArgs<NativeFavorOptions>): Promise<Float32Array>;
@@ -43,6 +49,12 @@ export interface NativeFeatureMap {
   /** The projection as the kernels use it (packProjection), made once per map. */
   packedProjection: Float32Array;
   kernelEpsilon: number;
+  /** Adaptive kernels: fixed parameter sets (0 = estimate per call), their a_k and Q. */
+  adaptiveHeads?: number;
+  adaptiveCoefficients?: Float64Array | null;
+  adaptiveBasis?: Float64Array | null;
+  /** computeFeatures: the set to use. */
+  adaptiveHead?: number;
 }
 
 /** @internal */

@@ -212,7 +212,7 @@ describe('FeatureMap arguments', () => {
     expectThrows(() => new FeatureMap({ headDim: 4, seed: 2 ** 53 }), rangeErr(/received 9007199254740992$/));
   });
   test('an unknown kernel is a RangeError listing the kernels', () => {
-    expectThrows(() => new FeatureMap({ headDim: 4, kernel: 'gaussian' as never }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: /^FeatureMap options\.kernel: expected one of 'softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', received 'gaussian'$/ });
+    expectThrows(() => new FeatureMap({ headDim: 4, kernel: 'gaussian' as never }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: /^FeatureMap options\.kernel: expected one of 'softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense', received 'gaussian'$/ });
   });
   test('randomProjection: false with the softmax kernel is a RangeError', () => {
     expectThrows(() => new FeatureMap({ headDim: 4, randomProjection: false }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: /randomProjection: false is only for the generalized kernels/ });

@@ -142,6 +142,8 @@ export interface RefFeatureSpec {
   projection: Float32Array | null;
   /** Added to the generalized kernels' features. */
   kernelEpsilon: number;
+  /** softmax-opt / softmax-dense: fixed parameter sets (a_k per set, Q per set or null = I). */
+  adaptive?: { heads: number; coefficients: Float64Array; basis: Float64Array | null };
 }
 
 export function featureCount(spec: RefFeatureSpec): number {
@@ -149,8 +151,14 @@ export function featureCount(spec: RefFeatureSpec): number {
 }
 
 /** log of the kernel's constant factor (m^-1/2, (2m)^-1/2 or 1); it cancels in attention. */
-export function logScale(spec: RefFeatureSpec): number {
+export function logScale(spec: RefFeatureSpec, set = 0): number {
   const m = spec.numFeatures;
+  if (spec.kernel === 'softmax-opt' || spec.kernel === 'softmax-dense') {
+    const d = spec.headDim;
+    let logD = 0;
+    for (let k = 0; k < d; k++) logD += 0.25 * log1p(-4 * spec.adaptive!.coefficients[set * d + k]);
+    return -0.5 * log(m) + logD;
+  }
   if (spec.kernel === 'softmax' || spec.kernel === 'trig') return -0.5 * log(m);
   if (spec.kernel === 'softmax-hyperbolic') return -0.5 * log(2 * m);
   return 0;
@@ -176,7 +184,7 @@ export interface LogFeatures {
  * Log-magnitudes of phi for `rows` rows of x (starting at row `row0`), in double:
  * phi(x) = exp(logScale) * sign * exp(z), with x_hat = d^(-1/4) x and u = W x_hat.
  */
-export function refLogFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows: number, row0 = 0): LogFeatures {
+export function refLogFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows: number, row0 = 0, set = 0): LogFeatures {
   const d = spec.headDim;
   const m = spec.numFeatures;
   const F = featureCount(spec);
@@ -188,6 +196,17 @@ export function refLogFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows:
   const logEps = log(eps); // -Infinity when eps = 0
   const xh = new Float64Array(d);
   const u = new Float64Array(m);
+  const adaptive = spec.kernel === 'softmax-opt' || spec.kernel === 'softmax-dense';
+  // Adaptive: z_f = sum_k a_k w_fk^2 + sum_k sqrt(1 - 4 a_k) w_fk (Q^T x_hat)_k - ||x_hat||^2 / 2.
+  const a = adaptive ? spec.adaptive!.coefficients.subarray(set * d, (set + 1) * d) : null;
+  const Qb = adaptive && spec.adaptive!.basis ? spec.adaptive!.basis.subarray(set * d * d, (set + 1) * d * d) : null;
+  const bias = new Float64Array(m);
+  if (a !== null) {
+    for (let f = 0; f < m; f++) {
+      for (let k = 0; k < d; k++) bias[f] += a[k] * W![f * d + k] ** 2;
+    }
+  }
+  const t = new Float64Array(d);
   for (let r = 0; r < rows; r++) {
     const base = (row0 + r) * d;
     let n2 = 0;
@@ -195,8 +214,19 @@ export function refLogFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows:
       xh[i] = c * x[base + i];
       n2 += xh[i] * xh[i];
     }
+    if (a !== null) {
+      for (let k = 0; k < d; k++) {
+        let s = 0;
+        for (let i = 0; i < d; i++) s += (Qb === null ? (i === k ? 1 : 0) : Qb[i * d + k]) * xh[i];
+        t[k] = s * Math.sqrt(1 - 4 * a[k]);
+      }
+    }
     for (let f = 0; f < m; f++) {
-      if (W === null) {
+      if (a !== null) {
+        let s = bias[f];
+        for (let k = 0; k < d; k++) s += W![f * d + k] * t[k];
+        u[f] = s;
+      } else if (W === null) {
         u[f] = xh[f];
       } else {
         let s = 0;
@@ -209,6 +239,8 @@ export function refLogFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows:
       const uf = u[f];
       switch (spec.kernel) {
         case 'softmax':
+        case 'softmax-opt':
+        case 'softmax-dense':
           z[zr + f] = uf - n2 / 2;
           break;
         case 'softmax-hyperbolic':
@@ -245,12 +277,44 @@ export function refLogFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows:
 }
 
 /** phi(x) itself, rows x F, in double (may overflow to Infinity for huge inputs). */
-export function refFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows: number): Float64Array {
-  const { z, sign } = refLogFeatures(spec, x, rows);
-  const ls = logScale(spec);
+export function refFeatures(spec: RefFeatureSpec, x: ArrayLike<number>, rows: number, set = 0): Float64Array {
+  const { z, sign } = refLogFeatures(spec, x, rows, 0, set);
+  const ls = logScale(spec, set);
   const out = new Float64Array(z.length);
   for (let i = 0; i < z.length; i++) out[i] = (sign ? sign[i] : 1) * exp(z[i] + ls);
   return out;
+}
+
+/** The FAVOR++ optimum A* for rho = mean ||x_hat + y_hat||^2 (double). */
+export function refOptimalA(rho: number, d: number): number {
+  return -rho / (d - 2 * rho + Math.sqrt((2 * rho + d) ** 2 + 8 * d * rho));
+}
+
+/**
+ * P = mean over pairs of (x_hat + y_hat)(x_hat + y_hat)^T for one head (rows of q and k,
+ * starting at rows q0, k0), in double; rho is its trace.
+ */
+export function refPairMoment(q: ArrayLike<number>, k: ArrayLike<number>, d: number, Lq: number, Lk: number, q0 = 0, k0 = 0): Float64Array {
+  const c = pow(d, -0.5);
+  const mq = new Float64Array(d);
+  const mk = new Float64Array(d);
+  const P = new Float64Array(d * d);
+  for (let r = 0; r < Lq; r++) {
+    for (let i = 0; i < d; i++) {
+      mq[i] += q[(q0 + r) * d + i] / Lq;
+      for (let j = 0; j < d; j++) P[i * d + j] += (c * q[(q0 + r) * d + i] * q[(q0 + r) * d + j]) / Lq;
+    }
+  }
+  for (let r = 0; r < Lk; r++) {
+    for (let i = 0; i < d; i++) {
+      mk[i] += k[(k0 + r) * d + i] / Lk;
+      for (let j = 0; j < d; j++) P[i * d + j] += (c * k[(k0 + r) * d + i] * k[(k0 + r) * d + j]) / Lk;
+    }
+  }
+  for (let i = 0; i < d; i++) {
+    for (let j = 0; j < d; j++) P[i * d + j] += c * (mq[i] * mk[j] + mk[i] * mq[j]);
+  }
+  return P;
 }
 
 // ---------------------------------------------------------------------------
@@ -322,8 +386,9 @@ export function refFavor(
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const p = b * H + h;
-      const Q = refLogFeatures(spec, inputs.q.data, Lq, p * Lq);
-      const K = refLogFeatures(spec, inputs.k.data, Lk, p * Lk);
+      const set = spec.adaptive && spec.adaptive.heads > 1 ? h : 0;
+      const Q = refLogFeatures(spec, inputs.q.data, Lq, p * Lq, set);
+      const K = refLogFeatures(spec, inputs.k.data, Lk, p * Lk, set);
       const vBase = p * Lk * Dv;
       if (eps === 0) {
         const qz = Q.z;
