@@ -5,15 +5,17 @@
 //   2. the same at d = 64, for the output and for the row-normalized attention matrix (smaller L)
 //   3. Monte-Carlo check of Lemma 2 (closed-form MSE of the positive and trig estimators)
 //   4. the error at a fixed m for L = 512 ... 16384
+//   5. FAVOR+ vs FAVOR++ vs SDERF (experiments/adaptive.js; ~10 s)
 // Flags: --quick (tiny sizes), --seeds N, --out DIR (default results/experiments), --only NAME[,NAME].
 // Progress goes to stderr; tables, JSON and SVG charts to the output folder.
 const fs = require('node:fs');
 const path = require('node:path');
 const studies = require('./lib/studies');
+const adaptive = require('./adaptive');
 const report = require('./lib/report');
 const charts = require('./lib/charts');
 
-const NAMES = ['error-vs-m', 'd64', 'lemma2', 'length'];
+const NAMES = ['error-vs-m', 'd64', 'lemma2', 'length', 'adaptive'];
 
 function usage(message) {
   process.stderr.write(`${message}\nusage: node experiments/run.js [--quick] [--seeds N] [--out DIR] [--only ${NAMES.join(',')}]\n`);
@@ -52,6 +54,7 @@ function config(quick, seeds) {
       d64: { L: 64, matrixL: 32, d: 64, ms: [16, 64] },
       lemma2: { d: 16, ms: [16], count: 200 },
       length: { Ls: [64, 128], d: 16, ms: [16] },
+      adaptive: { seeds: seeds ?? 2, L: 64, quick: true },
     };
   }
   return {
@@ -61,6 +64,7 @@ function config(quick, seeds) {
     d64: { L: 1024, matrixL: 512, d: 64, ms: [16, 32, 64, 128, 256, 512] },
     lemma2: { d: 16, ms: [16, 64], count: 20000 },
     length: { Ls: [512, 1024, 2048, 4096, 8192, 16384], d: 16, ms: [64, 256] },
+    adaptive: { seeds: seeds ?? 10, L: 512, quick: false },
   };
 }
 
@@ -178,6 +182,9 @@ function markdown(results, meta) {
     const s = results.length;
     parts.push('', `## 4. Error against sequence length (d = ${s.d})`, '', report.lengthTables(s));
   }
+  if (results.adaptive) {
+    parts.push('', '## 5. FAVOR+, FAVOR++ (softmax-opt) and SDERF (softmax-dense)', '', adaptive.markdown(results.adaptive.rows, results.adaptive.options));
+  }
   if (meta.charts.length) parts.push('', '## Charts', '', ...meta.charts.map((c) => `![${c}](${c})`));
   return parts.join('\n') + '\n';
 }
@@ -223,6 +230,7 @@ async function main() {
   if (only.has('length')) {
     results.length = studies.errorVersusLength({ ...cfg.length, temps: cfg.temps, seeds: cfg.seeds, seedBase: 3, progress: progress('length') });
   }
+  if (only.has('adaptive')) results.adaptive = { options: cfg.adaptive, rows: adaptive.study(cfg.adaptive) };
 
   fs.mkdirSync(o.out, { recursive: true });
   const chartFiles = [];
