@@ -3,7 +3,7 @@
 // code 2) for an unknown flag or a bad value; nothing is guessed.
 
 const SUITES = ['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy'];
-const KERNELS = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs'];
+const KERNELS = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
 const ISAS = ['scalar', 'avx2', 'avx512'];
 
 class UsageError extends Error {

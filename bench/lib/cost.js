@@ -7,7 +7,9 @@
 //   + 2*Lk*F*(Dv+1)              S = K'^T V and z = K'^T 1          (F = features per row)
 //   + 2*Lq*F*(Dv+1)              numerator q' S and denominator q' z
 // plus (Lq + Lk) * F exps. For the softmax kernel P = F = m; 'softmax-hyperbolic'
-// and 'trig' have P = m projections and F = 2m features.
+// and 'trig' have P = m projections and F = 2m features. 'softmax-opt' and
+// 'softmax-dense' count as softmax: their per-head statistics, eigendecomposition
+// and projection packing are overhead the timings include but the count does not.
 // Exact softmax attention, per (batch, head): 2 * pairs * (d + Dv) flops and
 // `pairs` exps, where pairs = Lq*Lk bidirectional, and the number of
 // (query, key) pairs with j <= i + (Lk - Lq) when causal (L(L+1)/2 for Lq = Lk = L).

@@ -126,6 +126,23 @@ async function measureCalls(spec, call, { outBytes, freshSupported = true, label
   return result;
 }
 
+const ADAPTIVE_KERNELS = new Set(['softmax-opt', 'softmax-dense']);
+
+/**
+ * The FeatureMap of a FAVOR run. The adaptive kernels estimate their parameters per
+ * call in bidirectional runs (that cost is part of what is measured); causal runs
+ * need them fixed, so they are calibrated once on the run's own queries and keys
+ * (one set shared by every head, as from a prompt) before timing.
+ */
+function benchFeatureMap(p, { headDim, features, kernel, seed, causal, q, k }) {
+  const map = new p.FeatureMap({ headDim, numFeatures: features, kernel: kernel ?? 'softmax', seed: seed ?? 1 });
+  if (causal && ADAPTIVE_KERNELS.has(map.kernel)) {
+    const rows = (t) => ({ data: t.data, shape: [t.data.length / headDim, headDim] });
+    map.calibrate(rows(q), rows(k));
+  }
+  return map;
+}
+
 async function runAttention(spec) {
   const { batch, heads, L, headDim, causal } = spec;
   const valueDim = spec.valueDim ?? headDim;
@@ -137,7 +154,9 @@ async function runAttention(spec) {
     const p = lib();
     const info = configureBackend(spec);
     const featureMap =
-      spec.impl === 'favor' ? new p.FeatureMap({ headDim, numFeatures: spec.features, kernel: spec.kernel ?? 'softmax', seed: spec.seed ?? 1 }) : null;
+      spec.impl === 'favor'
+        ? benchFeatureMap(p, { headDim, features: spec.features, kernel: spec.kernel, seed: spec.seed, causal, q: inputs.q, k: inputs.k })
+        : null;
     const { q, k, v, out } = inputs;
     const fn = spec.impl === 'favor' ? p.favorAttentionSync : p.softmaxAttentionSync;
     const options = (useOut) => {
@@ -274,11 +293,12 @@ async function runOverhead(spec) {
   const { headDim, features } = spec;
   const L = spec.L ?? 16;
   const { q, k, v, out } = makeInputs({ batch: 1, heads: 1, L, headDim, seed: spec.seed ?? 1 });
-  const featureMap = new p.FeatureMap({ headDim, numFeatures: features, kernel: spec.kernel ?? 'softmax', seed: 1 });
+  const featureMap = benchFeatureMap(p, { headDim, features, kernel: spec.kernel, seed: 1, causal: false, q, k });
+  const causalMap = benchFeatureMap(p, { headDim, features, kernel: spec.kernel, seed: 1, causal: true, q, k });
   const cases = {
     'favorAttentionSync, bidirectional, out given': () => p.favorAttentionSync(q, k, v, { featureMap, out }),
     'favorAttentionSync, bidirectional, fresh output': () => p.favorAttentionSync(q, k, v, { featureMap }),
-    'favorAttentionSync, causal, out given': () => p.favorAttentionSync(q, k, v, { featureMap, causal: true, out }),
+    'favorAttentionSync, causal, out given': () => p.favorAttentionSync(q, k, v, { featureMap: causalMap, causal: true, out }),
     'softmaxAttentionSync, bidirectional, out given': () => p.softmaxAttentionSync(q, k, v, { out }),
     'softmaxAttentionSync, causal, out given': () => p.softmaxAttentionSync(q, k, v, { causal: true, out }),
   };
@@ -307,7 +327,7 @@ async function runConcurrency(spec) {
   const calls = spec.calls ?? 4;
   const rounds = spec.rounds ?? 5;
   const { q, k, v } = makeInputs({ batch, heads, L, headDim, seed: spec.seed ?? 1 });
-  const featureMap = new p.FeatureMap({ headDim, numFeatures: spec.features, kernel: spec.kernel ?? 'softmax', seed: 1 });
+  const featureMap = benchFeatureMap(p, { headDim, features: spec.features, kernel: spec.kernel, seed: 1, causal, q, k });
   const outs = Array.from({ length: calls }, () => ({ data: new Float32Array(q.data.length).fill(0), shape: q.shape }));
   // Time spent on the calling thread before the Promise is returned (validation, dispatch).
   const syncPart = [];
