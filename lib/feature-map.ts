@@ -328,6 +328,7 @@ export class FeatureMap {
     Object.assign(map, fields);
     map._seed = undefined;
     map._sampled = false;
+    map._parameters = null;
     map._projection = Float32Array.from(projection);
     map._pack();
     return map;

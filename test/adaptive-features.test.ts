@@ -136,7 +136,7 @@ describe('parameter estimation', () => {
   });
 
   test('softmax-dense: Q orthogonal, Q^T P Q diagonal, a_k the 1-d optimum of its eigenvalue', () => {
-    for (const d of [5, 32]) {
+    for (const d of [1, 2, 5, 32, 128]) {
       const inputs = anisotropic(9 + d, 1, 1, 40, 60, d, 2, 2);
       const map = new FeatureMap({ headDim: d, numFeatures: 8, kernel: 'softmax-dense', seed: 1 });
       const p = map.calibrate(inputs.q, inputs.k);
@@ -152,9 +152,11 @@ describe('parameter estimation', () => {
             qq += Q[r * d + i] * Q[r * d + j];
             for (let s = 0; s < d; s++) qpq += Q[r * d + i] * P[r * d + s] * Q[s * d + j];
           }
+          // Q comes from a double eigendecomposition; the second moments it decomposes are
+          // float32 GEMM sums (blocks of 256 rows), hence float32-level agreement with P.
           expect(Math.abs(qq - (i === j ? 1 : 0))).toBeLessThanOrEqual(1e-12);
-          if (i !== j) expect(Math.abs(qpq)).toBeLessThanOrEqual(1e-9 * pNorm);
-          else expect(Math.abs(p.coefficients[i] - refOptimalA(qpq, 1))).toBeLessThanOrEqual(1e-9);
+          if (i !== j) expect(Math.abs(qpq)).toBeLessThanOrEqual(1e-6 * pNorm);
+          else expect(Math.abs(p.coefficients[i] - refOptimalA(qpq, 1))).toBeLessThanOrEqual(1e-6);
         }
       }
     }

@@ -129,8 +129,8 @@ Napi::Value calibrate_features(const Napi::CallbackInfo& info) {
     total.init(d, dense);
     for (std::size_t b = 0; b < batch; ++b) {
       const std::size_t bh = b * heads + h;
-      total.add(q.data + bh * lq * d, lq, false, nullptr);
-      total.add(k.data + bh * lk * d, lk, true, nullptr);
+      total.add(q.data + bh * lq * d, lq, false, nullptr, active_kernels());
+      total.add(k.data + bh * lk * d, lk, true, nullptr, active_kernels());
     }
     const pa::AdaptiveParams params = pa::params_from_moments(total, dense);
     std::copy(params.a.begin(), params.a.end(), coefficients.Data() + h * d);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/feature_map.h"
+#include "kernels/kernels.h"
 
 namespace pa {
 
@@ -37,8 +38,9 @@ struct PairMoments {
   std::vector<double> outer_q, outer_k;     // d x d (dense only)
   void init(std::size_t head_dim, bool dense_moments);
   // rows x d (contiguous); keys with pad[r] == 0 are skipped (pad may be null).
-  void add(const float* x, std::size_t rows, bool is_key, const std::uint8_t* pad);
-  void merge(const PairMoments& other);
+  // Means and norms are summed in double; the second moments (dense only) are
+  // float32 GEMM products over blocks of 256 rows, summed in double.
+  void add(const float* x, std::size_t rows, bool is_key, const std::uint8_t* pad, const KernelSet& kernels);
 };
 
 // The optimal parameters from moments: softmax-opt from rho (O(d)), softmax-dense
@@ -46,14 +48,15 @@ struct PairMoments {
 // Requires at least one query and one key.
 AdaptiveParams params_from_moments(const PairMoments& moments, bool dense);
 
-// Symmetric eigendecomposition by cyclic Jacobi in double: a (d x d, row-major,
-// destroyed) = V diag(values) V^T, V's columns the eigenvectors.
+// Symmetric eigendecomposition in double (Householder tridiagonalization, then
+// implicit QR with Wilkinson shifts): a (d x d, row-major, destroyed) =
+// V diag(values) V^T, V's columns the eigenvectors.
 void symmetric_eigen(std::size_t d, double* a, double* values, double* vectors);
 
 // For projection W (m x d row-major): packed (d x m) = d^(-1/4) W'^T and
 // bias (m); returns log D.
 double adaptive_projection(const float* projection, std::size_t m, std::size_t d, const AdaptiveParams& params,
-                           float* packed, float* bias);
+                           const KernelSet& kernels, float* packed, float* bias);
 
 // Throws InputError unless every a_k is finite and < 1/8 and Q (when given) is
 // finite; the variance of the estimator is infinite from 1/8 on.
@@ -67,6 +70,6 @@ struct HeadFeatures {
   std::vector<float> packed, bias;
   FeatureMapSpec spec;
 };
-void prepare_head(const FeatureMapSpec& spec, const AdaptiveParams& params, HeadFeatures* out);
+void prepare_head(const FeatureMapSpec& spec, const AdaptiveParams& params, const KernelSet& kernels, HeadFeatures* out);
 
 }  // namespace pa

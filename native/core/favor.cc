@@ -395,20 +395,20 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
       PairMoments moments;
       for (std::size_t h = begin; h < end; ++h) {
         if (!fixed.empty()) {
-          prepare_head(fm, fixed[fixed.size() == 1 ? 0 : h % dims.heads], &head_maps[h]);
+          prepare_head(fm, fixed[fixed.size() == 1 ? 0 : h % dims.heads], kernels, &head_maps[h]);
           continue;
         }
         moments.init(dims.head_dim, dense);
-        moments.add(q + h * dims.q_len * dims.head_dim, dims.q_len, false, nullptr);
+        moments.add(q + h * dims.q_len * dims.head_dim, dims.q_len, false, nullptr, kernels);
         const std::uint8_t* pad = options.key_padding ? options.key_padding + (h / dims.heads) * dims.k_len : nullptr;
-        moments.add(k + h * dims.k_len * dims.head_dim, dims.k_len, true, pad);
+        moments.add(k + h * dims.k_len * dims.head_dim, dims.k_len, true, pad, kernels);
         AdaptiveParams params;
         if (moments.count_k == 0) {
           params.a.assign(dims.head_dim, 0.0);  // no key attends: every row is zero anyway
         } else {
           params = params_from_moments(moments, dense);
         }
-        prepare_head(fm, params, &head_maps[h]);
+        prepare_head(fm, params, kernels, &head_maps[h]);
       }
     });
     for (std::size_t h = 0; h < heads; ++h) evaluators.push_back(std::make_unique<FeatureEvaluator>(head_maps[h].spec, kernels));

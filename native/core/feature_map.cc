@@ -161,7 +161,7 @@ void compute_features(const FeatureMapSpec& given, const KernelSet& kernels, con
       throw InputError("features of softmax-opt / softmax-dense need fixed parameters (calibrate or setParameters)");
     }
     if (spec.adaptive_head >= spec.adaptive_heads) throw InputError("head: beyond the fixed parameters");
-    prepare_head(given, fixed_params(given, spec.adaptive_head), &head);
+    prepare_head(given, fixed_params(given, spec.adaptive_head), kernels, &head);
     spec = head.spec;
   }
   FeatureEvaluator evaluator(spec, kernels);
