@@ -3,7 +3,7 @@
  * against the float64 reference on every ISA, parameter estimation, A = 0 equals
  * FAVOR+, stability at large norms, validation, and Monte-Carlo statistics.
  */
-import { backendInfo, favorAttentionSync, FeatureMap, setBackend, type AdaptiveParameters, type FeatureKernel } from '../lib';
+import { backendInfo, favorAttention, favorAttentionSync, FeatureMap, setBackend, type AdaptiveParameters, type FeatureKernel } from '../lib';
 import {
   allFinite,
   makeInputs,
@@ -112,6 +112,43 @@ describe.each(ISAS)('adaptive features equal the float64 reference (isa %s)', (i
     expect(bytesEqual(a, b)).toBe(true);
     expect(relFrobenius(a, refFavor(inputs, specOf(fixed)))).toBeLessThanOrEqual(TOL);
     expect(estimated.parameters).toBeNull();
+  });
+});
+
+describe('per-call estimation', () => {
+  /** Rows [b] of a [B, H, L, d] tensor, keeping only rows `keep` of each head. */
+  function slice(t: { data: Float32Array; shape: readonly number[] }, b: number, keep: (j: number) => boolean) {
+    const [, H, L, d] = t.shape;
+    const rows: number[] = [];
+    for (let h = 0; h < H; h++) for (let j = 0; j < L; j++) if (keep(j)) rows.push((b * H + h) * L + j);
+    const out = new Float32Array(rows.length * d);
+    rows.forEach((r, i) => out.set(t.data.subarray(r * d, (r + 1) * d), i * d));
+    return { data: out, shape: [1, H, rows.length / H, d] };
+  }
+
+  test.each(ADAPTIVE)('%s: per (batch, head), padded keys left out of the statistics; async equals sync', async (kernel) => {
+    const d = 8;
+    const B = 2;
+    const L = 40;
+    const inputs = anisotropic(77, B, 2, L, L, d, 3, 1.5);
+    const mask = new Uint8Array(B * L).fill(1);
+    for (let j = 30; j < L; j++) mask[L + j] = 0; // batch 1: the last 10 keys are padding
+    const estimated = new FeatureMap({ headDim: d, numFeatures: 16, kernel, seed: 4 });
+    const o = { featureMap: estimated, keyPaddingMask: { data: mask, shape: [B, L] } };
+    const out = favorAttentionSync(inputs.q, inputs.k, inputs.v, o).data;
+    expect(bytesEqual((await favorAttention(inputs.q, inputs.k, inputs.v, o)).data, out)).toBe(true);
+    for (let b = 0; b < B; b++) {
+      const fixed = new FeatureMap({ headDim: d, numFeatures: 16, kernel, seed: 4 });
+      fixed.calibrate(slice(inputs.q, b, () => true), slice(inputs.k, b, (j) => mask[b * L + j] !== 0));
+      const mb = { data: mask.slice(b * L, (b + 1) * L), shape: [1, L] };
+      const q = slice(inputs.q, b, () => true);
+      const k = slice(inputs.k, b, () => true);
+      const v = slice(inputs.v, b, () => true);
+      const expected = favorAttentionSync(q, k, v, { featureMap: fixed, keyPaddingMask: mb }).data;
+      const got = out.subarray(b * 2 * L * 3, (b + 1) * 2 * L * 3);
+      expect(relFrobenius(got, refFavor({ q, k, v }, specOf(fixed), { keyPadding: mb.data }))).toBeLessThanOrEqual(TOL);
+      expect(bytesEqual(Float32Array.from(got), expected)).toBe(true);
+    }
   });
 });
 
