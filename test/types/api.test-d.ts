@@ -12,6 +12,7 @@ import {
   softmaxAttentionSync,
   tensor,
   type BackendInfo,
+  type AdaptiveParameters,
   type CodedError,
   type FavorAttentionOptions,
   type FeatureKernel,
@@ -61,8 +62,16 @@ softmaxAttentionSync(q, q, q, { casual: true });
 favorAttentionSync(q);
 
 // FeatureMap.
-const kernels: FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs'];
+const kernels: FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
 void kernels;
+// Adaptive kernels: parameters fixed, calibrated, inspected.
+const opt = new FeatureMap({ headDim: 4, kernel: 'softmax-opt', parameters: { heads: 1, coefficients: new Float64Array(4), basis: null } });
+assertType<Equal<typeof opt.parameters, AdaptiveParameters | null>>();
+assertType<Equal<ReturnType<FeatureMap['calibrate']>, AdaptiveParameters>>();
+assertType<Equal<ReturnType<typeof FeatureMap.optimalCoefficient>, number>>();
+opt.setParameters(null);
+// @ts-expect-error: coefficients are a Float64Array
+opt.setParameters({ heads: 1, coefficients: new Float32Array(4), basis: null });
 // @ts-expect-error: headDim is required
 new FeatureMap({ numFeatures: 8 });
 // @ts-expect-error: not a kernel
