@@ -389,13 +389,15 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     }
     std::vector<AdaptiveParams> fixed;
     for (std::size_t h = 0; h < fm.adaptive_heads; ++h) fixed.push_back(fixed_params(fm, h));
-    head_maps.resize(heads);
+    // Fixed parameters: one feature map per set, shared by the heads that use it.
+    const std::size_t maps = fixed.empty() ? heads : fixed.size();
+    head_maps.resize(maps);
     const bool dense = fm.kernel == Kernel::kSoftmaxDense;
-    pool.parallel_for(heads, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
+    pool.parallel_for(maps, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
       PairMoments moments;
       for (std::size_t h = begin; h < end; ++h) {
         if (!fixed.empty()) {
-          prepare_head(fm, fixed[fixed.size() == 1 ? 0 : h % dims.heads], kernels, &head_maps[h]);
+          prepare_head(fm, fixed[h], kernels, &head_maps[h]);
           continue;
         }
         moments.init(dims.head_dim, dense);
@@ -411,11 +413,14 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
         prepare_head(fm, params, kernels, &head_maps[h]);
       }
     });
-    for (std::size_t h = 0; h < heads; ++h) evaluators.push_back(std::make_unique<FeatureEvaluator>(head_maps[h].spec, kernels));
+    for (const HeadFeatures& map : head_maps) evaluators.push_back(std::make_unique<FeatureEvaluator>(map.spec, kernels));
   }
+  const std::size_t sets = fm.is_adaptive() ? fm.adaptive_heads : 0;
   const FeatureEvaluator features(fm.is_adaptive() ? head_maps[0].spec : fm, kernels);
   auto evaluator_of = [&](std::size_t h) -> const FeatureEvaluator& {
-    return evaluators.empty() ? features : *evaluators[h];
+    if (evaluators.empty()) return features;
+    if (sets == 0) return *evaluators[h];         // estimated per (batch, head)
+    return *evaluators[sets == 1 ? 0 : h % dims.heads];  // fixed set of head h
   };
   const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim;
   // Causal geometry: query i sees keys j <= i + offset (bottom-right aligned);
