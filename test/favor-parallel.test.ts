@@ -1,4 +1,4 @@
-// With fewer heads than threads, one head is split into parts (key and query
+// With few heads, one head is split into parts (key and query
 // ranges; causal segments joined by a prefix combine of their states). Those
 // paths must equal the float64 reference like the one-part path, for 1, 2 and 3
 // threads, with key padding, epsilon and Lq != Lk.

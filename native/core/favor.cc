@@ -18,8 +18,12 @@ constexpr std::size_t kBlockRows = 64;  // rows per block of the bidirectional p
 // (see FavorWorker::causal_rows); past that the chunk is split in two.
 constexpr float kMaxChunkGap = 40.0f;
 // A head is split into parts (key ranges, query ranges, causal segments) only
-// when there are fewer heads than threads, and never below this many rows a part.
+// when there are fewer than kSplitUnits heads, and never below this many rows a
+// part. The split depends on the problem size only, never on the pool size:
+// merging partial states is not associative in float32, so a thread-count
+// dependent split would make the bits depend on the machine.
 constexpr std::size_t kMinRowsPerPart = 256;
+constexpr std::size_t kSplitUnits = 16;
 
 // The running key statistics of one (batch, head), relative to a per-feature
 // reference c (b_jf = exp(zk_jf - c_f)):
@@ -429,10 +433,9 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   const std::size_t prefix = offset > 0 ? static_cast<std::size_t>(offset) : 0;
   const std::size_t blind = offset < 0 ? std::min(Lq, static_cast<std::size_t>(-offset)) : 0;
 
-  // Parts per head: enough to give every thread work when heads are few.
-  const std::size_t threads = pool.size();
+  // Parts per head: about kSplitUnits units of work when heads are few.
   const std::size_t rows = options.causal ? Lq - blind : std::min(Lq, Lk);
-  std::size_t parts = heads >= threads ? 1 : (threads + heads - 1) / heads;
+  std::size_t parts = heads >= kSplitUnits ? 1 : (kSplitUnits + heads - 1) / heads;
   parts = std::max<std::size_t>(1, std::min(parts, rows / kMinRowsPerPart));
 
   const StateLayout layout{features.feature_count(), Dv};
