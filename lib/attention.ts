@@ -4,7 +4,7 @@
  *   query [B, H, Lq, d], key [B, H, Lk, d], value [B, H, Lk, Dv]  ->  output [B, H, Lq, Dv]
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
-import { describe, rangeError, typeError } from './errors';
+import { abortError, describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
 import type { MaskLike, Tensor, TensorLike } from './tensor';
@@ -40,6 +40,13 @@ export interface FavorAttentionOptions {
   chunkSize?: number;
   /** A preallocated output [B, H, Lq, Dv] to write into (it is also what is returned). */
   out?: TensorLike;
+  /**
+   * Async call only (the sync twin rejects it with a TypeError, `ERR_INVALID_ARG_VALUE`).
+   * Aborting rejects the Promise with an AbortError (name 'AbortError', code 'ABORT_ERR',
+   * the signal's reason as `cause`): at once when already aborted; a queued call then skips
+   * its work; a running one stops at its next block of rows. `out` may be partly written.
+   */
+  signal?: AbortSignal;
 }
 
 export interface SoftmaxAttentionOptions {
@@ -51,10 +58,55 @@ export interface SoftmaxAttentionOptions {
   scale?: number;
   /** A preallocated output [B, H, Lq, Dv] to write into (it is also what is returned). */
   out?: TensorLike;
+  /**
+   * Async call only (the sync twin rejects it with a TypeError, `ERR_INVALID_ARG_VALUE`).
+   * Aborting rejects the Promise with an AbortError (name 'AbortError', code 'ABORT_ERR',
+   * the signal's reason as `cause`): at once when already aborted; a queued call then skips
+   * its work; a running one stops at its next block of rows. `out` may be partly written.
+   */
+  signal?: AbortSignal;
 }
 
 const FAVOR_OPTIONS = ['featureMap', 'causal', 'keyPaddingMask', 'epsilon', 'chunkSize', 'out'] as const;
 const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
+// `signal` is known to the async calls only: a sync call cannot be aborted.
+const ASYNC = (fn: string) => !fn.endsWith('Sync');
+const known = (list: readonly string[], fn: string) => (ASYNC(fn) ? [...list, 'signal'] : list);
+
+function readSignal(value: unknown, fn: string): AbortSignal | undefined {
+  if (value === undefined) return undefined;
+  // Duck-typed: AbortSignal from another realm (jest, vm) fails instanceof.
+  const s = value as { aborted?: unknown; addEventListener?: unknown };
+  if (value === null || typeof value !== 'object' || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
+    throw typeError(`${fn} options.signal: expected an AbortSignal, received ${describe(value)}`);
+  }
+  return value as AbortSignal;
+}
+
+type NativeAsync = (...args: never[]) => Promise<Float32Array>;
+
+// Runs a native async call under an optional signal: the control object gets
+// cancel() from the addon, called on abort. The addon keeps every array alive
+// until its worker finishes, aborted or not.
+async function runAsync(call: NativeAsync, args: readonly unknown[], signal: AbortSignal | undefined): Promise<Float32Array> {
+  if (signal === undefined) return (call as (...a: unknown[]) => Promise<Float32Array>)(...args);
+  if (signal.aborted) throw abortError(signal.reason);
+  const control: { cancel?: () => void } = {};
+  const promise = (call as (...a: unknown[]) => Promise<Float32Array>)(...args, control);
+  const onAbort = () => control.cancel?.();
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    const data = await promise;
+    // Aborted after the last check: the result is complete, but the caller asked to abort.
+    if (signal.aborted) throw abortError(signal.reason);
+    return data;
+  } catch (error) {
+    if ((error as { code?: unknown }).code === 'ABORT_ERR' || signal.aborted) throw abortError(signal.reason);
+    throw error;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
 const LEGEND = '[batch, heads, seq, headDim]';
 
 interface Prepared {
@@ -117,7 +169,7 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
 const defaultMaps = new Map<number, FeatureMap>();
 
 function favorArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string) {
-  const o = readOptions<FavorAttentionOptions>(options, `${fn} options`, FAVOR_OPTIONS) as Record<string, unknown>;
+  const o = readOptions<FavorAttentionOptions>(options, `${fn} options`, known(FAVOR_OPTIONS, fn)) as Record<string, unknown>;
   const p = prepare(fn, query, key, value, o);
   let map = o.featureMap as FeatureMap | undefined;
   if (map === undefined) {
@@ -165,15 +217,17 @@ function favorArgs(query: unknown, key: unknown, value: unknown, options: unknow
     epsilon,
     chunkSize,
   };
-  return { p, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
+  const signal = readSignal(o.signal, fn);
+  return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
 }
 
 function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string) {
-  const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, SOFTMAX_OPTIONS) as Record<string, unknown>;
+  const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, known(SOFTMAX_OPTIONS, fn)) as Record<string, unknown>;
   const p = prepare(fn, query, key, value, o);
   const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
   const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
-  return { p, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
+  const signal = readSignal(o.signal, fn);
+  return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
 }
 
 /**
@@ -196,8 +250,8 @@ export async function favorAttention(
   value: TensorLike,
   options?: FavorAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args } = favorArgs(query, key, value, options, 'favorAttention');
-  const data = await native().favorAttentionAsync(...args);
+  const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention');
+  const data = await runAsync(native().favorAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
 }
 
@@ -241,8 +295,8 @@ export async function softmaxAttention(
   value: TensorLike,
   options?: SoftmaxAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args } = softmaxArgs(query, key, value, options, 'softmaxAttention');
-  const data = await native().softmaxAttentionAsync(...args);
+  const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention');
+  const data = await runAsync(native().softmaxAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
 }
 

@@ -5,7 +5,8 @@ export type ErrorCode =
   | 'ERR_INVALID_ARG_TYPE'
   | 'ERR_INVALID_ARG_VALUE'
   | 'ERR_OUT_OF_RANGE'
-  | 'ERR_INVALID_STATE';
+  | 'ERR_INVALID_STATE'
+  | 'ABORT_ERR';
 
 /** An Error with Node's `code` property. */
 export interface CodedError extends Error {
@@ -24,6 +25,13 @@ export function typeError(message: string, code: ErrorCode = 'ERR_INVALID_ARG_TY
 
 export function rangeError(message: string, code: ErrorCode = 'ERR_OUT_OF_RANGE'): RangeError & CodedError {
   return withCode(new RangeError(message), code);
+}
+
+/** Node's AbortError: name 'AbortError', code 'ABORT_ERR', the signal's reason as `cause`. */
+export function abortError(reason: unknown): Error & CodedError {
+  const error = withCode(new Error('The operation was aborted', { cause: reason }), 'ABORT_ERR');
+  Object.defineProperty(error, 'name', { value: 'AbortError', enumerable: false, writable: true, configurable: true });
+  return error;
 }
 
 export function stateError(message: string): Error & CodedError {

@@ -8,6 +8,7 @@
 // hold references to every array the job points into until it has finished.
 #include "addon/attention_bindings.h"
 
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -34,6 +35,9 @@ struct AttentionJob {
   pa::SoftmaxOptions softmax;
   const pa::KernelSet* kernels = nullptr;
   std::shared_ptr<pa::ThreadPool> pool;
+  // Async calls only: set from the main thread by control.cancel(), read by the
+  // drivers between blocks. Shared with that function, which may outlive the job.
+  std::shared_ptr<std::atomic<bool>> cancel;
 
   void run() const {
     if (kind == AttentionKind::kFavor) {
@@ -161,8 +165,22 @@ Napi::Value run_sync(const Napi::CallbackInfo& info, AttentionKind kind) {
   return info[3];
 }
 
+// info[6], optional: a control object; it receives cancel(), which makes a queued
+// call skip its work and a running one stop at its next block (AbortError).
 Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
-  auto* worker = new AttentionWorker(info, parse_job(info, kind));  // deletes itself when done
+  AttentionJob job = parse_job(info, kind);
+  if (info.Length() > 6 && info[6].IsObject()) {
+    job.cancel = std::make_shared<std::atomic<bool>>(false);
+    job.favor.cancel = job.cancel.get();
+    job.softmax.cancel = job.cancel.get();
+    std::shared_ptr<std::atomic<bool>> flag = job.cancel;
+    info[6].As<Napi::Object>().Set(
+        "cancel", Napi::Function::New(info.Env(), [flag](const Napi::CallbackInfo& call) -> Napi::Value {
+          flag->store(true, std::memory_order_relaxed);
+          return call.Env().Undefined();
+        }));
+  }
+  auto* worker = new AttentionWorker(info, std::move(job));  // deletes itself when done
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;

@@ -13,6 +13,8 @@ PendingError capture_errors(Fn&& fn) {
     fn();
   } catch (const pa::InputError& error) {
     return {"RangeError", error.what(), error.code()};
+  } catch (const pa::Cancelled&) {
+    return {"Error", "The operation was aborted", "ABORT_ERR"};
   } catch (const std::bad_alloc&) {
     return {"RangeError", "not enough memory for this call", "ERR_MEMORY_ALLOCATION_FAILED"};
   } catch (const std::exception& error) {

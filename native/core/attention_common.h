@@ -1,6 +1,7 @@
 // Shapes, input errors and input checks shared by the attention drivers.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -16,6 +17,17 @@ namespace pa {
 struct AttentionDims {
   std::size_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0, value_dim = 0;
 };
+
+// Thrown by the drivers between blocks once a call's cancel flag is set (the
+// async bindings turn it into an AbortError).
+class Cancelled : public std::exception {
+ public:
+  const char* what() const noexcept override { return "cancelled"; }
+};
+
+inline void check_cancel(const std::atomic<bool>* flag) {
+  if (flag != nullptr && flag->load(std::memory_order_relaxed)) throw Cancelled();
+}
 
 // A problem with the values handed in (not with the program): the bindings turn it
 // into a RangeError carrying `code`.

@@ -134,6 +134,7 @@ class FavorWorker {
   void absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad, std::size_t j_begin,
               std::size_t j_end) {
     for (std::size_t j0 = j_begin; j0 < j_end; j0 += rows_) {
+      check_cancel(options_.cancel);
       const std::size_t n = std::min(rows_, j_end - j0);
       key_log_features(k, pad, j0, n);
       std::copy(st.c, st.c + F_, chunk_max_);
@@ -147,6 +148,7 @@ class FavorWorker {
   // Outputs of query rows [i_begin, i_end) of one head against the finished state.
   void emit(const StateView& st, const float* q, float* out, std::size_t i_begin, std::size_t i_end) {
     for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
+      check_cancel(options_.cancel);
       const std::size_t n = std::min(rows_, i_end - i0);
       features_->log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
       for (std::size_t r = 0; r < n; ++r) {
@@ -166,6 +168,7 @@ class FavorWorker {
   void causal(const StateView& st, const float* q, const float* k, const float* v, float* out,
               const std::uint8_t* pad, std::size_t i_begin, std::size_t i_end, long long offset) {
     for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
+      check_cancel(options_.cancel);
       const std::size_t n = std::min(rows_, i_end - i0);
       const std::size_t j0 = static_cast<std::size_t>(static_cast<long long>(i0) + offset);
       key_log_features(k, pad, j0, n);
@@ -367,6 +370,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   if (options.epsilon != 0.0f && fm.is_signed()) {
     throw InputError("epsilon applies to positive feature maps; trig features are signed");
   }
+  check_cancel(options.cancel);
   const InputStats stats = scan_inputs(dims, q, k, v, pool);
   // log-features hold ||x_hat||^2 / 2 in float32: keep it far from overflow.
   const double normalizer2 = 1.0 / std::sqrt(static_cast<double>(dims.head_dim));

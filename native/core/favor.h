@@ -25,6 +25,8 @@ struct FavorOptions {
   // Rows per causal chunk (1 = the recurrent form). Results do not depend on it
   // beyond rounding.
   std::size_t chunk_size = 32;
+  // Checked between blocks; when set the call throws Cancelled. Null = never.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 constexpr std::size_t kMaxChunkSize = 4096;

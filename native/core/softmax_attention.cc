@@ -43,6 +43,7 @@ class SoftmaxHead {
     const std::size_t Lq = dims_.q_len, Lk = dims_.k_len, d = dims_.head_dim;
     const long long offset = static_cast<long long>(Lk) - static_cast<long long>(Lq);
     for (std::size_t g0 = 0; g0 < Lq; g0 += kGroupRows) {
+      check_cancel(options_.cancel);
       const std::size_t group_rows = std::min(kGroupRows, Lq - g0);
       // Keys this group can see: all, or up to its last row's causal limit.
       std::size_t key_end = Lk;
@@ -146,6 +147,7 @@ void softmax_attention(const AttentionDims& dims, const float* q, const float* k
                        float* out, const SoftmaxOptions& options, const KernelSet& kernels,
                        ThreadPool& pool) {
   if (!std::isfinite(options.scale)) throw InputError("scale must be a finite number");
+  check_cancel(options.cancel);
   const InputStats stats = scan_inputs(dims, q, k, v, pool);
   // |q.k * scale| <= |scale| ||q|| ||k||: keep scores finite in float32.
   const double bound = std::fabs(static_cast<double>(options.scale)) *
