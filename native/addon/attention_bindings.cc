@@ -136,6 +136,24 @@ class AttentionWorker : public Napi::AsyncWorker {
   void Execute() override { error_ = capture_errors([this] { job_.run(); }); }
 
   void OnOK() override {
+    // A worker_thread terminated with this call in flight: its environment can no
+    // longer run JS, so every Node-API call here fails with a Napi::Error. That
+    // must not escape (it would terminate the process): the Promise is gone anyway.
+    try {
+      settle();
+    } catch (const Napi::Error&) {
+    }
+  }
+
+  void OnError(const Napi::Error& error) override {
+    try {
+      deferred_.Reject(error.Value());
+    } catch (const Napi::Error&) {
+    }
+  }
+
+ private:
+  void settle() {
     Napi::Env env = Env();
     if (error_.empty()) {
       deferred_.Resolve(out_.Value());
@@ -144,9 +162,6 @@ class AttentionWorker : public Napi::AsyncWorker {
     }
   }
 
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
-
- private:
   void keep_alive(const Napi::Value& value) {
     if (value.IsObject()) references_.push_back(Napi::Persistent(value.As<Napi::Object>()));
   }
