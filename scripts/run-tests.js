@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// `npm test`: the jest suite of the public API, then the C++ tests (ctest).
+// `npm test`: the jest suite of the public API, then the C++ tests (ctest), then
+// the C++ tests again built with AddressSanitizer + UndefinedBehaviorSanitizer.
 // Ends with one line "N passed, N failed" counting both.
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -11,7 +12,8 @@ const outDir = path.join(root, 'build', 'test-results');
 fs.mkdirSync(outDir, { recursive: true });
 const jestJson = path.join(outDir, 'jest.json');
 const nativeJson = path.join(outDir, 'native.json');
-for (const file of [jestJson, nativeJson]) fs.rmSync(file, { force: true });
+const sanitizeJson = path.join(outDir, 'native-sanitize.json');
+for (const file of [jestJson, nativeJson, sanitizeJson]) fs.rmSync(file, { force: true });
 
 // The README and demo tests run the built package: compile the TypeScript first.
 const tsc = spawnSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json'], {
@@ -32,6 +34,12 @@ const native = spawnSync(process.execPath, [path.join(__dirname, 'run-native-tes
   stdio: 'inherit',
 });
 
+const sanitized = spawnSync(
+  process.execPath,
+  [path.join(__dirname, 'run-native-tests.js'), '--sanitize', '--counts-file', sanitizeJson],
+  { cwd: root, stdio: 'inherit' },
+);
+
 let passed = 0;
 let failed = 0;
 if (fs.existsSync(jestJson)) {
@@ -43,12 +51,14 @@ if (fs.existsSync(jestJson)) {
 } else {
   failed += 1;
 }
-if (fs.existsSync(nativeJson)) {
-  const counts = JSON.parse(fs.readFileSync(nativeJson, 'utf8'));
-  passed += counts.passed;
-  failed += counts.failed;
-} else {
-  failed += 1;
+for (const file of [nativeJson, sanitizeJson]) {
+  if (fs.existsSync(file)) {
+    const counts = JSON.parse(fs.readFileSync(file, 'utf8'));
+    passed += counts.passed;
+    failed += counts.failed;
+  } else {
+    failed += 1;
+  }
 }
 console.log(`${passed} passed, ${failed} failed`);
-process.exit(jest.status === 0 && native.status === 0 && failed === 0 ? 0 : 1);
+process.exit(jest.status === 0 && native.status === 0 && sanitized.status === 0 && failed === 0 ? 0 : 1);
