@@ -20,6 +20,7 @@
 #include <cstring>
 #include <limits>
 
+#include "f64_avx256.h"
 #include "kernels.h"
 
 // Full unrolling of the small constant-bound loops over the register tile, so the
@@ -385,27 +386,6 @@ float dot_avx512(std::size_t n, const float* a, const float* b) {
   return total;
 }
 
-// The sampling helpers with 256-bit vectors: lane l of the accumulator is exactly
-// the scalar reference's s_l, and mul/add stay separate, so the bits match it.
-double dot_f64_avx512(std::size_t n, const double* a, const double* b) {
-  __m256d acc = _mm256_setzero_pd();
-  std::size_t i = 0;
-  for (; i + 4 <= n; i += 4) acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_loadu_pd(a + i), _mm256_loadu_pd(b + i)));
-  double s[4];
-  _mm256_storeu_pd(s, acc);
-  for (; i < n; ++i) s[0] += a[i] * b[i];
-  return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-void axpy_f64_avx512(std::size_t n, double f, const double* x, double* y) {
-  const __m256d fv = _mm256_set1_pd(f);
-  std::size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_loadu_pd(y + i), _mm256_mul_pd(fv, _mm256_loadu_pd(x + i))));
-  }
-  for (; i < n; ++i) y[i] -= f * x[i];
-}
-
 }  // namespace
 
 // 12 independent accumulators: two FMA pipes with 4-cycle latency need at least 8.
@@ -426,7 +406,7 @@ static double fma_peak_avx512(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kAvx512Kernels = {"avx512", gemm_avx512, exp_bias_avx512, max_bias_avx512,
-                                  max_accumulate_avx512, dot_avx512, dot_f64_avx512, axpy_f64_avx512,
+                                  max_accumulate_avx512, dot_avx512, dot_f64_avx256, axpy_f64_avx256,
                                   fma_peak_avx512};
 
 }  // namespace pa

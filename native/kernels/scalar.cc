@@ -90,9 +90,12 @@ void max_accumulate_scalar(std::size_t n, const float* x, float* acc) {
   }
 }
 
-// Four partial sums: a fixed order without one long chain of dependent adds.
-float dot_scalar(std::size_t n, const float* a, const float* b) {
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+// Four partial sums: a fixed order without one long chain of dependent adds. For
+// doubles this is the sampling helpers' reference arithmetic (see kernels.h): the
+// other sets must match it bit for bit.
+template <typename T>
+T dot4(std::size_t n, const T* a, const T* b) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   std::size_t i = 0;
   for (; i + 4 <= n; i += 4) {
     s0 += a[i] * b[i];
@@ -104,19 +107,8 @@ float dot_scalar(std::size_t n, const float* a, const float* b) {
   return (s0 + s1) + (s2 + s3);
 }
 
-// The sampling helpers' reference arithmetic (see kernels.h): other sets must match it bit for bit.
-double dot_f64_scalar(std::size_t n, const double* a, const double* b) {
-  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-  std::size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += a[i] * b[i];
-    s1 += a[i + 1] * b[i + 1];
-    s2 += a[i + 2] * b[i + 2];
-    s3 += a[i + 3] * b[i + 3];
-  }
-  for (; i < n; ++i) s0 += a[i] * b[i];
-  return (s0 + s1) + (s2 + s3);
-}
+float dot_scalar(std::size_t n, const float* a, const float* b) { return dot4(n, a, b); }
+double dot_f64_scalar(std::size_t n, const double* a, const double* b) { return dot4(n, a, b); }
 
 void axpy_f64_scalar(std::size_t n, double f, const double* x, double* y) {
   for (std::size_t i = 0; i < n; ++i) y[i] -= f * x[i];
