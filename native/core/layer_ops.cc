@@ -28,67 +28,21 @@ constexpr std::size_t kMinItems = 8;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
-// a with its 12 low mantissa bits cleared: 12 significant bits, so a * a is exact.
-inline float high_part(float a) {
-  std::uint32_t u;
-  std::memcpy(&u, &a, sizeof u);
-  u &= 0xFFFFF000u;
-  std::memcpy(&a, &u, sizeof a);
-  return a;
-}
-
-// v[j] = gelu(v[j]) = v Phi(v) for j < n, with Phi the standard normal CDF.
-// Phi(-a) for a = |v| is computed directly (no cancellation in 1 + erf for v < 0):
-//   Phi(-a) = 0.5 erfc(a / sqrt 2) = 0.5 P(t) exp(-a^2 / 2),  t = 1 / (1 + a / 4),
-// with P a degree-9 fit of erfc(a / sqrt 2) exp(a^2 / 2) on 0 <= a <= 15 (relative
-// error 1.9e-8; scripts/fit-gelu-tail.py). a^2 / 2 is split as ah^2 / 2 + d with ah
-// the 12-bit high part of a (ah^2 exact) and |d| < 0.11, so exp(-a^2 / 2) =
-// exp(-ah^2 / 2) exp(-d) keeps the relative accuracy of the exp kernel even where
-// a^2 / 2 is large; exp(-d) is a degree-5 Taylor polynomial (error < 3e-9).
-// a is clamped to 15, where exp(-ah^2 / 2) is already 0 in float. NaN stays NaN.
-// `work` holds n floats.
-void gelu_inplace(std::size_t n, float* v, float* work, const KernelSet& kernels) {
-  for (std::size_t j = 0; j < n; ++j) {
-    const float ah = high_part(std::min(std::fabs(v[j]), 15.0f));
-    work[j] = -0.5f * (ah * ah);
-  }
-  kernels.exp_bias(n, work, nullptr, 0.0f, work);
-  for (std::size_t j = 0; j < n; ++j) {
-    const float x = v[j];
-    const float a = std::min(std::fabs(x), 15.0f);
-    const float ah = high_part(a);
-    const float d = 0.5f * ((a - ah) * (a + ah));
-    const float exp_d =
-        1.0f - d * (1.0f - d * (0.5f - d * (1.0f / 6 - d * (1.0f / 24 - d * (1.0f / 120)))));
-    const float t = 1.0f / (1.0f + 0.25f * a);
-    float p = 0x1.0da4dap-4f;
-    p = p * t - 0x1.867546p-2f;
-    p = p * t + 0x1.875c32p-1f;
-    p = p * t - 0x1.44340ap-1f;
-    p = p * t + 0x1.299b84p-1f;
-    p = p * t - 0x1.aae892p-6f;
-    p = p * t + 0x1.e79e58p-3f;
-    p = p * t + 0x1.869528p-3f;
-    p = p * t + 0x1.9a4626p-3f;
-    p = p * t - 0x1.32a9e0p-15f;
-    const float tail = 0.5f * p * (work[j] * exp_d);  // Phi(-|x|)
-    v[j] = x * (x >= 0.0f ? 1.0f - tail : tail);
-  }
-}
-
 // y[r, :] = act(tile[r, :] + bias) + residual[r, :] for r < m, over `width` columns.
 // tile is [m, width] (modified); y and residual have row stride ld and may alias.
 void finish_tile(std::size_t m, std::size_t width, float* tile, const float* bias, const float* residual,
-                 std::size_t ld, Activation act, float* y, float* work, const KernelSet& kernels) {
+                 std::size_t ld, Activation act, float* y, const KernelSet& kernels) {
   for (std::size_t r = 0; r < m; ++r) {
     float* t = tile + r * width;
-    if (bias != nullptr) {
-      for (std::size_t j = 0; j < width; ++j) t[j] += bias[j];
-    }
-    if (act == Activation::kRelu) {
-      for (std::size_t j = 0; j < width; ++j) t[j] = t[j] < 0.0f ? 0.0f : t[j];  // NaN stays NaN
-    } else if (act == Activation::kGelu) {
-      gelu_inplace(width, t, work, kernels);
+    if (act == Activation::kGelu) {
+      kernels.gelu_bias(width, bias, t);  // the kernel set's vectorized GELU, bias included
+    } else {
+      if (bias != nullptr) {
+        for (std::size_t j = 0; j < width; ++j) t[j] += bias[j];
+      }
+      if (act == Activation::kRelu) {
+        for (std::size_t j = 0; j < width; ++j) t[j] = t[j] < 0.0f ? 0.0f : t[j];  // NaN stays NaN
+      }
     }
     float* y_row = y + r * ld;
     if (residual != nullptr) {
@@ -126,8 +80,7 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
   const std::size_t group_blocks = row_tiles * ceil_div(blocks, kGroupBlocks) < kMinItems ? 1 : kGroupBlocks;
   const std::size_t groups = ceil_div(blocks, group_blocks);
   pool.parallel_for(groups * row_tiles, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    float* tile = thread_scratch(kRowTile * kBlockCols + kBlockCols);
-    float* work = tile + kRowTile * kBlockCols;
+    float* tile = thread_scratch(kRowTile * kBlockCols);
     for (std::size_t item = begin; item < end; ++item) {
       const std::size_t group = item / row_tiles, r0 = (item % row_tiles) * kRowTile;
       const std::size_t m = std::min(kRowTile, rows - r0);
@@ -136,8 +89,7 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
         const std::size_t c0 = b * kBlockCols, width = std::min(kBlockCols, out - c0);
         kernels.gemm(m, width, in, x + r0 * x_stride, x_stride, 1, packed + c0 * in, width, tile, width, false);
         finish_tile(m, width, tile, bias != nullptr ? bias + c0 : nullptr,
-                    residual != nullptr ? residual + r0 * out + c0 : nullptr, out, act, y + r0 * out + c0, work,
-                    kernels);
+                    residual != nullptr ? residual + r0 * out + c0 : nullptr, out, act, y + r0 * out + c0, kernels);
       }
     }
   });

@@ -206,36 +206,50 @@ TEST("layers/linear: the same bits for 1, 2 and 3 threads") {
   }
 }
 
-TEST("layers/linear: GELU and ReLU of single values to 1e-6 relative from -16 to 16") {
+TEST("layers/linear: GELU and ReLU to 1e-6 relative from -16 to 16, through bias, vector bodies and tails") {
   pa::ThreadPool pool(2);
-  // in = out = 1 with W = 1: y = act(x) exactly, so this measures the activation alone.
+  // in = 1 with W = 1: y[r, o] = act(float(x[r] + bias[o])), the activation alone. 37
+  // columns: full vectors of every kernel set and a tail.
+  const std::size_t out = 37;
   std::vector<float> x;
-  for (int i = -160000; i <= 160000; ++i) x.push_back(static_cast<float>(i) * 1e-4f);
+  for (int i = -40000; i <= 40000; ++i) x.push_back(static_cast<float>(i) * 4e-4f);
   for (float v : {1e-30f, -1e-30f, 1e-40f, 0.0f, -0.0f, 100.0f, -100.0f, 1e30f, -1e30f}) x.push_back(v);
-  const float one = 1.0f;
+  std::vector<float> ones(out, 1.0f), bias(out), packed(pa::linear_packed_size(1, out));
+  for (std::size_t o = 0; o < out; ++o) bias[o] = static_cast<float>(o) * 1e-5f;
+  pa::linear_pack(1, out, ones.data(), packed.data());
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    std::vector<float> y(x.size());
-    pa::linear(x.size(), 1, 1, x.data(), 1, &one, nullptr, nullptr, Activation::kGelu, y.data(), *kernels, pool);
+    std::vector<float> y(x.size() * out);
+    pa::linear(x.size(), 1, out, x.data(), 1, packed.data(), bias.data(), nullptr, Activation::kGelu, y.data(),
+               *kernels, pool);
     double worst = 0;
-    for (std::size_t i = 0; i < x.size(); ++i) {
-      const double want = gelu_ref(x[i]);
+    bool ok = true;
+    for (std::size_t i = 0; i < y.size() && ok; ++i) {
+      const float v = x[i / out] + bias[i % out];
+      const double want = gelu_ref(v);
       const double err = std::fabs(y[i] - want);
-      if (!(err <= 1e-6 * std::fabs(want) + 1e-43)) {
-        std::fprintf(stderr, "  [%s] gelu(%.9g) = %.9g, expected %.9g\n", kernels->name, x[i], y[i], want);
+      ok = err <= 1e-6 * std::fabs(want) + 1e-43;
+      if (!ok) std::fprintf(stderr, "  [%s] gelu(%.9g) = %.9g, expected %.9g\n", kernels->name, v, y[i], want);
+      if (std::fabs(want) > 1e-37) worst = std::max(worst, err / std::fabs(want));
+    }
+    CHECK(ok);
+    std::printf("  [%s] gelu worst relative error %.3g\n", kernels->name, worst);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> special = {nan, INFINITY}, special_y(2 * out);
+    pa::linear(2, 1, out, special.data(), 1, packed.data(), nullptr, nullptr, Activation::kGelu, special_y.data(),
+               *kernels, pool);
+    for (std::size_t o = 0; o < out; ++o) {
+      CHECK(std::isnan(special_y[o]));
+      CHECK(special_y[out + o] == INFINITY);
+    }
+    pa::linear(x.size(), 1, out, x.data(), 1, packed.data(), bias.data(), nullptr, Activation::kRelu, y.data(),
+               *kernels, pool);
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      const float v = x[i / out] + bias[i % out];
+      if (!(y[i] == (v < 0 ? 0.0f : v))) {
         CHECK(false);
         break;
       }
-      if (std::fabs(want) > 1e-37) worst = std::max(worst, err / std::fabs(want));
     }
-    std::printf("  [%s] gelu worst relative error %.3g\n", kernels->name, worst);
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    float special[] = {nan, INFINITY};
-    float special_y[2];
-    pa::linear(2, 1, 1, special, 1, &one, nullptr, nullptr, Activation::kGelu, special_y, *kernels, pool);
-    CHECK(std::isnan(special_y[0]));
-    CHECK(special_y[1] == INFINITY);
-    pa::linear(x.size(), 1, 1, x.data(), 1, &one, nullptr, nullptr, Activation::kRelu, y.data(), *kernels, pool);
-    for (std::size_t i = 0; i < x.size(); ++i) CHECK(y[i] == (x[i] < 0 ? 0.0f : x[i]));
   }
 }
 
