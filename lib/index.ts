@@ -30,4 +30,20 @@ export {
   type FromProjectionOptions,
   type NormScaling,
 } from './feature-map';
+export {
+  MAX_HEADER_BYTES,
+  loadSafetensors,
+  loadSafetensorsSync,
+  readSafetensors,
+  writeSafetensors,
+  type ReadSafetensorsOptions,
+  type Safetensors,
+} from './safetensors';
 export { tensor, type MaskLike, type Tensor, type TensorLike } from './tensor';
+export {
+  fromBert,
+  fromPyTorch,
+  toPyTorch,
+  type BertMappingOptions,
+  type PyTorchMappingOptions,
+} from './weights';
