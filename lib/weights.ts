@@ -165,7 +165,8 @@ export function fromPyTorch(tensors: Record<string, TensorLike>, options?: PyTor
     if (attention === null) {
       unknown.push(full);
     } else if ('name' in attention) {
-      collector.add(canonicalBase + attention.name, readTensor(value, what, 2, '[E, in]'), full);
+      const weight = attention.name.endsWith('weight');
+      collector.add(canonicalBase + attention.name, readTensor(value, what, weight ? 2 : 1, weight ? '[out, in]' : '[out]'), full);
     } else {
       const rank = attention.split === 'weight' ? 2 : 1;
       const packed = readTensor(value, what, rank, rank === 2 ? '[3E, E]' : '[3E]');
