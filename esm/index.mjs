@@ -5,13 +5,21 @@ import performer from '../dist/index.js';
 
 export const {
   FeatureMap,
+  MAX_HEADER_BYTES,
   backendInfo,
   favorAttention,
   favorAttentionSync,
+  fromBert,
+  fromPyTorch,
+  loadSafetensors,
+  loadSafetensorsSync,
   measureFmaPeak,
+  readSafetensors,
   setBackend,
   softmaxAttention,
   softmaxAttentionSync,
   tensor,
+  toPyTorch,
+  writeSafetensors,
 } = performer;
 export default performer;

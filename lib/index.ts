@@ -30,6 +30,15 @@ export {
   type FromProjectionOptions,
   type NormScaling,
 } from './feature-map';
+export {
+  MAX_HEADER_BYTES,
+  loadSafetensors,
+  loadSafetensorsSync,
+  readSafetensors,
+  writeSafetensors,
+  type ReadSafetensorsOptions,
+  type Safetensors,
+} from './safetensors';
 export { tensor, type MaskLike, type Tensor, type TensorLike } from './tensor';
 export {
   MultiHeadAttention,
@@ -61,3 +70,10 @@ export { DecodingState } from './layers/decoding';
 export { LayerBase } from './layers/layer';
 export type { LoadParametersOptions } from './layers/parameters';
 export { pendingCalls } from './backend';
+export {
+  fromBert,
+  fromPyTorch,
+  toPyTorch,
+  type BertMappingOptions,
+  type PyTorchMappingOptions,
+} from './weights';
