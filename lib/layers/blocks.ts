@@ -69,7 +69,7 @@ export interface BlockConfig {
 
 /** Options of an encoder's forward pass. */
 export interface EncoderForwardOptions {
-  /** [B, L] Uint8Array, nonzero = attend: padded positions are no key to any query. */
+  /** `[B, L]` Uint8Array, nonzero = attend: padded positions are no key to any query. */
   keyPaddingMask?: MaskLike;
   /** Overrides the layers' attention for this call. */
   attention?: AttentionKind;
@@ -79,17 +79,17 @@ export interface EncoderForwardOptions {
 
 /** Options of a decoder's forward pass. */
 export interface DecoderForwardOptions extends EncoderForwardOptions {
-  /** [B, Lm, modelDim]: what the cross-attention attends. Required with cross-attention. */
+  /** `[B, Lm, modelDim]`: what the cross-attention attends. Required with cross-attention. */
   memory?: TensorLike;
-  /** [B, Lm] Uint8Array, nonzero = attend. */
+  /** `[B, Lm]` Uint8Array, nonzero = attend. */
   memoryKeyPaddingMask?: MaskLike;
 }
 
 /** Options of a decoder's createState. */
 export interface DecoderStateOptions {
-  /** [B, Lm, modelDim]: the memory every step's cross-attention attends. */
+  /** `[B, Lm, modelDim]`: the memory every step's cross-attention attends. */
   memory?: TensorLike;
-  /** [B, Lm] Uint8Array, nonzero = attend. */
+  /** `[B, Lm]` Uint8Array, nonzero = attend. */
   memoryKeyPaddingMask?: MaskLike;
   /** Async call only. */
   signal?: AbortSignal;

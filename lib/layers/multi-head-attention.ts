@@ -75,7 +75,7 @@ export interface MultiHeadAttentionConfig {
   /** Whether the projections have biases. */
   bias: boolean;
   /** The features (seed resolved). */
-  featureMap: Required<Omit<LayerFeatureOptions, 'numFeatures'>> & { numFeatures: number };
+  featureMap: Required<LayerFeatureOptions>;
   /** FAVOR epsilon. */
   epsilon: number;
   /** FAVOR causal chunk rows. */
@@ -88,7 +88,7 @@ export interface MultiHeadAttentionConfig {
 export interface AttentionForwardOptions {
   /** Keys and values come from here, [B, Lk, keyDim] (cross-attention). Default: x (self-attention). */
   memory?: TensorLike;
-  /** [B, Lk] Uint8Array, nonzero = attend. */
+  /** `[B, Lk]` Uint8Array, nonzero = attend. */
   keyPaddingMask?: MaskLike;
   /** Overrides the layer's attention for this call. */
   attention?: AttentionKind;
