@@ -306,7 +306,7 @@ export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptio
  *   that is not strings; RangeError for a data length that does not match the shape or the
  *   reserved name `__metadata__`.
  */
-export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?: Record<string, string>): Buffer {
+export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?: Record<string, string>): Uint8Array {
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) {
     throw typeError(`tensors: expected an object of tensors by name, received ${describe(tensors)}`);
   }

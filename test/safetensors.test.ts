@@ -54,7 +54,7 @@ describe('round trip', () => {
   });
 
   test('the header is padded with spaces to a multiple of 8, names sorted, data in that order, F32', () => {
-    const bytes = writeSafetensors(sample);
+    const bytes = Buffer.from(writeSafetensors(sample));
     const n = Number(bytes.readBigUInt64LE(0));
     expect(n % 8).toBe(0);
     const text = bytes.subarray(8, 8 + n).toString('utf8');

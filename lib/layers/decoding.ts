@@ -73,7 +73,7 @@ export class DecodingState {
    * names and sizes), the arrays, a CRC-32. Read back with the model's `loadState`.
    * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state.
    */
-  serialize(): Buffer {
+  serialize(): Uint8Array {
     if (this.busy) throw stateError('DecodingState.serialize: an async step is using this state; await it first');
     const header = Buffer.from(
       JSON.stringify({

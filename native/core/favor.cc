@@ -517,6 +517,18 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     const float* src = st.s;
     std::copy(src, src + user_floats, options.state + h * user_floats);
   };
+  // An uncancellable single-part call has checked its inputs already: past this
+  // point only a failed scratch allocation could throw, so it advances the caller's
+  // states in place (a decoding step then copies nothing).
+  const bool in_place = options.state != nullptr && options.cancel == nullptr && parts == 1;
+  if (in_place) {
+    for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+      w.use(evaluator_of(h));
+      const StateView st = layout.view(options.state + h * user_floats);
+      w.causal(st, q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), blind, Lq, offset);
+    });
+    return;
+  }
   if (parts == 1) {
     for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
       w.use(evaluator_of(h));
