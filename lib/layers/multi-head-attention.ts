@@ -5,7 +5,7 @@
  *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
  */
 import { describe, rangeError, stateError, typeError } from '../errors';
-import { FeatureMap, type FeatureKernel, type NormScaling } from '../feature-map';
+import { defaultNumFeatures, FeatureMap, type FeatureKernel, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
@@ -126,7 +126,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
   const seed = readInteger(o.seed, `${fn}.seed`, 0, 0, Number.MAX_SAFE_INTEGER);
   const f = readOptions<LayerFeatureOptions>(o.featureMap, `${fn}.featureMap`, FEATURE_OPTIONS);
   const featureMap = {
-    numFeatures: f.numFeatures === undefined ? new FeatureMap({ headDim, seed: 0 }).numFeatures : readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, 0, 1, 1 << 20),
+    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, 1 << 20),
     kernel: (f.kernel ?? 'softmax') as FeatureKernel,
     orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, true),
     normScaling: (f.normScaling ?? 'chi') as NormScaling,
