@@ -11,6 +11,7 @@ import type { MaskLike, Tensor, TensorLike } from './tensor';
 import {
   checkNoOverlap,
   formatShape,
+  newFloat32Array,
   readBoolean,
   readInteger,
   readMask,
@@ -152,7 +153,7 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
   } else {
     // A fresh output costs page faults on first write (milliseconds for large
     // ones): callers that repeat calls should pass `out`.
-    out = new Float32Array(B * H * Lq * Dv);
+    out = newFloat32Array(B * H * Lq * Dv, `${fn} output ${formatShape(outShape)}`);
   }
   return {
     q,

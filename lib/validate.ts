@@ -151,6 +151,15 @@ export function readEnum<T extends string>(value: unknown, name: string, fallbac
   return value as T;
 }
 
+/** A new Float32Array, or a RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) naming `name` when it cannot be allocated. */
+export function newFloat32Array(length: number, name: string): Float32Array {
+  try {
+    return new Float32Array(length);
+  } catch {
+    throw rangeError(`${name}: cannot allocate ${length} elements (${((length * 4) / 2 ** 30).toFixed(1)} GiB)`, 'ERR_MEMORY_ALLOCATION_FAILED');
+  }
+}
+
 /** Throws when two typed arrays share memory (an output must not overwrite an input). */
 export function checkNoOverlap(a: ArrayBufferView, aName: string, b: ArrayBufferView, bName: string): void {
   if (a.buffer !== b.buffer) return;
