@@ -4,6 +4,9 @@
  *   query [B, H, Lq, d], key [B, H, Lk, d], value [B, H, Lk, Dv]  ->  output [B, H, Lq, Dv]
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
+import { isSharedArrayBuffer } from 'node:util/types';
+import { markAsUntransferable } from 'node:worker_threads';
+
 import { abortError, describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
@@ -85,6 +88,19 @@ function readSignal(value: unknown, fn: string): AbortSignal | undefined {
 }
 
 type NativeAsync = (...args: never[]) => Promise<Float32Array>;
+
+/**
+ * The native worker reads the inputs and writes `out` in place while the Promise is pending.
+ * Transferring one of their ArrayBuffers away then (postMessage or structuredClone with a
+ * transfer list) would let its new owner free memory the worker still uses. Marking the
+ * buffers untransferable (O(1), no copy) makes Node copy them instead whenever they are
+ * transferred, during the call or later; SharedArrayBuffers are never detached.
+ */
+function pinBuffers(arrays: readonly (ArrayBufferView | null)[]): void {
+  for (const a of arrays) {
+    if (a !== null && !isSharedArrayBuffer(a.buffer)) markAsUntransferable(a.buffer);
+  }
+}
 
 // Runs a native async call under an optional signal: the control object gets
 // cancel() from the addon, called on abort. The addon keeps every array alive
@@ -235,7 +251,14 @@ function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unkn
  * FAVOR attention (Performer): softmax attention estimated with random features,
  * in time and memory linear in the sequence length. Runs on native worker threads;
  * the event loop stays free. Bad arguments reject the Promise with a TypeError or
- * RangeError. Inputs must not be modified until the Promise settles.
+ * RangeError. While the Promise is pending the native worker reads the inputs and writes the
+ * output in place, without copies: their ArrayBuffers are marked untransferable
+ * (`worker_threads.markAsUntransferable`, for good), so transferring one (postMessage or
+ * structuredClone with a transfer list), during the call or later, copies it instead of
+ * detaching it, and the worker never uses memory that was handed away. Writing to an input
+ * meanwhile (for example through a SharedArrayBuffer) is not detected: the result is then an
+ * unspecified mix of old and new values (never a crash). An already detached input is a
+ * TypeError (`ERR_INVALID_STATE`).
  * @param query `[B, H, Lq, d]` float32.
  * @param key `[B, H, Lk, d]` float32.
  * @param value `[B, H, Lk, Dv]` float32.
@@ -252,6 +275,7 @@ export async function favorAttention(
   options?: FavorAttentionOptions,
 ): Promise<Tensor> {
   const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention');
+  pinBuffers([p.q.data, p.k.data, p.v.data, p.out, p.keyPadding]);
   const data = await runAsync(native().favorAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
 }
@@ -280,7 +304,8 @@ export function favorAttentionSync(
 /**
  * Exact softmax attention, softmax(q k^T * scale) v, computed blockwise with an
  * online softmax: O(Lq * Lk) time, O(block^2) extra memory. Runs on native worker
- * threads.
+ * threads; inputs and output are used in place as for {@link favorAttention} (their
+ * ArrayBuffers become untransferable; writes during the call give an unspecified mix).
  * @param query `[B, H, Lq, d]` float32.
  * @param key `[B, H, Lk, d]` float32.
  * @param value `[B, H, Lk, Dv]` float32.
@@ -297,6 +322,7 @@ export async function softmaxAttention(
   options?: SoftmaxAttentionOptions,
 ): Promise<Tensor> {
   const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention');
+  pinBuffers([p.q.data, p.k.data, p.v.data, p.out, p.keyPadding]);
   const data = await runAsync(native().softmaxAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
 }

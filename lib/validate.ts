@@ -44,6 +44,16 @@ export function isFloat32Array(value: unknown): value is Float32Array {
   return types.isFloat32Array(value);
 }
 
+/** Whether `buffer` was detached (a view on it cannot be made then). */
+function isDetached(buffer: ArrayBufferLike): boolean {
+  try {
+    new Uint8Array(buffer, 0, 0);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 function readTyped<T extends Float32Array | Uint8Array>(
   value: unknown,
   name: string,
@@ -56,6 +66,12 @@ function readTyped<T extends Float32Array | Uint8Array>(
   const data = record.data;
   if (!TYPED_CHECKS[typeName](data)) {
     throw typeError(`${name}.data: expected a ${typeName}, received ${describe(data)}`);
+  }
+  if ((data as ArrayBufferView).byteLength === 0 && isDetached((data as ArrayBufferView).buffer)) {
+    throw typeError(
+      `${name}.data: its ArrayBuffer is detached (transferred away, for example by postMessage or structuredClone); pass an array that owns its memory`,
+      'ERR_INVALID_STATE',
+    );
   }
   const shape = readShape(record, name);
   const size = product(shape);

@@ -155,6 +155,18 @@ class AttentionWorker : public Napi::AsyncWorker {
  private:
   void settle() {
     Napi::Env env = Env();
+    // The library marks these buffers untransferable; a detach by other means (another
+    // addon) while the worker ran leaves no defined result.
+    for (std::size_t i = 0; i < 4 && i < references_.size(); ++i) {
+      const Napi::Value array = references_[i].Value();
+      if (array.IsTypedArray() && array.As<Napi::TypedArray>().ArrayBuffer().IsDetached()) {
+        deferred_.Reject(make_error(env, "TypeError",
+                                    "an input or output ArrayBuffer was detached while the call ran; the result is undefined",
+                                    "ERR_INVALID_STATE")
+                             .Value());
+        return;
+      }
+    }
     if (error_.empty()) {
       deferred_.Resolve(out_.Value());
     } else {

@@ -27,6 +27,9 @@ FloatView float32_array(const Napi::Value& value, const char* name) {
     throw_type_error(value.Env(), std::string(name) + ": expected a Float32Array");
   }
   auto array = value.As<Napi::Float32Array>();
+  if (array.ArrayBuffer().IsDetached()) {
+    throw_type_error(value.Env(), std::string(name) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+  }
   return {array.Data(), array.ElementLength()};
 }
 
