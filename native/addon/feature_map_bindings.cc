@@ -17,15 +17,23 @@ namespace {
 void check_rows(Napi::Env env, const char* name, const float* x, std::size_t rows, std::size_t d) {
   const double normalizer2 = 1.0 / std::sqrt(static_cast<double>(d));
   for (std::size_t r = 0; r < rows; ++r) {
-    double norm2 = 0.0;
-    for (std::size_t i = 0; i < d; ++i) {
-      const float value = x[r * d + i];
-      if (!std::isfinite(value)) {
-        throw_range_error(env, std::string(name) + ": values must be finite, received " +
-                                   (std::isnan(value) ? "NaN" : value > 0 ? "Infinity" : "-Infinity") +
-                                   " at flat index " + std::to_string(r * d + i));
+    const float* row = x + r * d;
+    // Four independent sums (no long dependency chain); NaN or infinity makes them NaN or Inf.
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    std::size_t i = 0;
+    for (; i + 4 <= d; i += 4) {
+      for (std::size_t j = 0; j < 4; ++j) s[j] += static_cast<double>(row[i + j]) * row[i + j];
+    }
+    for (; i < d; ++i) s[0] += static_cast<double>(row[i]) * row[i];
+    const double norm2 = (s[0] + s[1]) + (s[2] + s[3]);
+    if (!std::isfinite(norm2)) {
+      for (std::size_t j = 0; j < d; ++j) {
+        if (!std::isfinite(row[j])) {
+          throw_range_error(env, std::string(name) + ": values must be finite, received " +
+                                     (std::isnan(row[j]) ? "NaN" : row[j] > 0 ? "Infinity" : "-Infinity") +
+                                     " at flat index " + std::to_string(r * d + j));
+        }
       }
-      norm2 += static_cast<double>(value) * value;
     }
     if (norm2 * normalizer2 > 1e30) {
       throw_range_error(env, std::string(name) + ": row " + std::to_string(r) +
