@@ -94,7 +94,8 @@ type NativeAsync = (...args: never[]) => Promise<Float32Array>;
  * Transferring one of their ArrayBuffers away then (postMessage or structuredClone with a
  * transfer list) would let its new owner free memory the worker still uses. Marking the
  * buffers untransferable (O(1), no copy) makes Node copy them instead whenever they are
- * transferred, during the call or later; SharedArrayBuffers are never detached.
+ * transferred, during the call or later (Node 21 and later refuse instead); SharedArrayBuffers
+ * are never detached.
  */
 function pinBuffers(arrays: readonly (ArrayBufferView | null)[]): void {
   for (const a of arrays) {
@@ -254,8 +255,9 @@ function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unkn
  * RangeError. While the Promise is pending the native worker reads the inputs and writes the
  * output in place, without copies: their ArrayBuffers are marked untransferable
  * (`worker_threads.markAsUntransferable`, for good), so transferring one (postMessage or
- * structuredClone with a transfer list), during the call or later, copies it instead of
- * detaching it, and the worker never uses memory that was handed away. Writing to an input
+ * structuredClone with a transfer list), during the call or later, never detaches it (Node 20
+ * copies it, Node 21 and later throw a DataCloneError): the worker never uses memory that was
+ * handed away. Writing to an input
  * meanwhile (for example through a SharedArrayBuffer) is not detected: the result is then an
  * unspecified mix of old and new values (never a crash). An already detached input is a
  * TypeError (`ERR_INVALID_STATE`).
