@@ -16,7 +16,7 @@ import {
   refMha,
   refStack,
   type RefLayerConfig,
-} from './helpers/layer-reference';
+} from './helpers/torch-reference';
 import { relFrobenius } from './helpers/reference';
 
 interface FixtureConfig extends RefLayerConfig {

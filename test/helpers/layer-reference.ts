@@ -1,206 +1,156 @@
-// Plain float64 reference of the transformer layers with exact softmax attention, from
-// canonical parameters (PyTorch layout: y = x Wᵀ + b). Written out loop by loop, with no
-// code shared with the library, to check fixtures and name mappings.
+/**
+ * Plain double-precision references of the layers, from their parameters
+ * (canonical names) and the formulas: projections, attention (exact, or FAVOR+ with
+ * the layer's own features through refFavor), LayerNorm, ReLU / exact GELU,
+ * residuals, post- or pre-norm.
+ */
+import type { Tensor } from '../../lib';
+import { refFavor, refSoftmax, type RefFeatureSpec } from './reference';
 
-export interface RefTensor {
-  data: ArrayLike<number>;
-  shape: readonly number[];
-}
-export type RefParams = Record<string, RefTensor>;
+type Params = Record<string, Tensor>;
 
-export interface RefLayerConfig {
-  modelDim: number;
-  numHeads: number;
-  activation?: 'relu' | 'gelu';
-  normFirst?: boolean;
-  layerNormEps?: number;
-}
-
-/** erf to ~1e-15: Taylor series for |x| < 3, continued fraction of erfc beyond. */
+/** erf in double: series below 2.5, continued fraction for erfc above (|error| < 1e-14). */
 export function erf(x: number): number {
-  const a = Math.abs(x);
-  if (a < 3) {
-    let term = a;
-    let sum = a;
-    for (let n = 1; n < 80; n++) {
-      term *= (-a * a) / n;
-      sum += term / (2 * n + 1);
-      if (Math.abs(term) < 1e-17 * Math.abs(sum)) break;
+  const ax = Math.abs(x);
+  if (ax < 2.5) {
+    let term = ax;
+    let sum = ax;
+    for (let n = 1; n < 200; n++) {
+      term *= (-ax * ax) / n;
+      const add = term / (2 * n + 1);
+      sum += add;
+      if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
     }
     return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
   }
-  // erfc(a) = exp(-a²)/√π / (a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + ...)))))
-  let fraction = a;
-  for (let n = 80; n >= 1; n--) fraction = a + n / 2 / fraction;
-  const erfc = Math.exp(-a * a) / Math.sqrt(Math.PI) / fraction;
+  // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + 1/2/(x + 1/(x + 3/2/(x + ...)))), evaluated bottom-up.
+  let f = ax;
+  for (let n = 60; n >= 1; n--) f = ax + n / 2 / f;
+  const erfc = Math.exp(-ax * ax) / Math.sqrt(Math.PI) / f;
   return Math.sign(x) * (1 - erfc);
 }
 
-function param(p: RefParams, name: string): ArrayLike<number> {
-  const t = p[name];
-  if (!t) throw new Error(`reference: missing parameter '${name}'`);
-  return t.data;
-}
-
-/** rows × outDim = x (rows × inDim) Wᵀ + b. */
-function linear(p: RefParams, name: string, x: Float64Array, rows: number): Float64Array {
-  const w = p[`${name}.weight`];
-  if (!w) throw new Error(`reference: missing parameter '${name}.weight'`);
-  const [outDim, inDim] = w.shape;
-  const b = p[`${name}.bias`]?.data;
-  const y = new Float64Array(rows * outDim);
-  for (let r = 0; r < rows; r++)
-    for (let o = 0; o < outDim; o++) {
-      let s = b ? b[o] : 0;
-      for (let i = 0; i < inDim; i++) s += x[r * inDim + i] * w.data[o * inDim + i];
-      y[r * outDim + o] = s;
-    }
-  return y;
-}
-
-function layerNorm(p: RefParams, name: string, x: Float64Array, rows: number, dim: number, eps: number): Float64Array {
-  const w = param(p, `${name}.weight`);
-  const b = param(p, `${name}.bias`);
-  const y = new Float64Array(x.length);
+export function linearRef(x: ArrayLike<number>, rows: number, w: Tensor, b: Tensor | undefined): Float64Array {
+  const [out, inn] = w.shape;
+  const y = new Float64Array(rows * out);
   for (let r = 0; r < rows; r++) {
-    let mean = 0;
-    for (let i = 0; i < dim; i++) mean += x[r * dim + i];
-    mean /= dim;
-    let variance = 0;
-    for (let i = 0; i < dim; i++) variance += (x[r * dim + i] - mean) ** 2;
-    variance /= dim;
-    const inv = 1 / Math.sqrt(variance + eps);
-    for (let i = 0; i < dim; i++) y[r * dim + i] = (x[r * dim + i] - mean) * inv * w[i] + b[i];
+    for (let o = 0; o < out; o++) {
+      let s = b ? b.data[o] : 0;
+      for (let i = 0; i < inn; i++) s += x[r * inn + i] * w.data[o * inn + i];
+      y[r * out + o] = s;
+    }
   }
   return y;
 }
 
-/**
- * Multi-head attention: x [B, Lq, E], memory [B, Lk, K]; mask [B, Lk] nonzero = attend;
- * causal: key j attends query i when j <= i + (Lk - Lq).
- */
-export function refMha(
-  p: RefParams,
+export function layerNormRef(x: ArrayLike<number>, rows: number, dim: number, g: Tensor, b: Tensor, eps: number): Float64Array {
+  const y = new Float64Array(rows * dim);
+  for (let r = 0; r < rows; r++) {
+    let m = 0;
+    for (let i = 0; i < dim; i++) m += x[r * dim + i];
+    m /= dim;
+    let v = 0;
+    for (let i = 0; i < dim; i++) v += (x[r * dim + i] - m) ** 2;
+    v /= dim;
+    const inv = 1 / Math.sqrt(v + eps);
+    for (let i = 0; i < dim; i++) y[r * dim + i] = (x[r * dim + i] - m) * inv * g.data[i] + b.data[i];
+  }
+  return y;
+}
+
+export interface RefAttentionConfig {
+  modelDim: number;
+  numHeads: number;
+  headDim: number;
+  attention: 'favor' | 'softmax';
+  causal: boolean;
+  /** FAVOR only: the layer's features (kernel softmax). */
+  featureSpec?: (projection: Float32Array) => RefFeatureSpec;
+}
+
+function toHeads(x: Float64Array, B: number, L: number, H: number, dh: number): Tensor {
+  const out = new Float32Array(B * H * L * dh);
+  for (let b = 0; b < B; b++)
+    for (let l = 0; l < L; l++)
+      for (let h = 0; h < H; h++)
+        for (let e = 0; e < dh; e++) out[((b * H + h) * L + l) * dh + e] = x[(b * L + l) * H * dh + h * dh + e];
+  return { data: out, shape: [B, H, L, dh] };
+}
+
+/** Multi-head attention of x [B, Lq, D] over memory [B, Lk, Dk] (x itself when null). */
+export function mhaRef(
+  p: Params,
   prefix: string,
-  numHeads: number,
-  x: Float64Array,
-  memory: Float64Array,
-  batch: number,
+  c: RefAttentionConfig,
+  x: ArrayLike<number>,
+  B: number,
   Lq: number,
+  memory: ArrayLike<number> | null,
   Lk: number,
-  opts: { mask?: ArrayLike<number>; causal?: boolean } = {},
+  keyPadding: Uint8Array | null,
 ): Float64Array {
-  const q = linear(p, `${prefix}q`, x, batch * Lq);
-  const k = linear(p, `${prefix}k`, memory, batch * Lk);
-  const v = linear(p, `${prefix}v`, memory, batch * Lk);
-  const inner = p[`${prefix}q.weight`].shape[0];
-  const dh = inner / numHeads;
-  const context = new Float64Array(batch * Lq * inner);
-  const scores = new Float64Array(Lk);
-  for (let b = 0; b < batch; b++)
-    for (let h = 0; h < numHeads; h++)
-      for (let i = 0; i < Lq; i++) {
-        let max = -Infinity;
-        for (let j = 0; j < Lk; j++) {
-          const attends = (!opts.mask || opts.mask[b * Lk + j] !== 0) && (!opts.causal || j <= i + Lk - Lq);
-          if (!attends) {
-            scores[j] = -Infinity;
-            continue;
-          }
-          let s = 0;
-          for (let c = 0; c < dh; c++) s += q[(b * Lq + i) * inner + h * dh + c] * k[(b * Lk + j) * inner + h * dh + c];
-          scores[j] = s / Math.sqrt(dh);
-          max = Math.max(max, scores[j]);
-        }
-        let total = 0;
-        for (let j = 0; j < Lk; j++) total += scores[j] === -Infinity ? 0 : Math.exp(scores[j] - max);
-        for (let j = 0; j < Lk; j++) {
-          if (scores[j] === -Infinity) continue;
-          const weight = Math.exp(scores[j] - max) / total;
-          for (let c = 0; c < dh; c++) context[(b * Lq + i) * inner + h * dh + c] += weight * v[(b * Lk + j) * inner + h * dh + c];
-        }
-      }
-  return linear(p, `${prefix}out`, context, batch * Lq);
+  const H = c.numHeads;
+  const dh = c.headDim;
+  const src = memory ?? x;
+  const q = linearRef(x, B * Lq, p[`${prefix}q.weight`], p[`${prefix}q.bias`]);
+  const k = linearRef(src, B * Lk, p[`${prefix}k.weight`], p[`${prefix}k.bias`]);
+  const v = linearRef(src, B * Lk, p[`${prefix}v.weight`], p[`${prefix}v.bias`]);
+  const inputs = { q: toHeads(q, B, Lq, H, dh), k: toHeads(k, B, Lk, H, dh), v: toHeads(v, B, Lk, H, dh) };
+  const mask = { causal: c.causal, keyPadding };
+  const o =
+    c.attention === 'softmax'
+      ? refSoftmax(inputs, mask)
+      : refFavor(inputs, c.featureSpec!(p[`${prefix}features.projection`].data), mask);
+  const merged = new Float64Array(B * Lq * H * dh);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let l = 0; l < Lq; l++)
+        for (let e = 0; e < dh; e++) merged[(b * Lq + l) * H * dh + h * dh + e] = o[((b * H + h) * Lq + l) * dh + e];
+  return linearRef(merged, B * Lq, p[`${prefix}out.weight`], p[`${prefix}out.bias`]);
 }
 
-function feedForward(p: RefParams, prefix: string, x: Float64Array, rows: number, activation: 'relu' | 'gelu'): Float64Array {
-  const hidden = linear(p, `${prefix}ff1`, x, rows);
-  for (let i = 0; i < hidden.length; i++) {
-    const t = hidden[i];
-    hidden[i] = activation === 'relu' ? Math.max(t, 0) : 0.5 * t * (1 + erf(t / Math.SQRT2));
+export interface RefBlockConfig extends RefAttentionConfig {
+  ffDim: number;
+  activation: 'relu' | 'gelu';
+  normFirst: boolean;
+  layerNormEps: number;
+  decoder: boolean;
+  crossAttention: boolean;
+}
+
+function add(a: ArrayLike<number>, b: ArrayLike<number>): Float64Array {
+  return Float64Array.from(a as ArrayLike<number>, (v, i) => v + b[i]);
+}
+
+/** One encoder or decoder block on x [B, L, D]. */
+export function blockRef(
+  p: Params,
+  prefix: string,
+  c: RefBlockConfig,
+  x: ArrayLike<number>,
+  B: number,
+  L: number,
+  o: { keyPadding?: Uint8Array | null; memory?: ArrayLike<number>; memoryLength?: number; memoryPadding?: Uint8Array | null } = {},
+): Float64Array {
+  const D = c.modelDim;
+  const rows = B * L;
+  const ln = (name: string, t: ArrayLike<number>) => layerNormRef(t, rows, D, p[`${prefix}${name}.weight`], p[`${prefix}${name}.bias`], c.layerNormEps);
+  const sa = (t: ArrayLike<number>) => mhaRef(p, `${prefix}selfAttn.`, { ...c, causal: c.decoder }, t, B, L, null, L, o.keyPadding ?? null);
+  const ca = (t: ArrayLike<number>) =>
+    mhaRef(p, `${prefix}crossAttn.`, { ...c, causal: false }, t, B, L, o.memory!, o.memoryLength!, o.memoryPadding ?? null);
+  const ff = (t: ArrayLike<number>) => {
+    const h = linearRef(t, rows, p[`${prefix}ff1.weight`], p[`${prefix}ff1.bias`]);
+    for (let i = 0; i < h.length; i++) h[i] = c.activation === 'relu' ? Math.max(0, h[i]) : 0.5 * h[i] * (1 + erf(h[i] / Math.SQRT2));
+    return linearRef(h, rows, p[`${prefix}ff2.weight`], p[`${prefix}ff2.bias`]);
+  };
+  const cross = c.decoder && c.crossAttention;
+  const ffNorm = c.decoder ? 'norm3' : 'norm2';
+  if (!c.normFirst) {
+    let h = ln('norm1', add(x, sa(x)));
+    if (cross) h = ln('norm2', add(h, ca(h)));
+    return ln(ffNorm, add(h, ff(h)));
   }
-  return linear(p, `${prefix}ff2`, hidden, rows);
-}
-
-const add = (a: Float64Array, b: Float64Array) => a.map((value, i) => value + b[i]);
-
-/**
- * One block: sublayers [f, normName] applied as post-norm `x = norm(x + f(x))` or pre-norm
- * `x = x + f(norm(x))`.
- */
-function block(
-  p: RefParams,
-  prefix: string,
-  cfg: RefLayerConfig,
-  x: Float64Array,
-  rows: number,
-  sublayers: [(input: Float64Array) => Float64Array, string][],
-): Float64Array {
-  const eps = cfg.layerNormEps ?? 1e-5;
-  let h = x;
-  for (const [f, norm] of sublayers) {
-    if (cfg.normFirst) h = add(h, f(layerNorm(p, `${prefix}${norm}`, h, rows, cfg.modelDim, eps)));
-    else h = layerNorm(p, `${prefix}${norm}`, add(h, f(h)), rows, cfg.modelDim, eps);
-  }
-  return h;
-}
-
-export function refEncoderLayer(
-  p: RefParams,
-  prefix: string,
-  cfg: RefLayerConfig,
-  x: Float64Array,
-  batch: number,
-  L: number,
-  mask?: ArrayLike<number>,
-): Float64Array {
-  const rows = batch * L;
-  return block(p, prefix, cfg, x, rows, [
-    [(h) => refMha(p, `${prefix}selfAttn.`, cfg.numHeads, h, h, batch, L, L, { mask }), 'norm1'],
-    [(h) => feedForward(p, prefix, h, rows, cfg.activation ?? 'relu'), 'norm2'],
-  ]);
-}
-
-export function refDecoderLayer(
-  p: RefParams,
-  prefix: string,
-  cfg: RefLayerConfig,
-  x: Float64Array,
-  memory: Float64Array,
-  batch: number,
-  L: number,
-  Lk: number,
-  memoryMask?: ArrayLike<number>,
-): Float64Array {
-  const rows = batch * L;
-  return block(p, prefix, cfg, x, rows, [
-    [(h) => refMha(p, `${prefix}selfAttn.`, cfg.numHeads, h, h, batch, L, L, { causal: true }), 'norm1'],
-    [(h) => refMha(p, `${prefix}crossAttn.`, cfg.numHeads, h, memory, batch, L, Lk, { mask: memoryMask }), 'norm2'],
-    [(h) => feedForward(p, prefix, h, rows, cfg.activation ?? 'relu'), 'norm3'],
-  ]);
-}
-
-/** A stack: layers.{i}.…, then the final norm `norm.*` when present. */
-export function refStack(
-  p: RefParams,
-  cfg: RefLayerConfig & { numLayers: number },
-  x: Float64Array,
-  batch: number,
-  L: number,
-  layer: (prefix: string, h: Float64Array) => Float64Array,
-): Float64Array {
-  let h = x;
-  for (let i = 0; i < cfg.numLayers; i++) h = layer(`layers.${i}.`, h);
-  if (p['norm.weight']) h = layerNorm(p, 'norm', h, batch * L, cfg.modelDim, cfg.layerNormEps ?? 1e-5);
-  return h;
+  let h = add(x, sa(ln('norm1', x)));
+  if (cross) h = add(h, ca(ln('norm2', h)));
+  return add(h, ff(ln(ffNorm, h)));
 }
