@@ -71,9 +71,11 @@ export class DecodingState {
   /**
    * The state as bytes: header (version, model fingerprint, batch, position, array
    * names and sizes), the arrays, a CRC-32. Read back with the model's `loadState`.
+   * A Node `Buffer` at run time, typed `Uint8Array` so that the package's types need no
+   * `@types/node`.
    * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state.
    */
-  serialize(): Buffer {
+  serialize(): Uint8Array {
     if (this.busy) throw stateError('DecodingState.serialize: an async step is using this state; await it first');
     const header = Buffer.from(
       JSON.stringify({
