@@ -5,7 +5,7 @@
  *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
  */
 import { describe, rangeError, stateError, typeError } from '../errors';
-import { FeatureMap, type FeatureKernel, type NormScaling } from '../feature-map';
+import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
@@ -16,21 +16,11 @@ import { PlanBuilder } from './plan';
 /** Which attention a layer computes: FAVOR+ (linear) or exact softmax (quadratic). */
 export type AttentionKind = 'favor' | 'softmax';
 
-/** The random features of a layer's FAVOR+ attention (headDim is the layer's). */
-export interface LayerFeatureOptions {
-  /** m. Default: max(dh, round(dh ln dh)) (266 for dh = 64). */
-  numFeatures?: number;
-  /** Default 'softmax' (positive features, FAVOR+). */
-  kernel?: FeatureKernel;
-  /** Orthogonal blocks. Default true. */
-  orthogonal?: boolean;
-  /** Row norms. Default 'chi'. */
-  normScaling?: NormScaling;
-  /** Seed of the projection. Default: derived from the layer's seed. */
-  seed?: number;
-  /** Generalized kernels only. Default 1e-3. */
-  kernelEpsilon?: number;
-}
+/**
+ * The random features of a layer's FAVOR+ attention: FeatureMap options (headDim is the
+ * layer's; seed defaults to one derived from the layer's seed).
+ */
+export type LayerFeatureOptions = Pick<FeatureMapOptions, 'numFeatures' | 'kernel' | 'orthogonal' | 'normScaling' | 'seed' | 'kernelEpsilon'>;
 
 /** Options of {@link MultiHeadAttention}. */
 export interface MultiHeadAttentionOptions {
@@ -126,7 +116,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
   const seed = readInteger(o.seed, `${fn}.seed`, 0, 0, Number.MAX_SAFE_INTEGER);
   const f = readOptions<LayerFeatureOptions>(o.featureMap, `${fn}.featureMap`, FEATURE_OPTIONS);
   const featureMap = {
-    numFeatures: f.numFeatures === undefined ? new FeatureMap({ headDim, seed: 0 }).numFeatures : readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, 0, 1, 1 << 20),
+    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, 1 << 20),
     kernel: (f.kernel ?? 'softmax') as FeatureKernel,
     orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, true),
     normScaling: (f.normScaling ?? 'chi') as NormScaling,

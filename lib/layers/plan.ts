@@ -5,7 +5,7 @@
  * Temporaries come from a process-wide cache of Float32Arrays, so repeated passes of
  * the same shapes touch no fresh pages.
  */
-import { abortError } from '../errors';
+import { runAbortable } from '../attention';
 import { native } from '../native';
 
 /** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
@@ -90,24 +90,7 @@ export class PlanBuilder {
    */
   async run(signal: AbortSignal | undefined, atomic = false): Promise<void> {
     try {
-      if (signal === undefined) {
-        await native().runPlanAsync(this.steps);
-        return;
-      }
-      if (signal.aborted) throw abortError(signal.reason);
-      const control: { cancel?: () => void } = {};
-      const promise = native().runPlanAsync(this.steps, control, atomic);
-      const onAbort = () => control.cancel?.();
-      signal.addEventListener('abort', onAbort, { once: true });
-      try {
-        await promise;
-      } catch (error) {
-        if ((error as { code?: unknown }).code === 'ABORT_ERR' || signal.aborted) throw abortError(signal.reason);
-        throw error;
-      } finally {
-        signal.removeEventListener('abort', onAbort);
-      }
-      if (signal.aborted) throw abortError(signal.reason);
+      await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal);
     } finally {
       giveBack(this.owned);
     }

@@ -1,4 +1,5 @@
-// GFLOP/s of pa::linear against the kernel set's FMA peak, on 1 and 2 threads.
+// GFLOP/s of pa::linear against the kernel set's FMA peak, on 1 and 2 threads (and
+// the time of one layer_norm).
 // Not a test (ctest does not run it). Build and run:
 //   cmake --build build/native-tests --target bench_layer_ops
 //   build/native-tests/bench_layer_ops [isa] [repetitions]
@@ -85,6 +86,19 @@ int main(int argc, char** argv) {
       const double best = flops / times.front() / 1e9, median = flops / times[times.size() / 2] / 1e9;
       std::printf("  linear %zu x %zu -> %zu (%s): best %.1f GFLOP/s (%.0f%% of peak), median %.1f, %.2f ms best\n",
                   s.rows, s.in, s.out, s.label, best, 100 * best / peak, median, 1e3 * times.front());
+    }
+    {
+      const std::size_t rows = 4096, dim = 512;
+      std::vector<float> x(rows * dim), g(dim, 1.5f), b(dim, 0.25f), y(rows * dim);
+      for (auto& v : x) v = normal(rng);
+      double best = 1e30;
+      for (int r = 0; r <= reps; ++r) {
+        const auto start = Clock::now();
+        pa::layer_norm(rows, dim, x.data(), g.data(), b.data(), 1e-5f, y.data(), pool);
+        if (r > 0) best = std::min(best, seconds_since(start));
+      }
+      std::printf("  layer_norm %zu x %zu: %.2f ms best (%.1f GB/s read + written)\n", rows, dim, 1e3 * best,
+                  2.0 * rows * dim * sizeof(float) / best / 1e9);
     }
   }
   return 0;

@@ -24,6 +24,8 @@ constexpr float kMaxChunkGap = 40.0f;
 // dependent split would make the bits depend on the machine.
 constexpr std::size_t kMinRowsPerPart = 256;
 constexpr std::size_t kSplitUnits = 16;
+// Multiply-adds below which a piece of pool work is not handed to another thread.
+constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // The running key statistics of one (batch, head), relative to a per-feature
 // reference c (b_jf = exp(zk_jf - c_f)):
@@ -457,8 +459,12 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     return *workers[slot];
   };
   // Runs body(head, part, worker) for every (head, part) on the pool.
+  // Units too small to be worth waking a thread for (a decoding step: one row per
+  // head) run together; which thread runs a unit never changes its bits.
+  const std::size_t unit_work = std::max<std::size_t>(1, rows / parts) * features.feature_count() * (d + Dv);
+  const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / unit_work);
   auto for_each_part = [&](std::size_t count, const auto& body) {
-    pool.parallel_for(heads * count, 1, [&](std::size_t begin, std::size_t end, std::size_t slot) {
+    pool.parallel_for(heads * count, grain, [&](std::size_t begin, std::size_t end, std::size_t slot) {
       for (std::size_t u = begin; u < end; ++u) body(u / count, u % count, worker(slot));
     });
   };
@@ -517,6 +523,18 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     const float* src = st.s;
     std::copy(src, src + user_floats, options.state + h * user_floats);
   };
+  // An uncancellable single-part call has checked its inputs already: past this
+  // point only a failed scratch allocation could throw, so it advances the caller's
+  // states in place (a decoding step then copies nothing).
+  const bool in_place = options.state != nullptr && options.cancel == nullptr && parts == 1;
+  if (in_place) {
+    for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+      w.use(evaluator_of(h));
+      const StateView st = layout.view(options.state + h * user_floats);
+      w.causal(st, q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), blind, Lq, offset);
+    });
+    return;
+  }
   if (parts == 1) {
     for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
       w.use(evaluator_of(h));

@@ -2,10 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
-
-#include "core/memory.h"
 
 namespace pa {
 namespace {
@@ -80,7 +77,9 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
   const std::size_t group_blocks = row_tiles * ceil_div(blocks, kGroupBlocks) < kMinItems ? 1 : kGroupBlocks;
   const std::size_t groups = ceil_div(blocks, group_blocks);
   pool.parallel_for(groups * row_tiles, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    float* tile = thread_scratch(kRowTile * kBlockCols);
+    // 16 KiB on the stack rather than thread_scratch, so a caller may hold its own
+    // thread_scratch across the call.
+    alignas(64) float tile[kRowTile * kBlockCols];
     for (std::size_t item = begin; item < end; ++item) {
       const std::size_t group = item / row_tiles, r0 = (item % row_tiles) * kRowTile;
       const std::size_t m = std::min(kRowTile, rows - r0);
