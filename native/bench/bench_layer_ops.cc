@@ -60,7 +60,8 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{4096, 512, 512, pa::Activation::kNone, "none"},
                           {4096, 512, 2048, pa::Activation::kNone, "none"},
                           {4096, 512, 2048, pa::Activation::kGelu, "gelu"},
-                          {4096, 2048, 512, pa::Activation::kNone, "none"}};
+                          {4096, 2048, 512, pa::Activation::kNone, "none"},
+                          {1, 512, 2048, pa::Activation::kGelu, "gelu, one row"}};
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   for (std::size_t threads : {1, 2}) {

@@ -22,6 +22,9 @@ constexpr std::size_t kRowTile = 64;
 constexpr std::size_t kGroupBlocks = 4;
 // With fewer work items than this, groups are single blocks (few rows: split columns).
 constexpr std::size_t kMinItems = 8;
+// Multiply-adds below which a piece of pool work is not handed to another thread
+// (a decoding step's single row runs on the calling thread).
+constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
@@ -76,7 +79,10 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
   const std::size_t row_tiles = ceil_div(rows, kRowTile);
   const std::size_t group_blocks = row_tiles * ceil_div(blocks, kGroupBlocks) < kMinItems ? 1 : kGroupBlocks;
   const std::size_t groups = ceil_div(blocks, group_blocks);
-  pool.parallel_for(groups * row_tiles, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
+  const std::size_t item_work = std::min(rows, kRowTile) * std::max<std::size_t>(in, 1) *
+                                std::min(out, group_blocks * kBlockCols);
+  const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / item_work);
+  pool.parallel_for(groups * row_tiles, grain, [&](std::size_t begin, std::size_t end, std::size_t) {
     // 16 KiB on the stack rather than thread_scratch, so a caller may hold its own
     // thread_scratch across the call.
     alignas(64) float tile[kRowTile * kBlockCols];

@@ -181,7 +181,7 @@ TEST("layers/linear: several row tiles and column groups, few rows, column tails
 TEST("layers/linear: the same bits for 1, 2 and 3 threads") {
   std::mt19937 rng(13);
   std::normal_distribution<float> normal;
-  const std::size_t shapes[][3] = {{200, 96, 300}, {5, 80, 700}, {1, 33, 129}};
+  const std::size_t shapes[][3] = {{200, 96, 300}, {16, 512, 1000}, {5, 80, 700}, {1, 33, 129}};
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (const auto& s : shapes) {
       const std::size_t rows = s[0], in = s[1], out = s[2];
