@@ -104,12 +104,12 @@ interface Res {
 // (Real HTTP rather than app.inject(): its helper package does not load under jest on Node 20.)
 function send(
   app: FastifyInstance,
-  options: { method?: string; url?: string; payload?: string | Buffer; headers?: Record<string, string> },
+  options: { method?: string; url?: string; payload?: string | Buffer; headers?: Record<string, string>; agent?: http.Agent },
   onRequest?: (req: http.ClientRequest) => void,
 ): Promise<Res> {
-  const { method = 'POST', url = '/encode', payload, headers = {} } = options;
+  const { method = 'POST', url = '/encode', payload, headers = {}, agent = false } = options;
   return new Promise((resolve, reject) => {
-    const req = http.request({ port: portOf(app), method, path: url, headers, agent: false }, (res) => {
+    const req = http.request({ port: portOf(app), method, path: url, headers, agent }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => chunks.push(chunk));
       res.on('end', () => {
@@ -368,7 +368,11 @@ test('close() stops accepting connections and drains the requests in flight', as
   const { model: gated, open, calls } = gatedModel();
   const app = await serve({ model: gated, maxConcurrent: 1, maxQueue: 4 });
   const inputs = [randomSequence(20, 1, 12), randomSequence(21, 1, 30)];
-  const inFlight = inputs.map((x) => postJson(app, { sequence: rows(x) }));
+  // Keep-alive connections: the server must still close them once their answer is sent.
+  const agent = new http.Agent({ keepAlive: true });
+  const inFlight = inputs.map((x) =>
+    send(app, { payload: JSON.stringify({ sequence: rows(x) }), headers: { 'content-type': 'application/json' }, agent }),
+  );
   await until(async () => calls.length === 1 && (await metric(app, 'encode_queued_requests')) === 1, 'one running, one waiting');
   let closed = false;
   const port = portOf(app);
@@ -381,7 +385,9 @@ test('close() stops accepting connections and drains the requests in flight', as
   const results = await Promise.all(inFlight);
   expect(results.map((r) => r.statusCode)).toEqual([200, 200]);
   for (const [i, x] of inputs.entries()) expect(results[i].json().embedding).toEqual(meanReference(await model.forward(x, { attention: 'favor' }))[0]);
-  await closing;
+  await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 5000))]);
   expect(closed).toBe(true);
+  expect(results.map((r) => r.headers.connection)).toEqual(['close', 'close']);
+  agent.destroy();
   expect(calls.map((c) => c.outcome)).toEqual(['done', 'done']);
 });

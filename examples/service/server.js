@@ -129,6 +129,15 @@ function buildServer(options) {
     metrics.observe(request.method, request.routeOptions.url || 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
   });
   app.addHook('onClose', async () => metrics.stop());
+  // Draining: answers still to come close their connection, else a keep-alive client
+  // would hold the server open after its last response.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
 
   app.get('/health', async () => ({
     status: 'ok',
