@@ -385,7 +385,9 @@ test('close() stops accepting connections and drains the requests in flight', as
   const results = await Promise.all(inFlight);
   expect(results.map((r) => r.statusCode)).toEqual([200, 200]);
   for (const [i, x] of inputs.entries()) expect(results[i].json().embedding).toEqual(meanReference(await model.forward(x, { attention: 'favor' }))[0]);
-  await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 5000))]);
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([closing, new Promise((resolve) => (timer = setTimeout(resolve, 5000)))]);
+  clearTimeout(timer);
   expect(closed).toBe(true);
   expect(results.map((r) => r.headers.connection)).toEqual(['close', 'close']);
   agent.destroy();
