@@ -4,14 +4,30 @@
 import performer from '../dist/index.js';
 
 export const {
-  FeatureMap,
   backendInfo,
+  DecoderLayer,
+  DecodingState,
+  EncoderLayer,
   favorAttention,
   favorAttentionSync,
+  FeatureMap,
+  fromBert,
+  fromPyTorch,
+  LayerBase,
+  loadSafetensors,
+  loadSafetensorsSync,
+  MAX_HEADER_BYTES,
   measureFmaPeak,
+  MultiHeadAttention,
+  pendingCalls,
+  readSafetensors,
   setBackend,
   softmaxAttention,
   softmaxAttentionSync,
   tensor,
+  toPyTorch,
+  TransformerDecoder,
+  TransformerEncoder,
+  writeSafetensors,
 } = performer;
 export default performer;

@@ -85,27 +85,34 @@ function readSignal(value: unknown, fn: string): AbortSignal | undefined {
 
 type NativeAsync = (...args: never[]) => Promise<Float32Array>;
 
-// Runs a native async call under an optional signal: the control object gets
-// cancel() from the addon, called on abort. The addon keeps every array alive
-// until its worker finishes, aborted or not.
-async function runAsync(call: NativeAsync, args: readonly unknown[], signal: AbortSignal | undefined): Promise<Float32Array> {
-  if (signal === undefined) return (call as (...a: unknown[]) => Promise<Float32Array>)(...args);
+/**
+ * @internal Runs a native async call under an optional signal: `start` receives the
+ * control object that gets cancel() from the addon, called on abort. The addon keeps
+ * every array alive until its worker finishes, aborted or not.
+ */
+export async function runAbortable<T>(start: (control?: { cancel?: () => void }) => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return start();
   if (signal.aborted) throw abortError(signal.reason);
   const control: { cancel?: () => void } = {};
-  const promise = (call as (...a: unknown[]) => Promise<Float32Array>)(...args, control);
+  const promise = start(control);
   const onAbort = () => control.cancel?.();
   signal.addEventListener('abort', onAbort, { once: true });
   try {
-    const data = await promise;
+    const result = await promise;
     // Aborted after the last check: the result is complete, but the caller asked to abort.
     if (signal.aborted) throw abortError(signal.reason);
-    return data;
+    return result;
   } catch (error) {
     if ((error as { code?: unknown }).code === 'ABORT_ERR' || signal.aborted) throw abortError(signal.reason);
     throw error;
   } finally {
     signal.removeEventListener('abort', onAbort);
   }
+}
+
+function runAsync(call: NativeAsync, args: readonly unknown[], signal: AbortSignal | undefined): Promise<Float32Array> {
+  const fn = call as (...a: unknown[]) => Promise<Float32Array>;
+  return runAbortable((control) => (control ? fn(...args, control) : fn(...args)), signal);
 }
 const LEGEND = '[batch, heads, seq, headDim]';
 

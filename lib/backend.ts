@@ -86,3 +86,12 @@ export function measureFmaPeak(options: FmaPeakOptions = {}): FmaPeak {
   const milliseconds = readInteger(o.milliseconds, 'measureFmaPeak options.milliseconds', 200, 1, 60000);
   return native().measureFmaPeak({ isa, threads, milliseconds }) as FmaPeak;
 }
+
+/**
+ * Async calls (attention functions, layer passes and steps) queued or running on the
+ * native worker threads and not yet settled, in this process. A service can export it
+ * as its native queue length.
+ */
+export function pendingCalls(): number {
+  return native().pendingCalls();
+}

@@ -121,7 +121,8 @@ const MAX_FEATURES = 1 << 20;
 const MAX_HEAD_DIM = 1 << 16;
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
 
-function defaultNumFeatures(headDim: number): number {
+/** @internal The default m for a head width d. */
+export function defaultNumFeatures(headDim: number): number {
   return Math.max(headDim, Math.round(headDim * Math.log(headDim)));
 }
 

@@ -30,4 +30,50 @@ export {
   type FromProjectionOptions,
   type NormScaling,
 } from './feature-map';
+export {
+  MAX_HEADER_BYTES,
+  loadSafetensors,
+  loadSafetensorsSync,
+  readSafetensors,
+  writeSafetensors,
+  type ReadSafetensorsOptions,
+  type Safetensors,
+} from './safetensors';
 export { tensor, type MaskLike, type Tensor, type TensorLike } from './tensor';
+export {
+  MultiHeadAttention,
+  type AttentionForwardOptions,
+  type AttentionKind,
+  type LayerFeatureOptions,
+  type MultiHeadAttentionConfig,
+  type MultiHeadAttentionOptions,
+} from './layers/multi-head-attention';
+export {
+  DecoderLayer,
+  EncoderLayer,
+  type Activation,
+  type BlockConfig,
+  type DecoderForwardOptions,
+  type DecoderLayerOptions,
+  type DecoderStateOptions,
+  type EncoderForwardOptions,
+  type EncoderLayerOptions,
+} from './layers/blocks';
+export {
+  TransformerDecoder,
+  TransformerEncoder,
+  type StackConfig,
+  type TransformerDecoderOptions,
+  type TransformerEncoderOptions,
+} from './layers/stacks';
+export { DecodingState } from './layers/decoding';
+export { LayerBase } from './layers/layer';
+export type { LoadParametersOptions } from './layers/parameters';
+export { pendingCalls } from './backend';
+export {
+  fromBert,
+  fromPyTorch,
+  toPyTorch,
+  type BertMappingOptions,
+  type PyTorchMappingOptions,
+} from './weights';

@@ -38,6 +38,12 @@ export interface NativeAddon {
   favorAttentionAsync(...args: NativeAttentionArgs<NativeFavorOptions>): Promise<Float32Array>;
   softmaxAttentionSync(...args: NativeAttentionArgs<NativeSoftmaxOptions>): Float32Array;
   softmaxAttentionAsync(...args: NativeAttentionArgs<NativeSoftmaxOptions>): Promise<Float32Array>;
+  runPlanSync(steps: readonly object[]): void;
+  runPlanAsync(steps: readonly object[], control?: { cancel?: () => void }, atomic?: boolean): Promise<void>;
+  linearPack(weight: Float32Array, inFeatures: number, outFeatures: number): Float32Array;
+  favorStateFloats(featureCount: number, valueDim: number): number;
+  favorStateReset(state: Float32Array, heads: number, featureCount: number, valueDim: number): void;
+  pendingCalls(): number;
 }
 
 /** @internal */
@@ -73,6 +79,8 @@ export interface NativeFavorOptions extends NativeFeatureMap {
   keyPadding: Uint8Array | null;
   epsilon: number;
   chunkSize: number;
+  /** Causal continuation: the (batch, head) decoding states, advanced in place. */
+  state?: Float32Array | null;
 }
 
 /** @internal */

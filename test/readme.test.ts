@@ -38,3 +38,15 @@ test('the demo runs and reports times, speed-up and a small relative error', () 
     expect(error).toBeLessThan(0.5);
   }
 });
+
+test('the README layers example runs: encoder, safetensors round trip, decoding and a parked state', () => {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const section = readme.split('\n## Layers\n')[1];
+  const match = section && /```js\n([\s\S]*?)```/.exec(section);
+  expect(match).not.toBeNull();
+  const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-readme-')), 'layers.js');
+  fs.writeFileSync(file, code);
+  const output = execFileSync(process.execPath, [file], { encoding: 'utf8' });
+  expect(output).toBe('[ 1, 1024, 256 ] [ 1, 1024, 256 ] [ 1, 1, 256 ] 101\n');
+});

@@ -4,6 +4,7 @@
 #include "addon/attention_bindings.h"
 #include "addon/backend_bindings.h"
 #include "addon/feature_map_bindings.h"
+#include "addon/plan_bindings.h"
 
 namespace {
 
@@ -11,6 +12,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   pa_addon::register_backend_bindings(env, exports);
   pa_addon::register_feature_map_bindings(env, exports);
   pa_addon::register_attention_bindings(env, exports);
+  pa_addon::register_plan_bindings(env, exports);
   return exports;
 }
 

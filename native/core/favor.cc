@@ -24,6 +24,8 @@ constexpr float kMaxChunkGap = 40.0f;
 // dependent split would make the bits depend on the machine.
 constexpr std::size_t kMinRowsPerPart = 256;
 constexpr std::size_t kSplitUnits = 16;
+// Multiply-adds below which a piece of pool work is not handed to another thread.
+constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // The running key statistics of one (batch, head), relative to a per-feature
 // reference c (b_jf = exp(zk_jf - c_f)):
@@ -367,6 +369,9 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   if (options.causal && (options.chunk_size < 1 || options.chunk_size > kMaxChunkSize)) {
     throw InputError("chunkSize must be between 1 and 4096");
   }
+  if (options.state != nullptr && (!options.causal || dims.q_len != dims.k_len)) {
+    throw InputError("a decoding state continues causal self-attention: causal must be set and query and key lengths equal");
+  }
   if (options.epsilon != 0.0f && fm.is_signed()) {
     throw InputError("epsilon applies to positive feature maps; trig features are signed");
   }
@@ -454,8 +459,12 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     return *workers[slot];
   };
   // Runs body(head, part, worker) for every (head, part) on the pool.
+  // Units too small to be worth waking a thread for (a decoding step: one row per
+  // head) run together; which thread runs a unit never changes its bits.
+  const std::size_t unit_work = std::max<std::size_t>(1, rows / parts) * features.feature_count() * (d + Dv);
+  const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / unit_work);
   auto for_each_part = [&](std::size_t count, const auto& body) {
-    pool.parallel_for(heads * count, 1, [&](std::size_t begin, std::size_t end, std::size_t slot) {
+    pool.parallel_for(heads * count, grain, [&](std::size_t begin, std::size_t end, std::size_t slot) {
       for (std::size_t u = begin; u < end; ++u) body(u / count, u % count, worker(slot));
     });
   };
@@ -498,14 +507,44 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   }
 
   for (std::size_t h = 0; h < heads; ++h) std::fill(out_of(h), out_of(h) + blind * Dv, 0.0f);
+  // A caller's decoding state is copied in and out (its memory need not be aligned,
+  // and it stays untouched when the call throws).
+  const std::size_t user_floats = layout.floats();
+  auto start = [&](std::size_t h, const StateView& st) {
+    if (options.state == nullptr) {
+      layout.reset(st);
+    } else {
+      const float* src = options.state + h * user_floats;
+      std::copy(src, src + user_floats, st.s);  // s comes first in the layout
+    }
+  };
+  auto finish = [&](std::size_t h, const StateView& st) {
+    if (options.state == nullptr) return;
+    const float* src = st.s;
+    std::copy(src, src + user_floats, options.state + h * user_floats);
+  };
+  // An uncancellable single-part call has checked its inputs already: past this
+  // point only a failed scratch allocation could throw, so it advances the caller's
+  // states in place (a decoding step then copies nothing).
+  const bool in_place = options.state != nullptr && options.cancel == nullptr && parts == 1;
+  if (in_place) {
+    for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
+      w.use(evaluator_of(h));
+      const StateView st = layout.view(options.state + h * user_floats);
+      w.causal(st, q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), blind, Lq, offset);
+    });
+    return;
+  }
   if (parts == 1) {
     for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
-        w.use(evaluator_of(h));
+      w.use(evaluator_of(h));
       const StateView st = state(h, 0);
-      layout.reset(st);
+      start(h, st);
       w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, prefix);
       w.causal(st, q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), blind, Lq, offset);
     });
+    // Only once every head has finished: a cancelled call leaves the states as they were.
+    for (std::size_t h = 0; h < heads && options.state != nullptr; ++h) finish(h, state(h, 0));
     return;
   }
   // Segments of queries: state p first holds the keys of segment p - 1 (state 0
@@ -515,10 +554,11 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
     w.use(evaluator_of(h));
     const StateView st = state(h, p);
-    layout.reset(st);
     if (p == 0) {
+      start(h, st);
       w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, prefix);
     } else {
+      layout.reset(st);
       const auto range = part_range(blind, Lq, parts, p - 1);
       w.absorb(st, k_of(h), v_of(h), pad_of(h), key_index(range.first), key_index(range.second));
     }
@@ -531,6 +571,21 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     const auto range = part_range(blind, Lq, parts, p);
     w.causal(state(h, p), q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), range.first, range.second, offset);
   });
+  // The last segment's state has absorbed every key.
+  for (std::size_t h = 0; h < heads && options.state != nullptr; ++h) finish(h, state(h, parts - 1));
+}
+
+std::size_t favor_state_floats(std::size_t feature_count, std::size_t value_dim) {
+  return StateLayout{feature_count, value_dim}.floats();
+}
+
+void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim) {
+  const StateLayout layout{feature_count, value_dim};
+  for (std::size_t h = 0; h < heads; ++h) {
+    float* base = state + h * layout.floats();
+    std::fill(base, base + layout.floats(), 0.0f);  // padding too: serialized states compare bitwise
+    layout.reset(layout.view(base));
+  }
 }
 
 }  // namespace pa

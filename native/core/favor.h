@@ -27,7 +27,19 @@ struct FavorOptions {
   std::size_t chunk_size = 32;
   // Checked between blocks; when set the call throws Cancelled. Null = never.
   const std::atomic<bool>* cancel = nullptr;
+  // Causal continuation (token-by-token decoding, prefill in chunks): the running
+  // state of every (batch, head), favor_state_floats() floats each, made by
+  // favor_state_reset(). The call attends these earlier keys as well as its own
+  // (q_len must equal k_len) and leaves the state advanced past its keys. The
+  // state is left unchanged when the call throws. Null = start from no keys.
+  float* state = nullptr;
 };
+
+// Floats of one (batch, head) decoding state: S (F x Dv), z (F), the per-feature
+// reference c (F) and the value sums used by epsilon (Dv + 1), each padded.
+std::size_t favor_state_floats(std::size_t feature_count, std::size_t value_dim);
+// Sets `heads` consecutive states to "no keys yet".
+void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim);
 
 constexpr std::size_t kMaxChunkSize = 4096;
 

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "f64_avx256.h"
+#include "gelu_tail.h"
 #include "kernels.h"
 
 // Full unrolling of the small constant-bound loops over the register tile, so the
@@ -287,6 +288,45 @@ float exp_bias_avx2(std::size_t n, const float* x, const float* bias, float offs
 }
 
 // ---------------------------------------------------------------------------------
+// gelu
+// ---------------------------------------------------------------------------------
+
+// gelu of 8 floats, the formula of gelu_tail.h.
+inline __m256 gelu_avx2_8(__m256 v) {
+  const __m256 a = _mm256_min_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(kGeluMaxArg));
+  const __m256 hi = _mm256_mul_ps(a, a);
+  const __m256 lo = _mm256_fmsub_ps(a, a, hi);  // a^2 - hi, exact
+  __m256 e = exp_avx2_8(_mm256_mul_ps(hi, _mm256_set1_ps(-0.5f)));
+  e = _mm256_fnmadd_ps(_mm256_mul_ps(e, _mm256_set1_ps(0.5f)), lo, e);  // e (1 - lo / 2)
+  const __m256 t =
+      _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(a, _mm256_set1_ps(0.25f), _mm256_set1_ps(1.0f)));
+  __m256 p = _mm256_set1_ps(kGeluTail[kGeluDegree]);
+  PA_UNROLL
+  for (int k = kGeluDegree - 1; k >= 0; --k) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(kGeluTail[k]));
+  const __m256 tail = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_set1_ps(0.5f)), e);  // Phi(-a)
+  const __m256 nonneg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ);
+  const __m256 phi = _mm256_blendv_ps(tail, _mm256_sub_ps(_mm256_set1_ps(1.0f), tail), nonneg);
+  return _mm256_mul_ps(v, phi);
+}
+
+void gelu_bias_avx2(std::size_t n, const float* bias, float* x) {
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    if (bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + i));
+    _mm256_storeu_ps(x + i, gelu_avx2_8(v));
+  }
+  if (i < n) {  // tail through a local vector, as in exp_bias
+    const std::size_t rest = n - i;
+    float xs[kLanes] = {}, bs[kLanes] = {};
+    std::memcpy(xs, x + i, rest * sizeof(float));
+    if (bias != nullptr) std::memcpy(bs, bias + i, rest * sizeof(float));
+    _mm256_storeu_ps(xs, gelu_avx2_8(_mm256_add_ps(_mm256_loadu_ps(xs), _mm256_loadu_ps(bs))));
+    std::memcpy(x + i, xs, rest * sizeof(float));
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // max
 // ---------------------------------------------------------------------------------
 
@@ -387,8 +427,8 @@ static double fma_peak_avx2(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kAvx2Kernels = {"avx2", gemm_avx2, exp_bias_avx2, max_bias_avx2,
-                                max_accumulate_avx2, dot_avx2, dot_f64_avx256, axpy_f64_avx256,
-                                  fma_peak_avx2};
+                                max_accumulate_avx2, gelu_bias_avx2, dot_avx2, dot_f64_avx256,
+                                axpy_f64_avx256, fma_peak_avx2};
 
 }  // namespace pa
 

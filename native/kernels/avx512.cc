@@ -21,6 +21,7 @@
 #include <limits>
 
 #include "f64_avx256.h"
+#include "gelu_tail.h"
 #include "kernels.h"
 
 // Full unrolling of the small constant-bound loops over the register tile, so the
@@ -304,6 +305,43 @@ float exp_bias_avx512(std::size_t n, const float* x, const float* bias, float of
 }
 
 // ---------------------------------------------------------------------------------
+// gelu
+// ---------------------------------------------------------------------------------
+
+// gelu of 16 floats, the formula of gelu_tail.h.
+inline __m512 gelu_avx512_16(__m512 v) {
+  const __m512 a = _mm512_min_ps(_mm512_abs_ps(v), _mm512_set1_ps(kGeluMaxArg));
+  const __m512 hi = _mm512_mul_ps(a, a);
+  const __m512 lo = _mm512_fmsub_ps(a, a, hi);  // a^2 - hi, exact
+  __m512 e = exp_avx512_16(_mm512_mul_ps(hi, _mm512_set1_ps(-0.5f)));
+  e = _mm512_fnmadd_ps(_mm512_mul_ps(e, _mm512_set1_ps(0.5f)), lo, e);  // e (1 - lo / 2)
+  const __m512 t =
+      _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.25f), _mm512_set1_ps(1.0f)));
+  __m512 p = _mm512_set1_ps(kGeluTail[kGeluDegree]);
+  PA_UNROLL
+  for (int k = kGeluDegree - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(kGeluTail[k]));
+  const __m512 tail = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_set1_ps(0.5f)), e);  // Phi(-a)
+  const __mmask16 nonneg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+  const __m512 phi = _mm512_mask_sub_ps(tail, nonneg, _mm512_set1_ps(1.0f), tail);
+  return _mm512_mul_ps(v, phi);
+}
+
+void gelu_bias_avx512(std::size_t n, const float* bias, float* x) {
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    if (bias != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + i));
+    _mm512_storeu_ps(x + i, gelu_avx512_16(v));
+  }
+  if (i < n) {
+    const __mmask16 m = first_lanes(n - i);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + i));
+    _mm512_mask_storeu_ps(x + i, m, gelu_avx512_16(v));
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // max
 // ---------------------------------------------------------------------------------
 
@@ -406,8 +444,8 @@ static double fma_peak_avx512(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kAvx512Kernels = {"avx512", gemm_avx512, exp_bias_avx512, max_bias_avx512,
-                                  max_accumulate_avx512, dot_avx512, dot_f64_avx256, axpy_f64_avx256,
-                                  fma_peak_avx512};
+                                  max_accumulate_avx512, gelu_bias_avx512, dot_avx512, dot_f64_avx256,
+                                  axpy_f64_avx256, fma_peak_avx512};
 
 }  // namespace pa
 

@@ -33,6 +33,11 @@ using MaxBiasFn = float (*)(std::size_t n, const float* x, const float* bias);
 // acc[i] = max(acc[i], x[i]) for i < n (running per-feature maximum).
 using MaxAccumulateFn = void (*)(std::size_t n, const float* x, float* acc);
 
+// x[i] = gelu(x[i] + (bias ? bias[i] : 0)) for i < n, in place: the exact erf form
+// 0.5 v (1 + erf(v / sqrt 2)), within ~5e-7 relative everywhere (negative v included;
+// results below ~1e-38 are denormal or 0; see gelu_tail.h). NaN stays NaN.
+using GeluBiasFn = void (*)(std::size_t n, const float* bias, float* x);
+
 // sum over i < n of a[i] * b[i] (float partial sums; the order is the kernel's own).
 using DotFn = float (*)(std::size_t n, const float* a, const float* b);
 
@@ -57,6 +62,7 @@ struct KernelSet {
   ExpBiasFn exp_bias;
   MaxBiasFn max_bias;
   MaxAccumulateFn max_accumulate;
+  GeluBiasFn gelu_bias;
   DotFn dot;
   DotF64Fn dot_f64;
   AxpyF64Fn axpy_f64;

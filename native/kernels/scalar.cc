@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 
+#include "gelu_tail.h"
 #include "kernels.h"
 
 namespace pa {
@@ -93,6 +94,23 @@ void max_accumulate_scalar(std::size_t n, const float* x, float* acc) {
 // Four partial sums: a fixed order without one long chain of dependent adds. For
 // doubles this is the sampling helpers' reference arithmetic (see kernels.h): the
 // other sets must match it bit for bit.
+// The formula of gelu_tail.h; a^2 - hi is exact in double (a * a has 48 bits).
+void gelu_bias_scalar(std::size_t n, const float* bias, float* x) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = bias != nullptr ? x[i] + bias[i] : x[i];
+    const float a = std::fmin(std::fabs(v), kGeluMaxArg);  // NaN gives kGeluMaxArg; v keeps the NaN
+    const float hi = a * a;
+    const float lo = static_cast<float>(static_cast<double>(a) * a - hi);
+    float e = std::exp(-0.5f * hi);
+    e = e - 0.5f * e * lo;
+    const float t = 1.0f / (1.0f + 0.25f * a);
+    float p = kGeluTail[kGeluDegree];
+    for (int k = kGeluDegree - 1; k >= 0; --k) p = p * t + kGeluTail[k];
+    const float tail = 0.5f * p * e;
+    x[i] = v * (v >= 0.0f ? 1.0f - tail : tail);
+  }
+}
+
 template <typename T>
 T dot4(std::size_t n, const T* a, const T* b) {
   T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -132,7 +150,7 @@ static double fma_peak_scalar(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kScalarKernels = {"scalar", gemm_scalar, exp_bias_scalar, max_bias_scalar,
-                                  max_accumulate_scalar, dot_scalar, dot_f64_scalar,
+                                  max_accumulate_scalar, gelu_bias_scalar, dot_scalar, dot_f64_scalar,
                                   axpy_f64_scalar, fma_peak_scalar};
 
 }  // namespace pa

@@ -1,0 +1,496 @@
+/**
+ * Transformer blocks: an encoder layer (self-attention, feed-forward) and a decoder
+ * layer (causal self-attention, optional cross-attention, feed-forward), each with
+ * residuals and LayerNorm after (post-norm, the default) or before (pre-norm) every
+ * part, as PyTorch's nn.TransformerEncoderLayer / nn.TransformerDecoderLayer.
+ * Shape legend: B = batch, L = sequence, Lm = memory length, D = modelDim.
+ *   x [B, L, D], memory [B, Lm, D]  ->  [B, L, D]
+ */
+import { rangeError, typeError } from '../errors';
+import type { MaskLike, Tensor, TensorLike } from '../tensor';
+import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
+import { DecodingState } from './decoding';
+import { LayerBase, type StateSpec } from './layer';
+import {
+  checkState,
+  MHA_OPTIONS,
+  MultiHeadAttention,
+  readKind,
+  readAttentionOptions,
+  readLayerSignal,
+  readPadding,
+  readSequence,
+  runStep,
+  runStepSync,
+  type AttentionKind,
+  type KeySource,
+  type MultiHeadAttentionConfig,
+  type MultiHeadAttentionOptions,
+} from './multi-head-attention';
+import { InitRandom, LayerNorm, Linear, type ParamSlot } from './parameters';
+import { PlanBuilder } from './plan';
+
+/** The feed-forward activation: ReLU or GELU (exact, erf form). */
+export type Activation = 'relu' | 'gelu';
+
+/** Options of {@link EncoderLayer}. */
+export interface EncoderLayerOptions extends Omit<MultiHeadAttentionOptions, 'keyDim' | 'causal'> {
+  /** Width of the feed-forward part. Default 4 * modelDim. */
+  ffDim?: number;
+  /** Default 'relu' (as PyTorch). */
+  activation?: Activation;
+  /** Pre-norm (LayerNorm before each part) instead of post-norm. Default false. */
+  normFirst?: boolean;
+  /** LayerNorm epsilon. Default 1e-5 (BERT uses 1e-12). */
+  layerNormEps?: number;
+}
+
+/** Options of {@link DecoderLayer}. */
+export interface DecoderLayerOptions extends EncoderLayerOptions {
+  /** A cross-attention part over a memory (the encoder's output). Default true. */
+  crossAttention?: boolean;
+}
+
+/** The resolved options of a block. */
+export interface BlockConfig {
+  /** Self-attention options (shared by the cross-attention). */
+  attention: MultiHeadAttentionConfig;
+  /** Feed-forward width. */
+  ffDim: number;
+  /** Feed-forward activation. */
+  activation: Activation;
+  /** Pre-norm. */
+  normFirst: boolean;
+  /** LayerNorm epsilon. */
+  layerNormEps: number;
+  /** Decoder only: whether there is cross-attention. */
+  crossAttention?: boolean;
+}
+
+/** Options of an encoder's forward pass. */
+export interface EncoderForwardOptions {
+  /** `[B, L]` Uint8Array, nonzero = attend: padded positions are no key to any query. */
+  keyPaddingMask?: MaskLike;
+  /** Overrides the layers' attention for this call. */
+  attention?: AttentionKind;
+  /** Async call only: aborting rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Options of a decoder's forward pass. */
+export interface DecoderForwardOptions extends EncoderForwardOptions {
+  /** `[B, Lm, modelDim]`: what the cross-attention attends. Required with cross-attention. */
+  memory?: TensorLike;
+  /** `[B, Lm]` Uint8Array, nonzero = attend. */
+  memoryKeyPaddingMask?: MaskLike;
+}
+
+/** Options of a decoder's createState. */
+export interface DecoderStateOptions {
+  /** `[B, Lm, modelDim]`: the memory every step's cross-attention attends. */
+  memory?: TensorLike;
+  /** `[B, Lm]` Uint8Array, nonzero = attend. */
+  memoryKeyPaddingMask?: MaskLike;
+  /** Async call only. */
+  signal?: AbortSignal;
+}
+
+export const BLOCK_OPTIONS = [
+  ...MHA_OPTIONS.filter((k) => k !== 'keyDim' && k !== 'causal'),
+  'ffDim',
+  'activation',
+  'normFirst',
+  'layerNormEps',
+] as const;
+
+/** @internal */
+export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, decoder: boolean): BlockConfig {
+  const attention = readAttentionOptions({ ...o, causal: decoder }, fn);
+  const config: BlockConfig = {
+    attention,
+    ffDim: readInteger(o.ffDim, `${fn}.ffDim`, 4 * attention.modelDim, 1, 1 << 24),
+    activation: readEnum(o.activation, `${fn}.activation`, 'relu', ['relu', 'gelu'] as const),
+    normFirst: readBoolean(o.normFirst, `${fn}.normFirst`, false),
+    layerNormEps: readNumber(o.layerNormEps, `${fn}.layerNormEps`, 1e-5, { min: Number.MIN_VALUE }),
+  };
+  if (decoder) config.crossAttention = readBoolean(o.crossAttention, `${fn}.crossAttention`, true);
+  return config;
+}
+
+/** @internal One block's plan inputs. */
+interface BlockCall {
+  x: Float32Array;
+  batch: number;
+  length: number;
+  y: Float32Array;
+  keyPadding: Uint8Array | null;
+  attention: AttentionKind;
+  memory: KeySource | null;
+  memoryPadding: Uint8Array | null;
+  state: Float32Array | null;
+}
+
+/** @internal The parts and plan of both blocks. */
+abstract class Block extends LayerBase {
+  abstract readonly config: BlockConfig;
+  /** @internal */ readonly selfAttn: MultiHeadAttention;
+  /** @internal */ readonly crossAttn: MultiHeadAttention | null;
+  /** @internal */ readonly ff1: Linear;
+  /** @internal */ readonly ff2: Linear;
+  /** @internal */ readonly norms: LayerNorm[];
+
+  // Layer i of a stack has seedOffset i: its weights and features differ from its neighbours'.
+  protected constructor(config: BlockConfig, cross: boolean, seedOffset: number) {
+    super();
+    const a = config.attention;
+    const base = 3 * seedOffset;
+    const mha = (offset: number, causal: boolean) =>
+      new MultiHeadAttention({
+        ...a,
+        causal,
+        featureMap: { ...a.featureMap, seed: a.featureMap.seed + base + offset },
+        seed: a.seed + base + offset,
+      });
+    this.selfAttn = mha(0, a.causal);
+    this.crossAttn = cross ? mha(1, false) : null;
+    const random = new InitRandom(a.seed + base + 2);
+    this.ff1 = new Linear(a.modelDim, config.ffDim, a.bias, random);
+    this.ff2 = new Linear(config.ffDim, a.modelDim, a.bias, random);
+    this.norms = Array.from({ length: cross ? 3 : 2 }, () => new LayerNorm(a.modelDim, config.layerNormEps));
+  }
+
+  /** @internal */
+  slots(prefix: string, into: Map<string, ParamSlot>): void {
+    this.selfAttn.slots(`${prefix}selfAttn.`, into);
+    if (this.crossAttn !== null) this.crossAttn.slots(`${prefix}crossAttn.`, into);
+    this.ff1.slots(`${prefix}ff1`, into);
+    this.ff2.slots(`${prefix}ff2`, into);
+    this.normNames().forEach((name, i) => this.norms[i].slots(`${prefix}${name}`, into));
+  }
+
+  /** @internal */
+  attentionModules(): MultiHeadAttention[] {
+    return this.crossAttn === null ? [this.selfAttn] : [this.selfAttn, this.crossAttn];
+  }
+
+  // PyTorch's names: the decoder's feed-forward norm is norm3 (norm2 follows cross-attention).
+  private normNames(): string[] {
+    if (this.norms.length === 3) return ['norm1', 'norm2', 'norm3'];
+    return this instanceof DecoderLayer ? ['norm1', 'norm3'] : ['norm1', 'norm2'];
+  }
+
+  /** @internal Appends this block to a plan: y = block(x). */
+  plan(b: PlanBuilder, call: BlockCall): void {
+    const c = this.config;
+    const D = c.attention.modelDim;
+    const rows = call.batch * call.length;
+    const norm = (n: LayerNorm, x: Float32Array, y: Float32Array) =>
+      b.add({ op: 'layerNorm', x, y, rows, dim: D, gamma: n.weight, beta: n.bias, eps: n.eps });
+    const attend = (m: MultiHeadAttention, x: Float32Array, y: Float32Array, residual: Float32Array, keys: KeySource, pad: Uint8Array | null, state: Float32Array | null) =>
+      m.plan(b, {
+        x,
+        batch: call.batch,
+        queryLength: call.length,
+        keys,
+        y,
+        residual,
+        keyPadding: pad,
+        attention: state !== null ? 'favor' : call.attention,
+        causal: m.config.causal,
+        state,
+      });
+    const feedForward = (x: Float32Array, y: Float32Array, residual: Float32Array) => {
+      const h = b.acquire(rows * c.ffDim);
+      b.add({ op: 'linear', x, rows, in: D, out: c.ffDim, packed: this.ff1.packed, bias: this.ff1.bias, activation: c.activation, y: h });
+      b.add({ op: 'linear', x: h, rows, in: c.ffDim, out: D, packed: this.ff2.packed, bias: this.ff2.bias, residual, activation: 'none', y });
+      b.release(h);
+    };
+    const [n1, n2, n3] = this.norms;
+    const ffNorm = this.crossAttn === null ? n2 : n3;
+    const a = b.acquire(rows * D);
+    if (!c.normFirst) {
+      attend(this.selfAttn, call.x, a, call.x, { kind: 'self' }, call.keyPadding, call.state);
+      norm(n1, a, a);
+      if (this.crossAttn !== null) {
+        const m = b.acquire(rows * D);
+        attend(this.crossAttn, a, m, a, call.memory!, call.memoryPadding, null);
+        norm(n2, m, m);
+        b.release(a);
+        feedForward(m, call.y, m);
+        b.release(m);
+      } else {
+        feedForward(a, call.y, a);
+        b.release(a);
+      }
+      norm(ffNorm, call.y, call.y);
+      return;
+    }
+    const t = b.acquire(rows * D);
+    norm(n1, call.x, t);
+    attend(this.selfAttn, t, a, call.x, { kind: 'self' }, call.keyPadding, call.state);
+    let r = a;
+    if (this.crossAttn !== null) {
+      norm(n2, a, t);
+      r = b.acquire(rows * D);
+      attend(this.crossAttn, t, r, a, call.memory!, call.memoryPadding, null);
+      b.release(a);
+    }
+    norm(ffNorm, r, t);
+    feedForward(t, call.y, r);
+    b.release(t);
+    b.release(r);
+  }
+}
+
+/**
+ * An encoder layer: self-attention and a feed-forward part (ff2(act(ff1(x)))), each
+ * with a residual and a LayerNorm (post-norm by default, pre-norm with normFirst).
+ * Parameter names as PyTorch's after `fromPyTorch`: selfAttn.*, ff1.*, ff2.*, norm1.*, norm2.*.
+ */
+export class EncoderLayer extends Block {
+  /** The resolved options. */
+  readonly config: BlockConfig;
+
+  /** @throws TypeError / RangeError for missing or bad options. */
+  constructor(options: EncoderLayerOptions, /** @internal */ seedOffset = 0) {
+    const o = readOptions<EncoderLayerOptions>(options, 'EncoderLayer options', BLOCK_OPTIONS);
+    if (options === undefined) throw typeError('EncoderLayer options: expected an object, received undefined');
+    const config = readBlockOptions(o, 'EncoderLayer options', false);
+    super(config, false, seedOffset);
+    this.config = config;
+  }
+
+  /**
+   * The layer on x, off the event loop.
+   * @param x `[B, L, modelDim]` float32.
+   * @returns `[B, L, modelDim]`.
+   * @throws TypeError / RangeError (the Promise rejects) for bad input; AbortError on abort.
+   */
+  async forward(x: TensorLike, options?: EncoderForwardOptions): Promise<Tensor> {
+    const { b, out, signal } = buildEncoder([this], null, x, options, 'EncoderLayer.forward');
+    await b.run(signal);
+    return out;
+  }
+
+  /** The blocking twin of {@link forward} (no `signal`). */
+  forwardSync(x: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): Tensor {
+    const { b, out } = buildEncoder([this], null, x, options, 'EncoderLayer.forwardSync');
+    b.runSync();
+    return out;
+  }
+}
+
+/**
+ * A decoder layer: causal self-attention, cross-attention over a memory (unless
+ * crossAttention is false) and a feed-forward part, each with a residual and a
+ * LayerNorm. Decodes token by token with createState / step. Parameter names:
+ * selfAttn.*, crossAttn.*, ff1.*, ff2.*, norm1.*, norm2.* (cross-attention), norm3.*.
+ */
+export class DecoderLayer extends Block {
+  /** The resolved options. */
+  readonly config: BlockConfig;
+
+  /** @throws TypeError / RangeError for missing or bad options. */
+  constructor(options: DecoderLayerOptions, /** @internal */ seedOffset = 0) {
+    const o = readOptions<DecoderLayerOptions>(options, 'DecoderLayer options', [...BLOCK_OPTIONS, 'crossAttention']);
+    if (options === undefined) throw typeError('DecoderLayer options: expected an object, received undefined');
+    const config = readBlockOptions(o, 'DecoderLayer options', true);
+    super(config, config.crossAttention!, seedOffset);
+    this.config = config;
+  }
+
+  /**
+   * The layer on x (causal self-attention), off the event loop.
+   * @param x `[B, L, modelDim]` float32.
+   * @returns `[B, L, modelDim]`.
+   */
+  async forward(x: TensorLike, options?: DecoderForwardOptions): Promise<Tensor> {
+    const { b, out, signal } = buildDecoder([this], null, x, options, 'DecoderLayer.forward');
+    await b.run(signal);
+    return out;
+  }
+
+  /** The blocking twin of {@link forward}. */
+  forwardSync(x: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): Tensor {
+    const { b, out } = buildDecoder([this], null, x, options, 'DecoderLayer.forwardSync');
+    b.runSync();
+    return out;
+  }
+
+  /** A decoding state (see {@link TransformerDecoder.createStateSync}). */
+  createStateSync(batch: number, options?: Omit<DecoderStateOptions, 'signal'>): DecodingState {
+    const { b, state } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createStateSync');
+    b.runSync();
+    return state;
+  }
+
+  /** Async twin of {@link createStateSync} (projects the memory off the event loop). */
+  async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
+    const { b, state, signal } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createState');
+    await b.run(signal);
+    return state;
+  }
+
+  /** Reads a serialized state of this model (see {@link TransformerDecoder.loadState}). */
+  loadState(bytes: Uint8Array): DecodingState {
+    return this.restoreState(bytes, (B) => decoderStateSpec(this, [this], B), 'DecoderLayer.loadState');
+  }
+
+  /** The next tokens [B, n, modelDim] (see {@link TransformerDecoder.step}). */
+  async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    const o = readOptions<{ signal?: AbortSignal }>(options, 'DecoderLayer.step options', ['signal']);
+    const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.step');
+    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'DecoderLayer.step options.signal'), true));
+    return out;
+  }
+
+  /** The blocking twin of {@link step}. */
+  stepSync(x: TensorLike, state: DecodingState): Tensor {
+    const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.stepSync');
+    runStepSync(state, n, () => b.runSync());
+    return out;
+  }
+}
+
+/** @internal Runs `layers` in order (then the final norm) on x into a new output. */
+function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null, x: Float32Array, out: Float32Array, call: Omit<BlockCall, 'x' | 'y' | 'memory' | 'state'>, perLayer: (i: number) => Pick<BlockCall, 'memory' | 'state'>): void {
+  const rows = call.batch * call.length;
+  const D = out.length / rows;
+  let input = x;
+  layers.forEach((layer, i) => {
+    const last = i === layers.length - 1 && finalNorm === null;
+    const y = last ? out : b.acquire(rows * D);
+    layer.plan(b, { ...call, ...perLayer(i), x: input, y });
+    if (input !== x) b.release(input);
+    input = y;
+  });
+  if (finalNorm !== null) {
+    b.add({ op: 'layerNorm', x: input, y: out, rows, dim: D, gamma: finalNorm.weight, beta: finalNorm.bias, eps: finalNorm.eps });
+    if (input !== x) b.release(input);
+  }
+}
+
+/** @internal */
+export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string) {
+  const async = !fn.endsWith('Sync');
+  const o = readOptions<EncoderForwardOptions>(options, `${fn} options`, ['keyPaddingMask', 'attention', ...(async ? ['signal'] : [])]);
+  const c = layers[0].config.attention;
+  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
+  const [B, L] = t.shape;
+  const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
+  const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
+  const b = new PlanBuilder();
+  b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+  const out = new Float32Array(B * L * c.modelDim);
+  const call = { batch: B, length: L, keyPadding, attention, memoryPadding: null };
+  planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, state: null }));
+  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+}
+
+function readMemory(layers: Block[], o: { memory?: unknown; memoryKeyPaddingMask?: unknown }, B: number, fn: string, b: PlanBuilder) {
+  const cross = layers[0].crossAttn !== null;
+  if (!cross) {
+    if (o.memory !== undefined || o.memoryKeyPaddingMask !== undefined) {
+      throw rangeError(`${fn} options.memory: this decoder has no cross-attention (crossAttention: false)`, 'ERR_INVALID_ARG_VALUE');
+    }
+    return { memory: null, memoryPadding: null };
+  }
+  if (o.memory === undefined) throw typeError(`${fn} options.memory: required by the cross-attention, received undefined`);
+  const m = readSequence(o.memory, `${fn} options.memory`, layers[0].config.attention.modelDim, 'modelDim', B);
+  b.add({ op: 'checkFinite', x: m.data, name: `${fn} options.memory` });
+  const Lm = m.shape[1];
+  return {
+    memory: { kind: 'memory', data: m.data, length: Lm } as KeySource,
+    memoryPadding: readPadding(o.memoryKeyPaddingMask, `${fn} options.memoryKeyPaddingMask`, B, Lm),
+  };
+}
+
+/** @internal */
+export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string) {
+  const async = !fn.endsWith('Sync');
+  const o = readOptions<DecoderForwardOptions>(options, `${fn} options`, [
+    'memory',
+    'memoryKeyPaddingMask',
+    'keyPaddingMask',
+    'attention',
+    ...(async ? ['signal'] : []),
+  ]);
+  const c = layers[0].config.attention;
+  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
+  const [B, L] = t.shape;
+  const b = new PlanBuilder();
+  b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+  const { memory, memoryPadding } = readMemory(layers, o, B, fn, b);
+  const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
+  const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
+  const out = new Float32Array(B * L * c.modelDim);
+  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: L, keyPadding, attention, memoryPadding }, () => ({ memory, state: null }));
+  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+}
+
+/** @internal The arrays of a decoder's state: a FAVOR state per layer, the memory's keys and values per cross-attention. */
+export function decoderStateSpec(owner: LayerBase, layers: Block[], batch: number): StateSpec {
+  const spec: StateSpec = [];
+  layers.forEach((layer, i) => {
+    spec.push(...owner.selfStateSpec(batch, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
+    if (layer.crossAttn !== null) {
+      spec.push({ name: `layers.${i}.crossAttn.key`, dtype: 'f32' }, { name: `layers.${i}.crossAttn.value`, dtype: 'f32' });
+    }
+  });
+  if (layers[0].crossAttn !== null) spec.push({ name: 'memoryKeyPaddingMask', dtype: 'u8' });
+  return spec;
+}
+
+function checkDecoding(layers: Block[], fn: string): void {
+  const c = layers[0].config.attention;
+  if (c.attention !== 'favor') {
+    throw rangeError(`${fn}: token-by-token decoding runs FAVOR+ attention; this model's attention is '${c.attention}'`, 'ERR_INVALID_ARG_VALUE');
+  }
+}
+
+/** @internal */
+export function buildDecoderState(owner: LayerBase, layers: Block[], batch: number, options: unknown, fn: string) {
+  checkDecoding(layers, fn);
+  const async = !fn.endsWith('Sync');
+  const o = readOptions<DecoderStateOptions>(options, `${fn} options`, ['memory', 'memoryKeyPaddingMask', ...(async ? ['signal'] : [])]);
+  const B = readInteger(batch, `${fn} batch`, 0, 1, 1 << 20);
+  const b = new PlanBuilder();
+  const { memory, memoryPadding } = readMemory(layers, o, B, fn, b);
+  const arrays = [];
+  for (const [i, layer] of layers.entries()) {
+    arrays.push(...owner.selfStates(B, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
+    if (layer.crossAttn !== null && memory !== null && memory.kind === 'memory') {
+      const { k, v } = layer.crossAttn.planKeyValues(b, memory.data, B, memory.length);
+      arrays.push({ name: `layers.${i}.crossAttn.key`, data: k }, { name: `layers.${i}.crossAttn.value`, data: v });
+    }
+  }
+  if (memory !== null && memory.kind === 'memory') {
+    arrays.push({ name: 'memoryKeyPaddingMask', data: memoryPadding !== null ? Uint8Array.from(memoryPadding) : new Uint8Array(B * memory.length).fill(1) });
+  }
+  const state = new DecodingState(owner.fingerprint(), B, arrays);
+  return { b, state, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+}
+
+/** @internal */
+export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: LayerNorm | null, x: unknown, state: DecodingState, fn: string) {
+  checkDecoding(layers, fn);
+  checkState(state, owner.fingerprint(), fn);
+  const c = layers[0].config.attention;
+  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
+  const [B, n] = t.shape;
+  const b = new PlanBuilder();
+  b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+  const out = new Float32Array(B * n * c.modelDim);
+  const mask = layers[0].crossAttn !== null ? state.array<Uint8Array>('memoryKeyPaddingMask') : null;
+  const memoryLength = mask !== null ? mask.length / B : 0;
+  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: n, keyPadding: null, attention: 'favor', memoryPadding: mask }, (i) => ({
+    state: state.array<Float32Array>(`layers.${i}.selfAttn.state`),
+    memory:
+      layers[i].crossAttn !== null
+        ? { kind: 'cached', k: state.array<Float32Array>(`layers.${i}.crossAttn.key`), v: state.array<Float32Array>(`layers.${i}.crossAttn.value`), length: memoryLength }
+        : null,
+  }));
+  return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
+}
+
+export { Block };

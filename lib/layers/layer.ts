@@ -1,0 +1,103 @@
+/**
+ * What every layer shares: named parameters (parameters / loadParameters), fixed
+ * random features (redrawFeatures), a fingerprint, and the decoding-state plumbing.
+ */
+import { native } from '../native';
+import type { Tensor, TensorLike } from '../tensor';
+import { readInteger } from '../validate';
+import { DecodingState, deserializeState, type StateArray } from './decoding';
+import type { MultiHeadAttention } from './multi-head-attention';
+import { fingerprint, load, snapshot, type LoadParametersOptions, type ParamSlot } from './parameters';
+
+/** @internal The arrays a decoding state of a model holds, by batch. */
+export type StateSpec = { name: string; dtype: 'f32' | 'u8'; length?: number }[];
+
+/** Base of the layer classes. */
+export abstract class LayerBase {
+  /** The resolved options (JSON-able). */
+  abstract readonly config: object;
+  private cachedFingerprint: string | null = null;
+
+  /** @internal Named parameter slots. */
+  abstract slots(prefix: string, into: Map<string, ParamSlot>): void;
+  /** @internal The attention modules, in parameter order. */
+  abstract attentionModules(): MultiHeadAttention[];
+
+  /**
+   * Copies of every parameter under its name (PyTorch layout: weight [out, in]),
+   * the random features included (`…features.projection`).
+   */
+  parameters(): Record<string, Tensor> {
+    const slots = new Map<string, ParamSlot>();
+    this.slots('', slots);
+    return snapshot(slots);
+  }
+
+  /**
+   * Replaces the parameters (values are copied). Nothing changes unless every tensor
+   * is present, finite and of the right shape. Tensors without `…features.projection`
+   * keep the current features when `strict` is false.
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) naming the missing and unexpected
+   *   tensors; RangeError naming a mis-shaped or non-finite tensor; TypeError for a
+   *   value that is not a Float32Array or tensor.
+   */
+  loadParameters(tensors: Record<string, TensorLike | Float32Array>, options?: LoadParametersOptions): void {
+    const slots = new Map<string, ParamSlot>();
+    this.slots('', slots);
+    const strict = options?.strict ?? true;
+    if (!strict && tensors !== null && typeof tensors === 'object') {
+      // Non-strict: absent feature projections keep the current features.
+      for (const name of [...slots.keys()]) if (name.endsWith('features.projection') && !(name in tensors)) slots.delete(name);
+    }
+    load(slots, tensors, options, `${this.constructor.name}.loadParameters`);
+    this.cachedFingerprint = null;
+  }
+
+  /**
+   * Samples new random features for every attention in this layer (module i gets
+   * seed + i). Features are otherwise fixed, and saved with the parameters.
+   * Decoding states made before no longer fit.
+   * @throws RangeError for a seed that is not an integer from 0 to 2^53 - 1.
+   */
+  redrawFeatures(seed: number): void {
+    const s = readInteger(seed, 'redrawFeatures seed', 0, 0, Number.MAX_SAFE_INTEGER - 1024);
+    this.attentionModules().forEach((m, i) => m.resample(s + i));
+    this.cachedFingerprint = null;
+  }
+
+  /** @internal CRC-32 of configuration and parameters: decoding states carry it. */
+  fingerprint(): string {
+    if (this.cachedFingerprint === null) {
+      const slots = new Map<string, ParamSlot>();
+      this.slots('', slots);
+      this.cachedFingerprint = `${this.constructor.name}:${fingerprint(this.config, slots)}`;
+    }
+    return this.cachedFingerprint;
+  }
+
+  /** @internal Causal self-attention states for `modules`, one array each. */
+  selfStates(batch: number, modules: MultiHeadAttention[], prefix: (i: number) => string): StateArray[] {
+    return modules.map((m, i) => {
+      const c = m.config;
+      const f = m.featureMap.featureCount;
+      const heads = batch * c.numHeads;
+      const data = new Float32Array(heads * native().favorStateFloats(f, c.headDim));
+      native().favorStateReset(data, heads, f, c.headDim);
+      return { name: `${prefix(i)}state`, data };
+    });
+  }
+
+  /** @internal */
+  selfStateSpec(batch: number, modules: MultiHeadAttention[], prefix: (i: number) => string): StateSpec {
+    return modules.map((m, i) => ({
+      name: `${prefix(i)}state`,
+      dtype: 'f32' as const,
+      length: batch * m.config.numHeads * native().favorStateFloats(m.featureMap.featureCount, m.config.headDim),
+    }));
+  }
+
+  /** @internal */
+  restoreState(bytes: Uint8Array, spec: (batch: number) => StateSpec, fn: string): DecodingState {
+    return deserializeState(bytes, this.fingerprint(), spec, fn);
+  }
+}

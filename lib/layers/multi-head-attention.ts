@@ -1,0 +1,563 @@
+/**
+ * Multi-head attention with FAVOR+ or exact softmax attention over the same weights.
+ * Shape legend: B = batch, Lq = query length, Lk = key (memory) length,
+ * D = modelDim, Dk = keyDim, H = numHeads, dh = headDim.
+ *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
+ */
+import { describe, rangeError, stateError, typeError } from '../errors';
+import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
+import type { MaskLike, Tensor, TensorLike } from '../tensor';
+import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
+import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
+import { LayerBase } from './layer';
+import { InitRandom, Linear, type ParamSlot } from './parameters';
+import { PlanBuilder } from './plan';
+
+/** Which attention a layer computes: FAVOR+ (linear) or exact softmax (quadratic). */
+export type AttentionKind = 'favor' | 'softmax';
+
+/**
+ * The random features of a layer's FAVOR+ attention: FeatureMap options (headDim is the
+ * layer's; seed defaults to one derived from the layer's seed).
+ */
+export type LayerFeatureOptions = Pick<FeatureMapOptions, 'numFeatures' | 'kernel' | 'orthogonal' | 'normScaling' | 'seed' | 'kernelEpsilon'>;
+
+/** Options of {@link MultiHeadAttention}. */
+export interface MultiHeadAttentionOptions {
+  /** D, the width of x and of the output. Required. */
+  modelDim: number;
+  /** H. Required. */
+  numHeads: number;
+  /** dh. Default modelDim / numHeads (which must then divide). */
+  headDim?: number;
+  /** Dk, the width of the memory (keys and values) in cross-attention. Default modelDim. */
+  keyDim?: number;
+  /** Default 'favor'; a call may override it. */
+  attention?: AttentionKind;
+  /** Query i attends key j <= i + (Lk - Lq). Default false. */
+  causal?: boolean;
+  /** Biases on the four projections. Default true. */
+  bias?: boolean;
+  /** The FAVOR+ features (also kept while the layer runs softmax, to switch per call). */
+  featureMap?: LayerFeatureOptions;
+  /** FAVOR only: added to the stabilized features (see favorAttention). Default 0. */
+  epsilon?: number;
+  /** FAVOR causal only: rows per chunk. Default 32. */
+  chunkSize?: number;
+  /** Seed of the random initial weights (and, unless featureMap.seed, of the features). Default 0. */
+  seed?: number;
+}
+
+/** The resolved options of a {@link MultiHeadAttention}: every default filled in. */
+export interface MultiHeadAttentionConfig {
+  /** D. */
+  modelDim: number;
+  /** H. */
+  numHeads: number;
+  /** dh. */
+  headDim: number;
+  /** Dk. */
+  keyDim: number;
+  /** The default attention. */
+  attention: AttentionKind;
+  /** Whether the attention is causal. */
+  causal: boolean;
+  /** Whether the projections have biases. */
+  bias: boolean;
+  /** The features (seed resolved). */
+  featureMap: Required<LayerFeatureOptions>;
+  /** FAVOR epsilon. */
+  epsilon: number;
+  /** FAVOR causal chunk rows. */
+  chunkSize: number;
+  /** Initialization seed. */
+  seed: number;
+}
+
+/** Options of {@link MultiHeadAttention.forward}. */
+export interface AttentionForwardOptions {
+  /** Keys and values come from here, [B, Lk, keyDim] (cross-attention). Default: x (self-attention). */
+  memory?: TensorLike;
+  /** `[B, Lk]` Uint8Array, nonzero = attend. */
+  keyPaddingMask?: MaskLike;
+  /** Overrides the layer's attention for this call. */
+  attention?: AttentionKind;
+  /** Async call only: aborting rejects with an AbortError. */
+  signal?: AbortSignal;
+}
+
+const KINDS: readonly AttentionKind[] = ['favor', 'softmax'];
+const FEATURE_OPTIONS = ['numFeatures', 'kernel', 'orthogonal', 'normScaling', 'seed', 'kernelEpsilon'] as const;
+export const MHA_OPTIONS = [
+  'modelDim',
+  'numHeads',
+  'headDim',
+  'keyDim',
+  'attention',
+  'causal',
+  'bias',
+  'featureMap',
+  'epsilon',
+  'chunkSize',
+  'seed',
+] as const;
+const MAX_DIM = 1 << 20;
+
+/** @internal Reads the options every attention-bearing module shares. */
+export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: string): MultiHeadAttentionConfig {
+  if (o.modelDim === undefined) throw typeError(`${fn}.modelDim: required, received undefined`);
+  if (o.numHeads === undefined) throw typeError(`${fn}.numHeads: required, received undefined`);
+  const modelDim = readInteger(o.modelDim, `${fn}.modelDim`, 0, 1, MAX_DIM);
+  const numHeads = readInteger(o.numHeads, `${fn}.numHeads`, 0, 1, modelDim * 64);
+  if (o.headDim === undefined && modelDim % numHeads !== 0) {
+    throw rangeError(`${fn}.numHeads: ${numHeads} does not divide modelDim ${modelDim}; pass headDim`);
+  }
+  const headDim = readInteger(o.headDim, `${fn}.headDim`, modelDim / numHeads, 1, 1 << 16);
+  const seed = readInteger(o.seed, `${fn}.seed`, 0, 0, Number.MAX_SAFE_INTEGER);
+  const f = readOptions<LayerFeatureOptions>(o.featureMap, `${fn}.featureMap`, FEATURE_OPTIONS);
+  const featureMap = {
+    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, 1 << 20),
+    kernel: (f.kernel ?? 'softmax') as FeatureKernel,
+    orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, true),
+    normScaling: (f.normScaling ?? 'chi') as NormScaling,
+    seed: readInteger(f.seed, `${fn}.featureMap.seed`, (seed * 7919) % 2 ** 48, 0, Number.MAX_SAFE_INTEGER),
+    kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, 1e-3, { min: 0 }),
+  };
+  return {
+    modelDim,
+    numHeads,
+    headDim,
+    keyDim: readInteger(o.keyDim, `${fn}.keyDim`, modelDim, 1, MAX_DIM),
+    attention: readEnum(o.attention, `${fn}.attention`, 'favor', KINDS),
+    causal: readBoolean(o.causal, `${fn}.causal`, false),
+    bias: readBoolean(o.bias, `${fn}.bias`, true),
+    featureMap,
+    epsilon: readNumber(o.epsilon, `${fn}.epsilon`, 0, { min: 0 }),
+    chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, 32, 1, 4096),
+    seed,
+  };
+}
+
+/** @internal Keys and values of one attention call. */
+export type KeySource =
+  | { kind: 'self' }
+  | { kind: 'memory'; data: Float32Array; length: number }
+  | { kind: 'cached'; k: Float32Array; v: Float32Array; length: number };
+
+/** @internal One attention call inside a plan. */
+export interface AttentionCall {
+  x: Float32Array; // [B * Lq, D]
+  batch: number;
+  queryLength: number;
+  keys: KeySource;
+  y: Float32Array; // [B * Lq, D]
+  residual: Float32Array | null;
+  keyPadding: Uint8Array | null;
+  attention: AttentionKind;
+  causal: boolean;
+  state: Float32Array | null;
+}
+
+/**
+ * Multi-head attention: out = concat_h(attention(x Wq_h, m Wk_h, m Wv_h)) Wo (+ biases),
+ * with m = x (self-attention) or a memory (cross-attention). The same weights run under
+ * FAVOR+ or exact softmax attention (`attention`, per layer or per call). Parameter names:
+ * q.weight [H dh, D], q.bias, k.weight [H dh, Dk], k.bias, v.weight, v.bias,
+ * out.weight [D, H dh], out.bias, features.projection [m, dh].
+ */
+export class MultiHeadAttention extends LayerBase {
+  /** The resolved options. */
+  readonly config: MultiHeadAttentionConfig;
+  /** @internal */ readonly q: Linear;
+  /** @internal */ readonly k: Linear;
+  /** @internal */ readonly v: Linear;
+  /** @internal */ readonly out: Linear;
+  private features: FeatureMap;
+  private fused: { qkv: Linear; kv: Linear } | null = null;
+
+  /**
+   * @throws TypeError for a missing or mistyped option, RangeError for a bad value
+   *   (for example numHeads not dividing modelDim without headDim).
+   */
+  constructor(options: MultiHeadAttentionOptions) {
+    const o = readOptions<MultiHeadAttentionOptions>(options, 'MultiHeadAttention options', MHA_OPTIONS);
+    super();
+    if (options === undefined) throw typeError('MultiHeadAttention options: expected an object, received undefined');
+    this.config = readAttentionOptions(o, 'MultiHeadAttention options');
+    const c = this.config;
+    const inner = c.numHeads * c.headDim;
+    const random = new InitRandom(c.seed);
+    this.q = new Linear(c.modelDim, inner, c.bias, random);
+    this.k = new Linear(c.keyDim, inner, c.bias, random);
+    this.v = new Linear(c.keyDim, inner, c.bias, random);
+    this.out = new Linear(inner, c.modelDim, c.bias, random);
+    this.features = this.sampleFeatures(c.featureMap.seed);
+  }
+
+  /**
+   * Attention of x (and of `memory`, for cross-attention), off the event loop.
+   * @param x `[B, Lq, modelDim]` float32.
+   * @returns `[B, Lq, modelDim]`.
+   * @throws TypeError / RangeError (the Promise rejects) for bad shapes, options or
+   *   non-finite inputs; AbortError when `signal` aborts.
+   */
+  async forward(x: TensorLike, options?: AttentionForwardOptions): Promise<Tensor> {
+    const { b, out, signal } = this.build(x, options, 'MultiHeadAttention.forward');
+    await b.run(signal);
+    return out;
+  }
+
+  /** The blocking twin of {@link forward} (no `signal`). */
+  forwardSync(x: TensorLike, options?: Omit<AttentionForwardOptions, 'signal'>): Tensor {
+    const { b, out } = this.build(x, options, 'MultiHeadAttention.forwardSync');
+    b.runSync();
+    return out;
+  }
+
+  private build(x: unknown, options: unknown, fn: string) {
+    const async = !fn.endsWith('Sync');
+    const o = readOptions<AttentionForwardOptions>(options, `${fn} options`, [
+      'memory',
+      'keyPaddingMask',
+      'attention',
+      ...(async ? ['signal'] : []),
+    ]);
+    const c = this.config;
+    const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
+    const [B, Lq] = t.shape;
+    const b = new PlanBuilder();
+    b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+    let keys: KeySource = { kind: 'self' };
+    let Lk = Lq;
+    if (o.memory !== undefined) {
+      const m = readSequence(o.memory, `${fn} options.memory`, c.keyDim, 'keyDim', B);
+      Lk = m.shape[1];
+      keys = { kind: 'memory', data: m.data, length: Lk };
+      b.add({ op: 'checkFinite', x: m.data, name: `${fn} options.memory` });
+    } else if (c.keyDim !== c.modelDim) {
+      throw rangeError(`${fn} options.memory: required, since keyDim ${c.keyDim} differs from modelDim ${c.modelDim}`);
+    }
+    const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, Lk);
+    const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
+    const out = new Float32Array(B * Lq * c.modelDim);
+    this.plan(b, { x: t.data, batch: B, queryLength: Lq, keys, y: out, residual: null, keyPadding, attention, causal: c.causal, state: null });
+    return { b, out: { data: out, shape: Object.freeze([B, Lq, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+  }
+
+  /**
+   * A decoding state for `batch` sequences: causal self-attention continued token by
+   * token with {@link step} (FAVOR+; memory and time per token independent of the context).
+   * @throws RangeError when the layer is not causal self-attention with FAVOR+ attention.
+   */
+  createState(batch: number): DecodingState {
+    this.checkDecoding('MultiHeadAttention.createState');
+    const B = readInteger(batch, 'MultiHeadAttention.createState batch', 0, 1, 1 << 20);
+    return new DecodingStateImpl(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
+  }
+
+  /**
+   * Reads a state written by `DecodingState.serialize` (of this model).
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a corrupt buffer, another format
+   *   version, or a state of another model (weights, features or configuration).
+   */
+  loadState(bytes: Uint8Array): DecodingState {
+    return this.restoreState(bytes, (B) => this.selfStateSpec(B, [this], () => 'selfAttn.'), 'MultiHeadAttention.loadState');
+  }
+
+  /**
+   * The next `n` tokens of each sequence, [B, n, modelDim] (n = 1 for a token, more
+   * for a prompt chunk): their outputs, attending every token absorbed so far; the
+   * state advances by n. Equal to the causal forward of the whole sequence up to rounding.
+   * @throws TypeError / RangeError for bad input; Error (`ERR_INVALID_STATE`) while
+   *   another async step uses the state.
+   */
+  async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    const o = readOptions<{ signal?: AbortSignal }>(options, 'MultiHeadAttention.step options', ['signal']);
+    const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.step');
+    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'MultiHeadAttention.step options.signal')));
+    return out;
+  }
+
+  /** The blocking twin of {@link step}. */
+  stepSync(x: TensorLike, state: DecodingState): Tensor {
+    const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.stepSync');
+    runStepSync(state, n, () => b.runSync());
+    return out;
+  }
+
+  private checkDecoding(fn: string): void {
+    const c = this.config;
+    if (!c.causal || c.keyDim !== c.modelDim || c.attention !== 'favor') {
+      throw rangeError(
+        `${fn}: token-by-token decoding needs causal self-attention with FAVOR+ (causal: true, attention: 'favor', keyDim = modelDim); ` +
+          `this layer has causal ${c.causal}, attention '${c.attention}', keyDim ${c.keyDim}`,
+        'ERR_INVALID_ARG_VALUE',
+      );
+    }
+  }
+
+  private buildStep(x: unknown, state: DecodingState, fn: string) {
+    this.checkDecoding(fn);
+    checkState(state, this.fingerprint(), fn);
+    const c = this.config;
+    const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
+    const [B, n] = t.shape;
+    const b = new PlanBuilder();
+    b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+    const out = new Float32Array(B * n * c.modelDim);
+    this.plan(b, {
+      x: t.data,
+      batch: B,
+      queryLength: n,
+      keys: { kind: 'self' },
+      y: out,
+      residual: null,
+      keyPadding: null,
+      attention: 'favor',
+      causal: true,
+      state: state.array<Float32Array>('selfAttn.state'),
+    });
+    return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
+  }
+
+  /** @internal */
+  attentionModules(): MultiHeadAttention[] {
+    return [this];
+  }
+
+  /** The FeatureMap the FAVOR+ attention of this layer uses (fixed until {@link redrawFeatures}). */
+  get featureMap(): FeatureMap {
+    return this.features;
+  }
+
+  /** @internal Samples new features with `seed` (LayerBase.redrawFeatures). */
+  resample(seed: number): void {
+    this.features = this.sampleFeatures(seed);
+    this.config.featureMap.seed = seed;
+  }
+
+  private sampleFeatures(seed: number): FeatureMap {
+    const f = this.config.featureMap;
+    return new FeatureMap({
+      headDim: this.config.headDim,
+      numFeatures: f.numFeatures,
+      kernel: f.kernel,
+      orthogonal: f.orthogonal,
+      normScaling: f.normScaling,
+      seed,
+      kernelEpsilon: f.kernelEpsilon,
+    });
+  }
+
+  /** @internal Named parameter slots under `prefix` (with a trailing dot, or ''). */
+  slots(prefix: string, into: Map<string, ParamSlot>): void {
+    const invalidate = () => (this.fused = null);
+    for (const [name, linear] of [['q', this.q], ['k', this.k], ['v', this.v], ['out', this.out]] as const) {
+      const own = new Map<string, ParamSlot>();
+      linear.slots(`${prefix}${name}`, own);
+      for (const [key, slot] of own) into.set(key, { ...slot, set: (v) => (slot.set(v), invalidate()) });
+    }
+    const f = this.config.featureMap;
+    if (this.features.projection !== null) {
+      into.set(`${prefix}features.projection`, {
+        shape: [f.numFeatures, this.config.headDim],
+        get: () => this.features.projection!,
+        set: (values) => {
+          this.features = FeatureMap.fromProjection(values, {
+            headDim: this.config.headDim,
+            numFeatures: f.numFeatures,
+            kernel: f.kernel,
+            kernelEpsilon: f.kernelEpsilon,
+          });
+        },
+      });
+    }
+  }
+
+  // Fused projections: one pass over x for q, k and v (self) or k and v (memory).
+  private fusedLinears(): { qkv: Linear; kv: Linear } {
+    if (this.fused === null) {
+      const concat = (parts: Linear[], pick: (l: Linear) => Float32Array | null) => {
+        const arrays = parts.map(pick);
+        if (arrays.some((a) => a === null)) return null;
+        const out = new Float32Array(arrays.reduce((n, a) => n + a!.length, 0));
+        let at = 0;
+        for (const a of arrays) {
+          out.set(a!, at);
+          at += a!.length;
+        }
+        return out;
+      };
+      const make = (parts: Linear[]) => {
+        const l = Object.create(Linear.prototype) as Linear;
+        Object.assign(l, {
+          inFeatures: parts[0].inFeatures,
+          outFeatures: parts.reduce((n, p) => n + p.outFeatures, 0),
+          weight: concat(parts, (p) => p.weight)!,
+          bias: concat(parts, (p) => p.bias),
+          packedWeight: null,
+        });
+        return l;
+      };
+      const sameInput = this.config.keyDim === this.config.modelDim;
+      this.fused = { qkv: sameInput ? make([this.q, this.k, this.v]) : this.q, kv: make([this.k, this.v]) };
+    }
+    return this.fused;
+  }
+
+  /** @internal Appends one attention call to a plan. */
+  plan(b: PlanBuilder, a: AttentionCall): void {
+    const c = this.config;
+    const inner = c.numHeads * c.headDim;
+    const B = a.batch;
+    const Lq = a.queryLength;
+    const rows = B * Lq;
+    const heads = { batch: B, heads: c.numHeads, headDim: c.headDim };
+    const split = (src: Float32Array, srcStride: number, len: number) => {
+      const dst = b.acquire(B * len * inner);
+      b.add({ op: 'splitHeads', src, srcStride, len, dst, ...heads });
+      return dst;
+    };
+    const fused = this.fusedLinears();
+    let q: Float32Array, k: Float32Array, v: Float32Array;
+    let Lk: number;
+    if (a.keys.kind === 'self' && fused.qkv !== this.q) {
+      Lk = Lq;
+      const qkv = b.acquire(rows * 3 * inner);
+      this.linear(b, fused.qkv, a.x, rows, qkv, null);
+      q = split(qkv, 3 * inner, Lq);
+      k = split(qkv.subarray(inner), 3 * inner, Lq);
+      v = split(qkv.subarray(2 * inner), 3 * inner, Lq);
+      b.release(qkv);
+    } else {
+      const qp = b.acquire(rows * inner);
+      this.linear(b, this.q, a.x, rows, qp, null);
+      q = split(qp, inner, Lq);
+      b.release(qp);
+      if (a.keys.kind === 'cached') {
+        Lk = a.keys.length;
+        k = a.keys.k;
+        v = a.keys.v;
+      } else {
+        const src = a.keys.kind === 'self' ? a.x : a.keys.data;
+        Lk = a.keys.kind === 'self' ? Lq : a.keys.length;
+        const kv = b.acquire(B * Lk * 2 * inner);
+        this.linear(b, fused.kv, src, B * Lk, kv, null);
+        k = split(kv, 2 * inner, Lk);
+        v = split(kv.subarray(inner), 2 * inner, Lk);
+        b.release(kv);
+      }
+    }
+    const o = b.acquire(rows * inner);
+    const dims = { batch: B, heads: c.numHeads, queryLength: Lq, keyLength: Lk, headDim: c.headDim, valueDim: c.headDim };
+    const options =
+      a.attention === 'favor'
+        ? {
+            ...this.features.nativeSpec(),
+            causal: a.causal,
+            keyPadding: a.keyPadding,
+            epsilon: c.epsilon,
+            chunkSize: c.chunkSize,
+            state: a.state,
+          }
+        : { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) };
+    b.add({ op: a.attention, q, k, v, out: o, dims, options });
+    b.release(q);
+    if (a.keys.kind !== 'cached') {
+      b.release(k);
+      b.release(v);
+    }
+    const merged = b.acquire(rows * inner);
+    b.add({ op: 'mergeHeads', src: o, dst: merged, len: Lq, ...heads });
+    b.release(o);
+    this.linear(b, this.out, merged, rows, a.y, a.residual);
+    b.release(merged);
+  }
+
+  /** @internal Projects a memory into cached keys and values [B, H, Lk, dh] (decoding). */
+  planKeyValues(b: PlanBuilder, memory: Float32Array, batch: number, length: number): { k: Float32Array; v: Float32Array } {
+    const c = this.config;
+    const inner = c.numHeads * c.headDim;
+    const kv = b.acquire(batch * length * 2 * inner);
+    this.linear(b, this.fusedLinears().kv, memory, batch * length, kv, null);
+    const k = new Float32Array(batch * length * inner);
+    const v = new Float32Array(batch * length * inner);
+    const heads = { batch, heads: c.numHeads, headDim: c.headDim, len: length, srcStride: 2 * inner };
+    b.add({ op: 'splitHeads', src: kv, dst: k, ...heads });
+    b.add({ op: 'splitHeads', src: kv.subarray(inner), dst: v, ...heads });
+    b.release(kv);
+    return { k, v };
+  }
+
+  private linear(b: PlanBuilder, l: Linear, x: Float32Array, rows: number, y: Float32Array, residual: Float32Array | null): void {
+    b.add({
+      op: 'linear',
+      x,
+      rows,
+      in: l.inFeatures,
+      out: l.outFeatures,
+      packed: l.packed,
+      bias: l.bias,
+      residual,
+      activation: 'none',
+      y,
+    });
+  }
+}
+
+/** @internal Rejects a state of another model, or one in use by an async step. */
+export function checkState(state: unknown, model: string, fn: string): asserts state is DecodingState {
+  if (!(state instanceof DecodingStateImpl)) throw typeError(`${fn} state: expected a DecodingState, received ${describe(state)}`);
+  if (state.model !== model) {
+    throw rangeError(`${fn} state: made by a different model or before its parameters or features changed`, 'ERR_INVALID_ARG_VALUE');
+  }
+  if (state.busy) throw stateError(`${fn} state: an async step is using it; await that step first`);
+}
+
+/** @internal Runs a step; the state advances only when it succeeds. */
+export async function runStep(state: DecodingState, n: number, run: () => Promise<void>): Promise<void> {
+  state.busy = true;
+  try {
+    await run();
+    state.position += n;
+  } finally {
+    state.busy = false;
+  }
+}
+
+/** @internal */
+export function runStepSync(state: DecodingState, n: number, run: () => void): void {
+  run();
+  state.position += n;
+}
+
+/** @internal Reads [B, L, width] (the legend names the dims). */
+export function readSequence(value: unknown, name: string, width: number, widthName: string, batch?: number): Tensor {
+  const t = readTensor(value, name, 3, `[batch, seq, ${widthName}]`);
+  const [B, , W] = t.shape;
+  if (W !== width || (batch !== undefined && B !== batch)) {
+    const expected = [batch ?? B, t.shape[1], width];
+    throw rangeError(`${name}: expected shape ${formatShape(expected)} ([batch, seq, ${widthName}]), received ${formatShape(t.shape)}`);
+  }
+  return t;
+}
+
+/** @internal */
+export function readKind(value: unknown, name: string, fallback: AttentionKind): AttentionKind {
+  return readEnum(value, name, fallback, KINDS);
+}
+
+/** @internal */
+export function readPadding(value: unknown, name: string, batch: number, length: number): Uint8Array | null {
+  return value === undefined ? null : readMask(value, name, [batch, length]);
+}
+
+/** @internal Duck-typed AbortSignal (signals from other realms fail instanceof). */
+export function readLayerSignal(value: unknown, name: string): AbortSignal | undefined {
+  if (value === undefined) return undefined;
+  const s = value as { aborted?: unknown; addEventListener?: unknown };
+  if (value === null || typeof value !== 'object' || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
+    throw typeError(`${name}: expected an AbortSignal, received ${describe(value)}`);
+  }
+  return value as AbortSignal;
+}

@@ -1,0 +1,182 @@
+/**
+ * Parameters of the layers: named slots with shapes (PyTorch layout, weight
+ * [out, in]), seeded initialization, loading with errors that name every missing,
+ * extra or mis-shaped tensor, and a fingerprint that decoding states carry.
+ */
+import { describe, rangeError, typeError } from '../errors';
+import { native } from '../native';
+import type { Tensor, TensorLike } from '../tensor';
+import { formatShape, isFloat32Array, readBoolean, readOptions } from '../validate';
+
+/** @internal A named parameter: its shape, a view of its values and how to replace them. */
+export interface ParamSlot {
+  readonly shape: readonly number[];
+  get(): Float32Array;
+  set(values: Float32Array): void;
+}
+
+/** Options of `loadParameters`. */
+export interface LoadParametersOptions {
+  /** Reject names this module does not have. Default true. */
+  strict?: boolean;
+}
+
+/** @internal A small seeded generator (32-bit state steps) for weight initialization. */
+export class InitRandom {
+  private state: number;
+  constructor(seed: number) {
+    this.state = (Math.floor(seed) ^ 0x9e3779b9) >>> 0;
+  }
+  /** Uniform in [-bound, bound). */
+  uniform(bound: number): number {
+    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    const u = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return (2 * u - 1) * bound;
+  }
+  fill(n: number, bound: number): Float32Array {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = this.uniform(bound);
+    return a;
+  }
+}
+
+/** @internal y = x W^T + b with W [out, in]; the packed copy for the kernels is made on first use. */
+export class Linear {
+  weight: Float32Array;
+  bias: Float32Array | null;
+  private packedWeight: Float32Array | null = null;
+
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    bias: boolean,
+    random: InitRandom,
+  ) {
+    // Glorot-uniform weights; biases as PyTorch's Linear (so tests see nonzero biases).
+    this.weight = random.fill(inFeatures * outFeatures, Math.sqrt(6 / (inFeatures + outFeatures)));
+    this.bias = bias ? random.fill(outFeatures, 1 / Math.sqrt(inFeatures)) : null;
+  }
+
+  get packed(): Float32Array {
+    if (this.packedWeight === null) this.packedWeight = native().linearPack(this.weight, this.inFeatures, this.outFeatures);
+    return this.packedWeight;
+  }
+
+  slots(prefix: string, into: Map<string, ParamSlot>): void {
+    into.set(`${prefix}.weight`, {
+      shape: [this.outFeatures, this.inFeatures],
+      get: () => this.weight,
+      set: (v) => {
+        this.weight = v;
+        this.packedWeight = null;
+      },
+    });
+    if (this.bias !== null) {
+      into.set(`${prefix}.bias`, { shape: [this.outFeatures], get: () => this.bias!, set: (v) => (this.bias = v) });
+    }
+  }
+}
+
+/** @internal LayerNorm over the last dimension: weight (gamma) and bias (beta). */
+export class LayerNorm {
+  weight: Float32Array;
+  bias: Float32Array;
+  constructor(
+    readonly dim: number,
+    readonly eps: number,
+  ) {
+    this.weight = new Float32Array(dim).fill(1);
+    this.bias = new Float32Array(dim);
+  }
+  slots(prefix: string, into: Map<string, ParamSlot>): void {
+    into.set(`${prefix}.weight`, { shape: [this.dim], get: () => this.weight, set: (v) => (this.weight = v) });
+    into.set(`${prefix}.bias`, { shape: [this.dim], get: () => this.bias, set: (v) => (this.bias = v) });
+  }
+}
+
+function readValues(name: string, value: unknown, shape: readonly number[]): Float32Array {
+  const count = shape.reduce((a, b) => a * b, 1);
+  let data: Float32Array;
+  if (isFloat32Array(value)) {
+    data = value;
+  } else if (value !== null && typeof value === 'object' && isFloat32Array((value as { data?: unknown }).data)) {
+    const t = value as { data: Float32Array; shape?: readonly number[]; dims?: readonly number[] };
+    const given = t.shape ?? t.dims;
+    if (given !== undefined && (given.length !== shape.length || given.some((d, i) => d !== shape[i]))) {
+      throw rangeError(`${name}: expected shape ${formatShape(shape)}, received ${formatShape(Array.from(given))}`);
+    }
+    data = t.data;
+  } else {
+    throw typeError(`${name}: expected a Float32Array or a tensor { data, shape }, received ${describe(value)}`);
+  }
+  if (data.length !== count) {
+    throw rangeError(`${name}: expected shape ${formatShape(shape)} (${count} values), received ${data.length} values`);
+  }
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) throw rangeError(`${name}: values must be finite, received ${data[i]} at index ${i}`);
+  }
+  return Float32Array.from(data);
+}
+
+/** @internal parameters() of a slot map: copies, with frozen shapes. */
+export function snapshot(slots: Map<string, ParamSlot>): Record<string, Tensor> {
+  const out: Record<string, Tensor> = {};
+  for (const [name, slot] of slots) out[name] = { data: Float32Array.from(slot.get()), shape: Object.freeze([...slot.shape]) };
+  return out;
+}
+
+/** @internal loadParameters() of a slot map: checks everything before changing anything. */
+export function load(
+  slots: Map<string, ParamSlot>,
+  tensors: Record<string, TensorLike | Float32Array>,
+  options: LoadParametersOptions | undefined,
+  fn: string,
+): void {
+  const o = readOptions<LoadParametersOptions>(options, `${fn} options`, ['strict']);
+  const strict = readBoolean(o.strict, `${fn} options.strict`, true);
+  if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors) || ArrayBuffer.isView(tensors)) {
+    throw typeError(`${fn}: expected an object of named tensors, received ${describe(tensors)}`);
+  }
+  const missing = [...slots.keys()].filter((name) => !(name in tensors));
+  const extra = Object.keys(tensors).filter((name) => !slots.has(name));
+  if (missing.length > 0 || (strict && extra.length > 0)) {
+    const parts: string[] = [];
+    if (missing.length > 0) parts.push(`missing ${missing.join(', ')}`);
+    if (strict && extra.length > 0) parts.push(`unexpected ${extra.join(', ')}`);
+    throw rangeError(`${fn}: ${parts.join('; ')}`, 'ERR_INVALID_ARG_VALUE');
+  }
+  const values = new Map<string, Float32Array>();
+  for (const [name, slot] of slots) values.set(name, readValues(`${fn}: ${name}`, tensors[name], slot.shape));
+  for (const [name, slot] of slots) slot.set(values.get(name)!);
+}
+
+// CRC-32 (IEEE), for fingerprints and the checksums of serialized states.
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** @internal */
+export function crc32(bytes: Uint8Array, crc = 0): number {
+  let c = ~crc >>> 0;
+  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/** @internal A fingerprint of a configuration and its parameters (states made by one model fit only it). */
+export function fingerprint(config: object, slots: Map<string, ParamSlot>): string {
+  let c = crc32(Buffer.from(JSON.stringify(config)));
+  for (const [name, slot] of [...slots].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    c = crc32(Buffer.from(name), c);
+    const v = slot.get();
+    c = crc32(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), c);
+  }
+  return c.toString(16).padStart(8, '0');
+}

@@ -1,0 +1,98 @@
+/**
+ * Layer plans: a forward pass is built in TypeScript as a list of native steps
+ * (projections, layer norms, head reshapes, attention) and run by the addon in one
+ * call, synchronously or off the event loop (one async hop per pass, not per step).
+ * Temporaries come from a process-wide cache of Float32Arrays, so repeated passes of
+ * the same shapes touch no fresh pages.
+ */
+import { runAbortable } from '../attention';
+import { native } from '../native';
+
+/** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
+export type PlanStep = { op: string } & Record<string, unknown>;
+
+// Cached temporaries by length; bounded so that many distinct shapes cannot grow it
+// without limit (the oldest lengths go first).
+const CACHE_LIMIT_BYTES = 256 * 1024 * 1024;
+const cache = new Map<number, Float32Array[]>();
+let cachedBytes = 0;
+
+function takeCached(length: number): Float32Array | undefined {
+  const list = cache.get(length);
+  const buffer = list?.pop();
+  if (buffer === undefined) return undefined;
+  if (list!.length === 0) cache.delete(length);
+  cachedBytes -= buffer.byteLength;
+  return buffer;
+}
+
+function giveBack(buffers: Iterable<Float32Array>): void {
+  for (const buffer of buffers) {
+    if (buffer.byteLength > CACHE_LIMIT_BYTES) continue;
+    let list = cache.get(buffer.length);
+    if (list === undefined) {
+      list = [];
+      cache.set(buffer.length, list);
+    } else {
+      cache.delete(buffer.length); // re-insert: most recently used last
+      cache.set(buffer.length, list);
+    }
+    list.push(buffer);
+    cachedBytes += buffer.byteLength;
+  }
+  for (const [length, list] of cache) {
+    if (cachedBytes <= CACHE_LIMIT_BYTES) break;
+    while (list.length > 0 && cachedBytes > CACHE_LIMIT_BYTES) cachedBytes -= list.pop()!.byteLength;
+    if (list.length === 0) cache.delete(length);
+  }
+}
+
+/**
+ * @internal Collects steps and their temporaries. Steps run in the order they are
+ * added, so a temporary released after its last use may serve a later step.
+ */
+export class PlanBuilder {
+  readonly steps: PlanStep[] = [];
+  private readonly owned: Float32Array[] = [];
+  private readonly free = new Map<number, Float32Array[]>();
+
+  add(step: PlanStep): void {
+    this.steps.push(step);
+  }
+
+  /** A temporary of `length` floats (contents undefined). */
+  acquire(length: number): Float32Array {
+    const reused = this.free.get(length)?.pop();
+    if (reused !== undefined) return reused;
+    const buffer = takeCached(length) ?? new Float32Array(length);
+    this.owned.push(buffer);
+    return buffer;
+  }
+
+  /** `buffer` is not read or written by any step added after this call. */
+  release(buffer: Float32Array): void {
+    let list = this.free.get(buffer.length);
+    if (list === undefined) this.free.set(buffer.length, (list = []));
+    list.push(buffer);
+  }
+
+  runSync(): void {
+    try {
+      native().runPlanSync(this.steps);
+    } finally {
+      giveBack(this.owned);
+    }
+  }
+
+  /**
+   * Off the event loop. `atomic`: once running, the plan is not stopped by the signal
+   * (a multi-layer decoding step must advance every layer's state or none).
+   */
+  async run(signal: AbortSignal | undefined, atomic = false): Promise<void> {
+    try {
+      await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal);
+    } finally {
+      giveBack(this.owned);
+    }
+  }
+}

@@ -1,0 +1,210 @@
+/**
+ * Stacks of blocks, as PyTorch's nn.TransformerEncoder / nn.TransformerDecoder:
+ * numLayers identical layers (each with its own weights and features) and an
+ * optional final LayerNorm. The whole stack runs as one native plan: one async hop
+ * per forward pass or decoding step.
+ */
+import { typeError } from '../errors';
+import type { Tensor, TensorLike } from '../tensor';
+import { readBoolean, readInteger, readOptions } from '../validate';
+import {
+  BLOCK_OPTIONS,
+  buildDecoder,
+  buildDecoderState,
+  buildDecoderStep,
+  buildEncoder,
+  decoderStateSpec,
+  DecoderLayer,
+  EncoderLayer,
+  type BlockConfig,
+  type DecoderForwardOptions,
+  type DecoderLayerOptions,
+  type DecoderStateOptions,
+  type EncoderForwardOptions,
+  type EncoderLayerOptions,
+} from './blocks';
+import type { DecodingState } from './decoding';
+import { LayerBase } from './layer';
+import { runStep, runStepSync, readLayerSignal, type MultiHeadAttention } from './multi-head-attention';
+import { LayerNorm, type ParamSlot } from './parameters';
+
+/** Options of {@link TransformerEncoder}: the layer options plus the stack's. */
+export interface TransformerEncoderOptions extends EncoderLayerOptions {
+  /** Number of layers. Required. */
+  numLayers: number;
+  /** A LayerNorm after the last layer (parameters norm.*). Default false. */
+  finalNorm?: boolean;
+}
+
+/** Options of {@link TransformerDecoder}. */
+export interface TransformerDecoderOptions extends DecoderLayerOptions {
+  /** Number of layers. Required. */
+  numLayers: number;
+  /** A LayerNorm after the last layer (parameters norm.*). Default false. */
+  finalNorm?: boolean;
+}
+
+/** The resolved options of a stack. */
+export interface StackConfig extends BlockConfig {
+  /** Number of layers. */
+  numLayers: number;
+  /** Whether a final LayerNorm follows. */
+  finalNorm: boolean;
+}
+
+function readStack(options: unknown, fn: string, extra: readonly string[]) {
+  const o = readOptions<TransformerDecoderOptions>(options, `${fn} options`, [...BLOCK_OPTIONS, ...extra, 'numLayers', 'finalNorm']);
+  if (options === undefined) throw typeError(`${fn} options: expected an object, received undefined`);
+  if (o.numLayers === undefined) throw typeError(`${fn} options.numLayers: required, received undefined`);
+  const numLayers = readInteger(o.numLayers, `${fn} options.numLayers`, 0, 1, 1024);
+  const finalNorm = readBoolean(o.finalNorm, `${fn} options.finalNorm`, false);
+  const { numLayers: _n, finalNorm: _f, ...layer } = o;
+  return { numLayers, finalNorm, layer };
+}
+
+abstract class Stack<L extends EncoderLayer | DecoderLayer> extends LayerBase {
+  abstract readonly config: StackConfig;
+  /** The layers, in order. */
+  readonly layers: readonly L[];
+  /** @internal */ readonly norm: LayerNorm | null;
+
+  protected constructor(layers: L[], finalNorm: boolean) {
+    super();
+    this.layers = Object.freeze(layers);
+    const c = layers[0].config;
+    this.norm = finalNorm ? new LayerNorm(c.attention.modelDim, c.layerNormEps) : null;
+  }
+
+  /** @internal */
+  slots(prefix: string, into: Map<string, ParamSlot>): void {
+    this.layers.forEach((layer, i) => layer.slots(`${prefix}layers.${i}.`, into));
+    if (this.norm !== null) this.norm.slots(`${prefix}norm`, into);
+  }
+
+  /** @internal */
+  attentionModules(): MultiHeadAttention[] {
+    return this.layers.flatMap((layer) => layer.attentionModules());
+  }
+}
+
+/**
+ * A stack of {@link EncoderLayer}s. Parameter names: layers.{i}.selfAttn.*, …, norm.*.
+ * Shape legend: x [B, L, modelDim], keyPaddingMask [B, L] -> [B, L, modelDim].
+ */
+export class TransformerEncoder extends Stack<EncoderLayer> {
+  /** The resolved options. */
+  readonly config: StackConfig;
+
+  /** @throws TypeError / RangeError for missing or bad options. */
+  constructor(options: TransformerEncoderOptions) {
+    const { numLayers, finalNorm, layer } = readStack(options, 'TransformerEncoder', []);
+    const layers = Array.from({ length: numLayers }, (_, i) => new EncoderLayer(layer as EncoderLayerOptions, i));
+    super(layers, finalNorm);
+    this.config = { ...layers[0].config, numLayers, finalNorm };
+  }
+
+  /**
+   * The stack on x, off the event loop (one native call for every layer).
+   * @param x `[B, L, modelDim]` float32.
+   * @returns `[B, L, modelDim]`.
+   * @throws TypeError / RangeError (the Promise rejects) for bad input; AbortError on abort.
+   */
+  async forward(x: TensorLike, options?: EncoderForwardOptions): Promise<Tensor> {
+    const { b, out, signal } = buildEncoder([...this.layers], this.norm, x, options, 'TransformerEncoder.forward');
+    await b.run(signal);
+    return out;
+  }
+
+  /** The blocking twin of {@link forward} (no `signal`). */
+  forwardSync(x: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): Tensor {
+    const { b, out } = buildEncoder([...this.layers], this.norm, x, options, 'TransformerEncoder.forwardSync');
+    b.runSync();
+    return out;
+  }
+}
+
+/**
+ * A stack of {@link DecoderLayer}s with token-by-token decoding: createState (with the
+ * memory for cross-attention), then step through a prompt in chunks and token by token.
+ * Parameter names: layers.{i}.selfAttn.*, layers.{i}.crossAttn.*, …, norm.*.
+ */
+export class TransformerDecoder extends Stack<DecoderLayer> {
+  /** The resolved options. */
+  readonly config: StackConfig;
+
+  /** @throws TypeError / RangeError for missing or bad options. */
+  constructor(options: TransformerDecoderOptions) {
+    const { numLayers, finalNorm, layer } = readStack(options, 'TransformerDecoder', ['crossAttention']);
+    const layers = Array.from({ length: numLayers }, (_, i) => new DecoderLayer(layer as DecoderLayerOptions, i));
+    super(layers, finalNorm);
+    this.config = { ...layers[0].config, numLayers, finalNorm };
+  }
+
+  /**
+   * The stack on x (causal self-attention in every layer), off the event loop.
+   * @param x `[B, L, modelDim]` float32.
+   * @returns `[B, L, modelDim]`.
+   */
+  async forward(x: TensorLike, options?: DecoderForwardOptions): Promise<Tensor> {
+    const { b, out, signal } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forward');
+    await b.run(signal);
+    return out;
+  }
+
+  /** The blocking twin of {@link forward}. */
+  forwardSync(x: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): Tensor {
+    const { b, out } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forwardSync');
+    b.runSync();
+    return out;
+  }
+
+  /**
+   * A decoding state for `batch` sequences: per layer, the running FAVOR+ state of
+   * each head (its size does not grow with the context), and the memory's projected
+   * keys and values for the cross-attention (memory required when it exists).
+   * @throws RangeError when the model's attention is not 'favor'; TypeError / RangeError for a bad memory.
+   */
+  createStateSync(batch: number, options?: Omit<DecoderStateOptions, 'signal'>): DecodingState {
+    const { b, state } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createStateSync');
+    b.runSync();
+    return state;
+  }
+
+  /** Async twin of {@link createStateSync} (projects the memory off the event loop). */
+  async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
+    const { b, state, signal } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createState');
+    await b.run(signal);
+    return state;
+  }
+
+  /**
+   * Reads a state written by `DecodingState.serialize` (of this model).
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a corrupt buffer, another format
+   *   version, or a state of another model (weights, features or configuration).
+   */
+  loadState(bytes: Uint8Array): DecodingState {
+    return this.restoreState(bytes, (B) => decoderStateSpec(this, [...this.layers], B), 'TransformerDecoder.loadState');
+  }
+
+  /**
+   * The outputs of the next `n` tokens of each sequence, x [B, n, modelDim] (a prompt
+   * chunk or one token), attending everything absorbed so far; the state advances by
+   * n. Equal to the causal forward pass of the whole sequence up to rounding. Once
+   * running, a step is not stopped by `signal` (every layer's state advances, or none).
+   * @throws TypeError / RangeError for bad input; Error (`ERR_INVALID_STATE`) while
+   *   another async step uses the state.
+   */
+  async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    const o = readOptions<{ signal?: AbortSignal }>(options, 'TransformerDecoder.step options', ['signal']);
+    const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.step');
+    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
+    return out;
+  }
+
+  /** The blocking twin of {@link step}. */
+  stepSync(x: TensorLike, state: DecodingState): Tensor {
+    const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.stepSync');
+    runStepSync(state, n, () => b.runSync());
+    return out;
+  }
+}

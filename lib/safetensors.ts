@@ -1,0 +1,346 @@
+/**
+ * The safetensors file format: an 8-byte little-endian unsigned header length N, N bytes
+ * of UTF-8 JSON `{ name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__"?:
+ * { key: string } }`, then the raw little-endian tensor data; offsets are relative to the
+ * start of the data and the tensors cover it without gaps or overlaps.
+ */
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+
+import { describe, rangeError, typeError } from './errors';
+import type { Tensor, TensorLike } from './tensor';
+import { formatShape, readOptions, readTensor } from './validate';
+
+/** Tensors and metadata read from a safetensors file. */
+export interface Safetensors {
+  /** The tensors by name, converted to float32. */
+  tensors: Record<string, Tensor>;
+  /** The file's `__metadata__` (string keys and values); `{}` when it has none. */
+  metadata: Record<string, string>;
+}
+
+/** Options of {@link readSafetensors}, {@link loadSafetensors} and {@link loadSafetensorsSync}. */
+export interface ReadSafetensorsOptions {
+  /**
+   * Which tensors to convert. Tensors left out are still checked (offsets, sizes) but not
+   * decoded, so a file may hold dtypes this library does not convert (for example the I64
+   * `position_ids` of a BERT checkpoint) as long as they are left out. Default: all.
+   */
+  include?: (name: string) => boolean;
+}
+
+/** Largest header accepted: 100 MB (the format's reference reader has the same limit). */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+const METADATA = '__metadata__';
+
+// Bytes per element of every dtype of the format; only some are converted.
+const ITEM_BYTES: Record<string, number> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
+  I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4,
+  I64: 8, U64: 8, F64: 8,
+};
+const CONVERTED = ['F32', 'F16', 'BF16', 'F64'];
+const LITTLE_ENDIAN_HOST = os.endianness() === 'LE';
+
+let halfTable: Float32Array | undefined;
+
+/** float32 value of every IEEE 754 binary16 bit pattern (256 kB, built on first use). */
+function halfToFloatTable(): Float32Array {
+  if (halfTable) return halfTable;
+  const table = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exponent = (h >> 10) & 0x1f;
+    const mantissa = h & 0x3ff;
+    if (exponent === 0) table[h] = sign * mantissa * 2 ** -24; // zero and subnormals
+    else if (exponent === 31) table[h] = mantissa ? NaN : sign * Infinity;
+    else table[h] = sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
+  }
+  halfTable = table;
+  return table;
+}
+
+function formatError(source: string, message: string) {
+  return rangeError(`${source}: ${message}`, 'ERR_INVALID_ARG_VALUE');
+}
+
+/** The top-level keys of a JSON object text in order, duplicates included (the text is valid JSON). */
+function topLevelKeys(json: string): string[] {
+  const keys: string[] = [];
+  let depth = 0;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i];
+    if (c === '"') {
+      const start = i;
+      for (i++; json[i] !== '"'; i++) if (json[i] === '\\') i++;
+      if (depth === 1) {
+        let j = i + 1;
+        while (j < json.length && /\s/.test(json[j])) j++;
+        if (json[j] === ':') keys.push(JSON.parse(json.slice(start, i + 1)) as string);
+      }
+    } else if (c === '{' || c === '[') depth++;
+    else if (c === '}' || c === ']') depth--;
+  }
+  return keys;
+}
+
+interface Entry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+function readEntry(name: string, value: unknown, dataBytes: number, source: string): Entry {
+  const where = `tensor '${name}'`;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw formatError(source, `${where}: expected an object { dtype, shape, data_offsets }, received ${describe(value)}`);
+  }
+  const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
+  if (typeof dtype !== 'string' || !(dtype in ITEM_BYTES)) {
+    throw formatError(
+      source,
+      `${where}: unknown dtype ${describe(dtype)}; the format's dtypes are ${Object.keys(ITEM_BYTES).join(', ')}`,
+    );
+  }
+  if (!Array.isArray(shape) || shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+    throw formatError(source, `${where}: expected a shape of non-negative integers, received ${JSON.stringify(shape)}`);
+  }
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    offsets.some((o) => !Number.isSafeInteger(o) || o < 0) ||
+    offsets[0] > offsets[1]
+  ) {
+    throw formatError(
+      source,
+      `${where}: expected data_offsets [begin, end] with 0 <= begin <= end, received ${JSON.stringify(offsets)}`,
+    );
+  }
+  const [begin, end] = offsets as number[];
+  if (end > dataBytes) {
+    throw formatError(source, `${where}: data_offsets [${begin}, ${end}] reach beyond the ${dataBytes} bytes of data`);
+  }
+  const itemBytes = ITEM_BYTES[dtype];
+  if (begin % itemBytes !== 0) {
+    throw formatError(source, `${where}: data offset ${begin} is not a multiple of the ${itemBytes}-byte size of ${dtype}`);
+  }
+  const elements = (shape as number[]).reduce((a, b) => a * b, 1);
+  if (elements * itemBytes !== end - begin) {
+    throw formatError(
+      source,
+      `${where}: shape ${formatShape(shape as number[])} of ${dtype} needs ${elements * itemBytes} bytes, ` +
+        `data_offsets [${begin}, ${end}] hold ${end - begin}`,
+    );
+  }
+  return { name, dtype, shape: shape as number[], begin, end };
+}
+
+function decode(bytes: Uint8Array, start: number, entry: Entry, source: string): Float32Array {
+  const count = (entry.end - entry.begin) / ITEM_BYTES[entry.dtype];
+  const offset = bytes.byteOffset + start + entry.begin;
+  const view = new DataView(bytes.buffer, offset, entry.end - entry.begin);
+  switch (entry.dtype) {
+    case 'F32': {
+      if (LITTLE_ENDIAN_HOST && offset % 4 === 0) return new Float32Array(bytes.buffer, offset, count);
+      const out = new Float32Array(count);
+      for (let i = 0; i < count; i++) out[i] = view.getFloat32(4 * i, true);
+      return out;
+    }
+    case 'F16': {
+      const table = halfToFloatTable();
+      const out = new Float32Array(count);
+      for (let i = 0; i < count; i++) out[i] = table[view.getUint16(2 * i, true)];
+      return out;
+    }
+    case 'BF16': {
+      // bfloat16 is the upper half of a float32: exact.
+      const out = new Float32Array(count);
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < count; i++) bits[i] = view.getUint16(2 * i, true) << 16;
+      return out;
+    }
+    case 'F64': {
+      const out = new Float32Array(count);
+      for (let i = 0; i < count; i++) out[i] = view.getFloat64(8 * i, true);
+      return out;
+    }
+    default:
+      throw typeError(
+        `${source}: tensor '${entry.name}' has dtype ${entry.dtype}; only ${CONVERTED.join(', ')} convert to float32 ` +
+          `(leave it out with the 'include' option)`,
+        'ERR_INVALID_ARG_VALUE',
+      );
+  }
+}
+
+function parse(bytes: unknown, options: unknown, source: string): Safetensors {
+  if (!(bytes instanceof Uint8Array)) {
+    throw typeError(`${source}: expected a Uint8Array or Buffer, received ${describe(bytes)}`);
+  }
+  const { include } = readOptions<ReadSafetensorsOptions>(options, 'options', ['include']);
+  if (include !== undefined && typeof include !== 'function') {
+    throw typeError(`options.include: expected a function (name) => boolean, received ${describe(include)}`);
+  }
+  if (bytes.byteLength < 8) {
+    throw formatError(source, `a safetensors file starts with an 8-byte header length; received ${bytes.byteLength} bytes`);
+  }
+  const headerBytes = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  if (headerBytes > BigInt(MAX_HEADER_BYTES)) {
+    throw formatError(source, `header length ${headerBytes} is over the limit of ${MAX_HEADER_BYTES} bytes`);
+  }
+  if (headerBytes > BigInt(bytes.byteLength - 8)) {
+    throw formatError(source, `header length ${headerBytes} reaches beyond the ${bytes.byteLength}-byte file`);
+  }
+  const start = 8 + Number(headerBytes);
+  let text: string;
+  let header: unknown;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, start));
+    header = JSON.parse(text);
+  } catch (error) {
+    throw formatError(source, `the header is not valid UTF-8 JSON (${(error as Error).message})`);
+  }
+  if (header === null || typeof header !== 'object' || Array.isArray(header)) {
+    throw formatError(source, `the header must be a JSON object, received ${describe(header)}`);
+  }
+  const seen = new Set<string>();
+  for (const key of topLevelKeys(text)) {
+    if (seen.has(key)) throw formatError(source, `the header names tensor '${key}' more than once`);
+    seen.add(key);
+  }
+
+  const metadata: Record<string, string> = {};
+  const rawMetadata = (header as Record<string, unknown>)[METADATA];
+  if (rawMetadata !== undefined) {
+    if (rawMetadata === null || typeof rawMetadata !== 'object' || Array.isArray(rawMetadata)) {
+      throw formatError(source, `${METADATA} must be an object of strings, received ${describe(rawMetadata)}`);
+    }
+    for (const [key, value] of Object.entries(rawMetadata)) {
+      if (typeof value !== 'string') {
+        throw formatError(source, `${METADATA}['${key}'] must be a string, received ${describe(value)}`);
+      }
+      define(metadata, key, value);
+    }
+  }
+
+  const dataBytes = bytes.byteLength - start;
+  const entries = Object.entries(header as Record<string, unknown>)
+    .filter(([name]) => name !== METADATA)
+    .map(([name, value]) => readEntry(name, value, dataBytes, source));
+  // The tensors must tile the data: sorted by offset, each starts where the previous ends.
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let position = 0;
+  for (const entry of sorted) {
+    if (entry.begin < position) {
+      const other = sorted.find((e) => e !== entry && e.begin < entry.end && entry.begin < e.end) ?? entry;
+      throw formatError(source, `tensor '${entry.name}' overlaps tensor '${other.name}' in the data`);
+    }
+    if (entry.begin > position) {
+      throw formatError(source, `bytes ${position} to ${entry.begin} of the data belong to no tensor (before '${entry.name}')`);
+    }
+    position = entry.end;
+  }
+  if (position !== dataBytes) {
+    throw formatError(source, `the tensors cover ${position} of the ${dataBytes} bytes of data`);
+  }
+
+  const tensors: Record<string, Tensor> = {};
+  for (const entry of entries) {
+    if (include && !include(entry.name)) continue;
+    define(tensors, entry.name, { data: decode(bytes, start, entry, source), shape: Object.freeze(entry.shape) });
+  }
+  return { tensors, metadata };
+}
+
+// Plain objects whose keys may be any string ('__proto__' included).
+function define<T>(target: Record<string, T>, key: string, value: T): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+/**
+ * Reads a safetensors file held in memory. F32, F16, BF16 and F64 tensors become float32
+ * tensors (F16 exactly, subnormals, infinities and NaN included; BF16 exactly; F64
+ * rounded). An F32 tensor whose data is 4-byte aligned in memory is a view of `bytes`
+ * (no copy; headers written by {@link writeSafetensors} keep it aligned); other tensors are copies.
+ * @param bytes The whole file.
+ * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a malformed file: a header length beyond
+ *   the file or over 100 MB, a header that is not a JSON object, a duplicate tensor name, an
+ *   unknown dtype, offsets out of range, overlapping, leaving gaps or not a multiple of the
+ *   element size, a shape that does not match its bytes; TypeError for a tensor of a dtype
+ *   that is not converted (I64, BOOL, ...). Messages name the tensor.
+ */
+export function readSafetensors(bytes: Uint8Array, options?: ReadSafetensorsOptions): Safetensors {
+  return parse(bytes, options, 'bytes');
+}
+
+/**
+ * Reads a safetensors file (asynchronously, with `fs/promises`); see {@link readSafetensors}.
+ * @param path The file's path.
+ */
+export async function loadSafetensors(path: string, options?: ReadSafetensorsOptions): Promise<Safetensors> {
+  if (typeof path !== 'string') throw typeError(`path: expected a string, received ${describe(path)}`);
+  return parse(await fsp.readFile(path), options, path);
+}
+
+/**
+ * Reads a safetensors file synchronously; see {@link readSafetensors}.
+ * @param path The file's path.
+ */
+export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptions): Safetensors {
+  if (typeof path !== 'string') throw typeError(`path: expected a string, received ${describe(path)}`);
+  return parse(fs.readFileSync(path), options, path);
+}
+
+/**
+ * Writes tensors as a safetensors file (F32), names sorted, data in that order. The header
+ * is padded with spaces so that the data starts at a multiple of 8 bytes.
+ * @param tensors Float32 tensors by name (`shape` or `dims`).
+ * @param metadata Optional `__metadata__`: string keys and string values.
+ * @returns The file's bytes (a Buffer of its own, offset 0).
+ * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }` or metadata
+ *   that is not strings; RangeError for a data length that does not match the shape or the
+ *   reserved name `__metadata__`.
+ */
+export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?: Record<string, string>): Uint8Array {
+  if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) {
+    throw typeError(`tensors: expected an object of tensors by name, received ${describe(tensors)}`);
+  }
+  const header: Record<string, unknown> = {};
+  if (metadata !== undefined) {
+    if (metadata === null || typeof metadata !== 'object' || Array.isArray(metadata)) {
+      throw typeError(`metadata: expected an object of strings, received ${describe(metadata)}`);
+    }
+    for (const [key, value] of Object.entries(metadata)) {
+      if (typeof value !== 'string') throw typeError(`metadata['${key}']: expected a string, received ${describe(value)}`);
+    }
+    define(header, METADATA, { ...metadata });
+  }
+  const names = Object.keys(tensors).sort();
+  const parts: Tensor[] = [];
+  let offset = 0;
+  for (const name of names) {
+    if (name === METADATA) throw rangeError(`tensors: '${METADATA}' is reserved for the metadata`, 'ERR_INVALID_ARG_VALUE');
+    const t = readTensor(tensors[name], `tensors['${name}']`);
+    parts.push(t);
+    define(header, name, { dtype: 'F32', shape: [...t.shape], data_offsets: [offset, offset + t.data.byteLength] });
+    offset += t.data.byteLength;
+  }
+  let json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded !== json.length) json = Buffer.concat([json, Buffer.alloc(padded - json.length, 0x20)]);
+  const out = Buffer.alloc(8 + json.length + offset);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  let position = 8 + json.length;
+  for (const t of parts) {
+    if (LITTLE_ENDIAN_HOST) out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), position);
+    else for (let i = 0; i < t.data.length; i++) out.writeFloatLE(t.data[i], position + 4 * i);
+    position += t.data.byteLength;
+  }
+  return out;
+}

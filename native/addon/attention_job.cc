@@ -1,0 +1,108 @@
+#include "addon/attention_job.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "addon/backend_bindings.h"
+#include "addon/convert.h"
+#include "addon/feature_map_bindings.h"
+
+namespace pa_addon {
+namespace {
+
+void expect_length(Napi::Env env, const char* name, const FloatView& view, std::size_t expected) {
+  if (view.length != expected) {
+    throw_range_error(env, std::string(name) + ": expected " + std::to_string(expected) +
+                               " elements, received " + std::to_string(view.length));
+  }
+}
+
+}  // namespace
+
+void AttentionJob::run() const {
+  if (kind == AttentionKind::kFavor) {
+    pa::favor_attention(dims, q, k, v, out, favor, *kernels, *pool);
+  } else {
+    pa::softmax_attention(dims, q, k, v, out, softmax, *kernels, *pool);
+  }
+}
+
+AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q_value, const Napi::Value& k_value,
+                                 const Napi::Value& v_value, const Napi::Value& out_value,
+                                 const Napi::Value& dims_value, const Napi::Value& options_value,
+                                 AttentionKind kind) {
+  AttentionJob job;
+  job.kind = kind;
+  if (!dims_value.IsObject()) throw_type_error(env, "dims: expected an object");
+  if (!options_value.IsObject()) throw_type_error(env, "options: expected an object");
+  const Napi::Object dims = dims_value.As<Napi::Object>();
+  const Napi::Object options = options_value.As<Napi::Object>();
+  job.dims.batch = size_property(dims, "batch");
+  job.dims.heads = size_property(dims, "heads");
+  job.dims.q_len = size_property(dims, "queryLength");
+  job.dims.k_len = size_property(dims, "keyLength");
+  job.dims.head_dim = size_property(dims, "headDim");
+  job.dims.value_dim = size_property(dims, "valueDim");
+  const pa::AttentionDims& d = job.dims;
+  if (d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.k_len == 0 || d.head_dim == 0 || d.value_dim == 0) {
+    throw_range_error(env, "dims: every size must be >= 1");
+  }
+  const std::size_t bh = checked_mul(env, d.batch, d.heads);
+  const FloatView q = float32_array(q_value, "query");
+  const FloatView k = float32_array(k_value, "key");
+  const FloatView v = float32_array(v_value, "value");
+  const FloatView out = float32_array(out_value, "out");
+  expect_length(env, "query", q, checked_mul(env, checked_mul(env, bh, d.q_len), d.head_dim));
+  expect_length(env, "key", k, checked_mul(env, checked_mul(env, bh, d.k_len), d.head_dim));
+  expect_length(env, "value", v, checked_mul(env, checked_mul(env, bh, d.k_len), d.value_dim));
+  expect_length(env, "out", out, checked_mul(env, checked_mul(env, bh, d.q_len), d.value_dim));
+  job.q = q.data;
+  job.k = k.data;
+  job.v = v.data;
+  job.out = out.data;
+  const std::uint8_t* pad =
+      optional_uint8_array(options.Get("keyPadding"), "keyPaddingMask", checked_mul(env, d.batch, d.k_len));
+  const bool causal = bool_property(options, "causal", false);
+  if (kind == AttentionKind::kFavor) {
+    job.favor.feature_map = parse_feature_map_spec(options, d.head_dim);
+    job.favor.causal = causal;
+    job.favor.key_padding = pad;
+    job.favor.epsilon = static_cast<float>(number_property(options, "epsilon", 0.0));
+    if (!std::isfinite(job.favor.epsilon) || job.favor.epsilon < 0.0f) {
+      throw_range_error(env, "epsilon: expected a finite number >= 0");
+    }
+    const double chunk = number_property(options, "chunkSize", 32.0);
+    if (!(chunk >= 1 && chunk <= static_cast<double>(pa::kMaxChunkSize)) || chunk != std::floor(chunk)) {
+      throw_range_error(env, "chunkSize: expected an integer from 1 to 4096");
+    }
+    job.favor.chunk_size = static_cast<std::size_t>(chunk);
+    const Napi::Value state_value = options.Get("state");
+    if (!state_value.IsUndefined() && !state_value.IsNull()) {
+      const FloatView state = float32_array(state_value, "state");
+      const std::size_t per_head = pa::favor_state_floats(job.favor.feature_map.feature_count(), d.value_dim);
+      expect_length(env, "state", state, checked_mul(env, bh, per_head));
+      if (!causal || d.q_len != d.k_len) {
+        throw_range_error(env, "state: continues causal self-attention (causal, equal query and key lengths)");
+      }
+      job.favor.state = state.data;
+    }
+  } else {
+    job.softmax.causal = causal;
+    job.softmax.key_padding = pad;
+    job.softmax.scale = static_cast<float>(
+        number_property(options, "scale", 1.0 / std::sqrt(static_cast<double>(d.head_dim))));
+    if (!std::isfinite(job.softmax.scale)) throw_range_error(env, "scale: expected a finite number");
+  }
+  job.kernels = &active_kernels();
+  job.pool = pa::global_pool();
+  return job;
+}
+
+void attention_option_arrays(const Napi::Object& options, std::vector<Napi::Value>* keep_alive) {
+  for (const char* name : {"keyPadding", "projection", "packedProjection", "adaptiveCoefficients", "adaptiveBasis", "state"}) {
+    keep_alive->push_back(options.Get(name));
+  }
+}
+
+}  // namespace pa_addon

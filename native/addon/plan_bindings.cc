@@ -1,0 +1,286 @@
+// Layer plans: a forward pass (projections, layer norms, head reshapes, attention)
+// is handed over as one array of steps, converted into plain C++ on the main thread
+// and run in order, synchronously or on a worker thread (one async hop per pass, not
+// one per step). Every array a step touches is length-checked here.
+//
+// Steps ({ op, ... }):
+//   linear      x, xStride, rows, in, out, packed, bias?, residual?, activation, y
+//   layerNorm   x, rows, dim, gamma?, beta?, eps, y
+//   splitHeads  src, srcStride, batch, len, heads, headDim, dst
+//   mergeHeads  src, batch, len, heads, headDim, dst
+//   favor / softmax   q, k, v, out, dims, options   (as the attention functions)
+//   checkFinite x, name    (RangeError naming the first NaN / infinity)
+#include "addon/plan_bindings.h"
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "addon/async_job.h"
+#include "addon/attention_job.h"
+#include "addon/backend_bindings.h"
+#include "addon/convert.h"
+#include "core/favor.h"
+#include "core/layer_ops.h"
+
+namespace pa_addon {
+namespace {
+
+using Step = std::function<void()>;
+
+struct PlanContext {
+  Napi::Env env;
+  const pa::KernelSet* kernels;
+  std::shared_ptr<pa::ThreadPool> pool;
+};
+
+// A Float32Array property holding at least `needed` elements.
+float* float_field(const Napi::Object& step, const char* key, std::size_t needed) {
+  const FloatView view = float32_array(step.Get(key), key);
+  if (view.length < needed) {
+    throw_range_error(step.Env(), std::string(key) + ": expected at least " + std::to_string(needed) +
+                                      " elements, received " + std::to_string(view.length));
+  }
+  return view.data;
+}
+
+const float* optional_float_field(const Napi::Object& step, const char* key, std::size_t needed) {
+  const Napi::Value value = step.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return nullptr;
+  return float_field(step, key, needed);
+}
+
+// End of the rows [0, rows) of width `width` at stride `stride` (0 rows: 0).
+std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width) {
+  if (rows == 0) return 0;
+  if (stride < width) throw_range_error(env, "stride: smaller than the row width");
+  return checked_mul(env, rows - 1, stride) + width;
+}
+
+bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb) {
+  return a < b + nb && b < a + na;
+}
+
+pa::Activation parse_activation(const Napi::Object& step) {
+  const std::string name = string_property(step, "activation", "none");
+  if (name == "none") return pa::Activation::kNone;
+  if (name == "relu") return pa::Activation::kRelu;
+  if (name == "gelu") return pa::Activation::kGelu;
+  throw_range_error(step.Env(), "activation: expected 'none', 'relu' or 'gelu', received '" + name + "'");
+}
+
+Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
+  const std::size_t rows = size_property(s, "rows"), in = size_property(s, "in"), out = size_property(s, "out");
+  const std::size_t x_stride = s.Has("xStride") ? size_property(s, "xStride") : in;
+  if (in == 0 || out == 0) throw_range_error(ctx.env, "linear: in and out must be >= 1");
+  const std::size_t x_len = strided_extent(ctx.env, rows, x_stride, in);
+  const std::size_t y_len = checked_mul(ctx.env, rows, out);
+  const float* x = float_field(s, "x", x_len);
+  const float* packed = float_field(s, "packed", pa::linear_packed_size(in, out));
+  const float* bias = optional_float_field(s, "bias", out);
+  const float* residual = optional_float_field(s, "residual", y_len);
+  float* y = float_field(s, "y", y_len);
+  if (overlaps(x, x_len, y, y_len)) throw_range_error(ctx.env, "linear: x and y overlap");
+  if (residual != nullptr && residual != y && overlaps(residual, y_len, y, y_len)) {
+    throw_range_error(ctx.env, "linear: residual overlaps y without being y");
+  }
+  const pa::Activation act = parse_activation(s);
+  const pa::KernelSet* kernels = ctx.kernels;
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  return [=] { pa::linear(rows, in, out, x, x_stride, packed, bias, residual, act, y, *kernels, *pool); };
+}
+
+Step parse_layer_norm(const PlanContext& ctx, const Napi::Object& s) {
+  const std::size_t rows = size_property(s, "rows"), dim = size_property(s, "dim");
+  if (dim == 0) throw_range_error(ctx.env, "layerNorm: dim must be >= 1");
+  const std::size_t n = checked_mul(ctx.env, rows, dim);
+  const float* x = float_field(s, "x", n);
+  const float* gamma = optional_float_field(s, "gamma", dim);
+  const float* beta = optional_float_field(s, "beta", dim);
+  float* y = float_field(s, "y", n);
+  if (x != y && overlaps(x, n, y, n)) throw_range_error(ctx.env, "layerNorm: x overlaps y without being y");
+  const double eps = number_property(s, "eps", 1e-5);
+  if (!(eps > 0.0) || !std::isfinite(eps)) throw_range_error(ctx.env, "layerNorm: eps must be a finite number > 0");
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  const float e = static_cast<float>(eps);
+  return [=] { pa::layer_norm(rows, dim, x, gamma, beta, e, y, *pool); };
+}
+
+struct HeadShape {
+  std::size_t batch, len, heads, head_dim, width, rows;
+};
+
+HeadShape parse_head_shape(const PlanContext& ctx, const Napi::Object& s) {
+  HeadShape h{size_property(s, "batch"), size_property(s, "len"), size_property(s, "heads"), size_property(s, "headDim"), 0, 0};
+  h.width = checked_mul(ctx.env, h.heads, h.head_dim);
+  h.rows = checked_mul(ctx.env, h.batch, h.len);
+  if (h.width == 0) throw_range_error(ctx.env, "heads and headDim must be >= 1");
+  return h;
+}
+
+Step parse_split_heads(const PlanContext& ctx, const Napi::Object& s) {
+  const HeadShape h = parse_head_shape(ctx, s);
+  const std::size_t stride = s.Has("srcStride") ? size_property(s, "srcStride") : h.width;
+  const std::size_t src_len = strided_extent(ctx.env, h.rows, stride, h.width);
+  const std::size_t dst_len = checked_mul(ctx.env, h.rows, h.width);
+  const float* src = float_field(s, "src", src_len);
+  float* dst = float_field(s, "dst", dst_len);
+  if (overlaps(src, src_len, dst, dst_len)) throw_range_error(ctx.env, "splitHeads: src and dst overlap");
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  return [=] { pa::split_heads(h.batch, h.len, h.heads, h.head_dim, src, stride, dst, *pool); };
+}
+
+Step parse_merge_heads(const PlanContext& ctx, const Napi::Object& s) {
+  const HeadShape h = parse_head_shape(ctx, s);
+  const std::size_t n = checked_mul(ctx.env, h.rows, h.width);
+  const float* src = float_field(s, "src", n);
+  float* dst = float_field(s, "dst", n);
+  if (overlaps(src, n, dst, n)) throw_range_error(ctx.env, "mergeHeads: src and dst overlap");
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  return [=] { pa::merge_heads(h.batch, h.len, h.heads, h.head_dim, src, dst, *pool); };
+}
+
+Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
+  const FloatView x = float32_array(s.Get("x"), "x");
+  const std::string name = string_property(s, "name", "input");
+  (void)ctx;
+  return [x, name] {
+    for (std::size_t i = 0; i < x.length; ++i) {
+      if (!std::isfinite(x.data[i])) {
+        throw pa::InputError(name + ": " + (std::isnan(x.data[i]) ? "NaN" : "infinity") + " at flat index " +
+                             std::to_string(i) + "; inputs must be finite");
+      }
+    }
+  };
+}
+
+struct Plan {
+  std::vector<Step> steps;
+  std::shared_ptr<std::atomic<bool>> cancel;
+  // Atomic plans are cancelled only before they start (a decoding step through
+  // several layers must advance all of their states or none).
+  bool atomic = false;
+  void run() const {
+    for (std::size_t i = 0; i < steps.size(); ++i) {
+      if (i == 0 || !atomic) pa::check_cancel(cancel.get());
+      steps[i]();
+    }
+  }
+};
+
+// Parses info[0] (the steps); attention steps check `cancel` between blocks.
+Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool>> cancel, bool atomic,
+                std::vector<Napi::Value>* keep_alive) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) throw_type_error(env, "plan: expected an array of steps");
+  const Napi::Array steps = info[0].As<Napi::Array>();
+  PlanContext ctx{env, &active_kernels(), pa::global_pool()};
+  Plan plan;
+  plan.cancel = cancel;
+  plan.atomic = atomic;
+  for (std::uint32_t i = 0; i < steps.Length(); ++i) {
+    const Napi::Value value = steps.Get(i);
+    if (!value.IsObject()) throw_type_error(env, "plan step " + std::to_string(i) + ": expected an object");
+    const Napi::Object s = value.As<Napi::Object>();
+    const std::string op = string_property(s, "op", "");
+    if (keep_alive != nullptr) keep_alive->push_back(s);
+    if (op == "linear") {
+      plan.steps.push_back(parse_linear(ctx, s));
+    } else if (op == "layerNorm") {
+      plan.steps.push_back(parse_layer_norm(ctx, s));
+    } else if (op == "splitHeads") {
+      plan.steps.push_back(parse_split_heads(ctx, s));
+    } else if (op == "mergeHeads") {
+      plan.steps.push_back(parse_merge_heads(ctx, s));
+    } else if (op == "checkFinite") {
+      plan.steps.push_back(parse_check_finite(ctx, s));
+    } else if (op == "favor" || op == "softmax") {
+      AttentionJob job = parse_attention_job(env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("out"), s.Get("dims"),
+                                             s.Get("options"), op == "favor" ? AttentionKind::kFavor : AttentionKind::kSoftmax);
+      job.set_cancel(atomic ? nullptr : cancel.get());
+      if (keep_alive != nullptr) {
+        // The step object holds its arrays, but a caller could replace them: keep each.
+        for (const char* key : {"q", "k", "v", "out"}) keep_alive->push_back(s.Get(key));
+        attention_option_arrays(s.Get("options").As<Napi::Object>(), keep_alive);
+      }
+      plan.steps.push_back([job] { job.run(); });
+    } else {
+      throw_range_error(env, "plan step " + std::to_string(i) + ": unknown op '" + op + "'");
+    }
+  }
+  return plan;
+}
+
+Napi::Value run_plan_sync(const Napi::CallbackInfo& info) {
+  const Plan plan = parse_plan(info, nullptr, false, nullptr);
+  const PendingError error = capture_errors([&] { plan.run(); });
+  if (!error.empty()) throw make_error(info.Env(), error.kind, error.message, error.code);
+  return info.Env().Undefined();
+}
+
+// (steps[, control[, atomic]]) -> Promise<undefined>
+Napi::Value run_plan_async(const Napi::CallbackInfo& info) {
+  std::shared_ptr<std::atomic<bool>> cancel = install_cancel(info, 1);
+  const bool atomic = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+  std::vector<Napi::Value> keep;
+  Plan plan = parse_plan(info, cancel, atomic, &keep);
+  keep.push_back(info[0]);
+  auto* worker = new AsyncJob(info.Env(), [plan] { plan.run(); }, info.Env().Undefined(), keep);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+// (w [out, in], in, out) -> packed Float32Array for linear steps.
+Napi::Value linear_pack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const FloatView w = float32_array(info[0], "weight");
+  const std::size_t in = static_cast<std::size_t>(info[1].As<Napi::Number>().DoubleValue());
+  const std::size_t out = static_cast<std::size_t>(info[2].As<Napi::Number>().DoubleValue());
+  if (in == 0 || out == 0 || w.length != checked_mul(env, in, out)) {
+    throw_range_error(env, "weight: expected " + std::to_string(out) + " x " + std::to_string(in) + " elements");
+  }
+  Napi::Float32Array packed = Napi::Float32Array::New(env, pa::linear_packed_size(in, out));
+  pa::linear_pack(in, out, w.data, packed.Data());
+  return packed;
+}
+
+// (featureCount, valueDim) -> floats of one (batch, head) state
+Napi::Value state_floats(const Napi::CallbackInfo& info) {
+  const std::size_t f = static_cast<std::size_t>(info[0].As<Napi::Number>().DoubleValue());
+  const std::size_t dv = static_cast<std::size_t>(info[1].As<Napi::Number>().DoubleValue());
+  return Napi::Number::New(info.Env(), static_cast<double>(pa::favor_state_floats(f, dv)));
+}
+
+// (state, heads, featureCount, valueDim): every state "no keys yet".
+Napi::Value state_reset(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const FloatView state = float32_array(info[0], "state");
+  const std::size_t heads = static_cast<std::size_t>(info[1].As<Napi::Number>().DoubleValue());
+  const std::size_t f = static_cast<std::size_t>(info[2].As<Napi::Number>().DoubleValue());
+  const std::size_t dv = static_cast<std::size_t>(info[3].As<Napi::Number>().DoubleValue());
+  if (state.length != checked_mul(env, heads, pa::favor_state_floats(f, dv))) {
+    throw_range_error(env, "state: length does not match heads x favorStateFloats");
+  }
+  pa::favor_state_reset(state.data, heads, f, dv);
+  return env.Undefined();
+}
+
+Napi::Value pending_calls(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(pending_async_calls()));
+}
+
+}  // namespace
+
+void register_plan_bindings(Napi::Env env, Napi::Object exports) {
+  exports.Set("runPlanSync", Napi::Function::New(env, run_plan_sync, "runPlanSync"));
+  exports.Set("runPlanAsync", Napi::Function::New(env, run_plan_async, "runPlanAsync"));
+  exports.Set("linearPack", Napi::Function::New(env, linear_pack, "linearPack"));
+  exports.Set("favorStateFloats", Napi::Function::New(env, state_floats, "favorStateFloats"));
+  exports.Set("favorStateReset", Napi::Function::New(env, state_reset, "favorStateReset"));
+  exports.Set("pendingCalls", Napi::Function::New(env, pending_calls, "pendingCalls"));
+}
+
+}  // namespace pa_addon

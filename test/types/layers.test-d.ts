@@ -1,0 +1,46 @@
+// Type tests of the layer API (checked with the rest of test/types).
+import {
+  DecodingState,
+  DecoderLayer,
+  EncoderLayer,
+  MultiHeadAttention,
+  TransformerDecoder,
+  TransformerEncoder,
+  pendingCalls,
+  type AttentionKind,
+  type Tensor,
+} from '../../lib';
+
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+declare function assertType<T extends true>(): void;
+
+const x: Tensor = { data: new Float32Array(2 * 5 * 16), shape: [2, 5, 16] };
+const mha = new MultiHeadAttention({ modelDim: 16, numHeads: 2, causal: true, featureMap: { numFeatures: 32, seed: 1 } });
+assertType<Equal<ReturnType<MultiHeadAttention['forwardSync']>, Tensor>>();
+assertType<Equal<ReturnType<MultiHeadAttention['forward']>, Promise<Tensor>>>();
+assertType<Equal<AttentionKind, 'favor' | 'softmax'>>();
+mha.forwardSync(x, { attention: 'softmax' });
+// @ts-expect-error: not an attention kind
+mha.forwardSync(x, { attention: 'linear' });
+// @ts-expect-error: the sync twin takes no signal
+mha.forwardSync(x, { signal: new AbortController().signal });
+// @ts-expect-error: modelDim is required
+new EncoderLayer({ numHeads: 2 });
+// @ts-expect-error: not an activation
+new EncoderLayer({ modelDim: 16, numHeads: 2, activation: 'tanh' });
+const enc = new TransformerEncoder({ modelDim: 16, numHeads: 2, numLayers: 2, normFirst: true, finalNorm: true });
+const y: Promise<Tensor> = enc.forward(x, { signal: new AbortController().signal });
+void y;
+// @ts-expect-error: numLayers is required
+new TransformerEncoder({ modelDim: 16, numHeads: 2 });
+const dec = new TransformerDecoder({ modelDim: 16, numHeads: 2, numLayers: 1, crossAttention: false });
+const state: DecodingState = dec.createStateSync(2);
+const bytes: Uint8Array = state.serialize();
+assertType<Equal<ReturnType<TransformerDecoder['loadState']>, DecodingState>>();
+assertType<Equal<ReturnType<DecoderLayer['step']>, Promise<Tensor>>>();
+dec.stepSync(x, dec.loadState(bytes));
+const params: Record<string, Tensor> = dec.parameters();
+dec.loadParameters(params, { strict: false });
+dec.redrawFeatures(3);
+const pending: number = pendingCalls();
+void pending;
