@@ -27,10 +27,7 @@ interface Model {
 
 /* eslint-disable @typescript-eslint/no-require-imports */
 const { buildServer } = require('../examples/service/server.js') as { buildServer(options: Record<string, unknown>): FastifyInstance };
-const { loadModel, HAVE_LAYERS } = require('../examples/service/model.js') as {
-  loadModel(file: string): Promise<Model>;
-  HAVE_LAYERS: boolean;
-};
+const { loadModel } = require('../examples/service/model.js') as { loadModel(file: string): Promise<Model> };
 const { makeWeights } = require('../examples/service/make-weights.js') as {
   makeWeights(file: string, config: Record<string, unknown>): Record<string, unknown>;
 };
@@ -46,7 +43,7 @@ const servers: FastifyInstance[] = [];
 
 beforeAll(async () => {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-service-')), 'model.safetensors');
-  if (HAVE_LAYERS) makeWeights(file, SMALL);
+  makeWeights(file, SMALL);
   model = await loadModel(file);
   D = model.modelDim;
 });
@@ -237,8 +234,12 @@ test('POST /encode: a batch, nested or flat, answers one embedding per sequence'
 });
 
 test('every bad request gets a 4xx with a message naming what is wrong, and the server keeps serving', async () => {
-  const app = await serve({ maxSeqLen: 64, maxBatch: 2, jsonBodyLimit: 200000 });
   const row = Array.from({ length: D }, (_, j) => j / D);
+  // Room for the 'too long' body (65 rows), not for 64 rows of longer numbers.
+  const jsonBodyLimit = JSON.stringify({ sequence: Array(65).fill(row) }).length + 100;
+  const tooBig = { sequence: Array(64).fill(row.map(() => Math.PI)) };
+  expect(JSON.stringify(tooBig).length).toBeGreaterThan(jsonBodyLimit);
+  const app = await serve({ maxSeqLen: 64, maxBatch: 2, jsonBodyLimit });
   const ok = randomSequence(3, 1, 4);
   const withValue = (value: number) => {
     const x = randomSequence(4, 1, 4);
@@ -267,7 +268,7 @@ test('every bad request gets a 4xx with a message naming what is wrong, and the 
     ['no body', () => send(app, {}), 400, /body: expected a JSON object/],
     ['query string with JSON', () => send(app, { url: '/encode?shape=1,2', payload: '{}', headers: { 'content-type': 'application/json' } }), 400, /query: parameters are for binary bodies/],
     ['wrong content type', () => send(app, { payload: 'hello', headers: { 'content-type': 'text/plain' } }), 415, /content-type "text\/plain" is not accepted: send application\/json or application\/octet-stream/],
-    ['JSON body over the limit', () => postJson(app, { sequence: Array(64).fill(row.map(() => Math.PI)) }), 413, /larger than this server's limit of 200000 bytes for JSON/],
+    ['JSON body over the limit', () => postJson(app, tooBig), 413, new RegExp(`larger than this server's limit of ${jsonBodyLimit} bytes for JSON`)],
     ['binary: NaN', () => postBinary(app, withValue(NaN), `?shape=4,${D}`), 400, /element \d+ \(batch 0, row 2, column 5\) is NaN; inputs must be finite/],
     ['binary: Infinity', () => postBinary(app, withValue(-Infinity), `?shape=4,${D}`), 400, /is -Infinity; inputs must be finite/],
     ['binary: no shape', () => postBinary(app, ok, ''), 400, /shape: a binary body needs its shape/],

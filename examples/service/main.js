@@ -10,7 +10,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const { makeWeights, DEFAULT_FILE } = require('./make-weights');
-const { loadModel, HAVE_LAYERS } = require('./model');
+const { loadModel } = require('./model');
 const { buildServer } = require('./server');
 
 const FLAGS = {
@@ -44,7 +44,7 @@ function parseArgs(argv) {
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const weights = path.resolve(args.weights);
-  if (!fs.existsSync(weights) && HAVE_LAYERS) {
+  if (!fs.existsSync(weights)) {
     if (weights !== DEFAULT_FILE) throw new Error(`${weights}: no such file`);
     makeWeights(weights);
     console.log(`generated ${weights} (seeded random weights)`);

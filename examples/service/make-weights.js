@@ -14,19 +14,19 @@ const { TransformerEncoder, writeSafetensors } = require('../..');
 const DEFAULT_FILE = path.join(__dirname, 'model.safetensors');
 const DEFAULT_CONFIG = { numLayers: 2, modelDim: 256, numHeads: 4, ffDim: 1024, activation: 'gelu', seed: 1 };
 
-/** Writes the encoder of `config` (TransformerEncoder options) to `file`; returns its config. */
+/** Writes the encoder of `config` (TransformerEncoder options) to `file`; returns `config`. */
 function makeWeights(file = DEFAULT_FILE, config = DEFAULT_CONFIG) {
   const encoder = new TransformerEncoder(config);
   const bytes = writeSafetensors(encoder.parameters(), {
     format: 'pt',
     model: 'performer-attention TransformerEncoder',
-    config: JSON.stringify(encoder.config),
+    config: JSON.stringify(config), // the constructor options: what loadModel() rebuilds the encoder from
   });
   // Write then rename, so a reader never sees half a file.
   const partial = `${file}.${process.pid}.partial`;
   fs.writeFileSync(partial, bytes);
   fs.renameSync(partial, file);
-  return encoder.config;
+  return config;
 }
 
 function main(argv) {
