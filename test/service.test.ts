@@ -271,6 +271,7 @@ test('every bad request gets a 4xx with a message naming what is wrong, and the 
     ['JSON body over the limit', () => postJson(app, tooBig), 413, new RegExp(`larger than this server's limit of ${jsonBodyLimit} bytes for JSON`)],
     ['binary: NaN', () => postBinary(app, withValue(NaN), `?shape=4,${D}`), 400, /element \d+ \(batch 0, row 2, column 5\) is NaN; inputs must be finite/],
     ['binary: Infinity', () => postBinary(app, withValue(-Infinity), `?shape=4,${D}`), 400, /is -Infinity; inputs must be finite/],
+    ['binary: finite input that overflows inside the encoder', () => postBinary(app, Buffer.from(new Float32Array(4 * D).fill(3e38).buffer), `?shape=4,${D}`), 400, /values must be finite/],
     ['binary: no shape', () => postBinary(app, ok, ''), 400, /shape: a binary body needs its shape/],
     ['binary: bad shape text', () => postBinary(app, ok, '?shape=4x32'), 400, /query shape: expected 'seq,modelDim' or 'batch,seq,modelDim'/],
     ['binary: zero length', () => postBinary(app, ok, `?shape=0,${D}`), 400, /query shape\[0\]: expected a positive integer, received number 0/],
