@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // Load test of the encoder service (npm run loadtest). For each sequence length and
 // attention kind: start the server as a child process on a free port, send one small
-// warm-up request, run autocannon for a fixed time (POST /encode with a float32 body of
+// warm-up request, time one request of the case alone, run autocannon for a fixed time (POST /encode with a float32 body of
 // [seq, modelDim], a few connections), read event-loop delay and peak RSS from /metrics,
 // stop the server with SIGTERM. Prints a markdown table and writes JSON to results/loadtest/.
 //   node examples/service/loadtest.js [--duration 10] [--connections 2]
 //        [--lengths 512,4096,16384] [--attention favor,softmax] [--out results/loadtest]
 // Requests still running when a case's time is up are cut (their inference is cancelled),
-// so every case stops by itself, however slow; about 6 x (duration + 2) s in all.
+// so every case stops by itself, however slow; at most 6 x (2 duration + 2) s in all.
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -82,14 +82,27 @@ function sequenceBytes(seed, rows, modelDim) {
   return Buffer.from(data.buffer);
 }
 
-async function post(url, body, shape, attention) {
+async function post(url, body, shape, attention, signal) {
   const res = await fetch(`${url}/encode?shape=${shape.join(',')}&attention=${attention}`, {
     method: 'POST',
     body,
     headers: { 'content-type': 'application/octet-stream' },
+    signal,
   });
-  if (res.status !== 200) throw new Error(`warm-up request: HTTP ${res.status} ${await res.text()}`);
+  if (res.status !== 200) throw new Error(`request: HTTP ${res.status} ${await res.text()}`);
   return res.json();
+}
+
+// The time of one request on an idle server, or null when it takes longer than `seconds`.
+async function alone(url, body, shape, attention, seconds) {
+  const started = performance.now();
+  try {
+    await post(url, body, shape, attention, AbortSignal.timeout(seconds * 1000));
+    return performance.now() - started;
+  } catch (error) {
+    if (error.name === 'TimeoutError') return null;
+    throw error;
+  }
 }
 
 async function runCase(seq, attention, args) {
@@ -98,6 +111,7 @@ async function runCase(seq, attention, args) {
     const modelDim = model.modelDim;
     await post(url, sequenceBytes(7, 512, modelDim), [512, modelDim], attention); // warm-up: code paths, workspaces
     const body = sequenceBytes(seq, seq, modelDim);
+    const aloneMs = await alone(url, body, [seq, modelDim], attention, args.duration);
     const result = await autocannon({
       url: `${url}/encode?shape=${seq},${modelDim}&attention=${attention}`,
       method: 'POST',
@@ -107,7 +121,15 @@ async function runCase(seq, attention, args) {
       duration: args.duration,
       timeout: args.duration + 30, // no request times out: the duration ends the case
     });
-    const metrics = await (await fetch(`${url}/metrics`)).text();
+    // autocannon cut the requests still running: wait for the server to cancel them
+    // (how long that takes is the cancellation latency under load).
+    const cut = performance.now();
+    let metrics = await (await fetch(`${url}/metrics`)).text();
+    while (sample(metrics, 'encode_active_requests') + sample(metrics, 'encode_queued_requests') > 0 && performance.now() - cut < 10000) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      metrics = await (await fetch(`${url}/metrics`)).text();
+    }
+    const idleAfterMs = performance.now() - cut;
     const ok = result['2xx'];
     return {
       seq,
@@ -115,6 +137,8 @@ async function runCase(seq, attention, args) {
       model,
       connections: args.connections,
       durationSeconds: result.duration,
+      budgetSeconds: args.duration,
+      aloneMs,
       completed: ok,
       non2xx: result.non2xx,
       errors: result.errors,
@@ -126,7 +150,8 @@ async function runCase(seq, attention, args) {
         max: sample(metrics, 'nodejs_eventloop_delay_max_seconds') * 1000,
       },
       peakRssBytes: sample(metrics, 'process_resident_memory_max_bytes'),
-      cancelledAtEnd: sample(metrics, 'encode_rejected_total', { reason: 'disconnect' }),
+      cancelled: sample(metrics, 'encode_rejected_total', { reason: 'disconnect' }), // the timed-out lone request included
+      idleAfterMs,
       overloaded: sample(metrics, 'encode_rejected_total', { reason: 'overload' }),
     };
   } finally {
@@ -138,14 +163,14 @@ const fmt = (value, digits = 1) => (value === null || value === undefined || Num
 
 function table(cases) {
   const lines = [
-    '| seq | attention | requests/s | p50 ms | p99 ms | completed | event-loop p99 ms | peak RSS MB |',
-    '|---:|---|---:|---:|---:|---:|---:|---:|',
+    '| seq | attention | one request alone, ms | requests/s | p50 ms | p99 ms | completed | event-loop p99 ms | peak RSS MB | idle after cut, ms |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const c of cases) {
     lines.push(
-      `| ${c.seq} | ${c.attention === 'favor' ? 'FAVOR+' : 'exact'} | ${fmt(c.requestsPerSecond, c.requestsPerSecond < 10 ? 2 : 1)} | ` +
-        `${c.latencyMs ? fmt(c.latencyMs.p50, 0) : `> ${c.durationSeconds * 1000}`} | ${c.latencyMs ? fmt(c.latencyMs.p99, 0) : '—'} | ` +
-        `${c.completed}${c.non2xx ? ` (+${c.non2xx} non-2xx)` : ''} | ${fmt(c.eventLoopDelayMs.p99)} | ${fmt(c.peakRssBytes / 2 ** 20, 0)} |`,
+      `| ${c.seq} | ${c.attention === 'favor' ? 'FAVOR+' : 'exact'} | ${c.aloneMs === null ? `> ${c.budgetSeconds * 1000}` : fmt(c.aloneMs, 0)} | ${fmt(c.requestsPerSecond, c.requestsPerSecond < 10 ? 2 : 1)} | ` +
+        `${c.latencyMs ? fmt(c.latencyMs.p50, 0) : `> ${c.budgetSeconds * 1000}`} | ${c.latencyMs ? fmt(c.latencyMs.p99, 0) : '—'} | ` +
+        `${c.completed}${c.non2xx ? ` (+${c.non2xx} non-2xx)` : ''} | ${fmt(c.eventLoopDelayMs.p99)} | ${fmt(c.peakRssBytes / 2 ** 20, 0)} | ${fmt(c.idleAfterMs, 0)} |`,
     );
   }
   return lines.join('\n');
