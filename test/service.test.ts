@@ -346,12 +346,12 @@ test('a request over its deadline gets 504 and its inference is cancelled', asyn
 
 test('a client that disconnects cancels its running inference and leaves the queue', async () => {
   const { model: gated, open, calls } = gatedModel();
-  const app = await serve({ model: gated, maxConcurrent: 1, maxQueue: 4 });
-  // Exact attention over 4096 rows: long enough to be cut short.
-  const long = randomSequence(7, 1, 4096);
+  const app = await serve({ model: gated, maxConcurrent: 1, maxQueue: 4, maxSeqLen: 16384 });
+  // Exact attention over 16384 rows (about a second here): long enough to be cut short.
+  const long = randomSequence(7, 1, 16384);
   const clients: http.ClientRequest[] = [];
   const outcomes = [0, 1].map(() =>
-    postBinary(app, long, `?shape=4096,${D}&attention=softmax`, {}, (req) => clients.push(req)).catch((error: Error) => error.message),
+    postBinary(app, long, `?shape=16384,${D}&attention=softmax`, {}, (req) => clients.push(req)).catch((error: Error) => error.message),
   );
   await until(async () => calls.length === 1 && (await metric(app, 'encode_queued_requests')) === 1, 'one running, one queued');
   // The first call starts the real inference (microtasks run before the sockets' close events).
