@@ -5,7 +5,7 @@
 // attention has m random features, and prints how far their outputs are from the
 // exact ones (relative Frobenius deviation, mean over feature seeds), for inputs
 // x ~ N(0, sigma^2): the larger the attention logits, the harder FAVOR+'s job.
-//   node examples/backward-compat.js [--seq 1024] [--seeds 3] [--features 64,128,256,512,1024] [--sigma 0.5,1]
+//   node examples/backward-compat.js [--seq 1024] [--seeds 3] [--features 64,128,256,512,1024] [--sigma 0.5,1] [--layers 2]
 'use strict';
 const { TransformerEncoder } = require('..');
 
@@ -17,7 +17,7 @@ const seq = Number(arg('seq', 1024));
 const seeds = Number(arg('seeds', 3));
 const featureCounts = String(arg('features', '64,128,256,512,1024')).split(',').map(Number);
 const sigmas = String(arg('sigma', '0.5,1')).split(',').map(Number);
-const config = { modelDim: 256, numHeads: 4, numLayers: 2, ffDim: 512, activation: 'gelu', seed: 1 };
+const config = { modelDim: 256, numHeads: 4, numLayers: Number(arg('layers', 2)), ffDim: 512, activation: 'gelu', seed: 1 };
 
 // Seeded Gaussian input (xorshift + Box-Muller), entries ~ N(0, 1), scaled per sigma.
 let s = 0x2545f491;

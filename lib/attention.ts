@@ -4,6 +4,9 @@
  *   query [B, H, Lq, d], key [B, H, Lk, d], value [B, H, Lk, Dv]  ->  output [B, H, Lq, Dv]
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
+import { isSharedArrayBuffer } from 'node:util/types';
+import { markAsUntransferable } from 'node:worker_threads';
+
 import { abortError, describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
@@ -11,6 +14,7 @@ import type { MaskLike, Tensor, TensorLike } from './tensor';
 import {
   checkNoOverlap,
   formatShape,
+  newFloat32Array,
   readBoolean,
   readInteger,
   readMask,
@@ -86,6 +90,22 @@ function readSignal(value: unknown, fn: string): AbortSignal | undefined {
 type NativeAsync = (...args: never[]) => Promise<Float32Array>;
 
 /**
+ * The native worker reads the inputs and writes `out` in place while the Promise is pending.
+ * Transferring one of their ArrayBuffers away then (postMessage or structuredClone with a
+ * transfer list) would let its new owner free memory the worker still uses. Marking the
+ * buffers untransferable (O(1), no copy) makes Node copy them instead whenever they are
+ * transferred, during the call or later (Node 21 and later refuse instead); SharedArrayBuffers
+ * are never detached. Outputs the library allocates are nobody else's until the Promise
+ * settles, so only the caller's own arrays are marked.
+ * @internal
+ */
+export function pinBuffers(arrays: readonly (ArrayBufferView | null)[]): void {
+  for (const a of arrays) {
+    if (a !== null && !isSharedArrayBuffer(a.buffer)) markAsUntransferable(a.buffer);
+  }
+}
+
+/**
  * @internal Runs a native async call under an optional signal: `start` receives the
  * control object that gets cancel() from the addon, called on abort. The addon keeps
  * every array alive until its worker finishes, aborted or not.
@@ -121,6 +141,8 @@ interface Prepared {
   k: Tensor;
   v: Tensor;
   out: Float32Array;
+  /** The caller's `out` (null when the library allocated the output). */
+  givenOut: Float32Array | null;
   outShape: readonly number[];
   dims: NativeDims;
   causal: boolean;
@@ -159,13 +181,14 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
   } else {
     // A fresh output costs page faults on first write (milliseconds for large
     // ones): callers that repeat calls should pass `out`.
-    out = new Float32Array(B * H * Lq * Dv);
+    out = newFloat32Array(B * H * Lq * Dv, `${fn} output ${formatShape(outShape)}`);
   }
   return {
     q,
     k,
     v,
     out,
+    givenOut: o.out !== undefined ? out : null,
     outShape,
     dims: { batch: B, heads: H, queryLength: Lq, keyLength: Lk, headDim: d, valueDim: Dv },
     causal,
@@ -241,7 +264,15 @@ function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unkn
  * FAVOR attention (Performer): softmax attention estimated with random features,
  * in time and memory linear in the sequence length. Runs on native worker threads;
  * the event loop stays free. Bad arguments reject the Promise with a TypeError or
- * RangeError. Inputs must not be modified until the Promise settles.
+ * RangeError. While the Promise is pending the native worker reads the inputs and writes the
+ * output in place, without copies: their ArrayBuffers are marked untransferable
+ * (`worker_threads.markAsUntransferable`, for good), so transferring one (postMessage or
+ * structuredClone with a transfer list), during the call or later, never detaches it (Node 20
+ * copies it, Node 21 and later throw a DataCloneError): the worker never uses memory that was
+ * handed away. Writing to an input
+ * meanwhile (for example through a SharedArrayBuffer) is not detected: the result is then an
+ * unspecified mix of old and new values (never a crash). An already detached input is a
+ * TypeError (`ERR_INVALID_STATE`).
  * @param query `[B, H, Lq, d]` float32.
  * @param key `[B, H, Lk, d]` float32.
  * @param value `[B, H, Lk, Dv]` float32.
@@ -258,6 +289,7 @@ export async function favorAttention(
   options?: FavorAttentionOptions,
 ): Promise<Tensor> {
   const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention');
+  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
   const data = await runAsync(native().favorAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
 }
@@ -286,7 +318,8 @@ export function favorAttentionSync(
 /**
  * Exact softmax attention, softmax(q k^T * scale) v, computed blockwise with an
  * online softmax: O(Lq * Lk) time, O(block^2) extra memory. Runs on native worker
- * threads.
+ * threads; inputs and output are used in place as for {@link favorAttention} (their
+ * ArrayBuffers become untransferable; writes during the call give an unspecified mix).
  * @param query `[B, H, Lq, d]` float32.
  * @param key `[B, H, Lk, d]` float32.
  * @param value `[B, H, Lk, Dv]` float32.
@@ -303,6 +336,7 @@ export async function softmaxAttention(
   options?: SoftmaxAttentionOptions,
 ): Promise<Tensor> {
   const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention');
+  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
   const data = await runAsync(native().softmaxAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
 }

@@ -6,6 +6,7 @@ export type ErrorCode =
   | 'ERR_INVALID_ARG_VALUE'
   | 'ERR_OUT_OF_RANGE'
   | 'ERR_INVALID_STATE'
+  | 'ERR_MEMORY_ALLOCATION_FAILED'
   | 'ABORT_ERR';
 
 /** An Error with Node's `code` property. */

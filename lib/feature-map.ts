@@ -247,7 +247,7 @@ export class FeatureMap {
    * head H, from the statistics of that head over every batch entry. O(L·d) for `softmax-opt`,
    * O(L·d²) plus a d×d eigendecomposition per head for `softmax-dense`.
    * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a non-adaptive kernel; RangeError for shapes
-   *   that do not fit or non-finite values.
+   *   that do not fit, non-finite values or rows whose squared norm (of d^(-1/4) x) exceeds 1e30.
    */
   calibrate(query: TensorLike, key: TensorLike): AdaptiveParameters {
     if (!ADAPTIVE.includes(this.kernel)) {
@@ -289,7 +289,8 @@ export class FeatureMap {
    * A feature map with a given projection (for example a trained model's), copied.
    * `projection` is m x d row-major: numFeatures * headDim floats.
    * @throws TypeError when `projection` is not a Float32Array or headDim / numFeatures is
-   *   missing; RangeError when its length is not numFeatures * headDim or a value is not finite.
+   *   missing; RangeError when its length is not numFeatures * headDim, a value is not finite
+   *   or a row's squared norm exceeds 1e30.
    */
   static fromProjection(projection: Float32Array, options: FromProjectionOptions): FeatureMap {
     if (!isFloat32Array(projection)) {
@@ -311,9 +312,17 @@ export class FeatureMap {
         `projection: expected numFeatures * headDim = ${numFeatures} * ${headDim} = ${numFeatures * headDim} elements, received ${projection.length}`,
       );
     }
-    for (let i = 0; i < projection.length; i++) {
-      if (!Number.isFinite(projection[i])) {
-        throw rangeError(`projection: values must be finite, received ${projection[i]} at index ${i}`);
+    for (let f = 0; f < numFeatures; f++) {
+      let norm2 = 0;
+      for (let i = f * headDim; i < (f + 1) * headDim; i++) {
+        if (!Number.isFinite(projection[i])) {
+          throw rangeError(`projection: values must be finite, received ${projection[i]} at index ${i}`);
+        }
+        norm2 += projection[i] * projection[i];
+      }
+      // The same bound as on the inputs' rows: w·x̂ and the log-features then stay far from float32 overflow.
+      if (norm2 > 1e30) {
+        throw rangeError(`projection: row ${f} is too large (squared norm ${norm2.toExponential(2)}, the limit is 1e30)`);
       }
     }
     const map = Object.create(FeatureMap.prototype) as FeatureMap;
@@ -372,7 +381,8 @@ export class FeatureMap {
    * double; positive features of very large inputs can exceed float range
    * (Infinity): use `logSpace` for those.
    * @throws RangeError when the last dimension of `x` is not headDim, for `logSpace` with
-   *   `trig`, or for non-finite inputs.
+   *   `trig`, for non-finite inputs or rows whose squared norm (of d^(-1/4) x) exceeds 1e30
+   *   (as in attention); RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) when the output cannot be allocated.
    */
   features(x: TensorLike, options?: FeaturesOptions): Tensor {
     const o = readOptions<FeaturesOptions>(options, 'features options', ['logSpace', 'head']);

@@ -301,7 +301,8 @@ export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptio
  * is padded with spaces so that the data starts at a multiple of 8 bytes.
  * @param tensors Float32 tensors by name (`shape` or `dims`).
  * @param metadata Optional `__metadata__`: string keys and string values.
- * @returns The file's bytes (a Buffer of its own, offset 0).
+ * @returns The file's bytes: a Node `Buffer` of its own (offset 0), typed as `Uint8Array` so
+ *   that the package's types need no `@types/node`; pass it to `fs.writeFile` as it is.
  * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }` or metadata
  *   that is not strings; RangeError for a data length that does not match the shape or the
  *   reserved name `__metadata__`.

@@ -44,6 +44,16 @@ export function isFloat32Array(value: unknown): value is Float32Array {
   return types.isFloat32Array(value);
 }
 
+/** Whether `buffer` was detached (a view on it cannot be made then). */
+function isDetached(buffer: ArrayBufferLike): boolean {
+  try {
+    new Uint8Array(buffer, 0, 0);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 function readTyped<T extends Float32Array | Uint8Array>(
   value: unknown,
   name: string,
@@ -56,6 +66,12 @@ function readTyped<T extends Float32Array | Uint8Array>(
   const data = record.data;
   if (!TYPED_CHECKS[typeName](data)) {
     throw typeError(`${name}.data: expected a ${typeName}, received ${describe(data)}`);
+  }
+  if ((data as ArrayBufferView).byteLength === 0 && isDetached((data as ArrayBufferView).buffer)) {
+    throw typeError(
+      `${name}.data: its ArrayBuffer is detached (transferred away, for example by postMessage or structuredClone); pass an array that owns its memory`,
+      'ERR_INVALID_STATE',
+    );
   }
   const shape = readShape(record, name);
   const size = product(shape);
@@ -149,6 +165,15 @@ export function readEnum<T extends string>(value: unknown, name: string, fallbac
     );
   }
   return value as T;
+}
+
+/** A new Float32Array, or a RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) naming `name` when it cannot be allocated. */
+export function newFloat32Array(length: number, name: string): Float32Array {
+  try {
+    return new Float32Array(length);
+  } catch {
+    throw rangeError(`${name}: cannot allocate ${length} elements (${((length * 4) / 2 ** 30).toFixed(1)} GiB)`, 'ERR_MEMORY_ALLOCATION_FAILED');
+  }
 }
 
 /** Throws when two typed arrays share memory (an output must not overwrite an input). */

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm run test:leak`: node under valgrind --leak-check=full running a small JS
-// workload of the attention calls (sync, async, aborted); fails on any definitely
+// workload of the attention calls and layers (sync, async, aborted, decoding steps,
+// serialized states); fails on any definitely
 // lost block or memory error. About 10 s. Needs valgrind and a built dist/.
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -19,6 +20,20 @@ const t = (n, L) => ({ data: new Float32Array(L * n).map((_, j) => Math.sin(j)),
     const c = new AbortController();
     c.abort();
     await pa.softmaxAttention(q, k, v, { signal: c.signal }).catch(() => 0);
+  }
+  const dec = new pa.TransformerDecoder({ modelDim: 16, numHeads: 2, numLayers: 2, featureMap: { numFeatures: 16 } });
+  const x = { data: new Float32Array(3 * 16).fill(0.1), shape: [1, 3, 16] };
+  const memory = { data: new Float32Array(5 * 16).fill(0.2), shape: [1, 5, 16] };
+  for (let i = 0; i < 10; ++i) {
+    dec.forwardSync(x, { memory, attention: i % 2 ? 'softmax' : 'favor' });
+    await dec.forward(x, { memory });
+    const state = await dec.createState(1, { memory });
+    dec.stepSync(x, state);
+    await dec.step(x, state);
+    dec.loadState(state.serialize());
+    const c = new AbortController();
+    c.abort();
+    await dec.forward(x, { memory, signal: c.signal }).catch(() => 0);
   }
 })();
 `;

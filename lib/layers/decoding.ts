@@ -71,6 +71,8 @@ export class DecodingState {
   /**
    * The state as bytes: header (version, model fingerprint, batch, position, array
    * names and sizes), the arrays, a CRC-32. Read back with the model's `loadState`.
+   * A Node `Buffer` at run time, typed `Uint8Array` so that the package's types need no
+   * `@types/node`.
    * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state.
    */
   serialize(): Uint8Array {

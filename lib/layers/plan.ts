@@ -5,7 +5,7 @@
  * Temporaries come from a process-wide cache of Float32Arrays, so repeated passes of
  * the same shapes touch no fresh pages.
  */
-import { runAbortable } from '../attention';
+import { pinBuffers, runAbortable } from '../attention';
 import { native } from '../native';
 
 /** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
@@ -89,6 +89,15 @@ export class PlanBuilder {
    * (a multi-layer decoding step must advance every layer's state or none).
    */
   async run(signal: AbortSignal | undefined, atomic = false): Promise<void> {
+    // The caller's arrays (checked inputs, masks) stay in the worker's hands until it
+    // is done: they must not be transferred away meanwhile (see pinBuffers).
+    const caller: ArrayBufferView[] = [];
+    for (const step of this.steps) {
+      if (step.op === 'checkFinite') caller.push(step.x as Float32Array);
+      const mask = (step.options as { keyPadding?: Uint8Array | null } | undefined)?.keyPadding;
+      if (mask) caller.push(mask);
+    }
+    pinBuffers(caller);
     try {
       await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal);
     } finally {

@@ -43,6 +43,18 @@ void AsyncJob::Execute() { error_ = capture_errors([this] { run_(); }); }
 // not escape (it would terminate the process): the Promise is gone anyway.
 void AsyncJob::OnOK() {
   try {
+    // The library marks the caller's buffers untransferable; one detached by other
+    // means (another addon) while the worker ran leaves no defined result.
+    for (const Napi::ObjectReference& ref : references_) {
+      const Napi::Value value = ref.Value();
+      if (value.IsTypedArray() && value.As<Napi::TypedArray>().ArrayBuffer().IsDetached()) {
+        deferred_.Reject(make_error(Env(), "TypeError",
+                                    "an input or output ArrayBuffer was detached while the call ran; the result is undefined",
+                                    "ERR_INVALID_STATE")
+                             .Value());
+        return;
+      }
+    }
     if (error_.empty()) {
       deferred_.Resolve(result_.IsEmpty() ? Env().Undefined() : result_.Value());
     } else {

@@ -27,6 +27,9 @@ FloatView float32_array(const Napi::Value& value, const char* name) {
     throw_type_error(value.Env(), std::string(name) + ": expected a Float32Array");
   }
   auto array = value.As<Napi::Float32Array>();
+  if (array.ArrayBuffer().IsDetached()) {
+    throw_type_error(value.Env(), std::string(name) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+  }
   return {array.Data(), array.ElementLength()};
 }
 
@@ -72,6 +75,44 @@ std::string string_property(const Napi::Object& object, const char* key, const c
   if (value.IsUndefined() || value.IsNull()) return fallback;
   if (!value.IsString()) throw_type_error(object.Env(), std::string(key) + ": expected a string");
   return value.As<Napi::String>().Utf8Value();
+}
+
+namespace {
+
+Napi::Value new_typed_array(Napi::Env env, const char* constructor, napi_typedarray_type type,
+                            std::size_t length, std::size_t element_size, const char* name) {
+  const auto fail = [&] {
+    throw make_error(env, "RangeError",
+                     std::string(name) + ": cannot allocate " + std::to_string(length) + " elements (" +
+                         std::to_string(static_cast<double>(length) * static_cast<double>(element_size) / 1073741824.0) +
+                         " GiB)",
+                     "ERR_MEMORY_ALLOCATION_FAILED");
+  };
+  // Beyond this no typed array can exist (and the double below stays exact).
+  if (length > (std::size_t{1} << 50) / element_size) fail();
+  Napi::Value array;
+  try {
+    const Napi::Function make = env.Global().Get(constructor).As<Napi::Function>();
+    array = make.New({Napi::Number::New(env, static_cast<double>(length))});
+  } catch (const Napi::Error&) {
+    fail();
+  }
+  if (!array.IsTypedArray() || array.As<Napi::TypedArray>().TypedArrayType() != type ||
+      array.As<Napi::TypedArray>().ElementLength() != length) {
+    throw make_error(env, "Error", std::string("internal error: globalThis.") + constructor + " was replaced",
+                     "ERR_PERFORMER_INTERNAL");
+  }
+  return array;
+}
+
+}  // namespace
+
+Napi::Float32Array new_float32_array(Napi::Env env, std::size_t length, const char* name) {
+  return new_typed_array(env, "Float32Array", napi_float32_array, length, 4, name).As<Napi::Float32Array>();
+}
+
+Napi::Float64Array new_float64_array(Napi::Env env, std::size_t length, const char* name) {
+  return new_typed_array(env, "Float64Array", napi_float64_array, length, 8, name).As<Napi::Float64Array>();
 }
 
 std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {

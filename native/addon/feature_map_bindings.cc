@@ -11,6 +11,37 @@
 namespace pa_addon {
 namespace {
 
+// Rows of x (width d) must be finite, with squared norms of x_hat = d^(-1/4) x up to
+// 1e30, as attention requires: beyond that the float32 log-features overflow and the
+// features or the calibration statistics would be NaN.
+void check_rows(Napi::Env env, const char* name, const float* x, std::size_t rows, std::size_t d) {
+  const double normalizer2 = 1.0 / std::sqrt(static_cast<double>(d));
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * d;
+    // Four independent sums (no long dependency chain); NaN or infinity makes them NaN or Inf.
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    std::size_t i = 0;
+    for (; i + 4 <= d; i += 4) {
+      for (std::size_t j = 0; j < 4; ++j) s[j] += static_cast<double>(row[i + j]) * row[i + j];
+    }
+    for (; i < d; ++i) s[0] += static_cast<double>(row[i]) * row[i];
+    const double norm2 = (s[0] + s[1]) + (s[2] + s[3]);
+    if (!std::isfinite(norm2)) {
+      for (std::size_t j = 0; j < d; ++j) {
+        if (!std::isfinite(row[j])) {
+          throw_range_error(env, std::string(name) + ": values must be finite, received " +
+                                     (std::isnan(row[j]) ? "NaN" : row[j] > 0 ? "Infinity" : "-Infinity") +
+                                     " at flat index " + std::to_string(r * d + j));
+        }
+      }
+    }
+    if (norm2 * normalizer2 > 1e30) {
+      throw_range_error(env, std::string(name) + ": row " + std::to_string(r) +
+                                 " is too large (squared norm of d^(-1/4) x above 1e30 overflows float32 features)");
+    }
+  }
+}
+
 Napi::Value sample_projection(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) throw_type_error(env, "options: expected an object");
@@ -34,8 +65,11 @@ Napi::Value sample_projection(const Napi::CallbackInfo& info) {
     throw_range_error(env, "normScaling: expected 'chi' or 'sqrt'");
   }
   spec.sign_fix = bool_property(options, "signFix", true);
-  Napi::Float32Array out = Napi::Float32Array::New(env, checked_mul(env, spec.num_features, spec.head_dim));
-  pa::sample_projection(spec, active_kernels(), out.Data());
+  Napi::Float32Array out =
+      new_float32_array(env, checked_mul(env, spec.num_features, spec.head_dim), "projection (numFeatures x headDim)");
+  // Orthogonal blocks need a headDim x headDim workspace: it may not fit either.
+  const PendingError error = capture_errors([&] { pa::sample_projection(spec, active_kernels(), out.Data()); });
+  if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
   return out;
 }
 
@@ -54,7 +88,8 @@ Napi::Value compute_features(const Napi::CallbackInfo& info) {
                                std::to_string(x.length));
   }
   const bool log_space = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
-  Napi::Float32Array out = Napi::Float32Array::New(env, checked_mul(env, rows, spec.feature_count()));
+  check_rows(env, "x", x.data, rows, head_dim);
+  Napi::Float32Array out = new_float32_array(env, checked_mul(env, rows, spec.feature_count()), "features");
   const PendingError error =
       capture_errors([&] { pa::compute_features(spec, active_kernels(), x.data, rows, log_space, out.Data()); });
   if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
@@ -72,7 +107,7 @@ Napi::Value pack_projection(const Napi::CallbackInfo& info) {
   if (!(m >= 1 && d >= 1) || m != std::floor(m) || d != std::floor(d)) throw_range_error(env, "sizes: expected integers >= 1");
   const std::size_t size = checked_mul(env, static_cast<std::size_t>(m), static_cast<std::size_t>(d));
   if (!identity && projection.length != size) throw_range_error(env, "projection: wrong length");
-  Napi::Float32Array out = Napi::Float32Array::New(env, size);
+  Napi::Float32Array out = new_float32_array(env, size, "packed projection");
   pa::pack_projection(projection.data, static_cast<std::size_t>(m), static_cast<std::size_t>(d), out.Data());
   return out;
 }
@@ -111,31 +146,37 @@ Napi::Value calibrate_features(const Napi::CallbackInfo& info) {
   const std::string kernel = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
   if (kernel != "softmax-opt" && kernel != "softmax-dense") throw_range_error(env, "kernel: expected softmax-opt or softmax-dense");
   const bool dense = kernel == "softmax-dense";
-  for (std::size_t i = 0; i < q.length; ++i) {
-    if (!std::isfinite(q.data[i])) throw_range_error(env, "query: values must be finite");
-  }
-  for (std::size_t i = 0; i < k.length; ++i) {
-    if (!std::isfinite(k.data[i])) throw_range_error(env, "key: values must be finite");
-  }
-  Napi::Float64Array coefficients = Napi::Float64Array::New(env, heads * d);
+  check_rows(env, "query", q.data, q.length / d, d);
+  check_rows(env, "key", k.data, k.length / d, d);
+  Napi::Float64Array coefficients = new_float64_array(env, checked_mul(env, heads, d), "coefficients");
   Napi::Value basis = env.Null();
   Napi::Float64Array basis_array;
   if (dense) {
-    basis_array = Napi::Float64Array::New(env, checked_mul(env, heads * d, d));
+    basis_array = new_float64_array(env, checked_mul(env, checked_mul(env, heads, d), d), "basis");
     basis = basis_array;
   }
-  pa::PairMoments total;
-  for (std::size_t h = 0; h < heads; ++h) {
-    total.init(d, dense);
-    for (std::size_t b = 0; b < batch; ++b) {
-      const std::size_t bh = b * heads + h;
-      total.add(q.data + bh * lq * d, lq, false, nullptr, active_kernels());
-      total.add(k.data + bh * lk * d, lk, true, nullptr, active_kernels());
+  const PendingError error = capture_errors([&] {
+    pa::PairMoments total;
+    for (std::size_t h = 0; h < heads; ++h) {
+      total.init(d, dense);
+      for (std::size_t b = 0; b < batch; ++b) {
+        const std::size_t bh = b * heads + h;
+        total.add(q.data + bh * lq * d, lq, false, nullptr, active_kernels());
+        total.add(k.data + bh * lk * d, lk, true, nullptr, active_kernels());
+      }
+      const pa::AdaptiveParams params = pa::params_from_moments(total, dense);
+      // Checked like fixed parameters: a set that attention would refuse is an error here.
+      for (const double a : params.a) {
+        if (!std::isfinite(a) || !(a < 0.125)) throw pa::InputError("query/key: the statistics give no finite optimal parameters");
+      }
+      for (const double x : params.basis) {
+        if (!std::isfinite(x)) throw pa::InputError("query/key: the statistics give no finite optimal parameters");
+      }
+      std::copy(params.a.begin(), params.a.end(), coefficients.Data() + h * d);
+      if (dense) std::copy(params.basis.begin(), params.basis.end(), basis_array.Data() + h * d * d);
     }
-    const pa::AdaptiveParams params = pa::params_from_moments(total, dense);
-    std::copy(params.a.begin(), params.a.end(), coefficients.Data() + h * d);
-    if (dense) std::copy(params.basis.begin(), params.basis.end(), basis_array.Data() + h * d * d);
-  }
+  });
+  if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
   Napi::Object out = Napi::Object::New(env);
   out.Set("coefficients", coefficients);
   out.Set("basis", basis);

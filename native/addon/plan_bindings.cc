@@ -34,11 +34,16 @@ struct PlanContext {
   Napi::Env env;
   const pa::KernelSet* kernels;
   std::shared_ptr<pa::ThreadPool> pool;
+  // Async plans: every array a step reads or writes, kept alive until the worker is
+  // done and checked for detachment then. Null for sync plans.
+  std::vector<Napi::Value>* arrays;
 };
 
 // A Float32Array property holding at least `needed` elements.
-float* float_field(const Napi::Object& step, const char* key, std::size_t needed) {
-  const FloatView view = float32_array(step.Get(key), key);
+float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
+  const Napi::Value value = step.Get(key);
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  const FloatView view = float32_array(value, key);
   if (view.length < needed) {
     throw_range_error(step.Env(), std::string(key) + ": expected at least " + std::to_string(needed) +
                                       " elements, received " + std::to_string(view.length));
@@ -46,10 +51,10 @@ float* float_field(const Napi::Object& step, const char* key, std::size_t needed
   return view.data;
 }
 
-const float* optional_float_field(const Napi::Object& step, const char* key, std::size_t needed) {
+const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
   const Napi::Value value = step.Get(key);
   if (value.IsUndefined() || value.IsNull()) return nullptr;
-  return float_field(step, key, needed);
+  return float_field(ctx, step, key, needed);
 }
 
 // End of the rows [0, rows) of width `width` at stride `stride` (0 rows: 0).
@@ -77,11 +82,11 @@ Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
   if (in == 0 || out == 0) throw_range_error(ctx.env, "linear: in and out must be >= 1");
   const std::size_t x_len = strided_extent(ctx.env, rows, x_stride, in);
   const std::size_t y_len = checked_mul(ctx.env, rows, out);
-  const float* x = float_field(s, "x", x_len);
-  const float* packed = float_field(s, "packed", pa::linear_packed_size(in, out));
-  const float* bias = optional_float_field(s, "bias", out);
-  const float* residual = optional_float_field(s, "residual", y_len);
-  float* y = float_field(s, "y", y_len);
+  const float* x = float_field(ctx, s, "x", x_len);
+  const float* packed = float_field(ctx, s, "packed", pa::linear_packed_size(in, out));
+  const float* bias = optional_float_field(ctx, s, "bias", out);
+  const float* residual = optional_float_field(ctx, s, "residual", y_len);
+  float* y = float_field(ctx, s, "y", y_len);
   if (overlaps(x, x_len, y, y_len)) throw_range_error(ctx.env, "linear: x and y overlap");
   if (residual != nullptr && residual != y && overlaps(residual, y_len, y, y_len)) {
     throw_range_error(ctx.env, "linear: residual overlaps y without being y");
@@ -96,10 +101,10 @@ Step parse_layer_norm(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t rows = size_property(s, "rows"), dim = size_property(s, "dim");
   if (dim == 0) throw_range_error(ctx.env, "layerNorm: dim must be >= 1");
   const std::size_t n = checked_mul(ctx.env, rows, dim);
-  const float* x = float_field(s, "x", n);
-  const float* gamma = optional_float_field(s, "gamma", dim);
-  const float* beta = optional_float_field(s, "beta", dim);
-  float* y = float_field(s, "y", n);
+  const float* x = float_field(ctx, s, "x", n);
+  const float* gamma = optional_float_field(ctx, s, "gamma", dim);
+  const float* beta = optional_float_field(ctx, s, "beta", dim);
+  float* y = float_field(ctx, s, "y", n);
   if (x != y && overlaps(x, n, y, n)) throw_range_error(ctx.env, "layerNorm: x overlaps y without being y");
   const double eps = number_property(s, "eps", 1e-5);
   if (!(eps > 0.0) || !std::isfinite(eps)) throw_range_error(ctx.env, "layerNorm: eps must be a finite number > 0");
@@ -125,8 +130,8 @@ Step parse_split_heads(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t stride = s.Has("srcStride") ? size_property(s, "srcStride") : h.width;
   const std::size_t src_len = strided_extent(ctx.env, h.rows, stride, h.width);
   const std::size_t dst_len = checked_mul(ctx.env, h.rows, h.width);
-  const float* src = float_field(s, "src", src_len);
-  float* dst = float_field(s, "dst", dst_len);
+  const float* src = float_field(ctx, s, "src", src_len);
+  float* dst = float_field(ctx, s, "dst", dst_len);
   if (overlaps(src, src_len, dst, dst_len)) throw_range_error(ctx.env, "splitHeads: src and dst overlap");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] { pa::split_heads(h.batch, h.len, h.heads, h.head_dim, src, stride, dst, *pool); };
@@ -135,17 +140,18 @@ Step parse_split_heads(const PlanContext& ctx, const Napi::Object& s) {
 Step parse_merge_heads(const PlanContext& ctx, const Napi::Object& s) {
   const HeadShape h = parse_head_shape(ctx, s);
   const std::size_t n = checked_mul(ctx.env, h.rows, h.width);
-  const float* src = float_field(s, "src", n);
-  float* dst = float_field(s, "dst", n);
+  const float* src = float_field(ctx, s, "src", n);
+  float* dst = float_field(ctx, s, "dst", n);
   if (overlaps(src, n, dst, n)) throw_range_error(ctx.env, "mergeHeads: src and dst overlap");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] { pa::merge_heads(h.batch, h.len, h.heads, h.head_dim, src, dst, *pool); };
 }
 
 Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
-  const FloatView x = float32_array(s.Get("x"), "x");
+  const Napi::Value value = s.Get("x");
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  const FloatView x = float32_array(value, "x");
   const std::string name = string_property(s, "name", "input");
-  (void)ctx;
   return [x, name] {
     for (std::size_t i = 0; i < x.length; ++i) {
       if (!std::isfinite(x.data[i])) {
@@ -176,7 +182,7 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
   Napi::Env env = info.Env();
   if (!info[0].IsArray()) throw_type_error(env, "plan: expected an array of steps");
   const Napi::Array steps = info[0].As<Napi::Array>();
-  PlanContext ctx{env, &active_kernels(), pa::global_pool()};
+  PlanContext ctx{env, &active_kernels(), pa::global_pool(), keep_alive};
   Plan plan;
   plan.cancel = cancel;
   plan.atomic = atomic;
@@ -185,7 +191,6 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
     if (!value.IsObject()) throw_type_error(env, "plan step " + std::to_string(i) + ": expected an object");
     const Napi::Object s = value.As<Napi::Object>();
     const std::string op = string_property(s, "op", "");
-    if (keep_alive != nullptr) keep_alive->push_back(s);
     if (op == "linear") {
       plan.steps.push_back(parse_linear(ctx, s));
     } else if (op == "layerNorm") {
@@ -201,7 +206,6 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
                                              s.Get("options"), op == "favor" ? AttentionKind::kFavor : AttentionKind::kSoftmax);
       job.set_cancel(atomic ? nullptr : cancel.get());
       if (keep_alive != nullptr) {
-        // The step object holds its arrays, but a caller could replace them: keep each.
         for (const char* key : {"q", "k", "v", "out"}) keep_alive->push_back(s.Get(key));
         attention_option_arrays(s.Get("options").As<Napi::Object>(), keep_alive);
       }
@@ -242,7 +246,7 @@ Napi::Value linear_pack(const Napi::CallbackInfo& info) {
   if (in == 0 || out == 0 || w.length != checked_mul(env, in, out)) {
     throw_range_error(env, "weight: expected " + std::to_string(out) + " x " + std::to_string(in) + " elements");
   }
-  Napi::Float32Array packed = Napi::Float32Array::New(env, pa::linear_packed_size(in, out));
+  Napi::Float32Array packed = new_float32_array(env, pa::linear_packed_size(in, out), "packed weight");
   pa::linear_pack(in, out, w.data, packed.Data());
   return packed;
 }

@@ -11,6 +11,14 @@ import {
   softmaxAttention,
   softmaxAttentionSync,
   tensor,
+  fromBert,
+  fromPyTorch,
+  loadSafetensors,
+  loadSafetensorsSync,
+  readSafetensors,
+  toPyTorch,
+  writeSafetensors,
+  type Safetensors,
   type BackendInfo,
   type AdaptiveParameters,
   type CodedError,
@@ -99,6 +107,24 @@ setBackend({ isa: 'avx2', threads: 2 });
 // @ts-expect-error: not a kernel set
 setBackend({ isa: 'neon' });
 assertType<Equal<ReturnType<typeof measureFmaPeak>, FmaPeak>>();
+
+// Weights I/O.
+const file = writeSafetensors({ w: q, o: ort }, { note: 'x' });
+assertType<Equal<typeof file, Uint8Array>>();
+assertType<Equal<ReturnType<typeof readSafetensors>, Safetensors>>();
+assertType<Equal<ReturnType<typeof loadSafetensors>, Promise<Safetensors>>>();
+assertType<Equal<ReturnType<typeof loadSafetensorsSync>, Safetensors>>();
+assertType<Equal<Safetensors['tensors'], Record<string, Tensor>>>();
+assertType<Equal<Safetensors['metadata'], Record<string, string>>>();
+readSafetensors(file, { include: (name) => name.startsWith('w') });
+// @ts-expect-error: metadata values are strings
+writeSafetensors({ w: q }, { n: 1 });
+assertType<Equal<ReturnType<typeof fromPyTorch>, Record<string, Tensor>>>();
+assertType<Equal<ReturnType<typeof fromBert>, Record<string, Tensor>>>();
+assertType<Equal<ReturnType<typeof toPyTorch>, Record<string, Tensor>>>();
+fromPyTorch({ in_proj_weight: q }, { prefix: 'encoder.' });
+// @ts-expect-error: the prefix is a string
+fromBert({}, { prefix: 1 });
 
 // Errors carry a Node-style code.
 declare const error: CodedError;
