@@ -1,0 +1,243 @@
+// The HTTP encoder service: buildServer(options) returns a Fastify instance (not yet
+// listening) serving
+//   POST /encode   a sequence [seq, modelDim] or a batch [batch, seq, modelDim], as JSON or as
+//                  float32 bytes; answers the mean-pooled embedding and, with full, the whole output
+//   GET  /health   status, model config and limits
+//   GET  /metrics  Prometheus text
+// Inference runs through the library's Promise API only, at most maxConcurrent at once
+// with at most maxQueue waiting; beyond that 503 + Retry-After. A client that disconnects
+// cancels its inference (AbortSignal); `app.close()` drains the requests in flight.
+'use strict';
+const http = require('node:http');
+const os = require('node:os');
+const Fastify = require('fastify');
+
+const { HttpError, readBinaryBody, readBinaryParams, readJsonBody, ATTENTION } = require('./input');
+const { Limiter } = require('./limiter');
+const { Metrics } = require('./metrics');
+
+const MiB = 1024 * 1024;
+
+const DEFAULTS = {
+  model: undefined, // required: { config, modelDim, forward, pendingCalls } (see model.js)
+  maxConcurrent: os.availableParallelism(), // inferences at once
+  maxQueue: undefined, // requests waiting for a slot; default 2 * maxConcurrent
+  maxSeqLen: 16384, // rows per sequence
+  maxBatch: 8, // sequences per request
+  maxTokens: undefined, // batch * seq per request; default maxSeqLen
+  jsonBodyLimit: 16 * MiB, // JSON is ~10x the size of float32 bytes: use binary for long sequences
+  binaryBodyLimit: undefined, // default maxTokens * modelDim * 4 bytes
+  timeoutMs: 120000, // deadline of one request, queue time included: 504 after it
+  retryAfterSeconds: 1, // the Retry-After of a 503
+  defaultAttention: 'favor',
+  logger: false, // Fastify's logger option
+};
+
+function readOptions(options) {
+  if (options === null || typeof options !== 'object') throw new TypeError(`options: expected an object, received ${options}`);
+  for (const key of Object.keys(options)) {
+    if (!(key in DEFAULTS)) throw new TypeError(`options: unknown option '${key}' (known: ${Object.keys(DEFAULTS).join(', ')})`);
+  }
+  const o = { ...DEFAULTS };
+  for (const [key, value] of Object.entries(options)) if (value !== undefined) o[key] = value;
+  const { model } = o;
+  if (!model || typeof model.forward !== 'function' || !Number.isInteger(model.modelDim) || typeof model.pendingCalls !== 'function') {
+    throw new TypeError('options.model: expected { config, modelDim, forward(), pendingCalls() } (see loadModel in model.js)');
+  }
+  o.maxQueue ??= 2 * o.maxConcurrent;
+  o.maxTokens ??= o.maxSeqLen;
+  o.binaryBodyLimit ??= o.maxTokens * model.modelDim * 4;
+  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'retryAfterSeconds']) {
+    if (!Number.isSafeInteger(o[key]) || o[key] < 1) throw new RangeError(`options.${key}: expected a positive integer, received ${o[key]}`);
+  }
+  if (!Number.isSafeInteger(o.maxQueue) || o.maxQueue < 0) throw new RangeError(`options.maxQueue: expected an integer >= 0, received ${o.maxQueue}`);
+  if (!ATTENTION.includes(o.defaultAttention)) throw new RangeError(`options.defaultAttention: expected 'favor' or 'softmax', received ${o.defaultAttention}`);
+  return o;
+}
+
+/** Mean over the rows of each sequence, accumulated in double: [B, L, D] -> [B, D]. */
+function meanPool({ data, shape: [B, L, D] }) {
+  const out = new Float32Array(B * D);
+  const sum = new Float64Array(D);
+  for (let b = 0; b < B; b++) {
+    sum.fill(0);
+    for (let i = 0; i < L; i++) {
+      const row = (b * L + i) * D;
+      for (let j = 0; j < D; j++) sum[j] += data[row + j];
+    }
+    for (let j = 0; j < D; j++) out[b * D + j] = sum[j] / L;
+  }
+  return out;
+}
+
+// Float32Array -> nested arrays of numbers of `shape`.
+function nested(data, shape) {
+  if (shape.length === 1) return Array.from(data);
+  const step = data.length / shape[0];
+  const out = new Array(shape[0]);
+  for (let i = 0; i < shape[0]; i++) out[i] = nested(data.subarray(i * step, (i + 1) * step), shape.slice(1));
+  return out;
+}
+
+// The library's errors about its input (by name and code: errors made by the addon come
+// from the main realm, where instanceof in a vm context such as jest's would fail).
+const isLibraryInputError = (error) =>
+  (error?.name === 'TypeError' || error?.name === 'RangeError') && /^ERR_(INVALID_ARG|OUT_OF_RANGE)/.test(String(error.code));
+
+function buildServer(options) {
+  const o = readOptions(options);
+  const { model } = o;
+  const limits = {
+    modelDim: model.modelDim,
+    maxSeqLen: o.maxSeqLen,
+    maxBatch: o.maxBatch,
+    maxTokens: o.maxTokens,
+    defaultAttention: o.defaultAttention,
+  };
+  const limiter = new Limiter(o.maxConcurrent, o.maxQueue);
+  const metrics = new Metrics({ pendingCalls: () => model.pendingCalls(), limiter });
+  const overloaded = () => {
+    metrics.counters.overload++;
+    return new HttpError(503, `overloaded: ${limiter.active} inferences running and ${limiter.waiting.length} waiting; retry later`, {
+      'retry-after': String(o.retryAfterSeconds),
+    });
+  };
+
+  const app = Fastify({ logger: o.logger, bodyLimit: o.jsonBodyLimit, return503OnClosing: true });
+  app.removeContentTypeParser('text/plain');
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: o.binaryBodyLimit }, (request, body, done) =>
+    done(null, body),
+  );
+
+  app.setErrorHandler((error, request, reply) => {
+    let status = error.statusCode;
+    let message = error.message;
+    if (error instanceof HttpError) {
+      reply.headers(error.headers);
+    } else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      message = `content-type ${JSON.stringify(request.headers['content-type'])} is not accepted: send application/json or application/octet-stream (float32 little-endian)`;
+    } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      const binary = /octet-stream/.test(request.headers['content-type'] || '');
+      message = `body larger than this server's limit of ${binary ? o.binaryBodyLimit : o.jsonBodyLimit} bytes${binary ? '' : ' for JSON (send long sequences as application/octet-stream float32)'}`;
+    } else if (!(status >= 400 && status < 500)) {
+      request.log.error({ err: error }, 'request failed');
+      status = 500;
+      message = 'internal error';
+    }
+    reply.code(status).send({ statusCode: status, error: http.STATUS_CODES[status], message });
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.observe(request.method, request.routeOptions.url || 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+  });
+  app.addHook('onClose', async () => metrics.stop());
+  // Draining: answers still to come close their connection, else a keep-alive client
+  // would hold the server open after its last response.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
+
+  app.get('/health', async () => ({
+    status: 'ok',
+    model: model.config,
+    attention: ATTENTION,
+    limits: { ...limits, maxConcurrent: o.maxConcurrent, maxQueue: o.maxQueue, jsonBodyLimit: o.jsonBodyLimit, binaryBodyLimit: o.binaryBodyLimit, timeoutMs: o.timeoutMs },
+    active: limiter.active,
+    queued: limiter.waiting.length,
+  }));
+
+  app.get('/metrics', async (request, reply) => {
+    reply.type('text/plain; version=0.0.4; charset=utf-8');
+    return metrics.render();
+  });
+
+  app.post('/encode', {
+    // Refuse before reading the body: when the queue is full, and when a binary
+    // request's shape is wrong or does not match its Content-Length.
+    onRequest: async () => {
+      if (limiter.full()) throw overloaded();
+    },
+    preParsing: async (request, reply, payload) => {
+      if (/^application\/octet-stream\b/i.test(request.headers['content-type'] || '')) {
+        const params = readBinaryParams(request.query, request.headers, limits);
+        const length = request.headers['content-length'];
+        const [B, L, D] = params.shape;
+        if (length !== undefined && Number(length) !== B * L * D * 4) {
+          throw new HttpError(400, `body: shape [${params.shape.join(', ')}] needs ${B * L * D * 4} bytes (${B * L * D} float32), content-length says ${length}`);
+        }
+        request.binaryParams = params;
+      } else if (Object.keys(request.query || {}).length > 0) {
+        throw new HttpError(400, `query: parameters are for binary bodies; a JSON body carries its options itself (received ?${Object.keys(request.query).join('&')})`);
+      }
+      return payload;
+    },
+    handler: async (request, reply) => {
+      const input = request.binaryParams ? readBinaryBody(request.body, request.binaryParams) : readJsonBody(request.body, limits);
+
+      // One signal for the whole request: the client going away or the deadline.
+      const controller = new AbortController();
+      const onClose = () => {
+        if (!reply.raw.writableEnded) controller.abort(Object.assign(new Error('client disconnected'), { kind: 'disconnect' }));
+      };
+      reply.raw.once('close', onClose);
+      if (request.raw.socket && request.raw.socket.destroyed) onClose(); // gone while the body was parsed
+      const timer = setTimeout(
+        () => controller.abort(Object.assign(new Error(`deadline of ${o.timeoutMs} ms exceeded`), { kind: 'deadline' })),
+        o.timeoutMs,
+      );
+      const { signal } = controller;
+      let output;
+      try {
+        const slot = limiter.acquire(signal);
+        if (slot === null) throw overloaded();
+        const release = await slot;
+        try {
+          output = await model.forward(input.tensor, { attention: input.attention, signal });
+        } finally {
+          release();
+        }
+      } catch (error) {
+        if (signal.aborted) {
+          const kind = signal.reason.kind;
+          metrics.counters[kind]++;
+          if (kind === 'deadline') throw new HttpError(504, `inference did not finish within the server's deadline of ${o.timeoutMs} ms`);
+          return reply.code(499).send(); // the client is gone: nothing reaches it
+        }
+        if (isLibraryInputError(error)) throw new HttpError(400, error.message);
+        throw error;
+      } finally {
+        clearTimeout(timer);
+        reply.raw.removeListener('close', onClose);
+      }
+
+      const [B, L, D] = output.shape;
+      const embedding = meanPool(output);
+      const binary = /application\/octet-stream/.test(request.headers.accept || '');
+      if (binary) {
+        const data = input.full ? output.data : embedding;
+        const shape = input.full ? [B, L, D] : [B, D];
+        reply.type('application/octet-stream').header('x-shape', (input.batched ? shape : shape.slice(1)).join(','));
+        reply.header('x-attention', input.attention);
+        return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      }
+      const result = {
+        attention: input.attention,
+        shape: input.batched ? [B, D] : [D],
+        embedding: input.batched ? nested(embedding, [B, D]) : Array.from(embedding),
+      };
+      if (input.full) {
+        result.outputShape = input.batched ? [B, L, D] : [L, D];
+        result.output = nested(output.data, result.outputShape);
+      }
+      return result;
+    },
+  });
+
+  return app;
+}
+
+module.exports = { buildServer, meanPool, DEFAULTS };
