@@ -10,7 +10,7 @@ import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
 import { LayerBase } from './layer';
-import { InitRandom, Linear, type ParamSlot } from './parameters';
+import { attentionParameterCount, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
 
 /** Which attention a layer computes: FAVOR+ (linear) or exact softmax (quadratic). */
@@ -123,7 +123,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     seed: readInteger(f.seed, `${fn}.featureMap.seed`, (seed * 7919) % 2 ** 48, 0, Number.MAX_SAFE_INTEGER),
     kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, 1e-3, { min: 0 }),
   };
-  return {
+  const config: MultiHeadAttentionConfig = {
     modelDim,
     numHeads,
     headDim,
@@ -136,6 +136,8 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, 32, 1, 4096),
     seed,
   };
+  checkModelSize(attentionParameterCount(config), fn);
+  return config;
 }
 
 /** @internal Keys and values of one attention call. */
@@ -241,6 +243,7 @@ export class MultiHeadAttention extends LayerBase {
     const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
     const out = new Float32Array(B * Lq * c.modelDim);
     this.plan(b, { x: t.data, batch: B, queryLength: Lq, keys, y: out, residual: null, keyPadding, attention, causal: c.causal, state: null });
+    b.checkOutput(out, fn);
     return { b, out: { data: out, shape: Object.freeze([B, Lq, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
   }
 
@@ -251,7 +254,7 @@ export class MultiHeadAttention extends LayerBase {
    */
   createState(batch: number): DecodingState {
     this.checkDecoding('MultiHeadAttention.createState');
-    const B = readInteger(batch, 'MultiHeadAttention.createState batch', 0, 1, 1 << 20);
+    const B = readBatch(batch, 'MultiHeadAttention.createState batch');
     return new DecodingStateImpl(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
   }
 
@@ -317,6 +320,7 @@ export class MultiHeadAttention extends LayerBase {
       causal: true,
       state: state.array<Float32Array>('selfAttn.state'),
     });
+    b.checkOutput(out, fn);
     return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
   }
 
@@ -529,6 +533,12 @@ export async function runStep(state: DecodingState, n: number, run: () => Promis
 export function runStepSync(state: DecodingState, n: number, run: () => void): void {
   run();
   state.position += n;
+}
+
+/** @internal A decoding state's batch: required, 1 to 2^20. */
+export function readBatch(value: unknown, name: string): number {
+  if (value === undefined) throw typeError(`${name}: required, received undefined`);
+  return readInteger(value, name, 0, 1, 1 << 20);
 }
 
 /** @internal Reads [B, L, width] (the legend names the dims). */

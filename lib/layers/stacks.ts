@@ -16,6 +16,7 @@ import {
   decoderStateSpec,
   DecoderLayer,
   EncoderLayer,
+  readBlockOptions,
   type BlockConfig,
   type DecoderForwardOptions,
   type DecoderLayerOptions,
@@ -59,6 +60,8 @@ function readStack(options: unknown, fn: string, extra: readonly string[]) {
   const numLayers = readInteger(o.numLayers, `${fn} options.numLayers`, 0, 1, 1024);
   const finalNorm = readBoolean(o.finalNorm, `${fn} options.finalNorm`, false);
   const { numLayers: _n, finalNorm: _f, ...layer } = o;
+  // Every option checked, and the whole stack's size, before the first layer is built.
+  readBlockOptions(layer, `${fn} options`, extra.includes('crossAttention'), numLayers);
   return { numLayers, finalNorm, layer };
 }
 
