@@ -116,4 +116,18 @@ describe('layer fuzz regressions', () => {
       await expect(layer.forward(x)).rejects.toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: expect.stringMatching(/forward output: infinity/) });
     }
   });
+
+  test('a decoding step whose pass overflows: RangeError after the state absorbed the tokens (position included), not infinity handed back', async () => {
+    const decoder = new TransformerDecoder({ modelDim: 4, numHeads: 2, numLayers: 1, seed: 1, crossAttention: false, finalNorm: true });
+    const params = decoder.parameters();
+    params['norm.weight'] = { data: new Float32Array(4).fill(3e38), shape: [4] };
+    decoder.loadParameters(params);
+    const state = decoder.createStateSync(1);
+    const x = { data: Float32Array.from([1, -2, 3, 0.5, 0.25, 1, -1, 2]), shape: [1, 2, 4] };
+    expectThrows(() => decoder.stepSync(x, state), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: /stepSync output: infinity at flat index \d+; the pass overflowed float32 .* absorbed the tokens \(position 2\)/ });
+    expect(state.position).toBe(2);
+    await expect(decoder.step(x, state)).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE', message: expect.stringMatching(/step output: infinity .* \(position 4\)/) });
+    expect(state.position).toBe(4);
+    expect(state.busy).toBe(false);
+  });
 });

@@ -342,14 +342,14 @@ export class DecoderLayer extends Block {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'DecoderLayer.step options', ['signal']);
     const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.step');
-    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'DecoderLayer.step options.signal'), true));
+    await runStep(state, n, out, 'DecoderLayer.step', () => b.run(readLayerSignal(o.signal, 'DecoderLayer.step options.signal'), true));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
     const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.stepSync');
-    runStepSync(state, n, () => b.runSync());
+    runStepSync(state, n, out, 'DecoderLayer.stepSync', () => b.runSync());
     return out;
   }
 }
@@ -496,7 +496,6 @@ export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: L
         ? { kind: 'cached', k: state.array<Float32Array>(`layers.${i}.crossAttn.key`), v: state.array<Float32Array>(`layers.${i}.crossAttn.value`), length: memoryLength }
         : null,
   }));
-  b.checkOutput(out, fn);
   return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
 }
 

@@ -277,14 +277,14 @@ export class MultiHeadAttention extends LayerBase {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'MultiHeadAttention.step options', ['signal']);
     const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.step');
-    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'MultiHeadAttention.step options.signal')));
+    await runStep(state, n, out, 'MultiHeadAttention.step', () => b.run(readLayerSignal(o.signal, 'MultiHeadAttention.step options.signal')));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
     const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.stepSync');
-    runStepSync(state, n, () => b.runSync());
+    runStepSync(state, n, out, 'MultiHeadAttention.stepSync', () => b.runSync());
     return out;
   }
 
@@ -320,7 +320,6 @@ export class MultiHeadAttention extends LayerBase {
       causal: true,
       state: state.array<Float32Array>('selfAttn.state'),
     });
-    b.checkOutput(out, fn);
     return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
   }
 
@@ -518,8 +517,12 @@ export function checkState(state: unknown, model: string, fn: string): asserts s
   if (state.busy) throw stateError(`${fn} state: an async step is using it; await that step first`);
 }
 
-/** @internal Runs a step; the state advances only when it succeeds. */
-export async function runStep(state: DecodingState, n: number, run: () => Promise<void>): Promise<void> {
+/**
+ * @internal Runs a step; the state advances only when the pass runs. The output is checked
+ * afterwards: a pass that overflowed float32 has absorbed its tokens (position included),
+ * and the step throws a RangeError instead of returning NaN or infinity.
+ */
+export async function runStep(state: DecodingState, n: number, out: Tensor, fn: string, run: () => Promise<void>): Promise<void> {
   state.busy = true;
   try {
     await run();
@@ -527,12 +530,26 @@ export async function runStep(state: DecodingState, n: number, run: () => Promis
   } finally {
     state.busy = false;
   }
+  checkStepOutput(out, state, fn);
 }
 
 /** @internal */
-export function runStepSync(state: DecodingState, n: number, run: () => void): void {
+export function runStepSync(state: DecodingState, n: number, out: Tensor, fn: string, run: () => void): void {
   run();
   state.position += n;
+  checkStepOutput(out, state, fn);
+}
+
+function checkStepOutput(out: Tensor, state: DecodingState, fn: string): void {
+  const d = out.data;
+  let probe = 0;
+  for (let i = 0; i < d.length; i++) probe += d[i] * 0; // NaN iff some value is not finite
+  if (probe === 0) return;
+  const i = d.findIndex((v) => !Number.isFinite(v));
+  throw rangeError(
+    `${fn} output: ${Number.isNaN(d[i]) ? 'NaN' : 'infinity'} at flat index ${i}; the pass overflowed float32 (weights or inputs too large); ` +
+      `the state has absorbed the tokens (position ${state.position})`,
+  );
 }
 
 /** @internal A decoding state's batch: required, 1 to 2^20. */

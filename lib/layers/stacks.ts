@@ -200,14 +200,14 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'TransformerDecoder.step options', ['signal']);
     const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.step');
-    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
+    await runStep(state, n, out, 'TransformerDecoder.step', () => b.run(readLayerSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
     const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.stepSync');
-    runStepSync(state, n, () => b.runSync());
+    runStepSync(state, n, out, 'TransformerDecoder.stepSync', () => b.runSync());
     return out;
   }
 }
