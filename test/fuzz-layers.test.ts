@@ -117,6 +117,16 @@ describe('layer fuzz regressions', () => {
     }
   });
 
+  test('clone while an async step writes the state: ERR_INVALID_STATE (was a copy of half-written arrays)', async () => {
+    const decoder = new TransformerDecoder({ modelDim: 4, numHeads: 2, numLayers: 1, seed: 1, crossAttention: false });
+    const state = decoder.createStateSync(1);
+    const x = { data: new Float32Array(4 * 64).fill(0.25), shape: [1, 64, 4] };
+    const running = decoder.step(x, state);
+    expectThrows(() => state.clone(), { name: 'Error', code: 'ERR_INVALID_STATE', message: /DecodingState\.clone: an async step is using this state/ });
+    await running;
+    expect(state.clone().position).toBe(64);
+  });
+
   test('a decoding step whose pass overflows: RangeError after the state absorbed the tokens (position included), not infinity handed back', async () => {
     const decoder = new TransformerDecoder({ modelDim: 4, numHeads: 2, numLayers: 1, seed: 1, crossAttention: false, finalNorm: true });
     const params = decoder.parameters();

@@ -57,8 +57,12 @@ export class DecodingState {
     return found.data as T;
   }
 
-  /** A copy that decodes on independently (for example to branch a prompt). */
+  /**
+   * A copy that decodes on independently (for example to branch a prompt).
+   * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state (its arrays are being written).
+   */
   clone(): DecodingState {
+    if (this.busy) throw stateError('DecodingState.clone: an async step is using this state; await it first');
     const copy = new DecodingState(
       this.model,
       this.batch,

@@ -466,6 +466,7 @@ class LayerFuzzer extends Fuzzer {
           await refused(() => layer.step(x.value, state), 'a second async step');
           await refused(() => layer.stepSync(x.value, state), 'a sync step');
           await refused(() => state.serialize(), 'serialize');
+          await refused(() => state.clone(), 'clone');
           out = await this.run(stepLabel, () => first);
         } else {
           out = await this.run(stepLabel, () => (async ? layer.step(x.value, target) : layer.stepSync(x.value, target)));
