@@ -1,72 +1,17 @@
 // Seeded fuzz test of the whole public API (see test/helpers/fuzz-cases.ts for the
 // generators and the oracle). Each seed runs in its own child process so that a
 // crash or a hang fails the test, naming the case, instead of killing jest.
-import { spawn } from 'node:child_process';
-import path from 'node:path';
-
 import { FeatureMap } from '../lib';
 import { expectThrows } from './helpers/errors';
+import { mergeRuns, runFuzzSeed } from './helpers/fuzz-runner';
 
-const ROOT = path.resolve(__dirname, '..');
 const SEEDS = [1, 2];
 const CASES_PER_SEED = 2500;
 
-interface Summary {
-  seed: number;
-  cases: number;
-  results: number;
-  referenceChecks: number;
-  errors: Record<string, number>;
-  failures: string[];
-}
-
-function runSeed(seed: number): Promise<{ summary: Summary | null; status: number | null; signal: string | null; lastCase: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['-r', './test/helpers/ts-register.js', 'test/helpers/fuzz-cases.ts', String(seed), String(CASES_PER_SEED)], {
-      cwd: ROOT,
-      env: { ...process.env, PERFORMER_ATTENTION_THREADS: '2' },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk;
-      if (stderr.length > 1e6) stderr = stderr.slice(-1e5);
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 40000);
-    child.on('close', (status, signal) => {
-      clearTimeout(timer);
-      const cases = stderr.match(/^case \d+$/gm);
-      const lastCase = cases ? cases[cases.length - 1] : 'none';
-      const line = stdout.trim().split('\n').pop() ?? '';
-      let summary: Summary | null = null;
-      try {
-        summary = JSON.parse(line) as Summary;
-      } catch {
-        summary = null;
-      }
-      resolve({ summary, status, signal, lastCase, stderr: stderr.replace(/^case \d+\n/gm, '').slice(-3000) });
-    });
-  });
-}
-
 test('fuzz: every case ends in a correct result or a coded TypeError / RangeError', async () => {
-  const runs = await Promise.all(SEEDS.map(runSeed));
-  let cases = 0;
-  let results = 0;
-  let references = 0;
-  const errors: Record<string, number> = {};
-  for (const [i, run] of runs.entries()) {
-    // A crash, hang or uncaught error names the seed and the last case started.
-    const how = `seed ${SEEDS[i]}: exit ${run.status} ${run.signal ?? ''} during ${run.lastCase}\n${run.stderr}`;
-    expect({ status: run.status, parsed: run.summary !== null }).toEqual({ status: 0, parsed: true });
-    if (run.summary === null) throw new Error(how);
-    expect(run.summary.failures).toEqual([]);
-    cases += run.summary.cases;
-    results += run.summary.results;
-    references += run.summary.referenceChecks;
-    for (const [key, n] of Object.entries(run.summary.errors)) errors[key] = (errors[key] ?? 0) + n;
-  }
+  const runs = await Promise.all(SEEDS.map((seed) => runFuzzSeed('test/helpers/fuzz-cases.ts', seed, CASES_PER_SEED, 40000)));
+  const { cases, results, referenceChecks: references, errors, failures } = mergeRuns(SEEDS, runs);
+  expect(failures).toEqual([]);
   console.log(`fuzz: ${cases} cases (seeds ${SEEDS.join(', ')}): ${results} results (${references} checked against double-precision references), errors ${JSON.stringify(errors)}`);
   expect(cases).toBeGreaterThanOrEqual(SEEDS.length * CASES_PER_SEED);
   // The generators must reach both outcomes often.

@@ -17,6 +17,7 @@ import {
   MultiHeadAttention,
   readKind,
   readAttentionOptions,
+  readBatch,
   readLayerSignal,
   readPadding,
   readSequence,
@@ -27,7 +28,7 @@ import {
   type MultiHeadAttentionConfig,
   type MultiHeadAttentionOptions,
 } from './multi-head-attention';
-import { InitRandom, LayerNorm, Linear, type ParamSlot } from './parameters';
+import { blockParameterCount, checkModelSize, InitRandom, LayerNorm, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
 
 /** The feed-forward activation: ReLU or GELU (exact, erf form). */
@@ -104,7 +105,7 @@ export const BLOCK_OPTIONS = [
 ] as const;
 
 /** @internal */
-export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, decoder: boolean): BlockConfig {
+export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, decoder: boolean, numLayers = 1): BlockConfig {
   const attention = readAttentionOptions({ ...o, causal: decoder }, fn);
   const config: BlockConfig = {
     attention,
@@ -114,6 +115,7 @@ export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, de
     layerNormEps: readNumber(o.layerNormEps, `${fn}.layerNormEps`, 1e-5, { min: Number.MIN_VALUE }),
   };
   if (decoder) config.crossAttention = readBoolean(o.crossAttention, `${fn}.crossAttention`, true);
+  checkModelSize(numLayers * blockParameterCount(attention, config.ffDim, config.crossAttention === true), fn);
   return config;
 }
 
@@ -340,14 +342,14 @@ export class DecoderLayer extends Block {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'DecoderLayer.step options', ['signal']);
     const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.step');
-    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'DecoderLayer.step options.signal'), true));
+    await runStep(state, n, out, 'DecoderLayer.step', () => b.run(readLayerSignal(o.signal, 'DecoderLayer.step options.signal'), true));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
     const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.stepSync');
-    runStepSync(state, n, () => b.runSync());
+    runStepSync(state, n, out, 'DecoderLayer.stepSync', () => b.runSync());
     return out;
   }
 }
@@ -384,6 +386,7 @@ export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const out = new Float32Array(B * L * c.modelDim);
   const call = { batch: B, length: L, keyPadding, attention, memoryPadding: null };
   planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, state: null }));
+  b.checkOutput(out, fn);
   return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
 }
 
@@ -425,6 +428,7 @@ export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
   const out = new Float32Array(B * L * c.modelDim);
   planStack(b, layers, finalNorm, t.data, out, { batch: B, length: L, keyPadding, attention, memoryPadding }, () => ({ memory, state: null }));
+  b.checkOutput(out, fn);
   return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
 }
 
@@ -434,10 +438,12 @@ export function decoderStateSpec(owner: LayerBase, layers: Block[], batch: numbe
   layers.forEach((layer, i) => {
     spec.push(...owner.selfStateSpec(batch, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
     if (layer.crossAttn !== null) {
-      spec.push({ name: `layers.${i}.crossAttn.key`, dtype: 'f32' }, { name: `layers.${i}.crossAttn.value`, dtype: 'f32' });
+      // [B, H, Lm, dh] each, Lm from the mask [B, Lm].
+      const lengthOf = { of: 'memoryKeyPaddingMask', factor: layer.crossAttn.config.numHeads * layer.crossAttn.config.headDim };
+      spec.push({ name: `layers.${i}.crossAttn.key`, dtype: 'f32', lengthOf }, { name: `layers.${i}.crossAttn.value`, dtype: 'f32', lengthOf });
     }
   });
-  if (layers[0].crossAttn !== null) spec.push({ name: 'memoryKeyPaddingMask', dtype: 'u8' });
+  if (layers[0].crossAttn !== null) spec.push({ name: 'memoryKeyPaddingMask', dtype: 'u8', multipleOf: batch });
   return spec;
 }
 
@@ -453,7 +459,7 @@ export function buildDecoderState(owner: LayerBase, layers: Block[], batch: numb
   checkDecoding(layers, fn);
   const async = !fn.endsWith('Sync');
   const o = readOptions<DecoderStateOptions>(options, `${fn} options`, ['memory', 'memoryKeyPaddingMask', ...(async ? ['signal'] : [])]);
-  const B = readInteger(batch, `${fn} batch`, 0, 1, 1 << 20);
+  const B = readBatch(batch, `${fn} batch`);
   const b = new PlanBuilder();
   const { memory, memoryPadding } = readMemory(layers, o, B, fn, b);
   const arrays = [];

@@ -57,8 +57,12 @@ export class DecodingState {
     return found.data as T;
   }
 
-  /** A copy that decodes on independently (for example to branch a prompt). */
+  /**
+   * A copy that decodes on independently (for example to branch a prompt).
+   * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state (its arrays are being written).
+   */
   clone(): DecodingState {
+    if (this.busy) throw stateError('DecodingState.clone: an async step is using this state; await it first');
     const copy = new DecodingState(
       this.model,
       this.batch,
@@ -117,7 +121,7 @@ const isLittleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 export function deserializeState(
   bytes: unknown,
   model: string,
-  expected: (batch: number) => { name: string; dtype: 'f32' | 'u8'; length?: number }[],
+  expected: (batch: number) => { name: string; dtype: 'f32' | 'u8'; length?: number; multipleOf?: number; lengthOf?: { of: string; factor: number } }[],
   fn: string,
 ): DecodingState {
   if (!(bytes instanceof Uint8Array)) throw typeError(`${fn}: expected a Buffer or Uint8Array, received ${describe(bytes)}`);
@@ -136,12 +140,13 @@ export function deserializeState(
   } catch {
     throw bad('corrupt state: header is not JSON');
   }
+  if (header === null || typeof header !== 'object' || Array.isArray(header)) throw bad('corrupt state: header is not a JSON object');
   if (header.model !== model) {
     throw bad(`state made by a different model (fingerprint ${String(header.model)}, this model ${model}): weights, features or configuration differ`);
   }
   const batch = header.batch;
   const position = header.position;
-  if (!Number.isInteger(batch) || (batch as number) < 1 || !Number.isInteger(position) || (position as number) < 0) {
+  if (!Number.isSafeInteger(batch) || (batch as number) < 1 || !Number.isSafeInteger(position) || (position as number) < 0) {
     throw bad('corrupt state: bad batch or position');
   }
   const want = expected(batch as number);
@@ -152,6 +157,7 @@ export function deserializeState(
   const arrays: StateArray[] = [];
   arraysInfo.forEach((info, i) => {
     const w = want[i];
+    if (info === null || typeof info !== 'object') throw bad(`corrupt state: array ${i} is described by ${describe(info)}`);
     if (info.name !== w.name || info.dtype !== w.dtype || (w.length !== undefined && info.length !== w.length) || !Number.isInteger(info.length) || info.length < 0) {
       throw bad(`state array ${i} ('${info.name}', ${info.length} ${info.dtype}) does not match this model ('${w.name}', ${w.length ?? 'any'} ${w.dtype})`);
     }
@@ -166,6 +172,14 @@ export function deserializeState(
     at += pad4(byteLength);
   });
   if (at !== size) throw bad('corrupt state: unexpected bytes after the arrays');
+  // Arrays sized by the memory: consistent with each other and the batch.
+  want.forEach((w, i) => {
+    const length = arrays[i].data.length;
+    const of = w.lengthOf && arrays.find((a) => a.name === w.lengthOf!.of);
+    if ((w.multipleOf !== undefined && (length === 0 || length % w.multipleOf !== 0)) || (of && length !== of.data.length * w.lengthOf!.factor)) {
+      throw bad(`corrupt state: array '${w.name}' has ${length} elements, which does not fit the batch ${String(batch)} and the other arrays`);
+    }
+  });
   const state = new DecodingState(model, batch as number, arrays);
   state.position = position as number;
   return state;

@@ -10,7 +10,19 @@ import type { MultiHeadAttention } from './multi-head-attention';
 import { fingerprint, load, snapshot, type LoadParametersOptions, type ParamSlot } from './parameters';
 
 /** @internal The arrays a decoding state of a model holds, by batch. */
-export type StateSpec = { name: string; dtype: 'f32' | 'u8'; length?: number }[];
+export type StateSpec = StateArraySpec[];
+
+/**
+ * @internal One array of a state: its exact length, or (arrays sized by the memory) a
+ * positive multiple of `multipleOf`, or `factor` times the length of the array `of`.
+ */
+export interface StateArraySpec {
+  name: string;
+  dtype: 'f32' | 'u8';
+  length?: number;
+  multipleOf?: number;
+  lengthOf?: { of: string; factor: number };
+}
 
 /** Base of the layer classes. */
 export abstract class LayerBase {

@@ -10,7 +10,7 @@ import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
 import { LayerBase } from './layer';
-import { InitRandom, Linear, type ParamSlot } from './parameters';
+import { attentionParameterCount, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
 
 /** Which attention a layer computes: FAVOR+ (linear) or exact softmax (quadratic). */
@@ -123,7 +123,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     seed: readInteger(f.seed, `${fn}.featureMap.seed`, (seed * 7919) % 2 ** 48, 0, Number.MAX_SAFE_INTEGER),
     kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, 1e-3, { min: 0 }),
   };
-  return {
+  const config: MultiHeadAttentionConfig = {
     modelDim,
     numHeads,
     headDim,
@@ -136,6 +136,8 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, 32, 1, 4096),
     seed,
   };
+  checkModelSize(attentionParameterCount(config), fn);
+  return config;
 }
 
 /** @internal Keys and values of one attention call. */
@@ -241,6 +243,7 @@ export class MultiHeadAttention extends LayerBase {
     const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
     const out = new Float32Array(B * Lq * c.modelDim);
     this.plan(b, { x: t.data, batch: B, queryLength: Lq, keys, y: out, residual: null, keyPadding, attention, causal: c.causal, state: null });
+    b.checkOutput(out, fn);
     return { b, out: { data: out, shape: Object.freeze([B, Lq, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
   }
 
@@ -251,7 +254,7 @@ export class MultiHeadAttention extends LayerBase {
    */
   createState(batch: number): DecodingState {
     this.checkDecoding('MultiHeadAttention.createState');
-    const B = readInteger(batch, 'MultiHeadAttention.createState batch', 0, 1, 1 << 20);
+    const B = readBatch(batch, 'MultiHeadAttention.createState batch');
     return new DecodingStateImpl(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
   }
 
@@ -274,14 +277,14 @@ export class MultiHeadAttention extends LayerBase {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'MultiHeadAttention.step options', ['signal']);
     const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.step');
-    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'MultiHeadAttention.step options.signal')));
+    await runStep(state, n, out, 'MultiHeadAttention.step', () => b.run(readLayerSignal(o.signal, 'MultiHeadAttention.step options.signal')));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
     const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.stepSync');
-    runStepSync(state, n, () => b.runSync());
+    runStepSync(state, n, out, 'MultiHeadAttention.stepSync', () => b.runSync());
     return out;
   }
 
@@ -514,8 +517,12 @@ export function checkState(state: unknown, model: string, fn: string): asserts s
   if (state.busy) throw stateError(`${fn} state: an async step is using it; await that step first`);
 }
 
-/** @internal Runs a step; the state advances only when it succeeds. */
-export async function runStep(state: DecodingState, n: number, run: () => Promise<void>): Promise<void> {
+/**
+ * @internal Runs a step; the state advances only when the pass runs. The output is checked
+ * afterwards: a pass that overflowed float32 has absorbed its tokens (position included),
+ * and the step throws a RangeError instead of returning NaN or infinity.
+ */
+export async function runStep(state: DecodingState, n: number, out: Tensor, fn: string, run: () => Promise<void>): Promise<void> {
   state.busy = true;
   try {
     await run();
@@ -523,12 +530,32 @@ export async function runStep(state: DecodingState, n: number, run: () => Promis
   } finally {
     state.busy = false;
   }
+  checkStepOutput(out, state, fn);
 }
 
 /** @internal */
-export function runStepSync(state: DecodingState, n: number, run: () => void): void {
+export function runStepSync(state: DecodingState, n: number, out: Tensor, fn: string, run: () => void): void {
   run();
   state.position += n;
+  checkStepOutput(out, state, fn);
+}
+
+function checkStepOutput(out: Tensor, state: DecodingState, fn: string): void {
+  const d = out.data;
+  let probe = 0;
+  for (let i = 0; i < d.length; i++) probe += d[i] * 0; // NaN iff some value is not finite
+  if (probe === 0) return;
+  const i = d.findIndex((v) => !Number.isFinite(v));
+  throw rangeError(
+    `${fn} output: ${Number.isNaN(d[i]) ? 'NaN' : 'infinity'} at flat index ${i}; the pass overflowed float32 (weights or inputs too large); ` +
+      `the state has absorbed the tokens (position ${state.position})`,
+  );
+}
+
+/** @internal A decoding state's batch: required, 1 to 2^20. */
+export function readBatch(value: unknown, name: string): number {
+  if (value === undefined) throw typeError(`${name}: required, received undefined`);
+  return readInteger(value, name, 0, 1, 1 << 20);
 }
 
 /** @internal Reads [B, L, width] (the legend names the dims). */

@@ -6,7 +6,7 @@
 import { describe, rangeError, typeError } from '../errors';
 import { native } from '../native';
 import type { Tensor, TensorLike } from '../tensor';
-import { formatShape, isFloat32Array, readBoolean, readOptions } from '../validate';
+import { formatShape, isFloat32Array, newFloat32Array, readBoolean, readOptions } from '../validate';
 
 /** @internal A named parameter: its shape, a view of its values and how to replace them. */
 export interface ParamSlot {
@@ -36,9 +36,40 @@ export class InitRandom {
     return (2 * u - 1) * bound;
   }
   fill(n: number, bound: number): Float32Array {
-    const a = new Float32Array(n);
+    const a = newFloat32Array(n, 'layer weights');
     for (let i = 0; i < n; i++) a[i] = this.uniform(bound);
     return a;
+  }
+}
+
+/**
+ * Largest model, in float32 parameters (feature projections included): 2^32 (16 GiB),
+ * the library's tensor size limit. Checked before anything is allocated, so that
+ * options naming an impossible model fail at once instead of filling memory first.
+ */
+export const MAX_MODEL_PARAMETERS = 2 ** 32;
+
+/** @internal Parameters of an attention module (projections with biases, feature projection). */
+export function attentionParameterCount(c: { modelDim: number; keyDim: number; numHeads: number; headDim: number; featureMap: { numFeatures: number } }): number {
+  const inner = c.numHeads * c.headDim;
+  return (c.modelDim + 2 * c.keyDim + 3) * inner + (inner + 1) * c.modelDim + c.featureMap.numFeatures * c.headDim;
+}
+
+/** @internal Parameters of an encoder (cross = false) or decoder block with `ffDim` and `modelDim` D. */
+export function blockParameterCount(attention: Parameters<typeof attentionParameterCount>[0], ffDim: number, cross: boolean): number {
+  const D = attention.modelDim;
+  const self = attentionParameterCount({ ...attention, keyDim: D });
+  return (cross ? 2 : 1) * self + (2 * D + 1) * ffDim + D + (cross ? 3 : 2) * 2 * D;
+}
+
+/** @internal RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) for a model of more than {@link MAX_MODEL_PARAMETERS} parameters. */
+export function checkModelSize(count: number, fn: string): void {
+  if (count > MAX_MODEL_PARAMETERS) {
+    throw rangeError(
+      `${fn}: a model of ${count} parameters (${((count * 4) / 2 ** 30).toFixed(1)} GiB) is over the limit of ${MAX_MODEL_PARAMETERS} (16 GiB); ` +
+        'reduce modelDim, numHeads, headDim, ffDim, numFeatures or numLayers',
+      'ERR_MEMORY_ALLOCATION_FAILED',
+    );
   }
 }
 
@@ -103,7 +134,10 @@ function readValues(name: string, value: unknown, shape: readonly number[]): Flo
     data = value;
   } else if (value !== null && typeof value === 'object' && isFloat32Array((value as { data?: unknown }).data)) {
     const t = value as { data: Float32Array; shape?: readonly number[]; dims?: readonly number[] };
-    const given = t.shape ?? t.dims;
+    const given: unknown = t.shape !== undefined ? t.shape : t.dims;
+    if (given !== undefined && !Array.isArray(given)) {
+      throw typeError(`${name}.shape: expected an array of integers, received ${describe(given)}`);
+    }
     if (given !== undefined && (given.length !== shape.length || given.some((d, i) => d !== shape[i]))) {
       throw rangeError(`${name}: expected shape ${formatShape(shape)}, received ${formatShape(Array.from(given))}`);
     }

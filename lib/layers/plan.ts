@@ -60,6 +60,15 @@ export class PlanBuilder {
     this.steps.push(step);
   }
 
+  /**
+   * Last step of a pass: the output (which the library allocated) must be finite. Finite
+   * inputs and weights can still overflow float32 on the way (a LayerNorm gain of 1e38, a
+   * residual sum); that is a RangeError, never NaN or infinity handed back.
+   */
+  checkOutput(out: Float32Array, fn: string): void {
+    this.steps.push({ op: 'checkFinite', x: out, name: `${fn} output`, why: 'the pass overflowed float32 (weights or inputs too large)', output: true });
+  }
+
   /** A temporary of `length` floats (contents undefined). */
   acquire(length: number): Float32Array {
     const reused = this.free.get(length)?.pop();
@@ -93,7 +102,7 @@ export class PlanBuilder {
     // is done: they must not be transferred away meanwhile (see pinBuffers).
     const caller: ArrayBufferView[] = [];
     for (const step of this.steps) {
-      if (step.op === 'checkFinite') caller.push(step.x as Float32Array);
+      if (step.op === 'checkFinite' && step.output !== true) caller.push(step.x as Float32Array);
       const mask = (step.options as { keyPadding?: Uint8Array | null } | undefined)?.keyPadding;
       if (mask) caller.push(mask);
     }

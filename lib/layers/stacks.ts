@@ -16,6 +16,7 @@ import {
   decoderStateSpec,
   DecoderLayer,
   EncoderLayer,
+  readBlockOptions,
   type BlockConfig,
   type DecoderForwardOptions,
   type DecoderLayerOptions,
@@ -59,6 +60,8 @@ function readStack(options: unknown, fn: string, extra: readonly string[]) {
   const numLayers = readInteger(o.numLayers, `${fn} options.numLayers`, 0, 1, 1024);
   const finalNorm = readBoolean(o.finalNorm, `${fn} options.finalNorm`, false);
   const { numLayers: _n, finalNorm: _f, ...layer } = o;
+  // Every option checked, and the whole stack's size, before the first layer is built.
+  readBlockOptions(layer, `${fn} options`, extra.includes('crossAttention'), numLayers);
   return { numLayers, finalNorm, layer };
 }
 
@@ -197,14 +200,14 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'TransformerDecoder.step options', ['signal']);
     const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.step');
-    await runStep(state, n, () => b.run(readLayerSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
+    await runStep(state, n, out, 'TransformerDecoder.step', () => b.run(readLayerSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
     const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.stepSync');
-    runStepSync(state, n, () => b.runSync());
+    runStepSync(state, n, out, 'TransformerDecoder.stepSync', () => b.runSync());
     return out;
   }
 }

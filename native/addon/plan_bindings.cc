@@ -9,7 +9,7 @@
 //   splitHeads  src, srcStride, batch, len, heads, headDim, dst
 //   mergeHeads  src, batch, len, heads, headDim, dst
 //   favor / softmax   q, k, v, out, dims, options   (as the attention functions)
-//   checkFinite x, name    (RangeError naming the first NaN / infinity)
+//   checkFinite x, name[, why]  (RangeError naming the first NaN / infinity; why: the message's end)
 #include "addon/plan_bindings.h"
 
 #include <cmath>
@@ -152,11 +152,12 @@ Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
   if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
   const FloatView x = float32_array(value, "x");
   const std::string name = string_property(s, "name", "input");
-  return [x, name] {
+  const std::string why = string_property(s, "why", "inputs must be finite");
+  return [x, name, why] {
     for (std::size_t i = 0; i < x.length; ++i) {
       if (!std::isfinite(x.data[i])) {
         throw pa::InputError(name + ": " + (std::isnan(x.data[i]) ? "NaN" : "infinity") + " at flat index " +
-                             std::to_string(i) + "; inputs must be finite");
+                             std::to_string(i) + "; " + why);
       }
     }
   };

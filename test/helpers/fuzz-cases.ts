@@ -27,17 +27,11 @@ const TOL = 1e-5;
 const KERNELS: FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
 const SPECIALS = [NaN, Infinity, -Infinity, 1e-40, -1e-42, 1e30, 3e38, -3e38, 1e15, 0, 65504, 1e-7];
 
-interface Summary {
-  seed: number;
-  cases: number;
-  results: number;
-  referenceChecks: number;
-  errors: Record<string, number>;
-  failures: string[];
-}
+export type { FuzzSummary as Summary } from './fuzz-runner';
+import type { FuzzSummary as Summary } from './fuzz-runner';
 
 /** What a generated input is, so the oracle knows what outcome is allowed. */
-interface Generated {
+export interface Generated {
   value: unknown;
   /** A well-formed tensor of the declared shape. */
   wellFormed: boolean;
@@ -47,11 +41,11 @@ interface Generated {
   clean: boolean;
 }
 
-class Fuzzer {
+export class Fuzzer {
   readonly rng: Rng;
   readonly summary: Summary;
   /** Kept alive so transferred buffers stay owned while calls that saw them run. */
-  private readonly keep: unknown[] = [];
+  protected readonly keep: unknown[] = [];
 
   constructor(seed: number) {
     this.rng = new Rng(seed);
@@ -487,7 +481,7 @@ function specOf(map: FeatureMap): RefFeatureSpec {
   };
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number, label: string): Promise<T> {
+export function withTimeout<T>(promise: Promise<T>, ms: number, label: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`${label}: no result after ${ms} ms (hang)`)), ms);

@@ -1,0 +1,71 @@
+// Runs one seed of a fuzz script in a child process (`node -r ts-register <script> <seed>
+// <count>`), so that a crash or a hang fails the test and names the last case started
+// instead of taking jest down. The script writes `case N` to stderr before each case and
+// one JSON summary line to stdout at the end.
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+
+export interface FuzzSummary {
+  seed: number;
+  cases: number;
+  results: number;
+  referenceChecks: number;
+  errors: Record<string, number>;
+  failures: string[];
+}
+
+export interface FuzzRun<S> {
+  summary: S | null;
+  status: number | null;
+  signal: string | null;
+  lastCase: string;
+  stderr: string;
+}
+
+export function runFuzzSeed<S = FuzzSummary>(script: string, seed: number, count: number, timeoutMs: number): Promise<FuzzRun<S>> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['-r', './test/helpers/ts-register.js', script, String(seed), String(count)], {
+      cwd: ROOT,
+      env: { ...process.env, PERFORMER_ATTENTION_THREADS: '2' },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+      if (stderr.length > 1e6) stderr = stderr.slice(-1e5);
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      const cases = stderr.match(/^case \d+$/gm);
+      const lastCase = cases ? cases[cases.length - 1] : 'none';
+      const line = stdout.trim().split('\n').pop() ?? '';
+      let summary: S | null = null;
+      try {
+        summary = JSON.parse(line) as S;
+      } catch {
+        summary = null;
+      }
+      resolve({ summary, status, signal, lastCase, stderr: stderr.replace(/^case \d+\n/gm, '').slice(-3000) });
+    });
+  });
+}
+
+/** Adds up the summaries of several seeds after checking that every child exited cleanly with no failures. */
+export function mergeRuns(seeds: number[], runs: FuzzRun<FuzzSummary>[]): FuzzSummary & { seeds: number[] } {
+  const total = { seed: 0, seeds, cases: 0, results: 0, referenceChecks: 0, errors: {} as Record<string, number>, failures: [] as string[] };
+  for (const [i, run] of runs.entries()) {
+    // A crash, hang or uncaught error names the seed and the last case started.
+    const how = `seed ${seeds[i]}: exit ${run.status} ${run.signal ?? ''} during ${run.lastCase}\n${run.stderr}`;
+    if (run.status !== 0 || run.summary === null) throw new Error(how);
+    total.failures.push(...run.summary.failures);
+    total.cases += run.summary.cases;
+    total.results += run.summary.results;
+    total.referenceChecks += run.summary.referenceChecks;
+    for (const [key, n] of Object.entries(run.summary.errors)) total.errors[key] = (total.errors[key] ?? 0) + n;
+  }
+  return total;
+}
