@@ -14,12 +14,15 @@ export const {
   fromBert,
   fromPyTorch,
   LayerBase,
+  loadModel,
+  loadModelSync,
   loadSafetensors,
   loadSafetensorsSync,
   MAX_HEADER_BYTES,
   measureFmaPeak,
   MultiHeadAttention,
   pendingCalls,
+  readModel,
   readSafetensors,
   setBackend,
   softmaxAttention,
@@ -28,6 +31,7 @@ export const {
   toPyTorch,
   TransformerDecoder,
   TransformerEncoder,
+  writeModel,
   writeSafetensors,
 } = performer;
 export default performer;

@@ -77,3 +77,4 @@ export {
   type BertMappingOptions,
   type PyTorchMappingOptions,
 } from './weights';
+export { loadModel, loadModelSync, readModel, writeModel, type Model } from './layers/model-file';

@@ -9,6 +9,10 @@ import {
   MultiHeadAttention,
   TransformerDecoder,
   TransformerEncoder,
+  readModel,
+  readSafetensors,
+  writeModel,
+  writeSafetensors,
   type DecodingState,
   type Tensor,
 } from '../lib';
@@ -360,8 +364,18 @@ describe('errors', () => {
   test('non-finite inputs are named', async () => {
     const bad = Float32Array.from(x.data);
     bad[17] = Infinity;
-    expectThrows(() => enc.forwardSync({ data: bad, shape: [1, 5, 8] }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: /EncoderLayer\.forwardSync x: infinity at flat index 17/ });
-    await expectRejects(enc.forward({ data: bad, shape: [1, 5, 8] }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: /infinity at flat index 17/ });
+    expectThrows(() => enc.forwardSync({ data: bad, shape: [1, 5, 8] }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: /EncoderLayer\.forwardSync x: infinity at \[0, 2, 1\] \(flat index 17\)/ });
+    await expectRejects(enc.forward({ data: bad, shape: [1, 5, 8] }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: /infinity at \[0, 2, 1\] \(flat index 17\)/ });
+  });
+
+  test('a finite input that overflows inside a layer is named by the layer it overflows in', () => {
+    const stack = new TransformerEncoder({ modelDim: 8, numHeads: 2, numLayers: 2 });
+    const huge = { data: new Float32Array(5 * 8).fill(1e19), shape: [1, 5, 8] };
+    expectThrows(() => stack.forwardSync(huge), {
+      name: 'RangeError',
+      code: 'ERR_OUT_OF_RANGE',
+      message: /^layers\.0\.selfAttn \(query, key and value here are the layer's projections of its input\): query: values near .* are too large/,
+    });
   });
 
   test('abort: an aborted signal rejects with an AbortError', async () => {
@@ -373,5 +387,42 @@ describe('errors', () => {
     const error = await p.then(() => null, (e: unknown) => e as { name: string; code: string; cause: unknown });
     expect(error).toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
     expect(error!.cause).toBe(reason);
+  });
+});
+
+describe('model files', () => {
+  const x = seq(51, 2, 7, 16);
+  const memory = seq(52, 2, 4, 16);
+  const models: [string, () => { forwardSync(x: Tensor, o?: object): Tensor }, object][] = [
+    ['MultiHeadAttention', () => new MultiHeadAttention({ modelDim: 16, numHeads: 2, causal: true, featureMap: { numFeatures: 24 }, seed: 4 }), {}],
+    ['EncoderLayer', () => new EncoderLayer({ modelDim: 16, numHeads: 4, activation: 'gelu', normFirst: true, layerNormEps: 1e-6, seed: 5 }), {}],
+    ['DecoderLayer', () => new DecoderLayer({ modelDim: 16, numHeads: 2, ffDim: 20, bias: false, seed: 6 }), { memory }],
+    ['TransformerEncoder', () => new TransformerEncoder({ modelDim: 16, numHeads: 2, numLayers: 3, finalNorm: true, seed: 7 }), {}],
+    ['TransformerDecoder', () => new TransformerDecoder({ modelDim: 16, numHeads: 2, numLayers: 2, crossAttention: false, seed: 8 }), {}],
+  ];
+
+  test.each(models)('%s: writeModel / readModel rebuild the same class, options and bits', (name, make, options) => {
+    const model = make();
+    (model as unknown as { redrawFeatures(s: number): void }).redrawFeatures(77); // features differ from the seeded ones
+    const bytes = writeModel(model as never, { note: 'kept' });
+    const copy = readModel(bytes);
+    expect(copy.constructor.name).toBe(name);
+    expect(readSafetensors(bytes).metadata.note).toBe('kept');
+    for (const attention of ['favor', 'softmax']) {
+      const a = model.forwardSync(x, { ...options, attention });
+      const b = (copy as unknown as typeof model).forwardSync(x, { ...options, attention });
+      expect(Buffer.from(b.data.buffer).equals(Buffer.from(a.data.buffer))).toBe(true);
+    }
+  });
+
+  test('a file without model metadata, of another format or class is rejected clearly', () => {
+    const params = new EncoderLayer({ modelDim: 8, numHeads: 2 }).parameters();
+    const reject = (metadata: Record<string, string>, message: RegExp) =>
+      expectThrows(() => readModel(writeSafetensors(params, metadata)), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message });
+    reject({}, /no 'performer-attention' metadata/);
+    reject({ 'performer-attention': '{' }, /not JSON/);
+    reject({ 'performer-attention': JSON.stringify({ format: 2, class: 'EncoderLayer', options: {} }) }, /model format 2; this library reads format 1/);
+    reject({ 'performer-attention': JSON.stringify({ format: 1, class: 'toString', options: {} }) }, /unknown model class "toString"/);
+    expectThrows(() => writeModel({} as never), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /expected a layer/ });
   });
 });

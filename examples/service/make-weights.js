@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 // Writes the service's model: a TransformerEncoder with seeded random weights (the same
-// seed gives the same file, bit for bit), saved as safetensors with its config in the
-// metadata so that the server can rebuild it.
+// seed gives the same file, bit for bit), saved with writeModel (parameters, plus class
+// and options in the metadata) so that the server rebuilds it from the file alone.
 //   node examples/service/make-weights.js [out.safetensors] [--model-dim 256] [--heads 4]
 //        [--layers 2] [--ff-dim 1024] [--seed 1]
-// A trained model converted with fromPyTorch()/fromBert() and saved with
-// writeSafetensors(tensors, { config: JSON.stringify(options) }) is served the same way.
+// A trained model converted with fromPyTorch()/fromBert(), loaded into a TransformerEncoder
+// and saved with writeModel() is served the same way.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
-const { TransformerEncoder, writeSafetensors } = require('../..');
+const { TransformerEncoder, writeModel } = require('../..');
 
 const DEFAULT_FILE = path.join(__dirname, 'model.safetensors');
 const DEFAULT_CONFIG = { numLayers: 2, modelDim: 256, numHeads: 4, ffDim: 1024, activation: 'gelu', seed: 1 };
@@ -17,11 +17,7 @@ const DEFAULT_CONFIG = { numLayers: 2, modelDim: 256, numHeads: 4, ffDim: 1024, 
 /** Writes the encoder of `config` (TransformerEncoder options) to `file`; returns `config`. */
 function makeWeights(file = DEFAULT_FILE, config = DEFAULT_CONFIG) {
   const encoder = new TransformerEncoder(config);
-  const bytes = writeSafetensors(encoder.parameters(), {
-    format: 'pt',
-    model: 'performer-attention TransformerEncoder',
-    config: JSON.stringify(config), // the constructor options: what loadModel() rebuilds the encoder from
-  });
+  const bytes = writeModel(encoder);
   // Write then rename, so a reader never sees half a file.
   const partial = `${file}.${process.pid}.partial`;
   fs.writeFileSync(partial, bytes);

@@ -119,6 +119,14 @@ export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, de
   return config;
 }
 
+/** @internal BlockConfig back to constructor options. */
+export function blockOptions(c: BlockConfig): DecoderLayerOptions {
+  const { keyDim: _keyDim, causal: _causal, ...attention } = structuredClone(c.attention);
+  const options: DecoderLayerOptions = { ...attention, ffDim: c.ffDim, activation: c.activation, normFirst: c.normFirst, layerNormEps: c.layerNormEps };
+  if (c.crossAttention !== undefined) options.crossAttention = c.crossAttention;
+  return options;
+}
+
 /** @internal One block's plan inputs. */
 interface BlockCall {
   x: Float32Array;
@@ -130,6 +138,8 @@ interface BlockCall {
   memory: KeySource | null;
   memoryPadding: Uint8Array | null;
   state: Float32Array | null;
+  /** Parameter-name prefix of this block in errors ('' or 'layers.{i}.'). */
+  label: string;
 }
 
 /** @internal The parts and plan of both blocks. */
@@ -175,6 +185,11 @@ abstract class Block extends LayerBase {
     return this.crossAttn === null ? [this.selfAttn] : [this.selfAttn, this.crossAttn];
   }
 
+  /** Constructor options that rebuild this block (the parameters are separate). */
+  options(): DecoderLayerOptions {
+    return blockOptions(this.config);
+  }
+
   // PyTorch's names: the decoder's feed-forward norm is norm3 (norm2 follows cross-attention).
   private normNames(): string[] {
     if (this.norms.length === 3) return ['norm1', 'norm2', 'norm3'];
@@ -200,6 +215,7 @@ abstract class Block extends LayerBase {
         attention: state !== null ? 'favor' : call.attention,
         causal: m.config.causal,
         state,
+        label: `${call.label}${m === this.selfAttn ? 'selfAttn' : 'crossAttn'}`,
       });
     const feedForward = (x: Float32Array, y: Float32Array, residual: Float32Array) => {
       const h = b.acquire(rows * c.ffDim);
@@ -355,14 +371,14 @@ export class DecoderLayer extends Block {
 }
 
 /** @internal Runs `layers` in order (then the final norm) on x into a new output. */
-function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null, x: Float32Array, out: Float32Array, call: Omit<BlockCall, 'x' | 'y' | 'memory' | 'state'>, perLayer: (i: number) => Pick<BlockCall, 'memory' | 'state'>): void {
+function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null, x: Float32Array, out: Float32Array, call: Omit<BlockCall, 'x' | 'y' | 'memory' | 'state' | 'label'>, perLayer: (i: number) => Pick<BlockCall, 'memory' | 'state'>): void {
   const rows = call.batch * call.length;
   const D = out.length / rows;
   let input = x;
   layers.forEach((layer, i) => {
     const last = i === layers.length - 1 && finalNorm === null;
     const y = last ? out : b.acquire(rows * D);
-    layer.plan(b, { ...call, ...perLayer(i), x: input, y });
+    layer.plan(b, { ...call, ...perLayer(i), x: input, y, label: layers.length > 1 ? `layers.${i}.` : '' });
     if (input !== x) b.release(input);
     input = y;
   });
@@ -382,7 +398,7 @@ export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
   const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
   const b = new PlanBuilder();
-  b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+  b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const out = new Float32Array(B * L * c.modelDim);
   const call = { batch: B, length: L, keyPadding, attention, memoryPadding: null };
   planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, state: null }));
@@ -400,7 +416,7 @@ function readMemory(layers: Block[], o: { memory?: unknown; memoryKeyPaddingMask
   }
   if (o.memory === undefined) throw typeError(`${fn} options.memory: required by the cross-attention, received undefined`);
   const m = readSequence(o.memory, `${fn} options.memory`, layers[0].config.attention.modelDim, 'modelDim', B);
-  b.add({ op: 'checkFinite', x: m.data, name: `${fn} options.memory` });
+  b.add({ op: 'checkFinite', x: m.data, shape: m.shape, name: `${fn} options.memory` });
   const Lm = m.shape[1];
   return {
     memory: { kind: 'memory', data: m.data, length: Lm } as KeySource,
@@ -422,7 +438,7 @@ export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
   const [B, L] = t.shape;
   const b = new PlanBuilder();
-  b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+  b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const { memory, memoryPadding } = readMemory(layers, o, B, fn, b);
   const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
   const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
@@ -485,7 +501,7 @@ export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: L
   const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
   const [B, n] = t.shape;
   const b = new PlanBuilder();
-  b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+  b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const out = new Float32Array(B * n * c.modelDim);
   const mask = layers[0].crossAttn !== null ? state.array<Uint8Array>('memoryKeyPaddingMask') : null;
   const memoryLength = mask !== null ? mask.length / B : 0;

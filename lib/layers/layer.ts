@@ -36,6 +36,12 @@ export abstract class LayerBase {
   abstract attentionModules(): MultiHeadAttention[];
 
   /**
+   * Constructor options that rebuild this module: the same shapes, and the same initial
+   * weights and features for the same seeds (the parameters themselves are separate).
+   */
+  abstract options(): object;
+
+  /**
    * Copies of every parameter under its name (PyTorch layout: weight [out, in]),
    * the random features included (`…features.projection`).
    */

@@ -158,6 +158,8 @@ export interface AttentionCall {
   attention: AttentionKind;
   causal: boolean;
   state: Float32Array | null;
+  /** Names the module in errors from inside the attention, e.g. 'layers.1.selfAttn'. */
+  label?: string;
 }
 
 /**
@@ -228,14 +230,14 @@ export class MultiHeadAttention extends LayerBase {
     const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
     const [B, Lq] = t.shape;
     const b = new PlanBuilder();
-    b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+    b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
     let keys: KeySource = { kind: 'self' };
     let Lk = Lq;
     if (o.memory !== undefined) {
       const m = readSequence(o.memory, `${fn} options.memory`, c.keyDim, 'keyDim', B);
       Lk = m.shape[1];
       keys = { kind: 'memory', data: m.data, length: Lk };
-      b.add({ op: 'checkFinite', x: m.data, name: `${fn} options.memory` });
+      b.add({ op: 'checkFinite', x: m.data, shape: m.shape, name: `${fn} options.memory` });
     } else if (c.keyDim !== c.modelDim) {
       throw rangeError(`${fn} options.memory: required, since keyDim ${c.keyDim} differs from modelDim ${c.modelDim}`);
     }
@@ -306,7 +308,7 @@ export class MultiHeadAttention extends LayerBase {
     const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
     const [B, n] = t.shape;
     const b = new PlanBuilder();
-    b.add({ op: 'checkFinite', x: t.data, name: `${fn} x` });
+    b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
     const out = new Float32Array(B * n * c.modelDim);
     this.plan(b, {
       x: t.data,
@@ -326,6 +328,11 @@ export class MultiHeadAttention extends LayerBase {
   /** @internal */
   attentionModules(): MultiHeadAttention[] {
     return [this];
+  }
+
+  /** Constructor options that rebuild this module (the parameters are separate). */
+  options(): MultiHeadAttentionOptions {
+    return structuredClone(this.config);
   }
 
   /** The FeatureMap the FAVOR+ attention of this layer uses (fixed until {@link redrawFeatures}). */
@@ -464,7 +471,8 @@ export class MultiHeadAttention extends LayerBase {
             state: a.state,
           }
         : { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) };
-    b.add({ op: a.attention, q, k, v, out: o, dims, options });
+    const label = `${a.label ?? 'attention'} (query, key and value here are the layer's projections of its input)`;
+    b.add({ op: a.attention, q, k, v, out: o, dims, options, label });
     b.release(q);
     if (a.keys.kind !== 'cached') {
       b.release(k);

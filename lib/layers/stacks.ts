@@ -9,6 +9,7 @@ import type { Tensor, TensorLike } from '../tensor';
 import { readBoolean, readInteger, readOptions } from '../validate';
 import {
   BLOCK_OPTIONS,
+  blockOptions,
   buildDecoder,
   buildDecoderState,
   buildDecoderStep,
@@ -87,6 +88,11 @@ abstract class Stack<L extends EncoderLayer | DecoderLayer> extends LayerBase {
   /** @internal */
   attentionModules(): MultiHeadAttention[] {
     return this.layers.flatMap((layer) => layer.attentionModules());
+  }
+
+  /** Constructor options that rebuild this stack (the parameters are separate). */
+  options(): TransformerDecoderOptions {
+    return { ...blockOptions(this.config), numLayers: this.config.numLayers, finalNorm: this.config.finalNorm };
   }
 }
 

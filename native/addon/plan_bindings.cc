@@ -8,8 +8,10 @@
 //   layerNorm   x, rows, dim, gamma?, beta?, eps, y
 //   splitHeads  src, srcStride, batch, len, heads, headDim, dst
 //   mergeHeads  src, batch, len, heads, headDim, dst
-//   favor / softmax   q, k, v, out, dims, options   (as the attention functions)
-//   checkFinite x, name[, why]  (RangeError naming the first NaN / infinity; why: the message's end)
+//   favor / softmax   q, k, v, out, dims, options[, label]   (as the attention functions;
+//               label prefixes their input errors, e.g. the layer's name)
+//   checkFinite x, name[, why][, shape]  (RangeError naming the first NaN / infinity and
+//               its index; why: the message's end)
 #include "addon/plan_bindings.h"
 
 #include <cmath>
@@ -153,11 +155,31 @@ Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
   const FloatView x = float32_array(value, "x");
   const std::string name = string_property(s, "name", "input");
   const std::string why = string_property(s, "why", "inputs must be finite");
-  return [x, name, why] {
+  // Optional shape: the message then gives the index per dimension too.
+  std::vector<std::size_t> shape;
+  const Napi::Value shape_value = s.Get("shape");
+  if (shape_value.IsArray()) {
+    const Napi::Array dims = shape_value.As<Napi::Array>();
+    for (std::uint32_t d = 0; d < dims.Length(); ++d) {
+      const Napi::Value dim = dims.Get(d);
+      if (!dim.IsNumber() || dim.As<Napi::Number>().DoubleValue() < 1) throw_range_error(ctx.env, "checkFinite: bad shape");
+      shape.push_back(static_cast<std::size_t>(dim.As<Napi::Number>().DoubleValue()));
+    }
+  }
+  return [x, name, why, shape] {
     for (std::size_t i = 0; i < x.length; ++i) {
       if (!std::isfinite(x.data[i])) {
-        throw pa::InputError(name + ": " + (std::isnan(x.data[i]) ? "NaN" : "infinity") + " at flat index " +
-                             std::to_string(i) + "; " + why);
+        std::string at = "flat index " + std::to_string(i);
+        if (!shape.empty()) {
+          std::string index;
+          std::size_t rest = i;
+          for (std::size_t d = shape.size(); d-- > 0;) {
+            index = std::to_string(rest % shape[d]) + (index.empty() ? "" : ", ") + index;
+            rest /= shape[d];
+          }
+          at = "[" + index + "] (" + at + ")";
+        }
+        throw pa::InputError(name + ": " + (std::isnan(x.data[i]) ? "NaN" : "infinity") + " at " + at + "; " + why);
       }
     }
   };
@@ -210,7 +232,16 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
         for (const char* key : {"q", "k", "v", "out"}) keep_alive->push_back(s.Get(key));
         attention_option_arrays(s.Get("options").As<Napi::Object>(), keep_alive);
       }
-      plan.steps.push_back([job] { job.run(); });
+      // Attention inputs inside a layer are the layer's projections: errors name the layer.
+      const std::string label = string_property(s, "label", "");
+      plan.steps.push_back([job, label] {
+        if (label.empty()) return job.run();
+        try {
+          job.run();
+        } catch (const pa::InputError& error) {
+          throw pa::InputError(label + ": " + error.what(), error.code());
+        }
+      });
     } else {
       throw_range_error(env, "plan step " + std::to_string(i) + ": unknown op '" + op + "'");
     }

@@ -1,0 +1,78 @@
+/**
+ * A model in one safetensors file: its parameters (features included) and, in the
+ * metadata key 'performer-attention', the class and constructor options that rebuild
+ * it. A service can then load a model from the file alone.
+ */
+import { describe, rangeError, typeError } from '../errors';
+import { loadSafetensors, loadSafetensorsSync, readSafetensors, writeSafetensors, type Safetensors } from '../safetensors';
+import { DecoderLayer, EncoderLayer } from './blocks';
+import type { LayerBase } from './layer';
+import { MultiHeadAttention } from './multi-head-attention';
+import { TransformerDecoder, TransformerEncoder } from './stacks';
+
+/** The layer classes a model file can hold. */
+export type Model = MultiHeadAttention | EncoderLayer | DecoderLayer | TransformerEncoder | TransformerDecoder;
+
+const METADATA_KEY = 'performer-attention';
+const FORMAT = 1;
+const CLASSES = { MultiHeadAttention, EncoderLayer, DecoderLayer, TransformerEncoder, TransformerDecoder } as const;
+
+/**
+ * The safetensors bytes of a model: its parameters under their names (float32) and, in
+ * the metadata, the class and options that rebuild it (see {@link readModel}).
+ * `metadata` adds other string entries.
+ * @throws TypeError when `model` is not one of the layer classes.
+ */
+export function writeModel(model: Model, metadata: Record<string, string> = {}): Uint8Array {
+  const name = Object.keys(CLASSES).find((n) => model instanceof CLASSES[n as keyof typeof CLASSES]);
+  if (name === undefined) throw typeError(`model: expected a layer (MultiHeadAttention, …, TransformerDecoder), received ${describe(model)}`);
+  const options = (model as LayerBase).options();
+  return writeSafetensors(model.parameters(), { ...metadata, [METADATA_KEY]: JSON.stringify({ format: FORMAT, class: name, options }) });
+}
+
+function build(file: Safetensors, source: string): Model {
+  const raw = file.metadata[METADATA_KEY];
+  if (raw === undefined) {
+    throw rangeError(
+      `${source}: no '${METADATA_KEY}' metadata, so not a model written by writeModel; build the model and call loadParameters (fromPyTorch / fromBert map checkpoint names)`,
+      'ERR_INVALID_ARG_VALUE',
+    );
+  }
+  let entry: { format?: unknown; class?: unknown; options?: unknown };
+  try {
+    entry = JSON.parse(raw);
+  } catch {
+    throw rangeError(`${source}: '${METADATA_KEY}' metadata is not JSON`, 'ERR_INVALID_ARG_VALUE');
+  }
+  if (entry === null || typeof entry !== 'object' || entry.format !== FORMAT) {
+    throw rangeError(`${source}: model format ${String(entry?.format)}; this library reads format ${FORMAT}`, 'ERR_INVALID_ARG_VALUE');
+  }
+  const Class = CLASSES[entry.class as keyof typeof CLASSES];
+  if (Class === undefined || !Object.hasOwn(CLASSES, entry.class as string)) {
+    throw rangeError(`${source}: unknown model class ${JSON.stringify(entry.class)}`, 'ERR_INVALID_ARG_VALUE');
+  }
+  const model = new Class(entry.options as never) as Model;
+  model.loadParameters(file.tensors);
+  return model;
+}
+
+/**
+ * Rebuilds a model from the bytes {@link writeModel} wrote: same class, options,
+ * parameters and features, so it computes the same bits.
+ * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a file without the model metadata, of
+ *   another format version or class; the errors of readSafetensors, the constructor and
+ *   loadParameters for a malformed file.
+ */
+export function readModel(bytes: Uint8Array): Model {
+  return build(readSafetensors(bytes), 'model');
+}
+
+/** {@link readModel} of a file, read off the event loop. */
+export async function loadModel(path: string): Promise<Model> {
+  return build(await loadSafetensors(path), path);
+}
+
+/** {@link readModel} of a file, read synchronously. */
+export function loadModelSync(path: string): Model {
+  return build(loadSafetensorsSync(path), path);
+}
