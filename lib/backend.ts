@@ -1,5 +1,6 @@
 /** Which kernels and how many threads the native side uses. */
 import { describe, typeError } from './errors';
+import { workspaceStats, setWorkspaceLimit } from './layers/workspace';
 import { native } from './native';
 import { readEnum, readInteger, readOptions } from './validate';
 
@@ -16,11 +17,13 @@ export interface BackendInfo {
   compiled: Isa[];
   /** Threads of the native pool (calls share it; concurrent calls take turns). */
   threads: number;
+  /** Layer temporaries kept between calls: bytes held now, and the bound. */
+  workspace: { bytes: number; limitBytes: number };
 }
 
 /** The kernel set in use, those this CPU can run and this binary has, and the thread pool size. Loads the addon on first use (an Error listing the causes and fixes if it cannot be loaded). */
 export function backendInfo(): BackendInfo {
-  return native().backendInfo() as BackendInfo;
+  return { ...native().backendInfo(), workspace: workspaceStats() } as BackendInfo;
 }
 
 /** Options of {@link setBackend}; both optional, omitted ones are left as they are. */
@@ -29,6 +32,11 @@ export interface BackendOptions {
   isa?: Isa;
   /** Size of the native thread pool. Also: env PERFORMER_ATTENTION_THREADS at load. */
   threads?: number;
+  /**
+   * Bytes of layer temporaries kept between calls, so that passes of shapes seen before
+   * touch no fresh pages. Default 256 MiB; 0 keeps none (each pass allocates anew).
+   */
+  workspaceLimit?: number;
 }
 
 /**
@@ -43,12 +51,15 @@ export function setBackend(options: BackendOptions): BackendInfo {
   if (options === undefined || options === null || typeof options !== 'object') {
     throw typeError(`setBackend options: expected an object, received ${describe(options)}`);
   }
-  const o = readOptions<BackendOptions>(options, 'setBackend options', ['isa', 'threads']);
+  const o = readOptions<BackendOptions>(options, 'setBackend options', ['isa', 'threads', 'workspaceLimit']);
   if (o.isa !== undefined) {
     const isa = readEnum(o.isa, 'setBackend options.isa', 'scalar', ['scalar', 'avx2', 'avx512'] as const);
     native().setIsa(isa);
   }
   if (o.threads !== undefined) native().setThreads(readInteger(o.threads, 'setBackend options.threads', 1, 1, 1024));
+  if (o.workspaceLimit !== undefined) {
+    setWorkspaceLimit(readInteger(o.workspaceLimit, 'setBackend options.workspaceLimit', 0, 0, Number.MAX_SAFE_INTEGER));
+  }
   return backendInfo();
 }
 

@@ -9,8 +9,10 @@ import {
   MultiHeadAttention,
   TransformerDecoder,
   TransformerEncoder,
+  backendInfo,
   readModel,
   readSafetensors,
+  setBackend,
   writeModel,
   writeSafetensors,
   type DecodingState,
@@ -253,6 +255,28 @@ describe('stacks', () => {
     expect(relFrobenius(out, full)).toBeLessThan(1e-5);
     expect(state.position).toBe(L);
   });
+});
+
+test('a wide feed-forward part runs in row chunks (64 rows of 65536) and equals the reference', () => {
+  const layer = new EncoderLayer({ modelDim: 4, numHeads: 1, ffDim: 65536, attention: 'softmax' });
+  const x = seq(61, 1, 130, 4);
+  const cfg: RefBlockConfig = { modelDim: 4, numHeads: 1, headDim: 4, attention: 'softmax', causal: false, ffDim: 65536, activation: 'relu', normFirst: false, layerNormEps: 1e-5, decoder: false, crossAttention: false };
+  expect(relFrobenius(layer.forwardSync(x).data, blockRef(layer.parameters(), '', cfg, x.data, 1, 130))).toBeLessThan(1e-5);
+});
+
+test('layer temporaries are kept between calls up to setBackend({ workspaceLimit })', () => {
+  const before = backendInfo().workspace.limitBytes;
+  try {
+    const enc = new EncoderLayer({ modelDim: 16, numHeads: 2 });
+    enc.forwardSync(seq(62, 1, 33, 16));
+    expect(backendInfo().workspace.bytes).toBeGreaterThan(0);
+    expect(setBackend({ workspaceLimit: 0 }).workspace).toEqual({ bytes: 0, limitBytes: 0 });
+    enc.forwardSync(seq(62, 1, 33, 16));
+    expect(backendInfo().workspace.bytes).toBe(0);
+    expectThrows(() => setBackend({ workspaceLimit: -1 }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message: /workspaceLimit/ });
+  } finally {
+    setBackend({ workspaceLimit: before });
+  }
 });
 
 describe('parameters, features and states', () => {

@@ -31,6 +31,9 @@ import {
 import { blockParameterCount, checkModelSize, InitRandom, LayerNorm, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
 
+// Largest hidden activation block of a feed-forward part (16 MiB).
+const FF_CHUNK_FLOATS = 4 * 1024 * 1024;
+
 /** The feed-forward activation: ReLU or GELU (exact, erf form). */
 export type Activation = 'relu' | 'gelu';
 
@@ -217,10 +220,18 @@ abstract class Block extends LayerBase {
         state,
         label: `${call.label}${m === this.selfAttn ? 'selfAttn' : 'crossAttn'}`,
       });
+    // The hidden activations go through in row chunks: a long sequence then needs at
+    // most FF_CHUNK_FLOATS of them at once, not rows x ffDim.
     const feedForward = (x: Float32Array, y: Float32Array, residual: Float32Array) => {
-      const h = b.acquire(rows * c.ffDim);
-      b.add({ op: 'linear', x, rows, in: D, out: c.ffDim, packed: this.ff1.packed, bias: this.ff1.bias, activation: c.activation, y: h });
-      b.add({ op: 'linear', x: h, rows, in: c.ffDim, out: D, packed: this.ff2.packed, bias: this.ff2.bias, residual, activation: 'none', y });
+      const chunk = Math.min(rows, Math.max(64, Math.floor(FF_CHUNK_FLOATS / c.ffDim)));
+      const h = b.acquire(chunk * c.ffDim);
+      for (let r0 = 0; r0 < rows; r0 += chunk) {
+        const n = Math.min(chunk, rows - r0);
+        const span = (a: Float32Array) => a.subarray(r0 * D, (r0 + n) * D);
+        const hidden = h.subarray(0, n * c.ffDim);
+        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: c.ffDim, packed: this.ff1.packed, bias: this.ff1.bias, activation: c.activation, y: hidden });
+        b.add({ op: 'linear', x: hidden, rows: n, in: c.ffDim, out: D, packed: this.ff2.packed, bias: this.ff2.bias, residual: span(residual), activation: 'none', y: span(y) });
+      }
       b.release(h);
     };
     const [n1, n2, n3] = this.norms;

@@ -2,50 +2,15 @@
  * Layer plans: a forward pass is built in TypeScript as a list of native steps
  * (projections, layer norms, head reshapes, attention) and run by the addon in one
  * call, synchronously or off the event loop (one async hop per pass, not per step).
- * Temporaries come from a process-wide cache of Float32Arrays, so repeated passes of
- * the same shapes touch no fresh pages.
+ * Temporaries come from a process-wide cache of Float32Arrays (workspace.ts), so
+ * repeated passes of the same shapes touch no fresh pages.
  */
 import { pinBuffers, runAbortable } from '../attention';
 import { native } from '../native';
+import { giveBack, takeCached } from './workspace';
 
 /** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
 export type PlanStep = { op: string } & Record<string, unknown>;
-
-// Cached temporaries by length; bounded so that many distinct shapes cannot grow it
-// without limit (the oldest lengths go first).
-const CACHE_LIMIT_BYTES = 256 * 1024 * 1024;
-const cache = new Map<number, Float32Array[]>();
-let cachedBytes = 0;
-
-function takeCached(length: number): Float32Array | undefined {
-  const list = cache.get(length);
-  const buffer = list?.pop();
-  if (buffer === undefined) return undefined;
-  if (list!.length === 0) cache.delete(length);
-  cachedBytes -= buffer.byteLength;
-  return buffer;
-}
-
-function giveBack(buffers: Iterable<Float32Array>): void {
-  for (const buffer of buffers) {
-    if (buffer.byteLength > CACHE_LIMIT_BYTES) continue;
-    let list = cache.get(buffer.length);
-    if (list === undefined) {
-      list = [];
-      cache.set(buffer.length, list);
-    } else {
-      cache.delete(buffer.length); // re-insert: most recently used last
-      cache.set(buffer.length, list);
-    }
-    list.push(buffer);
-    cachedBytes += buffer.byteLength;
-  }
-  for (const [length, list] of cache) {
-    if (cachedBytes <= CACHE_LIMIT_BYTES) break;
-    while (list.length > 0 && cachedBytes > CACHE_LIMIT_BYTES) cachedBytes -= list.pop()!.byteLength;
-    if (list.length === 0) cache.delete(length);
-  }
-}
 
 /**
  * @internal Collects steps and their temporaries. Steps run in the order they are
