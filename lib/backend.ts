@@ -17,8 +17,13 @@ export interface BackendInfo {
   compiled: Isa[];
   /** Threads of the native pool (calls share it; concurrent calls take turns). */
   threads: number;
-  /** Layer temporaries kept between calls: bytes held now, and the bound. */
-  workspace: { bytes: number; limitBytes: number };
+  /** Layer temporaries kept between calls. */
+  workspace: {
+    /** Bytes held now. */
+    bytes: number;
+    /** The bound (setBackend's workspaceLimit). */
+    limitBytes: number;
+  };
 }
 
 /** The kernel set in use, those this CPU can run and this binary has, and the thread pool size. Loads the addon on first use (an Error listing the causes and fixes if it cannot be loaded). */
