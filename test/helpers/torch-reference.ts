@@ -2,6 +2,8 @@
 // canonical parameters (PyTorch layout: y = x Wᵀ + b). Written out loop by loop, with no
 // code shared with the library, to check fixtures and name mappings.
 
+import { erf } from './layer-reference';
+
 export interface RefTensor {
   data: ArrayLike<number>;
   shape: readonly number[];
@@ -14,26 +16,6 @@ export interface RefLayerConfig {
   activation?: 'relu' | 'gelu';
   normFirst?: boolean;
   layerNormEps?: number;
-}
-
-/** erf to ~1e-15: Taylor series for |x| < 3, continued fraction of erfc beyond. */
-export function erf(x: number): number {
-  const a = Math.abs(x);
-  if (a < 3) {
-    let term = a;
-    let sum = a;
-    for (let n = 1; n < 80; n++) {
-      term *= (-a * a) / n;
-      sum += term / (2 * n + 1);
-      if (Math.abs(term) < 1e-17 * Math.abs(sum)) break;
-    }
-    return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
-  }
-  // erfc(a) = exp(-a²)/√π / (a + (1/2)/(a + 1/(a + (3/2)/(a + 2/(a + ...)))))
-  let fraction = a;
-  for (let n = 80; n >= 1; n--) fraction = a + n / 2 / fraction;
-  const erfc = Math.exp(-a * a) / Math.sqrt(Math.PI) / fraction;
-  return Math.sign(x) * (1 - erfc);
 }
 
 function param(p: RefParams, name: string): ArrayLike<number> {
