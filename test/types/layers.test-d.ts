@@ -6,8 +6,13 @@ import {
   MultiHeadAttention,
   TransformerDecoder,
   TransformerEncoder,
+  loadModel,
+  loadModelSync,
   pendingCalls,
+  readModel,
+  writeModel,
   type AttentionKind,
+  type Model,
   type Tensor,
 } from '../../lib';
 
@@ -44,3 +49,12 @@ dec.loadParameters(params, { strict: false });
 dec.redrawFeatures(3);
 const pending: number = pendingCalls();
 void pending;
+
+// Model files.
+const file: Uint8Array = writeModel(enc, { note: 'x' });
+const rebuilt: Model = readModel(file);
+assertType<Equal<ReturnType<typeof loadModel>, Promise<Model>>>();
+assertType<Equal<ReturnType<typeof loadModelSync>, Model>>();
+void rebuilt;
+// @ts-expect-error: metadata values are strings
+writeModel(enc, { n: 1 });
