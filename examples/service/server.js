@@ -115,8 +115,11 @@ function buildServer(options) {
     if (error instanceof HttpError) {
       reply.headers(error.headers);
     } else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      // Every bad body is a 400 with a message (not 415/413), so clients have one rule.
+      status = 400;
       message = `content-type ${JSON.stringify(request.headers['content-type'])} is not accepted: send application/json or application/octet-stream (float32 little-endian)`;
     } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      status = 400;
       const binary = /octet-stream/.test(request.headers['content-type'] || '');
       message = `body larger than this server's limit of ${binary ? o.binaryBodyLimit : o.jsonBodyLimit} bytes${binary ? '' : ' for JSON (send long sequences as application/octet-stream float32)'}`;
     } else if (!(status >= 400 && status < 500)) {
