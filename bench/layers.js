@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 'use strict';
-// Layer benchmark: per-token decoding latency against the context length, the size
-// of a decoding state, and the forward time of an encoder layer with FAVOR+ and with
-// exact attention. Medians of repeated runs; ratios come from the same run.
-//   npm run bench:layers -- [--contexts 1000,100000] [--seq 4096] [--steps 200] [--runs 5]
+// Layer benchmark: per-token decoding latency against the context length and, with
+// cross-attention, against the memory length; the size of a decoding state; the
+// forward time of an encoder layer with FAVOR+ and with exact attention. Medians of
+// repeated runs; ratios come from the same run. --only cross runs the memory table alone.
+//   npm run bench:layers -- [--contexts 1000,100000] [--memories 1000,16000] [--seq 4096]
+//                           [--steps 200] [--runs 5] [--only cross]
 const { performance } = require('node:perf_hooks');
 const { EncoderLayer, MultiHeadAttention, DecoderLayer, backendInfo } = require('..');
 
@@ -12,6 +14,8 @@ function arg(name, fallback) {
   return i > 0 ? process.argv[i + 1] : fallback;
 }
 const contexts = String(arg('contexts', '1000,100000')).split(',').map(Number);
+const memories = String(arg('memories', '1000,16000')).split(',').map(Number);
+const only = arg('only', null);
 const seq = Number(arg('seq', 4096));
 const steps = Number(arg('steps', 200));
 const runs = Number(arg('runs', 5));
@@ -68,11 +72,33 @@ async function decoding(label, model, createState) {
   }
 }
 
+// A DecoderLayer with cross-attention: createState absorbs the memory once; a step's
+// cost and the state's size should not depend on the memory length.
+function crossDecoding() {
+  console.log('\nDecoderLayer with cross-attention: per-token step against the memory length (batch 1)');
+  console.log('| memory | createState | step, sync (median) | p90 | state bytes |');
+  console.log('|---|---|---|---|---|');
+  const layer = new DecoderLayer({ modelDim, numHeads, featureMap: { numFeatures } });
+  const token = { data: gaussian(modelDim, 0.5), shape: [1, 1, modelDim] };
+  for (const length of memories) {
+    const memory = { data: gaussian(length * modelDim, 0.5), shape: [1, length, modelDim] };
+    let state;
+    const create = time(() => (state = layer.createStateSync(1, { memory })));
+    for (let i = 0; i < 5; i++) layer.stepSync(token, state);
+    const sync = Array.from({ length: steps }, () => time(() => layer.stepSync(token, state)));
+    const p90 = [...sync].sort((a, b) => a - b)[Math.floor(sync.length * 0.9)];
+    const us = (ms) => `${(ms * 1000).toFixed(0)} µs`;
+    console.log(`| ${length} | ${create.toFixed(0)} ms | ${us(median(sync))} | ${us(p90)} | ${state.serialize().length} |`);
+  }
+}
+
 async function main() {
+  if (only === 'cross') return crossDecoding();
   const mha = new MultiHeadAttention({ modelDim, numHeads, causal: true, featureMap: { numFeatures } });
   await decoding('MultiHeadAttention (causal self-attention)', mha, () => mha.createState(1));
   const dec = new DecoderLayer({ modelDim, numHeads, crossAttention: false, featureMap: { numFeatures } });
   await decoding('DecoderLayer (causal self-attention + feed-forward 2048, no cross-attention)', dec, () => dec.createStateSync(1));
+  crossDecoding();
 
   console.log(`\nEncoderLayer forward, L = ${seq}, batch 1, feed-forward 2048, GELU (median of ${runs}, sync)`);
   console.log('| attention | forward | attention part (MultiHeadAttention alone) |');

@@ -81,6 +81,10 @@ export interface NativeFavorOptions extends NativeFeatureMap {
   chunkSize: number;
   /** Causal continuation: the (batch, head) decoding states, advanced in place. */
   state?: Float32Array | null;
+  /** Bidirectional, keys only (queryLength 0): absorbs them into these (batch, head) states. */
+  absorbInto?: Float32Array | null;
+  /** Bidirectional, queries only (keyLength 0): attends the keys absorbed in these states. */
+  keysState?: Float32Array | null;
 }
 
 /** @internal */

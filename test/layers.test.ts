@@ -257,6 +257,65 @@ describe('stacks', () => {
   });
 });
 
+describe('cross-attention decoding: the memory absorbed once into FAVOR+ states', () => {
+  const D = 16;
+  const B = 2;
+  const L = 9;
+  const x = seq(71, B, L, D);
+
+  // 600 memory rows: absorbed in two key ranges per head, then merged. Item 0 attends
+  // 400 of them, item 1 none (its cross-attention rows are zero).
+  test.each([
+    ['softmax features, epsilon 0.01', { kernel: 'softmax' }, 0.01],
+    ['relu features', { kernel: 'relu' }, 0],
+    ['softmax-hyperbolic features', { kernel: 'softmax-hyperbolic' }, 0],
+  ] as const)('%s: steps equal the causal forward with the memory, sync and async states alike', async (_name, features, epsilon) => {
+    const dec = new TransformerDecoder({ modelDim: D, numHeads: 2, numLayers: 2, normFirst: true, epsilon, featureMap: { numFeatures: 24, ...features }, seed: 3 });
+    const Lm = 600;
+    const memory = seq(72, B, Lm, D);
+    const memOptions = { memory, memoryKeyPaddingMask: { data: padding(B, Lm, [400, 0]), shape: [B, Lm] } };
+    const full = dec.forwardSync(x, memOptions).data;
+    const state = dec.createStateSync(B, memOptions);
+    const out = decode((t) => dec.stepSync(t, state), x, [4, 1, 1, 3]);
+    expect(relFrobenius(out, full)).toBeLessThan(1e-5);
+    // Without the memory's padding the outputs differ: the mask is in the absorbed state.
+    const unmasked = dec.createStateSync(B, { memory });
+    expect(relFrobenius(decode((t) => dec.stepSync(t, unmasked), x, [L]), full)).toBeGreaterThan(1e-3);
+    const fromAsync = await dec.createState(B, memOptions);
+    expect(Buffer.from(fromAsync.serialize()).equals(Buffer.from(dec.createStateSync(B, memOptions).serialize()))).toBe(true);
+  });
+
+  test('the state size depends on the model only, not on the memory length', () => {
+    const options = { modelDim: D, numHeads: 2, numLayers: 2, featureMap: { numFeatures: 24 } };
+    const dec = new TransformerDecoder(options);
+    const short = dec.createStateSync(B, { memory: seq(73, B, 3, D) });
+    const long = dec.createStateSync(B, { memory: seq(74, B, 2000, D) });
+    expect(long.byteLength).toBe(short.byteLength);
+    expect(long.serialize().length).toBe(short.serialize().length);
+    // One FAVOR+ state per head for the memory, as large as the self-attention's.
+    const selfOnly = new TransformerDecoder({ ...options, crossAttention: false }).createStateSync(B);
+    expect(long.byteLength).toBe(2 * selfOnly.byteLength);
+    const bytes = Buffer.from(long.serialize());
+    const header = JSON.parse(bytes.toString('utf8', 12, 12 + bytes.readUInt32LE(8))) as { arrays: { name: string }[] };
+    expect(header.arrays.map((a) => a.name)).toEqual(['layers.0.selfAttn.state', 'layers.0.crossAttn.memoryState', 'layers.1.selfAttn.state', 'layers.1.crossAttn.memoryState']);
+    // A parked long-memory state resumes bit for bit.
+    dec.stepSync(rows(x, 0, 2), long);
+    const parked = dec.loadState(long.serialize());
+    expect(Buffer.from(dec.stepSync(rows(x, 2, 3), parked).data.buffer).equals(Buffer.from(dec.stepSync(rows(x, 2, 3), long).data.buffer))).toBe(true);
+  });
+
+  test('features whose parameters are estimated per call (softmax-opt, softmax-dense) cannot decode: createState says so', () => {
+    for (const kernel of ['softmax-opt', 'softmax-dense'] as const) {
+      const dec = new DecoderLayer({ modelDim: D, numHeads: 2, featureMap: { kernel, numFeatures: 8 } });
+      expectThrows(() => dec.createStateSync(B, { memory: seq(75, B, 4, D) }), {
+        name: 'RangeError',
+        code: 'ERR_INVALID_ARG_VALUE',
+        message: new RegExp(`DecoderLayer\\.createStateSync: token-by-token decoding needs features fixed across calls; '${kernel}'`),
+      });
+    }
+  });
+});
+
 test('a wide feed-forward part runs in row chunks (64 rows of 65536) and equals the reference', () => {
   const layer = new EncoderLayer({ modelDim: 4, numHeads: 1, ffDim: 65536, attention: 'softmax' });
   const x = seq(61, 1, 130, 4);

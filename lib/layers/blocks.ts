@@ -10,7 +10,7 @@ import { rangeError, typeError } from '../errors';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { DecodingState } from './decoding';
-import { LayerBase, type StateSpec } from './layer';
+import { favorStateLength, LayerBase, type StateSpec } from './layer';
 import {
   checkState,
   MHA_OPTIONS,
@@ -353,7 +353,7 @@ export class DecoderLayer extends Block {
     return state;
   }
 
-  /** Async twin of {@link createStateSync} (projects the memory off the event loop). */
+  /** Async twin of {@link createStateSync} (absorbs the memory off the event loop). */
   async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
     const { b, state, signal } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createState');
     await b.run(signal);
@@ -459,18 +459,16 @@ export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
 }
 
-/** @internal The arrays of a decoder's state: a FAVOR state per layer, the memory's keys and values per cross-attention. */
+/**
+ * @internal The arrays of a decoder's state: per layer, the causal FAVOR state of the
+ * self-attention and (cross-attention) the absorbed memory, both sized by the model only.
+ */
 export function decoderStateSpec(owner: LayerBase, layers: Block[], batch: number): StateSpec {
   const spec: StateSpec = [];
   layers.forEach((layer, i) => {
     spec.push(...owner.selfStateSpec(batch, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
-    if (layer.crossAttn !== null) {
-      // [B, H, Lm, dh] each, Lm from the mask [B, Lm].
-      const lengthOf = { of: 'memoryKeyPaddingMask', factor: layer.crossAttn.config.numHeads * layer.crossAttn.config.headDim };
-      spec.push({ name: `layers.${i}.crossAttn.key`, dtype: 'f32', lengthOf }, { name: `layers.${i}.crossAttn.value`, dtype: 'f32', lengthOf });
-    }
+    if (layer.crossAttn !== null) spec.push({ name: `layers.${i}.crossAttn.memoryState`, dtype: 'f32', length: favorStateLength(layer.crossAttn, batch) });
   });
-  if (layers[0].crossAttn !== null) spec.push({ name: 'memoryKeyPaddingMask', dtype: 'u8', multipleOf: batch });
   return spec;
 }
 
@@ -479,7 +477,17 @@ function checkDecoding(layers: Block[], fn: string): void {
   if (c.attention !== 'favor') {
     throw rangeError(`${fn}: token-by-token decoding runs FAVOR+ attention; this model's attention is '${c.attention}'`, 'ERR_INVALID_ARG_VALUE');
   }
+  // A layer's adaptive features have no fixed parameters: each call would estimate its
+  // own, while decoding absorbs keys in one call and attends them in later ones.
+  if (ADAPTIVE_KERNELS.includes(c.featureMap.kernel)) {
+    throw rangeError(
+      `${fn}: token-by-token decoding needs features fixed across calls; '${c.featureMap.kernel}' estimates its parameters per call (use 'softmax' or another kernel)`,
+      'ERR_INVALID_ARG_VALUE',
+    );
+  }
 }
+
+const ADAPTIVE_KERNELS: readonly string[] = ['softmax-opt', 'softmax-dense'];
 
 /** @internal */
 export function buildDecoderState(owner: LayerBase, layers: Block[], batch: number, options: unknown, fn: string) {
@@ -493,12 +501,10 @@ export function buildDecoderState(owner: LayerBase, layers: Block[], batch: numb
   for (const [i, layer] of layers.entries()) {
     arrays.push(...owner.selfStates(B, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
     if (layer.crossAttn !== null && memory !== null && memory.kind === 'memory') {
-      const { k, v } = layer.crossAttn.planKeyValues(b, memory.data, B, memory.length);
-      arrays.push({ name: `layers.${i}.crossAttn.key`, data: k }, { name: `layers.${i}.crossAttn.value`, data: v });
+      const label = `${layers.length > 1 ? `layers.${i}.` : ''}crossAttn`;
+      const data = layer.crossAttn.planMemoryState(b, memory.data, B, memory.length, memoryPadding, label);
+      arrays.push({ name: `layers.${i}.crossAttn.memoryState`, data });
     }
-  }
-  if (memory !== null && memory.kind === 'memory') {
-    arrays.push({ name: 'memoryKeyPaddingMask', data: memoryPadding !== null ? Uint8Array.from(memoryPadding) : new Uint8Array(B * memory.length).fill(1) });
   }
   const state = new DecodingState(owner.fingerprint(), B, arrays);
   return { b, state, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
@@ -514,14 +520,9 @@ export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: L
   const b = new PlanBuilder();
   b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const out = new Float32Array(B * n * c.modelDim);
-  const mask = layers[0].crossAttn !== null ? state.array<Uint8Array>('memoryKeyPaddingMask') : null;
-  const memoryLength = mask !== null ? mask.length / B : 0;
-  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: n, keyPadding: null, attention: 'favor', memoryPadding: mask }, (i) => ({
+  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: n, keyPadding: null, attention: 'favor', memoryPadding: null }, (i) => ({
     state: state.array<Float32Array>(`layers.${i}.selfAttn.state`),
-    memory:
-      layers[i].crossAttn !== null
-        ? { kind: 'cached', k: state.array<Float32Array>(`layers.${i}.crossAttn.key`), v: state.array<Float32Array>(`layers.${i}.crossAttn.value`), length: memoryLength }
-        : null,
+    memory: layers[i].crossAttn !== null ? { kind: 'state', state: state.array<Float32Array>(`layers.${i}.crossAttn.memoryState`) } : null,
   }));
   return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
 }

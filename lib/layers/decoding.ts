@@ -1,8 +1,9 @@
 /**
  * Token-by-token decoding state: per causal self-attention, the running FAVOR+
  * state of every (batch, head) (S, z, the per-feature maximum and value sums:
- * memory independent of the context length); per cross-attention, the memory's
- * projected keys and values. Serializes to a Buffer with a version header and a
+ * memory independent of the context length); per cross-attention, the memory
+ * absorbed once into the same kind of state (bidirectional: independent of the
+ * memory length). Serializes to a Buffer with a version header and a
  * checksum, so a service can park, persist or move a decoding session.
  *
  * Buffer layout (little-endian): 'PAST' | u16 version | u16 0 | u32 header bytes |
@@ -121,7 +122,7 @@ const isLittleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 export function deserializeState(
   bytes: unknown,
   model: string,
-  expected: (batch: number) => { name: string; dtype: 'f32' | 'u8'; length?: number; multipleOf?: number; lengthOf?: { of: string; factor: number } }[],
+  expected: (batch: number) => { name: string; dtype: 'f32' | 'u8'; length: number }[],
   fn: string,
 ): DecodingState {
   if (!(bytes instanceof Uint8Array)) throw typeError(`${fn}: expected a Buffer or Uint8Array, received ${describe(bytes)}`);
@@ -158,8 +159,8 @@ export function deserializeState(
   arraysInfo.forEach((info, i) => {
     const w = want[i];
     if (info === null || typeof info !== 'object') throw bad(`corrupt state: array ${i} is described by ${describe(info)}`);
-    if (info.name !== w.name || info.dtype !== w.dtype || (w.length !== undefined && info.length !== w.length) || !Number.isInteger(info.length) || info.length < 0) {
-      throw bad(`state array ${i} ('${info.name}', ${info.length} ${info.dtype}) does not match this model ('${w.name}', ${w.length ?? 'any'} ${w.dtype})`);
+    if (info.name !== w.name || info.dtype !== w.dtype || info.length !== w.length) {
+      throw bad(`state array ${i} ('${info.name}', ${info.length} ${info.dtype}) does not match this model ('${w.name}', ${w.length} ${w.dtype})`);
     }
     const byteLength = info.length * (info.dtype === 'f32' ? 4 : 1);
     if (at + byteLength > size) throw bad('corrupt state: arrays run past the end');
@@ -172,14 +173,6 @@ export function deserializeState(
     at += pad4(byteLength);
   });
   if (at !== size) throw bad('corrupt state: unexpected bytes after the arrays');
-  // Arrays sized by the memory: consistent with each other and the batch.
-  want.forEach((w, i) => {
-    const length = arrays[i].data.length;
-    const of = w.lengthOf && arrays.find((a) => a.name === w.lengthOf!.of);
-    if ((w.multipleOf !== undefined && (length === 0 || length % w.multipleOf !== 0)) || (of && length !== of.data.length * w.lengthOf!.factor)) {
-      throw bad(`corrupt state: array '${w.name}' has ${length} elements, which does not fit the batch ${String(batch)} and the other arrays`);
-    }
-  });
   const state = new DecodingState(model, batch as number, arrays);
   state.position = position as number;
   return state;

@@ -12,16 +12,16 @@ import { fingerprint, load, snapshot, type LoadParametersOptions, type ParamSlot
 /** @internal The arrays a decoding state of a model holds, by batch. */
 export type StateSpec = StateArraySpec[];
 
-/**
- * @internal One array of a state: its exact length, or (arrays sized by the memory) a
- * positive multiple of `multipleOf`, or `factor` times the length of the array `of`.
- */
+/** @internal One array of a state and its exact length. */
 export interface StateArraySpec {
   name: string;
   dtype: 'f32' | 'u8';
-  length?: number;
-  multipleOf?: number;
-  lengthOf?: { of: string; factor: number };
+  length: number;
+}
+
+/** @internal Floats of the FAVOR+ states of one attention module: one per (batch, head). */
+export function favorStateLength(m: MultiHeadAttention, batch: number): number {
+  return batch * m.config.numHeads * native().favorStateFloats(m.featureMap.featureCount, m.config.headDim);
 }
 
 /** Base of the layer classes. */
@@ -98,20 +98,15 @@ export abstract class LayerBase {
     return modules.map((m, i) => {
       const c = m.config;
       const f = m.featureMap.featureCount;
-      const heads = batch * c.numHeads;
-      const data = new Float32Array(heads * native().favorStateFloats(f, c.headDim));
-      native().favorStateReset(data, heads, f, c.headDim);
+      const data = new Float32Array(favorStateLength(m, batch));
+      native().favorStateReset(data, batch * c.numHeads, f, c.headDim);
       return { name: `${prefix(i)}state`, data };
     });
   }
 
   /** @internal */
   selfStateSpec(batch: number, modules: MultiHeadAttention[], prefix: (i: number) => string): StateSpec {
-    return modules.map((m, i) => ({
-      name: `${prefix(i)}state`,
-      dtype: 'f32' as const,
-      length: batch * m.config.numHeads * native().favorStateFloats(m.featureMap.featureCount, m.config.headDim),
-    }));
+    return modules.map((m, i) => ({ name: `${prefix(i)}state`, dtype: 'f32' as const, length: favorStateLength(m, batch) }));
   }
 
   /** @internal */

@@ -8,6 +8,7 @@ import { describe, rangeError, stateError, typeError } from '../errors';
 import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
+import { native } from '../native';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
 import { LayerBase } from './layer';
 import { attentionParameterCount, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
@@ -144,7 +145,8 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
 export type KeySource =
   | { kind: 'self' }
   | { kind: 'memory'; data: Float32Array; length: number }
-  | { kind: 'cached'; k: Float32Array; v: Float32Array; length: number };
+  /** A memory absorbed by {@link MultiHeadAttention.planMemoryState} (FAVOR+, bidirectional). */
+  | { kind: 'state'; state: Float32Array };
 
 /** @internal One attention call inside a plan. */
 export interface AttentionCall {
@@ -429,7 +431,7 @@ export class MultiHeadAttention extends LayerBase {
       return dst;
     };
     const fused = this.fusedLinears();
-    let q: Float32Array, k: Float32Array, v: Float32Array;
+    let q: Float32Array, k: Float32Array | null, v: Float32Array | null;
     let Lk: number;
     if (a.keys.kind === 'self' && fused.qkv !== this.q) {
       Lk = Lq;
@@ -444,10 +446,9 @@ export class MultiHeadAttention extends LayerBase {
       this.linear(b, this.q, a.x, rows, qp, null);
       q = split(qp, inner, Lq);
       b.release(qp);
-      if (a.keys.kind === 'cached') {
-        Lk = a.keys.length;
-        k = a.keys.k;
-        v = a.keys.v;
+      if (a.keys.kind === 'state') {
+        Lk = 0;
+        k = v = null;
       } else {
         const src = a.keys.kind === 'self' ? a.x : a.keys.data;
         Lk = a.keys.kind === 'self' ? Lq : a.keys.length;
@@ -469,12 +470,14 @@ export class MultiHeadAttention extends LayerBase {
             epsilon: c.epsilon,
             chunkSize: c.chunkSize,
             state: a.state,
+            keysState: a.keys.kind === 'state' ? a.keys.state : null,
           }
         : { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) };
+    if (a.keys.kind === 'state' && a.attention !== 'favor') throw new Error('internal: an absorbed memory needs FAVOR+ attention');
     const label = `${a.label ?? 'attention'} (query, key and value here are the layer's projections of its input)`;
     b.add({ op: a.attention, q, k, v, out: o, dims, options, label });
     b.release(q);
-    if (a.keys.kind !== 'cached') {
+    if (k !== null && v !== null) {
       b.release(k);
       b.release(v);
     }
@@ -485,19 +488,35 @@ export class MultiHeadAttention extends LayerBase {
     b.release(merged);
   }
 
-  /** @internal Projects a memory into cached keys and values [B, H, Lk, dh] (decoding). */
-  planKeyValues(b: PlanBuilder, memory: Float32Array, batch: number, length: number): { k: Float32Array; v: Float32Array } {
+  /**
+   * @internal Absorbs a memory (decoding): projects its keys and values and sums them into
+   * one bidirectional FAVOR+ state per (batch, head), B * H * favorStateFloats(F, dh)
+   * floats; steps then emit against it (KeySource 'state') whatever the memory length.
+   */
+  planMemoryState(b: PlanBuilder, memory: Float32Array, batch: number, length: number, padding: Uint8Array | null, label: string): Float32Array {
     const c = this.config;
     const inner = c.numHeads * c.headDim;
     const kv = b.acquire(batch * length * 2 * inner);
     this.linear(b, this.fusedLinears().kv, memory, batch * length, kv, null);
-    const k = new Float32Array(batch * length * inner);
-    const v = new Float32Array(batch * length * inner);
+    const k = b.acquire(batch * length * inner);
+    const v = b.acquire(batch * length * inner);
     const heads = { batch, heads: c.numHeads, headDim: c.headDim, len: length, srcStride: 2 * inner };
     b.add({ op: 'splitHeads', src: kv, dst: k, ...heads });
     b.add({ op: 'splitHeads', src: kv.subarray(inner), dst: v, ...heads });
     b.release(kv);
-    return { k, v };
+    const f = this.features.featureCount;
+    const state = new Float32Array(batch * c.numHeads * native().favorStateFloats(f, c.headDim));
+    b.add({
+      op: 'favor',
+      k,
+      v,
+      dims: { batch, heads: c.numHeads, queryLength: 0, keyLength: length, headDim: c.headDim, valueDim: c.headDim },
+      options: { ...this.features.nativeSpec(), causal: false, keyPadding: padding, epsilon: c.epsilon, chunkSize: c.chunkSize, absorbInto: state },
+      label: `${label} (key and value here are the layer's projections of the memory)`,
+    });
+    b.release(k);
+    b.release(v);
+    return state;
   }
 
   private linear(b: PlanBuilder, l: Linear, x: Float32Array, rows: number, y: Float32Array, residual: Float32Array | null): void {

@@ -169,9 +169,13 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
 
   /**
    * A decoding state for `batch` sequences: per layer, the running FAVOR+ state of
-   * each head (its size does not grow with the context), and the memory's projected
-   * keys and values for the cross-attention (memory required when it exists).
-   * @throws RangeError when the model's attention is not 'favor'; TypeError / RangeError for a bad memory.
+   * each head (its size does not grow with the context) and, for the cross-attention
+   * (memory required when it exists), the memory's keys and values absorbed once into
+   * a FAVOR+ state per head: a step then costs the same whatever the memory length, and
+   * the state's size depends on the model only.
+   * @throws RangeError when the model's attention is not 'favor' or its features are
+   *   softmax-opt / softmax-dense (their parameters would be estimated per call);
+   *   TypeError / RangeError for a bad memory.
    */
   createStateSync(batch: number, options?: Omit<DecoderStateOptions, 'signal'>): DecodingState {
     const { b, state } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createStateSync');
@@ -179,7 +183,7 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
     return state;
   }
 
-  /** Async twin of {@link createStateSync} (projects the memory off the event loop). */
+  /** Async twin of {@link createStateSync} (absorbs the memory off the event loop). */
   async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
     const { b, state, signal } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createState');
     await b.run(signal);

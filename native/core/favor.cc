@@ -372,6 +372,20 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   if (options.state != nullptr && (!options.causal || dims.q_len != dims.k_len)) {
     throw InputError("a decoding state continues causal self-attention: causal must be set and query and key lengths equal");
   }
+  const bool absorb_only = options.absorb_into != nullptr, emit_only = options.keys_state != nullptr;
+  if (absorb_only || emit_only) {
+    if (absorb_only && emit_only) throw InputError("absorb_into and keys_state exclude each other");
+    if (options.causal || options.state != nullptr) {
+      throw InputError("absorb_into / keys_state split bidirectional attention: causal and state must be unset");
+    }
+    if (absorb_only && dims.q_len != 0) throw InputError("absorb_into absorbs keys only: the query length must be 0");
+    if (emit_only && dims.k_len != 0) throw InputError("keys_state holds the keys: the key length must be 0");
+    if (fm.is_adaptive() && fm.adaptive_heads == 0) {
+      throw InputError(
+          "softmax-opt / softmax-dense attention split into absorbing keys and emitting queries needs fixed parameters: "
+          "estimating them from one half would give the halves different features");
+    }
+  }
   if (options.epsilon != 0.0f && fm.is_signed()) {
     throw InputError("epsilon applies to positive feature maps; trig features are signed");
   }
@@ -443,7 +457,7 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   const std::size_t blind = offset < 0 ? std::min(Lq, static_cast<std::size_t>(-offset)) : 0;
 
   // Parts per head: about kSplitUnits units of work when heads are few.
-  const std::size_t rows = options.causal ? Lq - blind : std::min(Lq, Lk);
+  const std::size_t rows = options.causal ? Lq - blind : absorb_only ? Lk : emit_only ? Lq : std::min(Lq, Lk);
   std::size_t parts = heads >= kSplitUnits ? 1 : (kSplitUnits + heads - 1) / heads;
   parts = std::max<std::size_t>(1, std::min(parts, rows / kMinRowsPerPart));
 
@@ -477,19 +491,41 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   auto out_of = [&](std::size_t h) { return out + h * Lq * Dv; };
 
   if (!options.causal) {
+    const std::size_t floats = layout.floats();
+    if (emit_only) {
+      // The caller's states are only read (emit leaves a state as it is).
+      for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
+        w.use(evaluator_of(h));
+        const StateView st = layout.view(const_cast<float*>(options.keys_state) + h * floats);
+        const auto range = part_range(0, Lq, parts, p);
+        w.emit(st, q_of(h), out_of(h), range.first, range.second);
+      });
+      return;
+    }
+    // Padding included: the states handed back compare bitwise.
+    if (absorb_only) std::fill(states.data(), states.data() + heads * parts * floats, 0.0f);
+    // Copies the absorbed states out once every head is done (a cancelled call
+    // leaves the caller's states as they were).
+    auto hand_back = [&] {
+      for (std::size_t h = 0; h < heads; ++h) {
+        const float* src = state(h, 0).s;  // s comes first in the layout
+        std::copy(src, src + floats, options.absorb_into + h * floats);
+      }
+    };
     if (parts == 1) {
       for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker& w) {
         w.use(evaluator_of(h));
         const StateView st = state(h, 0);
         layout.reset(st);
         w.absorb(st, k_of(h), v_of(h), pad_of(h), 0, Lk);
-        w.emit(st, q_of(h), out_of(h), 0, Lq);
+        if (!absorb_only) w.emit(st, q_of(h), out_of(h), 0, Lq);
       });
+      if (absorb_only) hand_back();
       return;
     }
     // Key ranges into partial states, merged per head, then query ranges.
     for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
-    w.use(evaluator_of(h));
+      w.use(evaluator_of(h));
       const StateView st = state(h, p);
       layout.reset(st);
       const auto range = part_range(0, Lk, parts, p);
@@ -498,8 +534,9 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
     for_each_part(1, [&](std::size_t h, std::size_t, FavorWorker&) {
       for (std::size_t p = 1; p < parts; ++p) layout.merge(state(h, 0), state(h, p));
     });
+    if (absorb_only) return hand_back();
     for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
-    w.use(evaluator_of(h));
+      w.use(evaluator_of(h));
       const auto range = part_range(0, Lq, parts, p);
       w.emit(state(h, 0), q_of(h), out_of(h), range.first, range.second);
     });

@@ -33,6 +33,18 @@ struct FavorOptions {
   // (q_len must equal k_len) and leaves the state advanced past its keys. The
   // state is left unchanged when the call throws. Null = start from no keys.
   float* state = nullptr;
+  // Bidirectional attention in two halves (a decoder's cross-attention over a fixed
+  // memory: the keys once, the queries token by token). With absorb_into set, the
+  // call only absorbs its keys (q_len must be 0; q and out are unused) into one
+  // state per (batch, head), favor_state_floats() floats each, overwriting them
+  // (key padding and epsilon apply as in the full call). With keys_state set, the
+  // call emits its queries' outputs against such states and absorbs nothing (k_len
+  // must be 0; k, v and key_padding are unused). Emitting against the absorbed
+  // states equals the bidirectional call on those keys up to rounding. Adaptive
+  // kernels need fixed parameters for either (the halves must share features).
+  // absorb_into is left unchanged when the call throws.
+  float* absorb_into = nullptr;
+  const float* keys_state = nullptr;
 };
 
 // Floats of one (batch, head) decoding state: S (F x Dv), z (F), the per-feature
