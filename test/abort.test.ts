@@ -82,14 +82,18 @@ test('a running causal FAVOR call stops at its next block', async () => {
 });
 
 test('a queued call is dropped: its output is never written', async () => {
+  // Outputs first (filling them takes milliseconds), then the long call, given time to
+  // hold the pool; each queued call is aborted as soon as it is made, so none can reach
+  // the pool before its abort (which a call made while others are still being built could).
+  const outs = Array.from({ length: 6 }, () => new Float32Array(big.q.data.length).fill(7));
   const running = softmaxAttention(big.q, big.k, big.v);
-  const queued = Array.from({ length: 6 }, () => {
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const queued = outs.map((out) => {
     const controller = new AbortController();
-    const out = new Float32Array(big.q.data.length).fill(7);
     const promise = softmaxAttention(big.q, big.k, big.v, { out: { data: out, shape: big.q.shape }, signal: controller.signal });
+    controller.abort();
     return { controller, out, promise };
   });
-  for (const call of queued) call.controller.abort();
   // Settled together: awaiting one by one would leave the others' rejections unhandled.
   const errors = await Promise.all(queued.map((call) => rejection(call.promise)));
   queued.forEach((call, i) => {
