@@ -12,8 +12,8 @@ import {
   refPairMoment,
   relFrobenius,
   Rng,
+  specOf,
   type Inputs,
-  type RefFeatureSpec,
 } from './helpers/reference';
 
 const TOL = 1e-5;
@@ -25,16 +25,6 @@ afterAll(() => {
   setBackend({ isa: ORIGINAL_ISA });
 });
 
-function specOf(map: FeatureMap): RefFeatureSpec {
-  return {
-    kernel: map.kernel,
-    headDim: map.headDim,
-    numFeatures: map.numFeatures,
-    projection: map.projection,
-    kernelEpsilon: map.kernelEpsilon,
-    adaptive: map.parameters ?? undefined,
-  };
-}
 
 /** Anisotropic inputs with a nonzero mean: x = mean + L z, L with a decaying spectrum. */
 function anisotropic(seed: number, B: number, H: number, Lq: number, Lk: number, d: number, Dv: number, scale = 1): Inputs {

@@ -23,10 +23,10 @@ import {
   logScale,
   relFrobenius,
   Rng,
+  specOf,
   type Dims,
   type Inputs,
   type RefFavorOptions,
-  type RefFeatureSpec,
 } from './helpers/reference';
 
 const TOL = 1e-5;
@@ -42,15 +42,6 @@ afterAll(() => {
 // One reference per problem, shared by every ISA.
 const cachedRef = memo<Float64Array>();
 
-function specOf(map: FeatureMap): RefFeatureSpec {
-  return {
-    kernel: map.kernel,
-    headDim: map.headDim,
-    numFeatures: map.numFeatures,
-    projection: map.projection,
-    kernelEpsilon: map.kernelEpsilon,
-  };
-}
 
 /** A given W: a seeded map's projection handed to fromProjection. */
 function givenMap(d: number, m: number, kernel: FeatureKernel, seed: number, kernelEpsilon?: number): FeatureMap {

@@ -15,7 +15,6 @@ import {
   setBackend,
   writeModel,
   writeSafetensors,
-  type DecodingState,
   type Tensor,
 } from '../lib';
 import { expectRejects, expectThrows } from './helpers/errors';

@@ -21,7 +21,7 @@ import {
   type FeatureKernel,
   type Tensor,
 } from '../../lib';
-import { allFinite, randn, refFavor, refFeatures, refSoftmax, relFrobenius, Rng, type RefFeatureSpec } from './reference';
+import { allFinite, randn, refFavor, refFeatures, refSoftmax, relFrobenius, Rng, specOf } from './reference';
 
 const TOL = 1e-5;
 const KERNELS: FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
@@ -470,16 +470,6 @@ export class Fuzzer {
   }
 }
 
-function specOf(map: FeatureMap): RefFeatureSpec {
-  return {
-    kernel: map.kernel,
-    headDim: map.headDim,
-    numFeatures: map.numFeatures,
-    projection: map.projection,
-    kernelEpsilon: map.kernelEpsilon,
-    adaptive: map.parameters ?? undefined,
-  };
-}
 
 export function withTimeout<T>(promise: Promise<T>, ms: number, label: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

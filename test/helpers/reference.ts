@@ -5,7 +5,7 @@
  * Layouts follow the library: q [B, H, Lq, d], k [B, H, Lk, d], v [B, H, Lk, Dv],
  * out [B, H, Lq, Dv], keyPadding [B, Lk] (nonzero = attend), W m x d row-major.
  */
-import type { FeatureKernel, Tensor } from '../../lib';
+import type { FeatureKernel, FeatureMap, Tensor } from '../../lib';
 
 // Local bindings: looking up Math's members through jest's sandbox global is ~20x slower.
 const { exp, log, log1p, sqrt, sin, cos, abs, max, min, pow, floor, PI } = Math;
@@ -144,6 +144,18 @@ export interface RefFeatureSpec {
   kernelEpsilon: number;
   /** softmax-opt / softmax-dense: fixed parameter sets (a_k per set, Q per set or null = I). */
   adaptive?: { heads: number; coefficients: Float64Array; basis: Float64Array | null };
+}
+
+/** The reference spec of a library FeatureMap (its projection and fixed parameters). */
+export function specOf(map: FeatureMap): RefFeatureSpec {
+  return {
+    kernel: map.kernel,
+    headDim: map.headDim,
+    numFeatures: map.numFeatures,
+    projection: map.projection,
+    kernelEpsilon: map.kernelEpsilon,
+    adaptive: map.parameters ?? undefined,
+  };
 }
 
 export function featureCount(spec: RefFeatureSpec): number {
