@@ -508,3 +508,10 @@ describe('model files', () => {
     expectThrows(() => writeModel({} as never), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /expected a layer/ });
   });
 });
+
+test('a state stops fitting a stack when one of its layers changes through stack.layers', () => {
+  const dec = new TransformerDecoder({ modelDim: 8, numHeads: 2, numLayers: 2, crossAttention: false, featureMap: { numFeatures: 8 } });
+  const state = dec.createStateSync(1);
+  dec.layers[1].redrawFeatures(5);
+  expectThrows(() => dec.stepSync(seq(71, 1, 1, 8), state), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: /different model/ });
+});

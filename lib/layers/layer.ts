@@ -24,11 +24,16 @@ export function favorStateLength(m: MultiHeadAttention, batch: number): number {
   return batch * m.config.numHeads * native().favorStateFloats(m.featureMap.featureCount, m.config.headDim);
 }
 
+// Counts parameter and feature changes of every module in the process.
+let parameterEpoch = 0;
+
 /** Base of the layer classes. */
 export abstract class LayerBase {
   /** The resolved options (JSON-able). */
   abstract readonly config: object;
-  private cachedFingerprint: string | null = null;
+  // The fingerprint, valid while no module anywhere has changed its parameters since
+  // (a stack's layers can be changed through `layers[i]` without the stack knowing).
+  private cachedFingerprint: { epoch: number; value: string } | null = null;
 
   /** @internal Named parameter slots. */
   abstract slots(prefix: string, into: Map<string, ParamSlot>): void;
@@ -68,7 +73,7 @@ export abstract class LayerBase {
       for (const name of [...slots.keys()]) if (name.endsWith('features.projection') && !(name in tensors)) slots.delete(name);
     }
     load(slots, tensors, options, `${this.constructor.name}.loadParameters`);
-    this.cachedFingerprint = null;
+    parameterEpoch++;
   }
 
   /**
@@ -80,17 +85,17 @@ export abstract class LayerBase {
   redrawFeatures(seed: number): void {
     const s = readInteger(seed, 'redrawFeatures seed', 0, 0, Number.MAX_SAFE_INTEGER - 1024);
     this.attentionModules().forEach((m, i) => m.resample(s + i));
-    this.cachedFingerprint = null;
+    parameterEpoch++;
   }
 
   /** @internal CRC-32 of configuration and parameters: decoding states carry it. */
   fingerprint(): string {
-    if (this.cachedFingerprint === null) {
+    if (this.cachedFingerprint?.epoch !== parameterEpoch) {
       const slots = new Map<string, ParamSlot>();
       this.slots('', slots);
-      this.cachedFingerprint = `${this.constructor.name}:${fingerprint(this.config, slots)}`;
+      this.cachedFingerprint = { epoch: parameterEpoch, value: `${this.constructor.name}:${fingerprint(this.config, slots)}` };
     }
-    return this.cachedFingerprint;
+    return this.cachedFingerprint.value;
   }
 
   /** @internal Causal self-attention states for `modules`, one array each. */
