@@ -10,16 +10,15 @@ import * as path from 'node:path';
 
 import * as lib from '../lib';
 import { fromBert, fromPyTorch, loadSafetensorsSync, toPyTorch, type Tensor } from '../lib';
-import {
-  refDecoderLayer,
-  refEncoderLayer,
-  refMha,
-  refStack,
-  type RefLayerConfig,
-} from './helpers/torch-reference';
+import { blockRef, layerNormRef, mhaRef, type RefBlockConfig } from './helpers/layer-reference';
 import { relFrobenius } from './helpers/reference';
 
-interface FixtureConfig extends RefLayerConfig {
+interface FixtureConfig {
+  modelDim: number;
+  numHeads: number;
+  activation?: 'relu' | 'gelu';
+  normFirst?: boolean;
+  layerNormEps?: number;
   kind: 'MultiHeadAttention' | 'EncoderLayer' | 'DecoderLayer' | 'TransformerEncoder' | 'TransformerDecoder';
   mapping: 'pytorch' | 'bert';
   prefix: string;
@@ -107,29 +106,44 @@ const shapesOf = (tensors: Record<string, Tensor>) =>
 
 const toMask = (t: Tensor | undefined) => (t ? { data: Uint8Array.from(t.data), shape: t.shape } : undefined);
 
+// The double-precision layer reference (test/helpers/layer-reference.ts) on the mapped weights.
 function reference(f: Fixture): Float64Array {
   const c = f.config;
   const p = f.mapped;
   const B = c.batch;
-  const x = Float64Array.from(f.inputs.x.data);
-  const memory = f.inputs.memory ? Float64Array.from(f.inputs.memory.data) : x;
-  const mask = f.inputs.key_padding_mask?.data;
-  const memoryMask = f.inputs.memory_key_padding_mask?.data;
+  const x = f.inputs.x.data;
+  const memory = f.inputs.memory?.data;
+  const mask = f.inputs.key_padding_mask ? Uint8Array.from(f.inputs.key_padding_mask.data) : null;
+  const memoryMask = f.inputs.memory_key_padding_mask ? Uint8Array.from(f.inputs.memory_key_padding_mask.data) : null;
   const Lq = c.queryLength;
   const Lk = c.keyLength;
+  const decoder = c.kind === 'DecoderLayer' || c.kind === 'TransformerDecoder';
+  const block: RefBlockConfig = {
+    modelDim: c.modelDim,
+    numHeads: c.numHeads,
+    headDim: c.modelDim / c.numHeads,
+    attention: 'softmax',
+    causal: false,
+    ffDim: c.ffDim ?? 4 * c.modelDim,
+    activation: c.activation ?? 'relu',
+    normFirst: c.normFirst ?? false,
+    layerNormEps: c.layerNormEps ?? 1e-5,
+    decoder,
+    crossAttention: decoder,
+  };
+  const layer = (prefix: string, h: ArrayLike<number>) =>
+    blockRef(p, prefix, block, h, B, Lq, { keyPadding: mask, memory, memoryLength: Lk, memoryPadding: memoryMask });
   switch (c.kind) {
     case 'MultiHeadAttention':
-      return refMha(p, '', c.numHeads, x, memory, B, Lq, Lk, { mask });
+      return mhaRef(p, '', block, x, B, Lq, memory ?? null, Lk, mask);
     case 'EncoderLayer':
-      return refEncoderLayer(p, '', c, x, B, Lq, mask);
     case 'DecoderLayer':
-      return refDecoderLayer(p, '', c, x, memory, B, Lq, Lk, memoryMask);
-    case 'TransformerEncoder':
-      return refStack(p, { ...c, numLayers: c.numLayers! }, x, B, Lq, (base, h) => refEncoderLayer(p, base, c, h, B, Lq, mask));
-    case 'TransformerDecoder':
-      return refStack(p, { ...c, numLayers: c.numLayers! }, x, B, Lq, (base, h) =>
-        refDecoderLayer(p, base, c, h, memory, B, Lq, Lk, memoryMask),
-      );
+      return layer('', x);
+    default: {
+      let h: ArrayLike<number> = x;
+      for (let i = 0; i < c.numLayers!; i++) h = layer(`layers.${i}.`, h);
+      return c.finalNorm ? layerNormRef(h, B * Lq, c.modelDim, p['norm.weight'], p['norm.bias'], block.layerNormEps) : Float64Array.from(h);
+    }
   }
 }
 

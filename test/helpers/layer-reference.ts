@@ -4,10 +4,9 @@
  * the layer's own features through refFavor), LayerNorm, ReLU / exact GELU,
  * residuals, post- or pre-norm.
  */
-import type { Tensor } from '../../lib';
-import { refFavor, refSoftmax, type RefFeatureSpec } from './reference';
+import { refFavor, refSoftmax, type RefFeatureSpec, type RefTensor } from './reference';
 
-type Params = Record<string, Tensor>;
+type Params = Record<string, RefTensor>;
 
 /** erf in double: series below 2.5, continued fraction for erfc above (|error| < 1e-14). */
 export function erf(x: number): number {
@@ -30,7 +29,7 @@ export function erf(x: number): number {
   return Math.sign(x) * (1 - erfc);
 }
 
-export function linearRef(x: ArrayLike<number>, rows: number, w: Tensor, b: Tensor | undefined): Float64Array {
+export function linearRef(x: ArrayLike<number>, rows: number, w: RefTensor, b: RefTensor | undefined): Float64Array {
   const [out, inn] = w.shape;
   const y = new Float64Array(rows * out);
   for (let r = 0; r < rows; r++) {
@@ -43,7 +42,7 @@ export function linearRef(x: ArrayLike<number>, rows: number, w: Tensor, b: Tens
   return y;
 }
 
-export function layerNormRef(x: ArrayLike<number>, rows: number, dim: number, g: Tensor, b: Tensor, eps: number): Float64Array {
+export function layerNormRef(x: ArrayLike<number>, rows: number, dim: number, g: RefTensor, b: RefTensor, eps: number): Float64Array {
   const y = new Float64Array(rows * dim);
   for (let r = 0; r < rows; r++) {
     let m = 0;
@@ -68,8 +67,9 @@ export interface RefAttentionConfig {
   featureSpec?: (projection: Float32Array) => RefFeatureSpec;
 }
 
-function toHeads(x: Float64Array, B: number, L: number, H: number, dh: number): Tensor {
-  const out = new Float32Array(B * H * L * dh);
+// [B, L, H dh] -> [B, H, L, dh], kept in double.
+function toHeads(x: Float64Array, B: number, L: number, H: number, dh: number): RefTensor {
+  const out = new Float64Array(B * H * L * dh);
   for (let b = 0; b < B; b++)
     for (let l = 0; l < L; l++)
       for (let h = 0; h < H; h++)
@@ -100,7 +100,7 @@ export function mhaRef(
   const o =
     c.attention === 'softmax'
       ? refSoftmax(inputs, mask)
-      : refFavor(inputs, c.featureSpec!(p[`${prefix}features.projection`].data), mask);
+      : refFavor(inputs, c.featureSpec!(p[`${prefix}features.projection`].data as Float32Array), mask);
   const merged = new Float64Array(B * Lq * H * dh);
   for (let b = 0; b < B; b++)
     for (let h = 0; h < H; h++)

@@ -87,6 +87,19 @@ export interface Dims {
   Dv: number;
 }
 
+/** A tensor of any precision, for the references (library tensors are float32). */
+export interface RefTensor {
+  data: ArrayLike<number>;
+  shape: readonly number[];
+}
+
+/** Reference inputs: float32 tensors, or double ones (a layer reference's own projections). */
+export interface RefInputs {
+  q: RefTensor;
+  k: RefTensor;
+  v: RefTensor;
+}
+
 export interface Inputs {
   q: Tensor;
   k: Tensor;
@@ -107,7 +120,7 @@ export function makeInputs(
   };
 }
 
-export function dimsOf(q: Tensor, v: Tensor): Dims {
+export function dimsOf(q: RefTensor, v: RefTensor): Dims {
   const [B, H, Lq, d] = q.shape;
   return { B, H, Lq, Lk: v.shape[2], d, Dv: v.shape[3] };
 }
@@ -381,7 +394,7 @@ export interface RefFavorOptions extends RefMaskOptions {
  * padded keys have zero features.
  */
 export function refFavor(
-  inputs: Inputs,
+  inputs: RefInputs,
   spec: RefFeatureSpec,
   o: RefFavorOptions = {},
 ): Float64Array {
@@ -474,7 +487,7 @@ export interface RefSoftmaxOptions extends RefMaskOptions {
 }
 
 /** Exact softmax attention in double (max-subtracted); rows with no visible key are zeros. */
-export function refSoftmax(inputs: Inputs, o: RefSoftmaxOptions = {}): Float64Array {
+export function refSoftmax(inputs: RefInputs, o: RefSoftmaxOptions = {}): Float64Array {
   const dims = dimsOf(inputs.q, inputs.v);
   const { B, H, Lq, Lk, d, Dv } = dims;
   const scale = o.scale ?? 1 / sqrt(d);
@@ -508,7 +521,7 @@ export function refSoftmax(inputs: Inputs, o: RefSoftmaxOptions = {}): Float64Ar
  */
 export function convexViolation(
   out: ArrayLike<number>,
-  inputs: Inputs,
+  inputs: RefInputs,
   o: RefMaskOptions,
   relTol = 1e-5,
 ): string | null {
