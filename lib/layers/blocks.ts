@@ -169,8 +169,8 @@ abstract class Block extends LayerBase {
     this.selfAttn = mha(0, a.causal);
     this.crossAttn = cross ? mha(1, false) : null;
     const random = new InitRandom(a.seed + base + 2);
-    this.ff1 = new Linear(a.modelDim, config.ffDim, a.bias, random);
-    this.ff2 = new Linear(config.ffDim, a.modelDim, a.bias, random);
+    this.ff1 = Linear.random(a.modelDim, config.ffDim, a.bias, random);
+    this.ff2 = Linear.random(config.ffDim, a.modelDim, a.bias, random);
     this.norms = Array.from({ length: cross ? 3 : 2 }, () => new LayerNorm(a.modelDim, config.layerNormEps));
   }
 

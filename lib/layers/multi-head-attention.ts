@@ -193,10 +193,10 @@ export class MultiHeadAttention extends LayerBase {
     const c = this.config;
     const inner = c.numHeads * c.headDim;
     const random = new InitRandom(c.seed);
-    this.q = new Linear(c.modelDim, inner, c.bias, random);
-    this.k = new Linear(c.keyDim, inner, c.bias, random);
-    this.v = new Linear(c.keyDim, inner, c.bias, random);
-    this.out = new Linear(inner, c.modelDim, c.bias, random);
+    this.q = Linear.random(c.modelDim, inner, c.bias, random);
+    this.k = Linear.random(c.keyDim, inner, c.bias, random);
+    this.v = Linear.random(c.keyDim, inner, c.bias, random);
+    this.out = Linear.random(inner, c.modelDim, c.bias, random);
     this.features = this.sampleFeatures(c.featureMap.seed);
   }
 
@@ -389,30 +389,8 @@ export class MultiHeadAttention extends LayerBase {
   // Fused projections: one pass over x for q, k and v (self) or k and v (memory).
   private fusedLinears(): { qkv: Linear; kv: Linear } {
     if (this.fused === null) {
-      const concat = (parts: Linear[], pick: (l: Linear) => Float32Array | null) => {
-        const arrays = parts.map(pick);
-        if (arrays.some((a) => a === null)) return null;
-        const out = new Float32Array(arrays.reduce((n, a) => n + a!.length, 0));
-        let at = 0;
-        for (const a of arrays) {
-          out.set(a!, at);
-          at += a!.length;
-        }
-        return out;
-      };
-      const make = (parts: Linear[]) => {
-        const l = Object.create(Linear.prototype) as Linear;
-        Object.assign(l, {
-          inFeatures: parts[0].inFeatures,
-          outFeatures: parts.reduce((n, p) => n + p.outFeatures, 0),
-          weight: concat(parts, (p) => p.weight)!,
-          bias: concat(parts, (p) => p.bias),
-          packedWeight: null,
-        });
-        return l;
-      };
       const sameInput = this.config.keyDim === this.config.modelDim;
-      this.fused = { qkv: sameInput ? make([this.q, this.k, this.v]) : this.q, kv: make([this.k, this.v]) };
+      this.fused = { qkv: sameInput ? Linear.stacked([this.q, this.k, this.v]) : this.q, kv: Linear.stacked([this.k, this.v]) };
     }
     return this.fused;
   }

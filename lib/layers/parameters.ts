@@ -82,12 +82,29 @@ export class Linear {
   constructor(
     readonly inFeatures: number,
     readonly outFeatures: number,
-    bias: boolean,
-    random: InitRandom,
+    weight: Float32Array,
+    bias: Float32Array | null,
   ) {
-    // Glorot-uniform weights; biases as PyTorch's Linear (so tests see nonzero biases).
-    this.weight = random.fill(inFeatures * outFeatures, Math.sqrt(6 / (inFeatures + outFeatures)));
-    this.bias = bias ? random.fill(outFeatures, 1 / Math.sqrt(inFeatures)) : null;
+    this.weight = weight;
+    this.bias = bias;
+  }
+
+  /** Glorot-uniform weights; biases as PyTorch's Linear (so tests see nonzero biases). */
+  static random(inFeatures: number, outFeatures: number, bias: boolean, random: InitRandom): Linear {
+    const weight = random.fill(inFeatures * outFeatures, Math.sqrt(6 / (inFeatures + outFeatures)));
+    return new Linear(inFeatures, outFeatures, weight, bias ? random.fill(outFeatures, 1 / Math.sqrt(inFeatures)) : null);
+  }
+
+  /** `parts` stacked along their outputs (one pass over x yields q, k and v); a copy. */
+  static stacked(parts: Linear[]): Linear {
+    const concat = (arrays: (Float32Array | null)[]) => {
+      if (arrays.some((a) => a === null)) return null;
+      const out = new Float32Array(arrays.reduce((n, a) => n + a!.length, 0));
+      arrays.reduce((at, a) => (out.set(a!, at), at + a!.length), 0);
+      return out;
+    };
+    const outFeatures = parts.reduce((n, p) => n + p.outFeatures, 0);
+    return new Linear(parts[0].inFeatures, outFeatures, concat(parts.map((p) => p.weight))!, concat(parts.map((p) => p.bias)));
   }
 
   get packed(): Float32Array {
