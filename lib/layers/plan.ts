@@ -68,8 +68,11 @@ export class PlanBuilder {
     const caller: ArrayBufferView[] = [];
     for (const step of this.steps) {
       if (step.op === 'checkFinite' && step.output !== true) caller.push(step.x as Float32Array);
-      const mask = (step.options as { keyPadding?: Uint8Array | null } | undefined)?.keyPadding;
-      if (mask) caller.push(mask);
+      const options = step.options as { keyPadding?: Uint8Array | null; keep?: Uint8Array | null } | undefined;
+      // Masks and token ids come from the caller too.
+      for (const array of [options?.keyPadding, options?.keep, step.keep, step.tokens]) {
+        if (ArrayBuffer.isView(array)) caller.push(array);
+      }
     }
     pinBuffers(caller);
     try {

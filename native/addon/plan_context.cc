@@ -1,0 +1,70 @@
+#include "addon/plan_context.h"
+
+#include <string>
+
+#include "addon/convert.h"
+
+namespace pa_addon {
+
+float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
+  const Napi::Value value = step.Get(key);
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  const FloatView view = float32_array(value, key);
+  if (view.length < needed) {
+    throw_range_error(step.Env(), std::string(key) + ": expected at least " + std::to_string(needed) +
+                                      " elements, received " + std::to_string(view.length));
+  }
+  return view.data;
+}
+
+const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
+  const Napi::Value value = step.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return nullptr;
+  return float_field(ctx, step, key, needed);
+}
+
+std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length,
+                          bool optional) {
+  const Napi::Value value = step.Get(key);
+  if (optional && (value.IsUndefined() || value.IsNull())) return nullptr;
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw_type_error(step.Env(), std::string(key) + ": expected a Uint8Array");
+  }
+  auto array = value.As<Napi::Uint8Array>();
+  if (array.ArrayBuffer().IsDetached()) {
+    throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+  }
+  if (array.ElementLength() != length) {
+    throw_range_error(step.Env(), std::string(key) + ": expected " + std::to_string(length) + " elements, received " +
+                                      std::to_string(array.ElementLength()));
+  }
+  return array.Data();
+}
+
+const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length) {
+  const Napi::Value value = step.Get(key);
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throw_type_error(step.Env(), std::string(key) + ": expected an Int32Array");
+  }
+  auto array = value.As<Napi::Int32Array>();
+  if (array.ArrayBuffer().IsDetached()) {
+    throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+  }
+  if (array.ElementLength() != length) {
+    throw_range_error(step.Env(), std::string(key) + ": expected " + std::to_string(length) + " elements, received " +
+                                      std::to_string(array.ElementLength()));
+  }
+  return array.Data();
+}
+
+std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width) {
+  if (rows == 0) return 0;
+  if (stride < width) throw_range_error(env, "stride: smaller than the row width");
+  return checked_mul(env, rows - 1, stride) + width;
+}
+
+bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb) { return a < b + nb && b < a + na; }
+
+}  // namespace pa_addon
