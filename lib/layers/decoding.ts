@@ -69,7 +69,7 @@ export class DecodingState {
    * A copy that decodes on independently (for example to branch a prompt).
    * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state (its arrays are being written).
    */
-  clone(): DecodingState {
+  clone(): this {
     if (this.busy) throw stateError('DecodingState.clone: an async step is using this state; await it first');
     // The same class (a model's own state type) with copies of the arrays.
     const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
