@@ -9,12 +9,20 @@ import { loadSafetensorsSync, readSafetensors } from '../safetensors';
 import type { TensorLike } from '../tensor';
 import { formatShape, isFloat32Array } from '../validate';
 
-/** What `fromPerformerPytorch` takes as weights. */
+/**
+ * What `fromPerformerPytorch` takes as weights: a safetensors path, its bytes, a record of
+ * tensors by state_dict name, or what `readSafetensors` returns.
+ */
 export type PerformerPytorchWeights =
   | string
   | Uint8Array
   | Record<string, TensorLike>
-  | { tensors: Record<string, TensorLike>; metadata?: Record<string, string> };
+  | {
+      /** Tensors by state_dict name. */
+      tensors: Record<string, TensorLike>;
+      /** The file's metadata (unused). */
+      metadata?: Record<string, string>;
+    };
 
 // The training-time counter of feature redraws: a buffer of the state_dict, never an input.
 const IGNORED = /(^|\.)proj_updater\.calls_since_last_redraw$/;

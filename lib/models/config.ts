@@ -13,89 +13,116 @@ import { describe, rangeError, typeError } from '../errors';
  * `ff_chunks`) are accepted and have no effect on outputs.
  */
 export interface PerformerPytorchConfig {
+  /** Model width. */
   dim: number;
+  /** Layers. */
   depth: number;
+  /** Heads per layer (must divide dim, as performer-pytorch requires). */
   heads: number;
+  /** Width of a head. */
   dim_head: number;
   /** Local (windowed softmax) heads per layer: one number for every layer, or one per layer. Default 0. */
   local_attn_heads?: number | number[];
-  /** Default 256. */
+  /** Window of the local heads. Default 256. */
   local_window_size?: number;
   /** Default false. */
   causal?: boolean;
-  /** Default 4. */
+  /** Feed-forward width / dim. Default 4. */
   ff_mult?: number;
-  /** Default floor(dim_head * ln(dim_head)). */
+  /** Random features of the global heads. Default floor(dim_head * ln(dim_head)). */
   nb_features?: number | null;
-  /** Default false. */
+  /** Reversible layers (two streams, summed at the end). Default false. */
   reversible?: boolean;
-  /** Default false. */
+  /** GLU feed-forward. Default false. */
   ff_glu?: boolean;
   /** ReLU features (generalized attention). Default false. */
   generalized_attention?: boolean;
   /** Only ReLU is supported: 'ReLU' (or omitted). */
   kernel_fn?: string;
-  /** Default false (takes precedence over use_rezero, as in performer-pytorch). */
+  /** ScaleNorm instead of LayerNorm. Default false (takes precedence over use_rezero, as in performer-pytorch). */
   use_scalenorm?: boolean;
-  /** Default false. */
+  /** ReZero instead of LayerNorm. Default false. */
   use_rezero?: boolean;
   /** Not supported (cross-attention layers); must be false. */
   cross_attend?: boolean;
-  /** Default false. */
+  /** Softmax of queries and keys instead of random features. Default false. */
   no_projection?: boolean;
-  /** Performer default true, PerformerLM default false. */
+  /** Biases on the q, k, v projections. Performer default true, PerformerLM default false. */
   qkv_bias?: boolean;
-  /** Performer default true, PerformerLM default false. */
+  /** Bias on the attention output projection. Performer default true, PerformerLM default false. */
   attn_out_bias?: boolean;
-  /** Default false. */
+  /** Token shift before each sub-layer. Default false. */
   shift_tokens?: boolean;
+  /** Training only (memory of the feed-forward); no effect here. */
   ff_chunks?: number;
+  /** Training only (features are fixed by the checkpoint); no effect here. */
   feature_redraw_interval?: number | null;
+  /** Training only; no effect here. */
   auto_check_redraw?: boolean;
+  /** Training only; no effect here. */
   ff_dropout?: number;
+  /** Training only; no effect here. */
   attn_dropout?: number;
 }
 
 /** `PerformerLM(...)` keyword arguments (Python names): Performer's, plus the language model's own. */
 export interface PerformerLMPytorchConfig extends Omit<PerformerPytorchConfig, 'dim_head'> {
+  /** Vocabulary size. */
   num_tokens: number;
+  /** Rows of the position tables (learned positions end there; rotary ones go on). */
   max_seq_len: number;
-  /** Default 64. */
+  /** Width of a head. Default 64. */
   dim_head?: number;
-  /** Default false. */
+  /** Logits from the token embedding (no to_out). Default false. */
   tie_embed?: boolean;
-  /** Default true (takes precedence over axial_position_emb). */
+  /** Rotary positions (default true; takes precedence over axial_position_emb). */
   rotary_position_emb?: boolean;
-  /** Default false. */
+  /** Axial learned positions (when rotary_position_emb is false). Default false. */
   axial_position_emb?: boolean;
-  /** Default [ceil(max_seq_len / 64), 64]. */
+  /** Axial shape. Default [ceil(max_seq_len / 64), 64]. */
   axial_position_shape?: number[] | null;
+  /** Training only; no effect here. */
   emb_dropout?: number;
 }
 
 /** How each sub-layer is wrapped: pre-LayerNorm, ScaleNorm or ReZero. */
 export type SublayerNorm = 'layernorm' | 'scalenorm' | 'rezero';
-/** Which features the global heads use. */
+/** Which features the global heads use: softmax (FAVOR+), ReLU (generalized) or none (no_projection). */
 export type GlobalFeatures = 'softmax' | 'relu' | 'noProjection';
 
-/** The resolved configuration of a performer-pytorch stack. */
-export interface StackConfig {
+/** The resolved configuration of a performer-pytorch stack (camelCase, every default filled in). */
+export interface PerformerStackConfig {
+  /** Model width. */
   dim: number;
+  /** Layers. */
   depth: number;
+  /** Heads per layer. */
   heads: number;
+  /** Width of a head. */
   dimHead: number;
   /** Local heads of each layer (the last heads of the layer; the first ones are global). */
   localHeads: number[];
+  /** Window of the local heads. */
   localWindowSize: number;
+  /** Causal attention. */
   causal: boolean;
+  /** Feed-forward width / dim. */
   ffMult: number;
+  /** GLU feed-forward. */
   ffGlu: boolean;
+  /** Random features (rows of each projection matrix). */
   numFeatures: number;
+  /** Features of the global heads. */
   features: GlobalFeatures;
+  /** Sub-layer wrapper. */
   norm: SublayerNorm;
+  /** Reversible layers. */
   reversible: boolean;
+  /** Biases on q, k, v. */
   qkvBias: boolean;
+  /** Bias on the attention output. */
   attnOutBias: boolean;
+  /** Token shift. */
   shiftTokens: boolean;
 }
 
@@ -103,11 +130,16 @@ export interface StackConfig {
 export type PositionKind = 'rotary' | 'absolute' | 'axial';
 
 /** The resolved configuration of a PerformerLM. */
-export interface LMConfig extends StackConfig {
+export interface LMConfig extends PerformerStackConfig {
+  /** Vocabulary size. */
   numTokens: number;
+  /** Rows of the stored position tables. */
   maxSeqLen: number;
+  /** Positional embedding. */
   positions: PositionKind;
+  /** Axial shape (axial positions only; else empty). */
   axialShape: number[];
+  /** Logits from the token embedding. */
   tieEmbed: boolean;
 }
 
@@ -177,7 +209,7 @@ export function defaultPytorchFeatures(dimHead: number): number {
   return Math.floor(dimHead * Math.log(dimHead));
 }
 
-function readStack(c: Record<string, unknown>, fn: string, lm: boolean): StackConfig {
+function readStack(c: Record<string, unknown>, fn: string, lm: boolean): PerformerStackConfig {
   const dim = int(c, 'dim', fn, undefined, 1, MAX_DIM);
   const depth = int(c, 'depth', fn, undefined, 1, 4096);
   const heads = int(c, 'heads', fn, undefined, 1, MAX_DIM);
@@ -250,7 +282,7 @@ function readStack(c: Record<string, unknown>, fn: string, lm: boolean): StackCo
 }
 
 /** @internal Reads `Performer(...)`'s arguments. */
-export function readPerformerConfig(value: unknown, fn: string): StackConfig {
+export function readPerformerConfig(value: unknown, fn: string): PerformerStackConfig {
   return readStack(readObject(value, fn, STACK_KEYS), fn, false);
 }
 
@@ -281,6 +313,6 @@ export function readLMConfig(value: unknown, fn: string): LMConfig {
 }
 
 /** @internal The sub-layer prefix of one layer's attention (0) or feed-forward (1) under `root` ('performer.net.' or 'net.'). */
-export function sublayerPrefix(c: StackConfig, root: string, layer: number, part: 0 | 1): string {
+export function sublayerPrefix(c: PerformerStackConfig, root: string, layer: number, part: 0 | 1): string {
   return c.reversible ? `${root}blocks.${layer}.${part === 0 ? 'f' : 'g'}.net.` : `${root}layers.${layer}.${part}.`;
 }

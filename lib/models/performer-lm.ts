@@ -14,7 +14,7 @@ import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
 import { formatShape, newFloat32Array, readMask, readOptions } from '../validate';
 import { Linear } from '../layers/parameters';
-import { inverseFrequencies, type TensorSource } from './checkpoint';
+import { inverseFrequencies, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
 import { readLMConfig, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
@@ -23,9 +23,14 @@ import { PerformerStack, type LayerState, type Numerics, type RotaryTable } from
 
 /** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
 export interface TokenTensor {
+  /** The ids, row-major. */
   readonly data: Int32Array;
+  /** `[B, L]`. */
   readonly shape: readonly number[];
 }
+
+/** Token ids of one sequence: Int32Array, Uint8Array (bytes of a byte-level model), Uint16Array or an array. */
+export type TokenIds = Int32Array | Uint8Array | Uint16Array | readonly number[];
 
 /** Options of {@link PerformerLM.forward}. */
 export interface LMForwardOptions {
@@ -112,7 +117,7 @@ export class PerformerLM {
    *   omitted keys take PerformerLM's defaults.
    * @throws TypeError / RangeError naming the config key or the tensors that do not fit.
    */
-  static fromPerformerPytorch(weights: string | Uint8Array | object, config: PerformerLMPytorchConfig, options?: PerformerPytorchOptions): PerformerLM {
+  static fromPerformerPytorch(weights: PerformerPytorchWeights, config: PerformerLMPytorchConfig, options?: PerformerPytorchOptions): PerformerLM {
     const fn = 'PerformerLM.fromPerformerPytorch';
     const c = readLMConfig(config, fn);
     const { numerics } = readModelOptions(options, fn, false);
@@ -204,7 +209,7 @@ export class PerformerLM {
    *   positions beyond max_seq_len with learned positions; Error (`ERR_INVALID_STATE`)
    *   while another step uses the state or after a failed step broke it.
    */
-  async step(tokens: Int32Array | readonly number[], state: PerformerLMState, options?: { signal?: AbortSignal }): Promise<Float32Array> {
+  async step(tokens: TokenIds, state: PerformerLMState, options?: { signal?: AbortSignal }): Promise<Float32Array> {
     const fn = 'PerformerLM.step';
     const o = readOptions<{ signal?: AbortSignal }>(options, `${fn} options`, ['signal']);
     const signal = readLayerSignal(o.signal, `${fn} options.signal`);
@@ -230,7 +235,7 @@ export class PerformerLM {
   }
 
   /** The blocking twin of {@link step}. */
-  stepSync(tokens: Int32Array | readonly number[], state: PerformerLMState): Float32Array {
+  stepSync(tokens: TokenIds, state: PerformerLMState): Float32Array {
     const fn = 'PerformerLM.stepSync';
     const t = this.readStep(tokens, state, fn);
     const logits = new Float32Array(this.config.numTokens);
@@ -257,7 +262,7 @@ export class PerformerLM {
    * @param prompt Token ids (Int32Array or array); may be empty when `options.state` already holds tokens.
    * @throws (synchronously) TypeError / RangeError for bad prompt or options.
    */
-  generate(prompt: Int32Array | readonly number[], options: GenerateOptions): AsyncGenerator<number, void, undefined> {
+  generate(prompt: TokenIds, options: GenerateOptions): AsyncGenerator<number, void, undefined> {
     const fn = 'PerformerLM.generate';
     if (options === undefined) throw typeError(`${fn} options: required ({ maxNewTokens, ... }), received undefined`);
     const o = readOptions<GenerateOptions>(options, `${fn} options`, ['maxNewTokens', 'temperature', 'topK', 'topP', 'seed', 'stopTokens', 'signal', 'state']);

@@ -9,8 +9,8 @@ import { PlanBuilder } from '../layers/plan';
 import { readLayerSignal, readSequence } from '../layers/multi-head-attention';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readMask, readOptions } from '../validate';
-import type { TensorSource } from './checkpoint';
-import { readPerformerConfig, type PerformerPytorchConfig, type StackConfig } from './config';
+import type { PerformerPytorchWeights, TensorSource } from './checkpoint';
+import { readPerformerConfig, type PerformerPytorchConfig, type PerformerStackConfig } from './config';
 import { parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
 import { PerformerStack, type Numerics } from './stack';
 
@@ -35,13 +35,13 @@ const ALIASES: [string, string][] = [[ROOT, 'proj_updater.instance.']];
  */
 export class Performer {
   /** The resolved configuration (every default filled in; camelCase names). */
-  readonly config: StackConfig;
+  readonly config: PerformerStackConfig;
   /** How the FAVOR+ heads compute. */
   readonly numerics: Numerics;
   private readonly stack: PerformerStack;
   private readonly source: TensorSource;
 
-  private constructor(config: StackConfig, numerics: Numerics, source: TensorSource, fn: string) {
+  private constructor(config: PerformerStackConfig, numerics: Numerics, source: TensorSource, fn: string) {
     this.config = config;
     this.numerics = numerics;
     this.source = source;
@@ -65,7 +65,7 @@ export class Performer {
    *   from PerformerLM's: qkv_bias and attn_out_bias default to true).
    * @throws TypeError / RangeError naming the config key or the tensors that do not fit.
    */
-  static fromPerformerPytorch(weights: string | Uint8Array | object, config: PerformerPytorchConfig, options?: PerformerPytorchOptions): Performer {
+  static fromPerformerPytorch(weights: PerformerPytorchWeights, config: PerformerPytorchConfig, options?: PerformerPytorchOptions): Performer {
     const fn = 'Performer.fromPerformerPytorch';
     const c = readPerformerConfig(config, fn);
     const { numerics } = readModelOptions(options, fn, false);

@@ -101,11 +101,13 @@ export function sample(logits: Float32Array, s: Sampler): number {
   return order[keep - 1];
 }
 
-/** @internal Reads a list of token ids (an Int32Array or an array of integers) in [0, numTokens). */
+/** @internal Reads token ids (an Int32Array, Uint8Array, Uint16Array or array of integers) in [0, numTokens). */
 export function readTokenList(value: unknown, name: string, numTokens: number): Int32Array {
   let tokens: Int32Array;
   if (value instanceof Int32Array) {
     tokens = value;
+  } else if (value instanceof Uint8Array || value instanceof Uint16Array) {
+    tokens = Int32Array.from(value); // bytes of a byte-level model, or 16-bit ids
   } else if (Array.isArray(value)) {
     tokens = new Int32Array(value.length);
     value.forEach((t, i) => {
@@ -114,7 +116,7 @@ export function readTokenList(value: unknown, name: string, numTokens: number): 
       if (tokens[i] !== t) throw rangeError(`${name}[${i}]: token ${t} is outside [0, ${numTokens})`);
     });
   } else {
-    throw typeError(`${name}: expected an Int32Array (or an array) of token ids, received ${describe(value)}`);
+    throw typeError(`${name}: expected token ids as an Int32Array, Uint8Array, Uint16Array or array of integers, received ${describe(value)}`);
   }
   for (let i = 0; i < tokens.length; i++) {
     if (tokens[i] < 0 || tokens[i] >= numTokens) throw rangeError(`${name}[${i}]: token ${tokens[i]} is outside [0, ${numTokens})`);

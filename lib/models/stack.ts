@@ -12,7 +12,7 @@ import { native } from '../native';
 import { Linear } from '../layers/parameters';
 import type { PlanBuilder } from '../layers/plan';
 import type { TensorSource } from './checkpoint';
-import { sublayerPrefix, type StackConfig } from './config';
+import { sublayerPrefix, type PerformerStackConfig } from './config';
 
 /**
  * How the FAVOR+ heads compute: `'performer-pytorch'` reproduces that package's outputs
@@ -90,7 +90,7 @@ export class PerformerStack {
   readonly layers: StackLayer[];
 
   constructor(
-    readonly config: StackConfig,
+    readonly config: PerformerStackConfig,
     readonly numerics: Numerics,
     reader: TensorSource,
     root: string,

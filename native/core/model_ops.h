@@ -64,8 +64,9 @@ enum class RotaryLayout {
 };
 
 // Rotates rows of x [heads, len, d] in place: row t of every head is at position
-// start + t. kInterleaved reads sin / cos from `sinusoid` (width d); kHalves computes
-// them from inv_freq ([d / 2] float32): the angle t f_i is rounded to float32 first.
+// start + t, its sin / cos from `sinusoid` (width d). performer-pytorch's global heads
+// (kInterleaved) have a stored table; local-attention (kHalves) computes them from its
+// inv_freq buffer ([d / 2] float32), so callers give it no table.
 void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start, RotaryLayout layout,
             const Sinusoid& sinusoid, float* x, ThreadPool& pool);
 
