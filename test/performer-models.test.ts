@@ -207,6 +207,10 @@ describe('generate', () => {
     expectError(gen({ maxNewTokens: 2 }, []), RangeError, /at least one token/);
     expectError(gen({ maxNewTokens: 2 }, [1, 300]), RangeError, /prompt\[1\]: token 300/);
     expectError(gen({ maxNewTokens: 2, state: {} }), TypeError, /expected a PerformerLMState/);
+    const exact = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics: 'exact' });
+    const held = exact.createState();
+    exact.stepSync(Int32Array.of(1, 2), held);
+    expectError(() => exact.generate([], { maxNewTokens: 2, state: held }), RangeError, /keeps no token history/);
   });
 
   test('seeded sampling repeats; stop tokens end the stream; topK 1 is greedy', async () => {

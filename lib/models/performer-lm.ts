@@ -278,6 +278,9 @@ export class PerformerLM {
     if (o.state !== undefined) this.checkState(o.state, `${fn} options.state`);
     const state = o.state ?? this.createState();
     if (p.length === 0 && state.position === 0) throw rangeError(`${fn} prompt: at least one token is needed to start a generation`);
+    if (p.length === 0 && state.tokens === null) {
+      throw rangeError(`${fn} prompt: empty, and this state keeps no token history to recompute the last logits from; pass at least the next token`);
+    }
     this.checkPositions(state.position, p.length + maxNew, fn);
     const self = this;
     async function* run(): AsyncGenerator<number, void, undefined> {
@@ -341,14 +344,11 @@ export class PerformerLM {
   }
 
   // Logits of the last token a state holds (a generation that starts from a state with
-  // no new prompt): recomputed from the history when kept, else an error.
+  // no new prompt), recomputed from its token history.
   private async lastLogits(state: PerformerLMState, signal: AbortSignal | undefined): Promise<Float32Array> {
-    if (state.tokens === null) {
-      throw rangeError('PerformerLM.generate prompt: empty, and this state does not keep its tokens; pass at least the next token');
-    }
     const logits = new Float32Array(this.config.numTokens);
-    const fn = 'PerformerLM.generate';
-    const b = this.passPlan(state.tokens, 1, state.tokens.length, 0, null, null, 'last', logits, fn);
+    const tokens = state.tokens!; // generate() checked that the state keeps them
+    const b = this.passPlan(tokens, 1, tokens.length, 0, null, null, 'last', logits, 'PerformerLM.generate');
     await b.run(signal);
     return logits;
   }
