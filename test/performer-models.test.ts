@@ -114,7 +114,7 @@ describe('forward input errors', () => {
     const c = cases.lm_variants.ctor as { max_seq_len: number };
     const abs = PerformerLM.fromPerformerPytorch(weightsPath('lm_variants'), cases.lm_variants.ctor as never);
     const long = new Int32Array(c.max_seq_len + 1);
-    expectError(() => abs.forwardSync({ data: long, shape: [1, long.length] }), RangeError, /learned absolute position embeddings, which end at max_seq_len = 160/);
+    expectError(() => abs.forwardSync({ data: long, shape: [1, long.length] }), RangeError, /learned absolute position embeddings, which cover positions 0 to 159 \(max_seq_len 160/);
     const state = abs.createState();
     abs.stepSync(new Int32Array(c.max_seq_len), state);
     expectError(() => abs.stepSync(Int32Array.of(1), state), RangeError, /positions 160 to 160 go past/);

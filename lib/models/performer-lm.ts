@@ -375,7 +375,7 @@ export class PerformerLM {
     if (p.kind === 'learned' && start + count > p.rows) {
       throw rangeError(
         `${fn}: positions ${start} to ${start + count - 1} go past the model's learned ${this.config.positions} position embeddings, ` +
-          `which end at max_seq_len = ${p.rows} (rotary positions have no such limit)`,
+          `which cover positions 0 to ${p.rows - 1} (max_seq_len ${this.config.maxSeqLen}; rotary positions have no such limit)`,
       );
     }
   }
