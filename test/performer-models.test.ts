@@ -61,7 +61,23 @@ describe('loading', () => {
 
   test('config errors name the key', () => {
     const fn = (config: object) => () => PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), config as never);
-    expectError(fn({ ...trained.ctor, dimHead: 32 }), RangeError, /unknown key 'dimHead'.*Python names/, 'ERR_INVALID_ARG_VALUE');
+    expectError(fn({ ...trained.ctor, dimHead: 32 }), TypeError, /unknown key 'dimHead'.*Python names/, 'ERR_INVALID_ARG_VALUE');
+    expectError(fn({ ...trained.ctor, dim: null }), TypeError, /config\.dim: expected an integer, received null/);
+    expectError(fn({ ...trained.ctor, local_attn_heads: ['1'] }), TypeError, /local_attn_heads: expected an integer or a list of integers/);
+    expectError(fn({ ...trained.ctor, local_attn_heads: [] }), RangeError, /one entry per layer/);
+    expectError(fn({ ...trained.ctor, dim: 63, heads: 1 }), RangeError, /config\.dim: rotary positions .* need an even dim, received 63/);
+    expectError(fn({ ...trained.ctor, rotary_position_emb: false, axial_position_emb: true, axial_position_shape: [2 ** 20, 2 ** 20] }), RangeError, /axial_position_shape: .*at most 2\^30/);
+    expectError(
+      () => Performer.random({ dim: 14, depth: 1, heads: 2, dim_head: 7, local_attn_heads: 1 }),
+      RangeError,
+      /dim_head: local heads rotate pairs of features and need an even dim_head, received 7/,
+    );
+    expectError(
+      fn({ ...trained.ctor, num_tokens: 2 ** 24, dim: 2 ** 16, heads: 1 }),
+      RangeError,
+      /over the limit .* reduce dim, depth, heads, dim_head, ff_mult, nb_features, num_tokens or max_seq_len/,
+      'ERR_MEMORY_ALLOCATION_FAILED',
+    );
     expectError(fn({ ...trained.ctor, num_tokens: undefined }), TypeError, /config\.num_tokens: required/);
     expectError(fn({ ...trained.ctor, heads: 3 }), RangeError, /heads: 3 does not divide dim 64/);
     expectError(fn({ ...trained.ctor, kernel_fn: 'GELU' }), RangeError, /kernel_fn: only ReLU/);
@@ -84,6 +100,16 @@ describe('loading', () => {
     expectError(fn({ ...trained.ctor, qkv_bias: true }), RangeError, /missing performer\.net\.layers\.0\.0\.fn\.to_q\.bias \[64\]/);
     // A Performer's names are not a PerformerLM's.
     expectError(() => Performer.fromPerformerPytorch(weightsPath('lm_trained_small'), { dim: 64, depth: 2, heads: 2, dim_head: 32 }), RangeError, /missing net\.layers\.0\.0\.norm\.weight/);
+  });
+
+  test("a wrapper's state_dict (AutoregressiveWrapper: every name under net.) loads without the prefix", () => {
+    const { tensors } = readSafetensors(fs.readFileSync(weightsPath('lm_trained_small')));
+    const wrapped = Object.fromEntries(Object.entries(tensors).map(([name, t]) => [`net.${name}`, t]));
+    const other = PerformerLM.fromPerformerPytorch(wrapped, trainedConfig);
+    expect(same(other.forwardSync(tokens).data, reference)).toBe(true);
+    // Other prefixes that cannot be stripped whole are named in the error.
+    const mixed = { ...wrapped, stray: tensors['norm.bias'] };
+    expectError(() => PerformerLM.fromPerformerPytorch(mixed, trainedConfig), RangeError, /names carry a prefix 'net\.'/);
   });
 
   test('NaN or infinite weights are named', () => {
@@ -126,6 +152,78 @@ describe('forward input errors', () => {
     expect(s.position).toBe(262);
     const past = lm.forwardSync({ data: new Int32Array(300).fill(32), shape: [1, 300] });
     expect(past.data.every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe('inputs changed or aborted while a call runs', () => {
+  test('token ids changed during an async forward or step: the call uses the ids it was given', async () => {
+    const data = Int32Array.from(prompt);
+    const want = lm.forwardSync({ data: Int32Array.from(prompt), shape: [1, prompt.length] });
+    const running = lm.forward({ data, shape: [1, prompt.length] });
+    data.fill(1 << 30);
+    expect(same((await running).data, want.data)).toBe(true);
+    const s = lm.createState();
+    const ids = Int32Array.from(prompt);
+    const stepping = lm.step(ids, s);
+    ids.fill(-5);
+    expect(relativeError(await stepping, want.data.subarray((prompt.length - 1) * 128))).toBeLessThan(1e-5);
+    // The history handed out is a copy.
+    s.tokens!.fill(0);
+    expect(s.tokens).toEqual(prompt);
+  });
+
+  test('an abort while a step runs: either it never started (AbortError) or it completes; the state stays consistent', async () => {
+    for (const numerics of ['performer-pytorch', 'exact'] as const) {
+      const model = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics });
+      const s = model.createState();
+      const long = Int32Array.from({ length: 600 }, (_, i) => 32 + (i % 90));
+      model.stepSync(long.subarray(0, 20), s);
+      const controller = new AbortController();
+      const running = model.step(long.subarray(20), s, { signal: controller.signal });
+      setImmediate(() => controller.abort());
+      await running.catch((error) => expect(error.name).toBe('AbortError'));
+      expect([20, 600]).toContain(s.position);
+      const held = long.subarray(0, s.position);
+      const next = model.stepSync(Int32Array.of(65), s);
+      const full = model.forwardSync({ data: Int32Array.from([...held, 65]), shape: [1, held.length + 1] });
+      expect(relativeError(next, full.data.subarray(held.length * 128))).toBeLessThan(1e-5);
+    }
+  });
+
+  test('a model that is not causal: an aborted step leaves history and position alone; every step counts a recompute', async () => {
+    const c = cases.lm_reversible_axial;
+    const model = PerformerLM.fromPerformerPytorch(weightsPath('lm_reversible_axial'), c.ctor as never);
+    const s = model.createState();
+    model.stepSync([1, 2, 3], s);
+    await expect(model.step([4], s, { signal: AbortSignal.abort() })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(s.position).toBe(3);
+    expect(s.tokens).toEqual(Int32Array.of(1, 2, 3));
+    expect(model.loadState(s.serialize()).position).toBe(3);
+    model.stepSync([4], s);
+    expect(s.recomputes).toBe(2);
+  });
+
+  test('a step that fails part way (float32 overflow) breaks the state: no more steps, serialize or clone', () => {
+    // The final norm outputs ones; token 5's logit sums 64 times 3e38.
+    const params = lm.parameters();
+    params['norm.weight'].data.fill(0);
+    params['norm.bias'].data.fill(1);
+    params['to_out.weight'].data.fill(3e38, 5 * 64, 6 * 64);
+    const bad = PerformerLM.fromPerformerPytorch(params, trainedConfig);
+    const s = bad.createState();
+    const input = Int32Array.from({ length: 4 }, () => 5);
+    let thrown: unknown;
+    try {
+      bad.stepSync(input, s);
+    } catch (error) {
+      thrown = error;
+    }
+    // The addon's errors come from the main realm: compare names, not classes.
+    expect((thrown as Error).name).toBe('RangeError');
+    expect((thrown as Error).message).toMatch(/overflowed float32/);
+    expectError(() => bad.stepSync(Int32Array.of(1), s), Error, /PerformerLM\.stepSync state: a step failed part way/, 'ERR_INVALID_STATE');
+    expectError(() => s.serialize(), Error, /PerformerLMState\.serialize: a step failed part way/, 'ERR_INVALID_STATE');
+    expectError(() => s.clone(), Error, /PerformerLMState\.clone: a step failed part way/, 'ERR_INVALID_STATE');
   });
 });
 

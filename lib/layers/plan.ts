@@ -7,6 +7,7 @@
  */
 import { pinBuffers, runAbortable } from '../attention';
 import { native } from '../native';
+import { newFloat32Array } from '../validate';
 import { giveBack, takeCached } from './workspace';
 
 /** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
@@ -38,7 +39,7 @@ export class PlanBuilder {
   acquire(length: number): Float32Array {
     const reused = this.free.get(length)?.pop();
     if (reused !== undefined) return reused;
-    const buffer = takeCached(length) ?? new Float32Array(length);
+    const buffer = takeCached(length) ?? newFloat32Array(length, 'pass temporaries');
     this.owned.push(buffer);
     return buffer;
   }
@@ -76,7 +77,9 @@ export class PlanBuilder {
     }
     pinBuffers(caller);
     try {
-      await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal);
+      // An atomic plan that started has advanced its states: it resolves even if the
+      // signal aborted while it ran (an abort before it starts still rejects).
+      await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal, atomic);
     } finally {
       giveBack(this.owned);
     }

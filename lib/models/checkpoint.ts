@@ -65,6 +65,8 @@ export interface TensorSource {
   scalar(name: string, shape: readonly number[]): number;
   /** Every tensor taken, by name (the model's parameters under state_dict names). */
   readonly taken: Map<string, { data: Float32Array; shape: readonly number[] }>;
+  /** Reports every problem at once (`hint` describes the config), then lets go of the source. */
+  finish(hint: string): void;
 }
 
 /**
@@ -130,13 +132,40 @@ export class CheckpointReader implements TensorSource {
 
   /** Throws one RangeError listing every missing, unexpected, mis-shaped or non-finite tensor. */
   finish(hint: string): void {
+    try {
+      this.report(hint);
+    } finally {
+      // The model keeps copies of what it took; the checkpoint (duplicates and all) can go.
+      this.tensors.clear();
+    }
+  }
+
+  private report(hint: string): void {
     const parts: string[] = [];
-    if (this.missing.length > 0) parts.push(`missing ${this.missing.join(', ')}`);
     const unexpected = [...this.tensors.keys()].filter((name) => !this.used.has(name) && !this.isAliasCopy(name));
-    if (unexpected.length > 0) parts.push(`unexpected ${unexpected.join(', ')}`);
+    const prefix = wrapperPrefix(this.missing.map((m) => m.split(' ')[0]), unexpected);
+    if (prefix !== null) {
+      parts.push(`the names carry a prefix '${prefix}' (the model inside a wrapper?): pass the model's own state_dict, or names without the prefix`);
+    }
+    if (this.missing.length > 0) parts.push(`missing ${listed(this.missing)}`);
+    if (unexpected.length > 0) parts.push(`unexpected ${listed(unexpected)}`);
     parts.push(...this.problems);
     if (parts.length > 0) {
       throw rangeError(`${this.fn}: the weights do not fit the config (${hint}): ${parts.join('; ')}`, 'ERR_INVALID_ARG_VALUE');
+    }
+  }
+
+  /** The checkpoint's names (before finish). */
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
+
+  /** Renames every tensor under `prefix` to the name without it (a wrapper's state_dict). */
+  stripPrefix(prefix: string): void {
+    for (const [name, t] of [...this.tensors]) {
+      if (!name.startsWith(prefix)) continue;
+      this.tensors.delete(name);
+      this.tensors.set(name.slice(prefix.length), t);
     }
   }
 
@@ -192,6 +221,8 @@ export class RandomSource implements TensorSource {
     return this.take(name, shape)[0];
   }
 
+  finish(): void {}
+
   private uniform(): number {
     let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
     t = Math.imul(t ^ (t >>> 15), t | 1);
@@ -208,14 +239,29 @@ export class RandomSource implements TensorSource {
     if (/(^|\.)(pos_emb|layer_pos_emb)\.emb$/.test(name)) return sinusoidTable(shape[0], shape[1]);
     if (last === 'g' || (name.endsWith('norm.weight'))) return out.fill(1);
     if (name.endsWith('norm.bias')) return out;
-    // Embedding tables (unit variance) and linear layers (+-1/sqrt(in)).
-    const bound = name.includes('emb') ? Math.sqrt(3) : 1 / Math.sqrt(shape.length === 2 ? shape[1] : (this.lastIn ?? 1));
-    if (shape.length === 2) this.lastIn = shape[1];
+    // Embedding tables (unit variance) and linear layers (+-1/sqrt(in); a bias takes the
+    // in-width of its module's weight).
+    const module = name.slice(0, name.lastIndexOf('.'));
+    const inWidth = shape.length === 2 ? shape[1] : (this.taken.get(`${module}.weight`)?.shape[1] ?? 1);
+    const bound = name.includes('emb') ? Math.sqrt(3) : 1 / Math.sqrt(inWidth);
     for (let i = 0; i < count; i++) out[i] = (2 * this.uniform() - 1) * bound;
     return out;
   }
+}
 
-  private lastIn: number | undefined;
+// A prefix that most missing names appear under among the unexpected ones, or null.
+function wrapperPrefix(missing: string[], unexpected: string[]): string | null {
+  if (missing.length === 0) return null;
+  const first = unexpected.find((u) => u.endsWith(`.${missing[0]}`));
+  if (first === undefined) return null;
+  const prefix = first.slice(0, first.length - missing[0].length);
+  const present = new Set(unexpected);
+  return missing.filter((m) => present.has(prefix + m)).length * 2 > missing.length ? prefix : null;
+}
+
+// Names in a message: the first 24, then how many more.
+function listed(names: string[]): string {
+  return names.length <= 24 ? names.join(', ') : `${names.slice(0, 24).join(', ')} and ${names.length - 24} more`;
 }
 
 /** @internal 1 / 10000^(2i / width) for i < width / 2, in float32 steps as PyTorch computes it. */

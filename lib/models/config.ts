@@ -182,14 +182,15 @@ function readObject(value: unknown, fn: string, known: readonly string[]): Recor
   for (const key of Object.keys(value)) {
     if (!known.includes(key)) {
       const hint = key.includes('_') ? '' : ' (the keys are the Python names, for example dim_head, not dimHead)';
-      throw rangeError(`${fn} config: unknown key '${key}'${hint}; known keys are ${known.join(', ')}`, 'ERR_INVALID_ARG_VALUE');
+      throw typeError(`${fn} config: unknown key '${key}'${hint}; known keys are ${known.join(', ')}`, 'ERR_INVALID_ARG_VALUE');
     }
   }
   return value as Record<string, unknown>;
 }
 
+// A key left out takes the default; null only where Python takes None (read by the caller).
 function int(c: Record<string, unknown>, key: string, fn: string, fallback: number | undefined, min: number, max: number): number {
-  const value = c[key] ?? fallback;
+  const value = c[key] === undefined ? fallback : c[key];
   if (value === undefined) throw typeError(`${fn} config.${key}: required, received undefined`);
   if (typeof value !== 'number') throw typeError(`${fn} config.${key}: expected an integer, received ${describe(value)}`);
   if (!Number.isInteger(value) || value < min || value > max) {
@@ -199,7 +200,7 @@ function int(c: Record<string, unknown>, key: string, fn: string, fallback: numb
 }
 
 function bool(c: Record<string, unknown>, key: string, fn: string, fallback: boolean): boolean {
-  const value = c[key] ?? fallback;
+  const value = c[key] === undefined ? fallback : c[key];
   if (typeof value !== 'boolean') throw typeError(`${fn} config.${key}: expected a boolean, received ${describe(value)}`);
   return value;
 }
@@ -218,21 +219,25 @@ function readStack(c: Record<string, unknown>, fn: string, lm: boolean): Perform
   }
   const dimHead = int(c, 'dim_head', fn, lm ? 64 : undefined, 1, MAX_DIM);
   // local_attn_heads: one number for every layer, or a list with one per layer.
-  const rawLocal = c.local_attn_heads ?? 0;
+  const rawLocal = c.local_attn_heads === undefined ? 0 : c.local_attn_heads;
   const list = typeof rawLocal === 'number' ? [rawLocal] : rawLocal;
-  if (!Array.isArray(list) || list.length === 0) {
+  if (!Array.isArray(list) || list.some((n) => typeof n !== 'number')) {
     throw typeError(`${fn} config.local_attn_heads: expected an integer or a list of integers, received ${describe(rawLocal)}`);
   }
   if (list.length !== 1 && list.length !== depth) {
     throw rangeError(`${fn} config.local_attn_heads: a list must have one entry per layer (depth ${depth}), received ${list.length}`);
   }
-  const localHeads = (list.length === 1 ? new Array(depth).fill(list[0]) : list).map((n: unknown, i: number) => {
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > heads) {
-      throw rangeError(`${fn} config.local_attn_heads[${i}]: expected an integer from 0 to heads (${heads}), received ${describe(n)}`);
+  const localHeads = (list.length === 1 ? new Array(depth).fill(list[0]) : list).map((n: number, i: number) => {
+    if (!Number.isInteger(n) || n < 0 || n > heads) {
+      throw rangeError(`${fn} config.local_attn_heads[${i}]: expected an integer from 0 to heads (${heads}), received ${n}`);
     }
     return n;
   });
-  const localWindowSize = int(c, 'local_window_size', fn, 256, 1, 1 << 20);
+  if (localHeads.some((n) => n > 0) && dimHead % 2 !== 0) {
+    throw rangeError(`${fn} config.dim_head: local heads rotate pairs of features and need an even dim_head, received ${dimHead}`);
+  }
+  // A local head's decoding state keeps 2 windows of keys and values.
+  const localWindowSize = int(c, 'local_window_size', fn, 256, 1, 1 << 16);
   const kernel = c.kernel_fn;
   if (kernel !== undefined && (typeof kernel !== 'string' || !/^(torch\.)?(nn\.)?relu(\(\))?$/i.test(kernel))) {
     throw rangeError(`${fn} config.kernel_fn: only ReLU is supported ('ReLU'), received ${describe(kernel)}`, 'ERR_INVALID_ARG_VALUE');
@@ -295,19 +300,20 @@ export function readLMConfig(value: unknown, fn: string): LMConfig {
   const rotary = bool(c, 'rotary_position_emb', fn, true);
   const axial = bool(c, 'axial_position_emb', fn, false);
   const positions: PositionKind = rotary ? 'rotary' : axial ? 'axial' : 'absolute';
-  if (positions === 'rotary' && stack.dimHead % 2 !== 0) {
-    throw rangeError(`${fn} config.dim_head: rotary positions need an even dim_head, received ${stack.dimHead}`);
+  if (positions === 'rotary' && (stack.dimHead % 2 !== 0 || stack.dim % 2 !== 0)) {
+    const [key, value] = stack.dimHead % 2 !== 0 ? ['dim_head', stack.dimHead] : ['dim', stack.dim];
+    throw rangeError(`${fn} config.${key}: rotary positions (sines and cosines in pairs) need an even ${key}, received ${value}`);
   }
   let axialShape: number[] = [];
   if (positions === 'axial') {
     const raw = c.axial_position_shape ?? [Math.ceil(maxSeqLen / 64), 64];
-    if (!Array.isArray(raw) || raw.length === 0 || raw.some((n) => typeof n !== 'number' || !Number.isInteger(n) || n < 1)) {
-      throw rangeError(`${fn} config.axial_position_shape: expected a list of positive integers, received ${describe(raw)}`);
+    if (!Array.isArray(raw) || raw.length === 0 || raw.some((n) => typeof n !== 'number')) {
+      throw typeError(`${fn} config.axial_position_shape: expected a list of integers, received ${describe(raw)}`);
+    }
+    if (raw.some((n) => !Number.isInteger(n) || n < 1) || raw.reduce((a, b) => a * b, 1) > 1 << 30) {
+      throw rangeError(`${fn} config.axial_position_shape: expected positive integers whose product is at most 2^30, received ${JSON.stringify(raw)}`);
     }
     axialShape = raw as number[];
-  }
-  if (stack.localHeads.some((n) => n > 0) && stack.dimHead % 2 !== 0) {
-    throw rangeError(`${fn} config.dim_head: local heads rotate pairs of features and need an even dim_head, received ${stack.dimHead}`);
   }
   return { ...stack, numTokens, maxSeqLen, positions, axialShape, tieEmbed: bool(c, 'tie_embed', fn, false) };
 }

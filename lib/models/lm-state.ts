@@ -42,8 +42,13 @@ export class PerformerLMState extends DecodingState {
     return this.array<Int32Array>('stats')[0];
   }
 
-  /** The tokens absorbed so far when the model keeps them (else null). */
+  /** A copy of the tokens absorbed so far, when the model keeps them (else null). */
   get tokens(): Int32Array | null {
+    return this.history()?.slice() ?? null;
+  }
+
+  /** @internal The token history itself (the plans read it; callers never see it). */
+  history(): Int32Array | null {
     const found = this.arrays.find((a) => a.name === 'tokens');
     return found ? (found.data as Int32Array) : null;
   }
@@ -98,11 +103,29 @@ export class PerformerLMState extends DecodingState {
     this.array<Int32Array>('stats')[0]++;
   }
 
-  /** @internal Throws when a failed step left the state unusable. */
-  checkUsable(fn: string): void {
+  /** @internal Throws when a failed step left the state unusable (`what` names it, e.g. 'PerformerLM.step state'). */
+  checkUsable(what: string): void {
     if (this.broken) {
-      throw stateError(`${fn} state: a step failed part way and left this state unusable; create a new state or load a saved one`);
+      throw stateError(`${what}: a step failed part way and left this state unusable; create a new state or load a saved one`);
     }
+  }
+
+  /**
+   * The state as bytes (see DecodingState.serialize).
+   * @throws Error (`ERR_INVALID_STATE`) while a step uses the state, or after a failed step broke it.
+   */
+  override serialize(): Uint8Array {
+    this.checkUsable('PerformerLMState.serialize');
+    return super.serialize();
+  }
+
+  /**
+   * A copy that decodes on independently (see DecodingState.clone).
+   * @throws Error (`ERR_INVALID_STATE`) while a step uses the state, or after a failed step broke it.
+   */
+  override clone(): this {
+    this.checkUsable('PerformerLMState.clone');
+    return super.clone();
   }
 }
 

@@ -38,12 +38,23 @@ export function readModelOptions(options: unknown, fn: string, random: boolean):
   return { numerics, seed };
 }
 
-/** @internal A source of tensors: the checkpoint (with its aliases), or random values. */
-export function tensorSource(weights: unknown, fn: string, aliases: [string, string][], seed: number | null): TensorSource {
+/**
+ * @internal A source of tensors: the checkpoint (with its aliases), or random values. A
+ * checkpoint whose names all carry one prefix before `anchor` (a wrapper's state_dict,
+ * e.g. AutoregressiveWrapper's `net.`) is read without it.
+ */
+export function tensorSource(weights: unknown, fn: string, aliases: [string, string][], seed: number | null, anchor?: string): TensorSource {
   if (seed !== null) {
     return new RandomSource(seed, (rows, cols, s) => new FeatureMap({ headDim: cols, numFeatures: rows, seed: s }).projection!);
   }
-  return new CheckpointReader(readWeights(weights, fn), fn, aliases);
+  const reader = new CheckpointReader(readWeights(weights, fn), fn, aliases);
+  if (anchor !== undefined && !reader.has(anchor)) {
+    const names = reader.names();
+    const found = names.filter((n) => n.endsWith(`.${anchor}`));
+    const prefix = found.length === 1 ? found[0].slice(0, -anchor.length) : '';
+    if (prefix !== '' && names.every((n) => n.startsWith(prefix))) reader.stripPrefix(prefix);
+  }
+  return reader;
 }
 
 /** @internal Copies of the tensors a model took, under their state_dict names. */

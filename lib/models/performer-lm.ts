@@ -12,13 +12,14 @@ import { PlanBuilder } from '../layers/plan';
 import { readLayerSignal } from '../layers/multi-head-attention';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
-import { formatShape, newFloat32Array, readMask, readOptions } from '../validate';
+import { newFloat32Array, readMask, readOptions } from '../validate';
 import { Linear } from '../layers/parameters';
 import { inverseFrequencies, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
 import { readLMConfig, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
-import { readSampler, readTokenList, sample, type SamplingOptions } from './sampling';
+import { readSampler, sample, type SamplingOptions } from './sampling';
+import { readTokenList, readTokens } from './tokens';
 import { PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
 
 /** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
@@ -86,7 +87,7 @@ export class PerformerLM {
     this.source = source;
     const c = config;
     const D = c.dim;
-    checkModelSize(parameterCount(c), fn);
+    checkModelSize(parameterCount(c), fn, 'dim, depth, heads, dim_head, ff_mult, nb_features, num_tokens or max_seq_len');
     this.tokenEmb = source.take('token_emb.weight', [c.numTokens, D]);
     if (c.positions === 'rotary') {
       this.positions = { kind: 'sinusoid', table: source.take('pos_emb.emb', [c.maxSeqLen, D]), rows: c.maxSeqLen, invFreq: inverseFrequencies(D) };
@@ -103,7 +104,7 @@ export class PerformerLM {
     this.head = c.tieEmbed
       ? new Linear(D, c.numTokens, this.tokenEmb, null)
       : new Linear(D, c.numTokens, source.take('to_out.weight', [c.numTokens, D]), source.take('to_out.bias', [c.numTokens]));
-    if ('finish' in source) (source as { finish(hint: string): void }).finish(describeConfig(c));
+    source.finish(describeConfig(c));
     this.stack.prepare();
   }
 
@@ -121,7 +122,7 @@ export class PerformerLM {
     const fn = 'PerformerLM.fromPerformerPytorch';
     const c = readLMConfig(config, fn);
     const { numerics } = readModelOptions(options, fn, false);
-    return new PerformerLM(c, numerics, tensorSource(weights, fn, ALIASES, null), fn);
+    return new PerformerLM(c, numerics, tensorSource(weights, fn, ALIASES, null, 'token_emb.weight'), fn);
   }
 
   /** A model with random weights of the given configuration (benchmarks, tests). */
@@ -196,18 +197,21 @@ export class PerformerLM {
       fn,
       (model, _batch, arrays) => makeLMState(model, arrays),
     ) as PerformerLMState;
-    const tokens = state.tokens;
-    if (tokens !== null) readTokenList(tokens, `${fn}: token history`, this.config.numTokens);
+    const history = state.history();
+    if (history !== null) readTokenList(history, `${fn}: token history`, this.config.numTokens);
     return state;
   }
 
   /**
    * Advances `state` by `tokens` (one token, or a whole prompt) and returns the logits of
-   * the last one. Off the event loop; the state advances only if the step runs (an abort
-   * before it starts leaves the state as it was).
+   * the last one. Off the event loop. A step aborted before it starts leaves the state as
+   * it was; once running it completes (and resolves). A prompt longer than 4 096 tokens goes
+   * through in chunks of 4 096 when the state keeps no token history (the same result,
+   * bounded memory): an abort between chunks leaves the chunks absorbed, `state.position`
+   * says how many tokens.
    * @throws TypeError / RangeError for bad tokens, a state of another model, or
-   *   positions beyond max_seq_len with learned positions; Error (`ERR_INVALID_STATE`)
-   *   while another step uses the state or after a failed step broke it.
+   *   positions past learned position embeddings; Error (`ERR_INVALID_STATE`) while
+   *   another step uses the state or after a failed step broke it; AbortError.
    */
   async step(tokens: TokenIds, state: PerformerLMState, options?: { signal?: AbortSignal }): Promise<Float32Array> {
     const fn = 'PerformerLM.step';
@@ -218,16 +222,25 @@ export class PerformerLM {
     try {
       const logits = new Float32Array(this.config.numTokens);
       if (!this.config.causal) {
-        state.appendTokens(t);
-        await this.recompute(state, logits, signal);
-      } else {
-        const layers = state.layerStates(this.stack);
-        const b = this.passPlan(t, 1, t.length, state.position, null, layers, 'last', logits, fn);
-        await runGuarded(state, () => b.run(signal, true));
-        state.appendTokens(t);
-        if (this.mustRecompute(layers)) await this.recompute(state, logits, undefined);
+        // Nothing in the state changes until the pass is done: it may stop half way.
+        await this.wholePass(concat(state.history()!, t), null, logits, fn).run(signal);
+        absorbRecomputed(state, t);
+        return logits;
       }
-      state.position += t.length;
+      for (const chunk of this.chunks(t)) {
+        const layers = state.layerStates(this.stack);
+        const b = this.passPlan(chunk, 1, chunk.length, state.position, null, layers, 'last', logits, fn);
+        await runGuarded(state, () => b.run(signal, true));
+        state.appendTokens(chunk);
+        if (this.mustRecompute(layers)) {
+          const fresh = this.stack.createStates(1);
+          const whole = this.wholePass(state.history()!, fresh, logits, fn);
+          await runGuarded(state, () => whole.run(undefined, true));
+          state.replaceLayers(fresh);
+          state.countRecompute();
+        }
+        state.position += chunk.length;
+      }
       return logits;
     } finally {
       state.busy = false;
@@ -240,16 +253,24 @@ export class PerformerLM {
     const t = this.readStep(tokens, state, fn);
     const logits = new Float32Array(this.config.numTokens);
     if (!this.config.causal) {
-      state.appendTokens(t);
-      this.recomputeSync(state, logits);
-    } else {
-      const layers = state.layerStates(this.stack);
-      const b = this.passPlan(t, 1, t.length, state.position, null, layers, 'last', logits, fn);
-      runGuardedSync(state, () => b.runSync());
-      state.appendTokens(t);
-      if (this.mustRecompute(layers)) this.recomputeSync(state, logits);
+      this.wholePass(concat(state.history()!, t), null, logits, fn).runSync();
+      absorbRecomputed(state, t);
+      return logits;
     }
-    state.position += t.length;
+    for (const chunk of this.chunks(t)) {
+      const layers = state.layerStates(this.stack);
+      const b = this.passPlan(chunk, 1, chunk.length, state.position, null, layers, 'last', logits, fn);
+      runGuardedSync(state, () => b.runSync());
+      state.appendTokens(chunk);
+      if (this.mustRecompute(layers)) {
+        const fresh = this.stack.createStates(1);
+        const whole = this.wholePass(state.history()!, fresh, logits, fn);
+        runGuardedSync(state, () => whole.runSync());
+        state.replaceLayers(fresh);
+        state.countRecompute();
+      }
+      state.position += chunk.length;
+    }
     return logits;
   }
 
@@ -278,7 +299,7 @@ export class PerformerLM {
     if (o.state !== undefined) this.checkState(o.state, `${fn} options.state`);
     const state = o.state ?? this.createState();
     if (p.length === 0 && state.position === 0) throw rangeError(`${fn} prompt: at least one token is needed to start a generation`);
-    if (p.length === 0 && state.tokens === null) {
+    if (p.length === 0 && state.history() === null) {
       throw rangeError(`${fn} prompt: empty, and this state keeps no token history to recompute the last logits from; pass at least the next token`);
     }
     this.checkPositions(state.position, p.length + maxNew, fn);
@@ -316,40 +337,28 @@ export class PerformerLM {
     return layers.some((s, l) => l < this.config.depth - 1 && s.maxRose[0] !== 0);
   }
 
-  private async recompute(state: PerformerLMState, logits: Float32Array, signal: AbortSignal | undefined): Promise<void> {
-    const { b, fresh } = this.recomputePlan(state, logits);
-    await runGuarded(state, () => b.run(signal, true));
-    this.finishRecompute(state, fresh);
+  // The whole token sequence in one pass, as performer-pytorch recomputes it: into fresh
+  // states (a rebuilt prefix) or none (a model that is not causal).
+  private wholePass(tokens: Int32Array, fresh: LayerState[] | null, logits: Float32Array, fn: string): PlanBuilder {
+    return this.passPlan(tokens, 1, tokens.length, 0, null, fresh, 'last', logits, fn);
   }
 
-  private recomputeSync(state: PerformerLMState, logits: Float32Array): void {
-    const { b, fresh } = this.recomputePlan(state, logits);
-    runGuardedSync(state, () => b.runSync());
-    this.finishRecompute(state, fresh);
-  }
-
-  // The whole history in one pass (fresh states), as performer-pytorch recomputes it.
-  private recomputePlan(state: PerformerLMState, logits: Float32Array) {
-    const tokens = state.tokens!;
-    const fresh = this.config.causal ? this.stack.createStates(1) : null;
-    const b = this.passPlan(tokens, 1, tokens.length, 0, null, fresh, 'last', logits, 'PerformerLM.step');
-    return { b, fresh };
-  }
-
-  private finishRecompute(state: PerformerLMState, fresh: LayerState[] | null): void {
-    if (fresh !== null) {
-      state.replaceLayers(fresh);
-      state.countRecompute();
-    }
+  // A step's tokens in chunks of PREFILL_CHUNK when the state keeps no history (the same
+  // result: a state continues exactly); whole otherwise (a chunk could raise the key
+  // maximum of a lower layer, and the recompute would then be a whole pass anyway).
+  private chunks(tokens: Int32Array): Int32Array[] {
+    if (this.keepsHistory() || tokens.length <= PREFILL_CHUNK) return [tokens];
+    const out: Int32Array[] = [];
+    for (let i = 0; i < tokens.length; i += PREFILL_CHUNK) out.push(tokens.subarray(i, i + PREFILL_CHUNK));
+    return out;
   }
 
   // Logits of the last token a state holds (a generation that starts from a state with
   // no new prompt), recomputed from its token history.
   private async lastLogits(state: PerformerLMState, signal: AbortSignal | undefined): Promise<Float32Array> {
     const logits = new Float32Array(this.config.numTokens);
-    const tokens = state.tokens!; // generate() checked that the state keeps them
-    const b = this.passPlan(tokens, 1, tokens.length, 0, null, null, 'last', logits, 'PerformerLM.generate');
-    await b.run(signal);
+    // generate() checked that the state keeps its history.
+    await this.wholePass(state.history()!, null, logits, 'PerformerLM.generate').run(signal);
     return logits;
   }
 
@@ -439,14 +448,32 @@ export class PerformerLM {
   }
 }
 
+// Rows of a prompt per pass when the state keeps no history (bounds the temporaries).
+const PREFILL_CHUNK = 4096;
+
+// Runs a pass that advances a state: if it fails, the state is marked broken (its arrays
+// may hold part of the pass). An atomic pass only rejects with AbortError before it starts.
 async function runGuarded(state: PerformerLMState, run: () => Promise<void>): Promise<void> {
   try {
     await run();
   } catch (error) {
-    // A step that never started (aborted before running) leaves the state as it was.
     if ((error as { name?: string }).name !== 'AbortError') state.broken = true;
     throw error;
   }
+}
+
+// A model that is not causal: the tokens join the history once its whole pass succeeded.
+function absorbRecomputed(state: PerformerLMState, tokens: Int32Array): void {
+  state.appendTokens(tokens);
+  state.countRecompute();
+  state.position += tokens.length;
+}
+
+function concat(a: Int32Array, b: Int32Array): Int32Array {
+  const out = new Int32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 function runGuardedSync(state: PerformerLMState, run: () => void): void {
@@ -456,27 +483,6 @@ function runGuardedSync(state: PerformerLMState, run: () => void): void {
     state.broken = true;
     throw error;
   }
-}
-
-/** @internal Reads `{ data: Int32Array, shape: [B, L] }` with ids in [0, numTokens). */
-export function readTokens(value: unknown, name: string, numTokens: number): { data: Int32Array; shape: [number, number] } {
-  const t = value as { data?: unknown; shape?: unknown; dims?: unknown };
-  if (value === null || typeof value !== 'object' || !(t.data instanceof Int32Array)) {
-    throw typeError(`${name}: expected { data: Int32Array, shape: [batch, length] }, received ${describe(value)}`);
-  }
-  const shape = (t.shape ?? t.dims) as unknown;
-  if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d >= 1)) {
-    throw rangeError(`${name}: expected shape [batch, length] with sizes >= 1, received ${Array.isArray(shape) ? formatShape(shape) : describe(shape)}`);
-  }
-  const [B, L] = shape as number[];
-  if (t.data.length !== B * L) throw rangeError(`${name}: data length ${t.data.length} does not match shape ${formatShape(shape)}`);
-  const data = t.data;
-  for (let i = 0; i < data.length; i++) {
-    if (data[i] < 0 || data[i] >= numTokens) {
-      throw rangeError(`${name}: token ${data[i]} at [${Math.floor(i / L)}, ${i % L}] is outside [0, ${numTokens})`);
-    }
-  }
-  return { data, shape: [B, L] };
 }
 
 // The axial table [prod(shape), D]: position t sums one row of each axis's table.
@@ -504,7 +510,8 @@ function parameterCount(c: LMConfig): number {
   const inner = c.heads * c.dimHead;
   const hidden = c.dim * c.ffMult;
   const layer = 4 * c.dim * inner + 3 * inner + c.dim + c.dim * hidden * (c.ffGlu ? 3 : 2) + 3 * hidden + c.numFeatures * c.dimHead + 4 * c.dim;
-  return c.depth * layer + 2 * c.numTokens * c.dim + c.maxSeqLen * (c.dim + c.dimHead);
+  const axial = c.positions === 'axial' ? c.axialShape.reduce((a, b) => a + b, 0) * c.dim + c.axialShape.reduce((a, b) => a * b, 1) * c.dim : 0;
+  return c.depth * layer + 2 * c.numTokens * c.dim + c.maxSeqLen * (c.dim + c.dimHead) + axial;
 }
 
 function describeConfig(c: LMConfig): string {

@@ -47,13 +47,13 @@ export class Performer {
     this.source = source;
     const inner = config.heads * config.dimHead;
     const hidden = config.dim * config.ffMult;
-    checkModelSize(config.depth * (4 * config.dim * inner + config.dim * hidden * (config.ffGlu ? 3 : 2) + config.numFeatures * config.dimHead), fn);
+    checkModelSize(
+      config.depth * (4 * config.dim * inner + config.dim * hidden * (config.ffGlu ? 3 : 2) + config.numFeatures * config.dimHead),
+      fn,
+      'dim, depth, heads, dim_head, ff_mult or nb_features',
+    );
     this.stack = new PerformerStack(config, numerics, source, ROOT);
-    if ('finish' in source) {
-      (source as { finish(hint: string): void }).finish(
-        `dim ${config.dim}, depth ${config.depth}, heads ${config.heads}, dim_head ${config.dimHead}, nb_features ${config.numFeatures}, norm ${config.norm}`,
-      );
-    }
+    source.finish(`dim ${config.dim}, depth ${config.depth}, heads ${config.heads}, dim_head ${config.dimHead}, nb_features ${config.numFeatures}, norm ${config.norm}`);
     this.stack.prepare();
   }
 

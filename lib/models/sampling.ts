@@ -5,7 +5,7 @@
  */
 import { randomInt } from 'node:crypto';
 
-import { describe, rangeError, typeError } from '../errors';
+import { rangeError } from '../errors';
 import { readInteger, readNumber } from '../validate';
 
 /** How {@link PerformerLM.generate} picks tokens. */
@@ -99,27 +99,4 @@ export function sample(logits: Float32Array, s: Sampler): number {
     if (u < 0) return order[r];
   }
   return order[keep - 1];
-}
-
-/** @internal Reads token ids (an Int32Array, Uint8Array, Uint16Array or array of integers) in [0, numTokens). */
-export function readTokenList(value: unknown, name: string, numTokens: number): Int32Array {
-  let tokens: Int32Array;
-  if (value instanceof Int32Array) {
-    tokens = value;
-  } else if (value instanceof Uint8Array || value instanceof Uint16Array) {
-    tokens = Int32Array.from(value); // bytes of a byte-level model, or 16-bit ids
-  } else if (Array.isArray(value)) {
-    tokens = new Int32Array(value.length);
-    value.forEach((t, i) => {
-      if (typeof t !== 'number' || !Number.isInteger(t)) throw typeError(`${name}[${i}]: expected an integer token id, received ${describe(t)}`);
-      tokens[i] = t;
-      if (tokens[i] !== t) throw rangeError(`${name}[${i}]: token ${t} is outside [0, ${numTokens})`);
-    });
-  } else {
-    throw typeError(`${name}: expected token ids as an Int32Array, Uint8Array, Uint16Array or array of integers, received ${describe(value)}`);
-  }
-  for (let i = 0; i < tokens.length; i++) {
-    if (tokens[i] < 0 || tokens[i] >= numTokens) throw rangeError(`${name}[${i}]: token ${tokens[i]} is outside [0, ${numTokens})`);
-  }
-  return tokens;
 }

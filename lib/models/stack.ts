@@ -162,6 +162,17 @@ export class PerformerStack {
     }
   }
 
+  // The d x d identity: the packed "projection" of features taken from the raw entries.
+  private identityCache: Float32Array | null = null;
+  private identity(): Float32Array {
+    if (this.identityCache === null) {
+      const d = this.config.dimHead;
+      this.identityCache = new Float32Array(d * d);
+      for (let i = 0; i < d; i++) this.identityCache[i * d + i] = 1;
+    }
+    return this.identityCache;
+  }
+
   /** Global heads of layer l. */
   globalHeads(l: number): number {
     return this.config.heads - this.layers[l].localHeads;
@@ -408,8 +419,6 @@ export class PerformerStack {
         return { op: 'pytorchFavor', ...base, options: { features: 'noProjection', numFeatures: c.dimHead, causal: false, keep, dropMaskedKeys: true } };
       }
       // exp(q) . exp(k) with per-feature stabilization: the 'exp' kernel on the raw entries.
-      const identity = new Float32Array(c.dimHead * c.dimHead);
-      for (let i = 0; i < c.dimHead; i++) identity[i * c.dimHead + i] = 1;
       return {
         op: 'favor',
         ...base,
@@ -418,7 +427,7 @@ export class PerformerStack {
           headDim: c.dimHead,
           numProjections: c.dimHead,
           projection: null,
-          packedProjection: identity,
+          packedProjection: this.identity(),
           kernelEpsilon: 0,
           causal: true,
           keyPadding: keep,

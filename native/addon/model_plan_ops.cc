@@ -202,7 +202,12 @@ AttentionArrays parse_attention_arrays(const PlanContext& ctx, const Napi::Objec
   a.q = float_field(ctx, s, "q", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim));
   a.k = float_field(ctx, s, "k", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim));
   a.v = float_field(ctx, s, "v", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim));
-  a.out = float_field(ctx, s, "out", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.value_dim));
+  const std::size_t out_len = checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.value_dim);
+  a.out = float_field(ctx, s, "out", out_len);
+  const std::size_t q_len = bh * d.q_len * d.head_dim, k_len = bh * d.k_len * d.head_dim, v_len = bh * d.k_len * d.value_dim;
+  if (overlaps(a.out, out_len, a.q, q_len) || overlaps(a.out, out_len, a.k, k_len) || overlaps(a.out, out_len, a.v, v_len)) {
+    throw_range_error(ctx.env, "out: overlaps an input");
+  }
   return a;
 }
 
@@ -236,7 +241,9 @@ Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
   options.drop_masked_keys = bool_property(o, "dropMaskedKeys", false);
   const Napi::Value state = o.Get("state");
   if (!state.IsUndefined() && !state.IsNull()) {
-    const std::size_t per_head = pa::pytorch_favor_state_floats(pa::pytorch_favor_feature_count(options, a.dims.head_dim), a.dims.value_dim);
+    const std::size_t features = pa::pytorch_favor_feature_count(options, a.dims.head_dim);
+    checked_mul(ctx.env, features, a.dims.value_dim);  // the state's S fits size_t
+    const std::size_t per_head = pa::pytorch_favor_state_floats(features, a.dims.value_dim);
     const std::size_t floats = checked_mul(ctx.env, checked_mul(ctx.env, a.dims.batch, a.dims.heads), per_head);
     options.state = float_field(ctx, o, "state", floats);
   }
@@ -253,13 +260,14 @@ Step parse_local_attention(const PlanContext& ctx, const Napi::Object& s) {
   const Napi::Object o = options_of(ctx, s);
   pa::LocalAttentionOptions options;
   options.window = size_property(o, "window");
-  if (options.window == 0) throw_range_error(ctx.env, "window: expected >= 1");
+  if (options.window == 0 || options.window > (std::size_t{1} << 20)) throw_range_error(ctx.env, "window: expected 1 to 2^20");
   options.causal = bool_property(o, "causal", false);
   options.keep = uint8_field(ctx, o, "keep", checked_mul(ctx.env, a.dims.batch, a.dims.k_len), true);
   options.pytorch_numerics = bool_property(o, "pytorchNumerics", false);
   const Napi::Value ring = o.Get("ring");
   if (!ring.IsUndefined() && !ring.IsNull()) {
-    const std::size_t per_head = pa::local_ring_floats(options.window, a.dims.head_dim, a.dims.value_dim);
+    const std::size_t per_head =
+        checked_mul(ctx.env, 2 * options.window, a.dims.head_dim + a.dims.value_dim);  // local_ring_floats, checked
     options.ring = float_field(ctx, o, "ring", checked_mul(ctx.env, checked_mul(ctx.env, a.dims.batch, a.dims.heads), per_head));
     options.start = size_property(o, "start");
   }

@@ -19,9 +19,12 @@ class LocalWorker {
       : dims_(dims), o_(o), kernels_(kernels), w_(o.window), d_(dims.head_dim), Dv_(dims.value_dim),
         slots_(o.causal ? 2 * o.window : 3 * o.window),
         scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(dims.head_dim)))) {
-    kt_.resize(d_ * slots_);
-    scores_.resize(w_ * slots_);
-    hidden_.resize(w_);
+    // Scratch for this call's rows only: a window larger than the sequence needs no more.
+    const std::size_t len = dims.k_len + (o.ring != nullptr ? std::min(o.start, 2 * w_) : 0);
+    const std::size_t rows = std::min(w_, dims.q_len), cols = std::min(slots_, len);
+    kt_.resize(d_ * cols);
+    scores_.resize(std::max(rows * cols, o.ring != nullptr ? std::min(2 * w_, len) : 0));
+    hidden_.resize(rows);
   }
 
   // Every row of one head (no ring: a whole sequence from position 0).
