@@ -245,6 +245,20 @@ describe('decoding states', () => {
     expect(a.byteLength).toBeLessThan(200_000);
   });
 
+  test('a prompt longer than one pass (4096 tokens) goes through in passes with the same logits', () => {
+    const config = { num_tokens: 50, max_seq_len: 64, dim: 32, depth: 2, heads: 2, dim_head: 16, causal: true, local_attn_heads: 1, local_window_size: 64, shift_tokens: true };
+    const model = PerformerLM.random(config, { seed: 4, numerics: 'exact' });
+    const long = Int32Array.from({ length: 5000 }, (_, i) => (i * 7919) % 50);
+    const s = model.createState();
+    const logits = model.stepSync(long, s);
+    const full = model.forwardSync({ data: long, shape: [1, long.length] });
+    expect(relativeError(logits, full.data.subarray(4999 * 50))).toBeLessThan(1e-5);
+    expect(s.position).toBe(5000);
+    const next = model.stepSync(Int32Array.of(3), s);
+    const fuller = model.forwardSync({ data: Int32Array.from([...long, 3]), shape: [1, 5001] });
+    expect(relativeError(next, fuller.data.subarray(5000 * 50))).toBeLessThan(1e-5);
+  });
+
   test("a state's arrays do not grow with the context (exact numerics keep no token history)", () => {
     const exact = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics: 'exact' });
     const s = exact.createState();
