@@ -12,6 +12,7 @@ const path = require('node:path');
 const { performance } = require('node:perf_hooks');
 const { parseArgs } = require('node:util');
 const { PerformerLM, backendInfo } = require('..');
+const { median, quantile, mean } = require('./lib/stats');
 
 const { values: flags } = parseArgs({
   options: {
@@ -29,10 +30,6 @@ const recomputeUpTo = Number(flags['recompute-up-to']);
 const runs = Number(flags.runs);
 const config = { num_tokens: 256, max_seq_len: 4096, dim: 512, depth: 6, heads: 8, dim_head: 64, causal: true };
 
-const median = (xs) => {
-  const a = [...xs].sort((x, y) => x - y);
-  return a.length % 2 ? a[a.length >> 1] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2;
-};
 const time = (fn) => {
   const t0 = performance.now();
   fn();
@@ -84,8 +81,8 @@ for (const numerics of flags.numerics.split(',')) {
       prefillMs: prefill,
       prefillTokensPerSecond: (context / prefill) * 1000,
       stepMedianMs: median(stepTimes),
-      stepP90Ms: [...stepTimes].sort((a, b) => a - b)[Math.floor(steps * 0.9)],
-      stepMeanMs: stepTimes.reduce((a, b) => a + b, 0) / steps,
+      stepP90Ms: quantile(stepTimes, 0.9),
+      stepMeanMs: mean(stepTimes),
       recomputes,
       stateBytes: bytes,
       recomputePrefixMs: recompute,

@@ -23,15 +23,18 @@ const float* optional_float_field(const PlanContext& ctx, const Napi::Object& st
   return float_field(ctx, step, key, needed);
 }
 
-std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length,
-                          bool optional) {
+namespace {
+
+// A typed array property of `type`, exactly `length` elements, not detached.
+template <typename T>
+T* typed_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length, napi_typedarray_type type,
+               const char* type_name) {
   const Napi::Value value = step.Get(key);
-  if (optional && (value.IsUndefined() || value.IsNull())) return nullptr;
   if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw_type_error(step.Env(), std::string(key) + ": expected a Uint8Array");
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throw_type_error(step.Env(), std::string(key) + ": expected " + type_name);
   }
-  auto array = value.As<Napi::Uint8Array>();
+  auto array = value.As<Napi::TypedArrayOf<T>>();
   if (array.ArrayBuffer().IsDetached()) {
     throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
   }
@@ -42,21 +45,17 @@ std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, cons
   return array.Data();
 }
 
-const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length) {
+}  // namespace
+
+std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length,
+                          bool optional) {
   const Napi::Value value = step.Get(key);
-  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
-    throw_type_error(step.Env(), std::string(key) + ": expected an Int32Array");
-  }
-  auto array = value.As<Napi::Int32Array>();
-  if (array.ArrayBuffer().IsDetached()) {
-    throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
-  }
-  if (array.ElementLength() != length) {
-    throw_range_error(step.Env(), std::string(key) + ": expected " + std::to_string(length) + " elements, received " +
-                                      std::to_string(array.ElementLength()));
-  }
-  return array.Data();
+  if (optional && (value.IsUndefined() || value.IsNull())) return nullptr;
+  return typed_field<std::uint8_t>(ctx, step, key, length, napi_uint8_array, "a Uint8Array");
+}
+
+const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length) {
+  return typed_field<std::int32_t>(ctx, step, key, length, napi_int32_array, "an Int32Array");
 }
 
 std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width) {

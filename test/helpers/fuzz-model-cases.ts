@@ -8,11 +8,9 @@
 // async bits equal; step logits equal to forward over the prefix; a loaded state
 // stepping like the original; generated tokens in range) or in a TypeError / RangeError /
 // Error with a `code`. The child prints one JSON summary line.
-import { writeSync } from 'node:fs';
-
 import { Performer, PerformerLM, PerformerLMState, type Tensor } from '../../lib';
 import { crc32 } from '../../lib/layers/parameters';
-import { Fuzzer } from './fuzz-cases';
+import { Fuzzer, fuzzMain } from './fuzz-cases';
 import { allFinite, randn, relFrobenius } from './reference';
 
 const STEP_TOL = 1e-5;
@@ -278,14 +276,4 @@ export async function runModelFuzz(seed: number, count: number, onCase?: (i: num
   return fuzzer.summary;
 }
 
-if (require.main === module) {
-  const seed = Number(process.argv[2] ?? 1);
-  const count = Number(process.argv[3] ?? 300);
-  runModelFuzz(seed, count, (i) => writeSync(2, `case ${i}\n`)).then(
-    (summary) => console.log(JSON.stringify(summary)),
-    (error) => {
-      console.error(error);
-      process.exit(2);
-    },
-  );
-}
+if (require.main === module) fuzzMain(runModelFuzz, 300);
