@@ -108,9 +108,15 @@ export function pinBuffers(arrays: readonly (ArrayBufferView | null)[]): void {
 /**
  * @internal Runs a native async call under an optional signal: `start` receives the
  * control object that gets cancel() from the addon, called on abort. The addon keeps
- * every array alive until its worker finishes, aborted or not.
+ * every array alive until its worker finishes, aborted or not. `committed`: a call that
+ * completes has changed state the caller keeps (an atomic plan, which the addon stops only
+ * before it starts), so its completion stands even when the signal aborted meanwhile.
  */
-export async function runAbortable<T>(start: (control?: { cancel?: () => void }) => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+export async function runAbortable<T>(
+  start: (control?: { cancel?: () => void }) => Promise<T>,
+  signal: AbortSignal | undefined,
+  committed = false,
+): Promise<T> {
   if (signal === undefined) return start();
   if (signal.aborted) throw abortError(signal.reason);
   const control: { cancel?: () => void } = {};
@@ -120,7 +126,7 @@ export async function runAbortable<T>(start: (control?: { cancel?: () => void })
   try {
     const result = await promise;
     // Aborted after the last check: the result is complete, but the caller asked to abort.
-    if (signal.aborted) throw abortError(signal.reason);
+    if (signal.aborted && !committed) throw abortError(signal.reason);
     return result;
   } catch (error) {
     if ((error as { code?: unknown }).code === 'ABORT_ERR' || signal.aborted) throw abortError(signal.reason);

@@ -78,3 +78,11 @@ export {
   type PyTorchMappingOptions,
 } from './weights';
 export { loadModel, loadModelSync, readModel, writeModel, type Model } from './layers/model-file';
+export { PerformerLM, type GenerateOptions, type LMForwardOptions, type TokenIds, type TokenTensor } from './models/performer-lm';
+export { Performer, type PerformerForwardOptions } from './models/performer';
+export { PerformerLMState } from './models/lm-state';
+export type { PerformerPytorchOptions, RandomModelOptions } from './models/model-common';
+export type { GlobalFeatures, LMConfig, PerformerLMPytorchConfig, PerformerPytorchConfig, PerformerStackConfig, PositionKind, SublayerNorm } from './models/config';
+export type { Numerics } from './models/stack';
+export type { PerformerPytorchWeights } from './models/checkpoint';
+export type { SamplingOptions } from './models/sampling';

@@ -44,6 +44,9 @@ export interface NativeAddon {
   favorStateFloats(featureCount: number, valueDim: number): number;
   favorStateReset(state: Float32Array, heads: number, featureCount: number, valueDim: number): void;
   pendingCalls(): number;
+  pytorchFavorStateFloats(featureCount: number, valueDim: number): number;
+  pytorchFavorStateReset(state: Float32Array, heads: number, featureCount: number, valueDim: number): void;
+  localRingFloats(window: number, headDim: number, valueDim: number): number;
 }
 
 /** @internal */

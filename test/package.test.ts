@@ -58,6 +58,10 @@ beforeAll(() => {
   fs.symlinkSync('/bin/sh', path.join(bin, 'sh'));
   fs.mkdirSync(project);
   fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }));
+  // The offline install needs the dependencies' metadata in npm's cache, and `npm ci` caches
+  // only their tarballs: add them first (from the registry; the install itself stays offline).
+  const { dependencies } = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+  run(npmCli, ['cache', 'add', ...Object.entries(dependencies).map(([name, range]) => `${name}@${range}`)], work, cleanEnv());
   run(path.join(bin, 'npm'), ['install', '--offline', '--no-audit', '--no-fund', tarball], project, noCompilerEnv());
 }, 300_000);
 

@@ -19,7 +19,14 @@ const VERSION = 1;
 /** @internal One array of a state. */
 export interface StateArray {
   name: string;
-  data: Float32Array | Uint8Array;
+  data: Float32Array | Uint8Array | Int32Array;
+}
+
+/** @internal The element type of a state array in the serialized form. */
+export type StateDtype = 'f32' | 'u8' | 'i32';
+
+function dtypeOf(data: StateArray['data']): StateDtype {
+  return data instanceof Float32Array ? 'f32' : data instanceof Int32Array ? 'i32' : 'u8';
 }
 
 /**
@@ -52,7 +59,7 @@ export class DecodingState {
   }
 
   /** @internal */
-  array<T extends Float32Array | Uint8Array>(name: string): T {
+  array<T extends Float32Array | Uint8Array | Int32Array>(name: string): T {
     const found = this.arrays.find((a) => a.name === name);
     if (found === undefined) throw stateError(`decoding state: no array '${name}'`);
     return found.data as T;
@@ -62,14 +69,11 @@ export class DecodingState {
    * A copy that decodes on independently (for example to branch a prompt).
    * @throws Error (`ERR_INVALID_STATE`) while an async step is using the state (its arrays are being written).
    */
-  clone(): DecodingState {
+  clone(): this {
     if (this.busy) throw stateError('DecodingState.clone: an async step is using this state; await it first');
-    const copy = new DecodingState(
-      this.model,
-      this.batch,
-      this.arrays.map((a) => ({ name: a.name, data: a.data.slice() })),
-    );
-    copy.position = this.position;
+    // The same class (a model's own state type) with copies of the arrays.
+    const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
+    Object.assign(copy, this, { arrays: this.arrays.map((a) => ({ name: a.name, data: a.data.slice() })), busy: false });
     return copy;
   }
 
@@ -87,7 +91,7 @@ export class DecodingState {
         model: this.model,
         batch: this.batch,
         position: this.position,
-        arrays: this.arrays.map((a) => ({ name: a.name, dtype: a.data instanceof Float32Array ? 'f32' : 'u8', length: a.data.length })),
+        arrays: this.arrays.map((a) => ({ name: a.name, dtype: dtypeOf(a.data), length: a.data.length })),
       }),
     );
     const pad4 = (n: number) => (n + 3) & ~3;
@@ -103,6 +107,8 @@ export class DecodingState {
       const bytes = new Uint8Array(a.data.buffer, a.data.byteOffset, a.data.byteLength);
       if (a.data instanceof Float32Array && !isLittleEndian) {
         for (let i = 0; i < a.data.length; i++) out.writeFloatLE(a.data[i], at + 4 * i);
+      } else if (a.data instanceof Int32Array && !isLittleEndian) {
+        for (let i = 0; i < a.data.length; i++) out.writeInt32LE(a.data[i], at + 4 * i);
       } else {
         out.set(bytes, at);
       }
@@ -117,13 +123,15 @@ const isLittleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
  * @internal Reads a serialized state; `expected` lists the arrays (names, dtypes, lengths)
- * the model needs. Every problem is a RangeError (ERR_INVALID_ARG_VALUE) saying what is wrong.
+ * the model needs for a batch and position. `make` builds the model's state class.
+ * Every problem is a RangeError (ERR_INVALID_ARG_VALUE) saying what is wrong.
  */
 export function deserializeState(
   bytes: unknown,
   model: string,
-  expected: (batch: number) => { name: string; dtype: 'f32' | 'u8'; length: number }[],
+  expected: (batch: number, position: number) => { name: string; dtype: StateDtype; length: number }[],
   fn: string,
+  make: (model: string, batch: number, arrays: StateArray[]) => DecodingState = (m, b, a) => new DecodingState(m, b, a),
 ): DecodingState {
   if (!(bytes instanceof Uint8Array)) throw typeError(`${fn}: expected a Buffer or Uint8Array, received ${describe(bytes)}`);
   const bad = (why: string) => rangeError(`${fn}: ${why}`, 'ERR_INVALID_ARG_VALUE');
@@ -150,7 +158,7 @@ export function deserializeState(
   if (!Number.isSafeInteger(batch) || (batch as number) < 1 || !Number.isSafeInteger(position) || (position as number) < 0) {
     throw bad('corrupt state: bad batch or position');
   }
-  const want = expected(batch as number);
+  const want = expected(batch as number, position as number);
   const arraysInfo = header.arrays as { name: string; dtype: string; length: number }[];
   if (!Array.isArray(arraysInfo) || arraysInfo.length !== want.length) throw bad('state arrays do not match this model');
   const pad4 = (n: number) => (n + 3) & ~3;
@@ -162,18 +170,20 @@ export function deserializeState(
     if (info.name !== w.name || info.dtype !== w.dtype || info.length !== w.length) {
       throw bad(`state array ${i} ('${info.name}', ${info.length} ${info.dtype}) does not match this model ('${w.name}', ${w.length} ${w.dtype})`);
     }
-    const byteLength = info.length * (info.dtype === 'f32' ? 4 : 1);
+    const byteLength = info.length * (info.dtype === 'u8' ? 1 : 4);
     if (at + byteLength > size) throw bad('corrupt state: arrays run past the end');
-    const data = info.dtype === 'f32' ? new Float32Array(info.length) : new Uint8Array(info.length);
+    const data = info.dtype === 'f32' ? new Float32Array(info.length) : info.dtype === 'i32' ? new Int32Array(info.length) : new Uint8Array(info.length);
     new Uint8Array(data.buffer).set(buf.subarray(at, at + byteLength));
     if (data instanceof Float32Array && !isLittleEndian) {
       for (let j = 0; j < data.length; j++) data[j] = buf.readFloatLE(at + 4 * j);
+    } else if (data instanceof Int32Array && !isLittleEndian) {
+      for (let j = 0; j < data.length; j++) data[j] = buf.readInt32LE(at + 4 * j);
     }
     arrays.push({ name: info.name, data });
     at += pad4(byteLength);
   });
   if (at !== size) throw bad('corrupt state: unexpected bytes after the arrays');
-  const state = new DecodingState(model, batch as number, arrays);
+  const state = make(model, batch as number, arrays);
   state.position = position as number;
   return state;
 }

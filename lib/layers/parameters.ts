@@ -63,11 +63,11 @@ export function blockParameterCount(attention: Parameters<typeof attentionParame
 }
 
 /** @internal RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) for a model of more than {@link MAX_MODEL_PARAMETERS} parameters. */
-export function checkModelSize(count: number, fn: string): void {
+export function checkModelSize(count: number, fn: string, reduce = 'modelDim, numHeads, headDim, ffDim, numFeatures or numLayers'): void {
   if (count > MAX_MODEL_PARAMETERS) {
     throw rangeError(
       `${fn}: a model of ${count} parameters (${((count * 4) / 2 ** 30).toFixed(1)} GiB) is over the limit of ${MAX_MODEL_PARAMETERS} (16 GiB); ` +
-        'reduce modelDim, numHeads, headDim, ffDim, numFeatures or numLayers',
+        `reduce ${reduce}`,
       'ERR_MEMORY_ALLOCATION_FAILED',
     );
   }

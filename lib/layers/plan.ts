@@ -7,6 +7,7 @@
  */
 import { pinBuffers, runAbortable } from '../attention';
 import { native } from '../native';
+import { newFloat32Array } from '../validate';
 import { giveBack, takeCached } from './workspace';
 
 /** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
@@ -38,7 +39,7 @@ export class PlanBuilder {
   acquire(length: number): Float32Array {
     const reused = this.free.get(length)?.pop();
     if (reused !== undefined) return reused;
-    const buffer = takeCached(length) ?? new Float32Array(length);
+    const buffer = takeCached(length) ?? newFloat32Array(length, 'pass temporaries');
     this.owned.push(buffer);
     return buffer;
   }
@@ -68,12 +69,17 @@ export class PlanBuilder {
     const caller: ArrayBufferView[] = [];
     for (const step of this.steps) {
       if (step.op === 'checkFinite' && step.output !== true) caller.push(step.x as Float32Array);
-      const mask = (step.options as { keyPadding?: Uint8Array | null } | undefined)?.keyPadding;
-      if (mask) caller.push(mask);
+      const options = step.options as { keyPadding?: Uint8Array | null; keep?: Uint8Array | null } | undefined;
+      // Masks and token ids come from the caller too.
+      for (const array of [options?.keyPadding, options?.keep, step.keep, step.tokens]) {
+        if (ArrayBuffer.isView(array)) caller.push(array);
+      }
     }
     pinBuffers(caller);
     try {
-      await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal);
+      // An atomic plan that started has advanced its states: it resolves even if the
+      // signal aborted while it ran (an abort before it starts still rejects).
+      await runAbortable((control) => native().runPlanAsync(this.steps, control, atomic), signal, atomic);
     } finally {
       giveBack(this.owned);
     }

@@ -3,11 +3,11 @@
 // and run in order, synchronously or on a worker thread (one async hop per pass, not
 // one per step). Every array a step touches is length-checked here.
 //
-// Steps ({ op, ... }):
+// Steps ({ op, ... }) (the steps of performer-pytorch models are in model_plan_ops.cc):
 //   linear      x, xStride, rows, in, out, packed, bias?, residual?, activation, y
 //   layerNorm   x, rows, dim, gamma?, beta?, eps, y
 //   splitHeads  src, srcStride, batch, len, heads, headDim, dst
-//   mergeHeads  src, batch, len, heads, headDim, dst
+//   mergeHeads  src, batch, len, heads, headDim, dst, dstStride
 //   favor / softmax   q, k, v, out, dims, options[, label]   (as the attention functions;
 //               label prefixes their input errors, e.g. the layer's name)
 //   checkFinite x, name[, why][, shape]  (RangeError naming the first NaN / infinity and
@@ -24,51 +24,13 @@
 #include "addon/attention_job.h"
 #include "addon/backend_bindings.h"
 #include "addon/convert.h"
+#include "addon/model_plan_ops.h"
+#include "addon/plan_context.h"
 #include "core/favor.h"
 #include "core/layer_ops.h"
 
 namespace pa_addon {
 namespace {
-
-using Step = std::function<void()>;
-
-struct PlanContext {
-  Napi::Env env;
-  const pa::KernelSet* kernels;
-  std::shared_ptr<pa::ThreadPool> pool;
-  // Async plans: every array a step reads or writes, kept alive until the worker is
-  // done and checked for detachment then. Null for sync plans.
-  std::vector<Napi::Value>* arrays;
-};
-
-// A Float32Array property holding at least `needed` elements.
-float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
-  const Napi::Value value = step.Get(key);
-  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
-  const FloatView view = float32_array(value, key);
-  if (view.length < needed) {
-    throw_range_error(step.Env(), std::string(key) + ": expected at least " + std::to_string(needed) +
-                                      " elements, received " + std::to_string(view.length));
-  }
-  return view.data;
-}
-
-const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
-  const Napi::Value value = step.Get(key);
-  if (value.IsUndefined() || value.IsNull()) return nullptr;
-  return float_field(ctx, step, key, needed);
-}
-
-// End of the rows [0, rows) of width `width` at stride `stride` (0 rows: 0).
-std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width) {
-  if (rows == 0) return 0;
-  if (stride < width) throw_range_error(env, "stride: smaller than the row width");
-  return checked_mul(env, rows - 1, stride) + width;
-}
-
-bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb) {
-  return a < b + nb && b < a + na;
-}
 
 pa::Activation parse_activation(const Napi::Object& step) {
   const std::string name = string_property(step, "activation", "none");
@@ -142,11 +104,13 @@ Step parse_split_heads(const PlanContext& ctx, const Napi::Object& s) {
 Step parse_merge_heads(const PlanContext& ctx, const Napi::Object& s) {
   const HeadShape h = parse_head_shape(ctx, s);
   const std::size_t n = checked_mul(ctx.env, h.rows, h.width);
+  const std::size_t stride = s.Has("dstStride") ? size_property(s, "dstStride") : h.width;
+  const std::size_t dst_len = strided_extent(ctx.env, h.rows, stride, h.width);
   const float* src = float_field(ctx, s, "src", n);
-  float* dst = float_field(ctx, s, "dst", n);
-  if (overlaps(src, n, dst, n)) throw_range_error(ctx.env, "mergeHeads: src and dst overlap");
+  float* dst = float_field(ctx, s, "dst", dst_len);
+  if (overlaps(src, n, dst, dst_len)) throw_range_error(ctx.env, "mergeHeads: src and dst overlap");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return [=] { pa::merge_heads(h.batch, h.len, h.heads, h.head_dim, src, dst, *pool); };
+  return [=] { pa::merge_heads(h.batch, h.len, h.heads, h.head_dim, src, dst, stride, *pool); };
 }
 
 Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
@@ -205,7 +169,7 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
   Napi::Env env = info.Env();
   if (!info[0].IsArray()) throw_type_error(env, "plan: expected an array of steps");
   const Napi::Array steps = info[0].As<Napi::Array>();
-  PlanContext ctx{env, &active_kernels(), pa::global_pool(), keep_alive};
+  PlanContext ctx{env, &active_kernels(), pa::global_pool(), keep_alive, atomic ? nullptr : cancel.get()};
   Plan plan;
   plan.cancel = cancel;
   plan.atomic = atomic;
@@ -242,7 +206,7 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
           throw pa::InputError(label + ": " + error.what(), error.code());
         }
       });
-    } else {
+    } else if (!parse_model_step(ctx, op, s, &plan.steps)) {
       throw_range_error(env, "plan step " + std::to_string(i) + ": unknown op '" + op + "'");
     }
   }

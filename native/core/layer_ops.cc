@@ -157,14 +157,14 @@ void split_heads(std::size_t batch, std::size_t len, std::size_t heads, std::siz
 }
 
 void merge_heads(std::size_t batch, std::size_t len, std::size_t heads, std::size_t head_dim,
-                 const float* src, float* dst, ThreadPool& pool) {
+                 const float* src, float* dst, std::size_t dst_stride, ThreadPool& pool) {
   const std::size_t width = heads * head_dim;
   if (batch * len == 0 || width == 0) return;
   const std::size_t grain = std::max<std::size_t>(1, 16384 / width);
   pool.parallel_for(batch * len, grain, [&](std::size_t begin, std::size_t end, std::size_t) {
     for (std::size_t row = begin; row < end; ++row) {
       const std::size_t b = row / len, l = row % len;
-      float* d = dst + row * width;
+      float* d = dst + row * dst_stride;
       for (std::size_t h = 0; h < heads; ++h) {
         std::memcpy(d + h * head_dim, src + ((b * heads + h) * len + l) * head_dim, head_dim * sizeof(float));
       }

@@ -31,11 +31,11 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
 void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma, const float* beta,
                 float eps, float* y, ThreadPool& pool);
 
-// [B, L, H*dh] (row stride src_stride >= H*dh, so a slice of a wider projection works)
-//   <-> [B, H, L, dh] dense
+// [B, L, H*dh] (row stride src_stride / dst_stride >= H*dh, so a slice of a wider
+// projection works) <-> [B, H, L, dh] dense
 void split_heads(std::size_t batch, std::size_t len, std::size_t heads, std::size_t head_dim,
                  const float* src, std::size_t src_stride, float* dst, ThreadPool& pool);
 void merge_heads(std::size_t batch, std::size_t len, std::size_t heads, std::size_t head_dim,
-                 const float* src, float* dst, ThreadPool& pool);
+                 const float* src, float* dst, std::size_t dst_stride, ThreadPool& pool);
 
 }  // namespace pa

@@ -362,7 +362,7 @@ TEST("layers/split_heads and merge_heads: exact, strided source, guards, round t
             }
           }
         }
-        pa::merge_heads(B, L, H, dh, heads.data(), merged.data(), pool);
+        pa::merge_heads(B, L, H, dh, heads.data(), merged.data(), H * dh, pool);
         for (std::size_t row = 0; row < B * L; ++row) {
           for (std::size_t c = 0; c < width; ++c) ok = ok && merged[row * width + c] == src[row * stride + extra + c];
         }

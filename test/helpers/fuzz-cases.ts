@@ -532,15 +532,22 @@ export async function runFuzz(seed: number, count: number, onCase?: (i: number) 
   return fuzzer.summary;
 }
 
-if (require.main === module) {
+/**
+ * The child process's main: runs `count` cases of seed argv[2] (count argv[3]), writing
+ * `case N` to stderr before each (so a crash names it) and the summary as one JSON line.
+ */
+export function fuzzMain(run: (seed: number, count: number, onCase: (i: number) => void) => Promise<unknown>, defaultCount: number): void {
   const seed = Number(process.argv[2] ?? 1);
-  const count = Number(process.argv[3] ?? 1000);
-  // The case about to run goes to stderr first, so a crash names it.
-  runFuzz(seed, count, (i) => writeSync(2, `case ${i}\n`)).then(
+  const count = Number(process.argv[3] ?? defaultCount);
+  run(seed, count, (i) => writeSync(2, `case ${i}\n`)).then(
     (summary) => console.log(JSON.stringify(summary)),
     (error) => {
       console.error(error);
       process.exit(2);
     },
   );
+}
+
+if (require.main === module) {
+  fuzzMain(runFuzz, 1000);
 }

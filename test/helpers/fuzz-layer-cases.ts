@@ -7,7 +7,6 @@
 // finite inputs; sync and async bits equal; decoding step by step equal to the causal
 // forward pass; nothing changed by a rejected loadParameters) or in a TypeError /
 // RangeError / Error with a `code`. The child prints one JSON summary line.
-import { writeSync } from 'node:fs';
 
 import {
   DecoderLayer,
@@ -21,7 +20,7 @@ import {
   type Tensor,
 } from '../../lib';
 import { crc32 } from '../../lib/layers/parameters';
-import { Fuzzer, withTimeout } from './fuzz-cases';
+import { Fuzzer, fuzzMain, withTimeout } from './fuzz-cases';
 import { allFinite, randn, relFrobenius } from './reference';
 
 /** Step-by-step decoding against the causal forward pass (README: tested to 1e-5). */
@@ -1074,15 +1073,4 @@ export async function runLayerFuzz(seed: number, count: number, onCase?: (i: num
   return fuzzer.summary;
 }
 
-if (require.main === module) {
-  const seed = Number(process.argv[2] ?? 1);
-  const count = Number(process.argv[3] ?? 1000);
-  // The case about to run goes to stderr first, so a crash names it.
-  runLayerFuzz(seed, count, (i) => writeSync(2, `case ${i}\n`)).then(
-    (summary) => console.log(JSON.stringify(summary)),
-    (error) => {
-      console.error(error);
-      process.exit(2);
-    },
-  );
-}
+if (require.main === module) fuzzMain(runLayerFuzz, 1000);

@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+'use strict';
+// Generation benchmark of a PerformerLM (dim 512, depth 6, 8 heads of 64, m = 266
+// features, random weights): prefill tokens/s, per-token step latency after contexts of
+// C tokens, the state's size, and the time to recompute the prefix for one token (what
+// performer-pytorch's generate does at every step). Medians of repeated runs; ratios
+// come from the same run. Both numerics by default.
+//   npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096]
+//                             [--runs 3] [--numerics performer-pytorch,exact] [--json results/generate.json]
+const fs = require('node:fs');
+const path = require('node:path');
+const { performance } = require('node:perf_hooks');
+const { parseArgs } = require('node:util');
+const { PerformerLM, backendInfo } = require('..');
+const { median, quantile, mean } = require('./lib/stats');
+
+const { values: flags } = parseArgs({
+  options: {
+    contexts: { type: 'string', default: '256,4096,65536' },
+    steps: { type: 'string', default: '32' },
+    'recompute-up-to': { type: 'string', default: '4096' },
+    runs: { type: 'string', default: '3' },
+    numerics: { type: 'string', default: 'performer-pytorch,exact' },
+    json: { type: 'string' },
+  },
+});
+const contexts = flags.contexts.split(',').map(Number);
+const steps = Number(flags.steps);
+const recomputeUpTo = Number(flags['recompute-up-to']);
+const runs = Number(flags.runs);
+const config = { num_tokens: 256, max_seq_len: 4096, dim: 512, depth: 6, heads: 8, dim_head: 64, causal: true };
+
+const time = (fn) => {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+};
+// Byte-like token streams from a fixed generator (the weights are random anyway).
+let seed = 0x2545f491;
+const token = () => {
+  seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0;
+  return seed % 256;
+};
+const tokens = (n) => Int32Array.from({ length: n }, token);
+
+const info = backendInfo();
+console.log(`backend ${info.isa}, ${info.threads} threads; PerformerLM dim ${config.dim}, depth ${config.depth}, ${config.heads} heads of ${config.dim_head}, ` +
+  `m = ${Math.floor(64 * Math.log(64))}, num_tokens ${config.num_tokens}, random weights; rotary positions (computed past max_seq_len)`);
+const report = { backend: info, config, steps, runs, results: [] };
+
+for (const numerics of flags.numerics.split(',')) {
+  const lm = PerformerLM.random(config, { seed: 1, numerics });
+  console.log(`\nnumerics '${numerics}': prefill, then ${steps} single-token steps (stepSync)`);
+  console.log('| context | prefill | prefill tokens/s | step median | step p90 | step mean | recomputes | state bytes | recompute prefix, 1 token | recompute / step |');
+  console.log('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const context of contexts) {
+    const prompt = tokens(context);
+    // Prefill: median of runs (the longest context once: it takes tens of seconds).
+    const prefillRuns = context >= 32768 ? 1 : runs;
+    let state;
+    const prefill = median(
+      Array.from({ length: prefillRuns }, () => {
+        state = lm.createState();
+        return time(() => lm.stepSync(prompt, state));
+      }),
+    );
+    const before = state.recomputes;
+    const stepTimes = Array.from({ length: steps }, () => time(() => lm.stepSync(Int32Array.of(token()), state)));
+    const recomputes = state.recomputes - before;
+    const bytes = state.serialize().length;
+    // What performer-pytorch does per generated token: a forward over the whole prefix.
+    let recompute = null;
+    if (context <= recomputeUpTo) {
+      const input = { data: prompt, shape: [1, context] };
+      lm.forwardSync({ data: prompt.subarray(0, 16), shape: [1, 16] });
+      recompute = median(Array.from({ length: runs }, () => time(() => lm.forwardSync(input))));
+    }
+    const row = {
+      numerics,
+      context,
+      prefillMs: prefill,
+      prefillTokensPerSecond: (context / prefill) * 1000,
+      stepMedianMs: median(stepTimes),
+      stepP90Ms: quantile(stepTimes, 0.9),
+      stepMeanMs: mean(stepTimes),
+      recomputes,
+      stateBytes: bytes,
+      recomputePrefixMs: recompute,
+    };
+    report.results.push(row);
+    const ms = (v) => (v >= 100 ? `${v.toFixed(0)} ms` : `${v.toFixed(2)} ms`);
+    console.log(
+      `| ${context} | ${ms(prefill)} | ${row.prefillTokensPerSecond.toFixed(0)} | ${ms(row.stepMedianMs)} | ${ms(row.stepP90Ms)} | ${ms(row.stepMeanMs)} | ` +
+        `${recomputes} | ${bytes} | ${recompute === null ? '-' : ms(recompute)} | ${recompute === null ? '-' : `${(recompute / row.stepMedianMs).toFixed(0)}x`} |`,
+    );
+  }
+}
+
+if (flags.json) {
+  fs.mkdirSync(path.dirname(path.resolve(flags.json)), { recursive: true });
+  fs.writeFileSync(flags.json, JSON.stringify(report, null, 2));
+  console.log(`\nwrote ${flags.json}`);
+}

@@ -1,0 +1,520 @@
+/**
+ * A language model trained with performer-pytorch (`PerformerLM`), run here: logits for
+ * whole sequences, and generation token by token from a decoding state whose size does
+ * not grow with the context. Shape legend: B = batch, L = tokens, V = num_tokens,
+ * D = dim.
+ *   forward: tokens [B, L] (Int32Array) -> logits [B, L, V]
+ *   step:    tokens of one sequence (Int32Array) -> logits of the last one [V]
+ */
+import { describe, rangeError, stateError, typeError } from '../errors';
+import { checkModelSize } from '../layers/parameters';
+import { PlanBuilder } from '../layers/plan';
+import { readLayerSignal } from '../layers/multi-head-attention';
+import { deserializeState, type StateArray } from '../layers/decoding';
+import type { MaskLike, Tensor } from '../tensor';
+import { newFloat32Array, readMask, readOptions } from '../validate';
+import { Linear } from '../layers/parameters';
+import { inverseFrequencies, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
+import { readLMConfig, type LMConfig, type PerformerLMPytorchConfig } from './config';
+import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
+import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
+import { readSampler, sample, type SamplingOptions } from './sampling';
+import { readTokenList, readTokens } from './tokens';
+import { PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
+
+/** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
+export interface TokenTensor {
+  /** The ids, row-major. */
+  readonly data: Int32Array;
+  /** `[B, L]`. */
+  readonly shape: readonly number[];
+}
+
+/** Token ids of one sequence: Int32Array, Uint8Array (bytes of a byte-level model), Uint16Array or an array. */
+export type TokenIds = Int32Array | Uint8Array | Uint16Array | readonly number[];
+
+/** Options of {@link PerformerLM.forward}. */
+export interface LMForwardOptions {
+  /** `[B, L]` Uint8Array, 1 = keep (performer-pytorch's `mask`, True = keep). Default: every token kept. */
+  mask?: MaskLike;
+  /** Aborting rejects the Promise with an AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link PerformerLM.generate}. */
+export interface GenerateOptions extends SamplingOptions {
+  /** Tokens to generate at most. Required. */
+  maxNewTokens: number;
+  /** Generation stops after yielding one of these. */
+  stopTokens?: readonly number[];
+  /** Aborting stops the generation: the iterator rejects with an AbortError. */
+  signal?: AbortSignal;
+  /**
+   * Continue this state (it absorbs the prompt, then every token yielded). Default: a
+   * new state, dropped at the end.
+   */
+  state?: PerformerLMState;
+}
+
+type Positions = { kind: 'sinusoid'; table: Float32Array; rows: number; invFreq: Float32Array } | { kind: 'learned'; table: Float32Array; rows: number };
+
+const ROOT = 'performer.net.';
+const ALIASES: [string, string][] = [[ROOT, 'performer.proj_updater.instance.']];
+
+/**
+ * A performer-pytorch `PerformerLM` (1.1.4): token and position embeddings, the
+ * Performer stack (FAVOR+ and local heads, every wrapper and feed-forward option),
+ * final LayerNorm, logits. With `'performer-pytorch'` numerics (the default) it gives
+ * the outputs, and the greedy generations, that the Python package gives.
+ */
+export class PerformerLM {
+  /** The resolved configuration (every default filled in; camelCase names). */
+  readonly config: LMConfig;
+  /** How the FAVOR+ heads compute (see {@link Numerics}). */
+  readonly numerics: Numerics;
+  private readonly stack: PerformerStack;
+  private readonly source: TensorSource;
+  private readonly tokenEmb: Float32Array;
+  private readonly positions: Positions;
+  private readonly layerRotary: RotaryTable | null;
+  private readonly norm: { gamma: Float32Array; beta: Float32Array };
+  private readonly head: Linear;
+  private cachedFingerprint: string | null = null;
+
+  private constructor(config: LMConfig, numerics: Numerics, source: TensorSource, fn: string) {
+    this.config = config;
+    this.numerics = numerics;
+    this.source = source;
+    const c = config;
+    const D = c.dim;
+    checkModelSize(parameterCount(c), fn, 'dim, depth, heads, dim_head, ff_mult, nb_features, num_tokens or max_seq_len');
+    this.tokenEmb = source.take('token_emb.weight', [c.numTokens, D]);
+    if (c.positions === 'rotary') {
+      this.positions = { kind: 'sinusoid', table: source.take('pos_emb.emb', [c.maxSeqLen, D]), rows: c.maxSeqLen, invFreq: inverseFrequencies(D) };
+      this.layerRotary = { table: source.take('layer_pos_emb.emb', [c.maxSeqLen, c.dimHead]), rows: c.maxSeqLen, invFreq: inverseFrequencies(c.dimHead) };
+    } else if (c.positions === 'absolute') {
+      this.positions = { kind: 'learned', table: source.take('pos_emb.emb.weight', [c.maxSeqLen, D]), rows: c.maxSeqLen };
+      this.layerRotary = null;
+    } else {
+      this.positions = axialTable(c, source);
+      this.layerRotary = null;
+    }
+    this.stack = new PerformerStack(c, numerics, source, ROOT);
+    this.norm = { gamma: source.take('norm.weight', [D]), beta: source.take('norm.bias', [D]) };
+    this.head = c.tieEmbed
+      ? new Linear(D, c.numTokens, this.tokenEmb, null)
+      : new Linear(D, c.numTokens, source.take('to_out.weight', [c.numTokens, D]), source.take('to_out.bias', [c.numTokens]));
+    source.finish(describeConfig(c));
+    this.stack.prepare();
+  }
+
+  /**
+   * Loads a model trained with performer-pytorch 1.1.4.
+   * @param weights The `state_dict()`: a safetensors path, its bytes, or tensors by name
+   *   (`readSafetensors(...)` or its `.tensors`). Duplicates under `proj_updater.instance.`
+   *   are accepted and ignored.
+   * @param config The Python constructor's keyword arguments, Python names, e.g.
+   *   `{ num_tokens: 256, max_seq_len: 1024, dim: 512, depth: 6, heads: 8, causal: true }`;
+   *   omitted keys take PerformerLM's defaults.
+   * @throws TypeError / RangeError naming the config key or the tensors that do not fit.
+   */
+  static fromPerformerPytorch(weights: PerformerPytorchWeights, config: PerformerLMPytorchConfig, options?: PerformerPytorchOptions): PerformerLM {
+    const fn = 'PerformerLM.fromPerformerPytorch';
+    const c = readLMConfig(config, fn);
+    const { numerics } = readModelOptions(options, fn, false);
+    return new PerformerLM(c, numerics, tensorSource(weights, fn, ALIASES, null, 'token_emb.weight'), fn);
+  }
+
+  /** A model with random weights of the given configuration (benchmarks, tests). */
+  static random(config: PerformerLMPytorchConfig, options?: RandomModelOptions): PerformerLM {
+    const fn = 'PerformerLM.random';
+    const c = readLMConfig(config, fn);
+    const { numerics, seed } = readModelOptions(options, fn, true);
+    return new PerformerLM(c, numerics, tensorSource(null, fn, ALIASES, seed), fn);
+  }
+
+  /** Copies of the weights under their state_dict names (without the proj_updater duplicates). */
+  parameters(): Record<string, Tensor> {
+    return parameterCopies(this.source);
+  }
+
+  /**
+   * Logits of every position, off the event loop.
+   * @param tokens `{ data: Int32Array, shape: [B, L] }`, ids in [0, num_tokens).
+   * @returns `{ data: Float32Array, shape: [B, L, num_tokens] }`.
+   * @throws TypeError / RangeError for bad tokens or mask, or L beyond max_seq_len with
+   *   learned (absolute or axial) positions; AbortError when `signal` aborts.
+   */
+  async forward(tokens: TokenTensor, options?: LMForwardOptions): Promise<Tensor> {
+    const { b, out, signal } = this.buildForward(tokens, options, 'PerformerLM.forward', true);
+    await b.run(signal);
+    return out;
+  }
+
+  /** The blocking twin of {@link forward}. */
+  forwardSync(tokens: TokenTensor, options?: Omit<LMForwardOptions, 'signal'>): Tensor {
+    const { b, out } = this.buildForward(tokens, options, 'PerformerLM.forwardSync', false);
+    b.runSync();
+    return out;
+  }
+
+  /** A new decoding state (one sequence, no tokens yet). */
+  createState(): PerformerLMState {
+    const arrays: StateArray[] = [];
+    const layers = this.config.causal ? this.stack.createStates(1) : [];
+    for (const s of lmStateSpec(this.stack, this.keepsHistory(), 0)) {
+      const l = s.name.startsWith('layers.') ? Number(s.name.split('.')[1]) : -1;
+      const st = l >= 0 ? layers[l] : null;
+      const data =
+        s.name === 'stats' || s.name === 'tokens'
+          ? new Int32Array(s.length)
+          : s.name.endsWith('.global')
+            ? st!.global!
+            : s.name.endsWith('.local')
+              ? st!.local!
+              : s.name.endsWith('shift.attn')
+                ? st!.shiftAttn!
+                : st!.shiftFf!;
+      arrays.push({ name: s.name, data });
+    }
+    return makeLMState(this.fingerprint(), arrays);
+  }
+
+  /**
+   * Reads a state written by `state.serialize()` (of this model, with the same numerics).
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for corrupt or truncated bytes, another
+   *   format version, or a state of another model.
+   */
+  loadState(bytes: Uint8Array): PerformerLMState {
+    const fn = 'PerformerLM.loadState';
+    const state = deserializeState(
+      bytes,
+      this.fingerprint(),
+      (batch, position) => {
+        if (batch !== 1) throw rangeError(`${fn}: a PerformerLM state holds one sequence, received batch ${batch}`, 'ERR_INVALID_ARG_VALUE');
+        return lmStateSpec(this.stack, this.keepsHistory(), position);
+      },
+      fn,
+      (model, _batch, arrays) => makeLMState(model, arrays),
+    ) as PerformerLMState;
+    const history = state.history();
+    if (history !== null) readTokenList(history, `${fn}: token history`, this.config.numTokens);
+    return state;
+  }
+
+  /**
+   * Advances `state` by `tokens` (one token, or a whole prompt) and returns the logits of
+   * the last one. Off the event loop. A step aborted before it starts leaves the state as
+   * it was; once running it completes (and resolves). A prompt longer than 4 096 tokens goes
+   * through in chunks of 4 096 when the state keeps no token history (the same result,
+   * bounded memory): an abort between chunks leaves the chunks absorbed, `state.position`
+   * says how many tokens.
+   * @throws TypeError / RangeError for bad tokens, a state of another model, or
+   *   positions past learned position embeddings; Error (`ERR_INVALID_STATE`) while
+   *   another step uses the state or after a failed step broke it; AbortError.
+   */
+  async step(tokens: TokenIds, state: PerformerLMState, options?: { signal?: AbortSignal }): Promise<Float32Array> {
+    const fn = 'PerformerLM.step';
+    const o = readOptions<{ signal?: AbortSignal }>(options, `${fn} options`, ['signal']);
+    const signal = readLayerSignal(o.signal, `${fn} options.signal`);
+    const t = this.readStep(tokens, state, fn);
+    state.busy = true;
+    try {
+      const logits = new Float32Array(this.config.numTokens);
+      if (!this.config.causal) {
+        // Nothing in the state changes until the pass is done: it may stop half way.
+        await this.wholePass(concat(state.history()!, t), null, logits, fn).run(signal);
+        absorbRecomputed(state, t);
+        return logits;
+      }
+      for (const chunk of this.chunks(t)) {
+        const layers = state.layerStates(this.stack);
+        const b = this.passPlan(chunk, 1, chunk.length, state.position, null, layers, 'last', logits, fn);
+        await runGuarded(state, () => b.run(signal, true));
+        state.appendTokens(chunk);
+        if (this.mustRecompute(layers)) {
+          const fresh = this.stack.createStates(1);
+          const whole = this.wholePass(state.history()!, fresh, logits, fn);
+          await runGuarded(state, () => whole.run(undefined, true));
+          state.replaceLayers(fresh);
+          state.countRecompute();
+        }
+        state.position += chunk.length;
+      }
+      return logits;
+    } finally {
+      state.busy = false;
+    }
+  }
+
+  /** The blocking twin of {@link step}. */
+  stepSync(tokens: TokenIds, state: PerformerLMState): Float32Array {
+    const fn = 'PerformerLM.stepSync';
+    const t = this.readStep(tokens, state, fn);
+    const logits = new Float32Array(this.config.numTokens);
+    if (!this.config.causal) {
+      this.wholePass(concat(state.history()!, t), null, logits, fn).runSync();
+      absorbRecomputed(state, t);
+      return logits;
+    }
+    for (const chunk of this.chunks(t)) {
+      const layers = state.layerStates(this.stack);
+      const b = this.passPlan(chunk, 1, chunk.length, state.position, null, layers, 'last', logits, fn);
+      runGuardedSync(state, () => b.runSync());
+      state.appendTokens(chunk);
+      if (this.mustRecompute(layers)) {
+        const fresh = this.stack.createStates(1);
+        const whole = this.wholePass(state.history()!, fresh, logits, fn);
+        runGuardedSync(state, () => whole.runSync());
+        state.replaceLayers(fresh);
+        state.countRecompute();
+      }
+      state.position += chunk.length;
+    }
+    return logits;
+  }
+
+  /**
+   * Generates tokens, streaming: the prompt in one causal pass, then one step per token
+   * from the decoding state (O(1) in the context length). Greedy by default
+   * (temperature 0). The state (`options.state` or a new one) absorbs the prompt and
+   * every token yielded; when the consumer stops early or aborts, `state.position` says
+   * how many tokens it holds.
+   * @param prompt Token ids (Int32Array or array); may be empty when `options.state` already holds tokens.
+   * @throws (synchronously) TypeError / RangeError for bad prompt or options.
+   */
+  generate(prompt: TokenIds, options: GenerateOptions): AsyncGenerator<number, void, undefined> {
+    const fn = 'PerformerLM.generate';
+    if (options === undefined) throw typeError(`${fn} options: required ({ maxNewTokens, ... }), received undefined`);
+    const o = readOptions<GenerateOptions>(options, `${fn} options`, ['maxNewTokens', 'temperature', 'topK', 'topP', 'seed', 'stopTokens', 'signal', 'state']);
+    if (o.maxNewTokens === undefined) throw typeError(`${fn} options.maxNewTokens: required, received undefined`);
+    if (typeof o.maxNewTokens !== 'number' || !Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 1) {
+      throw rangeError(`${fn} options.maxNewTokens: expected an integer >= 1, received ${describe(o.maxNewTokens)}`);
+    }
+    const maxNew = o.maxNewTokens;
+    const sampler = readSampler(o, fn, this.config.numTokens);
+    const stop = new Set(o.stopTokens === undefined ? [] : readTokenList(Array.isArray(o.stopTokens) ? [...o.stopTokens] : o.stopTokens, `${fn} options.stopTokens`, this.config.numTokens));
+    const signal = readLayerSignal(o.signal, `${fn} options.signal`);
+    const p = readTokenList(prompt, `${fn} prompt`, this.config.numTokens);
+    if (o.state !== undefined) this.checkState(o.state, `${fn} options.state`);
+    const state = o.state ?? this.createState();
+    if (p.length === 0 && state.position === 0) throw rangeError(`${fn} prompt: at least one token is needed to start a generation`);
+    if (p.length === 0 && state.history() === null) {
+      throw rangeError(`${fn} prompt: empty, and this state keeps no token history to recompute the last logits from; pass at least the next token`);
+    }
+    this.checkPositions(state.position, p.length + maxNew, fn);
+    const self = this;
+    async function* run(): AsyncGenerator<number, void, undefined> {
+      let logits = p.length > 0 ? await self.step(p, state, { signal }) : await self.lastLogits(state, signal);
+      for (let i = 0; i < maxNew; i++) {
+        const token = sample(logits, sampler);
+        yield token;
+        logits = await self.step(Int32Array.of(token), state, { signal });
+        if (stop.has(token)) return;
+      }
+    }
+    return run();
+  }
+
+  /** @internal The fingerprint of configuration, numerics and weights (decoding states carry it). */
+  fingerprint(): string {
+    if (this.cachedFingerprint === null) this.cachedFingerprint = modelFingerprint('PerformerLM', this.config, this.numerics, this.source);
+    return this.cachedFingerprint;
+  }
+
+  // Whether states keep their tokens: a model that is not causal recomputes every step;
+  // with performer-pytorch numerics, softmax features below the top layer may need it.
+  private keepsHistory(): boolean {
+    const c = this.config;
+    if (!c.causal) return true;
+    return this.numerics === 'performer-pytorch' && c.features === 'softmax' && this.stack.layers.some((_, l) => l < c.depth - 1 && this.stack.globalHeads(l) > 0);
+  }
+
+  // A global head's key maximum rose in a layer below the top: the layers above saw keys
+  // that performer-pytorch would now compute differently (see docs/performer-pytorch.md).
+  private mustRecompute(layers: LayerState[]): boolean {
+    if (!this.keepsHistory()) return false;
+    return layers.some((s, l) => l < this.config.depth - 1 && s.maxRose[0] !== 0);
+  }
+
+  // The whole token sequence in one pass, as performer-pytorch recomputes it: into fresh
+  // states (a rebuilt prefix) or none (a model that is not causal).
+  private wholePass(tokens: Int32Array, fresh: LayerState[] | null, logits: Float32Array, fn: string): PlanBuilder {
+    return this.passPlan(tokens, 1, tokens.length, 0, null, fresh, 'last', logits, fn);
+  }
+
+  // A step's tokens in chunks of PREFILL_CHUNK when the state keeps no history (the same
+  // result: a state continues exactly); whole otherwise (a chunk could raise the key
+  // maximum of a lower layer, and the recompute would then be a whole pass anyway).
+  private chunks(tokens: Int32Array): Int32Array[] {
+    if (this.keepsHistory() || tokens.length <= PREFILL_CHUNK) return [tokens];
+    const out: Int32Array[] = [];
+    for (let i = 0; i < tokens.length; i += PREFILL_CHUNK) out.push(tokens.subarray(i, i + PREFILL_CHUNK));
+    return out;
+  }
+
+  // Logits of the last token a state holds (a generation that starts from a state with
+  // no new prompt), recomputed from its token history.
+  private async lastLogits(state: PerformerLMState, signal: AbortSignal | undefined): Promise<Float32Array> {
+    const logits = new Float32Array(this.config.numTokens);
+    // generate() checked that the state keeps its history.
+    await this.wholePass(state.history()!, null, logits, 'PerformerLM.generate').run(signal);
+    return logits;
+  }
+
+  private checkState(state: unknown, fn: string): asserts state is PerformerLMState {
+    if (!(state instanceof PerformerLMState)) throw typeError(`${fn}: expected a PerformerLMState (from createState or loadState), received ${describe(state)}`);
+    if (state.model !== this.fingerprint()) {
+      throw rangeError(`${fn}: made by a different model (other weights, configuration or numerics)`, 'ERR_INVALID_ARG_VALUE');
+    }
+    if (state.busy) throw stateError(`${fn}: another step is using this state; await it first`);
+    state.checkUsable(fn);
+  }
+
+  private readStep(tokens: unknown, state: PerformerLMState, fn: string): Int32Array {
+    this.checkState(state, `${fn} state`);
+    const t = readTokenList(tokens, `${fn} tokens`, this.config.numTokens);
+    if (t.length === 0) throw rangeError(`${fn} tokens: expected at least one token, received none`);
+    this.checkPositions(state.position, t.length, fn);
+    return t;
+  }
+
+  private checkPositions(start: number, count: number, fn: string): void {
+    const p = this.positions;
+    if (p.kind === 'learned' && start + count > p.rows) {
+      throw rangeError(
+        `${fn}: positions ${start} to ${start + count - 1} go past the model's learned ${this.config.positions} position embeddings, ` +
+          `which cover positions 0 to ${p.rows - 1} (max_seq_len ${this.config.maxSeqLen}; rotary positions have no such limit)`,
+      );
+    }
+  }
+
+  private buildForward(tokens: unknown, options: unknown, fn: string, async: boolean) {
+    const o = readOptions<LMForwardOptions>(options, `${fn} options`, async ? ['mask', 'signal'] : ['mask']);
+    const t = readTokens(tokens, `${fn} tokens`, this.config.numTokens);
+    const [B, L] = t.shape;
+    this.checkPositions(0, L, fn);
+    const keep = o.mask === undefined ? null : readMask(o.mask, `${fn} options.mask`, [B, L]);
+    const V = this.config.numTokens;
+    const out = newFloat32Array(B * L * V, `${fn} logits`);
+    const b = this.passPlan(t.data, B, L, 0, keep, null, 'all', out, fn);
+    return { b, out: { data: out, shape: Object.freeze([B, L, V]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+  }
+
+  // Embeddings, the stack, the final norm and the logits of every row or of the last one.
+  private passPlan(
+    tokens: Int32Array,
+    batch: number,
+    len: number,
+    start: number,
+    keep: Uint8Array | null,
+    states: LayerState[] | null,
+    rows: 'all' | 'last',
+    out: Float32Array,
+    fn: string,
+  ): PlanBuilder {
+    const c = this.config;
+    const D = c.dim;
+    const b = new PlanBuilder();
+    const x = b.acquire(batch * len * D);
+    const p = this.positions;
+    b.add({
+      op: 'embed',
+      tokens,
+      rows: batch * len,
+      len,
+      dim: D,
+      table: this.tokenEmb,
+      numTokens: c.numTokens,
+      start,
+      out: x,
+      positions: p.kind,
+      posTable: p.table,
+      posRows: p.rows,
+      invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
+    });
+    const y = b.acquire(batch * len * D);
+    this.stack.plan(b, { x, y, batch, len, keep, start, rotary: this.layerRotary, states, label: fn });
+    b.release(x);
+    const n = rows === 'all' ? batch * len : 1;
+    const last = rows === 'all' ? y : y.subarray((len - 1) * D, len * D);
+    const normed = b.acquire(n * D);
+    b.add({ op: 'layerNorm', x: last, rows: n, dim: D, gamma: this.norm.gamma, beta: this.norm.beta, eps: 1e-5, y: normed });
+    b.add({ op: 'linear', x: normed, rows: n, in: D, out: c.numTokens, packed: this.head.packed, bias: this.head.bias, activation: 'none', y: out });
+    b.release(normed);
+    b.release(y);
+    b.checkOutput(out, fn);
+    return b;
+  }
+}
+
+// Rows of a prompt per pass when the state keeps no history (bounds the temporaries).
+const PREFILL_CHUNK = 4096;
+
+// Runs a pass that advances a state: if it fails, the state is marked broken (its arrays
+// may hold part of the pass). An atomic pass only rejects with AbortError before it starts.
+async function runGuarded(state: PerformerLMState, run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (error) {
+    if ((error as { name?: string }).name !== 'AbortError') state.broken = true;
+    throw error;
+  }
+}
+
+// A model that is not causal: the tokens join the history once its whole pass succeeded.
+function absorbRecomputed(state: PerformerLMState, tokens: Int32Array): void {
+  state.appendTokens(tokens);
+  state.countRecompute();
+  state.position += tokens.length;
+}
+
+function concat(a: Int32Array, b: Int32Array): Int32Array {
+  const out = new Int32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+function runGuardedSync(state: PerformerLMState, run: () => void): void {
+  try {
+    run();
+  } catch (error) {
+    state.broken = true;
+    throw error;
+  }
+}
+
+// The axial table [prod(shape), D]: position t sums one row of each axis's table.
+function axialTable(c: LMConfig, source: TensorSource): Positions {
+  const shape = c.axialShape;
+  const rows = shape.reduce((a, b) => a * b, 1);
+  const D = c.dim;
+  const table = new Float32Array(rows * D);
+  shape.forEach((size, axis) => {
+    const dims = [1, ...shape.map((s, i) => (i === axis ? s : 1)), D];
+    // axial-positional-embedding 0.2 names weights_0, 0.3 names weights.0.
+    const name = source.has(`pos_emb.weights.${axis}`) ? `pos_emb.weights.${axis}` : `pos_emb.weights_${axis}`;
+    const w = source.take(name, dims);
+    const inner = shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+    for (let t = 0; t < rows; t++) {
+      const index = Math.floor(t / inner) % size;
+      for (let j = 0; j < D; j++) table[t * D + j] += w[index * D + j];
+    }
+  });
+  // Performer-pytorch sums the axes in float32, axis by axis; the sum above matches.
+  return { kind: 'learned', table, rows };
+}
+
+function parameterCount(c: LMConfig): number {
+  const inner = c.heads * c.dimHead;
+  const hidden = c.dim * c.ffMult;
+  const layer = 4 * c.dim * inner + 3 * inner + c.dim + c.dim * hidden * (c.ffGlu ? 3 : 2) + 3 * hidden + c.numFeatures * c.dimHead + 4 * c.dim;
+  const axial = c.positions === 'axial' ? c.axialShape.reduce((a, b) => a + b, 0) * c.dim + c.axialShape.reduce((a, b) => a * b, 1) * c.dim : 0;
+  return c.depth * layer + 2 * c.numTokens * c.dim + c.maxSeqLen * (c.dim + c.dimHead) + axial;
+}
+
+function describeConfig(c: LMConfig): string {
+  return `dim ${c.dim}, depth ${c.depth}, heads ${c.heads}, dim_head ${c.dimHead}, nb_features ${c.numFeatures}, positions ${c.positions}, norm ${c.norm}` +
+    `${c.reversible ? ', reversible' : ''}${c.shiftTokens ? ', shift_tokens' : ''}${c.ffGlu ? ', ff_glu' : ''}${c.tieEmbed ? ', tie_embed' : ''}`;
+}

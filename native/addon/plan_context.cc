@@ -1,0 +1,69 @@
+#include "addon/plan_context.h"
+
+#include <string>
+
+#include "addon/convert.h"
+
+namespace pa_addon {
+
+float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
+  const Napi::Value value = step.Get(key);
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  const FloatView view = float32_array(value, key);
+  if (view.length < needed) {
+    throw_range_error(step.Env(), std::string(key) + ": expected at least " + std::to_string(needed) +
+                                      " elements, received " + std::to_string(view.length));
+  }
+  return view.data;
+}
+
+const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
+  const Napi::Value value = step.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return nullptr;
+  return float_field(ctx, step, key, needed);
+}
+
+namespace {
+
+// A typed array property of `type`, exactly `length` elements, not detached.
+template <typename T>
+T* typed_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length, napi_typedarray_type type,
+               const char* type_name) {
+  const Napi::Value value = step.Get(key);
+  if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throw_type_error(step.Env(), std::string(key) + ": expected " + type_name);
+  }
+  auto array = value.As<Napi::TypedArrayOf<T>>();
+  if (array.ArrayBuffer().IsDetached()) {
+    throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+  }
+  if (array.ElementLength() != length) {
+    throw_range_error(step.Env(), std::string(key) + ": expected " + std::to_string(length) + " elements, received " +
+                                      std::to_string(array.ElementLength()));
+  }
+  return array.Data();
+}
+
+}  // namespace
+
+std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length,
+                          bool optional) {
+  const Napi::Value value = step.Get(key);
+  if (optional && (value.IsUndefined() || value.IsNull())) return nullptr;
+  return typed_field<std::uint8_t>(ctx, step, key, length, napi_uint8_array, "a Uint8Array");
+}
+
+const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length) {
+  return typed_field<std::int32_t>(ctx, step, key, length, napi_int32_array, "an Int32Array");
+}
+
+std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width) {
+  if (rows == 0) return 0;
+  if (stride < width) throw_range_error(env, "stride: smaller than the row width");
+  return checked_mul(env, rows - 1, stride) + width;
+}
+
+bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb) { return a < b + nb && b < a + na; }
+
+}  // namespace pa_addon

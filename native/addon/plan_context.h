@@ -1,0 +1,47 @@
+// What the parsers of plan steps share (plan_bindings.cc for the layer steps,
+// model_plan_ops.cc for the steps of performer-pytorch models): the context of one
+// plan and length-checked access to the arrays a step names.
+#pragma once
+
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "kernels/kernels.h"
+
+namespace pa_addon {
+
+// One step of a plan, converted: plain C++, runs on any thread.
+using Step = std::function<void()>;
+
+struct PlanContext {
+  Napi::Env env;
+  const pa::KernelSet* kernels;
+  std::shared_ptr<pa::ThreadPool> pool;
+  // Async plans: every array a step reads or writes, kept alive until the worker is
+  // done and checked for detachment then. Null for sync plans.
+  std::vector<Napi::Value>* arrays;
+  // Set by attention steps: the worker checks it between blocks (null: never cancelled).
+  const std::atomic<bool>* cancel;
+};
+
+// A Float32Array property holding at least `needed` elements.
+float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);
+// The same, or null when the property is absent.
+const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);
+// A Uint8Array / Int32Array property of exactly `length` elements (optional: null when absent).
+std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length,
+                          bool optional);
+const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length);
+
+// End of the rows [0, rows) of width `width` at stride `stride` (0 rows: 0).
+std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width);
+bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb);
+
+}  // namespace pa_addon
