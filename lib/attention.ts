@@ -87,7 +87,8 @@ function readSignal(value: unknown, fn: string): AbortSignal | undefined {
   return value as AbortSignal;
 }
 
-type NativeAsync = (...args: never[]) => Promise<Float32Array>;
+/** @internal */
+export type NativeAsync = (...args: never[]) => Promise<Float32Array>;
 
 /**
  * The native worker reads the inputs and writes `out` in place while the Promise is pending.
@@ -136,7 +137,8 @@ export async function runAbortable<T>(
   }
 }
 
-function runAsync(call: NativeAsync, args: readonly unknown[], signal: AbortSignal | undefined): Promise<Float32Array> {
+/** @internal */
+export function runAsync(call: NativeAsync, args: readonly unknown[], signal: AbortSignal | undefined): Promise<Float32Array> {
   const fn = call as (...a: unknown[]) => Promise<Float32Array>;
   return runAbortable((control) => (control ? fn(...args, control) : fn(...args)), signal);
 }
@@ -155,7 +157,8 @@ interface Prepared {
   keyPadding: Uint8Array | null;
 }
 
-function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Record<string, unknown>): Prepared {
+// `outName` names o.out in messages (the backward passes hand the output gradient there).
+function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Record<string, unknown>, outName = `${fn} options.out`): Prepared {
   const q = readTensor(query, 'query', 4, LEGEND);
   const k = readTensor(key, 'key', 4, LEGEND);
   const v = readTensor(value, 'value', 4, LEGEND);
@@ -176,12 +179,12 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
   const outShape = Object.freeze([B, H, Lq, Dv]);
   let out: Float32Array;
   if (o.out !== undefined) {
-    const given = readTensor(o.out, `${fn} options.out`, 4, '[batch, heads, queryLength, valueDim]');
+    const given = readTensor(o.out, outName, 4, '[batch, heads, queryLength, valueDim]');
     if (given.shape.some((s, i) => s !== outShape[i])) {
-      throw rangeError(`${fn} options.out: expected shape ${formatShape(outShape)}, received ${formatShape(given.shape)}`);
+      throw rangeError(`${outName}: expected shape ${formatShape(outShape)}, received ${formatShape(given.shape)}`);
     }
     for (const [t, name] of [[q, 'query'], [k, 'key'], [v, 'value']] as const) {
-      checkNoOverlap(given.data, `${fn} options.out`, t.data, name);
+      checkNoOverlap(given.data, outName, t.data, name);
     }
     out = given.data;
   } else {
@@ -204,9 +207,10 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
 
 const defaultMaps = new Map<number, FeatureMap>();
 
-function favorArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string) {
+/** @internal Reads and checks a FAVOR call's arguments; `outName` as for prepare. */
+export function favorArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, outName?: string) {
   const o = readOptions<FavorAttentionOptions>(options, `${fn} options`, known(FAVOR_OPTIONS, fn)) as Record<string, unknown>;
-  const p = prepare(fn, query, key, value, o);
+  const p = prepare(fn, query, key, value, o, outName);
   let map = o.featureMap as FeatureMap | undefined;
   if (map === undefined) {
     const d = p.dims.headDim;
@@ -257,9 +261,10 @@ function favorArgs(query: unknown, key: unknown, value: unknown, options: unknow
   return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
 }
 
-function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string) {
+/** @internal Reads and checks a softmax attention call's arguments; `outName` as for prepare. */
+export function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, outName?: string) {
   const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, known(SOFTMAX_OPTIONS, fn)) as Record<string, unknown>;
-  const p = prepare(fn, query, key, value, o);
+  const p = prepare(fn, query, key, value, o, outName);
   const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
   const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
   const signal = readSignal(o.signal, fn);

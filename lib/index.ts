@@ -11,6 +11,15 @@ export {
   type SoftmaxAttentionOptions,
 } from './attention';
 export {
+  favorAttentionBackward,
+  favorAttentionBackwardSync,
+  softmaxAttentionBackward,
+  softmaxAttentionBackwardSync,
+  type AttentionGradients,
+  type FavorBackwardOptions,
+  type SoftmaxBackwardOptions,
+} from './attention-backward';
+export {
   backendInfo,
   measureFmaPeak,
   setBackend,

@@ -38,6 +38,11 @@ export interface NativeAddon {
   favorAttentionAsync(...args: NativeAttentionArgs<NativeFavorOptions>): Promise<Float32Array>;
   softmaxAttentionSync(...args: NativeAttentionArgs<NativeSoftmaxOptions>): Float32Array;
   softmaxAttentionAsync(...args: NativeAttentionArgs<NativeSoftmaxOptions>): Promise<Float32Array>;
+  // The options are checked natively against the call (favor or softmax).
+  favorAttentionBackwardSync(...args: NativeBackwardArgs<NativeFavorOptions | NativeSoftmaxOptions>): NativeGradients;
+  favorAttentionBackwardAsync(...args: NativeBackwardArgs<NativeFavorOptions | NativeSoftmaxOptions>): Promise<NativeGradients>;
+  softmaxAttentionBackwardSync(...args: NativeBackwardArgs<NativeFavorOptions | NativeSoftmaxOptions>): NativeGradients;
+  softmaxAttentionBackwardAsync(...args: NativeBackwardArgs<NativeFavorOptions | NativeSoftmaxOptions>): Promise<NativeGradients>;
   runPlanSync(steps: readonly object[]): void;
   runPlanAsync(steps: readonly object[], control?: { cancel?: () => void }, atomic?: boolean): Promise<void>;
   linearPack(weight: Float32Array, inFeatures: number, outFeatures: number): Float32Array;
@@ -103,6 +108,25 @@ export type NativeAttentionArgs<O> = [
   k: Float32Array,
   v: Float32Array,
   out: Float32Array,
+  dims: NativeDims,
+  options: O,
+];
+
+/** @internal Where a backward call writes its gradients. */
+export interface NativeGradients {
+  query: Float32Array;
+  key: Float32Array;
+  value: Float32Array;
+  projection?: Float32Array;
+}
+
+/** @internal (q, k, v, gradOut, grads, dims, options) */
+export type NativeBackwardArgs<O> = readonly [
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  gradOut: Float32Array,
+  grads: NativeGradients,
   dims: NativeDims,
   options: O,
 ];

@@ -3,6 +3,7 @@
 
 #include "addon/attention_bindings.h"
 #include "addon/backend_bindings.h"
+#include "addon/backward_bindings.h"
 #include "addon/feature_map_bindings.h"
 #include "addon/model_plan_ops.h"
 #include "addon/plan_bindings.h"
@@ -13,6 +14,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   pa_addon::register_backend_bindings(env, exports);
   pa_addon::register_feature_map_bindings(env, exports);
   pa_addon::register_attention_bindings(env, exports);
+  pa_addon::register_backward_bindings(env, exports);
   pa_addon::register_plan_bindings(env, exports);
   pa_addon::register_model_bindings(env, exports);
   return exports;

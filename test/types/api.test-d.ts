@@ -130,3 +130,15 @@ fromBert({}, { prefix: 1 });
 declare const error: CodedError;
 const code: string = error.code;
 void code;
+
+// Gradients of the attention functions.
+import { favorAttentionBackward, favorAttentionBackwardSync, softmaxAttentionBackwardSync, type AttentionGradients } from '../../lib';
+const grads: AttentionGradients = favorAttentionBackwardSync(q, q, q, q, { causal: true, projectionGradient: true });
+void favorAttentionBackward(q, q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error the blocking twin takes no signal
+favorAttentionBackwardSync(q, q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error the output gradient is required
+softmaxAttentionBackwardSync(q, q, q);
+// @ts-expect-error gradients are not written into a given out
+softmaxAttentionBackwardSync(q, q, q, q, { out: q });
+void grads;
