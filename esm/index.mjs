@@ -4,6 +4,7 @@
 import performer from '../dist/index.js';
 
 export const {
+  AdamW,
   backendInfo,
   DecoderLayer,
   DecodingState,

@@ -6,16 +6,18 @@
 //   3. Monte-Carlo check of Lemma 2 (closed-form MSE of the positive and trig estimators)
 //   4. the error at a fixed m for L = 512 ... 16384
 //   5. FAVOR+ vs FAVOR++ vs SDERF (experiments/adaptive.js; ~10 s)
+//   6. backward compatibility: a softmax-trained LM fine-tuned under FAVOR+ (experiments/finetune.js; ~2 min)
 // Flags: --quick (tiny sizes), --seeds N, --out DIR (default results/experiments), --only NAME[,NAME].
 // Progress goes to stderr; tables, JSON and SVG charts to the output folder.
 const fs = require('node:fs');
 const path = require('node:path');
 const studies = require('./lib/studies');
 const adaptive = require('./adaptive');
+const finetune = require('./finetune');
 const report = require('./lib/report');
 const charts = require('./lib/charts');
 
-const NAMES = ['error-vs-m', 'd64', 'lemma2', 'length', 'adaptive'];
+const NAMES = ['error-vs-m', 'd64', 'lemma2', 'length', 'adaptive', 'finetune'];
 
 function usage(message) {
   process.stderr.write(`${message}\nusage: node experiments/run.js [--quick] [--seeds N] [--out DIR] [--only ${NAMES.join(',')}]\n`);
@@ -55,6 +57,7 @@ function config(quick, seeds) {
       lemma2: { d: 16, ms: [16], count: 200 },
       length: { Ls: [64, 128], d: 16, ms: [16] },
       adaptive: { seeds: seeds ?? 2, L: 64, quick: true },
+      finetune: { model: { dim: 32, depth: 1, heads: 2, dim_head: 16, nb_features: 32 }, L: 32, batch: 4, pretrainSteps: 6, fineTuneSteps: 4, evalEvery: 2, heldOutWindows: 4, lr: 3e-3, corpusBytes: 200000, seed: 1 },
     };
   }
   return {
@@ -65,6 +68,7 @@ function config(quick, seeds) {
     lemma2: { d: 16, ms: [16, 64], count: 20000 },
     length: { Ls: [512, 1024, 2048, 4096, 8192, 16384], d: 16, ms: [64, 256] },
     adaptive: { seeds: seeds ?? 10, L: 512, quick: false },
+    finetune: { model: { dim: 128, depth: 2, heads: 4, dim_head: 32, nb_features: 128 }, L: 128, batch: 16, pretrainSteps: 600, fineTuneSteps: 300, evalEvery: 25, heldOutWindows: 64, lr: 3e-3, corpusBytes: 4000000, seed: 1 },
   };
 }
 
@@ -185,6 +189,9 @@ function markdown(results, meta) {
   if (results.adaptive) {
     parts.push('', '## 5. FAVOR+, FAVOR++ (softmax-opt) and SDERF (softmax-dense)', '', adaptive.markdown(results.adaptive.rows, results.adaptive.options));
   }
+  if (results.finetune) {
+    parts.push('', '## 6. Backward compatibility: softmax-trained weights fine-tuned under FAVOR+', '', finetune.markdown(results.finetune));
+  }
   if (meta.charts.length) parts.push('', '## Charts', '', ...meta.charts.map((c) => `![${c}](${c})`));
   return parts.join('\n') + '\n';
 }
@@ -231,6 +238,7 @@ async function main() {
     results.length = studies.errorVersusLength({ ...cfg.length, temps: cfg.temps, seeds: cfg.seeds, seedBase: 3, progress: progress('length') });
   }
   if (only.has('adaptive')) results.adaptive = { options: cfg.adaptive, rows: adaptive.study(cfg.adaptive) };
+  if (only.has('finetune')) results.finetune = finetune.study({ ...cfg.finetune, progress: progress('finetune') });
 
   fs.mkdirSync(o.out, { recursive: true });
   const chartFiles = [];
@@ -251,6 +259,7 @@ async function main() {
       }),
     ]);
   }
+  if (results.finetune) specs.push(['finetune.svg', finetune.chartSpec(results.finetune)]);
   for (const [file, spec] of specs) {
     const r = await charts.writeChart(spec, path.join(o.out, file));
     if (r.skipped) process.stderr.write(`chart ${file} skipped: ${r.skipped}\n`);

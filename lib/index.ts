@@ -87,7 +87,9 @@ export {
   type PyTorchMappingOptions,
 } from './weights';
 export { loadModel, loadModelSync, readModel, writeModel, type Model } from './layers/model-file';
-export { PerformerLM, type GenerateOptions, type LMForwardOptions, type TokenIds, type TokenTensor } from './models/performer-lm';
+export { AdamW, type AdamWOptions, type StepReport, type Trainable } from './models/adamw';
+export type { TrainingAttention } from './models/lm-training';
+export { PerformerLM, type TrainingOptions, type GenerateOptions, type LMForwardOptions, type TokenIds, type TokenTensor } from './models/performer-lm';
 export { Performer, type PerformerForwardOptions } from './models/performer';
 export { PerformerLMState } from './models/lm-state';
 export type { PerformerPytorchOptions, RandomModelOptions } from './models/model-common';

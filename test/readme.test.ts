@@ -75,3 +75,17 @@ test('the README performer-pytorch example loads a trained model and streams a g
   expect(text.length).toBe(48);
   expect(/^[\x09\x0a\x20-\x7e]*$/.test(text)).toBe(true);
 });
+
+test('the README fine-tuning example runs and its loss falls', () => {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const section = readme.split('\n## Fine-tune in Node\n')[1];
+  const match = section && /```js\n([\s\S]*?)```/.exec(section);
+  expect(match).not.toBeNull();
+  const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-readme-')), 'train.js');
+  fs.writeFileSync(file, code);
+  const output = execFileSync(process.execPath, [file], { encoding: 'utf8' });
+  const m = /^(\d+\.\d\d) -> (\d+\.\d\d)\n$/.exec(output);
+  expect(m).not.toBeNull();
+  expect(Number(m![2])).toBeLessThan(Number(m![1]) / 2);
+});

@@ -12,14 +12,16 @@ import { PlanBuilder } from '../layers/plan';
 import { readLayerSignal } from '../layers/multi-head-attention';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
-import { newFloat32Array, readMask, readOptions } from '../validate';
+import { newFloat32Array, readEnum, readInteger, readMask, readOptions } from '../validate';
 import { Linear } from '../layers/parameters';
 import { inverseFrequencies, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
 import { readLMConfig, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
 import { readSampler, sample, type SamplingOptions } from './sampling';
-import { readTokenList, readTokens } from './tokens';
+import { readTargets, readTokenList, readTokens } from './tokens';
+import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention } from './lm-training';
+import { FeatureMap } from '../feature-map';
 import { PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
 
 /** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
@@ -37,7 +39,17 @@ export type TokenIds = Int32Array | Uint8Array | Uint16Array | readonly number[]
 export interface LMForwardOptions {
   /** `[B, L]` Uint8Array, 1 = keep (performer-pytorch's `mask`, True = keep). Default: every token kept. */
   mask?: MaskLike;
+  /** The global heads' attention: 'favor' (default) or exact 'softmax' over the same weights (forward passes only). */
+  attention?: TrainingAttention;
   /** Aborting rejects the Promise with an AbortError. */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link PerformerLM.lossAndGrad}. */
+export interface TrainingOptions {
+  /** The global heads' attention: 'favor' (default) or exact 'softmax' over the same weights. */
+  attention?: TrainingAttention;
+  /** Aborting rejects with an AbortError; the accumulated gradients stay as they were. */
   signal?: AbortSignal;
 }
 
@@ -56,7 +68,8 @@ export interface GenerateOptions extends SamplingOptions {
   state?: PerformerLMState;
 }
 
-type Positions = { kind: 'sinusoid'; table: Float32Array; rows: number; invFreq: Float32Array } | { kind: 'learned'; table: Float32Array; rows: number };
+/** @internal The LM's position embedding: a sinusoid (table, then formula) or learned rows. */
+export type Positions = { kind: 'sinusoid'; table: Float32Array; rows: number; invFreq: Float32Array } | { kind: 'learned'; table: Float32Array; rows: number };
 
 const ROOT = 'performer.net.';
 const ALIASES: [string, string][] = [[ROOT, 'performer.proj_updater.instance.']];
@@ -78,7 +91,8 @@ export class PerformerLM {
   private readonly positions: Positions;
   private readonly layerRotary: RotaryTable | null;
   private readonly norm: { gamma: Float32Array; beta: Float32Array };
-  private readonly head: Linear;
+  private head: Linear;
+  private grads: GradientStore | null = null;
   private cachedFingerprint: string | null = null;
 
   private constructor(config: LMConfig, numerics: Numerics, source: TensorSource, fn: string) {
@@ -136,6 +150,90 @@ export class PerformerLM {
   /** Copies of the weights under their state_dict names (without the proj_updater duplicates). */
   parameters(): Record<string, Tensor> {
     return parameterCopies(this.source);
+  }
+
+  /**
+   * The state_dict as performer-pytorch's PerformerLM has it: parameters() plus the
+   * stack's duplicates under `performer.proj_updater.instance.` and the redraw counter, so
+   * that `load_state_dict` (strict) takes a model trained here unchanged in form.
+   */
+  toPerformerPytorch(): Record<string, Tensor> {
+    const out = this.parameters();
+    for (const [name, t] of Object.entries(out)) {
+      if (name.startsWith(ROOT)) out[`performer.proj_updater.instance.${name.slice(ROOT.length)}`] = { data: Float32Array.from(t.data), shape: t.shape };
+    }
+    out['performer.proj_updater.calls_since_last_redraw'] = { data: new Float32Array(1), shape: [] };
+    return out;
+  }
+
+  /**
+   * Mean next-token cross-entropy (nats) over every position with a target >= 0, and its
+   * gradients, accumulated into {@link gradients} (call {@link zeroGrad}, or let the
+   * optimizer's step clear them). One native pass, off the event loop.
+   * @param tokens `{ data: Int32Array, shape: [B, L] }`.
+   * @param targets `{ data: Int32Array, shape: [B, L] }`: the token that should follow each
+   *   position; -1 (any negative id) leaves a position out.
+   * @throws RangeError for configurations training does not cover yet (see the docs), bad
+   *   tokens, or targets outside [-1, num_tokens); AbortError (gradients unchanged).
+   */
+  async lossAndGrad(tokens: TokenTensor, targets: TokenTensor, options?: TrainingOptions): Promise<number> {
+    const fn = 'PerformerLM.lossAndGrad';
+    const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention', 'signal']);
+    const { b, loss } = this.buildTraining(tokens, targets, o.attention, fn);
+    // Gradients accumulate only when the whole pass ran: it writes into copies first.
+    await b.run(readLayerSignal(o.signal, `${fn} options.signal`));
+    this.commitGradients();
+    return loss[0] / loss[1];
+  }
+
+  /** The blocking twin of {@link lossAndGrad}. */
+  lossAndGradSync(tokens: TokenTensor, targets: TokenTensor, options?: Omit<TrainingOptions, 'signal'>): number {
+    const fn = 'PerformerLM.lossAndGradSync';
+    const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention']);
+    const { b, loss } = this.buildTraining(tokens, targets, o.attention, fn);
+    b.runSync();
+    this.commitGradients();
+    return loss[0] / loss[1];
+  }
+
+  /** Copies of the accumulated gradients, keyed like {@link parameters} (trained tensors only; zeros before any lossAndGrad). */
+  gradients(): Record<string, Tensor> {
+    const store = this.gradientStore();
+    const out: Record<string, Tensor> = {};
+    for (const [name, g] of store.byName) out[name] = { data: Float32Array.from(g), shape: this.source.taken.get(name)!.shape };
+    return out;
+  }
+
+  /** Sets the accumulated gradients to zero. */
+  zeroGrad(): void {
+    this.grads?.zero();
+  }
+
+  /**
+   * New random features for every layer (orthogonal, chi norms, from `seed`), written into
+   * the projection matrices: the paper's feature redraw during training. Decoding states
+   * made before no longer fit.
+   */
+  redrawFeatures(seed: number): void {
+    const s = readInteger(seed, 'PerformerLM.redrawFeatures seed', 0, 0, Number.MAX_SAFE_INTEGER - 4096);
+    const c = this.config;
+    this.stack.layers.forEach((layer, l) => {
+      layer.projection.set(new FeatureMap({ headDim: c.dimHead, numFeatures: c.numFeatures, seed: s + l }).projection!);
+    });
+    this.parametersChanged();
+  }
+
+  /** @internal The trained tensors with their gradients (the optimizer's view). */
+  trainables(): { name: string; param: Float32Array; grad: Float32Array }[] {
+    const store = this.gradientStore();
+    return [...store.byName].map(([name, grad]) => ({ name, param: this.source.taken.get(name)!.data, grad }));
+  }
+
+  /** @internal After the parameters changed in place: derived weights rebuilt, old states no longer fit. */
+  parametersChanged(): void {
+    this.stack.refresh();
+    this.head = new Linear(this.head.inFeatures, this.head.outFeatures, this.head.weight, this.head.bias);
+    this.cachedFingerprint = null;
   }
 
   /**
@@ -316,6 +414,56 @@ export class PerformerLM {
     return run();
   }
 
+  private gradientStore(): GradientStore {
+    if (this.grads === null) this.grads = new GradientStore(this.parts(), this.source);
+    return this.grads;
+  }
+
+  private parts(): LMParts {
+    return {
+      config: this.config,
+      numerics: this.numerics,
+      stack: this.stack,
+      tokenEmb: this.tokenEmb,
+      positions: this.positions,
+      layerRotary: this.layerRotary,
+      norm: this.norm,
+      head: this.head,
+    };
+  }
+
+  // The pass writes its gradients into a scratch store, added to the model's afterwards,
+  // so an aborted or failed pass leaves the accumulated gradients as they were.
+  private pending: GradientStore | null = null;
+
+  private buildTraining(tokens: unknown, targets: unknown, attention: unknown, fn: string) {
+    const kind = readEnum<TrainingAttention>(attention, `${fn} options.attention`, 'favor', ['favor', 'softmax']);
+    const parts = this.parts();
+    checkTrainable(parts, kind, fn);
+    const t = readTokens(tokens, `${fn} tokens`, this.config.numTokens);
+    const [B, L] = t.shape;
+    const y = readTargets(targets, `${fn} targets`, this.config.numTokens, B, L);
+    this.checkPositions(0, L, fn);
+    let count = 0;
+    for (let i = 0; i < y.length; i++) if (y[i] >= 0) count++;
+    if (count === 0) throw rangeError(`${fn} targets: every target is negative (ignored); at least one position must count`);
+    this.gradientStore();
+    if (this.pending === null) this.pending = new GradientStore(parts, this.source);
+    this.pending.zero();
+    const loss = new Float64Array(2);
+    const b = new PlanBuilder();
+    planTrainingPass(b, parts, this.pending, { tokens: t.data, targets: y, batch: B, len: L, attention: kind, gradScale: 1 / count, loss });
+    return { b, loss };
+  }
+
+  private commitGradients(): void {
+    const store = this.grads!;
+    for (const [name, g] of this.pending!.byName) {
+      const into = store.byName.get(name)!;
+      for (let i = 0; i < g.length; i++) into[i] += g[i];
+    }
+  }
+
   /** @internal The fingerprint of configuration, numerics and weights (decoding states carry it). */
   fingerprint(): string {
     if (this.cachedFingerprint === null) this.cachedFingerprint = modelFingerprint('PerformerLM', this.config, this.numerics, this.source);
@@ -390,14 +538,15 @@ export class PerformerLM {
   }
 
   private buildForward(tokens: unknown, options: unknown, fn: string, async: boolean) {
-    const o = readOptions<LMForwardOptions>(options, `${fn} options`, async ? ['mask', 'signal'] : ['mask']);
+    const o = readOptions<LMForwardOptions>(options, `${fn} options`, async ? ['mask', 'attention', 'signal'] : ['mask', 'attention']);
+    const attention = readEnum<TrainingAttention>(o.attention, `${fn} options.attention`, 'favor', ['favor', 'softmax']);
     const t = readTokens(tokens, `${fn} tokens`, this.config.numTokens);
     const [B, L] = t.shape;
     this.checkPositions(0, L, fn);
     const keep = o.mask === undefined ? null : readMask(o.mask, `${fn} options.mask`, [B, L]);
     const V = this.config.numTokens;
     const out = newFloat32Array(B * L * V, `${fn} logits`);
-    const b = this.passPlan(t.data, B, L, 0, keep, null, 'all', out, fn);
+    const b = this.passPlan(t.data, B, L, 0, keep, null, 'all', out, fn, attention);
     return { b, out: { data: out, shape: Object.freeze([B, L, V]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
   }
 
@@ -412,6 +561,7 @@ export class PerformerLM {
     rows: 'all' | 'last',
     out: Float32Array,
     fn: string,
+    attention: TrainingAttention = 'favor',
   ): PlanBuilder {
     const c = this.config;
     const D = c.dim;
@@ -434,7 +584,7 @@ export class PerformerLM {
       invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
     });
     const y = b.acquire(batch * len * D);
-    this.stack.plan(b, { x, y, batch, len, keep, start, rotary: this.layerRotary, states, label: fn });
+    this.stack.plan(b, { x, y, batch, len, keep, start, rotary: this.layerRotary, states, label: fn, attention });
     b.release(x);
     const n = rows === 'all' ? batch * len : 1;
     const last = rows === 'all' ? y : y.subarray((len - 1) * D, len * D);

@@ -40,6 +40,11 @@ interface Wrapper {
 export interface StackLayer {
   attnWrap: Wrapper;
   ffWrap: Wrapper;
+  /** The checkpoint's projections (their arrays are the parameters). */
+  q: Linear;
+  k: Linear;
+  v: Linear;
+  /** q, k and v stacked along their outputs (one pass over x): a copy, rebuilt by refresh(). */
   qkv: Linear;
   out: Linear;
   /** [m, d], the global heads' features (kept even when unused: it is in the checkpoint). */
@@ -83,6 +88,8 @@ export interface StackCall {
   rotary: RotaryTable | null;
   states: LayerState[] | null;
   label: string;
+  /** The global heads' attention: FAVOR+ (default) or exact softmax over the same weights. */
+  attention?: 'favor' | 'softmax';
 }
 
 /** @internal The layers of a performer-pytorch stack with their weights. */
@@ -131,6 +138,9 @@ export class PerformerStack {
       this.layers.push({
         attnWrap: a.wrapper,
         ffWrap: f.wrapper,
+        q,
+        k,
+        v,
         qkv: Linear.stacked([q, k, v]),
         out,
         projection,
@@ -142,6 +152,21 @@ export class PerformerStack {
         w2,
       });
     }
+  }
+
+  /**
+   * After the parameter arrays changed in place (an optimizer step, new features): the
+   * stacked q/k/v copy, the packed weights and the feature maps are derived again.
+   */
+  refresh(): void {
+    for (const layer of this.layers) {
+      layer.qkv = Linear.stacked([layer.q, layer.k, layer.v]);
+      for (const key of ['out', 'w1', 'w2'] as const) {
+        const l = layer[key];
+        layer[key] = new Linear(l.inFeatures, l.outFeatures, l.weight, l.bias);
+      }
+    }
+    this.prepare();
   }
 
   /** Prepares the packed projections and feature maps (after the reader reported no problem). */
@@ -348,7 +373,11 @@ export class PerformerStack {
         }
       }
       const o = b.acquire(rows * gh * d);
-      b.add(this.globalAttentionStep(l, q, k, v, o, dims(gh), call.keep, state, label));
+      b.add(
+        call.attention === 'softmax'
+          ? { op: 'softmax', q, k, v, out: o, dims: dims(gh), options: { causal: c.causal, keyPadding: call.keep, scale: 1 / Math.sqrt(d) }, label: `${label} (global heads)` }
+          : this.globalAttentionStep(l, q, k, v, o, dims(gh), call.keep, state, label),
+      );
       b.add({ op: 'mergeHeads', src: o, dst: merged, dstStride: inner, batch: B, len: L, heads: gh, headDim: d });
       for (const t of [q, k, v, o]) b.release(t);
     }
@@ -383,8 +412,8 @@ export class PerformerStack {
     b.release(merged);
   }
 
-  // The native step of the global heads' attention for this layer's features and numerics.
-  private globalAttentionStep(
+  /** @internal The native step of the global heads' attention for this layer's features and numerics. */
+  globalAttentionStep(
     l: number,
     q: Float32Array,
     k: Float32Array,

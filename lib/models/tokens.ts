@@ -49,3 +49,21 @@ export function readTokens(value: unknown, name: string, numTokens: number): { d
   }
   return { data, shape: [B, L] };
 }
+
+/** @internal Reads next-token targets `{ data: Int32Array, shape: [B, L] }`: ids in [0, numTokens), or negative to leave a position out. */
+export function readTargets(value: unknown, name: string, numTokens: number, batch: number, len: number): Int32Array {
+  const t = value as { data?: unknown; shape?: unknown; dims?: unknown };
+  if (value === null || typeof value !== 'object' || !(t.data instanceof Int32Array)) {
+    throw typeError(`${name}: expected { data: Int32Array, shape: [batch, length] }, received ${describe(value)}`);
+  }
+  const shape = (t.shape ?? t.dims) as unknown;
+  if (!Array.isArray(shape) || shape.length !== 2 || shape[0] !== batch || shape[1] !== len || t.data.length !== batch * len) {
+    throw rangeError(`${name}: expected shape [${batch}, ${len}] (the tokens' shape), received ${Array.isArray(shape) ? formatShape(shape) : describe(shape)}`);
+  }
+  const data = t.data.slice();
+  for (let i = 0; i < data.length; i++) {
+    if (data[i] >= numTokens) throw rangeError(`${name}: target ${data[i]} at [${Math.floor(i / len)}, ${i % len}] is outside [0, ${numTokens}) (negative ids are left out)`);
+    if (data[i] < 0) data[i] = -1;
+  }
+  return data;
+}

@@ -13,6 +13,7 @@
 #include "addon/async_job.h"
 #include "addon/attention_job.h"
 #include "addon/convert.h"
+#include "addon/plan_context.h"
 #include "core/favor_backward.h"
 #include "core/softmax_attention_backward.h"
 
@@ -108,12 +109,57 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
   return promise;
 }
 
+// Plan steps favorBackward / softmaxBackward: q, k, v, gradOut, dq, dk, dv, dims, options
+// (as the forward steps)[, dprojection][, label].
+Step parse_backward_step(const PlanContext& ctx, const Napi::Object& s, AttentionKind kind) {
+  Napi::Env env = ctx.env;
+  BackwardJob b;
+  b.job = parse_attention_job(env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("gradOut"), s.Get("dims"), s.Get("options"), kind);
+  b.job.set_cancel(ctx.cancel);
+  if (ctx.arrays != nullptr) {
+    for (const char* key : {"q", "k", "v", "gradOut"}) ctx.arrays->push_back(s.Get(key));
+    attention_option_arrays(s.Get("options").As<Napi::Object>(), ctx.arrays);
+  }
+  const pa::AttentionDims& d = b.job.dims;
+  const std::size_t bh = checked_mul(env, d.batch, d.heads);
+  b.dq = float_field(ctx, s, "dq", checked_mul(env, checked_mul(env, bh, d.q_len), d.head_dim));
+  b.dk = float_field(ctx, s, "dk", checked_mul(env, checked_mul(env, bh, d.k_len), d.head_dim));
+  b.dv = float_field(ctx, s, "dv", checked_mul(env, checked_mul(env, bh, d.k_len), d.value_dim));
+  if (kind == AttentionKind::kFavor) {
+    const Napi::Value projection = s.Get("dprojection");
+    if (!projection.IsUndefined() && !projection.IsNull()) {
+      b.dprojection = float_field(ctx, s, "dprojection", checked_mul(env, b.job.favor.feature_map.num_projections, d.head_dim));
+    }
+  }
+  const std::string label = string_property(s, "label", "");
+  return [b, label] {
+    try {
+      b.run();
+    } catch (const pa::InputError& error) {
+      if (label.empty()) throw;
+      throw pa::InputError(label + ": " + error.what(), error.code());
+    }
+  };
+}
+
 Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }
 Napi::Value favor_async(const Napi::CallbackInfo& info) { return run_async(info, AttentionKind::kFavor); }
 Napi::Value softmax_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kSoftmax); }
 Napi::Value softmax_async(const Napi::CallbackInfo& info) { return run_async(info, AttentionKind::kSoftmax); }
 
 }  // namespace
+
+bool parse_attention_backward_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step,
+                                   std::vector<Step>* steps) {
+  if (op == "favorBackward") {
+    steps->push_back(parse_backward_step(ctx, step, AttentionKind::kFavor));
+  } else if (op == "softmaxBackward") {
+    steps->push_back(parse_backward_step(ctx, step, AttentionKind::kSoftmax));
+  } else {
+    return false;
+  }
+  return true;
+}
 
 void register_backward_bindings(Napi::Env env, Napi::Object exports) {
   exports.Set("favorAttentionBackwardSync", Napi::Function::New(env, favor_sync, "favorAttentionBackwardSync"));

@@ -8,7 +8,7 @@
 //   tokenShift     x, batch, len, dim, shifts (array), keep?, history?, y
 //   gluGelu        h, rows, hidden, y
 //   rotary         x, heads, len, headDim, start, layout ('interleaved' | 'halves'),
-//                  table?, tableRows, invFreq?
+//                  table?, tableRows, invFreq?, inverse? (rotate back: the gradient)
 //   pytorchFavor   q, k, v, out, dims, options { features, packedProjection?, numFeatures,
 //                  causal, keep?, dropMaskedKeys, state?, maxRose? }[, label]
 //   localAttention q, k, v, out, dims, options { window, causal, keep?, pytorchNumerics,
@@ -172,8 +172,9 @@ Step parse_rotary(const PlanContext& ctx, const Napi::Object& s) {
   if (sinusoid.inv_freq == nullptr && (len > 0 && start + len > sinusoid.rows)) {
     throw_range_error(ctx.env, "rotary: positions beyond the table need invFreq");
   }
+  const bool inverse = bool_property(s, "inverse", false);
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return [=] { pa::rotary(heads, len, d, start, layout, sinusoid, x, *pool); };
+  return [=] { pa::rotary(heads, len, d, start, layout, sinusoid, x, *pool, inverse); };
 }
 
 struct AttentionArrays {

@@ -23,7 +23,9 @@
 #include "addon/async_job.h"
 #include "addon/attention_job.h"
 #include "addon/backend_bindings.h"
+#include "addon/backward_bindings.h"
 #include "addon/convert.h"
+#include "addon/grad_plan_ops.h"
 #include "addon/model_plan_ops.h"
 #include "addon/plan_context.h"
 #include "core/favor.h"
@@ -206,6 +208,9 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
           throw pa::InputError(label + ": " + error.what(), error.code());
         }
       });
+    } else if (parse_attention_backward_step(ctx, op, s, &plan.steps)) {
+      // favorBackward / softmaxBackward (backward_bindings.cc)
+    } else if (parse_grad_step(ctx, op, s, &plan.steps)) {
     } else if (!parse_model_step(ctx, op, s, &plan.steps)) {
       throw_range_error(env, "plan step " + std::to_string(i) + ": unknown op '" + op + "'");
     }

@@ -123,7 +123,7 @@ void glu_gelu(std::size_t rows, std::size_t hidden, const float* h, float* y, co
 }
 
 void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start, RotaryLayout layout,
-            const Sinusoid& sinusoid, float* x, ThreadPool& pool) {
+            const Sinusoid& sinusoid, float* x, ThreadPool& pool, bool inverse) {
   const std::size_t half = d / 2;
   pool.parallel_for(len, row_grain(heads * d), [&](std::size_t begin, std::size_t end, std::size_t) {
     // sin / cos of one position, shared by every head.
@@ -131,7 +131,10 @@ void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start
     for (std::size_t t = begin; t < end; ++t) {
       for (std::size_t i0 = 0; i0 < half; i0 += 512) {
         const std::size_t n = std::min<std::size_t>(512, half - i0);
-        for (std::size_t i = 0; i < n; ++i) sinusoid.at(start + t, i0 + i, &sines[i], &cosines[i]);
+        for (std::size_t i = 0; i < n; ++i) {
+          sinusoid.at(start + t, i0 + i, &sines[i], &cosines[i]);
+          if (inverse) sines[i] = -sines[i];
+        }
         for (std::size_t h = 0; h < heads; ++h) {
           float* row = x + (h * len + t) * d;
           for (std::size_t i = 0; i < n; ++i) {

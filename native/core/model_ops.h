@@ -67,7 +67,8 @@ enum class RotaryLayout {
 // start + t, its sin / cos from `sinusoid` (width d). performer-pytorch's global heads
 // (kInterleaved) have a stored table; local-attention (kHalves) computes them from its
 // inv_freq buffer ([d / 2] float32), so callers give it no table.
+// inverse: rotate by -angle instead (the adjoint: the gradient of a rotation).
 void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start, RotaryLayout layout,
-            const Sinusoid& sinusoid, float* x, ThreadPool& pool);
+            const Sinusoid& sinusoid, float* x, ThreadPool& pool, bool inverse = false);
 
 }  // namespace pa

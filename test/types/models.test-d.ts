@@ -54,3 +54,16 @@ const out: Tensor = enc.forwardSync({ data: new Float32Array(64), shape: [1, 1, 
 Performer.fromPerformerPytorch('encoder.safetensors', { dim: 64, depth: 2, heads: 4 });
 
 void [logits, next, stream, out];
+
+// Training.
+import { AdamW, type StepReport, type TrainingOptions } from '../../lib';
+const trainOptions: TrainingOptions = { attention: 'softmax' };
+const lossValue: Promise<number> = lm.lossAndGrad(tokens, tokens, trainOptions);
+const syncLoss: number = lm.lossAndGradSync(tokens, tokens);
+// @ts-expect-error the blocking twin takes no signal
+lm.lossAndGradSync(tokens, tokens, { signal: new AbortController().signal });
+const adamw = new AdamW(lm, { lr: 1e-3, betas: [0.9, 0.98], decay: 'cosine', totalSteps: 100 });
+const report: StepReport = adamw.step();
+// @ts-expect-error a schedule is one of three names
+new AdamW(lm, { decay: 'exponential' });
+void [lossValue, syncLoss, report];

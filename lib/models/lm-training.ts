@@ -1,0 +1,311 @@
+/**
+ * One training pass of a PerformerLM as one native plan: the forward pass keeping the
+ * activations each backward step needs, the mean next-token cross-entropy, then the
+ * backward pass in reverse, accumulating into gradient buffers keyed like the
+ * parameters. Shape legend: B batch, L tokens, N = B L rows, D = dim, H heads of d,
+ * inner = H d, F = ff width, V = num_tokens.
+ *
+ * Covered (checked by trainingSupport): pre-LayerNorm layers with GELU or GLU
+ * feed-forward, global heads only, rotary or learned absolute positions, tied or separate
+ * output embeddings, FAVOR+ with the library's numerics ('exact': softmax or ReLU
+ * features) or exact softmax attention over the same weights.
+ */
+import { rangeError } from '../errors';
+import type { Linear } from '../layers/parameters';
+import type { PlanBuilder } from '../layers/plan';
+import type { TensorSource } from './checkpoint';
+import type { LMConfig } from './config';
+import type { Positions } from './performer-lm';
+import type { Numerics, PerformerStack, RotaryTable, StackLayer } from './stack';
+
+/** @internal What a training pass reads of a PerformerLM. */
+export interface LMParts {
+  config: LMConfig;
+  numerics: Numerics;
+  stack: PerformerStack;
+  tokenEmb: Float32Array;
+  positions: Positions;
+  layerRotary: RotaryTable | null;
+  norm: { gamma: Float32Array; beta: Float32Array };
+  head: Linear;
+}
+
+/** The attention a training pass (or forward) uses for the global heads. */
+export type TrainingAttention = 'favor' | 'softmax';
+
+/** @internal Throws a RangeError naming what this model uses that training does not cover yet. */
+export function checkTrainable(parts: LMParts, attention: TrainingAttention, fn: string): void {
+  const c = parts.config;
+  const problems: string[] = [];
+  if (c.norm !== 'layernorm') problems.push(`${c.norm === 'scalenorm' ? 'use_scalenorm' : 'use_rezero'} (pre-LayerNorm only)`);
+  if (c.reversible) problems.push('reversible');
+  if (c.shiftTokens) problems.push('shift_tokens');
+  if (c.localHeads.some((n) => n > 0)) problems.push('local_attn_heads');
+  if (c.positions === 'axial') problems.push('axial_position_emb');
+  if (attention === 'favor') {
+    if (parts.numerics !== 'exact') problems.push("numerics 'performer-pytorch' (train with numerics: 'exact')");
+    if (c.features === 'noProjection') problems.push('no_projection');
+  }
+  if (problems.length > 0) {
+    throw rangeError(`${fn}: training does not cover ${problems.join(', ')} yet`, 'ERR_INVALID_ARG_VALUE');
+  }
+}
+
+/** @internal Whether a state_dict tensor is trained (fixed buffers are not). */
+export function isTrainable(name: string): boolean {
+  return !/(projection_matrix|inv_freq|(^|\.)pos_emb\.emb|layer_pos_emb\.emb)$/.test(name);
+}
+
+/**
+ * @internal Gradient buffers, one per trainable parameter, keyed by its state_dict name;
+ * q, k and v of a layer share one stacked buffer (the pass computes them together).
+ */
+export class GradientStore {
+  readonly byName = new Map<string, Float32Array>();
+  private readonly byParam = new Map<Float32Array, Float32Array>();
+  private readonly stacked = new Map<StackLayer, { weight: Float32Array; bias: Float32Array | null }>();
+
+  constructor(parts: LMParts, source: TensorSource) {
+    const nameOf = new Map<Float32Array, string>();
+    for (const [name, t] of source.taken) nameOf.set(t.data, name);
+    for (const layer of parts.stack.layers) {
+      const rows = layer.q.outFeatures;
+      const weight = new Float32Array(3 * layer.q.weight.length);
+      const bias = layer.q.bias !== null ? new Float32Array(3 * rows) : null;
+      [layer.q, layer.k, layer.v].forEach((linear, i) => {
+        this.register(nameOf, linear.weight, weight.subarray(i * linear.weight.length, (i + 1) * linear.weight.length));
+        if (bias !== null) this.register(nameOf, linear.bias!, bias.subarray(i * rows, (i + 1) * rows));
+      });
+      this.stacked.set(layer, { weight, bias });
+    }
+    for (const [name, t] of source.taken) {
+      if (isTrainable(name) && !this.byParam.has(t.data)) this.register(nameOf, t.data, new Float32Array(t.data.length));
+    }
+  }
+
+  /** The gradient buffer of a parameter array. */
+  of(param: Float32Array): Float32Array {
+    const g = this.byParam.get(param);
+    if (g === undefined) throw new Error('internal: no gradient buffer for this parameter');
+    return g;
+  }
+
+  /** The stacked q/k/v gradient of a layer (weight [3 inner, D], bias [3 inner]). */
+  qkv(layer: StackLayer): { weight: Float32Array; bias: Float32Array | null } {
+    return this.stacked.get(layer)!;
+  }
+
+  zero(): void {
+    for (const g of this.byParam.values()) g.fill(0);
+  }
+
+  private register(nameOf: Map<Float32Array, string>, param: Float32Array, grad: Float32Array): void {
+    const name = nameOf.get(param);
+    if (name === undefined) throw new Error('internal: a parameter without a state_dict name');
+    this.byParam.set(param, grad);
+    this.byName.set(name, grad);
+  }
+}
+
+/** @internal The inputs of one training pass. */
+export interface TrainingCall {
+  tokens: Int32Array; // [B, L]
+  targets: Int32Array; // [B, L], < 0 ignored
+  batch: number;
+  len: number;
+  attention: TrainingAttention;
+  /** 1 / (number of counted targets): the loss is their mean. */
+  gradScale: number;
+  /** [sum of -log p, count] (float64, accumulated). */
+  loss: Float64Array;
+}
+
+/** @internal Appends the forward pass, the loss and the backward pass of one batch to `b`. */
+export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: GradientStore, call: TrainingCall): void {
+  const c = parts.config;
+  const D = c.dim;
+  const d = c.dimHead;
+  const H = c.heads;
+  const inner = H * d;
+  const hidden = D * c.ffMult;
+  const B = call.batch;
+  const L = call.len;
+  const N = B * L;
+  const V = c.numTokens;
+  const owned: Float32Array[] = [];
+  const buffer = (n: number) => {
+    const a = b.acquire(n);
+    owned.push(a);
+    return a;
+  };
+  const linear = (x: Float32Array, rows: number, l: Linear, y: Float32Array, residual: Float32Array | null = null) =>
+    b.add({ op: 'linear', x, rows, in: l.inFeatures, out: l.outFeatures, packed: l.packed, bias: l.bias, residual, activation: 'none', y });
+  const linearBack = (dy: Float32Array, x: Float32Array, rows: number, l: Linear, dx: Float32Array | null, accumulate: boolean, dweight: Float32Array, dbias: Float32Array | null) =>
+    b.add({ op: 'linearBackward', rows, in: l.inFeatures, out: l.outFeatures, dy, x, weight: l.weight, dx, accumulate, dweight, dbias });
+  const heads = { batch: B, len: L, heads: H, headDim: d };
+  const dims = { batch: B, heads: H, queryLength: L, keyLength: L, headDim: d, valueDim: d };
+  const p = parts.positions;
+
+  // ---- forward, keeping what the backward pass reads
+  const xs: Float32Array[] = [buffer(N * D)]; // each layer's input, then the stack's output
+  b.add({
+    op: 'embed',
+    tokens: call.tokens,
+    rows: N,
+    len: L,
+    dim: D,
+    table: parts.tokenEmb,
+    numTokens: V,
+    start: 0,
+    out: xs[0],
+    positions: p.kind,
+    posTable: p.table,
+    posRows: p.rows,
+    invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
+  });
+  interface Saved {
+    n1: Float32Array;
+    q: Float32Array;
+    k: Float32Array;
+    v: Float32Array;
+    merged: Float32Array;
+    mid: Float32Array;
+    n2: Float32Array;
+    pre: Float32Array;
+    h: Float32Array;
+  }
+  const saved: Saved[] = [];
+  parts.stack.layers.forEach((layer, l) => {
+    const x = xs[l];
+    const n1 = buffer(N * D);
+    b.add({ op: 'layerNorm', x, rows: N, dim: D, gamma: layer.attnWrap.gamma, beta: layer.attnWrap.beta, eps: 1e-5, y: n1 });
+    const qkv = b.acquire(N * 3 * inner);
+    linear(n1, N, layer.qkv, qkv);
+    const [q, k, v] = [0, 1, 2].map((which) => {
+      const dst = buffer(N * inner);
+      b.add({ op: 'splitHeads', src: qkv.subarray(which * inner), srcStride: 3 * inner, dst, ...heads });
+      return dst;
+    });
+    b.release(qkv);
+    if (parts.layerRotary !== null) {
+      for (const t of [q, k]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, false);
+    }
+    const o = b.acquire(N * inner);
+    b.add(attentionStep(parts, l, call.attention, q, k, v, o, dims));
+    const merged = buffer(N * inner);
+    b.add({ op: 'mergeHeads', src: o, dst: merged, ...heads });
+    b.release(o);
+    const mid = buffer(N * D);
+    linear(merged, N, layer.out, mid, x);
+    const n2 = buffer(N * D);
+    b.add({ op: 'layerNorm', x: mid, rows: N, dim: D, gamma: layer.ffWrap.gamma, beta: layer.ffWrap.beta, eps: 1e-5, y: n2 });
+    const pre = buffer(N * (c.ffGlu ? 2 * hidden : hidden));
+    linear(n2, N, layer.w1, pre);
+    const h = buffer(N * hidden);
+    if (c.ffGlu) b.add({ op: 'gluGelu', h: pre, rows: N, hidden, y: h });
+    else b.add({ op: 'gelu', x: pre, n: N * hidden, y: h });
+    const next = buffer(N * D);
+    linear(h, N, layer.w2, next, mid);
+    xs.push(next);
+    saved.push({ n1, q, k, v, merged, mid, n2, pre, h });
+  });
+  const top = xs[xs.length - 1];
+  const nf = buffer(N * D);
+  b.add({ op: 'layerNorm', x: top, rows: N, dim: D, gamma: parts.norm.gamma, beta: parts.norm.beta, eps: 1e-5, y: nf });
+  const logits = buffer(N * V);
+  linear(nf, N, parts.head, logits);
+  // The loss; the logits become their gradient in place.
+  b.add({ op: 'crossEntropy', logits, targets: call.targets, rows: N, classes: V, gradScale: call.gradScale, loss: call.loss, dlogits: logits });
+
+  // ---- backward
+  const dx = buffer(N * D); // dL/d (the current layer's output), accumulated in place
+  const dn = buffer(N * D);
+  linearBack(logits, nf, N, parts.head, dn, false, grads.of(parts.head.weight), parts.head.bias ? grads.of(parts.head.bias) : null);
+  b.add({ op: 'layerNormBackward', rows: N, dim: D, x: top, gamma: parts.norm.gamma, eps: 1e-5, dy: dn, dx, accumulate: false, dgamma: grads.of(parts.norm.gamma), dbeta: grads.of(parts.norm.beta) });
+  for (let l = parts.stack.layers.length - 1; l >= 0; l--) {
+    const layer = parts.stack.layers[l];
+    const s = saved[l];
+    // Feed-forward: x_{l+1} = mid + w2(act(w1 n2)).
+    const dh = b.acquire(N * hidden);
+    linearBack(dx, s.h, N, layer.w2, dh, false, grads.of(layer.w2.weight), grads.of(layer.w2.bias!));
+    const dpre = b.acquire(N * (c.ffGlu ? 2 * hidden : hidden));
+    if (c.ffGlu) b.add({ op: 'gluGeluBackward', rows: N, hidden, h: s.pre, dy: dh, dh: dpre });
+    else b.add({ op: 'geluBackward', pre: s.pre, dy: dh, dx: dpre, n: N * hidden });
+    b.release(dh);
+    linearBack(dpre, s.n2, N, layer.w1, dn, false, grads.of(layer.w1.weight), grads.of(layer.w1.bias!));
+    b.release(dpre);
+    b.add({ op: 'layerNormBackward', rows: N, dim: D, x: s.mid, gamma: layer.ffWrap.gamma, eps: 1e-5, dy: dn, dx, accumulate: true, dgamma: grads.of(layer.ffWrap.gamma!), dbeta: grads.of(layer.ffWrap.beta!) });
+    // Attention: mid = x + out(merge(attention(rotary(q), rotary(k), v))).
+    const dmerged = b.acquire(N * inner);
+    linearBack(dx, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
+    const dout = b.acquire(N * inner);
+    b.add({ op: 'splitHeads', src: dmerged, srcStride: inner, dst: dout, ...heads });
+    b.release(dmerged);
+    const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * inner));
+    b.add(attentionBackwardStep(parts, l, call.attention, s, dout, dq, dk, dv, dims));
+    b.release(dout);
+    if (parts.layerRotary !== null) {
+      for (const t of [dq, dk]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, true);
+    }
+    const dqkv = b.acquire(N * 3 * inner);
+    [dq, dk, dv].forEach((t, which) => b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner), dstStride: 3 * inner, ...heads }));
+    for (const t of [dq, dk, dv]) b.release(t);
+    const stacked = grads.qkv(layer);
+    linearBack(dqkv, s.n1, N, layer.qkv, dn, false, stacked.weight, stacked.bias);
+    b.release(dqkv);
+    b.add({ op: 'layerNormBackward', rows: N, dim: D, x: xs[l], gamma: layer.attnWrap.gamma, eps: 1e-5, dy: dn, dx, accumulate: true, dgamma: grads.of(layer.attnWrap.gamma!), dbeta: grads.of(layer.attnWrap.beta!) });
+  }
+  b.add({
+    op: 'embedBackward',
+    tokens: call.tokens,
+    rows: N,
+    len: L,
+    dim: D,
+    numTokens: V,
+    dx,
+    dtable: grads.of(parts.tokenEmb),
+    start: 0,
+    dpositions: p.kind === 'learned' ? grads.of(p.table) : null,
+    posRows: p.rows,
+  });
+  for (const a of owned) b.release(a);
+}
+
+function rotaryStep(b: PlanBuilder, x: Float32Array, r: RotaryTable, heads: number, len: number, d: number, inverse: boolean): void {
+  b.add({ op: 'rotary', x, heads, len, headDim: d, start: 0, layout: 'interleaved', table: r.table, tableRows: r.rows, invFreq: r.invFreq, inverse });
+}
+
+function attentionStep(parts: LMParts, l: number, attention: TrainingAttention, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, dims: object) {
+  const c = parts.config;
+  if (attention === 'softmax') {
+    return { op: 'softmax', q, k, v, out, dims, options: { causal: c.causal, keyPadding: null, scale: 1 / Math.sqrt(c.dimHead) } };
+  }
+  return parts.stack.globalAttentionStep(l, q, k, v, out, dims, null, null, `layers.${l}.attention`);
+}
+
+function attentionBackwardStep(
+  parts: LMParts,
+  l: number,
+  attention: TrainingAttention,
+  s: { q: Float32Array; k: Float32Array; v: Float32Array },
+  gradOut: Float32Array,
+  dq: Float32Array,
+  dk: Float32Array,
+  dv: Float32Array,
+  dims: object,
+) {
+  const forward = attentionStep(parts, l, attention, s.q, s.k, s.v, gradOut, dims) as unknown as { options: object };
+  return {
+    op: attention === 'softmax' ? 'softmaxBackward' : 'favorBackward',
+    q: s.q,
+    k: s.k,
+    v: s.v,
+    gradOut,
+    dq,
+    dk,
+    dv,
+    dims,
+    options: forward.options,
+    label: `layers.${l}.attention`,
+  };
+}

@@ -1,0 +1,202 @@
+// Training a PerformerLM: loss and gradients against PyTorch autograd in float64
+// (test/fixtures/training, scripts/fixtures/make_training_fixtures.py), on every kernel
+// set; gradient accumulation, AdamW (steps, schedule, clipping, state), errors.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { AdamW, backendInfo, PerformerLM, readSafetensors, setBackend, writeSafetensors, type TokenTensor } from '../lib';
+import { relFrobenius } from './helpers/reference';
+
+const DIR = path.join(__dirname, 'fixtures', 'training');
+const cases = JSON.parse(fs.readFileSync(path.join(DIR, 'cases.json'), 'utf8')) as Record<string, { ctor: Record<string, unknown> }>;
+const ORIGINAL = backendInfo();
+afterAll(() => setBackend({ isa: ORIGINAL.isa, threads: ORIGINAL.threads }));
+
+interface Io {
+  tokens: TokenTensor;
+  targets: TokenTensor;
+  expected: Record<'favor' | 'softmax', { loss: number; grads: Map<string, Float64Array> }>;
+}
+
+// The io file holds I64 and F64 tensors, which the library's reader does not convert.
+function readIo(name: string): Io {
+  const bytes = fs.readFileSync(path.join(DIR, `${name}.io.safetensors`));
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.toString('utf8', 8, 8 + n)) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const read = (key: string): { data: number[]; shape: number[] } => {
+    const h = header[key];
+    const chunk = bytes.subarray(8 + n + h.data_offsets[0], 8 + n + h.data_offsets[1]);
+    const count = h.shape.reduce((a, b) => a * b, 1);
+    const data = Array.from({ length: count }, (_, i) => (h.dtype === 'I64' ? Number(chunk.readBigInt64LE(8 * i)) : chunk.readDoubleLE(8 * i)));
+    return { data, shape: h.shape };
+  };
+  const ints = (key: string) => {
+    const t = read(key);
+    return { data: Int32Array.from(t.data), shape: t.shape };
+  };
+  const expected = {} as Io['expected'];
+  for (const kind of ['favor', 'softmax'] as const) {
+    const grads = new Map<string, Float64Array>();
+    for (const key of Object.keys(header)) {
+      if (key.startsWith(`${kind}/grad/`)) grads.set(key.slice(`${kind}/grad/`.length), Float64Array.from(read(key).data));
+    }
+    expected[kind] = { loss: read(`${kind}/loss`).data[0], grads };
+  }
+  return { tokens: ints('inputs/tokens'), targets: ints('inputs/targets'), expected };
+}
+
+const load = (name: string) => PerformerLM.fromPerformerPytorch(path.join(DIR, `${name}.state_dict.safetensors`), cases[name].ctor as never, { numerics: 'exact' });
+
+describe('loss and gradients against PyTorch autograd (float64)', () => {
+  for (const isa of backendInfo().available) {
+    for (const name of Object.keys(cases)) {
+      test(`${name} on ${isa}: FAVOR+ and exact softmax attention`, () => {
+        setBackend({ isa: isa as never });
+        const io = readIo(name);
+        const lm = load(name);
+        for (const attention of ['favor', 'softmax'] as const) {
+          lm.zeroGrad();
+          const loss = lm.lossAndGradSync(io.tokens, io.targets, { attention });
+          const want = io.expected[attention];
+          expect(Math.abs(loss - want.loss) / want.loss).toBeLessThan(1e-5);
+          const grads = lm.gradients();
+          expect(Object.keys(grads).sort()).toEqual([...want.grads.keys()].sort());
+          // A gradient that is zero in exact arithmetic (the key bias under softmax attention:
+          // a constant added to every score of a row changes nothing) is measured against the
+          // size of all the gradients instead of its own.
+          let all = 0;
+          for (const g of want.grads.values()) for (const x of g) all += x * x;
+          const floor = 1e-4 * Math.sqrt(all);
+          for (const [param, g] of want.grads) {
+            let num = 0;
+            let den = 0;
+            grads[param].data.forEach((x, i) => {
+              num += (x - g[i]) ** 2;
+              den += g[i] ** 2;
+            });
+            const err = Math.sqrt(num) / Math.max(Math.sqrt(den), floor);
+            if (!(err <= 1e-4)) throw new Error(`${name} ${attention} ${isa}: gradient of ${param} off by ${err}`);
+          }
+        }
+      });
+    }
+  }
+});
+
+describe('accumulation, sync and async, errors', () => {
+  const name = 'rotary_gelu_softmax_features';
+  const io = readIo(name);
+
+  test('gradients accumulate over calls; the async pass equals the sync one; zeroGrad clears', async () => {
+    const lm = load(name);
+    lm.lossAndGradSync(io.tokens, io.targets);
+    const once = lm.gradients();
+    await lm.lossAndGrad(io.tokens, io.targets);
+    const twice = lm.gradients();
+    for (const [param, t] of Object.entries(once)) {
+      expect(relFrobenius(twice[param].data, t.data.map((x) => 2 * x))).toBeLessThan(1e-6);
+    }
+    lm.zeroGrad();
+    expect(Object.values(lm.gradients()).every((t) => t.data.every((x) => x === 0))).toBe(true);
+  });
+
+  test('an aborted pass leaves the accumulated gradients as they were', async () => {
+    const lm = load(name);
+    lm.lossAndGradSync(io.tokens, io.targets);
+    const before = lm.gradients();
+    await expect(lm.lossAndGrad(io.tokens, io.targets, { signal: AbortSignal.abort() })).rejects.toMatchObject({ name: 'AbortError' });
+    const after = lm.gradients();
+    for (const [param, t] of Object.entries(before)) expect(after[param].data).toEqual(t.data);
+  });
+
+  test('bad targets and untrainable configurations are clear errors', () => {
+    const lm = load(name);
+    const [B, L] = io.tokens.shape;
+    expect(() => lm.lossAndGradSync(io.tokens, { data: new Int32Array(B * L).fill(23), shape: [B, L] })).toThrow(/target 23 at \[0, 0\] is outside \[0, 23\)/);
+    expect(() => lm.lossAndGradSync(io.tokens, { data: new Int32Array(B * L).fill(-1), shape: [B, L] })).toThrow(/every target is negative/);
+    expect(() => lm.lossAndGradSync(io.tokens, { data: new Int32Array(B * L), shape: [L, B] })).toThrow(/expected shape \[2, 11\]/);
+    expect(() => lm.lossAndGradSync(io.tokens, io.targets, { attention: 'linear' as never })).toThrow(/attention: expected one of/);
+    const pytorchNumerics = PerformerLM.fromPerformerPytorch(path.join(DIR, `${name}.state_dict.safetensors`), cases[name].ctor as never);
+    expect(() => pytorchNumerics.lossAndGradSync(io.tokens, io.targets)).toThrow(/training does not cover numerics 'performer-pytorch'/);
+    expect(pytorchNumerics.lossAndGradSync(io.tokens, io.targets, { attention: 'softmax' })).toBeCloseTo(io.expected.softmax.loss, 5);
+    const local = PerformerLM.random({ num_tokens: 5, max_seq_len: 8, dim: 8, depth: 1, heads: 2, dim_head: 4, causal: true, local_attn_heads: 1, local_window_size: 2, shift_tokens: true }, { numerics: 'exact' });
+    expect(() => local.lossAndGradSync({ data: new Int32Array(4), shape: [1, 4] }, { data: new Int32Array(4), shape: [1, 4] })).toThrow(/shift_tokens, local_attn_heads/);
+  });
+});
+
+describe('AdamW', () => {
+  const name = 'rotary_gelu_softmax_features';
+  const io = readIo(name);
+
+  test('one step matches a float64 AdamW on the same gradients; decoupled decay; the loss falls', () => {
+    const lm = load(name);
+    const before = lm.parameters();
+    const loss0 = lm.lossAndGradSync(io.tokens, io.targets);
+    const grads = lm.gradients();
+    const opt = new AdamW(lm, { lr: 1e-2, weightDecay: 0.1 });
+    const report = opt.step();
+    expect(report.step).toBe(1);
+    expect(report.lr).toBe(1e-2);
+    const after = lm.parameters();
+    for (const [param, g] of Object.entries(grads)) {
+      // Step 1: m^ = g, v^ = g^2, so p' = p (1 - lr wd) - lr g / (|g| + eps).
+      const want = before[param].data.map((p, i) => p * (1 - 1e-3) - (1e-2 * g.data[i]) / (Math.abs(g.data[i]) + 1e-8));
+      expect(relFrobenius(after[param].data, want)).toBeLessThan(1e-6);
+    }
+    // Buffers do not move; gradients were cleared.
+    expect(after['performer.net.layers.0.0.fn.fast_attention.projection_matrix'].data).toEqual(before['performer.net.layers.0.0.fn.fast_attention.projection_matrix'].data);
+    expect(Object.values(lm.gradients()).every((t) => t.data.every((x) => x === 0))).toBe(true);
+    for (let i = 0; i < 20; i++) {
+      lm.lossAndGradSync(io.tokens, io.targets);
+      opt.step();
+    }
+    expect(lm.lossAndGradSync(io.tokens, io.targets)).toBeLessThan(loss0 * 0.7);
+  });
+
+  test('warm-up and decay schedules, clipping, state save / load gives the same next step', () => {
+    const lm = load(name);
+    const schedule = new AdamW(lm, { lr: 1, warmupSteps: 4, decay: 'cosine', totalSteps: 12, minLr: 0.1 });
+    expect([1, 2, 4, 8, 12, 20].map((s) => schedule.learningRate(s))).toEqual([0.25, 0.5, 1, 0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * 0.5)), 0.1, 0.1]);
+    expect(new AdamW(lm, { lr: 1, decay: 'linear', totalSteps: 10 }).learningRate(5)).toBeCloseTo(0.5, 12);
+    const a = load(name);
+    const optA = new AdamW(a, { lr: 1e-2, maxGradNorm: 0.5 });
+    a.lossAndGradSync(io.tokens, io.targets);
+    const r = optA.step();
+    expect(r.gradNorm).toBeGreaterThan(0.5); // clipped to 0.5
+    // b takes a's weights and optimizer state, then both take the same step.
+    const weights = readSafetensors(writeSafetensors(a.parameters())).tensors;
+    const bb = PerformerLM.fromPerformerPytorch(weights, cases[name].ctor as never, { numerics: 'exact' });
+    const optB = new AdamW(bb, { lr: 1e-2, maxGradNorm: 0.5 });
+    optB.loadState(readSafetensors(writeSafetensors(optA.state())).tensors);
+    expect(optB.stepCount).toBe(1);
+    a.lossAndGradSync(io.tokens, io.targets);
+    bb.lossAndGradSync(io.tokens, io.targets);
+    optA.step();
+    optB.step();
+    const pa = a.parameters();
+    const pb = bb.parameters();
+    for (const param of Object.keys(pa)) expect(pb[param].data).toEqual(pa[param].data);
+  });
+
+  test('a NaN gradient names the parameter and the step is not applied', () => {
+    const lm = load(name);
+    lm.lossAndGradSync(io.tokens, io.targets);
+    const before = lm.parameters();
+    const opt = new AdamW(lm);
+    const item = (lm as unknown as { trainables(): { name: string; grad: Float32Array }[] }).trainables().find((t) => t.name === 'norm.bias')!;
+    item.grad[3] = NaN;
+    expect(() => opt.step()).toThrow(/gradient of norm\.bias is NaN at index 3; the step was not applied/);
+    expect(opt.stepCount).toBe(0);
+    const after = lm.parameters();
+    for (const param of Object.keys(before)) expect(after[param].data).toEqual(before[param].data);
+  });
+
+  test('toPerformerPytorch gives the package state_dict in form, duplicates included', () => {
+    const lm = load(name);
+    const sd = lm.toPerformerPytorch();
+    expect(sd['performer.proj_updater.instance.layers.1.1.fn.fn.w2.weight'].data).toEqual(sd['performer.net.layers.1.1.fn.fn.w2.weight'].data);
+    expect(sd['performer.proj_updater.calls_since_last_redraw'].shape).toEqual([]);
+    const again = PerformerLM.fromPerformerPytorch(sd, cases[name].ctor as never, { numerics: 'exact' });
+    expect(again.lossAndGradSync(io.tokens, io.targets)).toBe(lm.lossAndGradSync(io.tokens, io.targets));
+  });
+});
