@@ -195,6 +195,24 @@ describe('AdamW', () => {
     for (const param of Object.keys(pa)) expect(pb[param].data).toEqual(pa[param].data);
   });
 
+  test('featureRedraw: new features every N steps, from the seed; off by default', () => {
+    const lm = load(name);
+    const key = 'performer.net.layers.0.0.fn.fast_attention.projection_matrix';
+    const first = lm.parameters()[key].data;
+    const opt = new AdamW(lm, { lr: 1e-3, featureRedraw: { every: 2, seed: 5 } });
+    lm.lossAndGradSync(io.tokens, io.targets);
+    opt.step();
+    expect(lm.parameters()[key].data).toEqual(first);
+    lm.lossAndGradSync(io.tokens, io.targets);
+    opt.step();
+    const redrawn = lm.parameters()[key].data;
+    expect(redrawn).not.toEqual(first);
+    const other = load(name);
+    other.redrawFeatures(5 + 2);
+    expect(other.parameters()[key].data).toEqual(redrawn);
+    expect(() => new AdamW(lm, { featureRedraw: { every: 0 } })).toThrow(/featureRedraw\.every: expected an integer from 1/);
+  });
+
   test('a NaN gradient names the parameter and the step is not applied', () => {
     const lm = load(name);
     lm.lossAndGradSync(io.tokens, io.targets);
