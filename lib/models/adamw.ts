@@ -45,7 +45,12 @@ export interface AdamWOptions {
    * during training; off by default, and keep it off when fine-tuning). Step t redraws
    * with seed `seed + t`. Default seed 0.
    */
-  featureRedraw?: { every: number; seed?: number };
+  featureRedraw?: {
+    /** Steps between redraws. */
+    every: number;
+    /** Base seed (step t uses seed + t). Default 0. */
+    seed?: number;
+  };
 }
 
 /** What one {@link AdamW.step} did. */
