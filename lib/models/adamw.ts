@@ -6,7 +6,7 @@
  */
 import { rangeError, typeError } from '../errors';
 import type { Tensor } from '../tensor';
-import { readNumber, readOptions } from '../validate';
+import { readInteger, readNumber, readOptions } from '../validate';
 
 /** What AdamW trains: a model's tensors with their accumulated gradients. */
 export interface Trainable {
@@ -16,6 +16,8 @@ export interface Trainable {
   parametersChanged(): void;
   /** Sets the accumulated gradients to zero. */
   zeroGrad(): void;
+  /** New random features (models with FAVOR+ attention). */
+  redrawFeatures?(seed: number): void;
 }
 
 /** Options of {@link AdamW}. */
@@ -38,6 +40,17 @@ export interface AdamWOptions {
   totalSteps?: number;
   /** The learning rate at the end of a decay. Default 0. */
   minLr?: number;
+  /**
+   * Redraw the model's random features after every `every` steps (the paper's practice
+   * during training; off by default, and keep it off when fine-tuning). Step t redraws
+   * with seed `seed + t`. Default seed 0.
+   */
+  featureRedraw?: {
+    /** Steps between redraws. */
+    every: number;
+    /** Base seed (step t uses seed + t). Default 0. */
+    seed?: number;
+  };
 }
 
 /** What one {@link AdamW.step} did. */
@@ -52,7 +65,11 @@ export interface StepReport {
 
 /** AdamW for a {@link PerformerLM} (or any model exposing its trained tensors). */
 export class AdamW {
-  private readonly o: Required<Omit<AdamWOptions, 'maxGradNorm' | 'totalSteps'>> & { maxGradNorm: number | null; totalSteps: number | null };
+  private readonly o: Required<Omit<AdamWOptions, 'maxGradNorm' | 'totalSteps' | 'featureRedraw'>> & {
+    maxGradNorm: number | null;
+    totalSteps: number | null;
+    redraw: { every: number; seed: number } | null;
+  };
   private readonly moments = new Map<string, { m: Float32Array; v: Float32Array }>();
   private steps = 0;
 
@@ -65,7 +82,17 @@ export class AdamW {
     options: AdamWOptions = {},
   ) {
     const fn = 'AdamW options';
-    const o = readOptions<AdamWOptions>(options, fn, ['lr', 'betas', 'eps', 'weightDecay', 'maxGradNorm', 'warmupSteps', 'decay', 'totalSteps', 'minLr']);
+    const o = readOptions<AdamWOptions>(options, fn, ['lr', 'betas', 'eps', 'weightDecay', 'maxGradNorm', 'warmupSteps', 'decay', 'totalSteps', 'minLr', 'featureRedraw']);
+    let redraw: { every: number; seed: number } | null = null;
+    if (o.featureRedraw !== undefined) {
+      const r = readOptions<{ every: number; seed?: number }>(o.featureRedraw, `${fn}.featureRedraw`, ['every', 'seed']);
+      if (r.every === undefined) throw typeError(`${fn}.featureRedraw.every: required, received undefined`);
+      if (typeof model.redrawFeatures !== 'function') throw typeError(`${fn}.featureRedraw: this model has no random features to redraw`, 'ERR_INVALID_ARG_VALUE');
+      redraw = {
+        every: readInteger(r.every, `${fn}.featureRedraw.every`, 1, 1, Number.MAX_SAFE_INTEGER),
+        seed: readInteger(r.seed, `${fn}.featureRedraw.seed`, 0, 0, 2 ** 48),
+      };
+    }
     const betas = o.betas ?? [0.9, 0.999];
     if (!Array.isArray(betas) || betas.length !== 2) throw typeError(`${fn}.betas: expected [beta1, beta2]`);
     betas.forEach((b, i) => readNumber(b, `${fn}.betas[${i}]`, 0, { min: 0, max: 0.999999999 }));
@@ -83,6 +110,7 @@ export class AdamW {
       decay,
       totalSteps,
       minLr: readNumber(o.minLr, `${fn}.minLr`, 0, { min: 0 }),
+      redraw,
     };
   }
 
@@ -146,6 +174,8 @@ export class AdamW {
     }
     this.model.parametersChanged();
     this.model.zeroGrad();
+    const redraw = this.o.redraw;
+    if (redraw !== null && t % redraw.every === 0) this.model.redrawFeatures!(redraw.seed + t);
     return { step: t, lr, gradNorm };
   }
 

@@ -62,7 +62,6 @@ export function readWeights(weights: unknown, fn: string): NamedTensors {
 export interface TensorSource {
   has(name: string): boolean;
   take(name: string, shape: readonly number[]): Float32Array;
-  scalar(name: string, shape: readonly number[]): number;
   /** Every tensor taken, by name (the model's parameters under state_dict names). */
   readonly taken: Map<string, { data: Float32Array; shape: readonly number[] }>;
   /** Reports every problem at once (`hint` describes the config), then lets go of the source. */
@@ -123,11 +122,6 @@ export class CheckpointReader implements TensorSource {
       }
     }
     return Float32Array.from(t.data);
-  }
-
-  /** A scalar gain stored as shape [] (ReZero) or [1] (ScaleNorm). */
-  scalar(name: string, shape: readonly number[]): number {
-    return this.take(name, shape)[0];
   }
 
   /** Throws one RangeError listing every missing, unexpected, mis-shaped or non-finite tensor. */
@@ -215,10 +209,6 @@ export class RandomSource implements TensorSource {
     const data = this.make(name, shape);
     this.taken.set(name, { data, shape: Object.freeze([...shape]) });
     return data;
-  }
-
-  scalar(name: string, shape: readonly number[]): number {
-    return this.take(name, shape)[0];
   }
 
   finish(): void {}

@@ -5,10 +5,10 @@
  * parameters. Shape legend: B batch, L tokens, N = B L rows, D = dim, H heads of d,
  * inner = H d, F = ff width, V = num_tokens.
  *
- * Covered (checked by trainingSupport): pre-LayerNorm layers with GELU or GLU
- * feed-forward, global heads only, rotary or learned absolute positions, tied or separate
- * output embeddings, FAVOR+ with the library's numerics ('exact': softmax or ReLU
- * features) or exact softmax attention over the same weights.
+ * Covered (checked by checkTrainable): pre-LayerNorm, ScaleNorm or ReZero layers, token
+ * shift, GELU or GLU feed-forward, global heads only, rotary or learned absolute
+ * positions, tied or separate output embeddings; FAVOR+ with softmax or ReLU features in
+ * either numerics, or exact softmax attention over the same weights.
  */
 import { rangeError } from '../errors';
 import type { Linear } from '../layers/parameters';
@@ -37,15 +37,10 @@ export type TrainingAttention = 'favor' | 'softmax';
 export function checkTrainable(parts: LMParts, attention: TrainingAttention, fn: string): void {
   const c = parts.config;
   const problems: string[] = [];
-  if (c.norm !== 'layernorm') problems.push(`${c.norm === 'scalenorm' ? 'use_scalenorm' : 'use_rezero'} (pre-LayerNorm only)`);
   if (c.reversible) problems.push('reversible');
-  if (c.shiftTokens) problems.push('shift_tokens');
   if (c.localHeads.some((n) => n > 0)) problems.push('local_attn_heads');
   if (c.positions === 'axial') problems.push('axial_position_emb');
-  if (attention === 'favor') {
-    if (parts.numerics !== 'exact') problems.push("numerics 'performer-pytorch' (train with numerics: 'exact')");
-    if (c.features === 'noProjection') problems.push('no_projection');
-  }
+  if (attention === 'favor' && c.features === 'noProjection') problems.push('no_projection');
   if (problems.length > 0) {
     throw rangeError(`${fn}: training does not cover ${problems.join(', ')} yet`, 'ERR_INVALID_ARG_VALUE');
   }
@@ -144,10 +139,11 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     b.add({ op: 'linearBackward', rows, in: l.inFeatures, out: l.outFeatures, dy, x, weight: l.weight, dx, accumulate, dweight, dbias });
   const heads = { batch: B, len: L, heads: H, headDim: d };
   const dims = { batch: B, heads: H, queryLength: L, keyLength: L, headDim: d, valueDim: d };
+  const shifts = c.causal ? [0, 1] : [-1, 0, 1];
   const p = parts.positions;
 
   // ---- forward, keeping what the backward pass reads
-  const xs: Float32Array[] = [buffer(N * D)]; // each layer's input, then the stack's output
+  const x0 = buffer(N * D);
   b.add({
     op: 'embed',
     tokens: call.tokens,
@@ -157,59 +153,91 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     table: parts.tokenEmb,
     numTokens: V,
     start: 0,
-    out: xs[0],
+    out: x0,
     positions: p.kind,
     posTable: p.table,
     posRows: p.rows,
     invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
   });
+  // One sub-layer: dst = x + wrap(part(shift(norm(x)))). `saved.input` is what the part read.
+  interface Sub {
+    wrap: StackLayer['attnWrap'];
+    x: Float32Array;
+    input: Float32Array;
+    out: Float32Array | null; // ReZero: the part's output before the gain
+  }
   interface Saved {
-    n1: Float32Array;
+    attn: Sub;
+    ff: Sub;
     q: Float32Array;
     k: Float32Array;
     v: Float32Array;
     merged: Float32Array;
-    mid: Float32Array;
-    n2: Float32Array;
     pre: Float32Array;
     h: Float32Array;
   }
-  const saved: Saved[] = [];
-  parts.stack.layers.forEach((layer, l) => {
-    const x = xs[l];
-    const n1 = buffer(N * D);
-    b.add({ op: 'layerNorm', x, rows: N, dim: D, gamma: layer.attnWrap.gamma, beta: layer.attnWrap.beta, eps: 1e-5, y: n1 });
-    const qkv = b.acquire(N * 3 * inner);
-    linear(n1, N, layer.qkv, qkv);
-    const [q, k, v] = [0, 1, 2].map((which) => {
-      const dst = buffer(N * inner);
-      b.add({ op: 'splitHeads', src: qkv.subarray(which * inner), srcStride: 3 * inner, dst, ...heads });
-      return dst;
-    });
-    b.release(qkv);
-    if (parts.layerRotary !== null) {
-      for (const t of [q, k]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, false);
+  const subForward = (wrap: StackLayer['attnWrap'], x: Float32Array, part: (input: Float32Array, y: Float32Array, residual: Float32Array | null) => void): { sub: Sub; y: Float32Array } => {
+    let n = x;
+    if (c.norm === 'layernorm') {
+      n = buffer(N * D);
+      b.add({ op: 'layerNorm', x, rows: N, dim: D, gamma: wrap.gamma, beta: wrap.beta, eps: 1e-5, y: n });
+    } else if (c.norm === 'scalenorm') {
+      n = buffer(N * D);
+      b.add({ op: 'scaleNorm', x, rows: N, dim: D, g: wrap.gain![0], eps: 1e-5, y: n });
     }
-    const o = b.acquire(N * inner);
-    b.add(attentionStep(parts, l, call.attention, q, k, v, o, dims));
-    const merged = buffer(N * inner);
-    b.add({ op: 'mergeHeads', src: o, dst: merged, ...heads });
-    b.release(o);
-    const mid = buffer(N * D);
-    linear(merged, N, layer.out, mid, x);
-    const n2 = buffer(N * D);
-    b.add({ op: 'layerNorm', x: mid, rows: N, dim: D, gamma: layer.ffWrap.gamma, beta: layer.ffWrap.beta, eps: 1e-5, y: n2 });
-    const pre = buffer(N * (c.ffGlu ? 2 * hidden : hidden));
-    linear(n2, N, layer.w1, pre);
-    const h = buffer(N * hidden);
-    if (c.ffGlu) b.add({ op: 'gluGelu', h: pre, rows: N, hidden, y: h });
-    else b.add({ op: 'gelu', x: pre, n: N * hidden, y: h });
-    const next = buffer(N * D);
-    linear(h, N, layer.w2, next, mid);
-    xs.push(next);
-    saved.push({ n1, q, k, v, merged, mid, n2, pre, h });
+    let input = n;
+    if (c.shiftTokens) {
+      input = buffer(N * D);
+      b.add({ op: 'tokenShift', x: n, batch: B, len: L, dim: D, shifts, keep: null, history: null, y: input });
+    }
+    const y = buffer(N * D);
+    let out: Float32Array | null = null;
+    if (c.norm === 'rezero') {
+      out = buffer(N * D);
+      part(input, out, null);
+      b.add({ op: 'scaledAdd', x: out, n: N * D, g: wrap.gain![0], residual: x, y });
+    } else {
+      part(input, y, x);
+    }
+    return { sub: { wrap, x, input, out }, y };
+  };
+  const saved: Saved[] = [];
+  let x = x0;
+  parts.stack.layers.forEach((layer, l) => {
+    const s = {} as Saved;
+    const attn = subForward(layer.attnWrap, x, (input, y, residual) => {
+      const qkv = b.acquire(N * 3 * inner);
+      linear(input, N, layer.qkv, qkv);
+      [s.q, s.k, s.v] = [0, 1, 2].map((which) => {
+        const dst = buffer(N * inner);
+        b.add({ op: 'splitHeads', src: qkv.subarray(which * inner), srcStride: 3 * inner, dst, ...heads });
+        return dst;
+      });
+      b.release(qkv);
+      if (parts.layerRotary !== null) {
+        for (const t of [s.q, s.k]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, false);
+      }
+      const o = b.acquire(N * inner);
+      b.add(attentionStep(parts, l, call.attention, s.q, s.k, s.v, o, dims));
+      s.merged = buffer(N * inner);
+      b.add({ op: 'mergeHeads', src: o, dst: s.merged, ...heads });
+      b.release(o);
+      linear(s.merged, N, layer.out, y, residual);
+    });
+    s.attn = attn.sub;
+    const ff = subForward(layer.ffWrap, attn.y, (input, y, residual) => {
+      s.pre = buffer(N * (c.ffGlu ? 2 * hidden : hidden));
+      linear(input, N, layer.w1, s.pre);
+      s.h = buffer(N * hidden);
+      if (c.ffGlu) b.add({ op: 'gluGelu', h: s.pre, rows: N, hidden, y: s.h });
+      else b.add({ op: 'gelu', x: s.pre, n: N * hidden, y: s.h });
+      linear(s.h, N, layer.w2, y, residual);
+    });
+    s.ff = ff.sub;
+    x = ff.y;
+    saved.push(s);
   });
-  const top = xs[xs.length - 1];
+  const top = x;
   const nf = buffer(N * D);
   b.add({ op: 'layerNorm', x: top, rows: N, dim: D, gamma: parts.norm.gamma, beta: parts.norm.beta, eps: 1e-5, y: nf });
   const logits = buffer(N * V);
@@ -218,42 +246,67 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   b.add({ op: 'crossEntropy', logits, targets: call.targets, rows: N, classes: V, gradScale: call.gradScale, loss: call.loss, dlogits: logits });
 
   // ---- backward
-  const dx = buffer(N * D); // dL/d (the current layer's output), accumulated in place
+  const dx = buffer(N * D); // dL/d (the current sub-layer's output), accumulated in place
   const dn = buffer(N * D);
   linearBack(logits, nf, N, parts.head, dn, false, grads.of(parts.head.weight), parts.head.bias ? grads.of(parts.head.bias) : null);
   b.add({ op: 'layerNormBackward', rows: N, dim: D, x: top, gamma: parts.norm.gamma, eps: 1e-5, dy: dn, dx, accumulate: false, dgamma: grads.of(parts.norm.gamma), dbeta: grads.of(parts.norm.beta) });
+  // dx holds dL/d(sub-layer output); adds dL/d(sub-layer input) through the wrapper and part.
+  const subBackward = (sub: Sub, part: (dy: Float32Array, dinput: Float32Array) => void) => {
+    let dy = dx;
+    if (c.norm === 'rezero') {
+      dy = b.acquire(N * D);
+      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out, dy: dx, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
+    }
+    const dinput = b.acquire(N * D);
+    part(dy, dinput);
+    if (dy !== dx) b.release(dy);
+    let dnorm = dinput;
+    if (c.shiftTokens) {
+      dnorm = b.acquire(N * D);
+      b.add({ op: 'tokenShiftBackward', batch: B, len: L, dim: D, shifts, keep: null, dy: dinput, dx: dnorm, accumulate: false });
+      b.release(dinput);
+    }
+    if (c.norm === 'layernorm') {
+      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: 1e-5, dy: dnorm, dx, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
+    } else if (c.norm === 'scalenorm') {
+      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: 1e-5, dy: dnorm, dx, accumulate: true, dg: grads.of(sub.wrap.gain!) });
+    } else {
+      b.add({ op: 'scaledAdd', x: dnorm, n: N * D, g: 1, residual: dx, y: dx });
+    }
+    b.release(dnorm);
+  };
   for (let l = parts.stack.layers.length - 1; l >= 0; l--) {
     const layer = parts.stack.layers[l];
     const s = saved[l];
-    // Feed-forward: x_{l+1} = mid + w2(act(w1 n2)).
-    const dh = b.acquire(N * hidden);
-    linearBack(dx, s.h, N, layer.w2, dh, false, grads.of(layer.w2.weight), grads.of(layer.w2.bias!));
-    const dpre = b.acquire(N * (c.ffGlu ? 2 * hidden : hidden));
-    if (c.ffGlu) b.add({ op: 'gluGeluBackward', rows: N, hidden, h: s.pre, dy: dh, dh: dpre });
-    else b.add({ op: 'geluBackward', pre: s.pre, dy: dh, dx: dpre, n: N * hidden });
-    b.release(dh);
-    linearBack(dpre, s.n2, N, layer.w1, dn, false, grads.of(layer.w1.weight), grads.of(layer.w1.bias!));
-    b.release(dpre);
-    b.add({ op: 'layerNormBackward', rows: N, dim: D, x: s.mid, gamma: layer.ffWrap.gamma, eps: 1e-5, dy: dn, dx, accumulate: true, dgamma: grads.of(layer.ffWrap.gamma!), dbeta: grads.of(layer.ffWrap.beta!) });
-    // Attention: mid = x + out(merge(attention(rotary(q), rotary(k), v))).
-    const dmerged = b.acquire(N * inner);
-    linearBack(dx, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
-    const dout = b.acquire(N * inner);
-    b.add({ op: 'splitHeads', src: dmerged, srcStride: inner, dst: dout, ...heads });
-    b.release(dmerged);
-    const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * inner));
-    b.add(attentionBackwardStep(parts, l, call.attention, s, dout, dq, dk, dv, dims));
-    b.release(dout);
-    if (parts.layerRotary !== null) {
-      for (const t of [dq, dk]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, true);
-    }
-    const dqkv = b.acquire(N * 3 * inner);
-    [dq, dk, dv].forEach((t, which) => b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner), dstStride: 3 * inner, ...heads }));
-    for (const t of [dq, dk, dv]) b.release(t);
-    const stacked = grads.qkv(layer);
-    linearBack(dqkv, s.n1, N, layer.qkv, dn, false, stacked.weight, stacked.bias);
-    b.release(dqkv);
-    b.add({ op: 'layerNormBackward', rows: N, dim: D, x: xs[l], gamma: layer.attnWrap.gamma, eps: 1e-5, dy: dn, dx, accumulate: true, dgamma: grads.of(layer.attnWrap.gamma!), dbeta: grads.of(layer.attnWrap.beta!) });
+    subBackward(s.ff, (dy, dinput) => {
+      const dh = b.acquire(N * hidden);
+      linearBack(dy, s.h, N, layer.w2, dh, false, grads.of(layer.w2.weight), grads.of(layer.w2.bias!));
+      const dpre = b.acquire(N * (c.ffGlu ? 2 * hidden : hidden));
+      if (c.ffGlu) b.add({ op: 'gluGeluBackward', rows: N, hidden, h: s.pre, dy: dh, dh: dpre });
+      else b.add({ op: 'geluBackward', pre: s.pre, dy: dh, dx: dpre, n: N * hidden });
+      b.release(dh);
+      linearBack(dpre, s.ff.input, N, layer.w1, dinput, false, grads.of(layer.w1.weight), grads.of(layer.w1.bias!));
+      b.release(dpre);
+    });
+    subBackward(s.attn, (dy, dinput) => {
+      const dmerged = b.acquire(N * inner);
+      linearBack(dy, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
+      const dout = b.acquire(N * inner);
+      b.add({ op: 'splitHeads', src: dmerged, srcStride: inner, dst: dout, ...heads });
+      b.release(dmerged);
+      const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * inner));
+      b.add(attentionBackwardStep(parts, l, call.attention, s, dout, dq, dk, dv, dims));
+      b.release(dout);
+      if (parts.layerRotary !== null) {
+        for (const t of [dq, dk]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, true);
+      }
+      const dqkv = b.acquire(N * 3 * inner);
+      [dq, dk, dv].forEach((t, which) => b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner), dstStride: 3 * inner, ...heads }));
+      for (const t of [dq, dk, dv]) b.release(t);
+      const stacked = grads.qkv(layer);
+      linearBack(dqkv, s.attn.input, N, layer.qkv, dinput, false, stacked.weight, stacked.bias);
+      b.release(dqkv);
+    });
   }
   b.add({
     op: 'embedBackward',
@@ -294,9 +347,10 @@ function attentionBackwardStep(
   dv: Float32Array,
   dims: object,
 ) {
-  const forward = attentionStep(parts, l, attention, s.q, s.k, s.v, gradOut, dims) as unknown as { options: object };
+  const forward = attentionStep(parts, l, attention, s.q, s.k, s.v, gradOut, dims) as unknown as { op: string; options: object };
+  const ops: Record<string, string> = { softmax: 'softmaxBackward', favor: 'favorBackward', pytorchFavor: 'pytorchFavorBackward' };
   return {
-    op: attention === 'softmax' ? 'softmaxBackward' : 'favorBackward',
+    op: ops[forward.op],
     q: s.q,
     k: s.k,
     v: s.v,

@@ -33,7 +33,8 @@ const EXACT_CHUNK = 64;
 interface Wrapper {
   gamma: Float32Array | null; // LayerNorm weight
   beta: Float32Array | null; // LayerNorm bias
-  g: number; // ScaleNorm or ReZero gain
+  /** ScaleNorm's or ReZero's gain (the checkpoint's one-element tensor; null with LayerNorm). */
+  gain: Float32Array | null;
 }
 
 /** @internal One layer's weights. */
@@ -110,12 +111,12 @@ export class PerformerStack {
     for (let l = 0; l < c.depth; l++) {
       const wrap = (part: 0 | 1): { wrapper: Wrapper; prefix: string } => {
         const p = sublayerPrefix(c, root, l, part);
-        const wrapper: Wrapper = { gamma: null, beta: null, g: 1 };
+        const wrapper: Wrapper = { gamma: null, beta: null, gain: null };
         if (c.norm === 'layernorm') {
           wrapper.gamma = reader.take(`${p}norm.weight`, [D]);
           wrapper.beta = reader.take(`${p}norm.bias`, [D]);
         } else {
-          wrapper.g = reader.scalar(`${p}g`, c.norm === 'scalenorm' ? [1] : []);
+          wrapper.gain = reader.take(`${p}g`, c.norm === 'scalenorm' ? [1] : []);
         }
         // The wrapped module: fn. (norm wrappers), one more fn. for token shift.
         return { wrapper, prefix: `${p}fn.${c.shiftTokens ? 'fn.' : ''}` };
@@ -285,7 +286,7 @@ export class PerformerStack {
     } else if (c.norm === 'scalenorm') {
       n = b.acquire(rows * D);
       owned.push(n);
-      b.add({ op: 'scaleNorm', x: input, rows, dim: D, g: wrap.g, eps: SCALE_NORM_EPS, y: n });
+      b.add({ op: 'scaleNorm', x: input, rows, dim: D, g: wrap.gain![0], eps: SCALE_NORM_EPS, y: n });
     }
     if (c.shiftTokens) {
       const shifted = b.acquire(rows * D);
@@ -311,7 +312,7 @@ export class PerformerStack {
     if (part === 0) this.attention(b, call, l, n, target, res);
     else this.feedForward(b, layer, rows, n, target, res);
     if (rezero) {
-      b.add({ op: 'scaledAdd', x: target, n: rows * D, g: wrap.g, residual, y: dst });
+      b.add({ op: 'scaledAdd', x: target, n: rows * D, g: wrap.gain![0], residual, y: dst });
       b.release(target);
     }
     for (const buffer of owned) b.release(buffer);
@@ -439,6 +440,7 @@ export class PerformerStack {
           keep,
           state: state?.global ?? null,
           maxRose: state?.maxRose ?? null,
+          projection: layer.projection, // read by the backward pass only
         },
       };
     }

@@ -11,6 +11,7 @@
 //                  table?, tableRows, invFreq?, inverse? (rotate back: the gradient)
 //   pytorchFavor   q, k, v, out, dims, options { features, packedProjection?, numFeatures,
 //                  causal, keep?, dropMaskedKeys, state?, maxRose? }[, label]
+//   pytorchFavorBackward  as pytorchFavor with gradOut (for out), dq, dk, dv; options.projection
 //   localAttention q, k, v, out, dims, options { window, causal, keep?, pytorchNumerics,
 //                  ring?, start }[, label]
 #include "addon/model_plan_ops.h"
@@ -218,8 +219,7 @@ Napi::Object options_of(const PlanContext& ctx, const Napi::Object& s) {
   return value.As<Napi::Object>();
 }
 
-Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
-  const AttentionArrays a = parse_attention_arrays(ctx, s);
+pa::PytorchFavorOptions parse_pytorch_favor_options(const PlanContext& ctx, const Napi::Object& s, const AttentionArrays& a) {
   const Napi::Object o = options_of(ctx, s);
   pa::PytorchFavorOptions options;
   const std::string features = string_property(o, "features", "softmax");
@@ -249,10 +249,37 @@ Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
     options.state = float_field(ctx, o, "state", floats);
   }
   options.max_rose = uint8_field(ctx, o, "maxRose", 1, true);
+  if (options.features != pa::PytorchFeatures::kNoProjection) {
+    options.projection = optional_float_field(ctx, o, "projection", checked_mul(ctx.env, options.num_features, a.dims.head_dim));
+  }
   options.cancel = ctx.cancel;
+  return options;
+}
+
+Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
+  const AttentionArrays a = parse_attention_arrays(ctx, s);
+  const pa::PytorchFavorOptions options = parse_pytorch_favor_options(ctx, s, a);
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return labelled([=] { pa::pytorch_favor_attention(a.dims, a.q, a.k, a.v, a.out, options, *kernels, *pool); },
+                  string_property(s, "label", ""));
+}
+
+// The gradients of a pytorchFavor step: its fields with `gradOut` for `out`, and dq, dk, dv.
+Step parse_pytorch_favor_backward(const PlanContext& ctx, const Napi::Object& s) {
+  Napi::Object fields = Napi::Object::New(ctx.env);
+  for (const char* key : {"q", "k", "v", "dims", "options"}) fields.Set(key, s.Get(key));
+  fields.Set("out", s.Get("gradOut"));
+  const AttentionArrays a = parse_attention_arrays(ctx, fields);
+  const pa::PytorchFavorOptions options = parse_pytorch_favor_options(ctx, s, a);
+  const pa::AttentionDims& d = a.dims;
+  const std::size_t bh = checked_mul(ctx.env, d.batch, d.heads);
+  float* dq = float_field(ctx, s, "dq", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim));
+  float* dk = float_field(ctx, s, "dk", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim));
+  float* dv = float_field(ctx, s, "dv", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim));
+  const pa::KernelSet* kernels = ctx.kernels;
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  return labelled([=] { pa::pytorch_favor_backward(a.dims, a.q, a.k, a.v, a.out, options, dq, dk, dv, *kernels, *pool); },
                   string_property(s, "label", ""));
 }
 
@@ -330,6 +357,8 @@ bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi:
     steps->push_back(parse_rotary(ctx, step));
   } else if (op == "pytorchFavor") {
     steps->push_back(parse_pytorch_favor(ctx, step));
+  } else if (op == "pytorchFavorBackward") {
+    steps->push_back(parse_pytorch_favor_backward(ctx, step));
   } else if (op == "localAttention") {
     steps->push_back(parse_local_attention(ctx, step));
   } else {

@@ -252,12 +252,16 @@ class Worker {
           for (std::size_t f = 0; f < F_; ++f) u[f] = (u[f] - half_norm_[r]) - row_max;
           float* qf = qf_ + r * F_;
           kernels_.exp_bias(F_, u, nullptr, 0.0f, qf);
+          if (eq_ != nullptr) std::copy(qf, qf + F_, eq_ + r * F_);
           for (std::size_t f = 0; f < F_; ++f) qf[f] = r_ * (qf[f] + eps_);
         }
         break;
       case PytorchFeatures::kRelu:
         kernels_.gemm(n, F_, d_, q + i0 * d_, d_, 1, o_.packed_projection, F_, u_, F_, false);
         for (std::size_t i = 0; i < n * F_; ++i) qf_[i] = (u_[i] > 0.0f ? u_[i] : 0.0f) + eps_;
+        if (eq_ != nullptr) {
+          for (std::size_t i = 0; i < n * F_; ++i) eq_[i] = u_[i] > 0.0f ? u_[i] : 0.0f;
+        }
         break;
       case PytorchFeatures::kNoProjection:
         for (std::size_t r = 0; r < n; ++r) {
@@ -312,6 +316,230 @@ class Worker {
   float r_ = 1.0f, eps_ = 0.0f;
   std::vector<float> scratch_;
   float *u_, *e_, *kf_, *kf_t_, *qf_, *work_, *a_, *vm_, *ones_, *den_, *half_norm_, *col_max_, *col_scale_, *z_;
+  float* eq_ = nullptr;  // query exponents, kept by the backward pass (else null)
+
+ public:
+  // ---- gradients (the stabilizers max_f u and M are constants, as performer-pytorch detaches them)
+
+  // Scratch of the backward pass and the (materialized) features' gradients.
+  void prepare_backward() {
+    const std::size_t R = kRows;
+    back_.resize(R * F_ + 3 * R * F_ + 2 * R * Dv_ + R * R + 2 * F_ * Dv_ + F_ * std::max(R, Dv_) + Dv_ * R + 2 * F_ + R);
+    float* at = back_.data();
+    auto take = [&](std::size_t n) {
+      float* p = at;
+      at += n;
+      return p;
+    };
+    eq_ = take(R * F_);
+    dqf_ = take(R * F_);
+    dkf_ = take(R * F_);
+    g_ = take(R * F_);
+    dnum_ = take(R * Dv_);
+    b_ = take(R * R);
+    st_ = take(F_ * Dv_);
+    ds_ = take(F_ * Dv_);
+    t_ = take(F_ * std::max(R, Dv_));
+    vt_ = take(Dv_ * R);
+    dz_ = take(F_);
+    zeps_ = take(F_);
+    dden_ = take(R);
+    (void)take(Dv_ * R);
+  }
+
+  void backward_bidirectional(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* keep,
+                              float* dq, float* dk, float* dv, float* s) {
+    const std::size_t Lk = dims_.k_len, Lq = dims_.q_len;
+    std::fill(s, s + F_ * Dv_, 0.0f);
+    std::fill(z_, z_ + F_, 0.0f);
+    const float key_max = o_.features == PytorchFeatures::kSoftmax ? max_projection(k, 0, Lk) : 0.0f;
+    for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
+      check_cancel(o_.cancel);
+      const std::size_t n = std::min(kRows, Lk - j0);
+      key_exponents(k, j0, n, key_max);
+      for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
+      masked_values(v, keep, j0, n);
+      kernels_.gemm(F_, Dv_, n, kf_, 1, F_, vm_, Dv_, s, Dv_, true);
+      kernels_.gemm(1, F_, n, ones_, 0, 1, kf_, F_, z_, F_, true);
+    }
+    transpose(s, F_, Dv_, st_);
+    std::fill(ds_, ds_ + F_ * Dv_, 0.0f);
+    std::fill(dz_, dz_ + F_, 0.0f);
+    for (std::size_t i0 = 0; i0 < Lq; i0 += kRows) {
+      check_cancel(o_.cancel);
+      const std::size_t n = std::min(kRows, Lq - i0);
+      query_features(q, i0, n);
+      kernels_.gemm(n, Dv_, F_, qf_, F_, 1, s, Dv_, dnum_, Dv_, false);
+      for (std::size_t r = 0; r < n; ++r) den_[r] = kernels_.dot(F_, qf_ + r * F_, z_);
+      output_gradients(g + i0 * Dv_, n);
+      kernels_.gemm(n, F_, Dv_, dnum_, Dv_, 1, st_, F_, dqf_, F_, false);
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t f = 0; f < F_; ++f) dqf_[r * F_ + f] += dden_[r] * z_[f];
+      }
+      kernels_.gemm(F_, Dv_, n, qf_, 1, F_, dnum_, Dv_, ds_, Dv_, true);
+      kernels_.gemm(1, F_, n, dden_, 0, 1, qf_, F_, dz_, F_, true);
+      feature_backward(q + i0 * d_, eq_, dqf_, n, dq + i0 * d_);
+    }
+    transpose(ds_, F_, Dv_, st_);  // dS^T
+    for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
+      check_cancel(o_.cancel);
+      const std::size_t n = std::min(kRows, Lk - j0);
+      key_exponents(k, j0, n, key_max);
+      for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
+      masked_values(v, keep, j0, n);
+      // dk' = v_masked dS^T + dz (a masked key stays in the normalizer); dv = K' dS, zero where masked.
+      kernels_.gemm(n, F_, Dv_, vm_, Dv_, 1, st_, F_, dkf_, F_, false);
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t f = 0; f < F_; ++f) dkf_[r * F_ + f] += dz_[f];
+      }
+      kernels_.gemm(n, Dv_, F_, kf_, F_, 1, ds_, Dv_, dv + j0 * Dv_, Dv_, false);
+      zero_masked(keep, j0, n, dv + j0 * Dv_);
+      feature_backward(k + j0 * d_, e_, dkf_, n, dk + j0 * d_);
+    }
+  }
+
+  // Causal (q_len = k_len), from no state: a forward sweep (prefix sums, dq) then a
+  // reverse sweep (suffix sums, dk and dv). dnum (L x Dv) and dden (L) are the caller's.
+  void backward_causal(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* keep, float* dq,
+                       float* dk, float* dv, float* s, float* dnum_all, float* dden_all) {
+    const std::size_t L = dims_.k_len;
+    const float key_max = o_.features == PytorchFeatures::kSoftmax && L > 0 ? max_projection(k, 0, L) : 0.0f;
+    std::fill(s, s + F_ * Dv_, 0.0f);
+    std::fill(z_, z_ + F_, 0.0f);
+    for (std::size_t i0 = 0; i0 < L; i0 += kRows) {
+      check_cancel(o_.cancel);
+      const std::size_t n = std::min(kRows, L - i0);
+      chunk_features(q, k, v, keep, i0, n, key_max);
+      // num = Q' S + A V; den = Q' (z + 1e-6) + A 1.
+      kernels_.gemm(n, Dv_, F_, qf_, F_, 1, s, Dv_, dnum_, Dv_, false);
+      kernels_.gemm(n, Dv_, n, a_, n, 1, vm_, Dv_, dnum_, Dv_, true);
+      for (std::size_t f = 0; f < F_; ++f) zeps_[f] = z_[f] + kCausalEps;
+      for (std::size_t r = 0; r < n; ++r) {
+        float within = 0.0f;
+        for (std::size_t j = 0; j <= r; ++j) within += a_[r * n + j];
+        den_[r] = kernels_.dot(F_, qf_ + r * F_, zeps_) + within;
+      }
+      output_gradients(g + i0 * Dv_, n);
+      std::copy(dnum_, dnum_ + n * Dv_, dnum_all + i0 * Dv_);
+      std::copy(dden_, dden_ + n, dden_all + i0);
+      // dq' = dnum S^T + dden (z + 1e-6) + B K'
+      transpose(s, F_, Dv_, st_);
+      kernels_.gemm(n, F_, Dv_, dnum_, Dv_, 1, st_, F_, dqf_, F_, false);
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t f = 0; f < F_; ++f) dqf_[r * F_ + f] += dden_[r] * zeps_[f];
+      }
+      product_b(n);
+      kernels_.gemm(n, F_, n, b_, n, 1, kf_, F_, dqf_, F_, true);
+      feature_backward(q + i0 * d_, eq_, dqf_, n, dq + i0 * d_);
+      kernels_.gemm(F_, Dv_, n, kf_, 1, F_, vm_, Dv_, s, Dv_, true);
+      kernels_.gemm(1, F_, n, ones_, 0, 1, kf_, F_, z_, F_, true);
+    }
+    // Reverse sweep: s holds R, z_ holds r.
+    std::fill(s, s + F_ * Dv_, 0.0f);
+    std::fill(z_, z_ + F_, 0.0f);
+    const std::size_t chunks = (L + kRows - 1) / kRows;
+    for (std::size_t c = chunks; c-- > 0;) {
+      check_cancel(o_.cancel);
+      const std::size_t i0 = c * kRows, n = std::min(kRows, L - i0);
+      chunk_features(q, k, v, keep, i0, n, key_max);
+      std::copy(dnum_all + i0 * Dv_, dnum_all + (i0 + n) * Dv_, dnum_);
+      std::copy(dden_all + i0, dden_all + i0 + n, dden_);
+      product_b(n);
+      // dk' = v R^T + r + B^T Q'
+      transpose(vm_, n, Dv_, vt_);
+      kernels_.gemm(F_, n, Dv_, s, Dv_, 1, vt_, n, t_, n, false);
+      transpose(t_, F_, n, dkf_);
+      kernels_.gemm(n, F_, n, b_, 1, n, qf_, F_, dkf_, F_, true);
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t f = 0; f < F_; ++f) dkf_[r * F_ + f] += z_[f];
+      }
+      // dv = K' R + A^T dnum, zero where masked.
+      kernels_.gemm(n, Dv_, F_, kf_, F_, 1, s, Dv_, dv + i0 * Dv_, Dv_, false);
+      kernels_.gemm(n, Dv_, n, a_, 1, n, dnum_, Dv_, dv + i0 * Dv_, Dv_, true);
+      zero_masked(keep, i0, n, dv + i0 * Dv_);
+      feature_backward(k + i0 * d_, e_, dkf_, n, dk + i0 * d_);
+      kernels_.gemm(F_, Dv_, n, qf_, 1, F_, dnum_, Dv_, s, Dv_, true);
+      kernels_.gemm(1, F_, n, dden_, 0, 1, qf_, F_, z_, F_, true);
+    }
+  }
+
+ private:
+  // The chunk's key features (e_, kf_), query features (eq_, qf_), masked values (vm_) and
+  // A = Q' K'^T on and below the diagonal (a_).
+  void chunk_features(const float* q, const float* k, const float* v, const std::uint8_t* keep, std::size_t i0, std::size_t n,
+                      float key_max) {
+    key_exponents(k, i0, n, key_max);
+    for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
+    query_features(q, i0, n);
+    masked_values(v, keep, i0, n);
+    transpose(kf_, n, F_, kf_t_);
+    kernels_.gemm(n, n, F_, qf_, F_, 1, kf_t_, n, a_, n, false);
+    for (std::size_t r = 0; r < n; ++r) std::fill(a_ + r * n + r + 1, a_ + (r + 1) * n, 0.0f);
+  }
+
+  // b_ = dnum V^T + dden 1^T on and below the diagonal.
+  void product_b(std::size_t n) {
+    transpose(vm_, n, Dv_, vt_);
+    kernels_.gemm(n, n, Dv_, dnum_, Dv_, 1, vt_, n, b_, n, false);
+    for (std::size_t r = 0; r < n; ++r) {
+      for (std::size_t j = 0; j <= r; ++j) b_[r * n + j] += dden_[r];
+      std::fill(b_ + r * n + r + 1, b_ + (r + 1) * n, 0.0f);
+    }
+  }
+
+  // dnum_ holds the numerators and den_ the normalizers: dnum_ = g / den, dden_ = -(g . out) / den.
+  void output_gradients(const float* g, std::size_t n) {
+    for (std::size_t r = 0; r < n; ++r) {
+      float* row = dnum_ + r * Dv_;
+      const float* gr = g + r * Dv_;
+      const float inv = 1.0f / den_[r];
+      double dot = 0.0;
+      for (std::size_t e = 0; e < Dv_; ++e) {
+        dot += static_cast<double>(gr[e]) * (row[e] * inv);
+        row[e] = gr[e] * inv;
+      }
+      dden_[r] = static_cast<float>(-dot) * inv;
+    }
+  }
+
+  // dx of n rows from the gradients of their features (exp parts or ReLU values in e).
+  void feature_backward(const float* x, const float* e, const float* dphi, std::size_t n, float* dx) {
+    const bool softmax = o_.features == PytorchFeatures::kSoftmax;
+    const float c = static_cast<float>(std::pow(static_cast<double>(d_), -0.25));
+    for (std::size_t r = 0; r < n; ++r) {
+      double sum = 0.0;
+      for (std::size_t f = 0; f < F_; ++f) {
+        const std::size_t i = r * F_ + f;
+        // phi = r (e + eps): dphi/du = r e (softmax, then -s); relu: [u > 0].
+        g_[i] = softmax ? dphi[i] * r_ * e[i] : (e[i] > 0.0f ? dphi[i] : 0.0f);
+        sum += g_[i];
+      }
+      den_[r] = static_cast<float>(sum);
+    }
+    kernels_.gemm(n, d_, F_, g_, F_, 1, o_.projection, d_, dx, d_, false);
+    for (std::size_t r = 0; r < n; ++r) {
+      float* row = dx + r * d_;
+      const float* xr = x + r * d_;
+      for (std::size_t i = 0; i < d_; ++i) row[i] = c * row[i] - (softmax ? c * c * den_[r] * xr[i] : 0.0f);
+    }
+  }
+
+  void zero_masked(const std::uint8_t* keep, std::size_t j0, std::size_t n, float* rows) const {
+    if (keep == nullptr) return;
+    for (std::size_t r = 0; r < n; ++r) {
+      if (keep[j0 + r] == 0) std::fill(rows + r * Dv_, rows + (r + 1) * Dv_, 0.0f);
+    }
+  }
+
+  static void transpose(const float* src, std::size_t rows, std::size_t cols, float* dst) {
+    for (std::size_t r = 0; r < rows; ++r) {
+      for (std::size_t col = 0; col < cols; ++col) dst[col * rows + r] = src[r * cols + col];
+    }
+  }
+
+  std::vector<float> back_;
+  float *dqf_ = nullptr, *dkf_ = nullptr, *g_ = nullptr, *dnum_ = nullptr, *b_ = nullptr, *st_ = nullptr, *ds_ = nullptr,
+        *t_ = nullptr, *vt_ = nullptr, *dz_ = nullptr, *zeps_ = nullptr, *dden_ = nullptr;
 };
 
 }  // namespace
@@ -393,6 +621,48 @@ void pytorch_favor_attention(const AttentionDims& dims, const float* q, const fl
   }
   if (o.state != nullptr) std::copy(states.data(), states.data() + heads * layout.floats(), o.state);
   if (o.max_rose != nullptr && std::find(rose.begin(), rose.end(), 1) != rose.end()) *o.max_rose = 1;
+}
+
+void pytorch_favor_backward(const AttentionDims& dims, const float* q, const float* k, const float* v, const float* grad_out,
+                            const PytorchFavorOptions& o, float* dq, float* dk, float* dv, const KernelSet& kernels,
+                            ThreadPool& pool) {
+  if (o.features == PytorchFeatures::kNoProjection) throw InputError("backward: no_projection features are not covered");
+  if (o.packed_projection == nullptr || o.projection == nullptr) throw InputError("backward: needs the projection and its packed form");
+  if (o.state != nullptr || o.drop_masked_keys) throw InputError("backward: decoding states and dropped keys have no backward pass");
+  if (o.causal && dims.q_len != dims.k_len) throw InputError("causal attention here is self-attention: query and key lengths must be equal");
+  check_cancel(o.cancel);
+  scan_inputs(dims, q, k, v, pool);
+  const std::size_t heads = dims.batch * dims.heads;
+  const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim, F = o.num_features;
+  for (std::size_t i = 0; i < heads * Lq * Dv; ++i) {
+    if (!std::isfinite(grad_out[i])) throw InputError("gradOut: values must be finite, received " + std::to_string(grad_out[i]) + " at flat index " + std::to_string(i));
+  }
+  std::vector<std::unique_ptr<Worker>> workers(pool.size());
+  std::vector<std::vector<float>> scratch(pool.size());
+  const std::size_t unit_work = std::max<std::size_t>(1, std::max(Lq, Lk) * F * (d + Dv));
+  const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / unit_work);
+  pool.parallel_for(heads, grain, [&](std::size_t begin, std::size_t end, std::size_t slot) {
+    if (!workers[slot]) {
+      workers[slot] = std::make_unique<Worker>(dims, o, kernels, F);
+      workers[slot]->prepare_backward();
+    }
+    Worker& w = *workers[slot];
+    std::vector<float>& buf = scratch[slot];
+    buf.resize(F * Dv + (o.causal ? Lk * (Dv + 1) : 0));
+    for (std::size_t h = begin; h < end; ++h) {
+      const std::uint8_t* keep = o.keep != nullptr ? o.keep + (h / dims.heads) * Lk : nullptr;
+      const float* qh = q + h * Lq * d;
+      const float* kh = k + h * Lk * d;
+      const float* vh = v + h * Lk * Dv;
+      const float* gh = grad_out + h * Lq * Dv;
+      if (o.causal) {
+        w.backward_causal(qh, kh, vh, gh, keep, dq + h * Lq * d, dk + h * Lk * d, dv + h * Lk * Dv, buf.data(), buf.data() + F * Dv,
+                          buf.data() + F * Dv + Lk * Dv);
+      } else {
+        w.backward_bidirectional(qh, kh, vh, gh, keep, dq + h * Lq * d, dk + h * Lk * d, dv + h * Lk * Dv, buf.data());
+      }
+    }
+  });
 }
 
 }  // namespace pa

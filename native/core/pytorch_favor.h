@@ -50,6 +50,8 @@ struct PytorchFavorOptions {
   float* state = nullptr;
   // Set to 1 (never cleared) when a state that already held keys had its M raised.
   std::uint8_t* max_rose = nullptr;
+  // The m x d projection itself: only the backward pass reads it.
+  const float* projection = nullptr;
   const std::atomic<bool>* cancel = nullptr;
 };
 
@@ -62,5 +64,13 @@ void pytorch_favor_state_reset(float* state, std::size_t heads, std::size_t feat
 // stabilized in performer-pytorch).
 void pytorch_favor_attention(const AttentionDims& dims, const float* q, const float* k, const float* v, float* out,
                              const PytorchFavorOptions& options, const KernelSet& kernels, ThreadPool& pool);
+
+// Gradients of pytorch_favor_attention (softmax and relu features; no decoding state) with
+// respect to q, k and v, overwritten. The stabilizers (each query row's max of u, the
+// call's key maximum M) are constants, as performer-pytorch detaches them; the values of
+// masked keys get zero gradients (they were zeroed), their features stay in the normalizer.
+void pytorch_favor_backward(const AttentionDims& dims, const float* q, const float* k, const float* v, const float* grad_out,
+                            const PytorchFavorOptions& options, float* dq, float* dk, float* dv, const KernelSet& kernels,
+                            ThreadPool& pool);
 
 }  // namespace pa
