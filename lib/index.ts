@@ -78,6 +78,7 @@ export {
 export { DecodingState } from './layers/decoding';
 export { LayerBase } from './layers/layer';
 export type { LoadParametersOptions } from './layers/parameters';
+export type { InputGradients } from './layers/layer-training';
 export { pendingCalls } from './backend';
 export {
   fromBert,

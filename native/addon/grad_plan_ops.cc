@@ -17,11 +17,13 @@
 //   scaledAddBackward  n, x, dy, g, dg ([1]), dx? (may be x or dy), accumulate?
 //   tokenShiftBackward batch, len, dim, shifts (array of -1 / 0 / 1), keep?, dy, dx,
 //                      accumulate?
+//   fill               x, n, value (x[0, n) = value: zeroes a reused temporary at run time)
 // accumulate (default false): dx-like outputs are added to instead of overwritten;
 // parameter gradients (dweight, dbias, dgamma, dbeta, dtable, dpositions, dg) and the
 // loss are always added to.
 #include "addon/grad_plan_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -170,6 +172,15 @@ Step parse_gelu(const PlanContext& ctx, const Napi::Object& s) {
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] { pa::gelu(n, x, y, *kernels, *pool); };
+}
+
+Step parse_fill(const PlanContext& ctx, const Napi::Object& s) {
+  const std::size_t n = size_property(s, "n");
+  float* x = float_field(ctx, s, "x", n);
+  const double value = number_property(s, "value", 0.0);
+  if (!std::isfinite(value)) throw_range_error(ctx.env, "fill: value must be finite");
+  const float v = static_cast<float>(value);
+  return [=] { std::fill(x, x + n, v); };
 }
 
 struct ActivationGrad {
@@ -368,6 +379,8 @@ bool parse_grad_step(const PlanContext& ctx, const std::string& op, const Napi::
     steps->push_back(parse_scaled_add_backward(ctx, step));
   } else if (op == "tokenShiftBackward") {
     steps->push_back(parse_token_shift_backward(ctx, step));
+  } else if (op == "fill") {
+    steps->push_back(parse_fill(ctx, step));
   } else {
     return false;
   }
