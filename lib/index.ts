@@ -94,7 +94,7 @@ export { PerformerLM, type TrainingOptions, type GenerateOptions, type LMForward
 export { Performer, type PerformerForwardOptions } from './models/performer';
 export { PerformerLMState } from './models/lm-state';
 export type { PerformerPytorchOptions, RandomModelOptions } from './models/model-common';
-export type { GlobalFeatures, LMConfig, PerformerLMPytorchConfig, PerformerPytorchConfig, PerformerStackConfig, PositionKind, SublayerNorm } from './models/config';
+export type { DropoutRates, GlobalFeatures, LMConfig, PerformerLMPytorchConfig, PerformerPytorchConfig, PerformerStackConfig, PositionKind, SublayerNorm } from './models/config';
 export type { Numerics } from './models/stack';
 export type { PerformerPytorchWeights } from './models/checkpoint';
 export type { SamplingOptions } from './models/sampling';
