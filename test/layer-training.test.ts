@@ -1,17 +1,19 @@
 /**
  * Gradients of the layer classes (module form): backward / backwardSync against central
  * finite differences of the plain double-precision reference (every input entry, a
- * sample of every parameter), accumulation, an optimizer step seen by the next forward
- * pass, and errors.
+ * sample of every parameter), against PyTorch autograd on PyTorch's own modules
+ * (test/fixtures/layer-grads, scripts/fixtures/make_layer_grad_fixtures.py) on every kernel
+ * set, accumulation, an optimizer step seen by the next forward pass, and errors.
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { AdamW, DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder, type InputGradients, type Tensor } from '../lib';
+import { AdamW, backendInfo, DecoderLayer, EncoderLayer, fromPyTorch, MultiHeadAttention, setBackend, TransformerDecoder, TransformerEncoder, type InputGradients, type Tensor } from '../lib';
 import { expectThrows } from './helpers/errors';
 import { blockRef, layerNormRef, mhaRef, type RefBlockConfig } from './helpers/layer-reference';
 import { randn, relFrobenius, Rng, type RefFeatureSpec, type RefTensor } from './helpers/reference';
+import { buildLayer, forwardOptions, loadFixture, loadInto } from './helpers/torch-layer-fixtures';
 
 type Params = Record<string, RefTensor>;
 type Kind = 'favor' | 'softmax';
@@ -222,6 +224,55 @@ describe.each(cases().map((c) => [c.name, c] as const))('%s', (_name, c) => {
     module.zeroGrad();
     for (const g of Object.values(module.gradients())) expect(g.data.every((v) => v === 0)).toBe(true);
   });
+});
+
+describe('against PyTorch autograd (nn.MultiheadAttention, nn.Transformer* modules, softmax attention)', () => {
+  const dir = path.join(__dirname, 'fixtures', 'layer-grads');
+  const fixtures = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort().map((file) => loadFixture(dir, file));
+  const original = backendInfo();
+  afterAll(() => setBackend({ isa: original.isa, threads: original.threads }));
+
+  test('the fixtures cover attention, encoder and decoder layers and stacks', () => {
+    expect(fixtures.map((f) => f.config.kind).sort()).toEqual(['DecoderLayer', 'EncoderLayer', 'EncoderLayer', 'MultiHeadAttention', 'MultiHeadAttention', 'TransformerDecoder', 'TransformerEncoder']);
+  });
+
+  for (const isa of backendInfo().available) {
+    test.each(fixtures.map((f) => [f.name, f] as const))(`%s on ${isa}`, (_name, f) => {
+      setBackend({ isa: isa as never });
+      const layer = buildLayer(f.config);
+      loadInto(layer, f);
+      const options = forwardOptions(f);
+      const r = layer.backwardSync(f.inputs.x, f.inputs.grad_out, options) as InputGradients;
+      expect(relFrobenius(r.input.data, f.grads.x.data)).toBeLessThan(1e-4);
+      if (f.grads.memory) expect(relFrobenius(r.memory!.data, f.grads.memory.data)).toBeLessThan(1e-4);
+      else expect(r.memory).toBeUndefined();
+      // PyTorch's gradients under the layer's names (the same mapping as the weights).
+      const want = fromPyTorch(Object.fromEntries(Object.entries(f.grads).filter(([n]) => n !== 'x' && n !== 'memory')), { prefix: f.config.prefix });
+      const got = layer.gradients() as Record<string, Tensor>;
+      expect(Object.keys(got).sort()).toEqual(Object.keys(want).sort());
+      // Every gradient within 1e-4 relative, except the key bias's, which is zero in exact
+      // arithmetic (a constant added to a row of scores changes nothing): it must stay at
+      // float32 rounding noise, 1e-6 of the size of all the gradients.
+      let all = 0;
+      for (const t of Object.values(want)) for (const v of t.data) all += v * v;
+      for (const [name, t] of Object.entries(want)) {
+        let num = 0;
+        let den = 0;
+        let norm = 0;
+        t.data.forEach((v, i) => {
+          num += (got[name].data[i] - v) ** 2;
+          den += v * v;
+          norm += got[name].data[i] ** 2;
+        });
+        if (Math.sqrt(den) <= 1e-9 * Math.sqrt(all)) {
+          expect(name).toMatch(/k\.bias$/);
+          if (!(Math.sqrt(norm) <= 1e-6 * Math.sqrt(all))) throw new Error(`${f.name} on ${isa}: gradient of ${name} is not zero: norm ${Math.sqrt(norm)}`);
+        } else if (!(Math.sqrt(num / den) <= 1e-4)) {
+          throw new Error(`${f.name} on ${isa}: gradient of ${name} off by ${Math.sqrt(num / den)}`);
+        }
+      }
+    });
+  }
 });
 
 describe('training layers', () => {
