@@ -78,6 +78,7 @@ export {
 export { DecodingState } from './layers/decoding';
 export { LayerBase } from './layers/layer';
 export type { LoadParametersOptions } from './layers/parameters';
+export type { InputGradients } from './layers/layer-training';
 export { pendingCalls } from './backend';
 export {
   fromBert,
@@ -93,7 +94,7 @@ export { PerformerLM, type TrainingOptions, type GenerateOptions, type LMForward
 export { Performer, type PerformerForwardOptions } from './models/performer';
 export { PerformerLMState } from './models/lm-state';
 export type { PerformerPytorchOptions, RandomModelOptions } from './models/model-common';
-export type { GlobalFeatures, LMConfig, PerformerLMPytorchConfig, PerformerPytorchConfig, PerformerStackConfig, PositionKind, SublayerNorm } from './models/config';
+export type { DropoutRates, GlobalFeatures, LMConfig, PerformerLMPytorchConfig, PerformerPytorchConfig, PerformerStackConfig, PositionKind, SublayerNorm } from './models/config';
 export type { Numerics } from './models/stack';
 export type { PerformerPytorchWeights } from './models/checkpoint';
 export type { SamplingOptions } from './models/sampling';

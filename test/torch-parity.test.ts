@@ -8,56 +8,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import * as lib from '../lib';
-import { fromBert, fromPyTorch, loadSafetensorsSync, toPyTorch, type Tensor } from '../lib';
+import { toPyTorch, type Tensor } from '../lib';
 import { blockRef, layerNormRef, mhaRef, type RefBlockConfig } from './helpers/layer-reference';
 import { relFrobenius } from './helpers/reference';
-
-interface FixtureConfig {
-  modelDim: number;
-  numHeads: number;
-  activation?: 'relu' | 'gelu';
-  normFirst?: boolean;
-  layerNormEps?: number;
-  kind: 'MultiHeadAttention' | 'EncoderLayer' | 'DecoderLayer' | 'TransformerEncoder' | 'TransformerDecoder';
-  mapping: 'pytorch' | 'bert';
-  prefix: string;
-  keyDim?: number;
-  ffDim?: number;
-  numLayers?: number;
-  finalNorm?: boolean;
-  crossAttention?: boolean;
-  batch: number;
-  queryLength: number;
-  keyLength: number;
-  weightDtype: 'F32' | 'F16' | 'BF16';
-}
-
-interface Fixture {
-  name: string;
-  config: FixtureConfig;
-  weights: Record<string, Tensor>;
-  inputs: Record<string, Tensor>;
-  y: Tensor;
-  mapped: Record<string, Tensor>;
-}
+import { buildLayer, forwardOptions, layersExported, loadFixture, type Fixture, type FixtureConfig } from './helpers/torch-layer-fixtures';
 
 const dir = path.join(__dirname, 'fixtures', 'layers');
 const files = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
-
-function loadFixture(file: string): Fixture {
-  const { tensors, metadata } = loadSafetensorsSync(path.join(dir, file));
-  const config = JSON.parse(metadata.config) as FixtureConfig;
-  const weights: Record<string, Tensor> = {};
-  const inputs: Record<string, Tensor> = {};
-  for (const [name, t] of Object.entries(tensors)) {
-    if (name.startsWith('input.')) inputs[name.slice(6)] = t;
-    else if (name !== 'output.y') weights[name] = t;
-  }
-  const mapped = config.mapping === 'bert' ? fromBert(weights) : fromPyTorch(weights, { prefix: config.prefix });
-  return { name: file.replace('.safetensors', ''), config, weights, inputs, y: tensors['output.y'], mapped };
-}
-const fixtures = files.map(loadFixture);
+const fixtures = files.map((file) => loadFixture(dir, file));
 
 // The canonical names and shapes of the layer API (without features.projection, which a
 // PyTorch checkpoint does not have).
@@ -188,27 +146,6 @@ describe.each(fixtures.map((f) => [f.name, f] as const))('%s', (_name, f) => {
 
 // ---- the library's layers (softmax attention) against PyTorch ----
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-const api = lib as unknown as Record<string, any>;
-const layersExported = typeof api.MultiHeadAttention === 'function';
-
-function buildLayer(c: FixtureConfig): any {
-  const common = { modelDim: c.modelDim, numHeads: c.numHeads, attention: 'softmax' };
-  const block = { ...common, ffDim: c.ffDim, activation: c.activation, normFirst: c.normFirst, layerNormEps: c.layerNormEps };
-  switch (c.kind) {
-    case 'MultiHeadAttention':
-      return new api.MultiHeadAttention({ ...common, ...(c.keyDim ? { keyDim: c.keyDim } : {}) });
-    case 'EncoderLayer':
-      return new api.EncoderLayer(block);
-    case 'DecoderLayer':
-      return new api.DecoderLayer({ ...block, crossAttention: true });
-    case 'TransformerEncoder':
-      return new api.TransformerEncoder({ ...block, numLayers: c.numLayers, finalNorm: c.finalNorm });
-    case 'TransformerDecoder':
-      return new api.TransformerDecoder({ ...block, numLayers: c.numLayers, finalNorm: c.finalNorm, crossAttention: true });
-  }
-}
-
 (layersExported ? describe : describe.skip)(
   layersExported ? 'layers with softmax attention match PyTorch' : 'layers match PyTorch: SKIPPED, MultiHeadAttention is not exported yet',
   () => {
@@ -219,12 +156,7 @@ function buildLayer(c: FixtureConfig): any {
       const features = Object.fromEntries(Object.entries(own).filter(([n]) => n.endsWith('features.projection')));
       expect(Object.keys(own).sort()).toEqual([...Object.keys(f.mapped), ...Object.keys(features)].sort());
       layer.loadParameters({ ...features, ...f.mapped });
-      const x = f.inputs.x;
-      const options: Record<string, unknown> = {};
-      if (f.inputs.memory) options.memory = f.inputs.memory;
-      if (f.inputs.key_padding_mask) options.keyPaddingMask = toMask(f.inputs.key_padding_mask);
-      if (f.inputs.memory_key_padding_mask) options.memoryKeyPaddingMask = toMask(f.inputs.memory_key_padding_mask);
-      const y = layer.forwardSync(x, options) as Tensor;
+      const y = layer.forwardSync(f.inputs.x, forwardOptions(f)) as Tensor;
       expect([...y.shape]).toEqual([...f.y.shape]);
       expect(relFrobenius(y.data, f.y.data)).toBeLessThan(1e-5);
     });

@@ -8,7 +8,8 @@ import { AdamW, backendInfo, PerformerLM, readSafetensors, setBackend, writeSafe
 import { relFrobenius } from './helpers/reference';
 
 const DIR = path.join(__dirname, 'fixtures', 'training');
-const cases = JSON.parse(fs.readFileSync(path.join(DIR, 'cases.json'), 'utf8')) as Record<string, { ctor: Record<string, unknown>; package?: boolean }>;
+// dropoutSeed: the case drops out with the library's masks of this seed (the config's rates).
+const cases = JSON.parse(fs.readFileSync(path.join(DIR, 'cases.json'), 'utf8')) as Record<string, { ctor: Record<string, unknown>; package?: boolean; dropoutSeed?: number }>;
 // Models written in plain torch (FAVOR+ in the library's exact numerics, and exact attention)
 // and models of the real performer-pytorch package (its own numerics).
 const plainCases = Object.keys(cases).filter((n) => !cases[n].package);
@@ -84,7 +85,8 @@ describe('loss and gradients against PyTorch autograd (float64)', () => {
         const lm = load(name);
         for (const attention of ['favor', 'softmax'] as const) {
           lm.zeroGrad();
-          const loss = lm.lossAndGradSync(io.tokens, io.targets, { attention });
+          const seed = cases[name].dropoutSeed;
+          const loss = lm.lossAndGradSync(io.tokens, io.targets, seed !== undefined ? { attention, seed } : { attention });
           expectGradients(lm, io, attention, loss, `${name} ${attention} ${isa}`);
         }
       });
@@ -138,6 +140,60 @@ describe('accumulation, sync and async, errors', () => {
     expect(pytorchNumerics.lossAndGradSync(io.tokens, io.targets, { attention: 'softmax' })).toBeCloseTo(io.expected.softmax.loss, 5);
     const local = PerformerLM.random({ num_tokens: 5, max_seq_len: 8, dim: 8, depth: 1, heads: 2, dim_head: 4, causal: true, local_attn_heads: 1, local_window_size: 2, reversible: true }, { numerics: 'exact' });
     expect(() => local.lossAndGradSync({ data: new Int32Array(4), shape: [1, 4] }, { data: new Int32Array(4), shape: [1, 4] })).toThrow(/does not cover reversible, local_attn_heads/);
+  });
+});
+
+describe('dropout', () => {
+  const name = 'rotary_gelu_dropout';
+  const io = readIo(name);
+  const bits = (lm: PerformerLM) => Object.values(lm.gradients()).map((t) => Buffer.from(t.data.buffer).toString('hex'));
+
+  test('the config rates drop in training only; the default seed counts passes, so a run repeats', () => {
+    const a = load(name);
+    expect(a.dropout).toEqual({ emb: 0.1, attn: 0.2, ff: 0.3 });
+    const first = a.lossAndGradSync(io.tokens, io.targets); // seed 0
+    const second = a.lossAndGradSync(io.tokens, io.targets); // seed 1: other masks
+    expect(second).not.toBe(first);
+    const b = load(name);
+    expect(b.lossAndGradSync(io.tokens, io.targets, { seed: 0 })).toBe(first);
+    const c = load(name);
+    c.lossAndGradSync(io.tokens, io.targets);
+    expect(bits(c)).toEqual(bits(b));
+    // Forward passes never drop: two of them agree bit for bit.
+    const y1 = a.forwardSync(io.tokens).data;
+    expect(Buffer.from(a.forwardSync(io.tokens).data.buffer).equals(Buffer.from(y1.buffer))).toBe(true);
+  });
+
+  test('dropout: false, zero rates and per-call rates', () => {
+    const lm = load(name);
+    const off = lm.lossAndGradSync(io.tokens, io.targets, { dropout: false, seed: 5 });
+    const zero = lm.lossAndGradSync(io.tokens, io.targets, { dropout: { emb: 0, attn: 0, ff: 0 }, seed: 6 });
+    expect(zero).toBe(off);
+    const plain = PerformerLM.fromPerformerPytorch(path.join(DIR, `${name}.state_dict.safetensors`), { ...cases[name].ctor, emb_dropout: 0, attn_dropout: 0, ff_dropout: 0 } as never, { numerics: 'exact' });
+    expect(plain.lossAndGradSync(io.tokens, io.targets, { seed: 5 })).toBe(off);
+    // Only the feed-forward drops: another loss than all three, the same for the same seed.
+    const ff = lm.lossAndGradSync(io.tokens, io.targets, { dropout: { emb: 0, attn: 0 }, seed: 9 });
+    expect(ff).not.toBe(lm.lossAndGradSync(io.tokens, io.targets, { seed: 9 }));
+    expect(lm.lossAndGradSync(io.tokens, io.targets, { dropout: { emb: 0, attn: 0, ff: 0.3 }, seed: 9 })).toBe(ff);
+    // Rate 1 drops everything: only the feed-forward output biases reach the final norm, so
+    // no gradient reaches the embeddings, the attention or the first feed-forward linears.
+    lm.zeroGrad();
+    expect(Number.isFinite(lm.lossAndGradSync(io.tokens, io.targets, { dropout: { emb: 1, attn: 1, ff: 1 }, seed: 2 }))).toBe(true);
+    const g = lm.gradients();
+    for (const param of ['token_emb.weight', 'performer.net.layers.0.0.fn.to_q.weight', 'performer.net.layers.1.1.fn.fn.w1.weight']) {
+      expect(g[param].data.every((x) => x === 0)).toBe(true);
+    }
+    expect(g['to_out.weight'].data.some((x) => x !== 0)).toBe(true);
+  });
+
+  test('bad rates and seeds are RangeErrors naming the option', () => {
+    const lm = load(name);
+    expect(() => lm.lossAndGradSync(io.tokens, io.targets, { dropout: { ff: 1.5 } })).toThrow(/options.dropout.ff/);
+    expect(() => lm.lossAndGradSync(io.tokens, io.targets, { dropout: { emb: -0.1 } })).toThrow(/options.dropout.emb/);
+    expect(() => lm.lossAndGradSync(io.tokens, io.targets, { dropout: { embedding: 0.1 } as never })).toThrow(/unknown option 'embedding'/);
+    expect(() => lm.lossAndGradSync(io.tokens, io.targets, { seed: -1 })).toThrow(/options.seed/);
+    expect(() => lm.lossAndGradSync(io.tokens, io.targets, { seed: 0.5 })).toThrow(/options.seed/);
+    expect(() => PerformerLM.random({ ...cases[name].ctor, ff_dropout: 2 } as never)).toThrow(/ff_dropout: expected a probability/);
   });
 });
 

@@ -11,6 +11,7 @@ import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { DecodingState } from './decoding';
 import { favorStateLength, LayerBase, type StateSpec } from './layer';
+import { buildModuleBackward, type InputGradients } from './layer-training';
 import {
   checkState,
   MHA_OPTIONS,
@@ -307,6 +308,23 @@ export class EncoderLayer extends Block {
     b.runSync();
     return out;
   }
+
+  /**
+   * dL/d x (and dL/d memory with cross-attention) from dL/d output, the parameter
+   * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
+   */
+  async backward(x: TensorLike, gradOut: TensorLike, options?: EncoderForwardOptions): Promise<InputGradients> {
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backward');
+    await b.run(signal);
+    return finish();
+  }
+
+  /** The blocking twin of {@link backward} (no `signal`). */
+  backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): InputGradients {
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backwardSync');
+    b.runSync();
+    return finish();
+  }
 }
 
 /**
@@ -344,6 +362,23 @@ export class DecoderLayer extends Block {
     const { b, out } = buildDecoder([this], null, x, options, 'DecoderLayer.forwardSync');
     b.runSync();
     return out;
+  }
+
+  /**
+   * dL/d x (and dL/d memory with cross-attention) from dL/d output, the parameter
+   * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
+   */
+  async backward(x: TensorLike, gradOut: TensorLike, options?: DecoderForwardOptions): Promise<InputGradients> {
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backward');
+    await b.run(signal);
+    return finish();
+  }
+
+  /** The blocking twin of {@link backward} (no `signal`). */
+  backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): InputGradients {
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backwardSync');
+    b.runSync();
+    return finish();
   }
 
   /** A decoding state (see {@link TransformerDecoder.createStateSync}). */

@@ -27,6 +27,32 @@ export function favorStateLength(m: MultiHeadAttention, batch: number): number {
 // Counts parameter and feature changes of every module in the process.
 let parameterEpoch = 0;
 
+/** @internal One gradient buffer per trained parameter (the random features are not trained). */
+export class LayerGradients {
+  readonly byName = new Map<string, Float32Array>();
+  private readonly byParam = new Map<Float32Array, Float32Array>();
+
+  constructor(slots: Map<string, ParamSlot>) {
+    for (const [name, slot] of slots) {
+      if (isFeatures(name)) continue;
+      const g = new Float32Array(slot.get().length);
+      this.byName.set(name, g);
+      this.byParam.set(slot.get(), g);
+    }
+  }
+
+  /** The gradient buffer of a parameter array (as the module holds it now). */
+  of(param: Float32Array): Float32Array {
+    const g = this.byParam.get(param);
+    if (g === undefined) throw new Error('internal: no gradient buffer for this parameter');
+    return g;
+  }
+}
+
+function isFeatures(name: string): boolean {
+  return name.endsWith('features.projection');
+}
+
 /** Base of the layer classes. */
 export abstract class LayerBase {
   /** The resolved options (JSON-able). */
@@ -34,6 +60,8 @@ export abstract class LayerBase {
   // The fingerprint, valid while no module anywhere has changed its parameters since
   // (a stack's layers can be changed through `layers[i]` without the stack knowing).
   private cachedFingerprint: { epoch: number; value: string } | null = null;
+  // Gradients accumulated by backward(), by parameter name (created on first use).
+  private grads: Map<string, Float32Array> | null = null;
 
   /** @internal Named parameter slots. */
   abstract slots(prefix: string, into: Map<string, ParamSlot>): void;
@@ -86,6 +114,66 @@ export abstract class LayerBase {
     const s = readInteger(seed, 'redrawFeatures seed', 0, 0, Number.MAX_SAFE_INTEGER - 1024);
     this.attentionModules().forEach((m, i) => m.resample(s + i));
     parameterEpoch++;
+  }
+
+  /**
+   * Copies of the gradients accumulated by `backward` / `backwardSync` since the last
+   * {@link zeroGrad} (or optimizer step), keyed like {@link parameters}; the random
+   * features are not trained and have none. Zeros before any backward pass. A stack's
+   * gradients are its own: its layers' `gradients()` hold only their own backward calls.
+   */
+  gradients(): Record<string, Tensor> {
+    const slots = this.slotMap();
+    const store = this.gradientStore(slots);
+    const out: Record<string, Tensor> = {};
+    for (const [name, g] of store) out[name] = { data: Float32Array.from(g), shape: Object.freeze([...slots.get(name)!.shape]) };
+    return out;
+  }
+
+  /** Sets the accumulated gradients to zero. */
+  zeroGrad(): void {
+    if (this.grads !== null) for (const g of this.grads.values()) g.fill(0);
+  }
+
+  /** @internal The trained tensors with their gradients (the optimizer's view). */
+  trainables(): { name: string; param: Float32Array; grad: Float32Array }[] {
+    const slots = this.slotMap();
+    const store = this.gradientStore(slots);
+    return [...store].map(([name, grad]) => ({ name, param: slots.get(name)!.get(), grad }));
+  }
+
+  /** @internal After the parameters changed in place: packed and fused weights rebuilt, old states no longer fit. */
+  parametersChanged(): void {
+    for (const [name, slot] of this.slotMap()) if (!isFeatures(name)) slot.set(slot.get());
+    parameterEpoch++;
+  }
+
+  /** @internal A zeroed gradient set for one pass, keyed by the current parameter arrays. */
+  gradientSet(): LayerGradients {
+    return new LayerGradients(this.slotMap());
+  }
+
+  /** @internal Adds one pass's gradients to the accumulated ones. */
+  commitGradients(pass: LayerGradients): void {
+    const store = this.gradientStore(this.slotMap());
+    for (const [name, g] of pass.byName) {
+      const into = store.get(name)!;
+      for (let i = 0; i < g.length; i++) into[i] += g[i];
+    }
+  }
+
+  private slotMap(): Map<string, ParamSlot> {
+    const slots = new Map<string, ParamSlot>();
+    this.slots('', slots);
+    return slots;
+  }
+
+  private gradientStore(slots: Map<string, ParamSlot>): Map<string, Float32Array> {
+    if (this.grads === null) {
+      this.grads = new Map();
+      for (const [name, slot] of slots) if (!isFeatures(name)) this.grads.set(name, new Float32Array(slot.get().length));
+    }
+    return this.grads;
   }
 
   /** @internal CRC-32 of configuration and parameters: decoding states carry it. */

@@ -10,6 +10,7 @@ import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
 import { native } from '../native';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
+import { buildModuleBackward, type InputGradients } from './layer-training';
 import { LayerBase } from './layer';
 import { attentionParameterCount, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
@@ -218,6 +219,33 @@ export class MultiHeadAttention extends LayerBase {
     const { b, out } = this.build(x, options, 'MultiHeadAttention.forwardSync');
     b.runSync();
     return out;
+  }
+
+  /**
+   * Gradients of a loss L through this attention, given dL/d output: returns dL/d x (and
+   * dL/d memory with a `memory`); the gradients of the parameters are added to
+   * {@link gradients} (until {@link zeroGrad} or an optimizer step). The pass recomputes
+   * the forward pass from x (no earlier forward call needed) and runs off the event loop.
+   * FAVOR+ attention needs epsilon 0 and a softmax, softmax-hyperbolic, relu, elu, exp or
+   * abs kernel; the features themselves are fixed (not trained).
+   * @param x the forward pass's input, `[B, L, modelDim]`.
+   * @param gradOut dL/d output, `[B, L, modelDim]`.
+   * @param options the forward pass's options.
+   * @throws TypeError / RangeError (the Promise rejects) as the forward pass, for a gradOut
+   *   of another shape or not finite, or for attention without gradients; AbortError
+   *   (gradients unchanged) when `signal` aborts.
+   */
+  async backward(x: TensorLike, gradOut: TensorLike, options?: AttentionForwardOptions): Promise<InputGradients> {
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'MultiHeadAttention.backward');
+    await b.run(signal);
+    return finish();
+  }
+
+  /** The blocking twin of {@link backward} (no `signal`). */
+  backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<AttentionForwardOptions, 'signal'>): InputGradients {
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'MultiHeadAttention.backwardSync');
+    b.runSync();
+    return finish();
   }
 
   private build(x: unknown, options: unknown, fn: string) {

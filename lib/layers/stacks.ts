@@ -27,6 +27,7 @@ import {
 } from './blocks';
 import type { DecodingState } from './decoding';
 import { LayerBase } from './layer';
+import { buildModuleBackward, type InputGradients } from './layer-training';
 import { runStep, runStepSync, readLayerSignal, type MultiHeadAttention } from './multi-head-attention';
 import { LayerNorm, type ParamSlot } from './parameters';
 
@@ -130,6 +131,23 @@ export class TransformerEncoder extends Stack<EncoderLayer> {
     b.runSync();
     return out;
   }
+
+  /**
+   * dL/d x (and dL/d memory with cross-attention) from dL/d output, the parameter
+   * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
+   */
+  async backward(x: TensorLike, gradOut: TensorLike, options?: EncoderForwardOptions): Promise<InputGradients> {
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerEncoder.backward');
+    await b.run(signal);
+    return finish();
+  }
+
+  /** The blocking twin of {@link backward} (no `signal`). */
+  backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): InputGradients {
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerEncoder.backwardSync');
+    b.runSync();
+    return finish();
+  }
 }
 
 /**
@@ -165,6 +183,23 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
     const { b, out } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forwardSync');
     b.runSync();
     return out;
+  }
+
+  /**
+   * dL/d x (and dL/d memory with cross-attention) from dL/d output, the parameter
+   * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
+   */
+  async backward(x: TensorLike, gradOut: TensorLike, options?: DecoderForwardOptions): Promise<InputGradients> {
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerDecoder.backward');
+    await b.run(signal);
+    return finish();
+  }
+
+  /** The blocking twin of {@link backward} (no `signal`). */
+  backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): InputGradients {
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerDecoder.backwardSync');
+    b.runSync();
+    return finish();
   }
 
   /**

@@ -10,7 +10,8 @@ import { describe, rangeError, typeError } from '../errors';
  * `Performer(...)` keyword arguments (Python names). `dim`, `depth`, `heads` and
  * `dim_head` are required; the others take performer-pytorch 1.1.4's defaults.
  * Training-only arguments (dropouts, `feature_redraw_interval`, `auto_check_redraw`,
- * `ff_chunks`) are accepted and have no effect on outputs.
+ * `ff_chunks`) are accepted and have no effect on outputs; a PerformerLM's dropouts
+ * apply in its training passes (`lossAndGrad`).
  */
 export interface PerformerPytorchConfig {
   /** Model width. */
@@ -59,9 +60,9 @@ export interface PerformerPytorchConfig {
   feature_redraw_interval?: number | null;
   /** Training only; no effect here. */
   auto_check_redraw?: boolean;
-  /** Training only; no effect here. */
+  /** Dropout probability of the feed-forward hidden activations in `PerformerLM.lossAndGrad` (training); forward passes never drop. Default 0. */
   ff_dropout?: number;
-  /** Training only; no effect here. */
+  /** Dropout probability of each attention sub-layer's output in `PerformerLM.lossAndGrad` (training); forward passes never drop. Default 0. */
   attn_dropout?: number;
 }
 
@@ -81,7 +82,7 @@ export interface PerformerLMPytorchConfig extends Omit<PerformerPytorchConfig, '
   axial_position_emb?: boolean;
   /** Axial shape. Default [ceil(max_seq_len / 64), 64]. */
   axial_position_shape?: number[] | null;
-  /** Training only; no effect here. */
+  /** Dropout probability of the embeddings (tokens plus positions) in `PerformerLM.lossAndGrad` (training); forward passes never drop. Default 0. */
   emb_dropout?: number;
 }
 
@@ -289,6 +290,21 @@ function readStack(c: Record<string, unknown>, fn: string, lm: boolean): Perform
 /** @internal Reads `Performer(...)`'s arguments. */
 export function readPerformerConfig(value: unknown, fn: string): PerformerStackConfig {
   return readStack(readObject(value, fn, STACK_KEYS), fn, false);
+}
+
+/** Dropout probabilities applied by training passes (`*_dropout` of the config). */
+export interface DropoutRates {
+  /** After the embeddings. */
+  emb: number;
+  /** On each attention sub-layer's output (before the residual). */
+  attn: number;
+  /** On the feed-forward hidden activations (before the second linear). */
+  ff: number;
+}
+
+/** @internal The config's dropout probabilities (already checked by readLMConfig). */
+export function readDropoutRates(config: PerformerLMPytorchConfig): DropoutRates {
+  return { emb: config.emb_dropout ?? 0, attn: config.attn_dropout ?? 0, ff: config.ff_dropout ?? 0 };
 }
 
 /** @internal Reads `PerformerLM(...)`'s arguments. */

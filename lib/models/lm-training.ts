@@ -113,6 +113,8 @@ export interface TrainingCall {
   gradScale: number;
   /** [sum of -log p, count] (float64, accumulated). */
   loss: Float64Array;
+  /** Dropout probabilities and the masks' seed, or null for none. */
+  dropout: { emb: number; attn: number; ff: number; seed: number } | null;
 }
 
 /** @internal Appends the forward pass, the loss and the backward pass of one batch to `b`. */
@@ -141,6 +143,11 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   const dims = { batch: B, heads: H, queryLength: L, keyLength: L, headDim: d, valueDim: d };
   const shifts = c.causal ? [0, 1] : [-1, 0, 1];
   const p = parts.positions;
+  // Dropout masks come from (seed, stream, index): the backward pass redraws the forward
+  // pass's. Streams: 0 the embeddings, 1 + 2l layer l's attention, 2 + 2l its feed-forward.
+  const drop = call.dropout;
+  const dropout = (rate: number, stream: number, x: Float32Array, y: Float32Array, residual: Float32Array | null = null) =>
+    b.add({ op: 'dropout', n: x.length, x, p: rate, seed: drop!.seed, stream, residual, y });
 
   // ---- forward, keeping what the backward pass reads
   const x0 = buffer(N * D);
@@ -159,6 +166,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     posRows: p.rows,
     invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
   });
+  if (drop !== null && drop.emb > 0) dropout(drop.emb, 0, x0, x0);
   // One sub-layer: dst = x + wrap(part(shift(norm(x)))). `saved.input` is what the part read.
   interface Sub {
     wrap: StackLayer['attnWrap'];
@@ -222,7 +230,14 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       s.merged = buffer(N * inner);
       b.add({ op: 'mergeHeads', src: o, dst: s.merged, ...heads });
       b.release(o);
-      linear(s.merged, N, layer.out, y, residual);
+      if (drop !== null && drop.attn > 0) {
+        const t = b.acquire(N * D);
+        linear(s.merged, N, layer.out, t);
+        dropout(drop.attn, 1 + 2 * l, t, y, residual);
+        b.release(t);
+      } else {
+        linear(s.merged, N, layer.out, y, residual);
+      }
     });
     s.attn = attn.sub;
     const ff = subForward(layer.ffWrap, attn.y, (input, y, residual) => {
@@ -231,6 +246,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       s.h = buffer(N * hidden);
       if (c.ffGlu) b.add({ op: 'gluGelu', h: s.pre, rows: N, hidden, y: s.h });
       else b.add({ op: 'gelu', x: s.pre, n: N * hidden, y: s.h });
+      if (drop !== null && drop.ff > 0) dropout(drop.ff, 2 + 2 * l, s.h, s.h);
       linear(s.h, N, layer.w2, y, residual);
     });
     s.ff = ff.sub;
@@ -281,6 +297,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     subBackward(s.ff, (dy, dinput) => {
       const dh = b.acquire(N * hidden);
       linearBack(dy, s.h, N, layer.w2, dh, false, grads.of(layer.w2.weight), grads.of(layer.w2.bias!));
+      if (drop !== null && drop.ff > 0) dropout(drop.ff, 2 + 2 * l, dh, dh);
       const dpre = b.acquire(N * (c.ffGlu ? 2 * hidden : hidden));
       if (c.ffGlu) b.add({ op: 'gluGeluBackward', rows: N, hidden, h: s.pre, dy: dh, dh: dpre });
       else b.add({ op: 'geluBackward', pre: s.pre, dy: dh, dx: dpre, n: N * hidden });
@@ -290,7 +307,13 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     });
     subBackward(s.attn, (dy, dinput) => {
       const dmerged = b.acquire(N * inner);
-      linearBack(dy, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
+      let dout0 = dy;
+      if (drop !== null && drop.attn > 0) {
+        dout0 = b.acquire(N * D);
+        dropout(drop.attn, 1 + 2 * l, dy, dout0);
+      }
+      linearBack(dout0, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
+      if (dout0 !== dy) b.release(dout0);
       const dout = b.acquire(N * inner);
       b.add({ op: 'splitHeads', src: dmerged, srcStride: inner, dst: dout, ...heads });
       b.release(dmerged);
@@ -308,6 +331,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       b.release(dqkv);
     });
   }
+  if (drop !== null && drop.emb > 0) dropout(drop.emb, 0, dx, dx);
   b.add({
     op: 'embedBackward',
     tokens: call.tokens,

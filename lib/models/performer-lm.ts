@@ -12,15 +12,15 @@ import { PlanBuilder } from '../layers/plan';
 import { readLayerSignal } from '../layers/multi-head-attention';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
-import { newFloat32Array, readEnum, readInteger, readMask, readOptions } from '../validate';
+import { newFloat32Array, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
 import { Linear } from '../layers/parameters';
 import { inverseFrequencies, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
-import { readLMConfig, type LMConfig, type PerformerLMPytorchConfig } from './config';
+import { readDropoutRates, readLMConfig, type DropoutRates, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
 import { readSampler, sample, type SamplingOptions } from './sampling';
 import { readTargets, readTokenList, readTokens } from './tokens';
-import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention } from './lm-training';
+import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention, type TrainingCall } from './lm-training';
 import { FeatureMap } from '../feature-map';
 import { PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
 
@@ -49,6 +49,16 @@ export interface LMForwardOptions {
 export interface TrainingOptions {
   /** The global heads' attention: 'favor' (default) or exact 'softmax' over the same weights. */
   attention?: TrainingAttention;
+  /**
+   * Dropout probabilities of this pass (each in [0, 1]; omitted ones from the model's
+   * config, `emb_dropout`, `attn_dropout`, `ff_dropout`), or false for none.
+   */
+  dropout?: Partial<DropoutRates> | false;
+  /**
+   * Seed of this pass's dropout masks (an integer from 0 to 2^53 - 1). Default: the number
+   * of training passes this model has run, so a run from the same start repeats bit for bit.
+   */
+  seed?: number;
   /** Aborting rejects with an AbortError; the accumulated gradients stay as they were. */
   signal?: AbortSignal;
 }
@@ -94,9 +104,14 @@ export class PerformerLM {
   private head: Linear;
   private grads: GradientStore | null = null;
   private cachedFingerprint: string | null = null;
+  /** The config's dropout probabilities (training passes only). */
+  readonly dropout: Readonly<DropoutRates>;
+  // Training passes run so far: the default dropout seed of the next one.
+  private passes = 0;
 
-  private constructor(config: LMConfig, numerics: Numerics, source: TensorSource, fn: string) {
+  private constructor(config: LMConfig, numerics: Numerics, source: TensorSource, fn: string, dropout: DropoutRates) {
     this.config = config;
+    this.dropout = Object.freeze(dropout);
     this.numerics = numerics;
     this.source = source;
     const c = config;
@@ -136,7 +151,7 @@ export class PerformerLM {
     const fn = 'PerformerLM.fromPerformerPytorch';
     const c = readLMConfig(config, fn);
     const { numerics } = readModelOptions(options, fn, false);
-    return new PerformerLM(c, numerics, tensorSource(weights, fn, ALIASES, null, 'token_emb.weight'), fn);
+    return new PerformerLM(c, numerics, tensorSource(weights, fn, ALIASES, null, 'token_emb.weight'), fn, readDropoutRates(config));
   }
 
   /** A model with random weights of the given configuration (benchmarks, tests). */
@@ -144,7 +159,7 @@ export class PerformerLM {
     const fn = 'PerformerLM.random';
     const c = readLMConfig(config, fn);
     const { numerics, seed } = readModelOptions(options, fn, true);
-    return new PerformerLM(c, numerics, tensorSource(null, fn, ALIASES, seed), fn);
+    return new PerformerLM(c, numerics, tensorSource(null, fn, ALIASES, seed), fn, readDropoutRates(config));
   }
 
   /** Copies of the weights under their state_dict names (without the proj_updater duplicates). */
@@ -178,8 +193,8 @@ export class PerformerLM {
    */
   async lossAndGrad(tokens: TokenTensor, targets: TokenTensor, options?: TrainingOptions): Promise<number> {
     const fn = 'PerformerLM.lossAndGrad';
-    const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention', 'signal']);
-    const { b, loss } = this.buildTraining(tokens, targets, o.attention, fn);
+    const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention', 'dropout', 'seed', 'signal']);
+    const { b, loss } = this.buildTraining(tokens, targets, o, fn);
     // Gradients accumulate only when the whole pass ran: it writes into copies first.
     await b.run(readLayerSignal(o.signal, `${fn} options.signal`));
     this.commitGradients();
@@ -189,8 +204,8 @@ export class PerformerLM {
   /** The blocking twin of {@link lossAndGrad}. */
   lossAndGradSync(tokens: TokenTensor, targets: TokenTensor, options?: Omit<TrainingOptions, 'signal'>): number {
     const fn = 'PerformerLM.lossAndGradSync';
-    const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention']);
-    const { b, loss } = this.buildTraining(tokens, targets, o.attention, fn);
+    const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention', 'dropout', 'seed']);
+    const { b, loss } = this.buildTraining(tokens, targets, o, fn);
     b.runSync();
     this.commitGradients();
     return loss[0] / loss[1];
@@ -436,8 +451,9 @@ export class PerformerLM {
   // so an aborted or failed pass leaves the accumulated gradients as they were.
   private pending: GradientStore | null = null;
 
-  private buildTraining(tokens: unknown, targets: unknown, attention: unknown, fn: string) {
-    const kind = readEnum<TrainingAttention>(attention, `${fn} options.attention`, 'favor', ['favor', 'softmax']);
+  private buildTraining(tokens: unknown, targets: unknown, o: Partial<TrainingOptions>, fn: string) {
+    const kind = readEnum<TrainingAttention>(o.attention, `${fn} options.attention`, 'favor', ['favor', 'softmax']);
+    const dropout = this.readDropout(o.dropout, o.seed, fn);
     const parts = this.parts();
     checkTrainable(parts, kind, fn);
     const t = readTokens(tokens, `${fn} tokens`, this.config.numTokens);
@@ -452,8 +468,18 @@ export class PerformerLM {
     this.pending.zero();
     const loss = new Float64Array(2);
     const b = new PlanBuilder();
-    planTrainingPass(b, parts, this.pending, { tokens: t.data, targets: y, batch: B, len: L, attention: kind, gradScale: 1 / count, loss });
+    planTrainingPass(b, parts, this.pending, { tokens: t.data, targets: y, batch: B, len: L, attention: kind, gradScale: 1 / count, loss, dropout });
+    this.passes++;
     return { b, loss };
+  }
+
+  private readDropout(value: unknown, seed: unknown, fn: string): TrainingCall['dropout'] {
+    const s = readInteger(seed, `${fn} options.seed`, this.passes, 0, Number.MAX_SAFE_INTEGER);
+    if (value === false) return null;
+    const o = readOptions<DropoutRates>(value, `${fn} options.dropout`, ['emb', 'attn', 'ff']);
+    const rate = (key: keyof DropoutRates) => readNumber(o[key], `${fn} options.dropout.${key}`, this.dropout[key], { min: 0, max: 1 });
+    const rates = { emb: rate('emb'), attn: rate('attn'), ff: rate('ff') };
+    return rates.emb === 0 && rates.attn === 0 && rates.ff === 0 ? null : { ...rates, seed: s };
   }
 
   private commitGradients(): void {

@@ -17,11 +17,15 @@
 //   scaledAddBackward  n, x, dy, g, dg ([1]), dx? (may be x or dy), accumulate?
 //   tokenShiftBackward batch, len, dim, shifts (array of -1 / 0 / 1), keep?, dy, dx,
 //                      accumulate?
+//   fill               x, n, value (x[0, n) = value: zeroes a reused temporary at run time)
+//   dropout            n, x, p ([0, 1]), seed (integer < 2^53), stream (integer < 2^53),
+//                      residual?, y (may be x or residual)
 // accumulate (default false): dx-like outputs are added to instead of overwritten;
 // parameter gradients (dweight, dbias, dgamma, dbeta, dtable, dpositions, dg) and the
 // loss are always added to.
 #include "addon/grad_plan_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -170,6 +174,30 @@ Step parse_gelu(const PlanContext& ctx, const Napi::Object& s) {
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] { pa::gelu(n, x, y, *kernels, *pool); };
+}
+
+Step parse_fill(const PlanContext& ctx, const Napi::Object& s) {
+  const std::size_t n = size_property(s, "n");
+  float* x = float_field(ctx, s, "x", n);
+  const double value = number_property(s, "value", 0.0);
+  if (!std::isfinite(value)) throw_range_error(ctx.env, "fill: value must be finite");
+  const float v = static_cast<float>(value);
+  return [=] { std::fill(x, x + n, v); };
+}
+
+Step parse_dropout(const PlanContext& ctx, const Napi::Object& s) {
+  const char* op = "dropout";
+  const std::size_t n = size_property(s, "n");
+  const float* x = float_field(ctx, s, "x", n);
+  const float* residual = optional_float_field(ctx, s, "residual", n);
+  float* y = float_field(ctx, s, "y", n);
+  const float p = finite_property(s, op, "p", std::nan(""));
+  if (!(p >= 0.0f && p <= 1.0f)) throw_range_error(ctx.env, "dropout: p must be in [0, 1]");
+  const std::uint64_t seed = size_property(s, "seed"), stream = size_property(s, "stream");
+  check_apart(ctx.env, op, region(y, n, "y"), region(x, n, "x"), true);
+  check_apart(ctx.env, op, region(y, n, "y"), region(residual, n, "residual"), true);
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  return [=] { pa::dropout(n, x, residual, y, p, seed, stream, *pool); };
 }
 
 struct ActivationGrad {
@@ -368,6 +396,10 @@ bool parse_grad_step(const PlanContext& ctx, const std::string& op, const Napi::
     steps->push_back(parse_scaled_add_backward(ctx, step));
   } else if (op == "tokenShiftBackward") {
     steps->push_back(parse_token_shift_backward(ctx, step));
+  } else if (op == "fill") {
+    steps->push_back(parse_fill(ctx, step));
+  } else if (op == "dropout") {
+    steps->push_back(parse_dropout(ctx, step));
   } else {
     return false;
   }

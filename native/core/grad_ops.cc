@@ -622,4 +622,41 @@ void token_shift_backward(std::size_t batch, std::size_t len, std::size_t dim, c
   });
 }
 
+namespace {
+
+std::uint64_t mix64(std::uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+std::uint64_t dropout_key(std::uint64_t seed, std::uint64_t stream) {
+  return mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) ^ (stream * 0xD1B54A32D192ED03ULL + 0x8CB92BA72F3D8DD7ULL));
+}
+
+std::uint32_t dropout_threshold(float p) {
+  return static_cast<std::uint32_t>(std::lround(static_cast<double>(p) * 16777216.0));
+}
+
+}  // namespace
+
+bool dropout_keeps(std::uint64_t seed, std::uint64_t stream, std::uint64_t i, float p) {
+  return (mix64(dropout_key(seed, stream) + i * 0x9E3779B97F4A7C15ULL) >> 40) >= dropout_threshold(p);
+}
+
+void dropout(std::size_t n, const float* x, const float* residual, float* y, float p, std::uint64_t seed,
+             std::uint64_t stream, ThreadPool& pool) {
+  const std::uint64_t key = dropout_key(seed, stream);
+  const std::uint32_t threshold = dropout_threshold(p);
+  const float scale = p >= 1.0f ? 0.0f : static_cast<float>(1.0 / (1.0 - static_cast<double>(p)));
+  pool.parallel_for(ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
+    const std::size_t stop = std::min(n, end * kElementGrain);
+    for (std::size_t i = begin * kElementGrain; i < stop; ++i) {
+      const bool keep = (mix64(key + i * 0x9E3779B97F4A7C15ULL) >> 40) >= threshold;
+      const float v = keep ? x[i] * scale : 0.0f;
+      y[i] = residual != nullptr ? residual[i] + v : v;
+    }
+  });
+}
+
 }  // namespace pa

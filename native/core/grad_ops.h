@@ -103,4 +103,18 @@ void token_shift_backward(std::size_t batch, std::size_t len, std::size_t dim, c
                           std::size_t segments, const std::uint8_t* keep, float* dx, bool accumulate,
                           ThreadPool& pool);
 
+// Inverted dropout with a counter-based mask, so that the forward and the backward pass
+// (and any thread count) draw the same mask without storing it: element i of `stream`
+// under `seed` is kept iff dropout_keeps(seed, stream, i, p); kept elements are scaled by
+// 1 / (1 - p), the others are 0 (p >= 1: all 0).
+//   y = (residual +) x * mask / (1 - p)      residual may be null
+// The gradient with respect to x is the same call on dy (no residual). y may be x or
+// residual exactly; no other overlap. p must be in [0, 1].
+void dropout(std::size_t n, const float* x, const float* residual, float* y, float p, std::uint64_t seed,
+             std::uint64_t stream, ThreadPool& pool);
+
+// Whether dropout keeps element i: the top 24 bits of a SplitMix64 hash of (seed, stream,
+// i) compared with p * 2^24 (rounded), so the kept fraction is 1 - p within 2^-25.
+bool dropout_keeps(std::uint64_t seed, std::uint64_t stream, std::uint64_t i, float p);
+
 }  // namespace pa

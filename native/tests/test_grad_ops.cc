@@ -1234,3 +1234,68 @@ TEST("grads/tokenShiftBackward: exact adjoint of token_shift, masks, remainders,
     }
   }
 }
+
+// ---------------------------------------------------------------------------------
+// dropout
+// ---------------------------------------------------------------------------------
+
+TEST("grads/dropout: the mask of dropout_keeps, scale, residual, in place, p = 0 and 1, guard cells") {
+  pa::ThreadPool pool(2);
+  std::mt19937 rng(901);
+  std::size_t index = 0;
+  for (std::size_t n : {0, 1, 7, 8, 9, 17, 65, 16385, 100000}) {
+    for (float p : {0.0f, 0.1f, 0.5f, 0.9f, 1.0f}) {
+      for (int mode = 0; mode < 3; ++mode) {  // 0: y apart, 1: residual, 2: in place over x
+        Guarded x(n, index % 2), residual(n, 1), y(n, 0);
+        ++index;
+        x.fill(rng, -1, 1);
+        residual.fill(rng, -1, 1);
+        const std::vector<double> x0 = x.values();
+        const std::uint64_t seed = 12345 + index, stream = index % 5;
+        float* out = mode == 2 ? x.data() : y.data();
+        pa::dropout(n, x.data(), mode == 1 ? residual.data() : nullptr, out, p, seed, stream, pool);
+        const double scale = p >= 1.0f ? 0.0 : 1.0 / (1.0 - p);
+        bool ok = x.guards_intact() && residual.guards_intact() && y.guards_intact();
+        for (std::size_t i = 0; i < n && ok; ++i) {
+          const double v = pa::dropout_keeps(seed, stream, i, p) ? x0[i] * scale : 0.0;
+          const double want = (mode == 1 ? residual[i] : 0.0) + v;
+          ok = std::fabs(out[i] - want) <= 1e-6 * (std::fabs(want) + 1.0);
+          if (p == 0.0f) ok = ok && pa::dropout_keeps(seed, stream, i, p);
+          if (p == 1.0f) ok = ok && !pa::dropout_keeps(seed, stream, i, p);
+        }
+        if (!ok) std::fprintf(stderr, "  dropout n=%zu p=%g mode=%d: wrong values or guard cells\n", n, p, mode);
+        CHECK(ok);
+      }
+    }
+  }
+}
+
+TEST("grads/dropout: kept fraction 1 - p, streams and seeds independent, the same bits for 1, 2, 3 threads") {
+  const std::size_t n = 1000000;
+  for (float p : {0.1f, 0.3f, 0.75f}) {
+    std::size_t kept = 0, agree_stream = 0, agree_seed = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const bool a = pa::dropout_keeps(7, 0, i, p);
+      kept += a;
+      agree_stream += a == pa::dropout_keeps(7, 1, i, p);
+      agree_seed += a == pa::dropout_keeps(8, 0, i, p);
+    }
+    const double q = 1.0 - p, sd = std::sqrt(p * q / n);
+    const double agree = p * p + q * q, sd_agree = std::sqrt(agree * (1 - agree) / n);
+    CHECK_NEAR(static_cast<double>(kept) / n, q, 5 * sd);
+    CHECK_NEAR(static_cast<double>(agree_stream) / n, agree, 5 * sd_agree);
+    CHECK_NEAR(static_cast<double>(agree_seed) / n, agree, 5 * sd_agree);
+  }
+  std::mt19937 rng(902);
+  Guarded x(n);
+  x.fill(rng, -1, 1);
+  std::vector<std::vector<float>> outs;
+  for (std::size_t threads : {1, 2, 3}) {
+    pa::ThreadPool pool(threads);
+    std::vector<float> y(n);
+    pa::dropout(n, x.data(), nullptr, y.data(), 0.3f, 99, 4, pool);
+    outs.push_back(y);
+  }
+  CHECK(std::memcmp(outs[0].data(), outs[1].data(), n * sizeof(float)) == 0);
+  CHECK(std::memcmp(outs[0].data(), outs[2].data(), n * sizeof(float)) == 0);
+}
