@@ -290,4 +290,20 @@ describe('AdamW', () => {
     const again = PerformerLM.fromPerformerPytorch(sd, cases[name].ctor as never, { numerics: 'exact' });
     expect(again.lossAndGradSync(io.tokens, io.targets)).toBe(lm.lossAndGradSync(io.tokens, io.targets));
   });
+
+  test.each(['pp_axial_positions', 'pp_scalenorm_shift_glu_relu_tied'])('after steps, %s runs as a model rebuilt from its parameters', (pp) => {
+    // Derived weights (the summed axial table, fused projections) follow the updates.
+    const ppIo = readIo(pp);
+    const lm = PerformerLM.fromPerformerPytorch(path.join(DIR, `${pp}.state_dict.safetensors`), cases[pp].ctor as never);
+    const opt = new AdamW(lm, { lr: 1e-2 });
+    const before = lm.forwardSync(ppIo.tokens).data;
+    for (let i = 0; i < 3; i++) {
+      lm.lossAndGradSync(ppIo.tokens, ppIo.targets);
+      opt.step();
+    }
+    const after = lm.forwardSync(ppIo.tokens).data;
+    expect(relFrobenius(after, before)).toBeGreaterThan(1e-3);
+    const rebuilt = PerformerLM.fromPerformerPytorch(lm.toPerformerPytorch(), cases[pp].ctor as never);
+    expect(Buffer.from(rebuilt.forwardSync(ppIo.tokens).data.buffer).equals(Buffer.from(after.buffer))).toBe(true);
+  });
 });

@@ -15,6 +15,7 @@ import type { Linear } from '../layers/parameters';
 import type { PlanBuilder } from '../layers/plan';
 import type { TensorSource } from './checkpoint';
 import type { LMConfig } from './config';
+import { forAxialRows, type AxialWeights } from './checkpoint';
 import type { Positions } from './performer-lm';
 import type { Numerics, PerformerStack, RotaryTable, StackLayer } from './stack';
 
@@ -39,7 +40,6 @@ export function checkTrainable(parts: LMParts, attention: TrainingAttention, fn:
   const problems: string[] = [];
   if (c.reversible) problems.push('reversible');
   if (c.localHeads.some((n) => n > 0)) problems.push('local_attn_heads');
-  if (c.positions === 'axial') problems.push('axial_position_emb');
   if (attention === 'favor' && c.features === 'noProjection') problems.push('no_projection');
   if (problems.length > 0) {
     throw rangeError(`${fn}: training does not cover ${problems.join(', ')} yet`, 'ERR_INVALID_ARG_VALUE');
@@ -76,6 +76,26 @@ export class GradientStore {
     for (const [name, t] of source.taken) {
       if (isTrainable(name) && !this.byParam.has(t.data)) this.register(nameOf, t.data, new Float32Array(t.data.length));
     }
+    // Axial positions: the pass writes the gradient of the summed table, folded into each
+    // axis's weights by finishPass.
+    const p = parts.positions;
+    if (p.kind === 'learned' && p.axial !== undefined) {
+      this.axial = { weights: p.axial, table: new Float32Array(p.table.length) };
+      this.byParam.set(p.table, this.axial.table);
+    }
+  }
+
+  private readonly axial: { weights: AxialWeights; table: Float32Array } | null = null;
+
+  /** After a pass ran: gradients of derived tensors go to the parameters they come from. */
+  finishPass(): void {
+    if (this.axial === null) return;
+    const { weights, table } = this.axial;
+    const grads = weights.weights.map((w) => this.of(w));
+    forAxialRows(weights, table.length, (t, axis, row, D) => {
+      const g = grads[axis];
+      for (let j = 0; j < D; j++) g[row * D + j] += table[t * D + j];
+    });
   }
 
   /** The gradient buffer of a parameter array. */
