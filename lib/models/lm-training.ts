@@ -38,7 +38,6 @@ export type TrainingAttention = 'favor' | 'softmax';
 export function checkTrainable(parts: LMParts, attention: TrainingAttention, fn: string): void {
   const c = parts.config;
   const problems: string[] = [];
-  if (c.reversible) problems.push('reversible');
   if (c.localHeads.some((n) => n > 0)) problems.push('local_attn_heads');
   if (attention === 'favor' && c.features === 'noProjection') problems.push('no_projection');
   if (problems.length > 0) {
@@ -187,7 +186,8 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
   });
   if (drop !== null && drop.emb > 0) dropout(drop.emb, 0, x0, x0);
-  // One sub-layer: dst = x + wrap(part(shift(norm(x)))). `saved.input` is what the part read.
+  // One sub-layer: dst = residual + wrap(part(shift(norm(x)))) (residual = x unless reversible).
+  // `saved.input` is what the part read.
   interface Sub {
     wrap: StackLayer['attnWrap'];
     x: Float32Array;
@@ -204,7 +204,12 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     pre: Float32Array;
     h: Float32Array;
   }
-  const subForward = (wrap: StackLayer['attnWrap'], x: Float32Array, part: (input: Float32Array, y: Float32Array, residual: Float32Array | null) => void): { sub: Sub; y: Float32Array } => {
+  const subForward = (
+    wrap: StackLayer['attnWrap'],
+    x: Float32Array,
+    residual: Float32Array,
+    part: (input: Float32Array, y: Float32Array, residual: Float32Array | null) => void,
+  ): { sub: Sub; y: Float32Array } => {
     let n = x;
     if (c.norm === 'layernorm') {
       n = buffer(N * D);
@@ -223,17 +228,20 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     if (c.norm === 'rezero') {
       out = buffer(N * D);
       part(input, out, null);
-      b.add({ op: 'scaledAdd', x: out, n: N * D, g: wrap.gain![0], residual: x, y });
+      b.add({ op: 'scaledAdd', x: out, n: N * D, g: wrap.gain![0], residual, y });
     } else {
-      part(input, y, x);
+      part(input, y, residual);
     }
     return { sub: { wrap, x, input, out }, y };
   };
   const saved: Saved[] = [];
+  // Reversible layers keep two streams, both the embeddings at first: x1 += A(x2), then
+  // x2 += F(x1); the output is x1 + x2. Otherwise x += A(x), then x += F(x).
   let x = x0;
+  let x2 = x0;
   parts.stack.layers.forEach((layer, l) => {
     const s = {} as Saved;
-    const attn = subForward(layer.attnWrap, x, (input, y, residual) => {
+    const attn = subForward(layer.attnWrap, c.reversible ? x2 : x, x, (input, y, residual) => {
       const qkv = b.acquire(N * 3 * inner);
       linear(input, N, layer.qkv, qkv);
       [s.q, s.k, s.v] = [0, 1, 2].map((which) => {
@@ -260,7 +268,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       }
     });
     s.attn = attn.sub;
-    const ff = subForward(layer.ffWrap, attn.y, (input, y, residual) => {
+    const ff = subForward(layer.ffWrap, attn.y, c.reversible ? x2 : attn.y, (input, y, residual) => {
       s.pre = buffer(N * (c.ffGlu ? 2 * hidden : hidden));
       linear(input, N, layer.w1, s.pre);
       s.h = buffer(N * hidden);
@@ -270,10 +278,19 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       linear(s.h, N, layer.w2, y, residual);
     });
     s.ff = ff.sub;
-    x = ff.y;
+    if (c.reversible) {
+      x = attn.y;
+      x2 = ff.y;
+    } else {
+      x = ff.y;
+    }
     saved.push(s);
   });
-  const top = x;
+  let top = x;
+  if (c.reversible) {
+    top = buffer(N * D);
+    b.add({ op: 'scaledAdd', x: x2, n: N * D, g: 1, residual: x, y: top });
+  }
   const nf = buffer(N * D);
   b.add({ op: 'layerNorm', x: top, rows: N, dim: D, gamma: parts.norm.gamma, beta: parts.norm.beta, eps: 1e-5, y: nf });
   const logits = buffer(N * V);
@@ -286,16 +303,17 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   const dn = buffer(N * D);
   linearBack(logits, nf, N, parts.head, dn, false, grads.of(parts.head.weight), parts.head.bias ? grads.of(parts.head.bias) : null);
   b.add({ op: 'layerNormBackward', rows: N, dim: D, x: top, gamma: parts.norm.gamma, eps: 1e-5, dy: dn, dx, accumulate: false, dgamma: grads.of(parts.norm.gamma), dbeta: grads.of(parts.norm.beta) });
-  // dx holds dL/d(sub-layer output); adds dL/d(sub-layer input) through the wrapper and part.
-  const subBackward = (sub: Sub, part: (dy: Float32Array, dinput: Float32Array) => void) => {
-    let dy = dx;
+  // dout holds dL/d(sub-layer output), which is also dL/d(residual); adds dL/d(sub-layer
+  // input) through the wrapper and part to din (the same array unless reversible).
+  const subBackward = (sub: Sub, dout: Float32Array, din: Float32Array, part: (dy: Float32Array, dinput: Float32Array) => void) => {
+    let dy = dout;
     if (c.norm === 'rezero') {
       dy = b.acquire(N * D);
-      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out, dy: dx, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
+      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out, dy: dout, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
     }
     const dinput = b.acquire(N * D);
     part(dy, dinput);
-    if (dy !== dx) b.release(dy);
+    if (dy !== dout) b.release(dy);
     let dnorm = dinput;
     if (c.shiftTokens) {
       dnorm = b.acquire(N * D);
@@ -303,18 +321,26 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       b.release(dinput);
     }
     if (c.norm === 'layernorm') {
-      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: 1e-5, dy: dnorm, dx, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
+      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: 1e-5, dy: dnorm, dx: din, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
     } else if (c.norm === 'scalenorm') {
-      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: 1e-5, dy: dnorm, dx, accumulate: true, dg: grads.of(sub.wrap.gain!) });
+      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: 1e-5, dy: dnorm, dx: din, accumulate: true, dg: grads.of(sub.wrap.gain!) });
     } else {
-      b.add({ op: 'scaledAdd', x: dnorm, n: N * D, g: 1, residual: dx, y: dx });
+      b.add({ op: 'scaledAdd', x: dnorm, n: N * D, g: 1, residual: din, y: din });
     }
     b.release(dnorm);
   };
+  // Reversible: dx is dL/d x1 and dx2 dL/d x2 (both dL/d output at the top); the streams
+  // meet again at the embeddings.
+  let dx2 = dx;
+  if (c.reversible) {
+    dx2 = buffer(N * D);
+    b.add({ op: 'fill', x: dx2, n: N * D, value: 0 });
+    b.add({ op: 'scaledAdd', x: dx, n: N * D, g: 1, residual: dx2, y: dx2 });
+  }
   for (let l = parts.stack.layers.length - 1; l >= 0; l--) {
     const layer = parts.stack.layers[l];
     const s = saved[l];
-    subBackward(s.ff, (dy, dinput) => {
+    subBackward(s.ff, dx2, dx, (dy, dinput) => {
       const dh = b.acquire(N * hidden);
       linearBack(dy, s.h, N, layer.w2, dh, false, grads.of(layer.w2.weight), grads.of(layer.w2.bias!));
       if (drop !== null && drop.ff > 0) dropout(drop.ff, 2 + 2 * l, dh, dh);
@@ -325,7 +351,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       linearBack(dpre, s.ff.input, N, layer.w1, dinput, false, grads.of(layer.w1.weight), grads.of(layer.w1.bias!));
       b.release(dpre);
     });
-    subBackward(s.attn, (dy, dinput) => {
+    subBackward(s.attn, dx, dx2, (dy, dinput) => {
       const dmerged = b.acquire(N * inner);
       let dout0 = dy;
       if (drop !== null && drop.attn > 0) {
@@ -351,6 +377,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       b.release(dqkv);
     });
   }
+  if (dx2 !== dx) b.add({ op: 'scaledAdd', x: dx2, n: N * D, g: 1, residual: dx, y: dx });
   if (drop !== null && drop.emb > 0) dropout(drop.emb, 0, dx, dx);
   b.add({
     op: 'embedBackward',
