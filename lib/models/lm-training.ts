@@ -38,7 +38,6 @@ export type TrainingAttention = 'favor' | 'softmax';
 export function checkTrainable(parts: LMParts, attention: TrainingAttention, fn: string): void {
   const c = parts.config;
   const problems: string[] = [];
-  if (c.localHeads.some((n) => n > 0)) problems.push('local_attn_heads');
   if (attention === 'favor' && c.features === 'noProjection') problems.push('no_projection');
   if (problems.length > 0) {
     throw rangeError(`${fn}: training does not cover ${problems.join(', ')} yet`, 'ERR_INVALID_ARG_VALUE');
@@ -159,7 +158,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   const linearBack = (dy: Float32Array, x: Float32Array, rows: number, l: Linear, dx: Float32Array | null, accumulate: boolean, dweight: Float32Array, dbias: Float32Array | null) =>
     b.add({ op: 'linearBackward', rows, in: l.inFeatures, out: l.outFeatures, dy, x, weight: l.weight, dx, accumulate, dweight, dbias });
   const heads = { batch: B, len: L, heads: H, headDim: d };
-  const dims = { batch: B, heads: H, queryLength: L, keyLength: L, headDim: d, valueDim: d };
+  const dimsOf = (count: number) => ({ batch: B, heads: count, queryLength: L, keyLength: L, headDim: d, valueDim: d });
   const shifts = c.causal ? [0, 1] : [-1, 0, 1];
   const p = parts.positions;
   // Dropout masks come from (seed, stream, index): the backward pass redraws the forward
@@ -194,12 +193,20 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     input: Float32Array;
     out: Float32Array | null; // ReZero: the part's output before the gain
   }
+  // Heads [first, first + count) of a layer: the global ones (FAVOR+ or softmax), then the
+  // local ones (windowed softmax with local-attention's own rotary positions).
+  interface HeadGroup {
+    local: boolean;
+    first: number;
+    count: number;
+    q: Float32Array; // [B, count, L, d], rotated
+    k: Float32Array;
+    v: Float32Array;
+  }
   interface Saved {
     attn: Sub;
     ff: Sub;
-    q: Float32Array;
-    k: Float32Array;
-    v: Float32Array;
+    groups: HeadGroup[];
     merged: Float32Array;
     pre: Float32Array;
     h: Float32Array;
@@ -244,20 +251,22 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     const attn = subForward(layer.attnWrap, c.reversible ? x2 : x, x, (input, y, residual) => {
       const qkv = b.acquire(N * 3 * inner);
       linear(input, N, layer.qkv, qkv);
-      [s.q, s.k, s.v] = [0, 1, 2].map((which) => {
-        const dst = buffer(N * inner);
-        b.add({ op: 'splitHeads', src: qkv.subarray(which * inner), srcStride: 3 * inner, dst, ...heads });
-        return dst;
+      s.merged = buffer(N * inner);
+      s.groups = headGroups(H, layer.localHeads).map(({ local, first, count }) => {
+        const [q, k, v] = [0, 1, 2].map((which) => {
+          const dst = buffer(N * count * d);
+          b.add({ op: 'splitHeads', src: qkv.subarray(which * inner + first * d), srcStride: 3 * inner, dst, ...heads, heads: count });
+          return dst;
+        });
+        const group = { local, first, count, q, k, v };
+        for (const t of [q, k]) groupRotary(b, parts, layer, group, t, B, L, false);
+        const o = b.acquire(N * count * d);
+        b.add(groupAttentionStep(parts, l, call.attention, group, o, dimsOf(count)));
+        b.add({ op: 'mergeHeads', src: o, dst: s.merged.subarray(first * d), dstStride: inner, ...heads, heads: count });
+        b.release(o);
+        return group;
       });
       b.release(qkv);
-      if (parts.layerRotary !== null) {
-        for (const t of [s.q, s.k]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, false);
-      }
-      const o = b.acquire(N * inner);
-      b.add(attentionStep(parts, l, call.attention, s.q, s.k, s.v, o, dims));
-      s.merged = buffer(N * inner);
-      b.add({ op: 'mergeHeads', src: o, dst: s.merged, ...heads });
-      b.release(o);
       if (drop !== null && drop.attn > 0) {
         const t = b.acquire(N * D);
         linear(s.merged, N, layer.out, t);
@@ -360,18 +369,21 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       }
       linearBack(dout0, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
       if (dout0 !== dy) b.release(dout0);
-      const dout = b.acquire(N * inner);
-      b.add({ op: 'splitHeads', src: dmerged, srcStride: inner, dst: dout, ...heads });
-      b.release(dmerged);
-      const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * inner));
-      b.add(attentionBackwardStep(parts, l, call.attention, s, dout, dq, dk, dv, dims));
-      b.release(dout);
-      if (parts.layerRotary !== null) {
-        for (const t of [dq, dk]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, true);
-      }
       const dqkv = b.acquire(N * 3 * inner);
-      [dq, dk, dv].forEach((t, which) => b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner), dstStride: 3 * inner, ...heads }));
-      for (const t of [dq, dk, dv]) b.release(t);
+      for (const group of s.groups) {
+        const { first, count } = group;
+        const dout = b.acquire(N * count * d);
+        b.add({ op: 'splitHeads', src: dmerged.subarray(first * d), srcStride: inner, dst: dout, ...heads, heads: count });
+        const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * count * d));
+        b.add(groupBackwardStep(parts, l, call.attention, group, dout, dq, dk, dv, dimsOf(count)));
+        b.release(dout);
+        for (const t of [dq, dk]) groupRotary(b, parts, layer, group, t, B, L, true);
+        [dq, dk, dv].forEach((t, which) =>
+          b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner + first * d), dstStride: 3 * inner, ...heads, heads: count }),
+        );
+        for (const t of [dq, dk, dv]) b.release(t);
+      }
+      b.release(dmerged);
       const stacked = grads.qkv(layer);
       linearBack(dqkv, s.attn.input, N, layer.qkv, dinput, false, stacked.weight, stacked.bias);
       b.release(dqkv);
@@ -395,42 +407,62 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   for (const a of owned) b.release(a);
 }
 
-function rotaryStep(b: PlanBuilder, x: Float32Array, r: RotaryTable, heads: number, len: number, d: number, inverse: boolean): void {
-  b.add({ op: 'rotary', x, heads, len, headDim: d, start: 0, layout: 'interleaved', table: r.table, tableRows: r.rows, invFreq: r.invFreq, inverse });
+function headGroups(heads: number, localHeads: number): { local: boolean; first: number; count: number }[] {
+  const groups = [
+    { local: false, first: 0, count: heads - localHeads },
+    { local: true, first: heads - localHeads, count: localHeads },
+  ];
+  return groups.filter((g) => g.count > 0);
 }
 
-function attentionStep(parts: LMParts, l: number, attention: TrainingAttention, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, dims: object) {
-  const c = parts.config;
-  if (attention === 'softmax') {
-    return { op: 'softmax', q, k, v, out, dims, options: { causal: c.causal, keyPadding: null, scale: 1 / Math.sqrt(c.dimHead) } };
+// The group's positions on its q or k (inverse: rotated back, for the gradients).
+function groupRotary(b: PlanBuilder, parts: LMParts, layer: StackLayer, g: { local: boolean; count: number }, x: Float32Array, batch: number, len: number, inverse: boolean): void {
+  const d = parts.config.dimHead;
+  if (g.local) {
+    b.add({ op: 'rotary', x, heads: batch * g.count, len, headDim: d, start: 0, layout: 'halves', invFreq: layer.localInvFreq, inverse });
+  } else if (parts.layerRotary !== null) {
+    const r = parts.layerRotary;
+    b.add({ op: 'rotary', x, heads: batch * g.count, len, headDim: d, start: 0, layout: 'interleaved', table: r.table, tableRows: r.rows, invFreq: r.invFreq, inverse });
   }
-  return parts.stack.globalAttentionStep(l, q, k, v, out, dims, null, null, `layers.${l}.attention`);
 }
 
-function attentionBackwardStep(
+function groupAttentionStep(parts: LMParts, l: number, attention: TrainingAttention, g: HeadGroupArrays, out: Float32Array, dims: object) {
+  const c = parts.config;
+  if (g.local) {
+    const options = { window: c.localWindowSize, causal: c.causal, keep: null, pytorchNumerics: parts.numerics === 'performer-pytorch', ring: null, start: 0 };
+    return { op: 'localAttention', q: g.q, k: g.k, v: g.v, out, dims, options, label: `layers.${l}.attention (local heads)` };
+  }
+  if (attention === 'softmax') {
+    return { op: 'softmax', q: g.q, k: g.k, v: g.v, out, dims, options: { causal: c.causal, keyPadding: null, scale: 1 / Math.sqrt(c.dimHead) } };
+  }
+  return parts.stack.globalAttentionStep(l, g.q, g.k, g.v, out, dims, null, null, `layers.${l}.attention`);
+}
+
+function groupBackwardStep(
   parts: LMParts,
   l: number,
   attention: TrainingAttention,
-  s: { q: Float32Array; k: Float32Array; v: Float32Array },
+  g: HeadGroupArrays,
   gradOut: Float32Array,
   dq: Float32Array,
   dk: Float32Array,
   dv: Float32Array,
   dims: object,
 ) {
-  const forward = attentionStep(parts, l, attention, s.q, s.k, s.v, gradOut, dims) as unknown as { op: string; options: object };
-  const ops: Record<string, string> = { softmax: 'softmaxBackward', favor: 'favorBackward', pytorchFavor: 'pytorchFavorBackward' };
-  return {
-    op: ops[forward.op],
-    q: s.q,
-    k: s.k,
-    v: s.v,
-    gradOut,
-    dq,
-    dk,
-    dv,
-    dims,
-    options: forward.options,
-    label: `layers.${l}.attention`,
+  const forward = groupAttentionStep(parts, l, attention, g, gradOut, dims) as unknown as { op: string; options: object; label?: string };
+  const ops: Record<string, string> = {
+    softmax: 'softmaxBackward',
+    favor: 'favorBackward',
+    pytorchFavor: 'pytorchFavorBackward',
+    localAttention: 'localAttentionBackward',
   };
+  return { op: ops[forward.op], q: g.q, k: g.k, v: g.v, gradOut, dq, dk, dv, dims, options: forward.options, label: forward.label ?? `layers.${l}.attention` };
+}
+
+/** The arrays and kind of a group of heads. */
+interface HeadGroupArrays {
+  local: boolean;
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
 }
