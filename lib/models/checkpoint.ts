@@ -275,3 +275,29 @@ export function sinusoidTable(rows: number, width: number): Float32Array {
   }
   return out;
 }
+
+/** @internal Axial positions: the table is the sum over axes of each axis's weights [size, D], broadcast. */
+export interface AxialWeights {
+  shape: number[];
+  weights: Float32Array[];
+}
+
+/** @internal table[t] = sum over axes of the axis's row for position t (again after training steps). */
+export function fillAxialTable(axial: AxialWeights, table: Float32Array): void {
+  table.fill(0);
+  forAxialRows(axial, table.length, (t, axis, row, D) => {
+    const w = axial.weights[axis];
+    for (let j = 0; j < D; j++) table[t * D + j] += w[row * D + j];
+  });
+}
+
+/** @internal Calls fn(t, axis, row of that axis, D) for every position t and axis, axis by axis. */
+export function forAxialRows(axial: AxialWeights, tableLength: number, fn: (t: number, axis: number, row: number, D: number) => void): void {
+  const rows = axial.shape.reduce((a, b) => a * b, 1);
+  const D = tableLength / rows;
+  // Performer-pytorch sums the axes in float32, axis by axis; so does this.
+  axial.shape.forEach((size, axis) => {
+    const inner = axial.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+    for (let t = 0; t < rows; t++) fn(t, axis, Math.floor(t / inner) % size, D);
+  });
+}

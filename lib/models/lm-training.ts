@@ -15,6 +15,7 @@ import type { Linear } from '../layers/parameters';
 import type { PlanBuilder } from '../layers/plan';
 import type { TensorSource } from './checkpoint';
 import type { LMConfig } from './config';
+import { forAxialRows, type AxialWeights } from './checkpoint';
 import type { Positions } from './performer-lm';
 import type { Numerics, PerformerStack, RotaryTable, StackLayer } from './stack';
 
@@ -37,9 +38,6 @@ export type TrainingAttention = 'favor' | 'softmax';
 export function checkTrainable(parts: LMParts, attention: TrainingAttention, fn: string): void {
   const c = parts.config;
   const problems: string[] = [];
-  if (c.reversible) problems.push('reversible');
-  if (c.localHeads.some((n) => n > 0)) problems.push('local_attn_heads');
-  if (c.positions === 'axial') problems.push('axial_position_emb');
   if (attention === 'favor' && c.features === 'noProjection') problems.push('no_projection');
   if (problems.length > 0) {
     throw rangeError(`${fn}: training does not cover ${problems.join(', ')} yet`, 'ERR_INVALID_ARG_VALUE');
@@ -76,6 +74,26 @@ export class GradientStore {
     for (const [name, t] of source.taken) {
       if (isTrainable(name) && !this.byParam.has(t.data)) this.register(nameOf, t.data, new Float32Array(t.data.length));
     }
+    // Axial positions: the pass writes the gradient of the summed table, folded into each
+    // axis's weights by finishPass.
+    const p = parts.positions;
+    if (p.kind === 'learned' && p.axial !== undefined) {
+      this.axial = { weights: p.axial, table: new Float32Array(p.table.length) };
+      this.byParam.set(p.table, this.axial.table);
+    }
+  }
+
+  private readonly axial: { weights: AxialWeights; table: Float32Array } | null = null;
+
+  /** After a pass ran: gradients of derived tensors go to the parameters they come from. */
+  finishPass(): void {
+    if (this.axial === null) return;
+    const { weights, table } = this.axial;
+    const grads = weights.weights.map((w) => this.of(w));
+    forAxialRows(weights, table.length, (t, axis, row, D) => {
+      const g = grads[axis];
+      for (let j = 0; j < D; j++) g[row * D + j] += table[t * D + j];
+    });
   }
 
   /** The gradient buffer of a parameter array. */
@@ -140,7 +158,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   const linearBack = (dy: Float32Array, x: Float32Array, rows: number, l: Linear, dx: Float32Array | null, accumulate: boolean, dweight: Float32Array, dbias: Float32Array | null) =>
     b.add({ op: 'linearBackward', rows, in: l.inFeatures, out: l.outFeatures, dy, x, weight: l.weight, dx, accumulate, dweight, dbias });
   const heads = { batch: B, len: L, heads: H, headDim: d };
-  const dims = { batch: B, heads: H, queryLength: L, keyLength: L, headDim: d, valueDim: d };
+  const dimsOf = (count: number) => ({ batch: B, heads: count, queryLength: L, keyLength: L, headDim: d, valueDim: d });
   const shifts = c.causal ? [0, 1] : [-1, 0, 1];
   const p = parts.positions;
   // Dropout masks come from (seed, stream, index): the backward pass redraws the forward
@@ -167,24 +185,38 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
   });
   if (drop !== null && drop.emb > 0) dropout(drop.emb, 0, x0, x0);
-  // One sub-layer: dst = x + wrap(part(shift(norm(x)))). `saved.input` is what the part read.
+  // One sub-layer: dst = residual + wrap(part(shift(norm(x)))) (residual = x unless reversible).
+  // `saved.input` is what the part read.
   interface Sub {
     wrap: StackLayer['attnWrap'];
     x: Float32Array;
     input: Float32Array;
     out: Float32Array | null; // ReZero: the part's output before the gain
   }
+  // Heads [first, first + count) of a layer: the global ones (FAVOR+ or softmax), then the
+  // local ones (windowed softmax with local-attention's own rotary positions).
+  interface HeadGroup {
+    local: boolean;
+    first: number;
+    count: number;
+    q: Float32Array; // [B, count, L, d], rotated
+    k: Float32Array;
+    v: Float32Array;
+  }
   interface Saved {
     attn: Sub;
     ff: Sub;
-    q: Float32Array;
-    k: Float32Array;
-    v: Float32Array;
+    groups: HeadGroup[];
     merged: Float32Array;
     pre: Float32Array;
     h: Float32Array;
   }
-  const subForward = (wrap: StackLayer['attnWrap'], x: Float32Array, part: (input: Float32Array, y: Float32Array, residual: Float32Array | null) => void): { sub: Sub; y: Float32Array } => {
+  const subForward = (
+    wrap: StackLayer['attnWrap'],
+    x: Float32Array,
+    residual: Float32Array,
+    part: (input: Float32Array, y: Float32Array, residual: Float32Array | null) => void,
+  ): { sub: Sub; y: Float32Array } => {
     let n = x;
     if (c.norm === 'layernorm') {
       n = buffer(N * D);
@@ -203,33 +235,38 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     if (c.norm === 'rezero') {
       out = buffer(N * D);
       part(input, out, null);
-      b.add({ op: 'scaledAdd', x: out, n: N * D, g: wrap.gain![0], residual: x, y });
+      b.add({ op: 'scaledAdd', x: out, n: N * D, g: wrap.gain![0], residual, y });
     } else {
-      part(input, y, x);
+      part(input, y, residual);
     }
     return { sub: { wrap, x, input, out }, y };
   };
   const saved: Saved[] = [];
+  // Reversible layers keep two streams, both the embeddings at first: x1 += A(x2), then
+  // x2 += F(x1); the output is x1 + x2. Otherwise x += A(x), then x += F(x).
   let x = x0;
+  let x2 = x0;
   parts.stack.layers.forEach((layer, l) => {
     const s = {} as Saved;
-    const attn = subForward(layer.attnWrap, x, (input, y, residual) => {
+    const attn = subForward(layer.attnWrap, c.reversible ? x2 : x, x, (input, y, residual) => {
       const qkv = b.acquire(N * 3 * inner);
       linear(input, N, layer.qkv, qkv);
-      [s.q, s.k, s.v] = [0, 1, 2].map((which) => {
-        const dst = buffer(N * inner);
-        b.add({ op: 'splitHeads', src: qkv.subarray(which * inner), srcStride: 3 * inner, dst, ...heads });
-        return dst;
+      s.merged = buffer(N * inner);
+      s.groups = headGroups(H, layer.localHeads).map(({ local, first, count }) => {
+        const [q, k, v] = [0, 1, 2].map((which) => {
+          const dst = buffer(N * count * d);
+          b.add({ op: 'splitHeads', src: qkv.subarray(which * inner + first * d), srcStride: 3 * inner, dst, ...heads, heads: count });
+          return dst;
+        });
+        const group = { local, first, count, q, k, v };
+        for (const t of [q, k]) groupRotary(b, parts, layer, group, t, B, L, false);
+        const o = b.acquire(N * count * d);
+        b.add(groupAttentionStep(parts, l, call.attention, group, o, dimsOf(count)));
+        b.add({ op: 'mergeHeads', src: o, dst: s.merged.subarray(first * d), dstStride: inner, ...heads, heads: count });
+        b.release(o);
+        return group;
       });
       b.release(qkv);
-      if (parts.layerRotary !== null) {
-        for (const t of [s.q, s.k]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, false);
-      }
-      const o = b.acquire(N * inner);
-      b.add(attentionStep(parts, l, call.attention, s.q, s.k, s.v, o, dims));
-      s.merged = buffer(N * inner);
-      b.add({ op: 'mergeHeads', src: o, dst: s.merged, ...heads });
-      b.release(o);
       if (drop !== null && drop.attn > 0) {
         const t = b.acquire(N * D);
         linear(s.merged, N, layer.out, t);
@@ -240,7 +277,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       }
     });
     s.attn = attn.sub;
-    const ff = subForward(layer.ffWrap, attn.y, (input, y, residual) => {
+    const ff = subForward(layer.ffWrap, attn.y, c.reversible ? x2 : attn.y, (input, y, residual) => {
       s.pre = buffer(N * (c.ffGlu ? 2 * hidden : hidden));
       linear(input, N, layer.w1, s.pre);
       s.h = buffer(N * hidden);
@@ -250,10 +287,19 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       linear(s.h, N, layer.w2, y, residual);
     });
     s.ff = ff.sub;
-    x = ff.y;
+    if (c.reversible) {
+      x = attn.y;
+      x2 = ff.y;
+    } else {
+      x = ff.y;
+    }
     saved.push(s);
   });
-  const top = x;
+  let top = x;
+  if (c.reversible) {
+    top = buffer(N * D);
+    b.add({ op: 'scaledAdd', x: x2, n: N * D, g: 1, residual: x, y: top });
+  }
   const nf = buffer(N * D);
   b.add({ op: 'layerNorm', x: top, rows: N, dim: D, gamma: parts.norm.gamma, beta: parts.norm.beta, eps: 1e-5, y: nf });
   const logits = buffer(N * V);
@@ -266,16 +312,17 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   const dn = buffer(N * D);
   linearBack(logits, nf, N, parts.head, dn, false, grads.of(parts.head.weight), parts.head.bias ? grads.of(parts.head.bias) : null);
   b.add({ op: 'layerNormBackward', rows: N, dim: D, x: top, gamma: parts.norm.gamma, eps: 1e-5, dy: dn, dx, accumulate: false, dgamma: grads.of(parts.norm.gamma), dbeta: grads.of(parts.norm.beta) });
-  // dx holds dL/d(sub-layer output); adds dL/d(sub-layer input) through the wrapper and part.
-  const subBackward = (sub: Sub, part: (dy: Float32Array, dinput: Float32Array) => void) => {
-    let dy = dx;
+  // dout holds dL/d(sub-layer output), which is also dL/d(residual); adds dL/d(sub-layer
+  // input) through the wrapper and part to din (the same array unless reversible).
+  const subBackward = (sub: Sub, dout: Float32Array, din: Float32Array, part: (dy: Float32Array, dinput: Float32Array) => void) => {
+    let dy = dout;
     if (c.norm === 'rezero') {
       dy = b.acquire(N * D);
-      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out, dy: dx, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
+      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out, dy: dout, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
     }
     const dinput = b.acquire(N * D);
     part(dy, dinput);
-    if (dy !== dx) b.release(dy);
+    if (dy !== dout) b.release(dy);
     let dnorm = dinput;
     if (c.shiftTokens) {
       dnorm = b.acquire(N * D);
@@ -283,18 +330,26 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       b.release(dinput);
     }
     if (c.norm === 'layernorm') {
-      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: 1e-5, dy: dnorm, dx, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
+      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: 1e-5, dy: dnorm, dx: din, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
     } else if (c.norm === 'scalenorm') {
-      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: 1e-5, dy: dnorm, dx, accumulate: true, dg: grads.of(sub.wrap.gain!) });
+      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: 1e-5, dy: dnorm, dx: din, accumulate: true, dg: grads.of(sub.wrap.gain!) });
     } else {
-      b.add({ op: 'scaledAdd', x: dnorm, n: N * D, g: 1, residual: dx, y: dx });
+      b.add({ op: 'scaledAdd', x: dnorm, n: N * D, g: 1, residual: din, y: din });
     }
     b.release(dnorm);
   };
+  // Reversible: dx is dL/d x1 and dx2 dL/d x2 (both dL/d output at the top); the streams
+  // meet again at the embeddings.
+  let dx2 = dx;
+  if (c.reversible) {
+    dx2 = buffer(N * D);
+    b.add({ op: 'fill', x: dx2, n: N * D, value: 0 });
+    b.add({ op: 'scaledAdd', x: dx, n: N * D, g: 1, residual: dx2, y: dx2 });
+  }
   for (let l = parts.stack.layers.length - 1; l >= 0; l--) {
     const layer = parts.stack.layers[l];
     const s = saved[l];
-    subBackward(s.ff, (dy, dinput) => {
+    subBackward(s.ff, dx2, dx, (dy, dinput) => {
       const dh = b.acquire(N * hidden);
       linearBack(dy, s.h, N, layer.w2, dh, false, grads.of(layer.w2.weight), grads.of(layer.w2.bias!));
       if (drop !== null && drop.ff > 0) dropout(drop.ff, 2 + 2 * l, dh, dh);
@@ -305,7 +360,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       linearBack(dpre, s.ff.input, N, layer.w1, dinput, false, grads.of(layer.w1.weight), grads.of(layer.w1.bias!));
       b.release(dpre);
     });
-    subBackward(s.attn, (dy, dinput) => {
+    subBackward(s.attn, dx, dx2, (dy, dinput) => {
       const dmerged = b.acquire(N * inner);
       let dout0 = dy;
       if (drop !== null && drop.attn > 0) {
@@ -314,23 +369,27 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       }
       linearBack(dout0, s.merged, N, layer.out, dmerged, false, grads.of(layer.out.weight), layer.out.bias ? grads.of(layer.out.bias) : null);
       if (dout0 !== dy) b.release(dout0);
-      const dout = b.acquire(N * inner);
-      b.add({ op: 'splitHeads', src: dmerged, srcStride: inner, dst: dout, ...heads });
-      b.release(dmerged);
-      const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * inner));
-      b.add(attentionBackwardStep(parts, l, call.attention, s, dout, dq, dk, dv, dims));
-      b.release(dout);
-      if (parts.layerRotary !== null) {
-        for (const t of [dq, dk]) rotaryStep(b, t, parts.layerRotary, B * H, L, d, true);
-      }
       const dqkv = b.acquire(N * 3 * inner);
-      [dq, dk, dv].forEach((t, which) => b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner), dstStride: 3 * inner, ...heads }));
-      for (const t of [dq, dk, dv]) b.release(t);
+      for (const group of s.groups) {
+        const { first, count } = group;
+        const dout = b.acquire(N * count * d);
+        b.add({ op: 'splitHeads', src: dmerged.subarray(first * d), srcStride: inner, dst: dout, ...heads, heads: count });
+        const [dq, dk, dv] = [0, 1, 2].map(() => b.acquire(N * count * d));
+        b.add(groupBackwardStep(parts, l, call.attention, group, dout, dq, dk, dv, dimsOf(count)));
+        b.release(dout);
+        for (const t of [dq, dk]) groupRotary(b, parts, layer, group, t, B, L, true);
+        [dq, dk, dv].forEach((t, which) =>
+          b.add({ op: 'mergeHeads', src: t, dst: dqkv.subarray(which * inner + first * d), dstStride: 3 * inner, ...heads, heads: count }),
+        );
+        for (const t of [dq, dk, dv]) b.release(t);
+      }
+      b.release(dmerged);
       const stacked = grads.qkv(layer);
       linearBack(dqkv, s.attn.input, N, layer.qkv, dinput, false, stacked.weight, stacked.bias);
       b.release(dqkv);
     });
   }
+  if (dx2 !== dx) b.add({ op: 'scaledAdd', x: dx2, n: N * D, g: 1, residual: dx, y: dx });
   if (drop !== null && drop.emb > 0) dropout(drop.emb, 0, dx, dx);
   b.add({
     op: 'embedBackward',
@@ -348,42 +407,62 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   for (const a of owned) b.release(a);
 }
 
-function rotaryStep(b: PlanBuilder, x: Float32Array, r: RotaryTable, heads: number, len: number, d: number, inverse: boolean): void {
-  b.add({ op: 'rotary', x, heads, len, headDim: d, start: 0, layout: 'interleaved', table: r.table, tableRows: r.rows, invFreq: r.invFreq, inverse });
+function headGroups(heads: number, localHeads: number): { local: boolean; first: number; count: number }[] {
+  const groups = [
+    { local: false, first: 0, count: heads - localHeads },
+    { local: true, first: heads - localHeads, count: localHeads },
+  ];
+  return groups.filter((g) => g.count > 0);
 }
 
-function attentionStep(parts: LMParts, l: number, attention: TrainingAttention, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, dims: object) {
-  const c = parts.config;
-  if (attention === 'softmax') {
-    return { op: 'softmax', q, k, v, out, dims, options: { causal: c.causal, keyPadding: null, scale: 1 / Math.sqrt(c.dimHead) } };
+// The group's positions on its q or k (inverse: rotated back, for the gradients).
+function groupRotary(b: PlanBuilder, parts: LMParts, layer: StackLayer, g: { local: boolean; count: number }, x: Float32Array, batch: number, len: number, inverse: boolean): void {
+  const d = parts.config.dimHead;
+  if (g.local) {
+    b.add({ op: 'rotary', x, heads: batch * g.count, len, headDim: d, start: 0, layout: 'halves', invFreq: layer.localInvFreq, inverse });
+  } else if (parts.layerRotary !== null) {
+    const r = parts.layerRotary;
+    b.add({ op: 'rotary', x, heads: batch * g.count, len, headDim: d, start: 0, layout: 'interleaved', table: r.table, tableRows: r.rows, invFreq: r.invFreq, inverse });
   }
-  return parts.stack.globalAttentionStep(l, q, k, v, out, dims, null, null, `layers.${l}.attention`);
 }
 
-function attentionBackwardStep(
+function groupAttentionStep(parts: LMParts, l: number, attention: TrainingAttention, g: HeadGroupArrays, out: Float32Array, dims: object) {
+  const c = parts.config;
+  if (g.local) {
+    const options = { window: c.localWindowSize, causal: c.causal, keep: null, pytorchNumerics: parts.numerics === 'performer-pytorch', ring: null, start: 0 };
+    return { op: 'localAttention', q: g.q, k: g.k, v: g.v, out, dims, options, label: `layers.${l}.attention (local heads)` };
+  }
+  if (attention === 'softmax') {
+    return { op: 'softmax', q: g.q, k: g.k, v: g.v, out, dims, options: { causal: c.causal, keyPadding: null, scale: 1 / Math.sqrt(c.dimHead) } };
+  }
+  return parts.stack.globalAttentionStep(l, g.q, g.k, g.v, out, dims, null, null, `layers.${l}.attention`);
+}
+
+function groupBackwardStep(
   parts: LMParts,
   l: number,
   attention: TrainingAttention,
-  s: { q: Float32Array; k: Float32Array; v: Float32Array },
+  g: HeadGroupArrays,
   gradOut: Float32Array,
   dq: Float32Array,
   dk: Float32Array,
   dv: Float32Array,
   dims: object,
 ) {
-  const forward = attentionStep(parts, l, attention, s.q, s.k, s.v, gradOut, dims) as unknown as { op: string; options: object };
-  const ops: Record<string, string> = { softmax: 'softmaxBackward', favor: 'favorBackward', pytorchFavor: 'pytorchFavorBackward' };
-  return {
-    op: ops[forward.op],
-    q: s.q,
-    k: s.k,
-    v: s.v,
-    gradOut,
-    dq,
-    dk,
-    dv,
-    dims,
-    options: forward.options,
-    label: `layers.${l}.attention`,
+  const forward = groupAttentionStep(parts, l, attention, g, gradOut, dims) as unknown as { op: string; options: object; label?: string };
+  const ops: Record<string, string> = {
+    softmax: 'softmaxBackward',
+    favor: 'favorBackward',
+    pytorchFavor: 'pytorchFavorBackward',
+    localAttention: 'localAttentionBackward',
   };
+  return { op: ops[forward.op], q: g.q, k: g.k, v: g.v, gradOut, dq, dk, dv, dims, options: forward.options, label: forward.label ?? `layers.${l}.attention` };
+}
+
+/** The arrays and kind of a group of heads. */
+interface HeadGroupArrays {
+  local: boolean;
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
 }

@@ -14,7 +14,7 @@ import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
 import { newFloat32Array, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
 import { Linear } from '../layers/parameters';
-import { inverseFrequencies, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
+import { fillAxialTable, inverseFrequencies, type AxialWeights, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
 import { readDropoutRates, readLMConfig, type DropoutRates, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
@@ -79,7 +79,9 @@ export interface GenerateOptions extends SamplingOptions {
 }
 
 /** @internal The LM's position embedding: a sinusoid (table, then formula) or learned rows. */
-export type Positions = { kind: 'sinusoid'; table: Float32Array; rows: number; invFreq: Float32Array } | { kind: 'learned'; table: Float32Array; rows: number };
+export type Positions =
+  | { kind: 'sinusoid'; table: Float32Array; rows: number; invFreq: Float32Array }
+  | { kind: 'learned'; table: Float32Array; rows: number; axial?: AxialWeights };
 
 const ROOT = 'performer.net.';
 const ALIASES: [string, string][] = [[ROOT, 'performer.proj_updater.instance.']];
@@ -246,6 +248,7 @@ export class PerformerLM {
 
   /** @internal After the parameters changed in place: derived weights rebuilt, old states no longer fit. */
   parametersChanged(): void {
+    if (this.positions.kind === 'learned' && this.positions.axial) fillAxialTable(this.positions.axial, this.positions.table);
     this.stack.refresh();
     this.head = new Linear(this.head.inFeatures, this.head.outFeatures, this.head.weight, this.head.bias);
     this.cachedFingerprint = null;
@@ -483,6 +486,7 @@ export class PerformerLM {
   }
 
   private commitGradients(): void {
+    this.pending!.finishPass();
     const store = this.grads!;
     for (const [name, g] of this.pending!.byName) {
       const into = store.byName.get(name)!;
@@ -665,21 +669,15 @@ function runGuardedSync(state: PerformerLMState, run: () => void): void {
 function axialTable(c: LMConfig, source: TensorSource): Positions {
   const shape = c.axialShape;
   const rows = shape.reduce((a, b) => a * b, 1);
-  const D = c.dim;
-  const table = new Float32Array(rows * D);
-  shape.forEach((size, axis) => {
-    const dims = [1, ...shape.map((s, i) => (i === axis ? s : 1)), D];
+  const weights = shape.map((size, axis) => {
+    const dims = [1, ...shape.map((s, i) => (i === axis ? s : 1)), c.dim];
     // axial-positional-embedding 0.2 names weights_0, 0.3 names weights.0.
-    const name = source.has(`pos_emb.weights.${axis}`) ? `pos_emb.weights.${axis}` : `pos_emb.weights_${axis}`;
-    const w = source.take(name, dims);
-    const inner = shape.slice(axis + 1).reduce((a, b) => a * b, 1);
-    for (let t = 0; t < rows; t++) {
-      const index = Math.floor(t / inner) % size;
-      for (let j = 0; j < D; j++) table[t * D + j] += w[index * D + j];
-    }
+    return source.take(source.has(`pos_emb.weights.${axis}`) ? `pos_emb.weights.${axis}` : `pos_emb.weights_${axis}`, dims);
   });
-  // Performer-pytorch sums the axes in float32, axis by axis; the sum above matches.
-  return { kind: 'learned', table, rows };
+  const axial = { shape, weights };
+  const table = new Float32Array(rows * c.dim);
+  fillAxialTable(axial, table);
+  return { kind: 'learned', table, rows, axial };
 }
 
 function parameterCount(c: LMConfig): number {

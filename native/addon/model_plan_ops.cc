@@ -14,6 +14,7 @@
 //   pytorchFavorBackward  as pytorchFavor with gradOut (for out), dq, dk, dv; options.projection
 //   localAttention q, k, v, out, dims, options { window, causal, keep?, pytorchNumerics,
 //                  ring?, start }[, label]
+//   localAttentionBackward  as localAttention (no ring) with gradOut (for out), dq, dk, dv
 #include "addon/model_plan_ops.h"
 
 #include <cmath>
@@ -265,26 +266,39 @@ Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
                   string_property(s, "label", ""));
 }
 
-// The gradients of a pytorchFavor step: its fields with `gradOut` for `out`, and dq, dk, dv.
-Step parse_pytorch_favor_backward(const PlanContext& ctx, const Napi::Object& s) {
+// dq, dk, dv of an attention backward step, length-checked against dims.
+struct InputGrads {
+  float *dq, *dk, *dv;
+};
+InputGrads parse_input_grads(const PlanContext& ctx, const Napi::Object& s, const pa::AttentionDims& d) {
+  const std::size_t bh = checked_mul(ctx.env, d.batch, d.heads);
+  return {float_field(ctx, s, "dq", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim)),
+          float_field(ctx, s, "dk", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim)),
+          float_field(ctx, s, "dv", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim))};
+}
+
+// A backward step's forward fields, with gradOut where the forward step has out.
+Napi::Object with_grad_out_as_out(const PlanContext& ctx, const Napi::Object& s) {
   Napi::Object fields = Napi::Object::New(ctx.env);
   for (const char* key : {"q", "k", "v", "dims", "options"}) fields.Set(key, s.Get(key));
   fields.Set("out", s.Get("gradOut"));
+  return fields;
+}
+
+// The gradients of a pytorchFavor step: its fields with `gradOut` for `out`, and dq, dk, dv.
+Step parse_pytorch_favor_backward(const PlanContext& ctx, const Napi::Object& s) {
+  const Napi::Object fields = with_grad_out_as_out(ctx, s);
   const AttentionArrays a = parse_attention_arrays(ctx, fields);
   const pa::PytorchFavorOptions options = parse_pytorch_favor_options(ctx, s, a);
-  const pa::AttentionDims& d = a.dims;
-  const std::size_t bh = checked_mul(ctx.env, d.batch, d.heads);
-  float* dq = float_field(ctx, s, "dq", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim));
-  float* dk = float_field(ctx, s, "dk", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim));
-  float* dv = float_field(ctx, s, "dv", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim));
+  const InputGrads g = parse_input_grads(ctx, s, a.dims);
+  float *dq = g.dq, *dk = g.dk, *dv = g.dv;
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return labelled([=] { pa::pytorch_favor_backward(a.dims, a.q, a.k, a.v, a.out, options, dq, dk, dv, *kernels, *pool); },
                   string_property(s, "label", ""));
 }
 
-Step parse_local_attention(const PlanContext& ctx, const Napi::Object& s) {
-  const AttentionArrays a = parse_attention_arrays(ctx, s);
+pa::LocalAttentionOptions parse_local_options(const PlanContext& ctx, const Napi::Object& s, const AttentionArrays& a) {
   const Napi::Object o = options_of(ctx, s);
   pa::LocalAttentionOptions options;
   options.window = size_property(o, "window");
@@ -300,9 +314,29 @@ Step parse_local_attention(const PlanContext& ctx, const Napi::Object& s) {
     options.start = size_property(o, "start");
   }
   options.cancel = ctx.cancel;
+  return options;
+}
+
+Step parse_local_attention(const PlanContext& ctx, const Napi::Object& s) {
+  const AttentionArrays a = parse_attention_arrays(ctx, s);
+  const pa::LocalAttentionOptions options = parse_local_options(ctx, s, a);
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return labelled([=] { pa::local_attention(a.dims, a.q, a.k, a.v, a.out, options, *kernels, *pool); },
+                  string_property(s, "label", ""));
+}
+
+// The gradients of a localAttention step: its fields with `gradOut` for `out`, and dq, dk, dv.
+Step parse_local_attention_backward(const PlanContext& ctx, const Napi::Object& s) {
+  const Napi::Object fields = with_grad_out_as_out(ctx, s);
+  const AttentionArrays a = parse_attention_arrays(ctx, fields);
+  const pa::LocalAttentionOptions options = parse_local_options(ctx, fields, a);
+  if (options.ring != nullptr) throw_range_error(ctx.env, "localAttentionBackward: takes whole sequences (no ring)");
+  const InputGrads g = parse_input_grads(ctx, s, a.dims);
+  float *dq = g.dq, *dk = g.dk, *dv = g.dv;
+  const pa::KernelSet* kernels = ctx.kernels;
+  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
+  return labelled([=] { pa::local_attention_backward(a.dims, a.q, a.k, a.v, a.out, dq, dk, dv, options, *kernels, *pool); },
                   string_property(s, "label", ""));
 }
 
@@ -361,6 +395,8 @@ bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi:
     steps->push_back(parse_pytorch_favor_backward(ctx, step));
   } else if (op == "localAttention") {
     steps->push_back(parse_local_attention(ctx, step));
+  } else if (op == "localAttentionBackward") {
+    steps->push_back(parse_local_attention_backward(ctx, step));
   } else {
     return false;
   }

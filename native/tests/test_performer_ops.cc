@@ -903,8 +903,9 @@ TEST("models/pytorch_favor: non-finite inputs and exp overflow throw InputError 
 
 namespace {
 
-// One (batch, head) of local_attention.h's description in double.
-std::vector<double> local_ref(const float* q, const float* k, const float* v, std::size_t L, std::size_t d,
+// One (batch, head) of local_attention.h's description in double (inputs float or double).
+template <typename T>
+std::vector<double> local_ref(const T* q, const T* k, const T* v, std::size_t L, std::size_t d,
                               std::size_t Dv, std::size_t w, bool causal, const std::uint8_t* keep, bool pytorch) {
   const long long n = static_cast<long long>(L), W = static_cast<long long>(w);
   const long long padded = (n + W - 1) / W * W;
@@ -970,6 +971,27 @@ std::vector<float> run_local(std::size_t B, std::size_t H, std::size_t L, std::s
   return out;
 }
 
+// Masks of three batch items of length L: item 0, runs of two hidden positions (rows whose
+// keys are all hidden for w = 1); item 1, every second position; item 2, nothing kept.
+std::vector<std::uint8_t> local_keep(std::size_t L) {
+  std::vector<std::uint8_t> keep(3 * L);
+  for (std::size_t j = 0; j < L; ++j) {
+    keep[j] = j % 5 != 1 && j % 5 != 2;
+    keep[L + j] = j % 2 == 0;
+    keep[2 * L + j] = 0;
+  }
+  return keep;
+}
+
+pa::LocalAttentionOptions local_options(std::size_t w, bool causal, const std::uint8_t* keep, bool pytorch) {
+  pa::LocalAttentionOptions o;
+  o.window = w;
+  o.causal = causal;
+  o.keep = keep;
+  o.pytorch_numerics = pytorch;
+  return o;
+}
+
 // Lengths 1, w - 1, w, w + 1, 3w + 2 without 0 or repeats.
 std::vector<std::size_t> local_lengths(std::size_t w) {
   std::vector<std::size_t> out;
@@ -998,19 +1020,8 @@ TEST("models/local_attention: windows 1, 3, 8, edge lengths, causal or not, mask
               const auto q = pa_test::gaussian(B * H * L * d, 1.0, 4000 + index);
               const auto k = pa_test::gaussian(B * H * L * d, 1.0, 5000 + index);
               const auto v = pa_test::gaussian(B * H * L * Dv, 1.0, 6000 + index);
-              // Item 0: runs of two hidden positions (rows whose keys are all hidden for w = 1);
-              // item 1: every second position; item 2: nothing kept.
-              std::vector<std::uint8_t> keep(B * L);
-              for (std::size_t j = 0; j < L; ++j) {
-                keep[j] = j % 5 != 1 && j % 5 != 2;
-                keep[L + j] = j % 2 == 0;
-                keep[2 * L + j] = 0;
-              }
-              pa::LocalAttentionOptions o;
-              o.window = w;
-              o.causal = causal;
-              o.keep = masked ? keep.data() : nullptr;
-              o.pytorch_numerics = pytorch;
+              const std::vector<std::uint8_t> keep = local_keep(L);
+              const pa::LocalAttentionOptions o = local_options(w, causal, masked ? keep.data() : nullptr, pytorch);
               const auto out1 = run_local(B, H, L, d, Dv, q, k, v, o, *kernels, pool1);
               const auto out3 = run_local(B, H, L, d, Dv, q, k, v, o, *kernels, pool3);
               CHECK(same_bits(out1, out3));
@@ -1036,6 +1047,76 @@ TEST("models/local_attention: windows 1, 3, 8, edge lengths, causal or not, mask
     }
   }
   std::printf("  %zu local_attention cases\n", cases);
+}
+
+TEST("models/local_attention backward: central differences of the double reference, every option, every kernel set") {
+  pa::ThreadPool pool1(1), pool3(3);
+  const std::size_t B = 3, H = 1, d = 4, Dv = 3;
+  std::size_t cases = 0, index = 0;
+  for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
+    for (std::size_t w : {1, 3, 8}) {
+      for (std::size_t L : local_lengths(w)) {
+        for (bool causal : {false, true}) {
+          for (bool masked : {false, true}) {
+            for (bool pytorch : {false, true}) {
+              ++index;
+              const auto q = pa_test::gaussian(B * H * L * d, 1.0, 7000 + index);
+              const auto k = pa_test::gaussian(B * H * L * d, 1.0, 8000 + index);
+              const auto v = pa_test::gaussian(B * H * L * Dv, 1.0, 9000 + index);
+              const auto g = pa_test::gaussian(B * H * L * Dv, 1.0, 9500 + index);
+              const std::vector<std::uint8_t> keep = local_keep(L);
+              const pa::LocalAttentionOptions o = local_options(w, causal, masked ? keep.data() : nullptr, pytorch);
+              const pa::AttentionDims dims{B, H, L, L, d, Dv};
+              std::vector<float> dq(q.size(), -7.0f), dk(k.size(), -7.0f), dv(v.size(), -7.0f);
+              pa::local_attention_backward(dims, q.data(), k.data(), v.data(), g.data(), dq.data(), dk.data(), dv.data(), o,
+                                           *kernels, pool1);
+              std::vector<float> dq3(q.size()), dk3(k.size()), dv3(v.size());
+              pa::local_attention_backward(dims, q.data(), k.data(), v.data(), g.data(), dq3.data(), dk3.data(), dv3.data(),
+                                           o, *kernels, pool3);
+              CHECK(same_bits(dq, dq3) && same_bits(dk, dk3) && same_bits(dv, dv3));
+              // sum(g * out) in double, one (batch, head) at a time, against central differences.
+              double num = 0.0, den = 0.0;
+              for (std::size_t p = 0; p < B * H; ++p) {
+                std::vector<double> qd(&q[p * L * d], &q[(p + 1) * L * d]), kd(&k[p * L * d], &k[(p + 1) * L * d]);
+                std::vector<double> vd(&v[p * L * Dv], &v[(p + 1) * L * Dv]);
+                const std::uint8_t* kp = o.keep ? o.keep + (p / H) * L : nullptr;
+                auto objective = [&] {
+                  const auto out = local_ref(qd.data(), kd.data(), vd.data(), L, d, Dv, w, causal, kp, pytorch);
+                  double total = 0.0;
+                  for (std::size_t i = 0; i < out.size(); ++i) total += out[i] * g[p * L * Dv + i];
+                  return total;
+                };
+                auto compare = [&](std::vector<double>& x, const std::vector<float>& grad, std::size_t offset) {
+                  for (std::size_t i = 0; i < x.size(); ++i) {
+                    const double keep_value = x[i], h = 1e-5;
+                    x[i] = keep_value + h;
+                    const double up = objective();
+                    x[i] = keep_value - h;
+                    const double down = objective();
+                    x[i] = keep_value;
+                    const double fd = (up - down) / (2 * h);
+                    num += (grad[offset + i] - fd) * (grad[offset + i] - fd);
+                    den += fd * fd;
+                  }
+                };
+                compare(qd, dq, p * L * d);
+                compare(kd, dk, p * L * d);
+                compare(vd, dv, p * L * Dv);
+              }
+              const bool ok = den == 0.0 ? num == 0.0 : std::sqrt(num / den) <= 1e-4;
+              if (!ok) {
+                std::fprintf(stderr, "  [%s] local backward w=%zu L=%zu causal=%d masked=%d pytorch=%d: error %.3g\n",
+                             kernels->name, w, L, causal, masked, pytorch, den == 0.0 ? std::sqrt(num) : std::sqrt(num / den));
+              }
+              CHECK(ok);
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  std::printf("  %zu local_attention backward cases\n", cases);
 }
 
 TEST("models/local_attention: a decoding ring continues a causal sequence, row by row or in pieces") {
