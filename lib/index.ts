@@ -8,7 +8,9 @@ export {
   softmaxAttention,
   softmaxAttentionSync,
   type FavorAttentionOptions,
+  type FavorAttentionSyncOptions,
   type SoftmaxAttentionOptions,
+  type SoftmaxAttentionSyncOptions,
 } from './attention';
 export {
   favorAttentionBackward,

@@ -70,7 +70,7 @@ describe('layer fuzz regressions', () => {
 
   test('createState without a batch: TypeError (was a state of batch 0)', () => {
     const required = { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /batch: required/ } as const;
-    expectThrows(() => new MultiHeadAttention({ modelDim: 4, numHeads: 2, causal: true }).createState(undefined as never), required);
+    expectThrows(() => new MultiHeadAttention({ modelDim: 4, numHeads: 2, causal: true }).createStateSync(undefined as never), required);
     expectThrows(() => new DecoderLayer({ modelDim: 4, numHeads: 2, crossAttention: false }).createStateSync(undefined as never), required);
     expectThrows(() => new TransformerDecoder({ modelDim: 4, numHeads: 2, numLayers: 1, crossAttention: false }).createStateSync(undefined as never), required);
   });

@@ -146,7 +146,7 @@ interface BlockCall {
   label: string;
 }
 
-/** @internal The parts and plan of both blocks. */
+/** The parts and plan shared by EncoderLayer and DecoderLayer. */
 abstract class Block extends LayerBase {
   abstract readonly config: BlockConfig;
   /** @internal */ readonly selfAttn: MultiHeadAttention;

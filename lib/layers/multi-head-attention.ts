@@ -284,9 +284,22 @@ export class MultiHeadAttention extends LayerBase {
    * token with {@link step} (FAVOR+; memory and time per token independent of the context).
    * @throws RangeError when the layer is not causal self-attention with FAVOR+ attention.
    */
-  createState(batch: number): DecodingState {
-    this.checkDecoding('MultiHeadAttention.createState');
-    const B = readBatch(batch, 'MultiHeadAttention.createState batch');
+  createStateSync(batch: number): DecodingState {
+    return this.newState(batch, 'MultiHeadAttention.createStateSync');
+  }
+
+  /**
+   * The Promise twin of {@link createStateSync}, as every `createState` of the library
+   * returns a Promise. A self-attention state is only allocated (zeros): it resolves at
+   * once; errors reject it.
+   */
+  async createState(batch: number): Promise<DecodingState> {
+    return this.newState(batch, 'MultiHeadAttention.createState');
+  }
+
+  private newState(batch: number, fn: string): DecodingState {
+    this.checkDecoding(fn);
+    const B = readBatch(batch, `${fn} batch`);
     return new DecodingStateImpl(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
   }
 

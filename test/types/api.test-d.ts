@@ -23,11 +23,13 @@ import {
   type AdaptiveParameters,
   type CodedError,
   type FavorAttentionOptions,
+  type FavorAttentionSyncOptions,
   type FeatureKernel,
   type FmaPeak,
   type Isa,
   type MaskLike,
   type SoftmaxAttentionOptions,
+  type SoftmaxAttentionSyncOptions,
   type Tensor,
   type TensorLike,
 } from '../../lib';
@@ -68,6 +70,16 @@ softmaxAttentionSync(q, q, q, { featureMap: fm });
 softmaxAttentionSync(q, q, q, { casual: true });
 // @ts-expect-error: a query and a key are required
 favorAttentionSync(q);
+// The blocking calls cannot be aborted: their options have no `signal`.
+void favorAttention(q, q, q, { signal: new AbortController().signal });
+void softmaxAttention(q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error: the blocking twin takes no signal
+favorAttentionSync(q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error: the blocking twin takes no signal
+softmaxAttentionSync(q, q, q, { causal: true, signal: new AbortController().signal });
+const favorSync: FavorAttentionSyncOptions = { featureMap: fm, causal: true };
+favorAttentionSync(q, q, q, favorSync);
+assertType<Equal<SoftmaxAttentionSyncOptions, Omit<SoftmaxAttentionOptions, 'signal'>>>();
 
 // FeatureMap.
 const kernels: FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
@@ -137,6 +149,8 @@ const grads: AttentionGradients = favorAttentionBackwardSync(q, q, q, q, { causa
 void favorAttentionBackward(q, q, q, q, { signal: new AbortController().signal });
 // @ts-expect-error the blocking twin takes no signal
 favorAttentionBackwardSync(q, q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error the blocking twin takes no signal
+softmaxAttentionBackwardSync(q, q, q, q, { signal: new AbortController().signal });
 // @ts-expect-error the output gradient is required
 softmaxAttentionBackwardSync(q, q, q);
 // @ts-expect-error gradients are not written into a given out

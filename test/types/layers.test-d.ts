@@ -43,6 +43,17 @@ const state: DecodingState = dec.createStateSync(2);
 const bytes: Uint8Array = state.serialize();
 assertType<Equal<ReturnType<TransformerDecoder['loadState']>, DecodingState>>();
 assertType<Equal<ReturnType<DecoderLayer['step']>, Promise<Tensor>>>();
+// One convention: createState returns a Promise everywhere, createStateSync the state.
+assertType<Equal<ReturnType<MultiHeadAttention['createState']>, Promise<DecodingState>>>();
+assertType<Equal<ReturnType<MultiHeadAttention['createStateSync']>, DecodingState>>();
+assertType<Equal<ReturnType<TransformerDecoder['createState']>, Promise<DecodingState>>>();
+assertType<Equal<ReturnType<DecoderLayer['createStateSync']>, DecodingState>>();
+// @ts-expect-error: the sync twins take no signal
+enc.forwardSync(x, { signal: new AbortController().signal });
+// @ts-expect-error: the sync twins take no signal
+dec.createStateSync(2, { signal: new AbortController().signal });
+// @ts-expect-error: the sync twins take no signal
+dec.backwardSync(x, x, { signal: new AbortController().signal });
 dec.stepSync(x, dec.loadState(bytes));
 const params: Record<string, Tensor> = dec.parameters();
 dec.loadParameters(params, { strict: false });
