@@ -124,6 +124,8 @@ const TORCH_LAYER_PARTS: Record<string, string> = {
  * → `normFirst`; `activation` `'relu'`/`'gelu'` → `activation`; `layer_norm_eps` →
  * `layerNormEps`; `dim_feedforward` → `ffDim`; `kdim` → `keyDim`. The FAVOR features
  * (`features.projection`) are not in a PyTorch checkpoint: the layers' own are kept.
+ * Masks do not carry over as they are: PyTorch's `key_padding_mask` is True = ignore, the
+ * layers' `keyPaddingMask` 1 = attend; pass a PyTorch mask as `{ ignore: mask }`.
  * @param tensors The state dict, for example `(await loadSafetensors(file)).tensors`.
  * @returns Canonical tensors (the same data, no copies).
  * @throws RangeError (`ERR_INVALID_ARG_VALUE`) listing the names under the prefix that are

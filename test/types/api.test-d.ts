@@ -62,6 +62,11 @@ favorAttentionSync([1, 2, 3], q, q);
 softmaxAttentionSync({ data: new Float64Array(64), shape: [1, 1, 4, 16] }, q, q);
 // @ts-expect-error: masks are bytes
 favorAttentionSync(q, q, q, { keyPaddingMask: { data: new Float32Array(4), shape: [1, 4] } });
+// The polarity forms: { keep } (1 = attend) and { ignore } (PyTorch's key_padding_mask).
+favorAttentionSync(q, q, q, { keyPaddingMask: { ignore: mask } });
+softmaxAttentionSync(q, q, q, { keyPaddingMask: { keep: { data: new Uint8Array(4), dims: [1, 4] } } });
+// @ts-expect-error: the inner mask is bytes too
+favorAttentionSync(q, q, q, { keyPaddingMask: { ignore: { data: new Float32Array(4), shape: [1, 4] } } });
 // @ts-expect-error: scale is an exact-attention option
 favorAttentionSync(q, q, q, { scale: 2 });
 // @ts-expect-error: featureMap is a FAVOR+ option
