@@ -54,7 +54,16 @@ export type MaskBytes =
  * - `{ ignore: { data, shape } }`: nonzero = padding, 0 = attend, as PyTorch's
  *   `key_padding_mask` (True = ignore): `{ ignore: { data: Uint8Array.from(mask), shape } }`.
  */
-export type MaskLike = MaskBytes | { readonly keep: MaskBytes } | { readonly ignore: MaskBytes };
+export type MaskLike =
+  | MaskBytes
+  | {
+      /** Nonzero = attend, 0 = padding (the library's polarity, spelled out). */
+      readonly keep: MaskBytes;
+    }
+  | {
+      /** Nonzero = padding, 0 = attend (PyTorch's `key_padding_mask` polarity). */
+      readonly ignore: MaskBytes;
+    };
 
 /**
  * Wraps a Float32Array and a shape into a tensor, checking that they agree (no copy).

@@ -50,9 +50,9 @@ export class InitRandom {
 export const MAX_MODEL_PARAMETERS = 2 ** 32;
 
 /** @internal Parameters of an attention module (projections with biases, feature projection). */
-export function attentionParameterCount(c: { modelDim: number; keyDim: number; numHeads: number; headDim: number; featureMap: { numFeatures: number } }): number {
+export function attentionParameterCount(c: { modelDim: number; keyDim: number; valueDim?: number; numHeads: number; headDim: number; featureMap: { numFeatures: number } }): number {
   const inner = c.numHeads * c.headDim;
-  return (c.modelDim + 2 * c.keyDim + 3) * inner + (inner + 1) * c.modelDim + c.featureMap.numFeatures * c.headDim;
+  return (c.modelDim + c.keyDim + (c.valueDim ?? c.keyDim) + 3) * inner + (inner + 1) * c.modelDim + c.featureMap.numFeatures * c.headDim;
 }
 
 /** @internal Parameters of an encoder (cross = false) or decoder block with `ffDim` and `modelDim` D. */

@@ -29,6 +29,14 @@ mha.forwardSync(x, { attention: 'softmax' });
 mha.forwardSync(x, { attention: 'linear' });
 // @ts-expect-error: the sync twin takes no signal
 mha.forwardSync(x, { signal: new AbortController().signal });
+// Separate key and value inputs (kdim != vdim), causal encoders, the final norm's eps.
+const kv = new MultiHeadAttention({ modelDim: 16, numHeads: 2, keyDim: 8, valueDim: 12 });
+kv.forwardSync(x, { key: { data: new Float32Array(80), shape: [2, 5, 8] }, value: { data: new Float32Array(120), shape: [2, 5, 12] } });
+assertType<Equal<MultiHeadAttention['config']['valueDim'], number>>();
+new EncoderLayer({ modelDim: 16, numHeads: 2, causal: true });
+new TransformerDecoder({ modelDim: 16, numHeads: 2, numLayers: 1, causal: false, finalNorm: true, finalNormEps: 1e-6 });
+// @ts-expect-error: valueDim is a MultiHeadAttention option
+new EncoderLayer({ modelDim: 16, numHeads: 2, valueDim: 8 });
 // @ts-expect-error: modelDim is required
 new EncoderLayer({ numHeads: 2 });
 // @ts-expect-error: not an activation
