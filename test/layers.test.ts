@@ -405,6 +405,21 @@ describe('parameters, features and states', () => {
     const noFeatures = Object.fromEntries(Object.entries(p).filter(([k]) => !k.endsWith('features.projection')));
     m.loadParameters({ ...noFeatures, extra: p['layers.0.ff1.bias'] }, { strict: false });
     expect(Buffer.from(m.forwardSync(x, { memory }).data.buffer).equals(Buffer.from(before.buffer))).toBe(true);
+    // Strict but for the features: a checkpoint without them loads, an unknown name does not.
+    const missingFeatures = /missing layers\.0\.selfAttn\.features\.projection, .* \(FAVOR\+ features are not in checkpoints from PyTorch or BERT: pass \{ keepFeatures: true \}/;
+    expectThrows(() => m.loadParameters(noFeatures), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: missingFeatures });
+    expectThrows(() => m.loadParameters({ ...noFeatures, 'layers.0.ff1.bais': p['layers.0.ff1.bias'] }, { keepFeatures: true }), {
+      name: 'RangeError',
+      code: 'ERR_INVALID_ARG_VALUE',
+      message: /: unexpected layers\.0\.ff1\.bais$/,
+    });
+    const { ['layers.1.ff2.weight']: _ff2, ...noFf2 } = noFeatures;
+    expectThrows(() => m.loadParameters(noFf2, { keepFeatures: true }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: /: missing layers\.1\.ff2\.weight$/ });
+    m.loadParameters(noFeatures, { keepFeatures: true });
+    expect(Buffer.from(m.forwardSync(x, { memory }).data.buffer).equals(Buffer.from(before.buffer))).toBe(true);
+    // keepFeatures: false makes strict: false still require the projections.
+    expectThrows(() => m.loadParameters(noFeatures, { strict: false, keepFeatures: false }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: missingFeatures });
+    expectThrows(() => m.loadParameters(p, { keepFeatures: 'yes' as never }), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /options\.keepFeatures: expected a boolean/ });
   });
 
   test('corrupt, truncated, foreign and future-version state buffers are rejected clearly', () => {

@@ -65,6 +65,9 @@ dec.backwardSync(x, x, { signal: new AbortController().signal });
 dec.stepSync(x, dec.loadState(bytes));
 const params: Record<string, Tensor> = dec.parameters();
 dec.loadParameters(params, { strict: false });
+dec.loadParameters(params, { keepFeatures: true });
+// @ts-expect-error: keepFeatures is a boolean
+dec.loadParameters(params, { keepFeatures: 'yes' });
 dec.redrawFeatures(3);
 const pending: number = pendingCalls();
 void pending;
