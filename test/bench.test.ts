@@ -31,7 +31,7 @@ function runCli(args: string[], options: { cwd?: string } = {}) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd: options.cwd ?? root, timeout: 60000 });
 }
 
-describe('cost model (DESIGN.md section 1)', () => {
+describe('cost model (README, Benchmark)', () => {
   test('FAVOR+: 2 Lq d m + 2 Lk d m + 2 Lk m (Dv+1) + 2 Lq m (Dv+1) per (batch, head), causal the same', () => {
     const shape = { batch: 2, heads: 3, L: 10, headDim: 4, valueDim: 5, numFeatures: 6 };
     const perHead = 2 * 10 * 4 * 6 + 2 * 10 * 4 * 6 + 2 * 10 * 6 * 6 + 2 * 10 * 6 * 6;
