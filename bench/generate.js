@@ -60,7 +60,7 @@ for (const numerics of flags.numerics.split(',')) {
     let state;
     const prefill = median(
       Array.from({ length: prefillRuns }, () => {
-        state = lm.createState();
+        state = lm.createStateSync();
         return time(() => lm.stepSync(prompt, state));
       }),
     );

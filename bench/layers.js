@@ -95,7 +95,7 @@ function crossDecoding() {
 async function main() {
   if (only === 'cross') return crossDecoding();
   const mha = new MultiHeadAttention({ modelDim, numHeads, causal: true, featureMap: { numFeatures } });
-  await decoding('MultiHeadAttention (causal self-attention)', mha, () => mha.createState(1));
+  await decoding('MultiHeadAttention (causal self-attention)', mha, () => mha.createStateSync(1));
   const dec = new DecoderLayer({ modelDim, numHeads, crossAttention: false, featureMap: { numFeatures } });
   await decoding('DecoderLayer (causal self-attention + feed-forward 2048, no cross-attention)', dec, () => dec.createStateSync(1));
   crossDecoding();

@@ -189,11 +189,12 @@ async function main(argv) {
     for (const c of charts) {
       const file = path.join(outDir, `${stem}-${c.name}.svg`);
       const subtitle = `${backend.isa}, ${threadList.join('/')} thread(s), batch ${opts.batch}, heads ${opts.heads}, d ${opts.dim}, m ${opts.features}; ${machine.cpu}`;
-      const r = await writeChart(c.series, file, { title: c.title, subtitle });
+      const r = writeChart(c.series, file, { title: c.title, subtitle });
       if (r.skipped) {
         skipped.push({ what: `chart ${c.name}`, why: r.skipped });
       } else {
         report.files[`chart-${c.name}`] = r.file;
+        for (const n of r.notes) report.notes.push(`chart ${c.name}: ${n}`);
       }
     }
   } else {

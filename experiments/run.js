@@ -261,9 +261,10 @@ async function main() {
   }
   if (results.finetune) specs.push(['finetune.svg', finetune.chartSpec(results.finetune)]);
   for (const [file, spec] of specs) {
-    const r = await charts.writeChart(spec, path.join(o.out, file));
+    const r = charts.writeChart(spec, path.join(o.out, file));
     if (r.skipped) process.stderr.write(`chart ${file} skipped: ${r.skipped}\n`);
     else chartFiles.push(file);
+    for (const n of r.notes ?? []) process.stderr.write(`chart ${file}: ${n}\n`);
   }
   const { backendInfo } = require('..');
   const meta = {

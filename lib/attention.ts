@@ -71,6 +71,11 @@ export interface SoftmaxAttentionOptions {
   signal?: AbortSignal;
 }
 
+/** Options of {@link favorAttentionSync}: those of {@link favorAttention} without `signal` (a blocking call cannot be aborted). */
+export type FavorAttentionSyncOptions = Omit<FavorAttentionOptions, 'signal'>;
+/** Options of {@link softmaxAttentionSync}: those of {@link softmaxAttention} without `signal`. */
+export type SoftmaxAttentionSyncOptions = Omit<SoftmaxAttentionOptions, 'signal'>;
+
 const FAVOR_OPTIONS = ['featureMap', 'causal', 'keyPaddingMask', 'epsilon', 'chunkSize', 'out'] as const;
 const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
 // `signal` is known to the async calls only: a sync call cannot be aborted.
@@ -320,7 +325,7 @@ export function favorAttentionSync(
   query: TensorLike,
   key: TensorLike,
   value: TensorLike,
-  options?: FavorAttentionOptions,
+  options?: FavorAttentionSyncOptions,
 ): Tensor {
   const { p, args } = favorArgs(query, key, value, options, 'favorAttentionSync');
   return { data: native().favorAttentionSync(...args), shape: p.outShape };
@@ -367,7 +372,7 @@ export function softmaxAttentionSync(
   query: TensorLike,
   key: TensorLike,
   value: TensorLike,
-  options?: SoftmaxAttentionOptions,
+  options?: SoftmaxAttentionSyncOptions,
 ): Tensor {
   const { p, args } = softmaxArgs(query, key, value, options, 'softmaxAttentionSync');
   return { data: native().softmaxAttentionSync(...args), shape: p.outShape };

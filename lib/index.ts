@@ -8,7 +8,9 @@ export {
   softmaxAttention,
   softmaxAttentionSync,
   type FavorAttentionOptions,
+  type FavorAttentionSyncOptions,
   type SoftmaxAttentionOptions,
+  type SoftmaxAttentionSyncOptions,
 } from './attention';
 export {
   favorAttentionBackward,
@@ -48,7 +50,7 @@ export {
   type ReadSafetensorsOptions,
   type Safetensors,
 } from './safetensors';
-export { tensor, type MaskLike, type Tensor, type TensorLike } from './tensor';
+export { tensor, type MaskBytes, type MaskLike, type Tensor, type TensorLike } from './tensor';
 export {
   MultiHeadAttention,
   type AttentionForwardOptions,

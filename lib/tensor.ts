@@ -28,8 +28,12 @@ export type TensorLike =
       readonly dims: readonly number[];
     };
 
-/** A boolean mask stored as bytes: nonzero = attend. Shape `[batch, keyLength]`. */
-export type MaskLike =
+/**
+ * Mask bytes and their shape `[batch, keyLength]`: nonzero = attend (keep), 0 = padding
+ * (ignore). This is the opposite of PyTorch's `key_padding_mask` (True = ignore); pass a
+ * PyTorch mask as `{ ignore: ... }` (see {@link MaskLike}).
+ */
+export type MaskBytes =
   | {
       /** One byte per key: nonzero = attend, 0 = padding. */
       readonly data: Uint8Array;
@@ -41,6 +45,24 @@ export type MaskLike =
       readonly data: Uint8Array;
       /** `[batch, keyLength]` (onnxruntime-node's name). */
       readonly dims: readonly number[];
+    };
+
+/**
+ * A key padding mask, `[batch, keyLength]` bytes, in one of three forms:
+ * - `{ data, shape }`: nonzero = attend, 0 = padding (the library's convention);
+ * - `{ keep: { data, shape } }`: the same, with the polarity spelled out;
+ * - `{ ignore: { data, shape } }`: nonzero = padding, 0 = attend, as PyTorch's
+ *   `key_padding_mask` (True = ignore): `{ ignore: { data: Uint8Array.from(mask), shape } }`.
+ */
+export type MaskLike =
+  | MaskBytes
+  | {
+      /** Nonzero = attend, 0 = padding (the library's polarity, spelled out). */
+      readonly keep: MaskBytes;
+    }
+  | {
+      /** Nonzero = padding, 0 = attend (PyTorch's `key_padding_mask` polarity). */
+      readonly ignore: MaskBytes;
     };
 
 /**

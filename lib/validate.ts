@@ -97,7 +97,27 @@ export function readTensor(value: unknown, name: string, rank?: number, legend?:
   return { data: t.data, shape: Object.freeze(t.shape) };
 }
 
+/**
+ * A mask in any {@link MaskLike} form as keep-bytes (nonzero = attend). `{ ignore }` masks
+ * are inverted into a new array; the other forms are used in place.
+ */
 export function readMask(value: unknown, name: string, expected: readonly number[]): Uint8Array {
+  if (value !== null && typeof value === 'object' && !('data' in value) && ('keep' in value || 'ignore' in value)) {
+    const keys = Object.keys(value);
+    if (keys.length !== 1) {
+      throw typeError(`${name}: expected { keep: mask } or { ignore: mask } (one key), received an object with keys ${keys.map((k) => `'${k}'`).join(', ')}`, 'ERR_INVALID_ARG_VALUE');
+    }
+    const polarity = keys[0] as 'keep' | 'ignore';
+    const bytes = readMaskBytes((value as Record<string, unknown>)[polarity], `${name}.${polarity}`, expected);
+    if (polarity === 'keep') return bytes;
+    const keep = new Uint8Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) keep[i] = bytes[i] === 0 ? 1 : 0;
+    return keep;
+  }
+  return readMaskBytes(value, name, expected);
+}
+
+function readMaskBytes(value: unknown, name: string, expected: readonly number[]): Uint8Array {
   const m = readTyped<Uint8Array>(value, name, 'Uint8Array');
   if (m.shape.length !== expected.length || m.shape.some((d, i) => d !== expected[i])) {
     throw rangeError(`${name}: expected shape ${formatShape(expected)}, received ${formatShape(m.shape)}`);

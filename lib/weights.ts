@@ -122,8 +122,12 @@ const TORCH_LAYER_PARTS: Record<string, string> = {
  *
  * The modules' options carry over as: `batch_first=True` inputs `[B, L, E]`; `norm_first`
  * → `normFirst`; `activation` `'relu'`/`'gelu'` → `activation`; `layer_norm_eps` →
- * `layerNormEps`; `dim_feedforward` → `ffDim`; `kdim` → `keyDim`. The FAVOR features
+ * `layerNormEps`; `dim_feedforward` → `ffDim`; `kdim` → `keyDim`; `vdim` → `valueDim`
+ * (then call with `key` and `value`); a causal `src_mask` → `causal: true` on an encoder; no
+ * `tgt_mask` → `causal: false` on a decoder; the final `norm`'s eps → `finalNormEps`. The FAVOR features
  * (`features.projection`) are not in a PyTorch checkpoint: the layers' own are kept.
+ * Masks do not carry over as they are: PyTorch's `key_padding_mask` is True = ignore, the
+ * layers' `keyPaddingMask` 1 = attend; pass a PyTorch mask as `{ ignore: mask }`.
  * @param tensors The state dict, for example `(await loadSafetensors(file)).tensors`.
  * @returns Canonical tensors (the same data, no copies).
  * @throws RangeError (`ERR_INVALID_ARG_VALUE`) listing the names under the prefix that are

@@ -1,7 +1,8 @@
 // AbortSignal on the async calls: already aborted -> immediate AbortError; a
 // queued call skips its work; a running one stops at its next block.
-import { favorAttention, favorAttentionSync, FeatureMap, softmaxAttention, softmaxAttentionSync } from '../lib';
+import { backendInfo, favorAttention, favorAttentionSync, FeatureMap, setBackend, softmaxAttention, softmaxAttentionSync } from '../lib';
 import { expectRejects, expectThrows } from './helpers/errors';
+import { settledFlag, turnsUntil, unwritten, written } from './helpers/progress';
 import { makeInputs } from './helpers/reference';
 
 function expectAbortError(error: unknown, reason: unknown): void {
@@ -20,8 +21,11 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
 }
 
 const small = makeInputs(1, { B: 1, H: 2, Lq: 40, Lk: 50, d: 8, Dv: 3 });
-// Large enough that a full call takes a good fraction of a second.
+// Many blocks of rows per head (24 of the exact call's, 6144 FAVOR chunks of one row), so
+// that a call aborted once it has written its first rows leaves most of its output unwritten.
 const big = makeInputs(2, { B: 1, H: 2, Lq: 6144, Lk: 6144, d: 64, Dv: 64 });
+const bigOut = big.q.shape; // [B, H, Lq, Dv]: Dv = d
+const Dv = big.v.shape[3];
 
 test('an already aborted signal rejects at once, for both calls', async () => {
   const reason = new Error('stop');
@@ -58,16 +62,35 @@ test('a signal that never aborts changes nothing', async () => {
   expect(b.data).toEqual(softmaxAttentionSync(small.q, small.k, small.v, { causal: true }).data);
 });
 
-test('a running softmax call stops at its next block', async () => {
-  let t = performance.now();
-  await softmaxAttention(big.q, big.k, big.v);
-  const full = performance.now() - t;
+/**
+ * Starts `call` with a NaN-filled output and aborts it once the worker has written part
+ * of it. Returns the elements written when the abort was signalled and once the call
+ * has settled, and the rejection.
+ */
+async function abortWhileRunning(
+  call: (out: Float32Array, signal: AbortSignal) => Promise<unknown>,
+): Promise<{ atAbort: number; atEnd: number; length: number; error: unknown; reason: unknown }> {
+  const out = unwritten(big.q.data.length);
   const controller = new AbortController();
-  t = performance.now();
-  const promise = softmaxAttention(big.q, big.k, big.v, { signal: controller.signal });
-  setTimeout(() => controller.abort(), 5);
-  expectAbortError(await rejection(promise), controller.signal.reason);
-  expect(performance.now() - t).toBeLessThan(full / 2);
+  const promise = call(out, controller.signal);
+  const flag = settledFlag(promise);
+  // Running: its first rows are written (or it settled, which the checks then report).
+  await turnsUntil(() => flag.settled || written(out) > 0);
+  controller.abort();
+  // Counted after abort() returned: whatever is written from here on came after it.
+  const atAbort = written(out);
+  const error = await rejection(promise);
+  return { atAbort, atEnd: written(out), length: out.length, error, reason: controller.signal.reason };
+}
+
+test('a running softmax call stops at its next block', async () => {
+  const r = await abortWhileRunning((out, signal) => softmaxAttention(big.q, big.k, big.v, { out: { data: out, shape: bigOut }, signal }));
+  expectAbortError(r.error, r.reason);
+  // It was running when aborted, and wrote at most the block each pool thread had under
+  // way (a block: 256 query rows of one head), so most of the output was never computed.
+  expect(r.atAbort).toBeGreaterThan(0);
+  expect(r.atEnd - r.atAbort).toBeLessThanOrEqual(backendInfo().threads * 256 * Dv);
+  expect(r.atEnd).toBeLessThan(r.length / 2);
   // The library still works, and the same arrays give the full result.
   const again = await softmaxAttention(small.q, small.k, small.v);
   expect(again.data).toEqual(softmaxAttentionSync(small.q, small.k, small.v).data);
@@ -75,30 +98,47 @@ test('a running softmax call stops at its next block', async () => {
 
 test('a running causal FAVOR call stops at its next block', async () => {
   const map = new FeatureMap({ headDim: 64, numFeatures: 256, seed: 1 });
-  const controller = new AbortController();
-  const promise = favorAttention(big.q, big.k, big.v, { featureMap: map, causal: true, chunkSize: 1, signal: controller.signal });
-  setTimeout(() => controller.abort(), 5);
-  expectAbortError(await rejection(promise), controller.signal.reason);
+  const r = await abortWhileRunning((out, signal) =>
+    favorAttention(big.q, big.k, big.v, { featureMap: map, causal: true, chunkSize: 1, out: { data: out, shape: bigOut }, signal }),
+  );
+  expectAbortError(r.error, r.reason);
+  // A block is one chunk: with chunkSize 1, one row per pool thread after the abort.
+  expect(r.atAbort).toBeGreaterThan(0);
+  expect(r.atEnd - r.atAbort).toBeLessThanOrEqual(backendInfo().threads * 1 * Dv);
+  expect(r.atEnd).toBeLessThan(r.length / 2);
 });
 
 test('a queued call is dropped: its output is never written', async () => {
-  // Outputs first (filling them takes milliseconds), then the long call, given time to
-  // hold the pool; each queued call is aborted as soon as it is made, so none can reach
-  // the pool before its abort (which a call made while others are still being built could).
-  const outs = Array.from({ length: 6 }, () => new Float32Array(big.q.data.length).fill(7));
-  const running = softmaxAttention(big.q, big.k, big.v);
-  await new Promise((resolve) => setTimeout(resolve, 20));
-  const queued = outs.map((out) => {
-    const controller = new AbortController();
-    const promise = softmaxAttention(big.q, big.k, big.v, { out: { data: out, shape: big.q.shape }, signal: controller.signal });
-    controller.abort();
-    return { controller, out, promise };
-  });
-  // Settled together: awaiting one by one would leave the others' rejections unhandled.
-  const errors = await Promise.all(queued.map((call) => rejection(call.promise)));
-  queued.forEach((call, i) => {
-    expectAbortError(errors[i], call.controller.signal.reason);
-    expect(call.out.every((x) => x === 7)).toBe(true);
-  });
-  await running;
+  // A call is queued behind another while that one holds the pool's parallel region; a
+  // pool of one thread has none (its calls run side by side), so this test takes two.
+  const threads = backendInfo().threads;
+  if (threads < 2) setBackend({ threads: 2 });
+  try {
+    // Outputs first (filling them takes milliseconds), then the long call, which holds the
+    // pool once it has written rows; each queued call is aborted as soon as it is made, so
+    // none can reach the pool before its abort (which a call made while others are still
+    // being built could).
+    const outs = Array.from({ length: 6 }, () => new Float32Array(big.q.data.length).fill(7));
+    const runningOut = unwritten(big.q.data.length);
+    const running = softmaxAttention(big.q, big.k, big.v, { out: { data: runningOut, shape: bigOut } });
+    const flag = settledFlag(running);
+    await turnsUntil(() => flag.settled || written(runningOut) > 0);
+    expect(flag.settled).toBe(false);
+    const queued = outs.map((out) => {
+      const controller = new AbortController();
+      const promise = softmaxAttention(big.q, big.k, big.v, { out: { data: out, shape: bigOut }, signal: controller.signal });
+      controller.abort();
+      return { controller, out, promise };
+    });
+    // Settled together: awaiting one by one would leave the others' rejections unhandled.
+    const errors = await Promise.all(queued.map((call) => rejection(call.promise)));
+    queued.forEach((call, i) => {
+      expectAbortError(errors[i], call.controller.signal.reason);
+      expect(call.out.every((x) => x === 7)).toBe(true);
+    });
+    await running;
+    expect(written(runningOut)).toBe(runningOut.length);
+  } finally {
+    if (threads < 2) setBackend({ threads });
+  }
 });

@@ -12,6 +12,7 @@ import {
   setBackend,
   softmaxAttention,
 } from '../lib';
+import { nextTurn, settledFlag, unwritten, written } from './helpers/progress';
 
 const root = path.resolve(__dirname, '..');
 
@@ -115,17 +116,21 @@ describe('async calls', () => {
   const v = { data: gaussianish(B * H * L * d, 3), shape };
 
   test('the event loop keeps running while an async call computes', async () => {
-    let ticks = 0;
-    const timer = setInterval(() => ticks++, 1);
-    // Exact attention at this size takes tens of milliseconds or more.
-    const started = Date.now();
-    await softmaxAttention(q, k, v);
-    await softmaxAttention(q, k, v);
-    const elapsed = Date.now() - started;
-    clearInterval(timer);
-    // A blocked loop would fire the interval at most once after the call returns.
-    expect(elapsed).toBeGreaterThan(5);
-    expect(ticks).toBeGreaterThan(2);
+    // The output starts as NaN (every result is finite): a turn of the loop that finds it
+    // partly written ran while the native worker was computing. A call that blocked the
+    // loop would be seen not started or finished, never half-way.
+    const out = unwritten(q.data.length);
+    const promise = softmaxAttention(q, k, v, { out: { data: out, shape } });
+    const flag = settledFlag(promise);
+    const seen = new Set<string>();
+    while (!flag.settled) {
+      const n = written(out);
+      seen.add(n === 0 ? 'not started' : n < out.length ? 'part written' : 'all written');
+      await nextTurn();
+    }
+    await promise;
+    expect([...seen]).toContain('part written');
+    expect(written(out)).toBe(out.length);
   });
 
   test('async equals sync bit for bit, including many concurrent calls', async () => {

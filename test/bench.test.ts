@@ -18,7 +18,7 @@ const { parseArgs, parseSeqList, UsageError } = require(path.join(benchDir, 'lib
 const { ProtoWriter, decodeMessage } = require(path.join(benchDir, 'lib', 'protobuf.js'));
 const onnx = require(path.join(benchDir, 'lib', 'onnx.js'));
 const { numpyEnv } = require(path.join(benchDir, 'lib', 'runner.js'));
-const { chartSpec } = require(path.join(benchDir, 'lib', 'chart.js'));
+const { chartSpec, renderSvg, writeChart } = require(path.join(benchDir, 'lib', 'chart.js'));
 const { deriveRecord } = require(path.join(benchDir, 'lib', 'measure.js'));
 const { summarizeSweep } = require(path.join(benchDir, 'lib', 'suites.js'));
 const data = require(path.join(benchDir, 'lib', 'data.js'));
@@ -31,7 +31,94 @@ function runCli(args: string[], options: { cwd?: string } = {}) {
   return spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd: options.cwd ?? root, timeout: 60000 });
 }
 
-describe('cost model (DESIGN.md section 1)', () => {
+// ---- reading the chart's SVG back
+
+interface XmlNode {
+  name: string;
+  attrs: Record<string, string>;
+  children: XmlNode[];
+  text: string;
+}
+
+const ENTITIES: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
+
+function decodeEntities(text: string): string {
+  const bad = /&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);)/.exec(text);
+  if (bad) throw new Error(`bare '&' in ${JSON.stringify(text)}`);
+  return text.replace(/&(#x[0-9a-fA-F]+|#\d+|\w+);/g, (_, e: string) =>
+    e[0] === '#' ? String.fromCodePoint(e[1] === 'x' ? parseInt(e.slice(2), 16) : Number(e.slice(1))) : ENTITIES[e],
+  );
+}
+
+/** A strict reader for the XML subset an SVG writer emits; throws on anything not well-formed. */
+function parseXml(xml: string): XmlNode {
+  const document: XmlNode = { name: '#document', attrs: {}, children: [], text: '' };
+  const stack = [document];
+  const token = /<!--[\s\S]*?-->|<(\/?)([A-Za-z][\w:.-]*)((?:\s+[\w:.-]+="[^"<]*")*)\s*(\/?)>|([^<]+)/y;
+  for (let at = 0; at < xml.length; at = token.lastIndex) {
+    token.lastIndex = at;
+    const m = token.exec(xml);
+    if (!m) throw new Error(`not well-formed at ${at}: ${JSON.stringify(xml.slice(at, at + 60))}`);
+    const [all, close, name, attrText, selfClose, text] = m;
+    const top = stack[stack.length - 1];
+    if (text !== undefined) {
+      top.text += decodeEntities(text);
+    } else if (all.startsWith('<!--')) {
+      continue;
+    } else if (close) {
+      if (selfClose || attrText || top.name !== name) throw new Error(`</${name}> closes <${top.name}>`);
+      stack.pop();
+    } else {
+      const attrs: Record<string, string> = {};
+      for (const [, key, value] of attrText.matchAll(/([\w:.-]+)="([^"]*)"/g)) {
+        if (key in attrs) throw new Error(`<${name}>: attribute ${key} twice`);
+        attrs[key] = decodeEntities(value);
+      }
+      const node = { name, attrs, children: [], text: '' };
+      top.children.push(node);
+      if (!selfClose) stack.push(node);
+    }
+  }
+  if (stack.length !== 1) throw new Error(`<${stack[stack.length - 1].name}> is never closed`);
+  if (document.text.trim() !== '' || document.children.length !== 1) throw new Error('expected one root element');
+  return document.children[0];
+}
+
+function descendants(node: XmlNode): XmlNode[] {
+  return node.children.flatMap((c) => [c, ...descendants(c)]);
+}
+
+function classed(node: XmlNode, name: string, cls: string): XmlNode[] {
+  return descendants(node).filter((n) => n.name === name && (n.attrs.class ?? '').split(' ').includes(cls));
+}
+
+/** A path's subpaths of [x, y] vertices; only M and L commands with finite numbers are accepted. */
+function pathRuns(d: string): number[][][] {
+  const num = '-?\\d+(?:\\.\\d+)?';
+  const pair = `${num},${num}`;
+  expect(d).toMatch(new RegExp(`^(?:M${pair}(?:L${pair})*)+$`));
+  return d
+    .split('M')
+    .filter(Boolean)
+    .map((run) => run.split('L').map((xy) => xy.split(',').map(Number)));
+}
+
+/** Centers of a series' circle markers, in drawing order. */
+function markerCenters(group: XmlNode): number[][] {
+  return classed(group, 'circle', 'marker').map((c) => [Number(c.attrs.cx), Number(c.attrs.cy)]);
+}
+
+function seriesGroups(svg: XmlNode): XmlNode[] {
+  return classed(svg, 'g', 'series');
+}
+
+function texts(svg: XmlNode): string[] {
+  return descendants(svg)
+    .filter((n) => n.name === 'text')
+    .map((n) => n.text);
+}
+
+describe('cost model (README, Benchmark)', () => {
   test('FAVOR+: 2 Lq d m + 2 Lk d m + 2 Lk m (Dv+1) + 2 Lq m (Dv+1) per (batch, head), causal the same', () => {
     const shape = { batch: 2, heads: 3, L: 10, headDim: 4, valueDim: 5, numFeatures: 6 };
     const perHead = 2 * 10 * 4 * 6 + 2 * 10 * 4 * 6 + 2 * 10 * 6 * 6 + 2 * 10 * 6 * 6;
@@ -342,17 +429,119 @@ describe('records, summaries, chart and child environments', () => {
     expect(s.linearity[0].extraOverIoAtLargest).toBeCloseTo(1000 / (16 * 65536));
   });
 
-  test('chart spec: time against L on log-log axes, extrapolated points kept apart', () => {
-    const spec = chartSpec([
-      { name: 'FAVOR+ causal', mode: 'causal', points: [{ L: 256, ms: 1 }, { L: 512, ms: 0 }] },
-      { name: 'exact causal, extrapolated', mode: 'causal', points: [{ L: 1024, ms: 9, estimated: true }] },
-    ]);
-    expect(spec.encoding.x.scale.type).toBe('log');
-    expect(spec.encoding.y.scale.type).toBe('log');
-    expect(spec.data.values).toEqual([
-      { series: 'FAVOR+ causal', mode: 'causal', L: 256, ms: 1, estimated: false },
-      { series: 'exact causal, extrapolated', mode: 'causal', L: 1024, ms: 9, estimated: true },
-    ]);
+  test('chart: well-formed SVG of time against L on log-log axes, a line and markers per series, legend and labels', () => {
+    const Ls = [256, 512, 1024, 2048];
+    const series = [
+      { name: 'FAVOR+ bidirectional', mode: 'bidirectional', points: Ls.map((L) => ({ L, ms: L / 512 })) },
+      { name: 'exact <bidirectional> & "co"', mode: 'bidirectional', points: Ls.slice(0, 3).map((L) => ({ L, ms: (L * L) / 65536 })) },
+      { name: 'exact causal, extrapolated', mode: 'causal', points: [{ L: 4096, ms: 128, estimated: true }, { L: 8192, ms: 512, estimated: true }] },
+    ];
+    const { svg: text, notes, plotted } = renderSvg(chartSpec(series, { title: 'Time & <L>', subtitle: 'avx2, 2 threads' }));
+    expect(notes).toEqual([]);
+    expect(plotted).toBe(9);
+    expect(text).not.toMatch(/NaN|Infinity|undefined|null/);
+    const svg = parseXml(text);
+    expect(svg.name).toBe('svg');
+    expect(svg.attrs.xmlns).toBe('http://www.w3.org/2000/svg');
+    const [w, h] = [Number(svg.attrs.width), Number(svg.attrs.height)];
+    expect(w).toBeGreaterThan(300);
+    expect(h).toBeGreaterThan(200);
+    expect(svg.attrs.viewBox).toBe(`0 0 ${svg.attrs.width} ${svg.attrs.height}`);
+    // One group per series (names unescaped again by the reader), in order.
+    const groups = seriesGroups(svg);
+    expect(groups.map((g) => g.attrs['data-series'])).toEqual(series.map((s) => s.name));
+    const frame = classed(svg, 'rect', 'frame')[0];
+    const [fx, fy] = [Number(frame.attrs.x), Number(frame.attrs.y)];
+    const [fw, fh] = [Number(frame.attrs.width), Number(frame.attrs.height)];
+    for (const [i, g] of groups.slice(0, 2).entries()) {
+      // A line through the markers, one vertex per point, inside the plot frame.
+      const lines = classed(g, 'path', 'line');
+      expect(lines).toHaveLength(1);
+      const runs = pathRuns(lines[0].attrs.d);
+      const centers = markerCenters(g);
+      expect(runs).toEqual([centers]);
+      expect(centers).toHaveLength(series[i].points.length);
+      for (const [x, y] of centers) {
+        expect(x).toBeGreaterThanOrEqual(fx);
+        expect(x).toBeLessThanOrEqual(fx + fw);
+        expect(y).toBeGreaterThanOrEqual(fy);
+        expect(y).toBeLessThanOrEqual(fy + fh);
+      }
+      // x grows with L, y with time (upwards); L and time double at each step, so on log
+      // axes the steps are equal.
+      const dx = centers.slice(1).map((c, j) => c[0] - centers[j][0]);
+      const dy = centers.slice(1).map((c, j) => c[1] - centers[j][1]);
+      for (const step of dx) {
+        expect(step).toBeGreaterThan(10);
+        expect(step).toBeCloseTo(dx[0], 1);
+      }
+      for (const step of dy) {
+        expect(step).toBeLessThan(-10);
+        expect(step).toBeCloseTo(dy[0], 1);
+      }
+    }
+    // The same L lands at the same x in every series; the exact times (L^2) rise twice as steeply.
+    const [favor, exact] = groups.slice(0, 2).map(markerCenters);
+    expect(exact.map((c) => c[0])).toEqual(favor.slice(0, 3).map((c) => c[0]));
+    expect(exact[1][1] - exact[0][1]).toBeCloseTo(2 * (favor[1][1] - favor[0][1]), 1);
+    // Extrapolated points: crosses, not joined.
+    expect(classed(groups[2], 'path', 'line')).toHaveLength(0);
+    expect(classed(groups[2], 'path', 'cross')).toHaveLength(2);
+    // Title, axis titles, legend entries (colored as their lines), decade tick labels.
+    const labels = texts(svg);
+    for (const label of ['Time & <L>', 'avx2, 2 threads', 'sequence length L', 'time per call (ms, median)', ...series.map((s) => s.name)]) {
+      expect(labels).toContain(label);
+    }
+    expect(labels).toEqual(expect.arrayContaining(['1000', '1', '10', '100']));
+    const entries = classed(svg, 'g', 'legend-entry');
+    expect(entries.map((e) => e.attrs['data-series'])).toEqual(series.map((s) => s.name));
+    expect(entries[0].children[0].attrs.stroke).toBe(classed(groups[0], 'path', 'line')[0].attrs.stroke);
+    expect(entries[1].children[0].attrs.stroke).not.toBe(entries[0].children[0].attrs.stroke);
+    // Modes: the first solid, the next dashed.
+    expect(classed(groups[0], 'path', 'line')[0].attrs['stroke-dasharray']).toBeUndefined();
+    expect(entries[2].children.some((c) => c.name === 'path' && c.attrs.class === 'marker cross')).toBe(true);
+  });
+
+  test('chart: a single point, missing, zero and negative times are left out with a note, never NaN', () => {
+    const gappy = [
+      { L: 256, ms: 1 },
+      { L: 512, ms: 2 },
+      { L: 1024, ms: 0 },
+      { L: 2048, ms: 8 },
+      { L: 4096, ms: -1 },
+      { L: 8192, ms: Number.NaN },
+      { L: 16384, ms: 64 },
+      { L: 32768, ms: 128 },
+    ];
+    const { svg: text, notes, plotted } = renderSvg(chartSpec([{ name: 'one', points: [{ L: 1024, ms: 3 }] }, { name: 'gappy', points: gappy }]));
+    expect(text).not.toMatch(/NaN|Infinity|undefined|null/);
+    const svg = parseXml(text);
+    expect(plotted).toBe(1 + 5);
+    const [one, gaps] = seriesGroups(svg);
+    // One point: a marker and no line.
+    expect(classed(one, 'path', 'line')).toHaveLength(0);
+    expect(markerCenters(one)).toHaveLength(1);
+    // A point left out breaks the line: 256-512 and 16384-32768 joined, 2048 alone.
+    const runs = pathRuns(classed(gaps, 'path', 'line')[0].attrs.d);
+    const centers = markerCenters(gaps);
+    expect(centers).toHaveLength(5);
+    expect(runs).toEqual([centers.slice(0, 2), centers.slice(3, 5)]);
+    expect(notes).toHaveLength(1);
+    expect(notes[0]).toMatch(/^"gappy": left out 3 points \(x = 1024: y = 0, not positive on a log axis; x = 4096: y = -1, not positive on a log axis; x = 8192: y = missing\)$/);
+    expect(texts(svg).join(' ')).toContain('x = 1024: y = 0, not positive on a log axis');
+    // A single point alone still gets axes with labelled ticks around it.
+    const single = parseXml(renderSvg(chartSpec([{ name: 'one', points: [{ L: 1024, ms: 3 }] }])).svg);
+    const [[cx, cy]] = markerCenters(seriesGroups(single)[0]);
+    const frame = classed(single, 'rect', 'frame')[0];
+    expect(cx).toBeCloseTo(Number(frame.attrs.x) + Number(frame.attrs.width) / 2, 0);
+    expect(cy).toBeGreaterThan(Number(frame.attrs.y));
+    expect(cy).toBeLessThan(Number(frame.attrs.y) + Number(frame.attrs.height));
+    expect(texts(single)).toEqual(expect.arrayContaining(['1000', '1', '10']));
+    // Nothing drawable: no file, and why.
+    const dir = tmpDir();
+    const r = writeChart([{ name: 'zero', points: [{ L: 256, ms: 0 }] }], path.join(dir, 'x.svg'), {});
+    expect(r.skipped).toMatch(/^no timings to plot \("zero": left out a point/);
+    expect(fs.existsSync(path.join(dir, 'x.svg'))).toBe(false);
   });
 
   test("numpy's child environment: no OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE, the library's thread count", () => {
@@ -401,12 +590,15 @@ describe('performer-bench, run for real on tiny sizes', () => {
     }
     expect(report.suites.sweep.crossover).toHaveLength(2);
     expect(report.suites.sweep.linearity).toHaveLength(2);
-    const chart = report.files['chart-sweep'];
-    if (chart) {
-      expect(fs.readFileSync(chart, 'utf8')).toMatch(/^<svg/);
-    } else {
-      // Without vega the run says so and how to get it.
-      expect(report.skipped.map((s: { why: string }) => s.why).join('\n')).toMatch(/vega/);
+    // The chart needs no optional package: always written, one line per implementation and mode.
+    expect(r.stdout).toContain(`chart: ${report.files['chart-sweep']}`);
+    const svg = parseXml(fs.readFileSync(report.files['chart-sweep'], 'utf8'));
+    const groups = seriesGroups(svg);
+    expect(groups.map((g) => g.attrs['data-series'])).toEqual(['FAVOR+ bidirectional', 'exact bidirectional', 'FAVOR+ causal', 'exact causal']);
+    for (const g of groups) {
+      const centers = markerCenters(g);
+      expect(pathRuns(classed(g, 'path', 'line')[0].attrs.d)).toEqual([centers]);
+      expect(centers[1][0]).toBeGreaterThan(centers[0][0]); // L = 64 right of L = 32
     }
   });
 

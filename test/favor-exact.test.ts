@@ -10,7 +10,7 @@ import {
   setBackend,
   type FavorAttentionOptions,
   type FeatureKernel,
-  type MaskLike,
+  type MaskBytes,
   type Tensor,
 } from '../lib';
 import {
@@ -50,7 +50,7 @@ function givenMap(d: number, m: number, kernel: FeatureKernel, seed: number, ker
   return FeatureMap.fromProjection(sampled.projection!, opts);
 }
 
-function maskOf(B: number, Lk: number, attend: (b: number, j: number) => boolean): MaskLike {
+function maskOf(B: number, Lk: number, attend: (b: number, j: number) => boolean): MaskBytes {
   const data = new Uint8Array(B * Lk);
   for (let b = 0; b < B; b++) for (let j = 0; j < Lk; j++) data[b * Lk + j] = attend(b, j) ? 1 : 0;
   return { data, shape: [B, Lk] };
@@ -73,7 +73,7 @@ interface Case {
   key: string; // identifies inputs + map for the reference cache
   inputs: Inputs;
   map: FeatureMap;
-  mask?: MaskLike;
+  mask?: MaskBytes;
   epsilon?: number;
 }
 
@@ -200,7 +200,7 @@ describe.each(ISAS)('FAVOR equals the float64 reference (isa %s)', (isa) => {
     const c = new Checker();
     const d = 17;
     const Lk = 65;
-    const masks: Record<string, MaskLike | undefined> = {
+    const masks: Record<string, MaskBytes | undefined> = {
       none: undefined,
       some: maskOf(2, Lk, (b, j) => b === 0 || (j % 4 !== 1 && j > 3)),
       // Batch item 1 fully padded: no key to take c_f from, zero rows.

@@ -29,7 +29,7 @@ async function run(from, to) {
     else if (kind === 4) state = decoder.createStateSync(1, { memory: t(i, 1, 1 + (i % 9)) });
     else if (kind === 5 || kind === 6) {
       if (state) await decoder.step(t(i, 1, 1 + (i % 3)), state);
-      selfState = selfState && i % 50 ? selfState : attention.createState(2);
+      selfState = selfState && i % 50 ? selfState : attention.createStateSync(2);
       attention.stepSync(t(i, 2, 1), selfState);
     } else if (kind === 7) { if (state) state = decoder.loadState(state.serialize()); }
     else if (kind === 8) attention.forwardSync(t(i, B, L));

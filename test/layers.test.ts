@@ -112,13 +112,13 @@ describe('MultiHeadAttention', () => {
     const x = seq(5, B, L, D);
     const full = mha.forwardSync(x).data;
     for (const chunks of [[1, ...Array(40).fill(1)], [16, 9, ...Array(16).fill(1)], [41]]) {
-      const state = mha.createState(B);
+      const state = mha.createStateSync(B);
       expect(relFrobenius(decode((t) => mha.stepSync(t, state), x, chunks), full)).toBeLessThan(1e-5);
       expect(state.position).toBe(L);
     }
-    const state = mha.createState(B);
+    const state = mha.createStateSync(B);
     const a = mha.stepSync(rows(x, 0, 10), state);
-    const s2 = mha.createState(B);
+    const s2 = mha.createStateSync(B);
     const b = await mha.step(rows(x, 0, 10), s2);
     expect(Buffer.from(b.data.buffer).equals(Buffer.from(a.data.buffer))).toBe(true);
     expect(Buffer.from(s2.serialize()).equals(state.serialize())).toBe(true);
@@ -126,19 +126,37 @@ describe('MultiHeadAttention', () => {
 
   test('state size does not grow with the context', () => {
     const mha = new MultiHeadAttention({ modelDim: D, numHeads: H, causal: true, featureMap: { numFeatures: 48 } });
-    const state = mha.createState(1);
+    const state = mha.createStateSync(1);
     const bytes = state.byteLength;
     for (let t = 0; t < 50; t++) mha.stepSync(seq(t, 1, 1, D), state);
     expect(state.byteLength).toBe(bytes);
-    expect(state.serialize().length).toBe(mha.createState(1).serialize().length);
+    expect(state.serialize().length).toBe(mha.createStateSync(1).serialize().length);
   });
 
-  test('decoding needs causal FAVOR+ self-attention', () => {
-    expectThrows(() => new MultiHeadAttention({ modelDim: 8, numHeads: 2 }).createState(1), {
+  test('decoding needs causal FAVOR+ self-attention', async () => {
+    const bidirectional = new MultiHeadAttention({ modelDim: 8, numHeads: 2 });
+    expectThrows(() => bidirectional.createStateSync(1), {
       name: 'RangeError',
       code: 'ERR_INVALID_ARG_VALUE',
-      message: /causal self-attention with FAVOR\+/,
+      message: /createStateSync: .*causal self-attention with FAVOR\+/,
     });
+    // The Promise form rejects (never throws synchronously), as the decoders' createState.
+    const pending = bidirectional.createState(1);
+    expect(pending).toBeInstanceOf(Promise);
+    await expect(pending).rejects.toMatchObject({ name: 'RangeError', message: expect.stringMatching(/createState: .*causal self-attention/) });
+  });
+
+  test('createState returns a Promise of the same state as createStateSync, as the decoders', async () => {
+    const mha = new MultiHeadAttention({ modelDim: D, numHeads: H, causal: true, featureMap: { numFeatures: 48, seed: 3 } });
+    const pending = mha.createState(B);
+    expect(pending).toBeInstanceOf(Promise);
+    const state = await pending;
+    const sync = mha.createStateSync(B);
+    expect(Buffer.from(state.serialize()).equals(Buffer.from(sync.serialize()))).toBe(true);
+    const x = seq(2, B, 3, D);
+    const a = await mha.step(x, state);
+    const b = mha.stepSync(x, sync);
+    expect(Buffer.from(a.data.buffer).equals(Buffer.from(b.data.buffer))).toBe(true);
   });
 });
 
@@ -387,6 +405,21 @@ describe('parameters, features and states', () => {
     const noFeatures = Object.fromEntries(Object.entries(p).filter(([k]) => !k.endsWith('features.projection')));
     m.loadParameters({ ...noFeatures, extra: p['layers.0.ff1.bias'] }, { strict: false });
     expect(Buffer.from(m.forwardSync(x, { memory }).data.buffer).equals(Buffer.from(before.buffer))).toBe(true);
+    // Strict but for the features: a checkpoint without them loads, an unknown name does not.
+    const missingFeatures = /missing layers\.0\.selfAttn\.features\.projection, .* \(FAVOR\+ features are not in checkpoints from PyTorch or BERT: pass \{ keepFeatures: true \}/;
+    expectThrows(() => m.loadParameters(noFeatures), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: missingFeatures });
+    expectThrows(() => m.loadParameters({ ...noFeatures, 'layers.0.ff1.bais': p['layers.0.ff1.bias'] }, { keepFeatures: true }), {
+      name: 'RangeError',
+      code: 'ERR_INVALID_ARG_VALUE',
+      message: /: unexpected layers\.0\.ff1\.bais$/,
+    });
+    const { ['layers.1.ff2.weight']: _ff2, ...noFf2 } = noFeatures;
+    expectThrows(() => m.loadParameters(noFf2, { keepFeatures: true }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: /: missing layers\.1\.ff2\.weight$/ });
+    m.loadParameters(noFeatures, { keepFeatures: true });
+    expect(Buffer.from(m.forwardSync(x, { memory }).data.buffer).equals(Buffer.from(before.buffer))).toBe(true);
+    // keepFeatures: false makes strict: false still require the projections.
+    expectThrows(() => m.loadParameters(noFeatures, { strict: false, keepFeatures: false }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message: missingFeatures });
+    expectThrows(() => m.loadParameters(p, { keepFeatures: 'yes' as never }), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /options\.keepFeatures: expected a boolean/ });
   });
 
   test('corrupt, truncated, foreign and future-version state buffers are rejected clearly', () => {

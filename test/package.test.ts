@@ -87,7 +87,9 @@ test('the install used the prebuild: nothing was compiled, and it loads', () => 
   expect(['scalar', 'avx2', 'avx512']).toContain(isa.trim());
 });
 
-const exampleOutput = /^\[ 1, 4, 512, 64 \] (-?\d+\.\d{4}) (-?\d+\.\d{4})\n$/;
+// Row 0 (exact in both attentions, so the same numbers twice), the last row, the shape.
+const exampleOutput =
+  /^row 0: FAVOR\+ (-?\d+\.\d{4} -?\d+\.\d{4} -?\d+\.\d{4}) \| exact \1\nrow 511: FAVOR\+ (-?\d+\.\d{4} ?){3}\| exact (-?\d+\.\d{4} ?){3}\n\[ 1, 4, 512, 64 \]\n$/;
 
 test('the README example runs from CommonJS', () => {
   fs.writeFileSync(path.join(project, 'example.cjs'), readmeBlock('Example'));

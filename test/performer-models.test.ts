@@ -133,7 +133,7 @@ describe('forward input errors', () => {
     expectError(fn({ data: Int32Array.of(1, 2), shape: [2] }), RangeError, /expected shape \[batch, length\]/);
     expectError(fn({ data: Int32Array.of(1, 2), shape: [1, 2] }, { mask: { data: Uint8Array.of(1), shape: [1, 1] } }), RangeError, /mask: expected shape \[1, 2\]/);
     expectError(fn({ data: Int32Array.of(1, 2), shape: [1, 2] }, { signal: new AbortController().signal }), TypeError, /unknown option 'signal'/);
-    expectError(() => lm.stepSync([1.5] as never, lm.createState()), TypeError, /tokens\[0\]: expected an integer token id, received the number 1\.5/);
+    expectError(() => lm.stepSync([1.5] as never, lm.createStateSync()), TypeError, /tokens\[0\]: expected an integer token id, received the number 1\.5/);
   });
 
   test('learned positions end at max_seq_len (a RangeError that says so); rotary positions go on', () => {
@@ -141,18 +141,28 @@ describe('forward input errors', () => {
     const abs = PerformerLM.fromPerformerPytorch(weightsPath('lm_variants'), cases.lm_variants.ctor as never);
     const long = new Int32Array(c.max_seq_len + 1);
     expectError(() => abs.forwardSync({ data: long, shape: [1, long.length] }), RangeError, /learned absolute position embeddings, which cover positions 0 to 159 \(max_seq_len 160/);
-    const state = abs.createState();
+    const state = abs.createStateSync();
     abs.stepSync(new Int32Array(c.max_seq_len), state);
     expectError(() => abs.stepSync(Int32Array.of(1), state), RangeError, /positions 160 to 160 go past/);
     expectError(() => abs.generate(Int32Array.of(1, 2), { maxNewTokens: c.max_seq_len }), RangeError, /go past/);
     // Rotary: the trained model (max_seq_len 256) continues past 256 with finite logits.
-    const s = lm.createState();
+    const s = lm.createStateSync();
     lm.stepSync(new Int32Array(250).fill(32), s);
     for (let i = 0; i < 12; i++) expect(lm.stepSync(Int32Array.of(101), s).every(Number.isFinite)).toBe(true);
     expect(s.position).toBe(262);
     const past = lm.forwardSync({ data: new Int32Array(300).fill(32), shape: [1, 300] });
     expect(past.data.every(Number.isFinite)).toBe(true);
   });
+});
+
+test('createState returns a Promise of a fresh state, createStateSync the state itself', async () => {
+  const pending = lm.createState();
+  expect(pending).toBeInstanceOf(Promise);
+  const state = await pending;
+  expect(state.position).toBe(0);
+  const sync = lm.createStateSync();
+  expect(Buffer.from(state.serialize()).equals(Buffer.from(sync.serialize()))).toBe(true);
+  expect(same(lm.stepSync(Int32Array.from(prompt), state), lm.stepSync(Int32Array.from(prompt), sync))).toBe(true);
 });
 
 describe('inputs changed or aborted while a call runs', () => {
@@ -162,7 +172,7 @@ describe('inputs changed or aborted while a call runs', () => {
     const running = lm.forward({ data, shape: [1, prompt.length] });
     data.fill(1 << 30);
     expect(same((await running).data, want.data)).toBe(true);
-    const s = lm.createState();
+    const s = lm.createStateSync();
     const ids = Int32Array.from(prompt);
     const stepping = lm.step(ids, s);
     ids.fill(-5);
@@ -175,7 +185,7 @@ describe('inputs changed or aborted while a call runs', () => {
   test('an abort while a step runs: either it never started (AbortError) or it completes; the state stays consistent', async () => {
     for (const numerics of ['performer-pytorch', 'exact'] as const) {
       const model = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics });
-      const s = model.createState();
+      const s = model.createStateSync();
       const long = Int32Array.from({ length: 600 }, (_, i) => 32 + (i % 90));
       model.stepSync(long.subarray(0, 20), s);
       const controller = new AbortController();
@@ -193,7 +203,7 @@ describe('inputs changed or aborted while a call runs', () => {
   test('a model that is not causal: an aborted step leaves history and position alone; every step counts a recompute', async () => {
     const c = cases.lm_reversible_axial;
     const model = PerformerLM.fromPerformerPytorch(weightsPath('lm_reversible_axial'), c.ctor as never);
-    const s = model.createState();
+    const s = model.createStateSync();
     model.stepSync([1, 2, 3], s);
     await expect(model.step([4], s, { signal: AbortSignal.abort() })).rejects.toMatchObject({ name: 'AbortError' });
     expect(s.position).toBe(3);
@@ -210,7 +220,7 @@ describe('inputs changed or aborted while a call runs', () => {
     params['norm.bias'].data.fill(1);
     params['to_out.weight'].data.fill(3e38, 5 * 64, 6 * 64);
     const bad = PerformerLM.fromPerformerPytorch(params, trainedConfig);
-    const s = bad.createState();
+    const s = bad.createStateSync();
     const input = Int32Array.from({ length: 4 }, () => 5);
     let thrown: unknown;
     try {
@@ -229,7 +239,7 @@ describe('inputs changed or aborted while a call runs', () => {
 
 describe('decoding states', () => {
   test('serialize / loadState continues exactly; clone branches; position and size reported', () => {
-    const a = lm.createState();
+    const a = lm.createStateSync();
     lm.stepSync(prompt, a);
     const bytes = a.serialize();
     const b = lm.loadState(bytes);
@@ -249,7 +259,7 @@ describe('decoding states', () => {
     const config = { num_tokens: 50, max_seq_len: 64, dim: 32, depth: 2, heads: 2, dim_head: 16, causal: true, local_attn_heads: 1, local_window_size: 64, shift_tokens: true };
     const model = PerformerLM.random(config, { seed: 4, numerics: 'exact' });
     const long = Int32Array.from({ length: 5000 }, (_, i) => (i * 7919) % 50);
-    const s = model.createState();
+    const s = model.createStateSync();
     const logits = model.stepSync(long, s);
     const full = model.forwardSync({ data: long, shape: [1, long.length] });
     expect(relativeError(logits, full.data.subarray(4999 * 50))).toBeLessThan(1e-5);
@@ -261,7 +271,7 @@ describe('decoding states', () => {
 
   test("a state's arrays do not grow with the context (exact numerics keep no token history)", () => {
     const exact = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics: 'exact' });
-    const s = exact.createState();
+    const s = exact.createStateSync();
     exact.stepSync(Int32Array.of(1, 2, 3), s);
     const before = s.byteLength;
     exact.stepSync(new Int32Array(200).fill(7), s);
@@ -270,7 +280,7 @@ describe('decoding states', () => {
   });
 
   test('foreign, corrupt and truncated states are rejected with RangeErrors that say why', () => {
-    const s = lm.createState();
+    const s = lm.createStateSync();
     lm.stepSync(Int32Array.of(1, 2, 3), s);
     const bytes = Buffer.from(s.serialize());
     const exact = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics: 'exact' });
@@ -287,7 +297,7 @@ describe('decoding states', () => {
   });
 
   test('one step at a time per state; an aborted step leaves the state usable', async () => {
-    const s = lm.createState();
+    const s = lm.createStateSync();
     lm.stepSync(prompt, s);
     const running = lm.step(Int32Array.of(5), s);
     expectError(() => lm.stepSync(Int32Array.of(6), s), Error, /another step is using this state/, 'ERR_INVALID_STATE');
@@ -297,7 +307,7 @@ describe('decoding states', () => {
     await expect(lm.step(Int32Array.of(7), s, { signal: controller.signal })).rejects.toMatchObject({ name: 'AbortError' });
     expect(s.position).toBe(prompt.length + 1);
     // The state continues as if the aborted step never happened.
-    const fresh = lm.createState();
+    const fresh = lm.createStateSync();
     lm.stepSync(Int32Array.from([...prompt, 5]), fresh);
     expect(relativeError(lm.stepSync(Int32Array.of(9), s), lm.stepSync(Int32Array.of(9), fresh))).toBeLessThan(1e-6);
   });
@@ -320,7 +330,7 @@ describe('generate', () => {
     expectError(gen({ maxNewTokens: 2 }, [1, 300]), RangeError, /prompt\[1\]: token 300/);
     expectError(gen({ maxNewTokens: 2, state: {} }), TypeError, /expected a PerformerLMState/);
     const exact = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), trainedConfig, { numerics: 'exact' });
-    const held = exact.createState();
+    const held = exact.createStateSync();
     exact.stepSync(Int32Array.of(1, 2), held);
     expectError(() => exact.generate([], { maxNewTokens: 2, state: held }), RangeError, /keeps no token history/);
   });
@@ -340,7 +350,7 @@ describe('generate', () => {
   });
 
   test('a state passed in absorbs the prompt and every token yielded; generation continues from it', async () => {
-    const state = lm.createState();
+    const state = lm.createStateSync();
     const first: number[] = [];
     for await (const t of lm.generate(prompt.subarray(0, 40), { maxNewTokens: 5, state })) first.push(t);
     expect(state.position).toBe(45);
@@ -353,7 +363,7 @@ describe('generate', () => {
 
   test('an aborted generation rejects with AbortError and leaves a usable state', async () => {
     const controller = new AbortController();
-    const state = lm.createState();
+    const state = lm.createStateSync();
     const seen: number[] = [];
     await expect(
       (async () => {

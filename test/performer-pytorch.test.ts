@@ -109,7 +109,7 @@ describe('generation from a decoding state', () => {
   test.each(greedy)('%s: greedy generation equals performer-pytorch\'s, token for token', async (name) => {
     const c = cases[name];
     const lm = PerformerLM.fromPerformerPytorch(weightsPath(name), c.ctor as never);
-    const state = lm.createState();
+    const state = lm.createStateSync();
     const out: number[] = [];
     for await (const token of lm.generate(c.greedy_prompt!, { maxNewTokens: c.greedy_continuation!.length, state })) out.push(token);
     expect(out).toEqual(c.greedy_continuation);
@@ -122,7 +122,7 @@ describe('generation from a decoding state', () => {
     const seq = [...c.greedy_prompt!, ...c.greedy_continuation!];
     for (const numerics of ['performer-pytorch', 'exact'] as const) {
       const lm = PerformerLM.fromPerformerPytorch(weightsPath(name), c.ctor as never, { numerics });
-      const state = lm.createState();
+      const state = lm.createStateSync();
       let logits = lm.stepSync(Int32Array.from(c.greedy_prompt!), state);
       for (let i = 0; i <= c.greedy_continuation!.length; i++) {
         const L = c.greedy_prompt!.length + i;
@@ -140,7 +140,7 @@ describe('generation from a decoding state', () => {
     const want = readRaw(`${name}.io.safetensors`)['outputs/greedy_logits'].data as Float32Array;
     const V = c.ctor.num_tokens as number;
     const lm = PerformerLM.fromPerformerPytorch(weightsPath(name), c.ctor as never);
-    const state = lm.createState();
+    const state = lm.createStateSync();
     let logits = lm.stepSync(Int32Array.from(c.greedy_prompt!), state);
     c.greedy_continuation!.forEach((token, i) => {
       expect(relativeError(logits, want.subarray(i * V, (i + 1) * V))).toBeLessThan(1e-5);
@@ -178,7 +178,7 @@ describe('generation from a decoding state', () => {
     const c = cases.lm_reversible_axial;
     const lm = PerformerLM.fromPerformerPytorch(weightsPath('lm_reversible_axial'), c.ctor as never);
     const prompt = [3, 14, 15, 9, 26];
-    const state = lm.createState();
+    const state = lm.createStateSync();
     const out: number[] = [];
     for await (const token of lm.generate(prompt, { maxNewTokens: 6, state })) out.push(token);
     // Each token is the argmax of the last row of a forward over everything before it.

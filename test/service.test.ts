@@ -2,6 +2,7 @@
 // (results equal sequential ones bit for bit), overload (503 + Retry-After), the
 // deadline (504), cancellation when the client disconnects, and a shutdown that
 // drains the requests in flight. Runs the built package (dist/), as the example does.
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -264,14 +265,17 @@ test('every bad request gets a 4xx with a message naming what is wrong, and the 
     ['too long', () => postJson(app, { sequence: Array(65).fill(row) }), 400, /sequence of 65 rows is longer than this server's limit of 64/],
     ['batch too large', () => postJson(app, { sequence: [[row], [row], [row]] }), 400, /batch of 3 sequences is larger than this server's limit of 2/],
     ['invalid JSON', () => send(app, { payload: '{"sequence": [', headers: { 'content-type': 'application/json' } }), 400, /not valid JSON/],
-    ['prototype poisoning', () => send(app, { payload: '{"__proto__": {"x": 1}}', headers: { 'content-type': 'application/json' } }), 400, /not valid JSON/],
+    ['a __proto__ key', () => send(app, { payload: '{"__proto__": {"x": 1}}', headers: { 'content-type': 'application/json' } }), 400, /body: unknown field '__proto__'/],
+    ['a constructor key', () => send(app, { payload: `{"sequence": [${JSON.stringify(row)}], "constructor": {"prototype": {}}}`, headers: { 'content-type': 'application/json' } }), 400, /body: unknown field 'constructor'/],
+    ['empty JSON body', () => send(app, { payload: '', headers: { 'content-type': 'application/json' } }), 400, /body: empty; send a JSON object/],
+    ['no content type', () => send(app, { payload: JSON.stringify({ sequence: [row] }) }), 400, /^content-type header missing: send application\/json or application\/octet-stream/],
     ['no body', () => send(app, {}), 400, /body: expected a JSON object/],
     ['query string with JSON', () => send(app, { url: '/encode?shape=1,2', payload: '{}', headers: { 'content-type': 'application/json' } }), 400, /query: parameters are for binary bodies/],
     ['wrong content type', () => send(app, { payload: 'hello', headers: { 'content-type': 'text/plain' } }), 400, /content-type "text\/plain" is not accepted: send application\/json or application\/octet-stream/],
     ['JSON body over the limit', () => postJson(app, tooBig), 400, new RegExp(`larger than this server's limit of ${jsonBodyLimit} bytes for JSON`)],
     ['binary: NaN', () => postBinary(app, withValue(NaN), `?shape=4,${D}`), 400, /element \d+ \(batch 0, row 2, column 5\) is NaN; inputs must be finite/],
     ['binary: Infinity', () => postBinary(app, withValue(-Infinity), `?shape=4,${D}`), 400, /is -Infinity; inputs must be finite/],
-    ['binary: finite input that overflows inside the encoder', () => postBinary(app, Buffer.from(new Float32Array(4 * D).fill(3e38).buffer), `?shape=4,${D}`), 400, /values must be finite/],
+    ['binary: finite input that overflows inside the encoder', () => postBinary(app, Buffer.from(new Float32Array(4 * D).fill(3e38).buffer), `?shape=4,${D}`), 400, /^input: values too large for this model: its computation overflowed float32/],
     ['binary: no shape', () => postBinary(app, ok, ''), 400, /shape: a binary body needs its shape/],
     ['binary: bad shape text', () => postBinary(app, ok, '?shape=4x32'), 400, /query shape: expected 'seq,modelDim' or 'batch,seq,modelDim'/],
     ['binary: zero length', () => postBinary(app, ok, `?shape=0,${D}`), 400, /query shape\[0\]: expected a positive integer, received number 0/],
@@ -286,6 +290,8 @@ test('every bad request gets a 4xx with a message naming what is wrong, and the 
     const res = await send();
     expect({ what, status: res.statusCode }).toEqual({ what, status });
     expect({ what, message: res.json().message }).toEqual({ what, message: expect.stringMatching(message) });
+    // In the client's terms: no names of the library's internals, no "undefined".
+    expect({ what, message: res.json().message }).toEqual({ what, message: expect.not.stringMatching(/selfAttn|layers\.\d|projections|undefined/) });
   }
   const good = await postBinary(app, ok, `?shape=4,${D}`);
   expect(good.statusCode).toBe(200);
@@ -293,6 +299,116 @@ test('every bad request gets a 4xx with a message naming what is wrong, and the 
   expect(await metric(app, 'performer_native_pending_calls')).toBe(0);
   const unknown = await send(app, { method: 'GET', url: '/nothing-here' });
   expect(unknown.statusCode).toBe(404);
+});
+
+// Starts a request whose body arrives in pieces: headers and `first` bytes now, the rest
+// when `finish()` is called. Resolves `response` when the answer arrives (whether or not
+// the upload is done) and `uploaded` when every byte was written (rejects on a socket error).
+// The client keeps its connection alive, as browsers and fetch do: it does not tear the
+// connection down itself when the answer comes before the end of its upload.
+function slowUpload(app: FastifyInstance, headers: Record<string, string>, body: Buffer, first: number) {
+  const agent = new http.Agent({ keepAlive: true });
+  const req = http.request({ port: portOf(app), method: 'POST', path: '/encode', headers: { ...headers, 'content-length': String(body.length) }, agent });
+  let socketError: Error | null = null;
+  req.on('error', (error) => (socketError = error));
+  req.on('close', () => agent.destroy());
+  const response = new Promise<Res>((resolve) => {
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks);
+        resolve({ statusCode: res.statusCode!, headers: res.headers, raw, body: raw.toString('utf8'), json: () => JSON.parse(raw.toString('utf8')) });
+      });
+    });
+  });
+  req.write(body.subarray(0, first));
+  // Resolves once every byte went out; rejects when the connection fails or closes first.
+  const finish = () =>
+    new Promise<void>((resolve, reject) => {
+      let done = false;
+      req.end(body.subarray(first), () => {
+        done = true;
+        if (socketError) reject(socketError);
+        else resolve();
+      });
+      req.on('error', reject);
+      req.socket?.on('close', () => done || reject(new Error('the connection closed before the upload ended')));
+    });
+  return { req, response, finish, error: () => socketError };
+}
+
+test('a body over the limit: the client, still uploading, receives the 400 and finishes its upload', async () => {
+  const app = await serve({ jsonBodyLimit: 64 * 1024 });
+  const body = Buffer.alloc(4 * 1024 * 1024, 0x20);
+  body[0] = 0x7b;
+  const upload = slowUpload(app, { 'content-type': 'application/json' }, body, 1024);
+  // The answer comes from the content-length alone, while 4 MiB are still to be sent...
+  const res = await upload.response;
+  expect(res.statusCode).toBe(400);
+  expect(res.json().message).toMatch(/larger than this server's limit of 65536 bytes for JSON/);
+  // ...and the connection stays open for the rest of the upload: no broken pipe.
+  await upload.finish();
+  expect(upload.error()).toBeNull();
+  expect((await postJson(app, { sequence: rows(randomSequence(1, 1, 4)) })).statusCode).toBe(200);
+  // Past drainLimit bytes the server stops reading and closes the connection.
+  const capped = await serve({ jsonBodyLimit: 64 * 1024, drainLimit: 1024 * 1024 });
+  const cut = slowUpload(capped, { 'content-type': 'application/json' }, body, 1024);
+  expect((await cut.response).statusCode).toBe(400);
+  await expect(cut.finish()).rejects.toThrow();
+});
+
+test('npm run example:service: SIGTERM to npm stops the server (no orphaned node process)', async () => {
+  const root = path.resolve(__dirname, '..');
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-service-')), 'model.safetensors');
+  makeWeights(file, { ...SMALL, numLayers: 1 });
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  const child = spawn(npm, ['run', '--silent', 'example:service', '--', '--port', '0', '--weights', file], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  let out = '';
+  child.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  await until(() => /listening on http:\/\/[\d.]+:\d+/.test(out), 'the service to listen', 30000);
+  const port = Number(/listening on http:\/\/[\d.]+:(\d+)/.exec(out)![1]);
+  const answers = () =>
+    new Promise<boolean>((resolve) => {
+      const req = http.get({ port, path: '/health', agent: false }, (res) => {
+        res.resume();
+        resolve(true);
+      });
+      req.on('error', () => resolve(false));
+    });
+  expect(await answers()).toBe(true);
+  child.kill('SIGTERM');
+  await exited;
+  // The node process under npm drained and exited too: nothing answers on its port.
+  await until(async () => !(await answers()), 'the server to stop', 15000);
+  expect(out).toMatch(/SIGTERM: draining/);
+});
+
+test('bodies being uploaded count against the limits: memory stays bounded by maxConcurrent + maxQueue bodies', async () => {
+  const app = await serve({ maxConcurrent: 1, maxQueue: 1 });
+  const payload = Buffer.from(JSON.stringify({ sequence: rows(randomSequence(2, 1, 64)) }));
+  const uploads = [0, 1].map(() => slowUpload(app, { 'content-type': 'application/json' }, payload, 10));
+  await until(async () => (await send(app, { method: 'GET', url: '/health' })).json().admitted === 2, 'two uploads admitted');
+  // A third upload is refused before its body is read, though no inference runs yet.
+  const third = await postJson(app, { sequence: rows(randomSequence(3, 1, 4)) });
+  expect(third.statusCode).toBe(503);
+  expect(third.json().message).toMatch(/overloaded/);
+  await Promise.all(uploads.map((u) => u.finish()));
+  expect((await Promise.all(uploads.map((u) => u.response))).map((r) => r.statusCode)).toEqual([200, 200]);
+  await until(async () => (await send(app, { method: 'GET', url: '/health' })).json().admitted === 0, 'uploads answered');
+  expect((await postJson(app, { sequence: rows(randomSequence(4, 1, 4)) })).statusCode).toBe(200);
+});
+
+test('an upload that stalls past uploadTimeoutMs is answered 408 and leaves the limits', async () => {
+  const app = await serve({ maxConcurrent: 1, maxQueue: 0, uploadTimeoutMs: 300 });
+  const payload = Buffer.from(JSON.stringify({ sequence: rows(randomSequence(5, 1, 8)) }));
+  const stalled = slowUpload(app, { 'content-type': 'application/json' }, payload, 10);
+  const res = await stalled.response;
+  expect(res.statusCode).toBe(408);
+  await until(async () => (await send(app, { method: 'GET', url: '/health' })).json().admitted === 0, 'the stalled upload to leave');
+  expect((await postJson(app, { sequence: rows(randomSequence(6, 1, 4)) })).statusCode).toBe(200);
 });
 
 test('a burst of concurrent requests over HTTP gives the same bits as the same requests one at a time', async () => {

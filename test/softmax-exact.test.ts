@@ -7,7 +7,7 @@ import {
   setBackend,
   softmaxAttention,
   softmaxAttentionSync,
-  type MaskLike,
+  type MaskBytes,
   type SoftmaxAttentionOptions,
 } from '../lib';
 import { allFinite, makeInputs, memo, refSoftmax, relFrobenius, Rng, type Inputs, type RefSoftmaxOptions } from './helpers/reference';
@@ -37,14 +37,14 @@ class Checker {
   }
 }
 
-function maskOf(B: number, Lk: number, attend: (b: number, j: number) => boolean): MaskLike {
+function maskOf(B: number, Lk: number, attend: (b: number, j: number) => boolean): MaskBytes {
   const data = new Uint8Array(B * Lk);
   for (let b = 0; b < B; b++) for (let j = 0; j < Lk; j++) data[b * Lk + j] = attend(b, j) ? 1 : 0;
   return { data, shape: [B, Lk] };
 }
 
 function run(c: Checker, label: string, key: string, inputs: Inputs, o: SoftmaxAttentionOptions = {}): Float32Array {
-  const refOpts: RefSoftmaxOptions = { causal: o.causal, scale: o.scale, keyPadding: o.keyPaddingMask?.data as Uint8Array | undefined };
+  const refOpts: RefSoftmaxOptions = { causal: o.causal, scale: o.scale, keyPadding: (o.keyPaddingMask as MaskBytes | undefined)?.data as Uint8Array | undefined };
   const ref = cachedRef(key, () => refSoftmax(inputs, refOpts));
   const out = softmaxAttentionSync(inputs.q, inputs.k, inputs.v, o).data;
   c.close(label, out, ref);

@@ -23,9 +23,9 @@ function expectedShapes(c: FixtureConfig): Record<string, number[]> {
   const E = c.modelDim;
   const F = c.ffDim ?? 4 * E;
   const out: Record<string, number[]> = {};
-  const mha = (base: string, keyDim: number) => {
+  const mha = (base: string, keyDim: number, valueDim = keyDim) => {
     for (const p of ['q', 'k', 'v']) {
-      out[`${base}${p}.weight`] = [E, p === 'q' ? E : keyDim];
+      out[`${base}${p}.weight`] = [E, p === 'q' ? E : p === 'k' ? keyDim : valueDim];
       out[`${base}${p}.bias`] = [E];
     }
     out[`${base}out.weight`] = [E, E];
@@ -49,7 +49,7 @@ function expectedShapes(c: FixtureConfig): Record<string, number[]> {
     mha(`${base}crossAttn.`, E);
     linearAndNorms(base, ['norm1', 'norm2', 'norm3']);
   };
-  if (c.kind === 'MultiHeadAttention') mha('', c.keyDim ?? E);
+  if (c.kind === 'MultiHeadAttention') mha('', c.keyDim ?? E, c.valueDim ?? c.keyDim ?? E);
   else if (c.kind === 'EncoderLayer') encoder('');
   else if (c.kind === 'DecoderLayer') decoder('');
   else {
@@ -88,19 +88,20 @@ function reference(f: Fixture): Float64Array {
     layerNormEps: c.layerNormEps ?? 1e-5,
     decoder,
     crossAttention: decoder,
+    selfCausal: c.causal,
   };
   const layer = (prefix: string, h: ArrayLike<number>) =>
     blockRef(p, prefix, block, h, B, Lq, { keyPadding: mask, memory, memoryLength: Lk, memoryPadding: memoryMask });
   switch (c.kind) {
     case 'MultiHeadAttention':
-      return mhaRef(p, '', block, x, B, Lq, memory ?? null, Lk, mask);
+      return mhaRef(p, '', block, x, B, Lq, memory ?? f.inputs.key?.data ?? null, Lk, mask, f.inputs.value?.data ?? null);
     case 'EncoderLayer':
     case 'DecoderLayer':
       return layer('', x);
     default: {
       let h: ArrayLike<number> = x;
       for (let i = 0; i < c.numLayers!; i++) h = layer(`layers.${i}.`, h);
-      return c.finalNorm ? layerNormRef(h, B * Lq, c.modelDim, p['norm.weight'], p['norm.bias'], block.layerNormEps) : Float64Array.from(h);
+      return c.finalNorm ? layerNormRef(h, B * Lq, c.modelDim, p['norm.weight'], p['norm.bias'], c.finalNormEps ?? block.layerNormEps) : Float64Array.from(h);
     }
   }
 }
@@ -109,19 +110,23 @@ test('the fixtures cover every case and stay small', () => {
   expect(fixtures.map((f) => f.name)).toEqual([
     'bert_2layers',
     'decoder_2layers_bf16',
+    'decoder_layer_noncausal',
     'decoder_layer_post_relu',
     'decoder_layer_pre_gelu',
     'encoder_2layers_final_norm',
+    'encoder_2layers_final_norm_eps',
+    'encoder_layer_causal',
     'encoder_layer_f16',
     'encoder_layer_post_relu',
     'encoder_layer_pre_gelu',
     'mha_cross',
     'mha_cross_kdim',
+    'mha_kdim_vdim',
     'mha_self_padding',
   ]);
   const bytes = files.reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
-  expect(bytes).toBeLessThan(300_000);
-  expect(fixtures.map((f) => f.config.weightDtype).sort()).toEqual([...Array(9).fill('F32'), 'BF16', 'F16'].sort());
+  expect(bytes).toBeLessThan(400_000);
+  expect(fixtures.map((f) => f.config.weightDtype).sort()).toEqual([...Array(13).fill('F32'), 'BF16', 'F16'].sort());
 });
 
 describe.each(fixtures.map((f) => [f.name, f] as const))('%s', (_name, f) => {

@@ -1,6 +1,6 @@
 'use strict';
-// The cost model of DESIGN.md section 1, used for every GFLOP/s figure the
-// benchmark prints. Counts are per call: (batch * heads) times the per-head count.
+// The benchmark's cost model (stated in the README's Benchmark section), used for every
+// GFLOP/s figure it prints. Counts are per call: (batch * heads) times the per-head count.
 //
 // FAVOR+ (bidirectional and causal alike), per (batch, head):
 //   2*Lq*d*P + 2*Lk*d*P          projections W x of queries and keys (P = projections, m)

@@ -1,7 +1,7 @@
 'use strict';
-// Optional packages the benchmark uses when they are installed: onnxruntime-node
-// (comparison) and vega / vega-lite (chart). Looked up from the benchmark's own
-// folder first, then from the current directory (a project that installed both).
+// An optional package the benchmark uses when it is installed: onnxruntime-node (the
+// comparison). Looked up from the benchmark's own folder first, then from the current
+// directory (a project that installed both).
 const path = require('node:path');
 
 function resolveFrom(name) {

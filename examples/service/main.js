@@ -21,6 +21,7 @@ const FLAGS = {
   '--max-queue': ['maxQueue', Number],
   '--max-seq-len': ['maxSeqLen', Number],
   '--timeout-ms': ['timeoutMs', Number],
+  '--upload-timeout-ms': ['uploadTimeoutMs', Number],
   '--drain-ms': ['drainMs', Number],
   '--log-level': ['logLevel', String],
 };
@@ -56,6 +57,7 @@ async function main() {
     maxQueue: args.maxQueue,
     maxSeqLen: args.maxSeqLen,
     timeoutMs: args.timeoutMs,
+    uploadTimeoutMs: args.uploadTimeoutMs,
     logger: { level: args.logLevel },
   });
   const address = await app.listen({ port: args.port, host: args.host });

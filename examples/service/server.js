@@ -2,7 +2,7 @@
 // listening) serving
 //   POST /encode   a sequence [seq, modelDim] or a batch [batch, seq, modelDim], as JSON or as
 //                  float32 bytes; answers the mean-pooled embedding and, with full, the whole output
-//   GET  /health   status, model config and limits
+//   GET  /health   status, model config, limits and requests admitted
 //   GET  /metrics  Prometheus text
 // Inference runs through the library's Promise API only, at most maxConcurrent at once
 // with at most maxQueue waiting; beyond that 503 + Retry-After. A client that disconnects
@@ -28,6 +28,9 @@ const DEFAULTS = {
   jsonBodyLimit: 16 * MiB, // JSON is ~10x the size of float32 bytes: use binary for long sequences
   binaryBodyLimit: undefined, // default maxTokens * modelDim * 4 bytes
   timeoutMs: 120000, // deadline of one request, queue time included: 504 after it
+  uploadTimeoutMs: 60000, // a request (headers and body) must arrive within this: 408 after it
+  drainLimit: 64 * MiB, // after a 400 for a body over the limit, bytes of it read and discarded
+  // (so that the client, still uploading, receives the answer) before the connection closes
   retryAfterSeconds: 1, // the Retry-After of a 503
   defaultAttention: 'favor',
   logger: false, // Fastify's logger option
@@ -47,7 +50,7 @@ function readOptions(options) {
   o.maxQueue ??= 2 * o.maxConcurrent;
   o.maxTokens ??= o.maxSeqLen;
   o.binaryBodyLimit ??= o.maxTokens * model.modelDim * 4;
-  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'retryAfterSeconds']) {
+  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'uploadTimeoutMs', 'drainLimit', 'retryAfterSeconds']) {
     if (!Number.isSafeInteger(o[key]) || o[key] < 1) throw new RangeError(`options.${key}: expected a positive integer, received ${o[key]}`);
   }
   if (!Number.isSafeInteger(o.maxQueue) || o.maxQueue < 0) throw new RangeError(`options.maxQueue: expected an integer >= 0, received ${o.maxQueue}`);
@@ -84,6 +87,15 @@ function nested(data, shape) {
 const isLibraryInputError = (error) =>
   (error?.name === 'TypeError' || error?.name === 'RangeError') && /^ERR_(INVALID_ARG|OUT_OF_RANGE)/.test(String(error.code));
 
+// A library error about the input, in the client's terms: finite values can still overflow
+// float32 inside the model (the library names the layer; the client needs the cause).
+function clientMessage(message) {
+  if (/overflow|not finite|infinity|NaN/i.test(message)) {
+    return 'input: values too large for this model: its computation overflowed float32; scale the input down';
+  }
+  return `input: ${message}`;
+}
+
 function buildServer(options) {
   const o = readOptions(options);
   const { model } = o;
@@ -95,6 +107,10 @@ function buildServer(options) {
     defaultAttention: o.defaultAttention,
   };
   const limiter = new Limiter(o.maxConcurrent, o.maxQueue);
+  // /encode requests admitted, from their first byte to their answer: bodies being
+  // uploaded count too, so at most maxConcurrent + maxQueue bodies are in memory at once.
+  let admitted = 0;
+  const maxAdmitted = o.maxConcurrent + o.maxQueue;
   const metrics = new Metrics({ pendingCalls: () => model.pendingCalls(), limiter });
   const overloaded = () => {
     metrics.counters.overload++;
@@ -103,8 +119,29 @@ function buildServer(options) {
     });
   };
 
-  const app = Fastify({ logger: o.logger, bodyLimit: o.jsonBodyLimit, return503OnClosing: true });
+  const app = Fastify({
+    logger: o.logger,
+    bodyLimit: o.jsonBodyLimit,
+    return503OnClosing: true,
+    // A slow upload may not hold a connection (and its buffered body) forever: Node answers
+    // 408 once a request is not in whole after uploadTimeoutMs (checked this often).
+    requestTimeout: o.uploadTimeoutMs,
+    // (Node takes the timeout at the server's construction too.)
+    http: { requestTimeout: o.uploadTimeoutMs, connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(o.uploadTimeoutMs / 4))) },
+    connectionTimeout: o.uploadTimeoutMs + o.timeoutMs,
+  });
   app.removeContentTypeParser('text/plain');
+  // JSON.parse makes a "__proto__" key an own property (no prototype is touched), which the
+  // body checks then name as an unknown field: a message in the client's terms.
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body.length === 0) return done(new HttpError(400, 'body: empty; send a JSON object such as {"sequence": [[...], ...]}'));
+    try {
+      done(null, JSON.parse(body));
+    } catch (error) {
+      done(new HttpError(400, `body: not valid JSON (${error.message})`));
+    }
+  });
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer', bodyLimit: o.binaryBodyLimit }, (request, body, done) =>
     done(null, body),
   );
@@ -114,14 +151,17 @@ function buildServer(options) {
     let message = error.message;
     if (error instanceof HttpError) {
       reply.headers(error.headers);
-    } else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    } else if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' || error.code === 'FST_ERR_CTP_EMPTY_TYPE') {
       // Every bad body is a 400 with a message (not 415/413), so clients have one rule.
       status = 400;
-      message = `content-type ${JSON.stringify(request.headers['content-type'])} is not accepted: send application/json or application/octet-stream (float32 little-endian)`;
+      const type = request.headers['content-type'];
+      const accepted = 'send application/json or application/octet-stream (float32 little-endian)';
+      message = type === undefined || type === '' ? `content-type header missing: ${accepted}` : `content-type ${JSON.stringify(type)} is not accepted: ${accepted}`;
     } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       status = 400;
       const binary = /octet-stream/.test(request.headers['content-type'] || '');
       message = `body larger than this server's limit of ${binary ? o.binaryBodyLimit : o.jsonBodyLimit} bytes${binary ? '' : ' for JSON (send long sequences as application/octet-stream float32)'}`;
+      drainRest(request, reply);
     } else if (!(status >= 400 && status < 500)) {
       request.log.error({ err: error }, 'request failed');
       status = 500;
@@ -129,6 +169,26 @@ function buildServer(options) {
     }
     reply.code(status).send({ statusCode: status, error: http.STATUS_CODES[status], message });
   });
+
+  // The client of a body over the limit is usually still uploading: answer, then read and
+  // discard the rest (up to drainLimit bytes) instead of closing under it, which would make
+  // the client see a broken pipe instead of the 400.
+  function drainRest(request, reply) {
+    // (Removing the header would not do: the response would still close the connection.)
+    reply.header('connection', 'keep-alive');
+    const raw = request.raw;
+    if (raw.complete) return;
+    let drained = 0;
+    const count = (chunk) => {
+      drained += chunk.length;
+      if (drained > o.drainLimit) {
+        raw.removeListener('data', count);
+        raw.socket?.destroy();
+      }
+    };
+    raw.on('data', count);
+    raw.resume();
+  }
 
   app.addHook('onResponse', async (request, reply) => {
     metrics.observe(request.method, request.routeOptions.url || 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
@@ -151,6 +211,7 @@ function buildServer(options) {
     limits: { ...limits, maxConcurrent: o.maxConcurrent, maxQueue: o.maxQueue, jsonBodyLimit: o.jsonBodyLimit, binaryBodyLimit: o.binaryBodyLimit, timeoutMs: o.timeoutMs },
     active: limiter.active,
     queued: limiter.waiting.length,
+    admitted,
   }));
 
   app.get('/metrics', async (request, reply) => {
@@ -161,8 +222,16 @@ function buildServer(options) {
   app.post('/encode', {
     // Refuse before reading the body: when the queue is full, and when a binary
     // request's shape is wrong or does not match its Content-Length.
-    onRequest: async () => {
-      if (limiter.full()) throw overloaded();
+    onRequest: async (request, reply) => {
+      if (admitted >= maxAdmitted || limiter.full()) throw overloaded();
+      admitted++;
+      let counted = true;
+      const leave = () => {
+        if (counted) admitted--;
+        counted = false;
+      };
+      reply.raw.once('finish', leave);
+      reply.raw.once('close', leave);
     },
     preParsing: async (request, reply, payload) => {
       if (/^application\/octet-stream\b/i.test(request.headers['content-type'] || '')) {
@@ -210,7 +279,7 @@ function buildServer(options) {
           if (kind === 'deadline') throw new HttpError(504, `inference did not finish within the server's deadline of ${o.timeoutMs} ms`);
           return reply.code(499).send(); // the client is gone: nothing reaches it
         }
-        if (isLibraryInputError(error)) throw new HttpError(400, error.message);
+        if (isLibraryInputError(error)) throw new HttpError(400, clientMessage(error.message));
         throw error;
       } finally {
         clearTimeout(timer);

@@ -1,37 +1,34 @@
 'use strict';
-// Vega-lite charts of the studies (log-scale error axis), rendered to SVG with the
-// benchmark's headless renderer (vega and vega-lite are devDependencies).
+// Charts of the studies (log-scale error axis), drawn to SVG with the benchmark's
+// dependency-free chart writer.
 const fs = require('node:fs');
 const { renderSvg } = require('../../bench/lib/chart');
 
 /**
  * points: [{ x, color, dash, panel, mean, lo, hi }]. One panel per distinct `panel`
- * (side by side); one line per (color, dash), mean with a band from lo to hi.
+ * (side by side, sharing the axes); one line per (color, dash), mean with a band from
+ * lo to hi. Dash values in descending order get solid, then dashed lines ('orthogonal'
+ * solid, 'i.i.d.' dashed: say so in the subtitle, the legend shows the colors).
  */
 function errorChartSpec(points, { title, subtitle, xTitle, yTitle }) {
   const xs = [...new Set(points.map((p) => p.x))].sort((a, b) => a - b);
-  const x = { field: 'x', type: 'quantitative', title: xTitle, scale: { type: 'log', base: 2 }, axis: { values: xs, format: 'd' } };
-  const y = { field: 'mean', type: 'quantitative', title: yTitle, scale: { type: 'log' } };
-  const legend = { orient: 'bottom', labelLimit: 300, symbolType: 'stroke', symbolStrokeWidth: 2.5, symbolOpacity: 1, symbolSize: 300 };
-  const color = { field: 'color', type: 'nominal', title: null, legend };
-  // descending: 'orthogonal' gets the solid line, 'i.i.d.' the dashed one (said in the subtitle:
-  // rsvg and browsers draw vega's dash legend symbols inconsistently)
-  const strokeDash = { field: 'dash', type: 'nominal', title: null, sort: 'descending', legend: null };
-  const detail = { field: 'dash', type: 'nominal' };
+  const dashes = [...new Set(points.map((p) => p.dash))].sort().reverse();
+  const panels = new Map();
+  for (const p of points) {
+    if (!panels.has(p.panel)) panels.set(p.panel, { title: p.panel, series: new Map() });
+    const series = panels.get(p.panel).series;
+    const name = `${p.color}, ${p.dash}`;
+    if (!series.has(name)) series.set(name, { name, color: p.color, dash: dashes.indexOf(p.dash), points: [] });
+    series.get(name).points.push({ x: p.x, y: p.mean, lo: p.lo, hi: p.hi });
+  }
   return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
-    title: { text: title, subtitle: subtitle ?? '' },
-    background: 'white',
-    data: { values: points },
-    facet: { column: { field: 'panel', type: 'nominal', title: null } },
-    spec: {
-      width: 300,
-      height: 260,
-      layer: [
-        { mark: { type: 'area', opacity: 0.15 }, encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' }, color, detail } },
-        { mark: { type: 'line', point: { filled: true, size: 30 } }, encoding: { x, y, color, strokeDash } },
-      ],
-    },
+    title,
+    subtitle: subtitle ?? '',
+    x: { title: xTitle, scale: 'log', ticks: xs },
+    y: { title: yTitle, scale: 'log' },
+    width: 300,
+    height: 260,
+    panels: [...panels.values()].map((panel) => ({ title: panel.title, series: [...panel.series.values()] })),
   };
 }
 
@@ -40,11 +37,12 @@ function bandPoint(cell, x, color, dash, panel) {
   return { x, color, dash, panel, mean: cell.mean, lo: Math.max(cell.mean - cell.sd, cell.min, 1e-12), hi: cell.mean + cell.sd };
 }
 
-async function writeChart(spec, file) {
-  const r = await renderSvg(spec);
-  if (r.skipped) return r;
-  fs.writeFileSync(file, r.svg);
-  return { file };
+/** Writes the chart to `file`: { file, notes } (notes: points left out), or { skipped }. */
+function writeChart(chart, file) {
+  const { svg, notes, plotted } = renderSvg(chart);
+  if (plotted === 0) return { skipped: `nothing to plot${notes.length ? ` (${notes.join('; ')})` : ''}` };
+  fs.writeFileSync(file, svg);
+  return { file, notes };
 }
 
 module.exports = { errorChartSpec, bandPoint, writeChart };

@@ -39,7 +39,14 @@ const FF_CHUNK_FLOATS = 4 * 1024 * 1024;
 export type Activation = 'relu' | 'gelu';
 
 /** Options of {@link EncoderLayer}. */
-export interface EncoderLayerOptions extends Omit<MultiHeadAttentionOptions, 'keyDim' | 'causal'> {
+export interface EncoderLayerOptions extends Omit<MultiHeadAttentionOptions, 'keyDim' | 'valueDim' | 'causal'> {
+  /**
+   * Causal self-attention: row i attends rows 0..i, as a GPT-style `nn.TransformerEncoderLayer`
+   * run with a causal `src_mask` (or `is_causal=True`). Default false for encoders, true for
+   * decoders (a decoder with `causal: false` is one run without `tgt_mask`; it cannot
+   * decode token by token).
+   */
+  causal?: boolean;
   /** Width of the feed-forward part. Default 4 * modelDim. */
   ffDim?: number;
   /** Default 'relu' (as PyTorch). */
@@ -101,7 +108,7 @@ export interface DecoderStateOptions {
 }
 
 export const BLOCK_OPTIONS = [
-  ...MHA_OPTIONS.filter((k) => k !== 'keyDim' && k !== 'causal'),
+  ...MHA_OPTIONS.filter((k) => k !== 'keyDim' && k !== 'valueDim'),
   'ffDim',
   'activation',
   'normFirst',
@@ -110,7 +117,7 @@ export const BLOCK_OPTIONS = [
 
 /** @internal */
 export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, decoder: boolean, numLayers = 1): BlockConfig {
-  const attention = readAttentionOptions({ ...o, causal: decoder }, fn);
+  const attention = readAttentionOptions({ ...o, causal: readBoolean(o.causal, `${fn}.causal`, decoder) }, fn);
   const config: BlockConfig = {
     attention,
     ffDim: readInteger(o.ffDim, `${fn}.ffDim`, 4 * attention.modelDim, 1, 1 << 24),
@@ -125,7 +132,7 @@ export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, de
 
 /** @internal BlockConfig back to constructor options. */
 export function blockOptions(c: BlockConfig): DecoderLayerOptions {
-  const { keyDim: _keyDim, causal: _causal, ...attention } = structuredClone(c.attention);
+  const { keyDim: _keyDim, valueDim: _valueDim, ...attention } = structuredClone(c.attention);
   const options: DecoderLayerOptions = { ...attention, ffDim: c.ffDim, activation: c.activation, normFirst: c.normFirst, layerNormEps: c.layerNormEps };
   if (c.crossAttention !== undefined) options.crossAttention = c.crossAttention;
   return options;
@@ -146,7 +153,7 @@ interface BlockCall {
   label: string;
 }
 
-/** @internal The parts and plan of both blocks. */
+/** The parts and plan shared by EncoderLayer and DecoderLayer. */
 abstract class Block extends LayerBase {
   abstract readonly config: BlockConfig;
   /** @internal */ readonly selfAttn: MultiHeadAttention;
@@ -328,9 +335,9 @@ export class EncoderLayer extends Block {
 }
 
 /**
- * A decoder layer: causal self-attention, cross-attention over a memory (unless
- * crossAttention is false) and a feed-forward part, each with a residual and a
- * LayerNorm. Decodes token by token with createState / step. Parameter names:
+ * A decoder layer: causal self-attention (unless causal is false), cross-attention over a
+ * memory (unless crossAttention is false) and a feed-forward part, each with a residual
+ * and a LayerNorm. Decodes token by token with createState / step (causal only). Parameter names:
  * selfAttn.*, crossAttn.*, ff1.*, ff2.*, norm1.*, norm2.* (cross-attention), norm3.*.
  */
 export class DecoderLayer extends Block {
@@ -347,7 +354,7 @@ export class DecoderLayer extends Block {
   }
 
   /**
-   * The layer on x (causal self-attention), off the event loop.
+   * The layer on x (causal self-attention unless built with causal: false), off the event loop.
    * @param x `[B, L, modelDim]` float32.
    * @returns `[B, L, modelDim]`.
    */
@@ -509,6 +516,9 @@ export function decoderStateSpec(owner: LayerBase, layers: Block[], batch: numbe
 
 function checkDecoding(layers: Block[], fn: string): void {
   const c = layers[0].config.attention;
+  if (!c.causal) {
+    throw rangeError(`${fn}: token-by-token decoding needs causal self-attention; this decoder was built with causal: false`, 'ERR_INVALID_ARG_VALUE');
+  }
   if (c.attention !== 'favor') {
     throw rangeError(`${fn}: token-by-token decoding runs FAVOR+ attention; this model's attention is '${c.attention}'`, 'ERR_INVALID_ARG_VALUE');
   }

@@ -6,14 +6,14 @@
  * earlier forward pass is not needed), then runs the backward pass from gradOut:
  * the gradients of the inputs are returned, those of the parameters accumulate into
  * `gradients()` (keyed like `parameters()`) until `zeroGrad()` or an optimizer step.
- * Shape legend: B batch, L rows, Lm memory rows, D modelDim, Dk keyDim, H heads of dh.
+ * Shape legend: B batch, L rows, Lm memory rows, D modelDim, Dk keyDim, Dv valueDim, H heads of dh.
  */
 import { rangeError, typeError } from '../errors';
 import type { Tensor } from '../tensor';
 import { readOptions } from '../validate';
 import type { Block } from './blocks';
 import type { LayerBase, LayerGradients } from './layer';
-import { readKind, readLayerSignal, readPadding, readSequence, type KeySource, type MultiHeadAttention } from './multi-head-attention';
+import { readKeyInputs, readKind, readLayerSignal, readPadding, readSequence, type KeySource, type MultiHeadAttention } from './multi-head-attention';
 import type { LayerNorm, Linear } from './parameters';
 import { PlanBuilder } from './plan';
 
@@ -23,13 +23,15 @@ export interface ModulePass {
   batch: number;
   len: number;
   keyPadding: Uint8Array | null;
-  memory: Float32Array | null; // [B, Lm, Dk]
+  memory: Float32Array | null; // [B, Lm, Dk]: the keys' input (and the values' unless value)
+  value: Float32Array | null; // [B, Lm, Dv]: a separate value input (MultiHeadAttention only)
   memoryLength: number;
   memoryPadding: Uint8Array | null;
   attention: 'favor' | 'softmax';
   gradOut: Float32Array; // [B, L, D]
   dx: Float32Array; // [B, L, D], written
   dmemory: Float32Array | null; // [B, Lm, Dk], written when there is a memory
+  dvalue: Float32Array | null; // [B, Lm, Dv], written when there is a separate value input
 }
 
 type Owned = { buffer(n: number): Float32Array };
@@ -37,7 +39,8 @@ type Owned = { buffer(n: number): Float32Array };
 interface MhaSaved {
   m: MultiHeadAttention;
   x: Float32Array;
-  src: Float32Array;
+  src: Float32Array; // the keys' input
+  valueSrc: Float32Array; // the values' input
   lq: number;
   lk: number;
   q: Float32Array;
@@ -48,12 +51,16 @@ interface MhaSaved {
   kind: 'favor' | 'softmax';
 }
 
-/** What `backward` returns: dL/d x, and dL/d memory when there is a memory. */
+/** What `backward` returns: dL/d x, and dL/d of the memory or of the key and value inputs when given. */
 export interface InputGradients {
   /** dL/d x, `[B, L, modelDim]`. */
   input: Tensor;
   /** dL/d memory, the memory's shape (cross-attention only). */
   memory?: Tensor;
+  /** dL/d key, `[B, Lk, keyDim]` (MultiHeadAttention called with key and value). */
+  key?: Tensor;
+  /** dL/d value, `[B, Lk, valueDim]` (MultiHeadAttention called with key and value). */
+  value?: Tensor;
 }
 
 /** @internal What a module trains through: an attention module, a block or a stack. */
@@ -70,8 +77,8 @@ const DIFFERENTIABLE_KERNELS: readonly string[] = ['softmax', 'softmax-hyperboli
 export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: unknown, gradOut: unknown, options: unknown, fn: string) {
   const async = !fn.endsWith('Sync');
   const kind: 'attention' | 'encoder' | 'decoder' = 'q' in module ? 'attention' : isDecoder(module) ? 'decoder' : 'encoder';
-  const keys = ['keyPaddingMask', 'attention', ...(kind !== 'encoder' ? ['memory'] : []), ...(kind === 'decoder' ? ['memoryKeyPaddingMask'] : []), ...(async ? ['signal'] : [])];
-  const o = readOptions<{ memory?: unknown; keyPaddingMask?: unknown; memoryKeyPaddingMask?: unknown; attention?: unknown; signal?: unknown }>(options, `${fn} options`, keys);
+  const keys = ['keyPaddingMask', 'attention', ...(kind !== 'encoder' ? ['memory'] : []), ...(kind === 'attention' ? ['key', 'value'] : []), ...(kind === 'decoder' ? ['memoryKeyPaddingMask'] : []), ...(async ? ['signal'] : [])];
+  const o = readOptions<{ memory?: unknown; key?: unknown; value?: unknown; keyPaddingMask?: unknown; memoryKeyPaddingMask?: unknown; attention?: unknown; signal?: unknown }>(options, `${fn} options`, keys);
   const attn = 'q' in module ? module.config : firstBlock(module).config.attention;
   const D = attn.modelDim;
   const t = readSequence(x, `${fn} x`, D, 'modelDim');
@@ -83,17 +90,23 @@ export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: 
   b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   b.add({ op: 'checkFinite', x: g.data, shape: g.shape, name: `${fn} gradOut` });
   let memory: Float32Array | null = null;
+  let value: Float32Array | null = null;
   let memoryLength = 0;
   const crossBlocks = kind === 'decoder' && firstBlock(module as Block).crossAttn !== null;
   const memoryDim = kind === 'attention' ? attn.keyDim : D;
-  if (kind === 'attention' ? o.memory !== undefined : crossBlocks) {
+  if (kind === 'attention') {
+    const inputs = readKeyInputs(attn, o, B, fn, b);
+    if (inputs.key !== null) {
+      memory = inputs.key.data;
+      memoryLength = inputs.key.shape[1];
+      value = inputs.value?.data ?? null;
+    }
+  } else if (crossBlocks) {
     if (o.memory === undefined) throw typeError(`${fn} options.memory: required by the cross-attention, received undefined`);
-    const m = readSequence(o.memory, `${fn} options.memory`, memoryDim, kind === 'attention' ? 'keyDim' : 'modelDim', B);
+    const m = readSequence(o.memory, `${fn} options.memory`, memoryDim, 'modelDim', B);
     memory = m.data;
     memoryLength = m.shape[1];
     b.add({ op: 'checkFinite', x: m.data, shape: m.shape, name: `${fn} options.memory` });
-  } else if (kind === 'attention' && attn.keyDim !== attn.modelDim) {
-    throw rangeError(`${fn} options.memory: required, since keyDim ${attn.keyDim} differs from modelDim ${attn.modelDim}`);
   } else if (kind === 'decoder' && (o.memory !== undefined || o.memoryKeyPaddingMask !== undefined)) {
     throw rangeError(`${fn} options.memory: this decoder has no cross-attention (crossAttention: false)`, 'ERR_INVALID_ARG_VALUE');
   }
@@ -113,21 +126,29 @@ export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: 
     len: L,
     keyPadding,
     memory,
+    value,
     memoryLength,
     memoryPadding,
     attention,
     gradOut: g.data,
     dx: new Float32Array(B * L * D),
     dmemory: memory !== null ? new Float32Array(B * memoryLength * memoryDim) : null,
+    dvalue: value !== null ? new Float32Array(B * memoryLength * attn.valueDim) : null,
   };
   const pending = owner.gradientSet();
   planModuleTraining(b, module, pass, pending, fn);
   b.checkOutput(pass.dx, `${fn} input gradient`);
-  if (pass.dmemory !== null) b.checkOutput(pass.dmemory, `${fn} memory gradient`);
+  if (pass.dmemory !== null) b.checkOutput(pass.dmemory, `${fn} ${value !== null ? 'key' : 'memory'} gradient`);
+  if (pass.dvalue !== null) b.checkOutput(pass.dvalue, `${fn} value gradient`);
   const finish = (): InputGradients => {
     owner.commitGradients(pending);
     const out: InputGradients = { input: { data: pass.dx, shape: Object.freeze([B, L, D]) } };
-    if (pass.dmemory !== null) out.memory = { data: pass.dmemory, shape: Object.freeze([B, memoryLength, memoryDim]) };
+    if (pass.dvalue !== null) {
+      out.key = { data: pass.dmemory!, shape: Object.freeze([B, memoryLength, memoryDim]) };
+      out.value = { data: pass.dvalue, shape: Object.freeze([B, memoryLength, attn.valueDim]) };
+    } else if (pass.dmemory !== null) {
+      out.memory = { data: pass.dmemory, shape: Object.freeze([B, memoryLength, memoryDim]) };
+    }
     return out;
   };
   return { b, signal, finish };
@@ -156,7 +177,7 @@ function planModuleTraining(b: PlanBuilder, module: TrainedModule, p: ModulePass
   if ('q' in module) {
     const y = o.buffer(rows * module.config.modelDim);
     const s = mhaForward(b, o, module, p, p.x, y, null, fn);
-    mhaBackward(b, s, p.gradOut, p.dx, p.memory !== null ? p.dmemory! : p.dx, grads, p);
+    mhaBackward(b, s, p.gradOut, p.dx, p.memory !== null ? p.dmemory! : p.dx, grads, p, p.dvalue);
   } else {
     const blocks = 'layers' in module ? [...module.layers] : [module];
     const norm = 'layers' in module ? module.norm : null;
@@ -223,6 +244,8 @@ function mhaForward(b: PlanBuilder, o: Owned, m: MultiHeadAttention, p: ModulePa
   }
   const cross = keys !== undefined ? keys.kind === 'memory' : p.memory !== null;
   const src = cross ? p.memory! : x;
+  // A separate value input only reaches a MultiHeadAttention trained alone (no keys given).
+  const valueSrc = cross && keys === undefined && p.value !== null ? p.value : src;
   const lk = cross ? p.memoryLength : p.len;
   const B = p.batch;
   const inner = c.numHeads * c.headDim;
@@ -237,7 +260,7 @@ function mhaForward(b: PlanBuilder, o: Owned, m: MultiHeadAttention, p: ModulePa
   };
   const q = project(m.q, x, p.len);
   const k = project(m.k, src, lk);
-  const v = project(m.v, src, lk);
+  const v = project(m.v, valueSrc, lk);
   const causal = c.causal;
   const pad = cross ? p.memoryPadding : p.keyPadding;
   const options =
@@ -251,11 +274,12 @@ function mhaForward(b: PlanBuilder, o: Owned, m: MultiHeadAttention, p: ModulePa
   b.add({ op: 'mergeHeads', src: out, dst: merged, ...heads(p.len) });
   b.release(out);
   linear(b, m.out, merged, B * p.len, y, residual);
-  return { m, x, src, lq: p.len, lk, q, k, v, merged, options: { dims, options }, kind: p.attention };
+  return { m, x, src, valueSrc, lq: p.len, lk, q, k, v, merged, options: { dims, options }, kind: p.attention };
 }
 
-// dx += d/dx and dsrc += d/dsrc of the attention for dL/dy = dy (dsrc may be dx: self-attention).
-function mhaBackward(b: PlanBuilder, s: MhaSaved, dy: Float32Array, dx: Float32Array, dsrc: Float32Array, grads: LayerGradients, p: ModulePass): void {
+// dx += d/dx and dsrc += d/dsrc of the attention for dL/dy = dy (dsrc may be dx: self-attention);
+// the values' part goes to dvalue when the values had their own input.
+function mhaBackward(b: PlanBuilder, s: MhaSaved, dy: Float32Array, dx: Float32Array, dsrc: Float32Array, grads: LayerGradients, p: ModulePass, dvalue: Float32Array | null = null): void {
   const c = s.m.config;
   const B = p.batch;
   const inner = c.numHeads * c.headDim;
@@ -284,7 +308,7 @@ function mhaBackward(b: PlanBuilder, s: MhaSaved, dy: Float32Array, dx: Float32A
   linearBack(b, s.m.k, dkp, s.src, B * s.lk, dsrc, true, grads);
   b.release(dkp);
   const dvp = merge(dv, s.lk);
-  linearBack(b, s.m.v, dvp, s.src, B * s.lk, dsrc, true, grads);
+  linearBack(b, s.m.v, dvp, s.valueSrc, B * s.lk, dvalue ?? dsrc, true, grads);
   b.release(dvp);
 }
 

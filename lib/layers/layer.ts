@@ -86,8 +86,9 @@ export abstract class LayerBase {
 
   /**
    * Replaces the parameters (values are copied). Nothing changes unless every tensor
-   * is present, finite and of the right shape. Tensors without `…features.projection`
-   * keep the current features when `strict` is false.
+   * is present, finite and of the right shape. Absent `…features.projection` tensors
+   * keep the current features with `{ keepFeatures: true }` (strict about every other
+   * name: the way to load a PyTorch or BERT checkpoint) and with `{ strict: false }`.
    * @throws RangeError (`ERR_INVALID_ARG_VALUE`) naming the missing and unexpected
    *   tensors; RangeError naming a mis-shaped or non-finite tensor; TypeError for a
    *   value that is not a Float32Array or tensor.
@@ -95,11 +96,6 @@ export abstract class LayerBase {
   loadParameters(tensors: Record<string, TensorLike | Float32Array>, options?: LoadParametersOptions): void {
     const slots = new Map<string, ParamSlot>();
     this.slots('', slots);
-    const strict = options?.strict ?? true;
-    if (!strict && tensors !== null && typeof tensors === 'object') {
-      // Non-strict: absent feature projections keep the current features.
-      for (const name of [...slots.keys()]) if (name.endsWith('features.projection') && !(name in tensors)) slots.delete(name);
-    }
     load(slots, tensors, options, `${this.constructor.name}.loadParameters`);
     parameterEpoch++;
   }

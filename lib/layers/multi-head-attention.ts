@@ -34,6 +34,11 @@ export interface MultiHeadAttentionOptions {
   headDim?: number;
   /** Dk, the width of the memory (keys and values) in cross-attention. Default modelDim. */
   keyDim?: number;
+  /**
+   * Dv, the width of the value input when keys and values come from separate inputs
+   * (forward's `key` and `value`, PyTorch's `vdim`). Default keyDim.
+   */
+  valueDim?: number;
   /** Default 'favor'; a call may override it. */
   attention?: AttentionKind;
   /** Query i attends key j <= i + (Lk - Lq). Default false. */
@@ -60,6 +65,8 @@ export interface MultiHeadAttentionConfig {
   headDim: number;
   /** Dk. */
   keyDim: number;
+  /** Dv. */
+  valueDim: number;
   /** The default attention. */
   attention: AttentionKind;
   /** Whether the attention is causal. */
@@ -80,6 +87,14 @@ export interface MultiHeadAttentionConfig {
 export interface AttentionForwardOptions {
   /** Keys and values come from here, [B, Lk, keyDim] (cross-attention). Default: x (self-attention). */
   memory?: TensorLike;
+  /**
+   * Keys from here, `[B, Lk, keyDim]`, with values from `value`, `[B, Lk, valueDim]`: separate
+   * key and value inputs, as PyTorch's `forward(query, key, value)`. Both or neither, and not
+   * with `memory`.
+   */
+  key?: TensorLike;
+  /** Values from here, `[B, Lk, valueDim]` (with `key`). */
+  value?: TensorLike;
   /** `[B, Lk]` Uint8Array, nonzero = attend. */
   keyPaddingMask?: MaskLike;
   /** Overrides the layer's attention for this call. */
@@ -95,6 +110,7 @@ export const MHA_OPTIONS = [
   'numHeads',
   'headDim',
   'keyDim',
+  'valueDim',
   'attention',
   'causal',
   'bias',
@@ -115,6 +131,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     throw rangeError(`${fn}.numHeads: ${numHeads} does not divide modelDim ${modelDim}; pass headDim`);
   }
   const headDim = readInteger(o.headDim, `${fn}.headDim`, modelDim / numHeads, 1, 1 << 16);
+  const keyDim = readInteger(o.keyDim, `${fn}.keyDim`, modelDim, 1, MAX_DIM);
   const seed = readInteger(o.seed, `${fn}.seed`, 0, 0, Number.MAX_SAFE_INTEGER);
   const f = readOptions<LayerFeatureOptions>(o.featureMap, `${fn}.featureMap`, FEATURE_OPTIONS);
   const featureMap = {
@@ -129,7 +146,8 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     modelDim,
     numHeads,
     headDim,
-    keyDim: readInteger(o.keyDim, `${fn}.keyDim`, modelDim, 1, MAX_DIM),
+    keyDim,
+    valueDim: readInteger(o.valueDim, `${fn}.valueDim`, keyDim, 1, MAX_DIM),
     attention: readEnum(o.attention, `${fn}.attention`, 'favor', KINDS),
     causal: readBoolean(o.causal, `${fn}.causal`, false),
     bias: readBoolean(o.bias, `${fn}.bias`, true),
@@ -146,6 +164,8 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
 export type KeySource =
   | { kind: 'self' }
   | { kind: 'memory'; data: Float32Array; length: number }
+  /** Separate key [B, Lk, Dk] and value [B, Lk, Dv] inputs. */
+  | { kind: 'pair'; key: Float32Array; value: Float32Array; length: number }
   /** A memory absorbed by {@link MultiHeadAttention.planMemoryState} (FAVOR+, bidirectional). */
   | { kind: 'state'; state: Float32Array };
 
@@ -169,7 +189,7 @@ export interface AttentionCall {
  * Multi-head attention: out = concat_h(attention(x Wq_h, m Wk_h, m Wv_h)) Wo (+ biases),
  * with m = x (self-attention) or a memory (cross-attention). The same weights run under
  * FAVOR+ or exact softmax attention (`attention`, per layer or per call). Parameter names:
- * q.weight [H dh, D], q.bias, k.weight [H dh, Dk], k.bias, v.weight, v.bias,
+ * q.weight [H dh, D], q.bias, k.weight [H dh, Dk], k.bias, v.weight [H dh, Dv], v.bias,
  * out.weight [D, H dh], out.bias, features.projection [m, dh].
  */
 export class MultiHeadAttention extends LayerBase {
@@ -180,7 +200,7 @@ export class MultiHeadAttention extends LayerBase {
   /** @internal */ readonly v: Linear;
   /** @internal */ readonly out: Linear;
   private features: FeatureMap;
-  private fused: { qkv: Linear; kv: Linear } | null = null;
+  private fused: { qkv: Linear; kv: Linear | null } | null = null;
 
   /**
    * @throws TypeError for a missing or mistyped option, RangeError for a bad value
@@ -196,7 +216,7 @@ export class MultiHeadAttention extends LayerBase {
     const random = new InitRandom(c.seed);
     this.q = Linear.random(c.modelDim, inner, c.bias, random);
     this.k = Linear.random(c.keyDim, inner, c.bias, random);
-    this.v = Linear.random(c.keyDim, inner, c.bias, random);
+    this.v = Linear.random(c.valueDim, inner, c.bias, random);
     this.out = Linear.random(inner, c.modelDim, c.bias, random);
     this.features = this.sampleFeatures(c.featureMap.seed);
   }
@@ -252,6 +272,8 @@ export class MultiHeadAttention extends LayerBase {
     const async = !fn.endsWith('Sync');
     const o = readOptions<AttentionForwardOptions>(options, `${fn} options`, [
       'memory',
+      'key',
+      'value',
       'keyPaddingMask',
       'attention',
       ...(async ? ['signal'] : []),
@@ -261,16 +283,8 @@ export class MultiHeadAttention extends LayerBase {
     const [B, Lq] = t.shape;
     const b = new PlanBuilder();
     b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
-    let keys: KeySource = { kind: 'self' };
-    let Lk = Lq;
-    if (o.memory !== undefined) {
-      const m = readSequence(o.memory, `${fn} options.memory`, c.keyDim, 'keyDim', B);
-      Lk = m.shape[1];
-      keys = { kind: 'memory', data: m.data, length: Lk };
-      b.add({ op: 'checkFinite', x: m.data, shape: m.shape, name: `${fn} options.memory` });
-    } else if (c.keyDim !== c.modelDim) {
-      throw rangeError(`${fn} options.memory: required, since keyDim ${c.keyDim} differs from modelDim ${c.modelDim}`);
-    }
+    const { keys } = readKeyInputs(c, o, B, fn, b);
+    const Lk = keys.kind === 'self' ? Lq : (keys as { length: number }).length;
     const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, Lk);
     const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
     const out = new Float32Array(B * Lq * c.modelDim);
@@ -284,9 +298,22 @@ export class MultiHeadAttention extends LayerBase {
    * token with {@link step} (FAVOR+; memory and time per token independent of the context).
    * @throws RangeError when the layer is not causal self-attention with FAVOR+ attention.
    */
-  createState(batch: number): DecodingState {
-    this.checkDecoding('MultiHeadAttention.createState');
-    const B = readBatch(batch, 'MultiHeadAttention.createState batch');
+  createStateSync(batch: number): DecodingState {
+    return this.newState(batch, 'MultiHeadAttention.createStateSync');
+  }
+
+  /**
+   * The Promise twin of {@link createStateSync}, as every `createState` of the library
+   * returns a Promise. A self-attention state is only allocated (zeros): it resolves at
+   * once; errors reject it.
+   */
+  async createState(batch: number): Promise<DecodingState> {
+    return this.newState(batch, 'MultiHeadAttention.createState');
+  }
+
+  private newState(batch: number, fn: string): DecodingState {
+    this.checkDecoding(fn);
+    const B = readBatch(batch, `${fn} batch`);
     return new DecodingStateImpl(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
   }
 
@@ -414,11 +441,14 @@ export class MultiHeadAttention extends LayerBase {
     }
   }
 
-  // Fused projections: one pass over x for q, k and v (self) or k and v (memory).
-  private fusedLinears(): { qkv: Linear; kv: Linear } {
+  // Fused projections: one pass over x for q, k and v (self) or k and v (memory). Only
+  // inputs of one width fuse; separate key and value inputs are projected apart.
+  private fusedLinears(): { qkv: Linear; kv: Linear | null } {
     if (this.fused === null) {
-      const sameInput = this.config.keyDim === this.config.modelDim;
-      this.fused = { qkv: sameInput ? Linear.stacked([this.q, this.k, this.v]) : this.q, kv: Linear.stacked([this.k, this.v]) };
+      const c = this.config;
+      const kvSame = c.keyDim === c.valueDim;
+      const sameInput = kvSame && c.keyDim === c.modelDim;
+      this.fused = { qkv: sameInput ? Linear.stacked([this.q, this.k, this.v]) : this.q, kv: kvSame ? Linear.stacked([this.k, this.v]) : null };
     }
     return this.fused;
   }
@@ -455,11 +485,22 @@ export class MultiHeadAttention extends LayerBase {
       if (a.keys.kind === 'state') {
         Lk = 0;
         k = v = null;
+      } else if (a.keys.kind === 'pair') {
+        Lk = a.keys.length;
+        const project = (l: Linear, src: Float32Array) => {
+          const t = b.acquire(B * Lk * inner);
+          this.linear(b, l, src, B * Lk, t, null);
+          const heads = split(t, inner, Lk);
+          b.release(t);
+          return heads;
+        };
+        k = project(this.k, a.keys.key);
+        v = project(this.v, a.keys.value);
       } else {
         const src = a.keys.kind === 'self' ? a.x : a.keys.data;
         Lk = a.keys.kind === 'self' ? Lq : a.keys.length;
         const kv = b.acquire(B * Lk * 2 * inner);
-        this.linear(b, fused.kv, src, B * Lk, kv, null);
+        this.linear(b, fused.kv!, src, B * Lk, kv, null);
         k = split(kv, 2 * inner, Lk);
         v = split(kv.subarray(inner), 2 * inner, Lk);
         b.release(kv);
@@ -503,7 +544,7 @@ export class MultiHeadAttention extends LayerBase {
     const c = this.config;
     const inner = c.numHeads * c.headDim;
     const kv = b.acquire(batch * length * 2 * inner);
-    this.linear(b, this.fusedLinears().kv, memory, batch * length, kv, null);
+    this.linear(b, this.fusedLinears().kv!, memory, batch * length, kv, null);
     const k = b.acquire(batch * length * inner);
     const v = b.acquire(batch * length * inner);
     const heads = { batch, heads: c.numHeads, headDim: c.headDim, len: length, srcStride: 2 * inner };
@@ -610,6 +651,46 @@ export function readKind(value: unknown, name: string, fallback: AttentionKind):
 /** @internal */
 export function readPadding(value: unknown, name: string, batch: number, length: number): Uint8Array | null {
   return value === undefined ? null : readMask(value, name, [batch, length]);
+}
+
+/**
+ * @internal The keys and values of an attention call: x itself (self-attention), one
+ * memory, or separate key and value inputs. Checks widths, batch and lengths, and adds
+ * the finiteness checks of the inputs to the plan.
+ */
+export function readKeyInputs(
+  c: MultiHeadAttentionConfig,
+  o: { memory?: unknown; key?: unknown; value?: unknown },
+  B: number,
+  fn: string,
+  b: PlanBuilder,
+): { keys: KeySource; key: Tensor | null; value: Tensor | null } {
+  const read = (value: unknown, name: string, width: number, widthName: string) => {
+    const t = readSequence(value, `${fn} options.${name}`, width, widthName, B);
+    b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} options.${name}` });
+    return t;
+  };
+  if (o.key !== undefined || o.value !== undefined) {
+    if (o.memory !== undefined) throw typeError(`${fn} options: pass either memory or key and value, not both`, 'ERR_INVALID_ARG_VALUE');
+    if (o.key === undefined) throw typeError(`${fn} options.key: required with options.value, received undefined`);
+    if (o.value === undefined) throw typeError(`${fn} options.value: required with options.key, received undefined`);
+    const key = read(o.key, 'key', c.keyDim, 'keyDim');
+    const value = read(o.value, 'value', c.valueDim, 'valueDim');
+    if (value.shape[1] !== key.shape[1]) {
+      throw rangeError(`${fn} options.value: expected ${key.shape[1]} rows (the key's), received ${value.shape[1]} (shape [${value.shape.join(', ')}])`);
+    }
+    return { keys: { kind: 'pair', key: key.data, value: value.data, length: key.shape[1] }, key, value };
+  }
+  if (o.memory !== undefined) {
+    if (c.keyDim !== c.valueDim) {
+      throw rangeError(`${fn} options.memory: keys and values have different widths here (keyDim ${c.keyDim}, valueDim ${c.valueDim}); pass key and value`, 'ERR_INVALID_ARG_VALUE');
+    }
+    const m = read(o.memory, 'memory', c.keyDim, 'keyDim');
+    return { keys: { kind: 'memory', data: m.data, length: m.shape[1] }, key: m, value: null };
+  }
+  if (c.keyDim !== c.modelDim) throw rangeError(`${fn} options.memory: required, since keyDim ${c.keyDim} differs from modelDim ${c.modelDim}`);
+  if (c.valueDim !== c.modelDim) throw rangeError(`${fn} options.key and options.value: required, since valueDim ${c.valueDim} differs from modelDim ${c.modelDim}`);
+  return { keys: { kind: 'self' }, key: null, value: null };
 }
 
 /** @internal Duck-typed AbortSignal (signals from other realms fail instanceof). */

@@ -19,7 +19,16 @@ export interface ParamSlot {
 export interface LoadParametersOptions {
   /** Reject names this module does not have. Default true. */
   strict?: boolean;
+  /**
+   * Absent `features.projection` tensors keep the layer's own FAVOR+ features, the other
+   * names stay checked (with `strict`): how a checkpoint without features (PyTorch's,
+   * BERT's) loads while a misspelt or unknown name is still an error. Default: `!strict`.
+   */
+  keepFeatures?: boolean;
 }
+
+const FEATURES_HINT =
+  " (FAVOR+ features are not in checkpoints from PyTorch or BERT: pass { keepFeatures: true } to keep the layer's own and check every other name)";
 
 /** @internal A small seeded generator (32-bit state steps) for weight initialization. */
 export class InitRandom {
@@ -50,9 +59,9 @@ export class InitRandom {
 export const MAX_MODEL_PARAMETERS = 2 ** 32;
 
 /** @internal Parameters of an attention module (projections with biases, feature projection). */
-export function attentionParameterCount(c: { modelDim: number; keyDim: number; numHeads: number; headDim: number; featureMap: { numFeatures: number } }): number {
+export function attentionParameterCount(c: { modelDim: number; keyDim: number; valueDim?: number; numHeads: number; headDim: number; featureMap: { numFeatures: number } }): number {
   const inner = c.numHeads * c.headDim;
-  return (c.modelDim + 2 * c.keyDim + 3) * inner + (inner + 1) * c.modelDim + c.featureMap.numFeatures * c.headDim;
+  return (c.modelDim + c.keyDim + (c.valueDim ?? c.keyDim) + 3) * inner + (inner + 1) * c.modelDim + c.featureMap.numFeatures * c.headDim;
 }
 
 /** @internal Parameters of an encoder (cross = false) or decoder block with `ffDim` and `modelDim` D. */
@@ -180,21 +189,26 @@ export function snapshot(slots: Map<string, ParamSlot>): Record<string, Tensor> 
 
 /** @internal loadParameters() of a slot map: checks everything before changing anything. */
 export function load(
-  slots: Map<string, ParamSlot>,
+  allSlots: Map<string, ParamSlot>,
   tensors: Record<string, TensorLike | Float32Array>,
   options: LoadParametersOptions | undefined,
   fn: string,
 ): void {
-  const o = readOptions<LoadParametersOptions>(options, `${fn} options`, ['strict']);
+  const o = readOptions<LoadParametersOptions>(options, `${fn} options`, ['strict', 'keepFeatures']);
   const strict = readBoolean(o.strict, `${fn} options.strict`, true);
+  const keepFeatures = readBoolean(o.keepFeatures, `${fn} options.keepFeatures`, !strict);
+  let slots = allSlots;
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors) || ArrayBuffer.isView(tensors)) {
     throw typeError(`${fn}: expected an object of named tensors, received ${describe(tensors)}`);
   }
+  const isFeatures = (name: string) => name.endsWith('features.projection');
+  // Absent feature projections keep the current features: their slots are left out.
+  if (keepFeatures) slots = new Map([...slots].filter(([name]) => !isFeatures(name) || name in tensors));
   const missing = [...slots.keys()].filter((name) => !(name in tensors));
   const extra = Object.keys(tensors).filter((name) => !slots.has(name));
   if (missing.length > 0 || (strict && extra.length > 0)) {
     const parts: string[] = [];
-    if (missing.length > 0) parts.push(`missing ${missing.join(', ')}`);
+    if (missing.length > 0) parts.push(`missing ${missing.join(', ')}${missing.some(isFeatures) ? FEATURES_HINT : ''}`);
     if (strict && extra.length > 0) parts.push(`unexpected ${extra.join(', ')}`);
     throw rangeError(`${fn}: ${parts.join('; ')}`, 'ERR_INVALID_ARG_VALUE');
   }

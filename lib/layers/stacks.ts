@@ -4,9 +4,9 @@
  * optional final LayerNorm. The whole stack runs as one native plan: one async hop
  * per forward pass or decoding step.
  */
-import { typeError } from '../errors';
 import type { Tensor, TensorLike } from '../tensor';
-import { readBoolean, readInteger, readOptions } from '../validate';
+import { rangeError, typeError } from '../errors';
+import { readBoolean, readInteger, readNumber, readOptions } from '../validate';
 import {
   BLOCK_OPTIONS,
   blockOptions,
@@ -37,6 +37,8 @@ export interface TransformerEncoderOptions extends EncoderLayerOptions {
   numLayers: number;
   /** A LayerNorm after the last layer (parameters norm.*). Default false. */
   finalNorm?: boolean;
+  /** The final LayerNorm's epsilon. Default layerNormEps (PyTorch: the `eps` of the `norm` module given). */
+  finalNormEps?: number;
 }
 
 /** Options of {@link TransformerDecoder}. */
@@ -45,6 +47,8 @@ export interface TransformerDecoderOptions extends DecoderLayerOptions {
   numLayers: number;
   /** A LayerNorm after the last layer (parameters norm.*). Default false. */
   finalNorm?: boolean;
+  /** The final LayerNorm's epsilon. Default layerNormEps (PyTorch: the `eps` of the `norm` module given). */
+  finalNormEps?: number;
 }
 
 /** The resolved options of a stack. */
@@ -53,18 +57,24 @@ export interface StackConfig extends BlockConfig {
   numLayers: number;
   /** Whether a final LayerNorm follows. */
   finalNorm: boolean;
+  /** Epsilon of the final LayerNorm. */
+  finalNormEps: number;
 }
 
 function readStack(options: unknown, fn: string, extra: readonly string[]) {
-  const o = readOptions<TransformerDecoderOptions>(options, `${fn} options`, [...BLOCK_OPTIONS, ...extra, 'numLayers', 'finalNorm']);
+  const o = readOptions<TransformerDecoderOptions>(options, `${fn} options`, [...BLOCK_OPTIONS, ...extra, 'numLayers', 'finalNorm', 'finalNormEps']);
   if (options === undefined) throw typeError(`${fn} options: expected an object, received undefined`);
   if (o.numLayers === undefined) throw typeError(`${fn} options.numLayers: required, received undefined`);
   const numLayers = readInteger(o.numLayers, `${fn} options.numLayers`, 0, 1, 1024);
   const finalNorm = readBoolean(o.finalNorm, `${fn} options.finalNorm`, false);
-  const { numLayers: _n, finalNorm: _f, ...layer } = o;
+  const { numLayers: _n, finalNorm: _f, finalNormEps: _e, ...layer } = o;
   // Every option checked, and the whole stack's size, before the first layer is built.
-  readBlockOptions(layer, `${fn} options`, extra.includes('crossAttention'), numLayers);
-  return { numLayers, finalNorm, layer };
+  const block = readBlockOptions(layer, `${fn} options`, extra.includes('crossAttention'), numLayers);
+  const finalNormEps = readNumber(o.finalNormEps, `${fn} options.finalNormEps`, block.layerNormEps, { min: Number.MIN_VALUE });
+  if (o.finalNormEps !== undefined && !finalNorm) {
+    throw rangeError(`${fn} options.finalNormEps: there is no final norm (finalNorm is false)`, 'ERR_INVALID_ARG_VALUE');
+  }
+  return { numLayers, finalNorm, finalNormEps, layer };
 }
 
 abstract class Stack<L extends EncoderLayer | DecoderLayer> extends LayerBase {
@@ -73,11 +83,10 @@ abstract class Stack<L extends EncoderLayer | DecoderLayer> extends LayerBase {
   readonly layers: readonly L[];
   /** @internal */ readonly norm: LayerNorm | null;
 
-  protected constructor(layers: L[], finalNorm: boolean) {
+  protected constructor(layers: L[], finalNorm: boolean, finalNormEps: number) {
     super();
     this.layers = Object.freeze(layers);
-    const c = layers[0].config;
-    this.norm = finalNorm ? new LayerNorm(c.attention.modelDim, c.layerNormEps) : null;
+    this.norm = finalNorm ? new LayerNorm(layers[0].config.attention.modelDim, finalNormEps) : null;
   }
 
   /** @internal */
@@ -93,7 +102,9 @@ abstract class Stack<L extends EncoderLayer | DecoderLayer> extends LayerBase {
 
   /** Constructor options that rebuild this stack (the parameters are separate). */
   options(): TransformerDecoderOptions {
-    return { ...blockOptions(this.config), numLayers: this.config.numLayers, finalNorm: this.config.finalNorm };
+    const c = this.config;
+    // finalNormEps only when it differs: model files of stacks without it read the same.
+    return { ...blockOptions(c), numLayers: c.numLayers, finalNorm: c.finalNorm, ...(c.finalNorm && c.finalNormEps !== c.layerNormEps ? { finalNormEps: c.finalNormEps } : {}) };
   }
 }
 
@@ -107,10 +118,10 @@ export class TransformerEncoder extends Stack<EncoderLayer> {
 
   /** @throws TypeError / RangeError for missing or bad options. */
   constructor(options: TransformerEncoderOptions) {
-    const { numLayers, finalNorm, layer } = readStack(options, 'TransformerEncoder', []);
+    const { numLayers, finalNorm, finalNormEps, layer } = readStack(options, 'TransformerEncoder', []);
     const layers = Array.from({ length: numLayers }, (_, i) => new EncoderLayer(layer as EncoderLayerOptions, i));
-    super(layers, finalNorm);
-    this.config = { ...layers[0].config, numLayers, finalNorm };
+    super(layers, finalNorm, finalNormEps);
+    this.config = { ...layers[0].config, numLayers, finalNorm, finalNormEps };
   }
 
   /**
@@ -161,10 +172,10 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
 
   /** @throws TypeError / RangeError for missing or bad options. */
   constructor(options: TransformerDecoderOptions) {
-    const { numLayers, finalNorm, layer } = readStack(options, 'TransformerDecoder', ['crossAttention']);
+    const { numLayers, finalNorm, finalNormEps, layer } = readStack(options, 'TransformerDecoder', ['crossAttention']);
     const layers = Array.from({ length: numLayers }, (_, i) => new DecoderLayer(layer as DecoderLayerOptions, i));
-    super(layers, finalNorm);
-    this.config = { ...layers[0].config, numLayers, finalNorm };
+    super(layers, finalNorm, finalNormEps);
+    this.config = { ...layers[0].config, numLayers, finalNorm, finalNormEps };
   }
 
   /**

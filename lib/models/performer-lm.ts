@@ -274,8 +274,16 @@ export class PerformerLM {
     return out;
   }
 
-  /** A new decoding state (one sequence, no tokens yet). */
-  createState(): PerformerLMState {
+  /**
+   * A new decoding state (one sequence, no tokens yet), as every `createState` of the
+   * library: a Promise. The state is only allocated (zeros), so it resolves at once.
+   */
+  async createState(): Promise<PerformerLMState> {
+    return this.createStateSync();
+  }
+
+  /** The blocking twin of {@link createState}. */
+  createStateSync(): PerformerLMState {
     const arrays: StateArray[] = [];
     const layers = this.config.causal ? this.stack.createStates(1) : [];
     for (const s of lmStateSpec(this.stack, this.keepsHistory(), 0)) {
@@ -413,7 +421,7 @@ export class PerformerLM {
     const signal = readLayerSignal(o.signal, `${fn} options.signal`);
     const p = readTokenList(prompt, `${fn} prompt`, this.config.numTokens);
     if (o.state !== undefined) this.checkState(o.state, `${fn} options.state`);
-    const state = o.state ?? this.createState();
+    const state = o.state ?? this.createStateSync();
     if (p.length === 0 && state.position === 0) throw rangeError(`${fn} prompt: at least one token is needed to start a generation`);
     if (p.length === 0 && state.history() === null) {
       throw rangeError(`${fn} prompt: empty, and this state keeps no token history to recompute the last logits from; pass at least the next token`);

@@ -34,7 +34,7 @@ type AnyLayer = MultiHeadAttention | EncoderLayer | DecoderLayer | TransformerEn
 type Callable = {
   forward(x: unknown, options?: unknown): Promise<Tensor>;
   forwardSync(x: unknown, options?: unknown): Tensor;
-  createState?(batch: unknown, options?: unknown): Promise<DecodingState> | DecodingState;
+  createState?(batch: unknown, options?: unknown): Promise<DecodingState>;
   createStateSync?(batch: unknown, options?: unknown): DecodingState;
   step(x: unknown, state: unknown, options?: unknown): Promise<Tensor>;
   stepSync(x: unknown, state: unknown): Tensor;
@@ -400,7 +400,7 @@ class LayerFuzzer extends Fuzzer {
     let state: DecodingState;
     try {
       state = await this.run(`${label} createState`, () => {
-        if (!m.decoder) return layer.createState!(B) as DecodingState;
+        if (!m.decoder) return layer.createStateSync!(B);
         return asyncCreate ? layer.createState!(B, stateOptions) : layer.createStateSync!(B, stateOptions);
       });
     } catch (error) {
@@ -437,7 +437,7 @@ class LayerFuzzer extends Fuzzer {
       if (t < 0.03) target = this.pick([{}, null, 'state', state.serialize()]);
       else if (t < 0.06) {
         const other = this.pick(this.pool.filter((o) => o !== m && o.decodes && !o.needsMemory));
-        target = (call(other).createStateSync ?? call(other).createState)!.call(other.layer, batch) as DecodingState;
+        target = call(other).createStateSync!.call(other.layer, batch) as DecodingState;
       } else if (t < 0.08) {
         // New features: the model changes, so every state it made is stale.
         layer.redrawFeatures(this.rng.int(1000));
@@ -927,7 +927,7 @@ class LayerFuzzer extends Fuzzer {
     const options = m.needsMemory
       ? { memory: { data: randn(this.rng, batch * 3 * m.D), shape: [batch, 3, m.D] }, ...(this.chance(0.5) ? { memoryKeyPaddingMask: { data: new Uint8Array(batch * 3).fill(1).map((v, i) => (i % 3 === 1 ? 0 : v)), shape: [batch, 3] } } : {}) }
       : undefined;
-    const state = m.decoder ? layer.createStateSync!(batch, options) : (layer.createState!(batch) as DecodingState);
+    const state = m.decoder ? layer.createStateSync!(batch, options) : layer.createStateSync!(batch);
     for (let s = 0, n = this.rng.int(3); s < n; s++) layer.stepSync({ data: randn(this.rng, batch * 2 * m.D), shape: [batch, 2, m.D] }, state);
     const good = state.serialize();
     let bytes: unknown;
@@ -954,7 +954,7 @@ class LayerFuzzer extends Fuzzer {
       how = 'junk';
     } else if (kind === 5) {
       const other = this.pick(this.pool.filter((p) => p !== m && p.decodes && !p.needsMemory));
-      bytes = ((call(other).createStateSync ?? call(other).createState)!.call(other.layer, batch) as DecodingState).serialize();
+      bytes = (call(other).createStateSync!.call(other.layer, batch) as DecodingState).serialize();
       how = `a state of ${other.kind}`;
     } else if (kind === 6) {
       const random = Buffer.from(Array.from({ length: 16 + this.rng.int(64) }, () => this.rng.int(256)));

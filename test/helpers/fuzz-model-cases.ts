@@ -117,7 +117,7 @@ class ModelFuzzer extends Fuzzer {
       return;
     }
     const V = lm.config.numTokens;
-    const state = lm.createState();
+    const state = lm.createStateSync();
     const seq: number[] = [];
     const chunks = this.pick([1, 2, 4]);
     for (let c = 0; c < chunks; c++) {

@@ -88,13 +88,14 @@ export function mhaRef(
   memory: ArrayLike<number> | null,
   Lk: number,
   keyPadding: Uint8Array | null,
+  value: ArrayLike<number> | null = null,
 ): Float64Array {
   const H = c.numHeads;
   const dh = c.headDim;
   const src = memory ?? x;
   const q = linearRef(x, B * Lq, p[`${prefix}q.weight`], p[`${prefix}q.bias`]);
   const k = linearRef(src, B * Lk, p[`${prefix}k.weight`], p[`${prefix}k.bias`]);
-  const v = linearRef(src, B * Lk, p[`${prefix}v.weight`], p[`${prefix}v.bias`]);
+  const v = linearRef(value ?? src, B * Lk, p[`${prefix}v.weight`], p[`${prefix}v.bias`]);
   const inputs = { q: toHeads(q, B, Lq, H, dh), k: toHeads(k, B, Lk, H, dh), v: toHeads(v, B, Lk, H, dh) };
   const mask = { causal: c.causal, keyPadding };
   const o =
@@ -116,6 +117,8 @@ export interface RefBlockConfig extends RefAttentionConfig {
   layerNormEps: number;
   decoder: boolean;
   crossAttention: boolean;
+  /** Self-attention causal; default: decoder. */
+  selfCausal?: boolean;
 }
 
 function add(a: ArrayLike<number>, b: ArrayLike<number>): Float64Array {
@@ -135,7 +138,7 @@ export function blockRef(
   const D = c.modelDim;
   const rows = B * L;
   const ln = (name: string, t: ArrayLike<number>) => layerNormRef(t, rows, D, p[`${prefix}${name}.weight`], p[`${prefix}${name}.bias`], c.layerNormEps);
-  const sa = (t: ArrayLike<number>) => mhaRef(p, `${prefix}selfAttn.`, { ...c, causal: c.decoder }, t, B, L, null, L, o.keyPadding ?? null);
+  const sa = (t: ArrayLike<number>) => mhaRef(p, `${prefix}selfAttn.`, { ...c, causal: c.selfCausal ?? c.decoder }, t, B, L, null, L, o.keyPadding ?? null);
   const ca = (t: ArrayLike<number>) =>
     mhaRef(p, `${prefix}crossAttn.`, { ...c, causal: false }, t, B, L, o.memory!, o.memoryLength!, o.memoryPadding ?? null);
   const ff = (t: ArrayLike<number>) => {

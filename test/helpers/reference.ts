@@ -1,6 +1,6 @@
 /**
  * Float64 reference implementations for the attention tests, written from the
- * math in DESIGN.md (not from the C++ code), plus seeded data generators.
+ * math of FAVOR+ and softmax attention (not from the C++ code), plus seeded data generators.
  *
  * Layouts follow the library: q [B, H, Lq, d], k [B, H, Lk, d], v [B, H, Lk, Dv],
  * out [B, H, Lq, Dv], keyPadding [B, Lk] (nonzero = attend), W m x d row-major.

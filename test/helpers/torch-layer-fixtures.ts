@@ -15,9 +15,13 @@ export interface FixtureConfig {
   mapping: 'pytorch' | 'bert';
   prefix: string;
   keyDim?: number;
+  valueDim?: number;
+  /** Self-attention causal (default: false for encoders, true for decoders). */
+  causal?: boolean;
   ffDim?: number;
   numLayers?: number;
   finalNorm?: boolean;
+  finalNormEps?: number;
   crossAttention?: boolean;
   batch: number;
   queryLength: number;
@@ -60,6 +64,8 @@ export const toMask = (t: Tensor | undefined) => (t ? { data: Uint8Array.from(t.
 export function forwardOptions(f: Fixture): Record<string, unknown> {
   const options: Record<string, unknown> = {};
   if (f.inputs.memory) options.memory = f.inputs.memory;
+  if (f.inputs.key) options.key = f.inputs.key;
+  if (f.inputs.value) options.value = f.inputs.value;
   if (f.inputs.key_padding_mask) options.keyPaddingMask = toMask(f.inputs.key_padding_mask);
   if (f.inputs.memory_key_padding_mask) options.memoryKeyPaddingMask = toMask(f.inputs.memory_key_padding_mask);
   return options;
@@ -72,18 +78,26 @@ export const layersExported = typeof api.MultiHeadAttention === 'function';
 /** The library layer of a fixture's config, with softmax attention. */
 export function buildLayer(c: FixtureConfig): any {
   const common = { modelDim: c.modelDim, numHeads: c.numHeads, attention: 'softmax' };
-  const block = { ...common, ffDim: c.ffDim, activation: c.activation, normFirst: c.normFirst, layerNormEps: c.layerNormEps };
+  const block = {
+    ...common,
+    ffDim: c.ffDim,
+    activation: c.activation,
+    normFirst: c.normFirst,
+    layerNormEps: c.layerNormEps,
+    ...(c.causal !== undefined ? { causal: c.causal } : {}),
+  };
+  const stack = { numLayers: c.numLayers, finalNorm: c.finalNorm, ...(c.finalNormEps !== undefined ? { finalNormEps: c.finalNormEps } : {}) };
   switch (c.kind) {
     case 'MultiHeadAttention':
-      return new api.MultiHeadAttention({ ...common, ...(c.keyDim ? { keyDim: c.keyDim } : {}) });
+      return new api.MultiHeadAttention({ ...common, ...(c.keyDim ? { keyDim: c.keyDim } : {}), ...(c.valueDim ? { valueDim: c.valueDim } : {}) });
     case 'EncoderLayer':
       return new api.EncoderLayer(block);
     case 'DecoderLayer':
       return new api.DecoderLayer({ ...block, crossAttention: true });
     case 'TransformerEncoder':
-      return new api.TransformerEncoder({ ...block, numLayers: c.numLayers, finalNorm: c.finalNorm });
+      return new api.TransformerEncoder({ ...block, ...stack });
     case 'TransformerDecoder':
-      return new api.TransformerDecoder({ ...block, numLayers: c.numLayers, finalNorm: c.finalNorm, crossAttention: true });
+      return new api.TransformerDecoder({ ...block, ...stack, crossAttention: true });
   }
 }
 

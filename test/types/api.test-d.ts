@@ -23,11 +23,13 @@ import {
   type AdaptiveParameters,
   type CodedError,
   type FavorAttentionOptions,
+  type FavorAttentionSyncOptions,
   type FeatureKernel,
   type FmaPeak,
   type Isa,
   type MaskLike,
   type SoftmaxAttentionOptions,
+  type SoftmaxAttentionSyncOptions,
   type Tensor,
   type TensorLike,
 } from '../../lib';
@@ -60,6 +62,11 @@ favorAttentionSync([1, 2, 3], q, q);
 softmaxAttentionSync({ data: new Float64Array(64), shape: [1, 1, 4, 16] }, q, q);
 // @ts-expect-error: masks are bytes
 favorAttentionSync(q, q, q, { keyPaddingMask: { data: new Float32Array(4), shape: [1, 4] } });
+// The polarity forms: { keep } (1 = attend) and { ignore } (PyTorch's key_padding_mask).
+favorAttentionSync(q, q, q, { keyPaddingMask: { ignore: mask } });
+softmaxAttentionSync(q, q, q, { keyPaddingMask: { keep: { data: new Uint8Array(4), dims: [1, 4] } } });
+// @ts-expect-error: the inner mask is bytes too
+favorAttentionSync(q, q, q, { keyPaddingMask: { ignore: { data: new Float32Array(4), shape: [1, 4] } } });
 // @ts-expect-error: scale is an exact-attention option
 favorAttentionSync(q, q, q, { scale: 2 });
 // @ts-expect-error: featureMap is a FAVOR+ option
@@ -68,6 +75,16 @@ softmaxAttentionSync(q, q, q, { featureMap: fm });
 softmaxAttentionSync(q, q, q, { casual: true });
 // @ts-expect-error: a query and a key are required
 favorAttentionSync(q);
+// The blocking calls cannot be aborted: their options have no `signal`.
+void favorAttention(q, q, q, { signal: new AbortController().signal });
+void softmaxAttention(q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error: the blocking twin takes no signal
+favorAttentionSync(q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error: the blocking twin takes no signal
+softmaxAttentionSync(q, q, q, { causal: true, signal: new AbortController().signal });
+const favorSync: FavorAttentionSyncOptions = { featureMap: fm, causal: true };
+favorAttentionSync(q, q, q, favorSync);
+assertType<Equal<SoftmaxAttentionSyncOptions, Omit<SoftmaxAttentionOptions, 'signal'>>>();
 
 // FeatureMap.
 const kernels: FeatureKernel[] = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
@@ -137,6 +154,8 @@ const grads: AttentionGradients = favorAttentionBackwardSync(q, q, q, q, { causa
 void favorAttentionBackward(q, q, q, q, { signal: new AbortController().signal });
 // @ts-expect-error the blocking twin takes no signal
 favorAttentionBackwardSync(q, q, q, q, { signal: new AbortController().signal });
+// @ts-expect-error the blocking twin takes no signal
+softmaxAttentionBackwardSync(q, q, q, q, { signal: new AbortController().signal });
 // @ts-expect-error the output gradient is required
 softmaxAttentionBackwardSync(q, q, q);
 // @ts-expect-error gradients are not written into a given out

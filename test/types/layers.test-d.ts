@@ -29,6 +29,14 @@ mha.forwardSync(x, { attention: 'softmax' });
 mha.forwardSync(x, { attention: 'linear' });
 // @ts-expect-error: the sync twin takes no signal
 mha.forwardSync(x, { signal: new AbortController().signal });
+// Separate key and value inputs (kdim != vdim), causal encoders, the final norm's eps.
+const kv = new MultiHeadAttention({ modelDim: 16, numHeads: 2, keyDim: 8, valueDim: 12 });
+kv.forwardSync(x, { key: { data: new Float32Array(80), shape: [2, 5, 8] }, value: { data: new Float32Array(120), shape: [2, 5, 12] } });
+assertType<Equal<MultiHeadAttention['config']['valueDim'], number>>();
+new EncoderLayer({ modelDim: 16, numHeads: 2, causal: true });
+new TransformerDecoder({ modelDim: 16, numHeads: 2, numLayers: 1, causal: false, finalNorm: true, finalNormEps: 1e-6 });
+// @ts-expect-error: valueDim is a MultiHeadAttention option
+new EncoderLayer({ modelDim: 16, numHeads: 2, valueDim: 8 });
 // @ts-expect-error: modelDim is required
 new EncoderLayer({ numHeads: 2 });
 // @ts-expect-error: not an activation
@@ -43,9 +51,23 @@ const state: DecodingState = dec.createStateSync(2);
 const bytes: Uint8Array = state.serialize();
 assertType<Equal<ReturnType<TransformerDecoder['loadState']>, DecodingState>>();
 assertType<Equal<ReturnType<DecoderLayer['step']>, Promise<Tensor>>>();
+// One convention: createState returns a Promise everywhere, createStateSync the state.
+assertType<Equal<ReturnType<MultiHeadAttention['createState']>, Promise<DecodingState>>>();
+assertType<Equal<ReturnType<MultiHeadAttention['createStateSync']>, DecodingState>>();
+assertType<Equal<ReturnType<TransformerDecoder['createState']>, Promise<DecodingState>>>();
+assertType<Equal<ReturnType<DecoderLayer['createStateSync']>, DecodingState>>();
+// @ts-expect-error: the sync twins take no signal
+enc.forwardSync(x, { signal: new AbortController().signal });
+// @ts-expect-error: the sync twins take no signal
+dec.createStateSync(2, { signal: new AbortController().signal });
+// @ts-expect-error: the sync twins take no signal
+dec.backwardSync(x, x, { signal: new AbortController().signal });
 dec.stepSync(x, dec.loadState(bytes));
 const params: Record<string, Tensor> = dec.parameters();
 dec.loadParameters(params, { strict: false });
+dec.loadParameters(params, { keepFeatures: true });
+// @ts-expect-error: keepFeatures is a boolean
+dec.loadParameters(params, { keepFeatures: 'yes' });
 dec.redrawFeatures(3);
 const pending: number = pendingCalls();
 void pending;

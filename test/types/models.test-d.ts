@@ -35,7 +35,9 @@ lm.forwardSync(tokens, { signal: new AbortController().signal });
 // @ts-expect-error tokens are integers (Int32Array), not floats
 lm.forwardSync({ data: new Float32Array(8), shape: [2, 4] });
 
-const state: PerformerLMState = lm.createState();
+const state: PerformerLMState = lm.createStateSync();
+// Every createState returns a Promise; createStateSync is its blocking twin.
+assertType<Equal<ReturnType<PerformerLM['createState']>, Promise<PerformerLMState>>>();
 const next: Float32Array = lm.stepSync(Int32Array.of(1, 2, 3), state);
 void lm.step(Buffer.from('bytes'), state, { signal: new AbortController().signal });
 assertType<Equal<ReturnType<PerformerLMState['clone']>, PerformerLMState>>();

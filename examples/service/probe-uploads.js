@@ -1,0 +1,152 @@
+#!/usr/bin/env node
+// Probes the service's upload limits as a hostile client would, against a child server:
+//  1. oversize: N POSTs of a JSON body over the limit with Node's fetch; counts how many
+//     received the 400 and how many failed instead (EPIPE, reset);
+//  2. slow uploads: N clients each trickle a body just under the limit; counts 503s and
+//     samples the server's resident memory (/metrics) while they upload.
+//   node examples/service/probe-uploads.js [--clients 20] [--mib 12] [--max-concurrent 2] [--max-queue 4]
+'use strict';
+const { spawn } = require('node:child_process');
+const http = require('node:http');
+const path = require('node:path');
+
+const { sample } = require('./metrics');
+
+function parseArgs(argv) {
+  const args = { clients: 20, mib: 12, maxConcurrent: 2, maxQueue: 4 };
+  const flags = { '--clients': 'clients', '--mib': 'mib', '--max-concurrent': 'maxConcurrent', '--max-queue': 'maxQueue' };
+  for (let i = 0; i < argv.length; i += 2) {
+    const key = flags[argv[i]];
+    if (key === undefined || argv[i + 1] === undefined) throw new RangeError(`unknown flag or missing value: ${argv[i]} (known: ${Object.keys(flags).join(', ')})`);
+    args[key] = Number(argv[i + 1]);
+  }
+  return args;
+}
+
+function startServer(args) {
+  const child = spawn(
+    process.execPath,
+    [path.join(__dirname, 'main.js'), '--port', '0', '--max-concurrent', String(args.maxConcurrent), '--max-queue', String(args.maxQueue)],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  return new Promise((resolve, reject) => {
+    let text = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', function onData(chunk) {
+      text += chunk;
+      const match = /listening on (http:\/\/\S+) /.exec(text);
+      if (match) {
+        child.stdout.off('data', onData);
+        child.stdout.resume();
+        resolve({ child, url: match[1] });
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`server exited with code ${code} before listening:\n${text}`)));
+  });
+}
+
+async function rss(url) {
+  return sample(await (await fetch(`${url}/metrics`)).text(), 'process_resident_memory_bytes');
+}
+
+async function oversize(url, tries, bytes) {
+  const body = Buffer.alloc(bytes, 0x20); // whitespace: valid JSON framing does not matter, the size does
+  const outcome = { answered400: 0, failed: 0, other: 0, errors: {} };
+  for (let i = 0; i < tries; i++) {
+    try {
+      const res = await fetch(`${url}/encode`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+      await res.arrayBuffer();
+      if (res.status === 400) outcome.answered400++;
+      else outcome.other++;
+    } catch (error) {
+      outcome.failed++;
+      const code = error.cause?.code ?? error.code ?? error.name;
+      outcome.errors[code] = (outcome.errors[code] ?? 0) + 1;
+    }
+  }
+  return outcome;
+}
+
+// One client sending `bytes` in 256 KiB pieces every 100 ms (a slow link: about 2.5 MiB/s).
+function trickle(url, bytes, modelDim, onSent) {
+  const { hostname, port } = new URL(url);
+  const rows = Math.floor(bytes / (4 * modelDim));
+  bytes = rows * 4 * modelDim;
+  return new Promise((resolve) => {
+    const req = http.request({ hostname, port, method: 'POST', path: `/encode?shape=${rows},${modelDim}`, headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes) } });
+    let sent = 0;
+    let timer = null;
+    const finish = (result) => {
+      clearInterval(timer);
+      req.destroy();
+      resolve(result);
+    };
+    req.on('response', (res) => {
+      res.resume();
+      finish({ status: res.statusCode });
+    });
+    req.on('error', (error) => finish({ error: error.code ?? error.message }));
+    const piece = Buffer.alloc(256 * 1024);
+    timer = setInterval(() => {
+      if (sent >= bytes) return;
+      const n = Math.min(piece.length, bytes - sent);
+      req.write(piece.subarray(0, n));
+      sent += n;
+      if (sent >= bytes) onSent();
+    }, 100);
+  });
+}
+
+async function slowUploads(url, clients, bytes) {
+  const modelDim = (await (await fetch(`${url}/health`)).json()).limits.modelDim;
+  const before = await rss(url);
+  let peak = before;
+  let uploadPeak = before; // until the first body is complete and its inference can start
+  let uploading = true;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      const now = await rss(url);
+      peak = Math.max(peak, now);
+      if (uploading) uploadPeak = Math.max(uploadPeak, now);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
+  const results = await Promise.all(
+    Array.from({ length: clients }, () =>
+      trickle(url, bytes, modelDim, () => (uploading = false)),
+    ),
+  );
+  sampling = false;
+  await sampler;
+  const statuses = {};
+  for (const r of results) {
+    const key = r.status ?? r.error;
+    statuses[key] = (statuses[key] ?? 0) + 1;
+  }
+  const mb = (bytes) => +(bytes / 2 ** 20).toFixed(1);
+  return { rssBeforeMB: mb(before), rssUploadPeakMB: mb(uploadPeak), rssPeakMB: mb(peak), statuses };
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const { child, url } = await startServer(args);
+  try {
+    const over = await oversize(url, args.clients, 20 * 2 ** 20);
+    console.log(`oversize: ${args.clients} POSTs of 20 MiB JSON (limit 16 MiB) with fetch: ${over.answered400} answered 400, ${over.failed} failed ${JSON.stringify(over.errors)}, ${over.other} other`);
+    // Just under the binary limit (which is larger): each body is a whole upload the server would buffer.
+    const slow = await slowUploads(url, args.clients, Math.round(args.mib * 2 ** 20));
+    console.log(
+      `slow uploads: ${args.clients} clients x ${args.mib} MiB at ~2.5 MiB/s, maxConcurrent ${args.maxConcurrent} + maxQueue ${args.maxQueue}: ` +
+        `answers ${JSON.stringify(slow.statuses)}; server RSS ${slow.rssBeforeMB} MB before, ${slow.rssUploadPeakMB} MB at most while uploading, ` +
+        `${slow.rssPeakMB} MB at most while encoding the admitted requests`,
+    );
+  } finally {
+    child.kill('SIGTERM');
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
