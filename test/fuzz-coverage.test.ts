@@ -1,0 +1,112 @@
+// Coverage-guided fuzzing (Jazzer.js, libFuzzer) of the parsers of untrusted bytes, the
+// short run that `npm test` makes (docs/fuzzing.md; `npm run fuzz` is the long one):
+//   - the committed corpus (test/fuzz/corpus/<target>/: seeds and past findings) replayed
+//     through every target, in a child process;
+//   - each target fuzzed for a bounded number of executions, with a fixed seed, in a child
+//     process, instrumenting the library (dist/) and the service example;
+// Runs the built package (dist/): `npm test` compiles it first.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const ROOT = path.resolve(__dirname, '..');
+const CORPUS = path.join(__dirname, 'fuzz', 'corpus');
+
+/**
+ * Executions of the short run, and the coverage (libFuzzer's `cov`: instrumented edges of
+ * dist/ and examples/service/) that loading the committed corpus alone reaches, less a
+ * margin; a run below it instruments less than it should.
+ */
+const SHORT_RUN = {
+  safetensors: { runs: 20000, minCov: 180 },
+  'model-file': { runs: 1500, minCov: 790 },
+  'model-file-framed': { runs: 1500, minCov: 790 },
+  'decoding-state': { runs: 10000, minCov: 370 },
+  'decoding-state-framed': { runs: 5000, minCov: 370 },
+  service: { runs: 4000, minCov: 330 },
+} as const;
+type Target = keyof typeof SHORT_RUN;
+const TARGETS = Object.keys(SHORT_RUN) as Target[];
+
+interface Run {
+  status: number | null;
+  signal: string | null;
+  summaries: Record<string, unknown>[];
+  stderr: string;
+}
+
+/** `node scripts/fuzz.js ...args --json --quiet`, killed after timeoutMs. */
+function fuzzScript(args: string[], timeoutMs: number): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [path.join(ROOT, 'scripts', 'fuzz.js'), ...args, '--json', '--quiet'], { cwd: ROOT });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+      if (stderr.length > 1e6) stderr = stderr.slice(-1e5);
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      const last = stdout.trim().split('\n').pop() || '[]';
+      let summaries: Record<string, unknown>[] = [];
+      try {
+        summaries = JSON.parse(last);
+      } catch {
+        // no summary: the status and stderr tell
+      }
+      resolve({ status, signal, summaries, stderr });
+    });
+  });
+}
+
+const corpusFiles = (target: string) => fs.readdirSync(path.join(CORPUS, target)).filter((f) => !f.startsWith('.'));
+
+describe('committed corpus', () => {
+  let run: Run;
+  beforeAll(async () => {
+    run = await fuzzScript(['all', '--replay', '--timeout-ms', '5000'], 60000);
+  }, 70000);
+
+  test.each(TARGETS)('%s: every input ends in a documented error or a consistent result', (target) => {
+    const summary = run.summaries.find((s) => s.target === target);
+    if (summary === undefined) throw new Error(`no replay summary for ${target} (exit ${run.status}, ${run.signal}):\n${run.stderr.slice(-5000)}`);
+    expect(summary.failures).toEqual([]);
+    expect(summary.inputs).toBe(corpusFiles(target).length);
+  });
+
+  test('every target has seeds, and the corpus stays small', () => {
+    let bytes = 0;
+    for (const target of TARGETS) {
+      expect(corpusFiles(target).filter((f) => f.startsWith('seed-')).length).toBeGreaterThanOrEqual(8);
+      for (const f of corpusFiles(target)) bytes += fs.statSync(path.join(CORPUS, target, f)).size;
+    }
+    expect(bytes).toBeLessThan(1_000_000);
+  });
+});
+
+describe('short fuzzing run (Jazzer.js)', () => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'pa-fuzz-'));
+  afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
+
+  test.each(TARGETS)(
+    '%s: a bounded run instruments the library and finds nothing',
+    async (target) => {
+      const { runs, minCov } = SHORT_RUN[target];
+      // A fixed seed and a fresh work corpus: the same run every time, from the committed corpus.
+      const args = [target, '--runs', String(runs), '--seconds', '15', '--seed', '1', '--work-corpus', path.join(work, target)];
+      const run = await fuzzScript(args, 50000);
+      const summary = run.summaries[0] as { executions: number; cov: number; findings: string[] } | undefined;
+      if (run.status !== 0 || summary === undefined) {
+        throw new Error(`npm run fuzz -- ${args.join(' ')}: exit ${run.status} ${run.signal ?? ''}\n${run.stderr.slice(-8000)}`);
+      }
+      expect(summary.findings).toEqual([]);
+      // It fuzzed (beyond replaying the seeds), over instrumented library code.
+      expect(summary.executions).toBeGreaterThanOrEqual(Math.min(runs, 1000));
+      expect(summary.cov).toBeGreaterThanOrEqual(minCov);
+    },
+    60000,
+  );
+});
