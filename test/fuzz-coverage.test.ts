@@ -4,11 +4,21 @@
 //     through every target, in a child process;
 //   - each target fuzzed for a bounded number of executions, with a fixed seed, in a child
 //     process, instrumenting the library (dist/) and the service example;
+//   - the findings of past runs, each asserted as the documented error it now is.
 // Runs the built package (dist/): `npm test` compiles it first.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+
+import { expectThrows } from './helpers/errors';
+
+/* eslint-disable @typescript-eslint/no-require-imports */
+const { decodingModels } = require('./fuzz/models.js') as {
+  decodingModels(): { name: string; model: { loadState(bytes: Uint8Array): unknown } }[];
+};
+const { frame } = require('./fuzz/targets/decoding-state-framed.js') as { frame(content: Uint8Array): Buffer };
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 const ROOT = path.resolve(__dirname, '..');
 const CORPUS = path.join(__dirname, 'fuzz', 'corpus');
@@ -109,4 +119,23 @@ describe('short fuzzing run (Jazzer.js)', () => {
     },
     60000,
   );
+});
+
+// Each was a finding of a fuzzing run; its input is in the corpus (regression-*), which the
+// replay above runs through the target's whole oracle. Here: the documented error it is now.
+describe('regressions found by coverage-guided fuzzing', () => {
+  const corpus = (target: string, name: string) => fs.readFileSync(path.join(CORPUS, target, name));
+  const invalid = (message: RegExp) => ({ name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE', message }) as const;
+
+  test('a decoding state whose count of prefix recomputes is negative: RangeError, not a state', () => {
+    // decoding-state-framed: a valid PerformerLM state (checksum and all) with stats[0] = -65536.
+    const bytes = frame(corpus('decoding-state-framed', 'regression-negative-recomputes'));
+    expect(bytes.equals(corpus('decoding-state', 'regression-negative-recomputes'))).toBe(true);
+    const lm = decodingModels().find((m) => m.name === 'lm-history')!.model;
+    expectThrows(() => lm.loadState(bytes), invalid(/^PerformerLM\.loadState: corrupt state: a negative count of prefix recomputes \(-65536\)$/));
+    // The same state with a count of 0 loads.
+    const content = Buffer.from(corpus('decoding-state-framed', 'regression-negative-recomputes'));
+    content.writeInt32LE(0, 4 + ((content.readUInt32LE(0) + 3) & ~3));
+    expect((lm.loadState(frame(content)) as { recomputes: number }).recomputes).toBe(0);
+  });
 });
