@@ -14,8 +14,10 @@ import * as path from 'node:path';
 import { expectThrows } from './helpers/errors';
 
 /* eslint-disable @typescript-eslint/no-require-imports */
-const { decodingModels } = require('./fuzz/models.js') as {
+const lib = require('../dist') as typeof import('../lib');
+const { decodingModels, file: modelFile } = require('./fuzz/models.js') as {
   decodingModels(): { name: string; model: { loadState(bytes: Uint8Array): unknown } }[];
+  file(name: string): string;
 };
 const { frame } = require('./fuzz/targets/decoding-state-framed.js') as { frame(content: Uint8Array): Buffer };
 /* eslint-enable @typescript-eslint/no-require-imports */
@@ -137,5 +139,40 @@ describe('regressions found by coverage-guided fuzzing', () => {
     const content = Buffer.from(corpus('decoding-state-framed', 'regression-negative-recomputes'));
     content.writeInt32LE(0, 4 + ((content.readUInt32LE(0) + 3) & ~3));
     expect((lm.loadState(frame(content)) as { recomputes: number }).recomputes).toBe(0);
+  });
+
+  test('a model file whose options need far more values than it holds: RangeError at once, nothing allocated', () => {
+    // Before: these 208 bytes made readModel allocate and fill 2.3 GB (10 s), and these 200
+    // bytes, asking for orthogonal features of headDim 4096, ran an O(headDim³) sampling (minutes).
+    for (const [name, count] of [
+      ['regression-huge-model', 576060000],
+      ['regression-orthogonal-head-dim', 147464],
+    ] as const) {
+      const started = Date.now();
+      expectThrows(
+        () => lib.readModel(corpus('model-file', name)),
+        invalid(new RegExp(`^model: the options describe a model of ${count} parameters \\(MultiHeadAttention options\\), too many for the 0 values the file holds$`)),
+      );
+      expect(Date.now() - started).toBeLessThan(1000);
+    }
+    // Enough values, but not the model's: it gets as far as loadParameters, without sampling
+    // orthogonal features of headDim 4096 first (the file's projection would replace them).
+    const meta = JSON.stringify({ format: 1, class: 'MultiHeadAttention', options: { modelDim: 8, numHeads: 1, headDim: 4096, featureMap: { numFeatures: 1 } } });
+    const filler = lib.writeSafetensors({ filler: { data: new Float32Array(110_000), shape: [110_000] } }, { 'performer-attention': meta });
+    const started = Date.now();
+    expectThrows(() => lib.readModel(filler), invalid(/^MultiHeadAttention\.loadParameters: missing q\.weight, .*; unexpected filler$/));
+    expect(Date.now() - started).toBeLessThan(1000);
+    // Model files of every class still read to their parameters, features included, and compute.
+    for (const name of ['mha', 'decoder', 'decoder-layer', 'encoder']) {
+      const bytes = fs.readFileSync(modelFile(name));
+      const model = lib.readModel(bytes);
+      const tensors = lib.readSafetensors(bytes).tensors;
+      for (const [key, t] of Object.entries(model.parameters())) expect(Array.from(t.data)).toEqual(Array.from(tensors[key].data));
+    }
+    const encoder = lib.readModel(fs.readFileSync(modelFile('encoder'))) as InstanceType<typeof lib.TransformerEncoder>;
+    const same = new lib.TransformerEncoder(encoder.options());
+    same.loadParameters(encoder.parameters());
+    const x = { data: Float32Array.from({ length: 12 }, (_, i) => Math.sin(i)), shape: [1, 3, 4] };
+    expect(Array.from(encoder.forwardSync(x).data)).toEqual(Array.from(same.forwardSync(x).data));
   });
 });
