@@ -8,8 +8,12 @@
 // Runs the built package (dist/): `npm test` compiles it first.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+
+import type { FastifyInstance } from 'fastify';
 
 import { expectThrows } from './helpers/errors';
 
@@ -20,6 +24,11 @@ const { decodingModels, file: modelFile } = require('./fuzz/models.js') as {
   file(name: string): string;
 };
 const { frame } = require('./fuzz/targets/decoding-state-framed.js') as { frame(content: Uint8Array): Buffer };
+const { buildServer } = require('../examples/service/server.js') as { buildServer(options: Record<string, unknown>): FastifyInstance };
+const { loadModel } = require('../examples/service/model.js') as { loadModel(file: string): Promise<{ modelDim: number }> };
+const { readBinaryParams } = require('../examples/service/input.js') as {
+  readBinaryParams(query: Record<string, string>, headers: Record<string, string>, limits: Record<string, unknown>): { shape: number[] };
+};
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 const ROOT = path.resolve(__dirname, '..');
@@ -174,5 +183,51 @@ describe('regressions found by coverage-guided fuzzing', () => {
     same.loadParameters(encoder.parameters());
     const x = { data: Float32Array.from({ length: 12 }, (_, i) => Math.sin(i)), shape: [1, 3, 4] };
     expect(Array.from(encoder.forwardSync(x).data)).toEqual(Array.from(same.forwardSync(x).data));
+  });
+
+  test("an x-shape with a space inside a number ('0 3,1,4'): 400, not a [3, 1, 4] tensor", async () => {
+    // The fuzzer's request: a binary body with the header 'x-shape:0 3,1,4'.
+    expect(corpus('service', 'regression-x-shape-space-in-number').toString('latin1')).toContain('\nx-shape:0 3,1,4\n');
+    const limits = { modelDim: 4, maxSeqLen: 64, maxBatch: 8, maxTokens: 64, defaultAttention: 'favor' };
+    for (const shape of ['0 3,1,4', '1 2,4', '3,1 ,4 4']) {
+      let caught: { statusCode?: number; message?: string } | undefined;
+      try {
+        readBinaryParams({}, { 'x-shape': shape }, limits);
+      } catch (error) {
+        caught = error as typeof caught;
+      }
+      expect(caught).toBeDefined();
+      expect({ statusCode: caught!.statusCode, message: caught!.message }).toEqual({
+        statusCode: 400,
+        message: `header x-shape: expected 'seq,modelDim' or 'batch,seq,modelDim' (for example 64,4), received the string ${JSON.stringify(shape)}`,
+      });
+    }
+    // Spaces around the numbers are still read.
+    expect(readBinaryParams({}, { 'x-shape': ' 3 , 1 , 4 ' }, limits).shape).toEqual([3, 1, 4]);
+    expect(readBinaryParams({ shape: '3,4' }, {}, limits).shape).toEqual([1, 3, 4]);
+
+    // Through the server: the 400 reaches the client.
+    const app = buildServer({ model: await loadModel(modelFile('encoder')), maxSeqLen: 64 });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const post = (shape: string) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const { port } = app.server.address() as AddressInfo;
+          const headers = { 'content-type': 'application/octet-stream', 'x-shape': shape };
+          const req = http.request({ port, host: '127.0.0.1', method: 'POST', path: '/encode', headers, agent: false }, (res) => {
+            let body = '';
+            res.on('data', (chunk) => (body += chunk));
+            res.on('end', () => resolve({ status: res.statusCode!, body }));
+          });
+          req.on('error', reject);
+          req.end(Buffer.from(new Float32Array(12).buffer));
+        });
+      const bad = await post('0 3,1,4');
+      expect(bad.status).toBe(400);
+      expect(JSON.parse(bad.body).message).toMatch(/^header x-shape: expected 'seq,modelDim'/);
+      expect((await post('3,1,4')).status).toBe(200);
+    } finally {
+      await app.close();
+    }
   });
 });
