@@ -69,7 +69,7 @@ function decodingModels() {
   }));
   const D = 8;
   cache = [
-    { name: 'mha', model: mha, fresh: () => mha.createState(2), step: (s) => mha.stepSync(inputs([s.batch, 1, D], s.position), s) },
+    { name: 'mha', model: mha, fresh: () => mha.createStateSync(2), step: (s) => mha.stepSync(inputs([s.batch, 1, D], s.position), s) },
     {
       name: 'decoder',
       model: decoder,
@@ -85,7 +85,7 @@ function decodingModels() {
     ...lms.map(({ name, model }) => ({
       name,
       model,
-      fresh: () => model.createState(),
+      fresh: () => model.createStateSync(),
       step: (s) => model.stepSync(new Int32Array([(s.position * 5 + 1) % 12]), s),
     })),
   ];

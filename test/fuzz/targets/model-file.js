@@ -72,7 +72,7 @@ function fuzzCheckpoint(data) {
       if (f === undefined) continue; // a prefix-stripped wrapper's names
       check(sameBits(t.data, aligned(f.data)), `fromPerformerPytorch config ${i}: parameter ${key} differs from the file`);
     }
-    const state = lm.createState();
+    const state = lm.createStateSync();
     const step = attempt(() => lm.stepSync(new Int32Array([1, 2]), state), `PerformerLM config ${i} stepSync`);
     if (step.ok) {
       check(step.value.length === config.num_tokens, `stepSync: ${step.value.length} logits`);
