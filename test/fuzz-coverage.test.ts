@@ -6,7 +6,6 @@
 //     process, instrumenting the library (dist/) and the service example;
 //   - the findings of past runs, each asserted as the documented error it now is.
 // Runs the built package (dist/): `npm test` compiles it first.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,6 +15,7 @@ import * as path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 
 import { expectThrows } from './helpers/errors';
+import { runNodeChild } from './helpers/fuzz-runner';
 
 /* eslint-disable @typescript-eslint/no-require-imports */
 const lib = require('../dist') as typeof import('../lib');
@@ -58,29 +58,10 @@ interface Run {
 }
 
 /** `node scripts/fuzz.js ...args --json --quiet`, killed after timeoutMs. */
-function fuzzScript(args: string[], timeoutMs: number): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(ROOT, 'scripts', 'fuzz.js'), ...args, '--json', '--quiet'], { cwd: ROOT });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk;
-      if (stderr.length > 1e6) stderr = stderr.slice(-1e5);
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (status, signal) => {
-      clearTimeout(timer);
-      const last = stdout.trim().split('\n').pop() || '[]';
-      let summaries: Record<string, unknown>[] = [];
-      try {
-        summaries = JSON.parse(last);
-      } catch {
-        // no summary: the status and stderr tell
-      }
-      resolve({ status, signal, summaries, stderr });
-    });
-  });
+async function fuzzScript(args: string[], timeoutMs: number): Promise<Run> {
+  const run = await runNodeChild<Record<string, unknown>[]>([path.join(ROOT, 'scripts', 'fuzz.js'), ...args, '--json', '--quiet'], timeoutMs);
+  // No summary: the status and stderr tell.
+  return { status: run.status, signal: run.signal, summaries: Array.isArray(run.last) ? run.last : [], stderr: run.stderr };
 }
 
 const corpusFiles = (target: string) => fs.readdirSync(path.join(CORPUS, target)).filter((f) => !f.startsWith('.'));
