@@ -172,11 +172,12 @@ function param(query, headers, field) {
   return fromQuery !== undefined ? { value: fromQuery, name: `query ${field}` } : { value: fromHeader, name: `header x-${field}` };
 }
 
+// Spaces may stand around the numbers, not inside one: '1 6,4' is not [16, 4].
 function parseShapeText(text, name, limits) {
-  if (typeof text !== 'string' || !/^\d+(,\d+){1,2}$/.test(text.replace(/\s/g, ''))) {
+  if (typeof text !== 'string' || !/^\s*\d+\s*(,\s*\d+\s*){1,2}$/.test(text)) {
     throw bad(`${name}: expected 'seq,modelDim' or 'batch,seq,modelDim' (for example ${limits.maxSeqLen},${limits.modelDim}), received ${describe(text)}`);
   }
-  return readShapeList(text.replace(/\s/g, '').split(',').map(Number), name, limits);
+  return readShapeList(text.split(',').map((d) => Number(d.trim())), name, limits);
 }
 
 /** Checks the query string of a binary request before its body is read (shape, limits). */

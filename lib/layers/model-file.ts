@@ -8,6 +8,7 @@ import { loadSafetensors, loadSafetensorsSync, readSafetensors, writeSafetensors
 import { DecoderLayer, EncoderLayer } from './blocks';
 import type { LayerBase } from './layer';
 import { MultiHeadAttention } from './multi-head-attention';
+import { buildFromFile } from './parameters';
 import { TransformerDecoder, TransformerEncoder } from './stacks';
 
 /** The layer classes a model file can hold. */
@@ -51,17 +52,22 @@ function build(file: Safetensors, source: string): Model {
   if (Class === undefined || !Object.hasOwn(CLASSES, entry.class as string)) {
     throw rangeError(`${source}: unknown model class ${JSON.stringify(entry.class)}`, 'ERR_INVALID_ARG_VALUE');
   }
-  const model = new Class(entry.options as never) as Model;
-  model.loadParameters(file.tensors);
-  return model;
+  // The file must hold every parameter: its size bounds what the constructor may allocate.
+  const values = Object.values(file.tensors).reduce((n, t) => n + t.data.length, 0);
+  return buildFromFile(source, values, () => {
+    const model = new Class(entry.options as never) as Model;
+    model.loadParameters(file.tensors);
+    return model;
+  });
 }
 
 /**
  * Rebuilds a model from the bytes {@link writeModel} wrote: same class, options,
  * parameters and features, so it computes the same bits.
  * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a file without the model metadata, of
- *   another format version or class; the errors of readSafetensors, the constructor and
- *   loadParameters for a malformed file.
+ *   another format version or class, or whose options describe a model larger than its
+ *   tensors could hold (checked before anything is allocated); the errors of
+ *   readSafetensors, the constructor and loadParameters for a malformed file.
  */
 export function readModel(bytes: Uint8Array): Model {
   return build(readSafetensors(bytes), 'model');

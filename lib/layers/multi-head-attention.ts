@@ -12,7 +12,7 @@ import { native } from '../native';
 import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
 import { buildModuleBackward, type InputGradients } from './layer-training';
 import { LayerBase } from './layer';
-import { attentionParameterCount, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
+import { attentionParameterCount, buildingFromFile, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
 
 /** Which attention a layer computes: FAVOR+ (linear) or exact softmax (quadratic). */
@@ -405,6 +405,16 @@ export class MultiHeadAttention extends LayerBase {
 
   private sampleFeatures(seed: number): FeatureMap {
     const f = this.config.featureMap;
+    // A model read from a file loads its features from there: sampling them first would
+    // cost time and memory that grow with headDim³ (orthogonal blocks), not with the file.
+    if (buildingFromFile()) {
+      return FeatureMap.fromProjection(new Float32Array(f.numFeatures * this.config.headDim), {
+        headDim: this.config.headDim,
+        numFeatures: f.numFeatures,
+        kernel: f.kernel,
+        kernelEpsilon: f.kernelEpsilon,
+      });
+    }
     return new FeatureMap({
       headDim: this.config.headDim,
       numFeatures: f.numFeatures,

@@ -71,8 +71,44 @@ export function blockParameterCount(attention: Parameters<typeof attentionParame
   return (cross ? 2 : 1) * self + (2 * D + 1) * ffDim + D + (cross ? 3 : 2) * 2 * D;
 }
 
-/** @internal RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) for a model of more than {@link MAX_MODEL_PARAMETERS} parameters. */
+// Set while a model is built from a file (readModel): the values the file holds.
+let fromFile: { source: string; values: number } | null = null;
+
+/**
+ * @internal Builds a model whose parameters all come from a file of `values` float32
+ * values (`build` must then load them): the model's size is checked against the file
+ * before anything is allocated, and the random features are not sampled (see
+ * {@link buildingFromFile}), so that options in a small file cannot make the
+ * constructor allocate or compute more than the file's own size.
+ */
+export function buildFromFile<T>(source: string, values: number, build: () => T): T {
+  const outer = fromFile;
+  fromFile = { source, values };
+  try {
+    return build();
+  } finally {
+    fromFile = outer;
+  }
+}
+
+/** @internal Whether a model is being built by {@link buildFromFile} (its features will be loaded). */
+export function buildingFromFile(): boolean {
+  return fromFile !== null;
+}
+
+/**
+ * @internal RangeError (`ERR_MEMORY_ALLOCATION_FAILED`) for a model of more than {@link MAX_MODEL_PARAMETERS}
+ * parameters; inside {@link buildFromFile}, RangeError (`ERR_INVALID_ARG_VALUE`) for a model the file's
+ * values cannot hold. `count` may count biases a model without them lacks, but every bias has a
+ * weight at least as large, so a model needs at least count / 2 values.
+ */
 export function checkModelSize(count: number, fn: string, reduce = 'modelDim, numHeads, headDim, ffDim, numFeatures or numLayers'): void {
+  if (fromFile !== null && count > 2 * fromFile.values) {
+    throw rangeError(
+      `${fromFile.source}: the options describe a model of ${count} parameters (${fn}), too many for the ${fromFile.values} values the file holds`,
+      'ERR_INVALID_ARG_VALUE',
+    );
+  }
   if (count > MAX_MODEL_PARAMETERS) {
     throw rangeError(
       `${fn}: a model of ${count} parameters (${((count * 4) / 2 ** 30).toFixed(1)} GiB) is over the limit of ${MAX_MODEL_PARAMETERS} (16 GiB); ` +

@@ -323,6 +323,9 @@ export class PerformerLM {
     ) as PerformerLMState;
     const history = state.history();
     if (history !== null) readTokenList(history, `${fn}: token history`, this.config.numTokens);
+    if (state.recomputes < 0) {
+      throw rangeError(`${fn}: corrupt state: a negative count of prefix recomputes (${state.recomputes})`, 'ERR_INVALID_ARG_VALUE');
+    }
     return state;
   }
 

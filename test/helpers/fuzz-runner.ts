@@ -24,12 +24,20 @@ export interface FuzzRun<S> {
   stderr: string;
 }
 
-export function runFuzzSeed<S = FuzzSummary>(script: string, seed: number, count: number, timeoutMs: number): Promise<FuzzRun<S>> {
+/** What a child process left: its exit, its stdout, the tail of its stderr, and its last stdout line parsed as JSON. */
+export interface ChildRun<S> {
+  status: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  /** The last line of stdout as JSON, or null when it is not. */
+  last: S | null;
+}
+
+/** `node ...args` from the repository root, killed after timeoutMs (stderr kept to its last 100 kB or so). */
+export function runNodeChild<S>(args: string[], timeoutMs: number, env: NodeJS.ProcessEnv = process.env): Promise<ChildRun<S>> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['-r', './test/helpers/ts-register.js', script, String(seed), String(count)], {
-      cwd: ROOT,
-      env: { ...process.env, PERFORMER_ATTENTION_THREADS: '2' },
-    });
+    const child = spawn(process.execPath, args, { cwd: ROOT, env });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -40,18 +48,25 @@ export function runFuzzSeed<S = FuzzSummary>(script: string, seed: number, count
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('close', (status, signal) => {
       clearTimeout(timer);
-      const cases = stderr.match(/^case \d+$/gm);
-      const lastCase = cases ? cases[cases.length - 1] : 'none';
-      const line = stdout.trim().split('\n').pop() ?? '';
-      let summary: S | null = null;
+      let last: S | null = null;
       try {
-        summary = JSON.parse(line) as S;
+        last = JSON.parse(stdout.trim().split('\n').pop() ?? '') as S;
       } catch {
-        summary = null;
+        last = null;
       }
-      resolve({ summary, status, signal, lastCase, stderr: stderr.replace(/^case \d+\n/gm, '').slice(-3000) });
+      resolve({ status, signal, stdout, stderr, last });
     });
   });
+}
+
+export async function runFuzzSeed<S = FuzzSummary>(script: string, seed: number, count: number, timeoutMs: number): Promise<FuzzRun<S>> {
+  const run = await runNodeChild<S>(['-r', './test/helpers/ts-register.js', script, String(seed), String(count)], timeoutMs, {
+    ...process.env,
+    PERFORMER_ATTENTION_THREADS: '2',
+  });
+  const cases = run.stderr.match(/^case \d+$/gm);
+  const lastCase = cases ? cases[cases.length - 1] : 'none';
+  return { summary: run.last, status: run.status, signal: run.signal, lastCase, stderr: run.stderr.replace(/^case \d+\n/gm, '').slice(-3000) };
 }
 
 /** Adds up the summaries of several seeds after checking that every child exited cleanly with no failures. */
