@@ -608,6 +608,37 @@ describe('records, summaries, chart and child environments', () => {
   });
 });
 
+describe('the other bench scripts share the flag parser', () => {
+  const script = (name: string, args: string[]) => spawnSync(process.execPath, [path.join(benchDir, name), ...args], { encoding: 'utf8', cwd: root, timeout: 60000 });
+
+  test.each([
+    ['layers.js', ['--runs', '0'], 'bench:layers: --runs: expected an integer from 1 to 1000000, received 0'],
+    ['layers.js', ['--only', 'self'], 'bench:layers: --only: expected one of cross, received "self"'],
+    ['layers.js', ['--contexts', '1k,,2k'], 'bench:layers: --contexts: empty item in "1k,,2k"'],
+    ['generate.js', ['--numerics', 'exact,fast'], 'bench:generate: --numerics: expected one of performer-pytorch, exact, received "fast"'],
+    ['generate.js', ['--steps'], 'bench:generate: --steps: missing value'],
+    ['train.js', ['--lengths', 'long'], 'bench:train: --lengths: expected a length like 4096, 64k or 2^20, received "long"'],
+    ['train.js', ['--no-torch=yes'], 'bench:train: --no-torch takes no value, received "yes"'],
+    ['train.js', ['--fast'], 'bench:train: unknown flag --fast (see --help)'],
+  ])('%s %j exits 2: %s', (name, args, message) => {
+    const r = script(name, args);
+    expect(r.stderr).toBe(`${message}\n`);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+  });
+
+  test.each([
+    ['layers.js', '--only cross'],
+    ['generate.js', '--recompute-up-to 4096'],
+    ['train.js', '--no-torch'],
+  ])('%s --help prints the usage line and exits 0', (name, flag) => {
+    const r = script(name, ['--help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: npm run bench:\w+ -- /);
+    expect(r.stdout).toContain(flag);
+  });
+});
+
 describe('performer-bench, run for real on tiny sizes', () => {
   test('writes a JSON report with both modes, FAVOR+ and exact at each L, peaks and the chart', () => {
     const dir = tmpDir();

@@ -1,6 +1,7 @@
 'use strict';
-// Command-line flags of performer-bench. node:util parseArgs splits argv into
-// tokens; the FLAGS table below says what each flag takes and where its value goes.
+// Command-line flags of performer-bench (and, through parseFlagsOrExit, of the other
+// bench scripts). node:util parseArgs splits argv into tokens; a table like FLAGS
+// below says what each flag takes and where its value goes.
 // parseArgs() throws a UsageError (exit code 2) for an unknown flag or a bad value,
 // naming the flag, what it expects and what it received; nothing is guessed.
 
@@ -169,8 +170,8 @@ function parseSuites(text, flag) {
 const integer = (min, max) => (text, flag) => parseInteger(text, flag, min, max);
 const oneOf = (allowed) => (text, flag) => parseEnum(text, flag, allowed);
 
-// Every flag: value(text, flag, o) parses a value into o[key] (a flag without value()
-// takes none); optional: the value may be left out (then text is undefined);
+// Every flag: value(text, flag, o) parses a value into o[key ?? name] (a flag without
+// value() takes none); optional: the value may be left out (then text is undefined);
 // set: what a bare flag sets; repeat: may be given more than once.
 const FLAGS = {
   seq: { value: parseSeqList },
@@ -199,24 +200,25 @@ const FLAGS = {
   help: { short: 'h', set: { help: true } },
 };
 
-// What node:util parseArgs is told: a flag with a required value is a string, the
-// others booleans (an optional value is picked up from the next token below).
-const TOKEN_OPTIONS = Object.fromEntries(
-  Object.entries(FLAGS).map(([name, f]) => [name, { type: f.value && !f.optional ? 'string' : 'boolean', ...(f.short && { short: f.short }) }]),
-);
-
-/** Parses argv (without node and the script). Throws UsageError. */
-function parseArgs(argv) {
-  const o = defaults();
-  const seen = new Set();
-  // Not strict: its errors do not name the flag in the project's format, and it refuses
+/**
+ * Parses argv against a table like FLAGS into o (which holds the defaults); returns
+ * the flags seen. Throws UsageError. The other bench scripts use it with their own tables.
+ */
+function parseFlags(argv, flags, o) {
+  // What node:util parseArgs is told: a flag with a required value is a string, the
+  // others booleans (an optional value is picked up from the next token below). Not
+  // strict: its errors do not name the flag in the project's format, and it refuses
   // values starting with '-' ("--budget -1"), which the checks below report precisely.
-  const { tokens } = util.parseArgs({ args: argv, options: TOKEN_OPTIONS, strict: false, allowPositionals: true, tokens: true });
+  const options = Object.fromEntries(
+    Object.entries(flags).map(([name, f]) => [name, { type: f.value && !f.optional ? 'string' : 'boolean', ...(f.short && { short: f.short }) }]),
+  );
+  const { tokens } = util.parseArgs({ args: argv, options, strict: false, allowPositionals: true, tokens: true });
+  const seen = new Set();
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i];
     if (t.kind === 'positional') throw new UsageError(`unexpected argument "${t.value}" (flags start with --; see --help)`);
     const flag = t.rawName ?? '--'; // a bare -- (option terminator) is no flag here either
-    const spec = t.kind === 'option' && Object.hasOwn(FLAGS, t.name) ? FLAGS[t.name] : null;
+    const spec = t.kind === 'option' && Object.hasOwn(flags, t.name) ? flags[t.name] : null;
     if (!spec) throw new UsageError(`unknown flag ${flag} (see --help)`);
     if (seen.has(flag) && !spec.repeat) throw new UsageError(`${flag} given twice`);
     seen.add(flag);
@@ -234,6 +236,32 @@ function parseArgs(argv) {
     }
     o[spec.key ?? t.name] = spec.value(text, flag, o);
   }
+  return seen;
+}
+
+/**
+ * For a script's top level: parseFlags with -h/--help added, which prints the usage
+ * line and exits 0; a UsageError is printed on stderr with exit code 2.
+ */
+function parseFlagsOrExit(program, usage, argv, flags, o) {
+  try {
+    parseFlags(argv, { ...flags, help: { short: 'h', set: { help: true } } }, o);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`${program}: ${e.message}\n`);
+    process.exit(2);
+  }
+  if (o.help) {
+    process.stdout.write(`Usage: ${usage}\n`);
+    process.exit(0);
+  }
+  return o;
+}
+
+/** Parses performer-bench's argv (without node and the script). Throws UsageError. */
+function parseArgs(argv) {
+  const o = defaults();
+  const seen = parseFlags(argv, FLAGS, o);
   const extra = ['onnx', 'numpy'].filter((s) => seen.has(`--${s}`));
   if (o.suites !== null || extra.includes('onnx')) o.autoOnnx = false;
   if (seen.has('--onnx') && seen.has('--no-onnx')) throw new UsageError('--onnx and --no-onnx contradict each other');
@@ -242,4 +270,4 @@ function parseArgs(argv) {
   return o;
 }
 
-module.exports = { parseArgs, parseSeqList, parseLength, UsageError, HELP, SUITES, KERNELS };
+module.exports = { parseArgs, parseFlags, parseFlagsOrExit, parseSeqList, parseLength, parseList, integer, oneOf, UsageError, HELP, SUITES, KERNELS };
