@@ -118,7 +118,7 @@ function texts(svg: XmlNode): string[] {
     .map((n) => n.text);
 }
 
-describe('cost model (README, Benchmark)', () => {
+describe('cost model (docs/benchmark.md)', () => {
   test('FAVOR+: 2 Lq d m + 2 Lk d m + 2 Lk m (Dv+1) + 2 Lq m (Dv+1) per (batch, head), causal the same', () => {
     const shape = { batch: 2, heads: 3, L: 10, headDim: 4, valueDim: 5, numFeatures: 6 };
     const perHead = 2 * 10 * 4 * 6 + 2 * 10 * 4 * 6 + 2 * 10 * 6 * 6 + 2 * 10 * 6 * 6;
