@@ -10,24 +10,20 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const { performance } = require('node:perf_hooks');
-const { parseArgs } = require('node:util');
 const { PerformerLM, backendInfo } = require('..');
 const { median, quantile, mean } = require('./lib/stats');
+const { parseFlagsOrExit, parseList, parseLength, integer, oneOf } = require('./lib/args');
 
-const { values: flags } = parseArgs({
-  options: {
-    contexts: { type: 'string', default: '256,4096,65536' },
-    steps: { type: 'string', default: '32' },
-    'recompute-up-to': { type: 'string', default: '4096' },
-    runs: { type: 'string', default: '3' },
-    numerics: { type: 'string', default: 'performer-pytorch,exact' },
-    json: { type: 'string' },
-  },
-});
-const contexts = flags.contexts.split(',').map(Number);
-const steps = Number(flags.steps);
-const recomputeUpTo = Number(flags['recompute-up-to']);
-const runs = Number(flags.runs);
+const USAGE = 'npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096] [--runs 3] [--numerics performer-pytorch,exact] [--json FILE]';
+const flags = parseFlagsOrExit('bench:generate', USAGE, process.argv.slice(2), {
+  contexts: { value: (text, flag) => parseList(text, flag, 'lengths', parseLength) },
+  steps: { value: integer(1, 1e6) },
+  'recompute-up-to': { key: 'recomputeUpTo', value: integer(0, Number.MAX_SAFE_INTEGER) },
+  runs: { value: integer(1, 1e6) },
+  numerics: { value: (text, flag) => parseList(text, flag, 'numerics', oneOf(['performer-pytorch', 'exact'])) },
+  json: { value: (text) => text },
+}, { contexts: [256, 4096, 65536], steps: 32, recomputeUpTo: 4096, runs: 3, numerics: ['performer-pytorch', 'exact'], json: null });
+const { contexts, steps, recomputeUpTo, runs } = flags;
 const config = { num_tokens: 256, max_seq_len: 4096, dim: 512, depth: 6, heads: 8, dim_head: 64, causal: true };
 
 const time = (fn) => {
@@ -48,7 +44,7 @@ console.log(`backend ${info.isa}, ${info.threads} threads; PerformerLM dim ${con
   `m = ${Math.floor(64 * Math.log(64))}, num_tokens ${config.num_tokens}, random weights; rotary positions (computed past max_seq_len)`);
 const report = { backend: info, config, steps, runs, results: [] };
 
-for (const numerics of flags.numerics.split(',')) {
+for (const numerics of flags.numerics) {
   const lm = PerformerLM.random(config, { seed: 1, numerics });
   console.log(`\nnumerics '${numerics}': prefill, then ${steps} single-token steps (stepSync)`);
   console.log('| context | prefill | prefill tokens/s | step median | step p90 | step mean | recomputes | state bytes | recompute prefix, 1 token | recompute / step |');

@@ -9,16 +9,18 @@
 const { performance } = require('node:perf_hooks');
 const { EncoderLayer, MultiHeadAttention, DecoderLayer, backendInfo } = require('..');
 
-function arg(name, fallback) {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : fallback;
-}
-const contexts = String(arg('contexts', '1000,100000')).split(',').map(Number);
-const memories = String(arg('memories', '1000,16000')).split(',').map(Number);
-const only = arg('only', null);
-const seq = Number(arg('seq', 4096));
-const steps = Number(arg('steps', 200));
-const runs = Number(arg('runs', 5));
+const { parseFlagsOrExit, parseList, parseLength, integer, oneOf } = require('./lib/args');
+
+const lengths = (text, flag) => parseList(text, flag, 'lengths', parseLength);
+const USAGE = 'npm run bench:layers -- [--contexts 1000,100000] [--memories 1000,16000] [--seq 4096] [--steps 200] [--runs 5] [--only cross]';
+const { contexts, memories, only, seq, steps, runs } = parseFlagsOrExit('bench:layers', USAGE, process.argv.slice(2), {
+  contexts: { value: lengths },
+  memories: { value: lengths },
+  only: { value: oneOf(['cross']) },
+  seq: { value: parseLength },
+  steps: { value: integer(1, 1e6) },
+  runs: { value: integer(1, 1e6) },
+}, { contexts: [1000, 100000], memories: [1000, 16000], only: null, seq: 4096, steps: 200, runs: 5 });
 const modelDim = 512, numHeads = 8, numFeatures = 256; // head width 64
 
 let s = 0x9e3779b9;

@@ -12,7 +12,9 @@ const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const { performance } = require('node:perf_hooks');
-const { parseArgs } = require('node:util');
+const { parseFlagsOrExit, parseList, parseLength, integer } = require('./lib/args');
+
+const USAGE = 'npm run bench:train -- [--lengths 1024,8192] [--runs 3] [--threads 2] [--no-torch] [--json FILE]';
 
 const MODEL = { num_tokens: 256, dim: 256, depth: 4, heads: 8, dim_head: 32, causal: true };
 
@@ -50,26 +52,23 @@ function child(o) {
 }
 
 function parent() {
-  const { values: flags } = parseArgs({
-    options: {
-      lengths: { type: 'string', default: '1024,8192' },
-      runs: { type: 'string', default: '3' },
-      threads: { type: 'string', default: '2' },
-      'no-torch': { type: 'boolean', default: false },
-      json: { type: 'string' },
-    },
-  });
-  const runs = Number(flags.runs);
-  const threads = Number(flags.threads);
+  const flags = parseFlagsOrExit('bench:train', USAGE, process.argv.slice(2), {
+    lengths: { value: (text, flag) => parseList(text, flag, 'lengths', parseLength) },
+    runs: { value: integer(1, 1e6) },
+    threads: { value: integer(1, 1024) },
+    'no-torch': { set: { torch: false } },
+    json: { value: (text) => text },
+  }, { lengths: [1024, 8192], runs: 3, threads: 2, torch: true, json: null });
+  const { runs, threads } = flags;
   const python = process.env.TORCH_PYTHON || 'python3';
-  const hasTorch = !flags['no-torch'] && spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
+  const hasTorch = flags.torch && spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
   const { backendInfo } = require('..');
   console.log(`backend ${backendInfo().isa}, ${threads} threads; PerformerLM dim 256, depth 4, 8 heads of 32, m = 110, FF 1024, batch 1; ` +
     `a step = forward + backward + AdamW${hasTorch ? `; torch from ${python}` : '; torch not found (set TORCH_PYTHON)'}`);
   console.log('| L | attention | library forward | library step | backward / forward | tokens/s | peak RSS | torch forward | torch step | torch tokens/s | library / torch speed |');
   console.log('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   const rows = [];
-  for (const L of flags.lengths.split(',').map(Number)) {
+  for (const L of flags.lengths) {
     for (const attention of ['favor', 'softmax']) {
       const o = { L, attention, runs, threads };
       const r = spawnSync(process.execPath, [__filename, '--child', JSON.stringify(o)], { encoding: 'utf8', env: { ...process.env, PERFORMER_ATTENTION_THREADS: String(threads) } });

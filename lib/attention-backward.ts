@@ -8,7 +8,8 @@
  * statistics) in blocks: extra memory linear in the sequence length, never Lq x Lk or
  * L x m. The forward pass's stabilizers are constants here (they cancel in the output).
  */
-import { favorArgs, pinBuffers, runAbortable, softmaxArgs, type FavorAttentionOptions, type SoftmaxAttentionOptions } from './attention';
+import { pinBuffers, runAbortable } from './async-call';
+import { favorArgs, softmaxArgs, type FavorAttentionOptions, type SoftmaxAttentionOptions } from './attention';
 import { describe, typeError } from './errors';
 import { native, type NativeGradients } from './native';
 import type { Tensor, TensorLike } from './tensor';

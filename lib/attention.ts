@@ -4,10 +4,8 @@
  *   query [B, H, Lq, d], key [B, H, Lk, d], value [B, H, Lk, Dv]  ->  output [B, H, Lq, Dv]
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
-import { isSharedArrayBuffer } from 'node:util/types';
-import { markAsUntransferable } from 'node:worker_threads';
-
-import { abortError, describe, rangeError, typeError } from './errors';
+import { pinBuffers, readSignal, runAsync, type NativeAsync } from './async-call';
+import { describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
 import type { MaskLike, Tensor, TensorLike } from './tensor';
@@ -82,71 +80,6 @@ const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
 const ASYNC = (fn: string) => !fn.endsWith('Sync');
 const known = (list: readonly string[], fn: string) => (ASYNC(fn) ? [...list, 'signal'] : list);
 
-function readSignal(value: unknown, fn: string): AbortSignal | undefined {
-  if (value === undefined) return undefined;
-  // Duck-typed: AbortSignal from another realm (jest, vm) fails instanceof.
-  const s = value as { aborted?: unknown; addEventListener?: unknown };
-  if (value === null || typeof value !== 'object' || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
-    throw typeError(`${fn} options.signal: expected an AbortSignal, received ${describe(value)}`);
-  }
-  return value as AbortSignal;
-}
-
-/** @internal */
-export type NativeAsync = (...args: never[]) => Promise<Float32Array>;
-
-/**
- * The native worker reads the inputs and writes `out` in place while the Promise is pending.
- * Transferring one of their ArrayBuffers away then (postMessage or structuredClone with a
- * transfer list) would let its new owner free memory the worker still uses. Marking the
- * buffers untransferable (O(1), no copy) makes Node copy them instead whenever they are
- * transferred, during the call or later (Node 21 and later refuse instead); SharedArrayBuffers
- * are never detached. Outputs the library allocates are nobody else's until the Promise
- * settles, so only the caller's own arrays are marked.
- * @internal
- */
-export function pinBuffers(arrays: readonly (ArrayBufferView | null)[]): void {
-  for (const a of arrays) {
-    if (a !== null && !isSharedArrayBuffer(a.buffer)) markAsUntransferable(a.buffer);
-  }
-}
-
-/**
- * @internal Runs a native async call under an optional signal: `start` receives the
- * control object that gets cancel() from the addon, called on abort. The addon keeps
- * every array alive until its worker finishes, aborted or not. `committed`: a call that
- * completes has changed state the caller keeps (an atomic plan, which the addon stops only
- * before it starts), so its completion stands even when the signal aborted meanwhile.
- */
-export async function runAbortable<T>(
-  start: (control?: { cancel?: () => void }) => Promise<T>,
-  signal: AbortSignal | undefined,
-  committed = false,
-): Promise<T> {
-  if (signal === undefined) return start();
-  if (signal.aborted) throw abortError(signal.reason);
-  const control: { cancel?: () => void } = {};
-  const promise = start(control);
-  const onAbort = () => control.cancel?.();
-  signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    const result = await promise;
-    // Aborted after the last check: the result is complete, but the caller asked to abort.
-    if (signal.aborted && !committed) throw abortError(signal.reason);
-    return result;
-  } catch (error) {
-    if ((error as { code?: unknown }).code === 'ABORT_ERR' || signal.aborted) throw abortError(signal.reason);
-    throw error;
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
-}
-
-/** @internal */
-export function runAsync(call: NativeAsync, args: readonly unknown[], signal: AbortSignal | undefined): Promise<Float32Array> {
-  const fn = call as (...a: unknown[]) => Promise<Float32Array>;
-  return runAbortable((control) => (control ? fn(...args, control) : fn(...args)), signal);
-}
 const LEGEND = '[batch, heads, seq, headDim]';
 
 interface Prepared {
@@ -262,7 +195,7 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
     epsilon,
     chunkSize,
   };
-  const signal = readSignal(o.signal, fn);
+  const signal = readSignal(o.signal, `${fn} options.signal`);
   return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
 }
 
@@ -272,7 +205,7 @@ export function softmaxArgs(query: unknown, key: unknown, value: unknown, option
   const p = prepare(fn, query, key, value, o, outName);
   const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
   const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
-  const signal = readSignal(o.signal, fn);
+  const signal = readSignal(o.signal, `${fn} options.signal`);
   return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
 }
 

@@ -1,6 +1,6 @@
 /** Which kernels and how many threads the native side uses. */
 import { describe, typeError } from './errors';
-import { workspaceStats, setWorkspaceLimit } from './layers/workspace';
+import { workspaceStats, setWorkspaceLimit } from './workspace';
 import { native } from './native';
 import { readEnum, readInteger, readOptions } from './validate';
 

@@ -118,7 +118,7 @@ function texts(svg: XmlNode): string[] {
     .map((n) => n.text);
 }
 
-describe('cost model (README, Benchmark)', () => {
+describe('cost model (docs/benchmark.md)', () => {
   test('FAVOR+: 2 Lq d m + 2 Lk d m + 2 Lk m (Dv+1) + 2 Lq m (Dv+1) per (batch, head), causal the same', () => {
     const shape = { batch: 2, heads: 3, L: 10, headDim: 4, valueDim: 5, numFeatures: 6 };
     const perHead = 2 * 10 * 4 * 6 + 2 * 10 * 4 * 6 + 2 * 10 * 6 * 6 + 2 * 10 * 6 * 6;
@@ -262,12 +262,11 @@ describe('crossover from measured points', () => {
 
 describe('flag parsing', () => {
   test('defaults: sweep of L 256..16384 (chosen by the suite), both modes, adaptive repeats', () => {
-    const o = parseArgs([]);
-    expect(o).toMatchObject({ suites: ['sweep'], seq: null, batch: 1, heads: 8, dim: 64, features: 256, kernel: 'softmax' });
-    expect(o.modes).toEqual(['bidirectional', 'causal']);
-    expect(o.repeats).toBeNull();
-    expect(o.json).toBeNull();
-    expect(o.exact).toBe(true);
+    expect(parseArgs([])).toEqual({
+      suites: ['sweep'], seq: null, batch: 1, heads: 8, dim: 64, features: 256, kernel: 'softmax', modes: ['bidirectional', 'causal'],
+      threads: null, isa: null, repeats: null, targetMs: 1000, budget: 10, exact: true, seed: 1, peakMs: 300, json: null,
+      out: 'results', chart: true, quiet: false, help: false, autoOnnx: true,
+    });
   });
 
   test('lengths: lists, doubling ranges, k and 2^n', () => {
@@ -287,12 +286,37 @@ describe('flag parsing', () => {
       threads: [1, 2], repeats: 4, budget: 2.5, exact: false, chart: false, out: 'x', json: 'r.json',
       suites: ['overhead', 'onnx'], isa: 'scalar', seed: 7, peakMs: 20, quiet: true,
     });
-    expect(parseArgs(['--causal', 'false']).modes).toEqual(['bidirectional']);
+    expect(parseArgs(['--target-ms', '0.5', '--budget=3', '--seed', '0', '-h'])).toMatchObject({ targetMs: 0.5, budget: 3, seed: 0, help: true });
+    expect(parseArgs(['--help']).help).toBe(true);
+  });
+
+  test('--causal takes an optional mode: bare, both, true or false and their synonyms', () => {
+    const modes = (...argv: string[]) => parseArgs(argv).modes;
+    expect(modes('--causal')).toEqual(['causal']);
+    expect(modes('--causal', '--quiet')).toEqual(['causal']);
+    expect(modes('--causal', 'false')).toEqual(['bidirectional']);
+    expect(modes('--causal=no')).toEqual(['bidirectional']);
+    expect(modes('--causal', 'bidirectional')).toEqual(['bidirectional']);
+    expect(modes('--causal', '1')).toEqual(['causal']);
+    expect(modes('--causal', 'both')).toEqual(['bidirectional', 'causal']);
+  });
+
+  test('--json takes an optional file: bare means the results folder, - stdout', () => {
+    expect(parseArgs(['--json']).json).toBe('');
     expect(parseArgs(['--causal', 'both', '--json']).json).toBe('');
     expect(parseArgs(['--json', '-']).json).toBe('-');
+    expect(parseArgs(['--json=r.json']).json).toBe('r.json');
     expect(parseArgs(['--json', '--quiet'])).toMatchObject({ json: '', quiet: true });
+    expect(parseArgs(['--json', 'r.json', '--quiet'])).toMatchObject({ json: 'r.json', quiet: true });
+  });
+
+  test('lists: duplicates removed, lengths sorted; suites in their fixed order, --suite repeatable', () => {
+    expect(parseArgs(['--seq', '1024,64..128,64']).seq).toEqual([64, 128, 1024]);
+    expect(parseArgs(['--threads', '2,1,2']).threads).toEqual([2, 1]);
     expect(parseArgs(['--suite', 'all']).suites).toEqual(['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy']);
+    expect(parseArgs(['--suite', 'numpy,overhead', '--suite', 'crossover']).suites).toEqual(['crossover', 'overhead', 'numpy']);
     expect(parseArgs(['--numpy']).suites).toEqual(['sweep', 'numpy']);
+    expect(parseArgs(['--suite', 'million', '--numpy']).suites).toEqual(['million', 'numpy']);
   });
 
   test('the default run adds the short onnxruntime comparison unless a suite is chosen or --no-onnx', () => {
@@ -304,26 +328,49 @@ describe('flag parsing', () => {
     expect(() => parseArgs(['--onnx', '--no-onnx'])).toThrow(/contradict/);
   });
 
+  // The whole message: each names the flag, what it expects and what it received.
   test.each([
-    [['--sequence', '5'], /unknown flag --sequence/],
-    [['seq'], /unexpected argument "seq"/],
-    [['--heads', 'eight'], /--heads: expected an integer, received "eight"/],
-    [['--heads', '0'], /--heads: expected an integer from 1/],
-    [['--heads'], /--heads: missing value/],
-    [['--heads', '--dim', '8'], /--heads: missing value/],
-    [['--seq', '4096..1024'], /goes down/],
-    [['--seq', 'abc'], /--seq: expected a length/],
-    [['--seq', '64,,128'], /empty item/],
-    [['--kernel', 'favor'], /--kernel: expected one of softmax, /],
-    [['--causal', 'maybe'], /--causal: expected both, true or false/],
-    [['--budget', '-1'], /--budget: expected a positive number/],
-    [['--suite', 'fast'], /--suite: expected one of/],
-    [['--isa', 'neon'], /--isa: expected one of scalar, avx2, avx512/],
-    [['--no-exact=1'], /takes no value/],
-    [['--heads', '2', '--heads', '4'], /given twice/],
+    [['--sequence', '5'], 'unknown flag --sequence (see --help)'],
+    [['-x'], 'unknown flag -x (see --help)'],
+    [['--'], 'unknown flag -- (see --help)'],
+    [['seq'], 'unexpected argument "seq" (flags start with --; see --help)'],
+    [['--json', 'a', 'b'], 'unexpected argument "b" (flags start with --; see --help)'],
+    [['--heads', 'eight'], '--heads: expected an integer, received "eight"'],
+    [['--heads', '-5'], '--heads: expected an integer, received "-5"'],
+    [['--heads='], '--heads: expected an integer, received ""'],
+    [['--heads', '0'], '--heads: expected an integer from 1 to 1048576, received 0'],
+    [['--dim', '65537'], '--dim: expected an integer from 1 to 65536, received 65537'],
+    [['--peak-ms', '60001'], '--peak-ms: expected an integer from 1 to 60000, received 60001'],
+    [['--heads'], '--heads: missing value'],
+    [['--heads', '--dim', '8'], '--heads: missing value'],
+    [['--seq', '4096..1024'], '--seq: range "4096..1024" goes down (4096 > 1024)'],
+    [['--seq', '1..2..4'], '--seq: bad range "1..2..4"'],
+    [['--seq', 'abc'], '--seq: expected a length like 4096, 64k or 2^20, received "abc"'],
+    [['--seq', '0'], '--seq: lengths must be positive integers, received "0"'],
+    [['--seq', '64,,128'], '--seq: empty item in "64,,128"'],
+    [['--seq='], '--seq: expected a list of lengths, received nothing'],
+    [['--threads', '1,,2'], '--threads: empty item in "1,,2"'],
+    [['--threads', '2,2000'], '--threads: expected an integer from 1 to 1024, received 2000'],
+    [['--kernel', 'favor'], '--kernel: expected one of softmax, softmax-hyperbolic, trig, relu, elu, exp, abs, softmax-opt, softmax-dense, received "favor"'],
+    [['--causal', 'maybe'], '--causal: expected both, true or false, received "maybe"'],
+    [['--causal', 'toString'], '--causal: expected both, true or false, received "toString"'],
+    [['--budget', '-1'], '--budget: expected a positive number, received "-1"'],
+    [['--target-ms', 'soon'], '--target-ms: expected a positive number, received "soon"'],
+    [['--suite', 'fast'], '--suite: expected one of sweep, crossover, overhead, concurrency, million, sampling, onnx, numpy, all, received "fast"'],
+    [['--suite='], '--suite: expected a list of suites, received nothing'],
+    [['--isa', 'neon'], '--isa: expected one of scalar, avx2, avx512, received "neon"'],
+    [['--no-exact=1'], '--no-exact takes no value, received "1"'],
+    [['--heads', '2', '--heads=4'], '--heads given twice'],
+    [['--json', '--json'], '--json given twice'],
   ])('rejects %j', (argv, message) => {
-    expect(() => parseArgs(argv)).toThrow(UsageError);
-    expect(() => parseArgs(argv)).toThrow(message);
+    let error: unknown;
+    try {
+      parseArgs(argv);
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(UsageError);
+    expect((error as Error).message).toBe(message);
   });
 });
 
@@ -558,6 +605,37 @@ describe('records, summaries, chart and child environments', () => {
     for (const x of a.v.data) s2 += x * x;
     expect(Math.sqrt(s2 / a.v.data.length)).toBeCloseTo(1, 1);
     expect(a.out.shape).toEqual([1, 1, 2000, 8]);
+  });
+});
+
+describe('the other bench scripts share the flag parser', () => {
+  const script = (name: string, args: string[]) => spawnSync(process.execPath, [path.join(benchDir, name), ...args], { encoding: 'utf8', cwd: root, timeout: 60000 });
+
+  test.each([
+    ['layers.js', ['--runs', '0'], 'bench:layers: --runs: expected an integer from 1 to 1000000, received 0'],
+    ['layers.js', ['--only', 'self'], 'bench:layers: --only: expected one of cross, received "self"'],
+    ['layers.js', ['--contexts', '1k,,2k'], 'bench:layers: --contexts: empty item in "1k,,2k"'],
+    ['generate.js', ['--numerics', 'exact,fast'], 'bench:generate: --numerics: expected one of performer-pytorch, exact, received "fast"'],
+    ['generate.js', ['--steps'], 'bench:generate: --steps: missing value'],
+    ['train.js', ['--lengths', 'long'], 'bench:train: --lengths: expected a length like 4096, 64k or 2^20, received "long"'],
+    ['train.js', ['--no-torch=yes'], 'bench:train: --no-torch takes no value, received "yes"'],
+    ['train.js', ['--fast'], 'bench:train: unknown flag --fast (see --help)'],
+  ])('%s %j exits 2: %s', (name, args, message) => {
+    const r = script(name, args);
+    expect(r.stderr).toBe(`${message}\n`);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+  });
+
+  test.each([
+    ['layers.js', '--only cross'],
+    ['generate.js', '--recompute-up-to 4096'],
+    ['train.js', '--no-torch'],
+  ])('%s --help prints the usage line and exits 0', (name, flag) => {
+    const r = script(name, ['--help']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: npm run bench:\w+ -- /);
+    expect(r.stdout).toContain(flag);
   });
 });
 

@@ -3,7 +3,8 @@
 // seed runs in its own child process so that a crash or a hang fails the test and names
 // the case.
 import { DecoderLayer, EncoderLayer, MultiHeadAttention, TransformerDecoder, TransformerEncoder } from '../lib';
-import { crc32, InitRandom } from '../lib/layers/parameters';
+import { crc32 } from '../lib/crc32';
+import { InitRandom } from '../lib/layers/parameters';
 import { expectThrows } from './helpers/errors';
 import { rebuildState } from './helpers/fuzz-layer-cases';
 import { mergeRuns, runFuzzSeed } from './helpers/fuzz-runner';

@@ -1,4 +1,4 @@
-// The README's example and the demo run as users run them: as separate Node
+// The README's examples (and the layers example of docs/layers.md) and the demo run as users run them: as separate Node
 // processes against the built package (dist/ and the addon).
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -49,9 +49,9 @@ test('the demo runs and reports times, speed-up and a small relative error', () 
   }
 });
 
-test('the README layers example runs: encoder, safetensors round trip, decoding and a parked state', () => {
-  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const section = readme.split('\n## Layers\n')[1];
+test('the layers example (docs/layers.md) runs: encoder, safetensors round trip, decoding and a parked state', () => {
+  const doc = fs.readFileSync(path.join(root, 'docs', 'layers.md'), 'utf8');
+  const section = doc.split('\n# Layers\n')[1] ?? (doc.startsWith('# Layers\n') ? doc : undefined);
   const match = section && /```js\n([\s\S]*?)```/.exec(section);
   expect(match).not.toBeNull();
   const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);

@@ -191,6 +191,24 @@ test('GET /health reports the model and the limits; GET /metrics is Prometheus t
   }
   expect(sample(metrics.body, 'http_requests_total', { method: 'GET', route: '/health', status: '200' })).toBe(1);
   expect(sample(metrics.body, 'performer_native_pending_calls')).toBe(0);
+  // prom-client's exposition: its default Node.js metrics are there, each name is declared
+  // once, and every sample belongs to the family declared just before it.
+  const types = [...metrics.body.matchAll(/^# TYPE (\S+) (counter|gauge|histogram|summary|untyped)$/gm)].map((m) => m[1]);
+  expect(types).toEqual(expect.arrayContaining(['nodejs_heap_size_total_bytes', 'nodejs_gc_duration_seconds', 'process_resident_memory_bytes', 'http_requests_total']));
+  expect(new Set(types).size).toBe(types.length);
+  let family = '';
+  for (const line of metrics.body.split('\n')) {
+    if (line === '' || line.startsWith('# HELP ')) continue;
+    const declared = /^# TYPE (\S+) /.exec(line);
+    if (declared) {
+      family = declared[1];
+      continue;
+    }
+    const name = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (-?[0-9.e+-]+|[+-]Inf|NaN|Nan)$/.exec(line)?.[1];
+    expect([line, [family, `${family}_bucket`, `${family}_sum`, `${family}_count`].includes(name ?? '')]).toEqual([line, true]);
+  }
+  expect(metrics.body.match(/^process_resident_memory_bytes /gm)).toHaveLength(1);
+  expect(sample(metrics.body, 'process_resident_memory_bytes')).toBeGreaterThan(0);
 });
 
 test('POST /encode: the embedding is the mean of the encoder output; full returns that output; JSON and binary agree bit for bit', async () => {

@@ -1,6 +1,11 @@
 'use strict';
-// Command-line flags of performer-bench. parseArgs() throws a UsageError (exit
-// code 2) for an unknown flag or a bad value; nothing is guessed.
+// Command-line flags of performer-bench (and, through parseFlagsOrExit, of the other
+// bench scripts). node:util parseArgs splits argv into tokens; a table like FLAGS
+// below says what each flag takes and where its value goes.
+// parseArgs() throws a UsageError (exit code 2) for an unknown flag or a bad value,
+// naming the flag, what it expects and what it received; nothing is guessed.
+
+const util = require('node:util');
 
 const SUITES = ['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy'];
 const KERNELS = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
@@ -98,29 +103,34 @@ function parseLength(token, flag) {
   return value;
 }
 
-/** "256,1024" or "256..16384" (doubling) or a mix; sorted, duplicates removed. */
-function parseSeqList(text, flag = '--seq') {
-  if (typeof text !== 'string' || text.trim() === '') throw new UsageError(`${flag}: expected a list of lengths, received nothing`);
+/** A comma list, each item parsed by item() (which may return several values); duplicates removed. */
+function parseList(text, flag, what, item) {
+  if (typeof text !== 'string' || text.trim() === '') throw new UsageError(`${flag}: expected a list of ${what}, received nothing`);
   const out = new Set();
   for (const part of text.split(',')) {
     if (part.trim() === '') throw new UsageError(`${flag}: empty item in "${text}"`);
-    const range = part.split('..');
-    if (range.length === 1) {
-      out.add(parseLength(part, flag));
-    } else if (range.length === 2) {
-      const a = parseLength(range[0], flag);
-      const b = parseLength(range[1], flag);
-      if (a > b) throw new UsageError(`${flag}: range "${part}" goes down (${a} > ${b})`);
-      for (let L = a; L <= b; L *= 2) out.add(L);
-    } else {
-      throw new UsageError(`${flag}: bad range "${part}"`);
-    }
+    for (const v of [].concat(item(part.trim(), flag))) out.add(v);
   }
-  return [...out].sort((x, y) => x - y);
+  return [...out];
 }
 
-function parseInteger(text, flag, min = 1, max = Number.MAX_SAFE_INTEGER) {
-  if (text === undefined) throw new UsageError(`${flag}: missing value`);
+/** One length, or a doubling range a..b. */
+function parseRange(part, flag) {
+  const range = part.split('..');
+  if (range.length > 2) throw new UsageError(`${flag}: bad range "${part}"`);
+  const [a, b = a] = range.map((t) => parseLength(t, flag));
+  if (a > b) throw new UsageError(`${flag}: range "${part}" goes down (${a} > ${b})`);
+  const out = [];
+  for (let L = a; L <= b; L *= 2) out.push(L);
+  return out;
+}
+
+/** "256,1024" or "256..16384" (doubling) or a mix; sorted, duplicates removed. */
+function parseSeqList(text, flag = '--seq') {
+  return parseList(text, flag, 'lengths', parseRange).sort((x, y) => x - y);
+}
+
+function parseInteger(text, flag, min, max) {
   if (!/^\d+$/.test(text)) throw new UsageError(`${flag}: expected an integer, received "${text}"`);
   const v = Number(text);
   if (!Number.isSafeInteger(v) || v < min || v > max) {
@@ -130,170 +140,134 @@ function parseInteger(text, flag, min = 1, max = Number.MAX_SAFE_INTEGER) {
 }
 
 function parsePositiveNumber(text, flag) {
-  if (text === undefined) throw new UsageError(`${flag}: missing value`);
   const v = Number(text);
   if (text.trim() === '' || !Number.isFinite(v) || v <= 0) throw new UsageError(`${flag}: expected a positive number, received "${text}"`);
   return v;
 }
 
 function parseEnum(text, flag, allowed) {
-  if (text === undefined) throw new UsageError(`${flag}: missing value`);
   if (!allowed.includes(text)) throw new UsageError(`${flag}: expected one of ${allowed.join(', ')}, received "${text}"`);
   return text;
 }
 
-function parseModes(text) {
-  switch (text) {
-    case undefined:
-    case 'true':
-    case 'yes':
-    case '1':
-    case 'causal':
-      return ['causal'];
-    case 'false':
-    case 'no':
-    case '0':
-    case 'bidirectional':
-      return ['bidirectional'];
-    case 'both':
-      return ['bidirectional', 'causal'];
-    default:
-      throw new UsageError(`--causal: expected both, true or false, received "${text}"`);
-  }
+const MODES = {
+  causal: ['causal'],
+  bidirectional: ['bidirectional'],
+  both: ['bidirectional', 'causal'],
+  ...Object.fromEntries(['true', 'yes', '1'].map((w) => [w, ['causal']])),
+  ...Object.fromEntries(['false', 'no', '0'].map((w) => [w, ['bidirectional']])),
+};
+
+function parseModes(text = 'true', flag) {
+  if (!Object.hasOwn(MODES, text)) throw new UsageError(`${flag}: expected both, true or false, received "${text}"`);
+  return MODES[text];
 }
 
-function parseSuites(text) {
-  if (text === undefined || text.trim() === '') throw new UsageError('--suite: missing value');
-  const out = [];
-  for (const name of text.split(',').map((s) => s.trim())) {
-    if (name === 'all') out.push(...SUITES);
-    else if (SUITES.includes(name)) out.push(name);
-    else throw new UsageError(`--suite: expected one of ${[...SUITES, 'all'].join(', ')}, received "${name}"`);
-  }
-  return [...new Set(out)];
+function parseSuites(text, flag) {
+  return parseList(text, flag, 'suites', (name) => (parseEnum(name, flag, [...SUITES, 'all']) === 'all' ? SUITES : name));
 }
 
-// Flags that take a value; optional: the value may be left out (a bare flag).
-const WITH_VALUE = new Set([
-  '--seq', '--batch', '--heads', '--dim', '--features', '--kernel', '--threads', '--isa', '--repeats',
-  '--target-ms', '--budget', '--seed', '--peak-ms', '--out', '--suite',
-]);
-const OPTIONAL_VALUE = new Set(['--json', '--causal']);
-const BARE = new Set(['--no-exact', '--no-chart', '--quiet', '--onnx', '--no-onnx', '--numpy', '--help', '-h']);
+const integer = (min, max) => (text, flag) => parseInteger(text, flag, min, max);
+const oneOf = (allowed) => (text, flag) => parseEnum(text, flag, allowed);
 
-/** Parses argv (without node and the script). Throws UsageError. */
-function parseArgs(argv) {
-  const o = defaults();
-  const extraSuites = [];
+// Every flag: value(text, flag, o) parses a value into o[key ?? name] (a flag without
+// value() takes none); optional: the value may be left out (then text is undefined);
+// set: what a bare flag sets; repeat: may be given more than once.
+const FLAGS = {
+  seq: { value: parseSeqList },
+  batch: { value: integer(1, 1 << 20) },
+  heads: { value: integer(1, 1 << 20) },
+  dim: { value: integer(1, 1 << 16) },
+  features: { value: integer(1, 1 << 20) },
+  kernel: { value: oneOf(KERNELS) },
+  causal: { key: 'modes', optional: true, value: parseModes },
+  threads: { value: (text, flag) => parseList(text, flag, 'thread counts', integer(1, 1024)) },
+  isa: { value: oneOf(ISAS) },
+  repeats: { value: integer(1, 100000) },
+  'target-ms': { key: 'targetMs', value: parsePositiveNumber },
+  budget: { value: parsePositiveNumber },
+  seed: { value: integer(0, Number.MAX_SAFE_INTEGER) },
+  'peak-ms': { key: 'peakMs', value: integer(1, 60000) },
+  out: { value: (text) => text },
+  json: { optional: true, value: (text = '') => text },
+  suite: { key: 'suites', repeat: true, value: (text, flag, o) => [...new Set([...(o.suites ?? []), ...parseSuites(text, flag)])] },
+  'no-exact': { set: { exact: false } },
+  'no-chart': { set: { chart: false } },
+  quiet: { set: { quiet: true } },
+  onnx: { set: {} },
+  'no-onnx': { set: { autoOnnx: false } },
+  numpy: { set: {} },
+  help: { short: 'h', set: { help: true } },
+};
+
+/**
+ * Parses argv against a table like FLAGS into o (which holds the defaults); returns
+ * the flags seen. Throws UsageError. The other bench scripts use it with their own tables.
+ */
+function parseFlags(argv, flags, o) {
+  // What node:util parseArgs is told: a flag with a required value is a string, the
+  // others booleans (an optional value is picked up from the next token below). Not
+  // strict: its errors do not name the flag in the project's format, and it refuses
+  // values starting with '-' ("--budget -1"), which the checks below report precisely.
+  const options = Object.fromEntries(
+    Object.entries(flags).map(([name, f]) => [name, { type: f.value && !f.optional ? 'string' : 'boolean', ...(f.short && { short: f.short }) }]),
+  );
+  const { tokens } = util.parseArgs({ args: argv, options, strict: false, allowPositionals: true, tokens: true });
   const seen = new Set();
-  for (let i = 0; i < argv.length; i++) {
-    let flag = argv[i];
-    let value;
-    const eq = flag.startsWith('--') ? flag.indexOf('=') : -1;
-    if (eq > 0) {
-      value = flag.slice(eq + 1);
-      flag = flag.slice(0, eq);
-    }
-    if (!WITH_VALUE.has(flag) && !OPTIONAL_VALUE.has(flag) && !BARE.has(flag)) {
-      if (!flag.startsWith('-')) throw new UsageError(`unexpected argument "${flag}" (flags start with --; see --help)`);
-      throw new UsageError(`unknown flag ${flag} (see --help)`);
-    }
-    if (seen.has(flag) && flag !== '--suite') throw new UsageError(`${flag} given twice`);
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i];
+    if (t.kind === 'positional') throw new UsageError(`unexpected argument "${t.value}" (flags start with --; see --help)`);
+    const flag = t.rawName ?? '--'; // a bare -- (option terminator) is no flag here either
+    const spec = t.kind === 'option' && Object.hasOwn(flags, t.name) ? flags[t.name] : null;
+    if (!spec) throw new UsageError(`unknown flag ${flag} (see --help)`);
+    if (seen.has(flag) && !spec.repeat) throw new UsageError(`${flag} given twice`);
     seen.add(flag);
-    if (BARE.has(flag) && value !== undefined) throw new UsageError(`${flag} takes no value, received "${value}"`);
-    if (WITH_VALUE.has(flag) && value === undefined) {
-      value = argv[i + 1];
-      if (value === undefined || (value.startsWith('--') && value.length > 2)) throw new UsageError(`${flag}: missing value`);
-      i++;
+    let text = t.value;
+    if (!spec.value) {
+      if (text !== undefined) throw new UsageError(`${flag} takes no value, received "${text}"`);
+      Object.assign(o, spec.set);
+      continue;
     }
-    if (OPTIONAL_VALUE.has(flag) && value === undefined) {
-      const next = argv[i + 1];
-      if (next !== undefined && (!next.startsWith('-') || next === '-')) {
-        value = next;
-        i++;
-      }
+    if (spec.optional) {
+      const next = tokens[i + 1];
+      if (text === undefined && next?.kind === 'positional' && next.index === t.index + 1) text = tokens[++i].value;
+    } else if (text === undefined || (!t.inlineValue && text.startsWith('--') && text.length > 2)) {
+      throw new UsageError(`${flag}: missing value`);
     }
-    switch (flag) {
-      case '--seq':
-        o.seq = parseSeqList(value);
-        break;
-      case '--batch':
-        o.batch = parseInteger(value, flag, 1, 1 << 20);
-        break;
-      case '--heads':
-        o.heads = parseInteger(value, flag, 1, 1 << 20);
-        break;
-      case '--dim':
-        o.dim = parseInteger(value, flag, 1, 1 << 16);
-        break;
-      case '--features':
-        o.features = parseInteger(value, flag, 1, 1 << 20);
-        break;
-      case '--kernel':
-        o.kernel = parseEnum(value, flag, KERNELS);
-        break;
-      case '--causal':
-        o.modes = parseModes(value);
-        break;
-      case '--threads':
-        o.threads = [...new Set(value.split(',').map((t) => parseInteger(t.trim(), flag, 1, 1024)))];
-        break;
-      case '--isa':
-        o.isa = parseEnum(value, flag, ISAS);
-        break;
-      case '--repeats':
-        o.repeats = parseInteger(value, flag, 1, 100000);
-        break;
-      case '--target-ms':
-        o.targetMs = parsePositiveNumber(value, flag);
-        break;
-      case '--budget':
-        o.budget = parsePositiveNumber(value, flag);
-        break;
-      case '--seed':
-        o.seed = parseInteger(value, flag, 0, Number.MAX_SAFE_INTEGER);
-        break;
-      case '--peak-ms':
-        o.peakMs = parseInteger(value, flag, 1, 60000);
-        break;
-      case '--out':
-        o.out = value;
-        break;
-      case '--json':
-        o.json = value === undefined ? '' : value;
-        break;
-      case '--suite':
-        o.suites = [...new Set([...(o.suites ?? []), ...parseSuites(value)])];
-        break;
-      case '--no-exact':
-        o.exact = false;
-        break;
-      case '--no-chart':
-        o.chart = false;
-        break;
-      case '--quiet':
-        o.quiet = true;
-        break;
-      case '--onnx':
-        extraSuites.push('onnx');
-        break;
-      case '--no-onnx':
-        o.autoOnnx = false;
-        break;
-      case '--numpy':
-        extraSuites.push('numpy');
-        break;
-      case '--help':
-      case '-h':
-        o.help = true;
-        break;
-    }
+    o[spec.key ?? t.name] = spec.value(text, flag, o);
   }
-  if (o.suites !== null || extraSuites.includes('onnx')) o.autoOnnx = false;
-  if (seen.has('--onnx') && seen.has('--no-onnx')) throw new UsageError('--onnx and --no-onnx contradict each other');
-  const base = o.suites ?? ['sweep'];
-  o.suites = SUITES.filter((s) => base.includes(s) || extraSuites.includes(s));
+  return seen;
+}
+
+/**
+ * For a script's top level: parseFlags with -h/--help added, which prints the usage
+ * line and exits 0; a UsageError is printed on stderr with exit code 2.
+ */
+function parseFlagsOrExit(program, usage, argv, flags, o) {
+  try {
+    parseFlags(argv, { ...flags, help: { short: 'h', set: { help: true } } }, o);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`${program}: ${e.message}\n`);
+    process.exit(2);
+  }
+  if (o.help) {
+    process.stdout.write(`Usage: ${usage}\n`);
+    process.exit(0);
+  }
   return o;
 }
 
-module.exports = { parseArgs, parseSeqList, parseLength, UsageError, HELP, SUITES, KERNELS };
+/** Parses performer-bench's argv (without node and the script). Throws UsageError. */
+function parseArgs(argv) {
+  const o = defaults();
+  const seen = parseFlags(argv, FLAGS, o);
+  const extra = ['onnx', 'numpy'].filter((s) => seen.has(`--${s}`));
+  if (o.suites !== null || extra.includes('onnx')) o.autoOnnx = false;
+  if (seen.has('--onnx') && seen.has('--no-onnx')) throw new UsageError('--onnx and --no-onnx contradict each other');
+  const base = o.suites ?? ['sweep'];
+  o.suites = SUITES.filter((s) => base.includes(s) || extra.includes(s));
+  return o;
+}
+
+module.exports = { parseArgs, parseFlags, parseFlagsOrExit, parseSeqList, parseLength, parseList, integer, oneOf, UsageError, HELP, SUITES, KERNELS };

@@ -1,5 +1,5 @@
 'use strict';
-// The benchmark's cost model (stated in the README's Benchmark section), used for every
+// The benchmark's cost model (stated in docs/benchmark.md), used for every
 // GFLOP/s figure it prints. Counts are per call: (batch * heads) times the per-head count.
 //
 // FAVOR+ (bidirectional and causal alike), per (batch, head):

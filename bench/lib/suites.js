@@ -232,7 +232,7 @@ function sweepText(rows, ctx, summary) {
     parts.push('');
   }
   parts.push(
-    "ms: median after a warm-up; GFLOP/s: the cost model of the README's Benchmark section; cores: CPU time / wall time; extra mem: peak RSS during the first call minus RSS before it (inputs and a touched `out` already allocated).",
+    "ms: median after a warm-up; GFLOP/s: the cost model of docs/benchmark.md; cores: CPU time / wall time; extra mem: peak RSS during the first call minus RSS before it (inputs and a touched `out` already allocated).",
   );
   return parts.join('\n');
 }

@@ -1,28 +1,117 @@
-// Prometheus text exposition (format 0.0.4) of what an operator of this service needs:
-// requests by route and status, latency histograms, event-loop delay, the native
-// library's queue, the server's own queue, memory.
+// Prometheus metrics of what an operator of this service needs: requests by route and
+// status, latency histograms, event-loop delay, the native library's queue, the server's
+// own queue, memory. prom-client keeps the series and writes the text exposition (format
+// 0.0.4); its default Node.js metrics (CPU, heap, GC, handles, resident memory) are
+// exposed alongside.
 'use strict';
 const { monitorEventLoopDelay } = require('node:perf_hooks');
+const client = require('prom-client');
 
 // The monitor samples every RESOLUTION_MS and records each whole interval: an idle loop
 // reads ~10 ms. The delay exposed is what exceeds the interval.
 const RESOLUTION_MS = 10;
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const QUANTILES = [0.5, 0.9, 0.99];
+const REJECT_REASONS = ['overload', 'deadline', 'disconnect'];
 
-const label = (value) => String(value).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
-const labels = (pairs) => `{${Object.entries(pairs).map(([k, v]) => `${k}="${label(v)}"`).join(',')}}`;
+// prom-client's default metrics describe the process, not one server, and each
+// collection of them starts a GC observer and an event-loop monitor that nothing stops.
+// They are collected once per process, in a registry of their own (not prom-client's
+// global one), and shared by every server's registry.
+let processMetrics;
+function defaultMetrics() {
+  if (!processMetrics) {
+    processMetrics = new client.Registry();
+    client.collectDefaultMetrics({ register: processMetrics, eventLoopMonitoringPrecision: RESOLUTION_MS });
+  }
+  return processMetrics.getMetricsAsArray();
+}
 
 class Metrics {
   /**
    * @param {{ pendingCalls: () => number, limiter: { active: number, waiting: unknown[] } }} sources
    */
   constructor(sources) {
-    this.sources = sources;
-    this.requests = new Map(); // "method route status" -> { labels, count }
-    this.latency = new Map(); // route -> { buckets: number[], sum, count }
-    this.counters = { overload: 0, deadline: 0, disconnect: 0 };
-    this.eventLoop = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
-    this.eventLoop.enable();
+    // One registry per server: tests build several servers in one process. It throws if
+    // two metrics share a name, so each name has one `# TYPE` line.
+    const registry = new client.Registry();
+    this.registry = registry;
+    this.contentType = registry.contentType;
+    for (const metric of defaultMetrics()) registry.registerMetric(metric);
+    const registers = [registry];
+
+    this.requests = new client.Counter({
+      name: 'http_requests_total',
+      help: 'Requests answered, by method, route and status code.',
+      labelNames: ['method', 'route', 'status'],
+      registers,
+    });
+    this.latency = new client.Histogram({
+      name: 'http_request_duration_seconds',
+      help: 'Time from arrival to the end of the response, by route.',
+      labelNames: ['route'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.rejections = new client.Counter({
+      name: 'encode_rejected_total',
+      help: 'Encode requests not run: overload (503, queue full), deadline (504), disconnect (client gone; work cancelled).',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of REJECT_REASONS) this.rejections.inc({ reason }, 0);
+
+    const { limiter } = sources;
+    const gauge = (name, help, read) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge('encode_active_requests', 'Encode requests holding an inference slot.', () => limiter.active);
+    gauge('encode_queued_requests', 'Encode requests waiting for an inference slot.', () => limiter.waiting.length);
+    gauge('performer_native_pending_calls', 'Async calls queued or running in the native thread pool, not yet settled.', () => sources.pendingCalls());
+
+    // Since this server started, unlike prom-client's nodejs_eventloop_lag_* (since the
+    // last scrape). A summary whose quantiles come from the monitor's own histogram, so
+    // it is registered as a collector: prom-client's Summary computes its own quantiles.
+    const eventLoop = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+    eventLoop.enable();
+    this.eventLoop = eventLoop;
+    const beyond = (ns) => Math.max(0, ns / 1e9 - RESOLUTION_MS / 1000);
+    const delay = {
+      name: 'nodejs_eventloop_delay_seconds',
+      help: `Event-loop delay since start: how late a timer sampled every ${RESOLUTION_MS} ms fires (perf_hooks.monitorEventLoopDelay).`,
+      type: 'summary',
+      aggregator: 'sum',
+      get() {
+        const n = eventLoop.count;
+        return {
+          name: delay.name,
+          help: delay.help,
+          type: delay.type,
+          aggregator: delay.aggregator,
+          values: [
+            ...QUANTILES.map((quantile) => ({ labels: { quantile }, value: n ? beyond(eventLoop.percentile(quantile * 100)) : 0 })),
+            { metricName: `${delay.name}_sum`, labels: {}, value: n ? beyond(eventLoop.mean) * n : 0 },
+            { metricName: `${delay.name}_count`, labels: {}, value: n },
+          ],
+        };
+      },
+      reset() {
+        eventLoop.reset();
+      },
+    };
+    registry.registerMetric(delay);
+    gauge('nodejs_eventloop_delay_max_seconds', 'Largest event-loop delay since start.', () => (eventLoop.count ? beyond(eventLoop.max) : 0));
+
+    // process_resident_memory_bytes is prom-client's (VmRSS on Linux); the V8 heap is its
+    // nodejs_heap_size_used_bytes.
+    gauge('process_resident_memory_max_bytes', 'Peak resident set size since start.', () => process.resourceUsage().maxRSS * 1024);
+    gauge('nodejs_array_buffers_bytes', 'Memory held by ArrayBuffers (tensors, request bodies).', () => process.memoryUsage().arrayBuffers);
   }
 
   stop() {
@@ -31,68 +120,18 @@ class Metrics {
 
   /** One finished request; `seconds` from its arrival to the end of the response. */
   observe(method, route, status, seconds) {
-    const key = `${method} ${route} ${status}`;
-    const entry = this.requests.get(key) || { labels: { method, route, status }, count: 0 };
-    entry.count++;
-    this.requests.set(key, entry);
-    let histogram = this.latency.get(route);
-    if (!histogram) {
-      histogram = { buckets: new Array(LATENCY_BUCKETS.length).fill(0), sum: 0, count: 0 };
-      this.latency.set(route, histogram);
-    }
-    LATENCY_BUCKETS.forEach((le, i) => {
-      if (seconds <= le) histogram.buckets[i]++;
-    });
-    histogram.sum += seconds;
-    histogram.count++;
+    this.requests.inc({ method, route, status });
+    this.latency.observe({ route }, seconds);
   }
 
+  /** One encode request not run; `reason` is one of REJECT_REASONS. */
+  reject(reason) {
+    this.rejections.inc({ reason });
+  }
+
+  /** The exposition text, in `this.contentType`. */
   render() {
-    const lines = [];
-    const metric = (name, type, help) => lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-
-    metric('http_requests_total', 'counter', 'Requests answered, by method, route and status code.');
-    for (const { labels: l, count } of this.requests.values()) lines.push(`http_requests_total${labels(l)} ${count}`);
-
-    metric('http_request_duration_seconds', 'histogram', 'Time from arrival to the end of the response, by route.');
-    for (const [route, h] of this.latency) {
-      LATENCY_BUCKETS.forEach((le, i) => lines.push(`http_request_duration_seconds_bucket${labels({ route, le })} ${h.buckets[i]}`));
-      lines.push(`http_request_duration_seconds_bucket${labels({ route, le: '+Inf' })} ${h.count}`);
-      lines.push(`http_request_duration_seconds_sum${labels({ route })} ${h.sum}`);
-      lines.push(`http_request_duration_seconds_count${labels({ route })} ${h.count}`);
-    }
-
-    metric('encode_rejected_total', 'counter', 'Encode requests not run: overload (503, queue full), deadline (504), disconnect (client gone; work cancelled).');
-    for (const [reason, count] of Object.entries(this.counters)) lines.push(`encode_rejected_total${labels({ reason })} ${count}`);
-
-    const { limiter } = this.sources;
-    metric('encode_active_requests', 'gauge', 'Encode requests holding an inference slot.');
-    lines.push(`encode_active_requests ${limiter.active}`);
-    metric('encode_queued_requests', 'gauge', 'Encode requests waiting for an inference slot.');
-    lines.push(`encode_queued_requests ${limiter.waiting.length}`);
-
-    metric('performer_native_pending_calls', 'gauge', 'Async calls queued or running in the native thread pool, not yet settled.');
-    lines.push(`performer_native_pending_calls ${this.sources.pendingCalls()}`);
-
-    const h = this.eventLoop;
-    const beyond = (ns) => Math.max(0, ns / 1e9 - RESOLUTION_MS / 1000);
-    metric('nodejs_eventloop_delay_seconds', 'summary', `Event-loop delay since start: how late a timer sampled every ${RESOLUTION_MS} ms fires (perf_hooks.monitorEventLoopDelay).`);
-    for (const q of [0.5, 0.9, 0.99]) lines.push(`nodejs_eventloop_delay_seconds${labels({ quantile: q })} ${h.count ? beyond(h.percentile(q * 100)) : 0}`);
-    lines.push(`nodejs_eventloop_delay_seconds_sum ${h.count ? beyond(h.mean) * h.count : 0}`);
-    lines.push(`nodejs_eventloop_delay_seconds_count ${h.count}`);
-    metric('nodejs_eventloop_delay_max_seconds', 'gauge', 'Largest event-loop delay since start.');
-    lines.push(`nodejs_eventloop_delay_max_seconds ${h.count ? beyond(h.max) : 0}`);
-
-    const memory = process.memoryUsage();
-    metric('process_resident_memory_bytes', 'gauge', 'Resident set size.');
-    lines.push(`process_resident_memory_bytes ${memory.rss}`);
-    metric('process_resident_memory_max_bytes', 'gauge', 'Peak resident set size since start.');
-    lines.push(`process_resident_memory_max_bytes ${process.resourceUsage().maxRSS * 1024}`);
-    metric('nodejs_heap_used_bytes', 'gauge', 'V8 heap in use.');
-    lines.push(`nodejs_heap_used_bytes ${memory.heapUsed}`);
-    metric('nodejs_array_buffers_bytes', 'gauge', 'Memory held by ArrayBuffers (tensors, request bodies).');
-    lines.push(`nodejs_array_buffers_bytes ${memory.arrayBuffers}`);
-    return lines.join('\n') + '\n';
+    return this.registry.metrics();
   }
 }
 

@@ -113,7 +113,7 @@ function buildServer(options) {
   const maxAdmitted = o.maxConcurrent + o.maxQueue;
   const metrics = new Metrics({ pendingCalls: () => model.pendingCalls(), limiter });
   const overloaded = () => {
-    metrics.counters.overload++;
+    metrics.reject('overload');
     return new HttpError(503, `overloaded: ${limiter.active} inferences running and ${limiter.waiting.length} waiting; retry later`, {
       'retry-after': String(o.retryAfterSeconds),
     });
@@ -215,7 +215,7 @@ function buildServer(options) {
   }));
 
   app.get('/metrics', async (request, reply) => {
-    reply.type('text/plain; version=0.0.4; charset=utf-8');
+    reply.type(metrics.contentType);
     return metrics.render();
   });
 
@@ -275,7 +275,7 @@ function buildServer(options) {
       } catch (error) {
         if (signal.aborted) {
           const kind = signal.reason.kind;
-          metrics.counters[kind]++;
+          metrics.reject(kind);
           if (kind === 'deadline') throw new HttpError(504, `inference did not finish within the server's deadline of ${o.timeoutMs} ms`);
           return reply.code(499).send(); // the client is gone: nothing reaches it
         }

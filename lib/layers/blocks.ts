@@ -6,24 +6,19 @@
  * Shape legend: B = batch, L = sequence, Lm = memory length, D = modelDim.
  *   x [B, L, D], memory [B, Lm, D]  ->  [B, L, D]
  */
+import { readSignal } from '../async-call';
 import { rangeError, typeError } from '../errors';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { DecodingState } from './decoding';
 import { favorStateLength, LayerBase, type StateSpec } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
+import { checkState, runStep, runStepSync } from './decoding-steps';
+import { readBatch, readKind, readPadding, readSequence } from './layer-inputs';
 import {
-  checkState,
   MHA_OPTIONS,
   MultiHeadAttention,
-  readKind,
   readAttentionOptions,
-  readBatch,
-  readLayerSignal,
-  readPadding,
-  readSequence,
-  runStep,
-  runStepSync,
   type AttentionKind,
   type KeySource,
   type MultiHeadAttentionConfig,
@@ -411,7 +406,7 @@ export class DecoderLayer extends Block {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'DecoderLayer.step options', ['signal']);
     const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.step');
-    await runStep(state, n, out, 'DecoderLayer.step', () => b.run(readLayerSignal(o.signal, 'DecoderLayer.step options.signal'), true));
+    await runStep(state, n, out, 'DecoderLayer.step', () => b.run(readSignal(o.signal, 'DecoderLayer.step options.signal'), true));
     return out;
   }
 
@@ -456,7 +451,7 @@ export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const call = { batch: B, length: L, keyPadding, attention, memoryPadding: null };
   planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, state: null }));
   b.checkOutput(out, fn);
-  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
 }
 
 function readMemory(layers: Block[], o: { memory?: unknown; memoryKeyPaddingMask?: unknown }, B: number, fn: string, b: PlanBuilder) {
@@ -498,7 +493,7 @@ export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const out = new Float32Array(B * L * c.modelDim);
   planStack(b, layers, finalNorm, t.data, out, { batch: B, length: L, keyPadding, attention, memoryPadding }, () => ({ memory, state: null }));
   b.checkOutput(out, fn);
-  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
 }
 
 /**
@@ -552,7 +547,7 @@ export function buildDecoderState(owner: LayerBase, layers: Block[], batch: numb
     }
   }
   const state = new DecodingState(owner.fingerprint(), B, arrays);
-  return { b, state, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+  return { b, state, signal: readSignal(o.signal, `${fn} options.signal`) };
 }
 
 /** @internal */

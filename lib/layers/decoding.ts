@@ -11,7 +11,7 @@
  * | u32 CRC-32 of everything before it.
  */
 import { describe, stateError, rangeError, typeError } from '../errors';
-import { crc32 } from './parameters';
+import { crc32 } from '../crc32';
 
 const MAGIC = 'PAST';
 const VERSION = 1;

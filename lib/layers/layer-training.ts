@@ -8,12 +8,14 @@
  * `gradients()` (keyed like `parameters()`) until `zeroGrad()` or an optimizer step.
  * Shape legend: B batch, L rows, Lm memory rows, D modelDim, Dk keyDim, Dv valueDim, H heads of dh.
  */
+import { readSignal } from '../async-call';
 import { rangeError, typeError } from '../errors';
 import type { Tensor } from '../tensor';
 import { readOptions } from '../validate';
 import type { Block } from './blocks';
 import type { LayerBase, LayerGradients } from './layer';
-import { readKeyInputs, readKind, readLayerSignal, readPadding, readSequence, type KeySource, type MultiHeadAttention } from './multi-head-attention';
+import { readKeyInputs, readKind, readPadding, readSequence } from './layer-inputs';
+import type { KeySource, MultiHeadAttention } from './multi-head-attention';
 import type { LayerNorm, Linear } from './parameters';
 import { PlanBuilder } from './plan';
 
@@ -119,7 +121,7 @@ export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: 
       ? readPadding(o.memoryKeyPaddingMask, `${fn} options.memoryKeyPaddingMask`, B, memoryLength)
       : null;
   const attention = readKind(o.attention, `${fn} options.attention`, attn.attention);
-  const signal = readLayerSignal(o.signal, `${fn} options.signal`);
+  const signal = readSignal(o.signal, `${fn} options.signal`);
   const pass: ModulePass = {
     x: t.data,
     batch: B,

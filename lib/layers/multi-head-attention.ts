@@ -4,12 +4,15 @@
  * D = modelDim, Dk = keyDim, H = numHeads, dh = headDim.
  *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
  */
-import { describe, rangeError, stateError, typeError } from '../errors';
+import { readSignal } from '../async-call';
+import { rangeError, typeError } from '../errors';
 import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
-import { formatShape, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions, readTensor } from '../validate';
+import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { native } from '../native';
-import { DecodingState, DecodingState as DecodingStateImpl } from './decoding';
+import { DecodingState } from './decoding';
+import { checkState, runStep, runStepSync } from './decoding-steps';
+import { ATTENTION_KINDS, readBatch, readKeyInputs, readKind, readPadding, readSequence } from './layer-inputs';
 import { buildModuleBackward, type InputGradients } from './layer-training';
 import { LayerBase } from './layer';
 import { attentionParameterCount, buildingFromFile, checkModelSize, InitRandom, Linear, type ParamSlot } from './parameters';
@@ -103,7 +106,6 @@ export interface AttentionForwardOptions {
   signal?: AbortSignal;
 }
 
-const KINDS: readonly AttentionKind[] = ['favor', 'softmax'];
 const FEATURE_OPTIONS = ['numFeatures', 'kernel', 'orthogonal', 'normScaling', 'seed', 'kernelEpsilon'] as const;
 export const MHA_OPTIONS = [
   'modelDim',
@@ -148,7 +150,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     headDim,
     keyDim,
     valueDim: readInteger(o.valueDim, `${fn}.valueDim`, keyDim, 1, MAX_DIM),
-    attention: readEnum(o.attention, `${fn}.attention`, 'favor', KINDS),
+    attention: readEnum(o.attention, `${fn}.attention`, 'favor', ATTENTION_KINDS),
     causal: readBoolean(o.causal, `${fn}.causal`, false),
     bias: readBoolean(o.bias, `${fn}.bias`, true),
     featureMap,
@@ -290,7 +292,7 @@ export class MultiHeadAttention extends LayerBase {
     const out = new Float32Array(B * Lq * c.modelDim);
     this.plan(b, { x: t.data, batch: B, queryLength: Lq, keys, y: out, residual: null, keyPadding, attention, causal: c.causal, state: null });
     b.checkOutput(out, fn);
-    return { b, out: { data: out, shape: Object.freeze([B, Lq, c.modelDim]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+    return { b, out: { data: out, shape: Object.freeze([B, Lq, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
   }
 
   /**
@@ -314,7 +316,7 @@ export class MultiHeadAttention extends LayerBase {
   private newState(batch: number, fn: string): DecodingState {
     this.checkDecoding(fn);
     const B = readBatch(batch, `${fn} batch`);
-    return new DecodingStateImpl(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
+    return new DecodingState(this.fingerprint(), B, this.selfStates(B, [this], () => 'selfAttn.'));
   }
 
   /**
@@ -336,7 +338,7 @@ export class MultiHeadAttention extends LayerBase {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'MultiHeadAttention.step options', ['signal']);
     const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.step');
-    await runStep(state, n, out, 'MultiHeadAttention.step', () => b.run(readLayerSignal(o.signal, 'MultiHeadAttention.step options.signal')));
+    await runStep(state, n, out, 'MultiHeadAttention.step', () => b.run(readSignal(o.signal, 'MultiHeadAttention.step options.signal')));
     return out;
   }
 
@@ -590,125 +592,4 @@ export class MultiHeadAttention extends LayerBase {
       y,
     });
   }
-}
-
-/** @internal Rejects a state of another model, or one in use by an async step. */
-export function checkState(state: unknown, model: string, fn: string): asserts state is DecodingState {
-  if (!(state instanceof DecodingStateImpl)) throw typeError(`${fn} state: expected a DecodingState, received ${describe(state)}`);
-  if (state.model !== model) {
-    throw rangeError(`${fn} state: made by a different model or before its parameters or features changed`, 'ERR_INVALID_ARG_VALUE');
-  }
-  if (state.busy) throw stateError(`${fn} state: an async step is using it; await that step first`);
-}
-
-/**
- * @internal Runs a step; the state advances only when the pass runs. The output is checked
- * afterwards: a pass that overflowed float32 has absorbed its tokens (position included),
- * and the step throws a RangeError instead of returning NaN or infinity.
- */
-export async function runStep(state: DecodingState, n: number, out: Tensor, fn: string, run: () => Promise<void>): Promise<void> {
-  state.busy = true;
-  try {
-    await run();
-    state.position += n;
-  } finally {
-    state.busy = false;
-  }
-  checkStepOutput(out, state, fn);
-}
-
-/** @internal */
-export function runStepSync(state: DecodingState, n: number, out: Tensor, fn: string, run: () => void): void {
-  run();
-  state.position += n;
-  checkStepOutput(out, state, fn);
-}
-
-function checkStepOutput(out: Tensor, state: DecodingState, fn: string): void {
-  const d = out.data;
-  let probe = 0;
-  for (let i = 0; i < d.length; i++) probe += d[i] * 0; // NaN iff some value is not finite
-  if (probe === 0) return;
-  const i = d.findIndex((v) => !Number.isFinite(v));
-  throw rangeError(
-    `${fn} output: ${Number.isNaN(d[i]) ? 'NaN' : 'infinity'} at flat index ${i}; the pass overflowed float32 (weights or inputs too large); ` +
-      `the state has absorbed the tokens (position ${state.position})`,
-  );
-}
-
-/** @internal A decoding state's batch: required, 1 to 2^20. */
-export function readBatch(value: unknown, name: string): number {
-  if (value === undefined) throw typeError(`${name}: required, received undefined`);
-  return readInteger(value, name, 0, 1, 1 << 20);
-}
-
-/** @internal Reads [B, L, width] (the legend names the dims). */
-export function readSequence(value: unknown, name: string, width: number, widthName: string, batch?: number): Tensor {
-  const t = readTensor(value, name, 3, `[batch, seq, ${widthName}]`);
-  const [B, , W] = t.shape;
-  if (W !== width || (batch !== undefined && B !== batch)) {
-    const expected = [batch ?? B, t.shape[1], width];
-    throw rangeError(`${name}: expected shape ${formatShape(expected)} ([batch, seq, ${widthName}]), received ${formatShape(t.shape)}`);
-  }
-  return t;
-}
-
-/** @internal */
-export function readKind(value: unknown, name: string, fallback: AttentionKind): AttentionKind {
-  return readEnum(value, name, fallback, KINDS);
-}
-
-/** @internal */
-export function readPadding(value: unknown, name: string, batch: number, length: number): Uint8Array | null {
-  return value === undefined ? null : readMask(value, name, [batch, length]);
-}
-
-/**
- * @internal The keys and values of an attention call: x itself (self-attention), one
- * memory, or separate key and value inputs. Checks widths, batch and lengths, and adds
- * the finiteness checks of the inputs to the plan.
- */
-export function readKeyInputs(
-  c: MultiHeadAttentionConfig,
-  o: { memory?: unknown; key?: unknown; value?: unknown },
-  B: number,
-  fn: string,
-  b: PlanBuilder,
-): { keys: KeySource; key: Tensor | null; value: Tensor | null } {
-  const read = (value: unknown, name: string, width: number, widthName: string) => {
-    const t = readSequence(value, `${fn} options.${name}`, width, widthName, B);
-    b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} options.${name}` });
-    return t;
-  };
-  if (o.key !== undefined || o.value !== undefined) {
-    if (o.memory !== undefined) throw typeError(`${fn} options: pass either memory or key and value, not both`, 'ERR_INVALID_ARG_VALUE');
-    if (o.key === undefined) throw typeError(`${fn} options.key: required with options.value, received undefined`);
-    if (o.value === undefined) throw typeError(`${fn} options.value: required with options.key, received undefined`);
-    const key = read(o.key, 'key', c.keyDim, 'keyDim');
-    const value = read(o.value, 'value', c.valueDim, 'valueDim');
-    if (value.shape[1] !== key.shape[1]) {
-      throw rangeError(`${fn} options.value: expected ${key.shape[1]} rows (the key's), received ${value.shape[1]} (shape [${value.shape.join(', ')}])`);
-    }
-    return { keys: { kind: 'pair', key: key.data, value: value.data, length: key.shape[1] }, key, value };
-  }
-  if (o.memory !== undefined) {
-    if (c.keyDim !== c.valueDim) {
-      throw rangeError(`${fn} options.memory: keys and values have different widths here (keyDim ${c.keyDim}, valueDim ${c.valueDim}); pass key and value`, 'ERR_INVALID_ARG_VALUE');
-    }
-    const m = read(o.memory, 'memory', c.keyDim, 'keyDim');
-    return { keys: { kind: 'memory', data: m.data, length: m.shape[1] }, key: m, value: null };
-  }
-  if (c.keyDim !== c.modelDim) throw rangeError(`${fn} options.memory: required, since keyDim ${c.keyDim} differs from modelDim ${c.modelDim}`);
-  if (c.valueDim !== c.modelDim) throw rangeError(`${fn} options.key and options.value: required, since valueDim ${c.valueDim} differs from modelDim ${c.modelDim}`);
-  return { keys: { kind: 'self' }, key: null, value: null };
-}
-
-/** @internal Duck-typed AbortSignal (signals from other realms fail instanceof). */
-export function readLayerSignal(value: unknown, name: string): AbortSignal | undefined {
-  if (value === undefined) return undefined;
-  const s = value as { aborted?: unknown; addEventListener?: unknown };
-  if (value === null || typeof value !== 'object' || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function') {
-    throw typeError(`${name}: expected an AbortSignal, received ${describe(value)}`);
-  }
-  return value as AbortSignal;
 }

@@ -3,6 +3,7 @@
  * [out, in]), seeded initialization, loading with errors that name every missing,
  * extra or mis-shaped tensor, and a fingerprint that decoding states carry.
  */
+import { crc32 } from '../crc32';
 import { describe, rangeError, typeError } from '../errors';
 import { native } from '../native';
 import type { Tensor, TensorLike } from '../tensor';
@@ -253,23 +254,6 @@ export function load(
   for (const [name, slot] of slots) slot.set(values.get(name)!);
 }
 
-// CRC-32 (IEEE), for fingerprints and the checksums of serialized states.
-const CRC_TABLE = (() => {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-})();
-
-/** @internal */
-export function crc32(bytes: Uint8Array, crc = 0): number {
-  let c = ~crc >>> 0;
-  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return ~c >>> 0;
-}
 
 /** @internal A fingerprint of a configuration and its parameters (states made by one model fit only it). */
 export function fingerprint(config: object, slots: Map<string, ParamSlot>): string {

@@ -5,10 +5,10 @@
  * Temporaries come from a process-wide cache of Float32Arrays (workspace.ts), so
  * repeated passes of the same shapes touch no fresh pages.
  */
-import { pinBuffers, runAbortable } from '../attention';
+import { pinBuffers, runAbortable } from '../async-call';
 import { native } from '../native';
 import { newFloat32Array } from '../validate';
-import { giveBack, takeCached } from './workspace';
+import { giveBack, takeCached } from '../workspace';
 
 /** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
 export type PlanStep = { op: string } & Record<string, unknown>;

@@ -4,6 +4,7 @@
  * optional final LayerNorm. The whole stack runs as one native plan: one async hop
  * per forward pass or decoding step.
  */
+import { readSignal } from '../async-call';
 import type { Tensor, TensorLike } from '../tensor';
 import { rangeError, typeError } from '../errors';
 import { readBoolean, readInteger, readNumber, readOptions } from '../validate';
@@ -28,7 +29,8 @@ import {
 import type { DecodingState } from './decoding';
 import { LayerBase } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
-import { runStep, runStepSync, readLayerSignal, type MultiHeadAttention } from './multi-head-attention';
+import { runStep, runStepSync } from './decoding-steps';
+import type { MultiHeadAttention } from './multi-head-attention';
 import { LayerNorm, type ParamSlot } from './parameters';
 
 /** Options of {@link TransformerEncoder}: the layer options plus the stack's. */
@@ -256,7 +258,7 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'TransformerDecoder.step options', ['signal']);
     const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.step');
-    await runStep(state, n, out, 'TransformerDecoder.step', () => b.run(readLayerSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
+    await runStep(state, n, out, 'TransformerDecoder.step', () => b.run(readSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
     return out;
   }
 

@@ -5,7 +5,7 @@
 import { rangeError } from '../errors';
 import { FeatureMap } from '../feature-map';
 import { readEnum, readOptions } from '../validate';
-import { crc32 } from '../layers/parameters';
+import { crc32 } from '../crc32';
 import type { Tensor } from '../tensor';
 import { CheckpointReader, RandomSource, readWeights, type TensorSource } from './checkpoint';
 import type { Numerics } from './stack';

@@ -6,10 +6,10 @@
  *   forward: tokens [B, L] (Int32Array) -> logits [B, L, V]
  *   step:    tokens of one sequence (Int32Array) -> logits of the last one [V]
  */
+import { readSignal } from '../async-call';
 import { describe, rangeError, stateError, typeError } from '../errors';
 import { checkModelSize } from '../layers/parameters';
 import { PlanBuilder } from '../layers/plan';
-import { readLayerSignal } from '../layers/multi-head-attention';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
 import { newFloat32Array, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
@@ -198,7 +198,7 @@ export class PerformerLM {
     const o = readOptions<TrainingOptions>(options, `${fn} options`, ['attention', 'dropout', 'seed', 'signal']);
     const { b, loss } = this.buildTraining(tokens, targets, o, fn);
     // Gradients accumulate only when the whole pass ran: it writes into copies first.
-    await b.run(readLayerSignal(o.signal, `${fn} options.signal`));
+    await b.run(readSignal(o.signal, `${fn} options.signal`));
     this.commitGradients();
     return loss[0] / loss[1];
   }
@@ -343,7 +343,7 @@ export class PerformerLM {
   async step(tokens: TokenIds, state: PerformerLMState, options?: { signal?: AbortSignal }): Promise<Float32Array> {
     const fn = 'PerformerLM.step';
     const o = readOptions<{ signal?: AbortSignal }>(options, `${fn} options`, ['signal']);
-    const signal = readLayerSignal(o.signal, `${fn} options.signal`);
+    const signal = readSignal(o.signal, `${fn} options.signal`);
     const t = this.readStep(tokens, state, fn);
     state.busy = true;
     try {
@@ -421,7 +421,7 @@ export class PerformerLM {
     const maxNew = o.maxNewTokens;
     const sampler = readSampler(o, fn, this.config.numTokens);
     const stop = new Set(o.stopTokens === undefined ? [] : readTokenList(Array.isArray(o.stopTokens) ? [...o.stopTokens] : o.stopTokens, `${fn} options.stopTokens`, this.config.numTokens));
-    const signal = readLayerSignal(o.signal, `${fn} options.signal`);
+    const signal = readSignal(o.signal, `${fn} options.signal`);
     const p = readTokenList(prompt, `${fn} prompt`, this.config.numTokens);
     if (o.state !== undefined) this.checkState(o.state, `${fn} options.state`);
     const state = o.state ?? this.createStateSync();
@@ -588,7 +588,7 @@ export class PerformerLM {
     const V = this.config.numTokens;
     const out = newFloat32Array(B * L * V, `${fn} logits`);
     const b = this.passPlan(t.data, B, L, 0, keep, null, 'all', out, fn, attention);
-    return { b, out: { data: out, shape: Object.freeze([B, L, V]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+    return { b, out: { data: out, shape: Object.freeze([B, L, V]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
   }
 
   // Embeddings, the stack, the final norm and the logits of every row or of the last one.

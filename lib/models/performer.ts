@@ -4,9 +4,10 @@
  * L = rows, D = dim.
  *   forward: x [B, L, D], mask [B, L] (1 = keep)  ->  [B, L, D]
  */
+import { readSignal } from '../async-call';
 import { checkModelSize } from '../layers/parameters';
 import { PlanBuilder } from '../layers/plan';
-import { readLayerSignal, readSequence } from '../layers/multi-head-attention';
+import { readSequence } from '../layers/layer-inputs';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readMask, readOptions } from '../validate';
 import type { PerformerPytorchWeights, TensorSource } from './checkpoint';
@@ -114,6 +115,6 @@ export class Performer {
     const out = new Float32Array(B * L * D);
     this.stack.plan(b, { x: t.data, y: out, batch: B, len: L, keep, start: 0, rotary: null, states: null, label: fn });
     b.checkOutput(out, fn);
-    return { b, out: { data: out, shape: Object.freeze([B, L, D]) } as Tensor, signal: readLayerSignal(o.signal, `${fn} options.signal`) };
+    return { b, out: { data: out, shape: Object.freeze([B, L, D]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
   }
 }

@@ -19,7 +19,7 @@ import {
   writeSafetensors,
   type Tensor,
 } from '../../lib';
-import { crc32 } from '../../lib/layers/parameters';
+import { crc32 } from '../../lib/crc32';
 import { Fuzzer, fuzzMain, withTimeout } from './fuzz-cases';
 import { allFinite, randn, relFrobenius } from './reference';
 

@@ -9,7 +9,7 @@
 // stepping like the original; generated tokens in range) or in a TypeError / RangeError /
 // Error with a `code`. The child prints one JSON summary line.
 import { Performer, PerformerLM, PerformerLMState, type Tensor } from '../../lib';
-import { crc32 } from '../../lib/layers/parameters';
+import { crc32 } from '../../lib/crc32';
 import { Fuzzer, fuzzMain } from './fuzz-cases';
 import { allFinite, randn, relFrobenius } from './reference';
 
