@@ -11,11 +11,6 @@ import { readBoolean, readInteger, readNumber, readOptions } from '../validate';
 import {
   BLOCK_OPTIONS,
   blockOptions,
-  buildDecoder,
-  buildDecoderState,
-  buildDecoderStep,
-  buildEncoder,
-  decoderStateSpec,
   DecoderLayer,
   EncoderLayer,
   readBlockOptions,
@@ -27,11 +22,12 @@ import {
   type EncoderLayerOptions,
 } from './blocks';
 import type { DecodingState } from './decoding';
+import { runStep, runStepSync } from './decoding-steps';
 import { LayerBase } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
-import { runStep, runStepSync } from './decoding-steps';
 import type { MultiHeadAttention } from './multi-head-attention';
 import { LayerNorm, type ParamSlot } from './parameters';
+import { buildDecoder, buildDecoderState, buildDecoderStep, buildEncoder, decoderStateSpec } from './stack-plans';
 
 /** Options of {@link TransformerEncoder}: the layer options plus the stack's. */
 export interface TransformerEncoderOptions extends EncoderLayerOptions {
