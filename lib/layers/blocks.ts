@@ -299,14 +299,14 @@ export class EncoderLayer extends Block {
    * @throws TypeError / RangeError (the Promise rejects) for bad input; AbortError on abort.
    */
   async forward(x: TensorLike, options?: EncoderForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = buildEncoder([this], null, x, options, 'EncoderLayer.forward');
+    const { b, out, signal } = buildEncoder([this], null, x, options, 'EncoderLayer.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward} (no `signal`). */
   forwardSync(x: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): Tensor {
-    const { b, out } = buildEncoder([this], null, x, options, 'EncoderLayer.forwardSync');
+    const { b, out } = buildEncoder([this], null, x, options, 'EncoderLayer.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -316,14 +316,14 @@ export class EncoderLayer extends Block {
    * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: EncoderForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backwardSync', false);
     b.runSync();
     return finish();
   }
@@ -354,14 +354,14 @@ export class DecoderLayer extends Block {
    * @returns `[B, L, modelDim]`.
    */
   async forward(x: TensorLike, options?: DecoderForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = buildDecoder([this], null, x, options, 'DecoderLayer.forward');
+    const { b, out, signal } = buildDecoder([this], null, x, options, 'DecoderLayer.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward}. */
   forwardSync(x: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): Tensor {
-    const { b, out } = buildDecoder([this], null, x, options, 'DecoderLayer.forwardSync');
+    const { b, out } = buildDecoder([this], null, x, options, 'DecoderLayer.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -371,28 +371,28 @@ export class DecoderLayer extends Block {
    * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: DecoderForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backwardSync', false);
     b.runSync();
     return finish();
   }
 
   /** A decoding state (see {@link TransformerDecoder.createStateSync}). */
   createStateSync(batch: number, options?: Omit<DecoderStateOptions, 'signal'>): DecodingState {
-    const { b, state } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createStateSync');
+    const { b, state } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createStateSync', false);
     b.runSync();
     return state;
   }
 
   /** Async twin of {@link createStateSync} (absorbs the memory off the event loop). */
   async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
-    const { b, state, signal } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createState');
+    const { b, state, signal } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createState', true);
     await b.run(signal);
     return state;
   }

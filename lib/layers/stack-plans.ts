@@ -35,8 +35,7 @@ function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null,
 }
 
 /** @internal */
-export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string) {
-  const async = !fn.endsWith('Sync');
+export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string, async: boolean) {
   const o = readOptions<EncoderForwardOptions>(options, `${fn} options`, ['keyPaddingMask', 'attention', ...(async ? ['signal'] : [])]);
   const c = layers[0].config.attention;
   const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
@@ -71,8 +70,7 @@ function readMemory(layers: Block[], o: { memory?: unknown; memoryKeyPaddingMask
 }
 
 /** @internal */
-export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string) {
-  const async = !fn.endsWith('Sync');
+export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string, async: boolean) {
   const o = readOptions<DecoderForwardOptions>(options, `${fn} options`, [
     'memory',
     'memoryKeyPaddingMask',
@@ -128,9 +126,8 @@ function checkDecoding(layers: Block[], fn: string): void {
 const ADAPTIVE_KERNELS: readonly string[] = ['softmax-opt', 'softmax-dense'];
 
 /** @internal */
-export function buildDecoderState(owner: LayerBase, layers: Block[], batch: number, options: unknown, fn: string) {
+export function buildDecoderState(owner: LayerBase, layers: Block[], batch: number, options: unknown, fn: string, async: boolean) {
   checkDecoding(layers, fn);
-  const async = !fn.endsWith('Sync');
   const o = readOptions<DecoderStateOptions>(options, `${fn} options`, ['memory', 'memoryKeyPaddingMask', ...(async ? ['signal'] : [])]);
   const B = readBatch(batch, `${fn} batch`);
   const b = new PlanBuilder();
