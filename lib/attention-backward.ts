@@ -49,15 +49,15 @@ function backwardCall(
   gradOut: unknown,
   options: unknown,
   fn: string,
+  async: boolean,
 ) {
-  const async = !fn.endsWith('Sync');
   const keys = [...(kind === 'favor' ? FAVOR_KEYS : SOFTMAX_KEYS), ...(async ? ['signal'] : [])];
   const o = readOptions<FavorBackwardOptions>(options, `${fn} options`, keys) as Record<string, unknown>;
   const { projectionGradient, ...forward } = o;
   if (gradOut === undefined) throw typeError(`${fn} gradOut: required (dL/d output, the output's shape), received undefined`);
   // gradOut goes where the forward call takes `out`: the same shape and the same no-overlap rule.
   const withOut = { ...forward, out: gradOut };
-  const call = kind === 'favor' ? favorArgs(query, key, value, withOut, fn, `${fn} gradOut`) : softmaxArgs(query, key, value, withOut, fn, `${fn} gradOut`);
+  const call = kind === 'favor' ? favorArgs(query, key, value, withOut, fn, async, `${fn} gradOut`) : softmaxArgs(query, key, value, withOut, fn, async, `${fn} gradOut`);
   const { p } = call;
   const wantProjection = readBoolean(projectionGradient, `${fn} options.projectionGradient`, false);
   const [B, H, Lq, d] = p.q.shape;
@@ -108,7 +108,7 @@ export async function favorAttentionBackward(
   gradOut: TensorLike,
   options?: FavorBackwardOptions,
 ): Promise<AttentionGradients> {
-  const { p, signal, args, result } = backwardCall('favor', query, key, value, gradOut, options, 'favorAttentionBackward');
+  const { p, signal, args, result } = backwardCall('favor', query, key, value, gradOut, options, 'favorAttentionBackward', true);
   pinBuffers([p.q.data, p.k.data, p.v.data, p.out, p.keyPadding]);
   const run = native().favorAttentionBackwardAsync as unknown as NativeBackward;
   await runAbortable((control) => (control ? run(...args, control) : run(...args)), signal);
@@ -123,7 +123,7 @@ export function favorAttentionBackwardSync(
   gradOut: TensorLike,
   options?: Omit<FavorBackwardOptions, 'signal'>,
 ): AttentionGradients {
-  const { args, result } = backwardCall('favor', query, key, value, gradOut, options, 'favorAttentionBackwardSync');
+  const { args, result } = backwardCall('favor', query, key, value, gradOut, options, 'favorAttentionBackwardSync', false);
   native().favorAttentionBackwardSync(...args);
   return result();
 }
@@ -143,7 +143,7 @@ export async function softmaxAttentionBackward(
   gradOut: TensorLike,
   options?: SoftmaxBackwardOptions,
 ): Promise<AttentionGradients> {
-  const { p, signal, args, result } = backwardCall('softmax', query, key, value, gradOut, options, 'softmaxAttentionBackward');
+  const { p, signal, args, result } = backwardCall('softmax', query, key, value, gradOut, options, 'softmaxAttentionBackward', true);
   pinBuffers([p.q.data, p.k.data, p.v.data, p.out, p.keyPadding]);
   const run = native().softmaxAttentionBackwardAsync as unknown as NativeBackward;
   await runAbortable((control) => (control ? run(...args, control) : run(...args)), signal);
@@ -158,7 +158,7 @@ export function softmaxAttentionBackwardSync(
   gradOut: TensorLike,
   options?: Omit<SoftmaxBackwardOptions, 'signal'>,
 ): AttentionGradients {
-  const { args, result } = backwardCall('softmax', query, key, value, gradOut, options, 'softmaxAttentionBackwardSync');
+  const { args, result } = backwardCall('softmax', query, key, value, gradOut, options, 'softmaxAttentionBackwardSync', false);
   native().softmaxAttentionBackwardSync(...args);
   return result();
 }

@@ -77,8 +77,7 @@ export type SoftmaxAttentionSyncOptions = Omit<SoftmaxAttentionOptions, 'signal'
 const FAVOR_OPTIONS = ['featureMap', 'causal', 'keyPaddingMask', 'epsilon', 'chunkSize', 'out'] as const;
 const SOFTMAX_OPTIONS = ['causal', 'keyPaddingMask', 'scale', 'out'] as const;
 // `signal` is known to the async calls only: a sync call cannot be aborted.
-const ASYNC = (fn: string) => !fn.endsWith('Sync');
-const known = (list: readonly string[], fn: string) => (ASYNC(fn) ? [...list, 'signal'] : list);
+const known = (list: readonly string[], async: boolean) => (async ? [...list, 'signal'] : list);
 
 const LEGEND = '[batch, heads, seq, headDim]';
 
@@ -146,8 +145,8 @@ function prepare(fn: string, query: unknown, key: unknown, value: unknown, o: Re
 const defaultMaps = new Map<number, FeatureMap>();
 
 /** @internal Reads and checks a FAVOR call's arguments; `outName` as for prepare. */
-export function favorArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, outName?: string) {
-  const o = readOptions<FavorAttentionOptions>(options, `${fn} options`, known(FAVOR_OPTIONS, fn)) as Record<string, unknown>;
+export function favorArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, async: boolean, outName?: string) {
+  const o = readOptions<FavorAttentionOptions>(options, `${fn} options`, known(FAVOR_OPTIONS, async)) as Record<string, unknown>;
   const p = prepare(fn, query, key, value, o, outName);
   let map = o.featureMap as FeatureMap | undefined;
   if (map === undefined) {
@@ -200,8 +199,8 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
 }
 
 /** @internal Reads and checks a softmax attention call's arguments; `outName` as for prepare. */
-export function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, outName?: string) {
-  const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, known(SOFTMAX_OPTIONS, fn)) as Record<string, unknown>;
+export function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, async: boolean, outName?: string) {
+  const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, known(SOFTMAX_OPTIONS, async)) as Record<string, unknown>;
   const p = prepare(fn, query, key, value, o, outName);
   const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
   const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
@@ -237,7 +236,7 @@ export async function favorAttention(
   value: TensorLike,
   options?: FavorAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention');
+  const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention', true);
   pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
   const data = await runAsync(native().favorAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
@@ -260,7 +259,7 @@ export function favorAttentionSync(
   value: TensorLike,
   options?: FavorAttentionSyncOptions,
 ): Tensor {
-  const { p, args } = favorArgs(query, key, value, options, 'favorAttentionSync');
+  const { p, args } = favorArgs(query, key, value, options, 'favorAttentionSync', false);
   return { data: native().favorAttentionSync(...args), shape: p.outShape };
 }
 
@@ -284,7 +283,7 @@ export async function softmaxAttention(
   value: TensorLike,
   options?: SoftmaxAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention');
+  const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention', true);
   pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
   const data = await runAsync(native().softmaxAttentionAsync as NativeAsync, args, signal);
   return { data, shape: p.outShape };
@@ -307,6 +306,6 @@ export function softmaxAttentionSync(
   value: TensorLike,
   options?: SoftmaxAttentionSyncOptions,
 ): Tensor {
-  const { p, args } = softmaxArgs(query, key, value, options, 'softmaxAttentionSync');
+  const { p, args } = softmaxArgs(query, key, value, options, 'softmaxAttentionSync', false);
   return { data: native().softmaxAttentionSync(...args), shape: p.outShape };
 }

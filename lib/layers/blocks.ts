@@ -7,14 +7,13 @@
  *   x [B, L, D], memory [B, Lm, D]  ->  [B, L, D]
  */
 import { readSignal } from '../async-call';
-import { rangeError, typeError } from '../errors';
+import { typeError } from '../errors';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { DecodingState } from './decoding';
-import { favorStateLength, LayerBase, type StateSpec } from './layer';
+import { runStep, runStepSync } from './decoding-steps';
+import { LayerBase } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
-import { checkState, runStep, runStepSync } from './decoding-steps';
-import { readBatch, readKind, readPadding, readSequence } from './layer-inputs';
 import {
   MHA_OPTIONS,
   MultiHeadAttention,
@@ -26,6 +25,7 @@ import {
 } from './multi-head-attention';
 import { blockParameterCount, checkModelSize, InitRandom, LayerNorm, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
+import { buildDecoder, buildDecoderState, buildDecoderStep, buildEncoder, decoderStateSpec } from './stack-plans';
 
 // Largest hidden activation block of a feed-forward part (16 MiB).
 const FF_CHUNK_FLOATS = 4 * 1024 * 1024;
@@ -134,7 +134,7 @@ export function blockOptions(c: BlockConfig): DecoderLayerOptions {
 }
 
 /** @internal One block's plan inputs. */
-interface BlockCall {
+export interface BlockCall {
   x: Float32Array;
   batch: number;
   length: number;
@@ -299,14 +299,14 @@ export class EncoderLayer extends Block {
    * @throws TypeError / RangeError (the Promise rejects) for bad input; AbortError on abort.
    */
   async forward(x: TensorLike, options?: EncoderForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = buildEncoder([this], null, x, options, 'EncoderLayer.forward');
+    const { b, out, signal } = buildEncoder([this], null, x, options, 'EncoderLayer.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward} (no `signal`). */
   forwardSync(x: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): Tensor {
-    const { b, out } = buildEncoder([this], null, x, options, 'EncoderLayer.forwardSync');
+    const { b, out } = buildEncoder([this], null, x, options, 'EncoderLayer.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -316,14 +316,14 @@ export class EncoderLayer extends Block {
    * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: EncoderForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'EncoderLayer.backwardSync', false);
     b.runSync();
     return finish();
   }
@@ -354,14 +354,14 @@ export class DecoderLayer extends Block {
    * @returns `[B, L, modelDim]`.
    */
   async forward(x: TensorLike, options?: DecoderForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = buildDecoder([this], null, x, options, 'DecoderLayer.forward');
+    const { b, out, signal } = buildDecoder([this], null, x, options, 'DecoderLayer.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward}. */
   forwardSync(x: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): Tensor {
-    const { b, out } = buildDecoder([this], null, x, options, 'DecoderLayer.forwardSync');
+    const { b, out } = buildDecoder([this], null, x, options, 'DecoderLayer.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -371,28 +371,28 @@ export class DecoderLayer extends Block {
    * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: DecoderForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'DecoderLayer.backwardSync', false);
     b.runSync();
     return finish();
   }
 
   /** A decoding state (see {@link TransformerDecoder.createStateSync}). */
   createStateSync(batch: number, options?: Omit<DecoderStateOptions, 'signal'>): DecodingState {
-    const { b, state } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createStateSync');
+    const { b, state } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createStateSync', false);
     b.runSync();
     return state;
   }
 
   /** Async twin of {@link createStateSync} (absorbs the memory off the event loop). */
   async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
-    const { b, state, signal } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createState');
+    const { b, state, signal } = buildDecoderState(this, [this], batch, options, 'DecoderLayer.createState', true);
     await b.run(signal);
     return state;
   }
@@ -416,155 +416,6 @@ export class DecoderLayer extends Block {
     runStepSync(state, n, out, 'DecoderLayer.stepSync', () => b.runSync());
     return out;
   }
-}
-
-/** @internal Runs `layers` in order (then the final norm) on x into a new output. */
-function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null, x: Float32Array, out: Float32Array, call: Omit<BlockCall, 'x' | 'y' | 'memory' | 'state' | 'label'>, perLayer: (i: number) => Pick<BlockCall, 'memory' | 'state'>): void {
-  const rows = call.batch * call.length;
-  const D = out.length / rows;
-  let input = x;
-  layers.forEach((layer, i) => {
-    const last = i === layers.length - 1 && finalNorm === null;
-    const y = last ? out : b.acquire(rows * D);
-    layer.plan(b, { ...call, ...perLayer(i), x: input, y, label: layers.length > 1 ? `layers.${i}.` : '' });
-    if (input !== x) b.release(input);
-    input = y;
-  });
-  if (finalNorm !== null) {
-    b.add({ op: 'layerNorm', x: input, y: out, rows, dim: D, gamma: finalNorm.weight, beta: finalNorm.bias, eps: finalNorm.eps });
-    if (input !== x) b.release(input);
-  }
-}
-
-/** @internal */
-export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string) {
-  const async = !fn.endsWith('Sync');
-  const o = readOptions<EncoderForwardOptions>(options, `${fn} options`, ['keyPaddingMask', 'attention', ...(async ? ['signal'] : [])]);
-  const c = layers[0].config.attention;
-  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
-  const [B, L] = t.shape;
-  const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
-  const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
-  const b = new PlanBuilder();
-  b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
-  const out = new Float32Array(B * L * c.modelDim);
-  const call = { batch: B, length: L, keyPadding, attention, memoryPadding: null };
-  planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, state: null }));
-  b.checkOutput(out, fn);
-  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
-}
-
-function readMemory(layers: Block[], o: { memory?: unknown; memoryKeyPaddingMask?: unknown }, B: number, fn: string, b: PlanBuilder) {
-  const cross = layers[0].crossAttn !== null;
-  if (!cross) {
-    if (o.memory !== undefined || o.memoryKeyPaddingMask !== undefined) {
-      throw rangeError(`${fn} options.memory: this decoder has no cross-attention (crossAttention: false)`, 'ERR_INVALID_ARG_VALUE');
-    }
-    return { memory: null, memoryPadding: null };
-  }
-  if (o.memory === undefined) throw typeError(`${fn} options.memory: required by the cross-attention, received undefined`);
-  const m = readSequence(o.memory, `${fn} options.memory`, layers[0].config.attention.modelDim, 'modelDim', B);
-  b.add({ op: 'checkFinite', x: m.data, shape: m.shape, name: `${fn} options.memory` });
-  const Lm = m.shape[1];
-  return {
-    memory: { kind: 'memory', data: m.data, length: Lm } as KeySource,
-    memoryPadding: readPadding(o.memoryKeyPaddingMask, `${fn} options.memoryKeyPaddingMask`, B, Lm),
-  };
-}
-
-/** @internal */
-export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: unknown, options: unknown, fn: string) {
-  const async = !fn.endsWith('Sync');
-  const o = readOptions<DecoderForwardOptions>(options, `${fn} options`, [
-    'memory',
-    'memoryKeyPaddingMask',
-    'keyPaddingMask',
-    'attention',
-    ...(async ? ['signal'] : []),
-  ]);
-  const c = layers[0].config.attention;
-  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim');
-  const [B, L] = t.shape;
-  const b = new PlanBuilder();
-  b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
-  const { memory, memoryPadding } = readMemory(layers, o, B, fn, b);
-  const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
-  const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
-  const out = new Float32Array(B * L * c.modelDim);
-  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: L, keyPadding, attention, memoryPadding }, () => ({ memory, state: null }));
-  b.checkOutput(out, fn);
-  return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
-}
-
-/**
- * @internal The arrays of a decoder's state: per layer, the causal FAVOR state of the
- * self-attention and (cross-attention) the absorbed memory, both sized by the model only.
- */
-export function decoderStateSpec(owner: LayerBase, layers: Block[], batch: number): StateSpec {
-  const spec: StateSpec = [];
-  layers.forEach((layer, i) => {
-    spec.push(...owner.selfStateSpec(batch, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
-    if (layer.crossAttn !== null) spec.push({ name: `layers.${i}.crossAttn.memoryState`, dtype: 'f32', length: favorStateLength(layer.crossAttn, batch) });
-  });
-  return spec;
-}
-
-function checkDecoding(layers: Block[], fn: string): void {
-  const c = layers[0].config.attention;
-  if (!c.causal) {
-    throw rangeError(`${fn}: token-by-token decoding needs causal self-attention; this decoder was built with causal: false`, 'ERR_INVALID_ARG_VALUE');
-  }
-  if (c.attention !== 'favor') {
-    throw rangeError(`${fn}: token-by-token decoding runs FAVOR+ attention; this model's attention is '${c.attention}'`, 'ERR_INVALID_ARG_VALUE');
-  }
-  // A layer's adaptive features have no fixed parameters: each call would estimate its
-  // own, while decoding absorbs keys in one call and attends them in later ones.
-  if (ADAPTIVE_KERNELS.includes(c.featureMap.kernel)) {
-    throw rangeError(
-      `${fn}: token-by-token decoding needs features fixed across calls; '${c.featureMap.kernel}' estimates its parameters per call (use 'softmax' or another kernel)`,
-      'ERR_INVALID_ARG_VALUE',
-    );
-  }
-}
-
-const ADAPTIVE_KERNELS: readonly string[] = ['softmax-opt', 'softmax-dense'];
-
-/** @internal */
-export function buildDecoderState(owner: LayerBase, layers: Block[], batch: number, options: unknown, fn: string) {
-  checkDecoding(layers, fn);
-  const async = !fn.endsWith('Sync');
-  const o = readOptions<DecoderStateOptions>(options, `${fn} options`, ['memory', 'memoryKeyPaddingMask', ...(async ? ['signal'] : [])]);
-  const B = readBatch(batch, `${fn} batch`);
-  const b = new PlanBuilder();
-  const { memory, memoryPadding } = readMemory(layers, o, B, fn, b);
-  const arrays = [];
-  for (const [i, layer] of layers.entries()) {
-    arrays.push(...owner.selfStates(B, [layer.selfAttn], () => `layers.${i}.selfAttn.`));
-    if (layer.crossAttn !== null && memory !== null && memory.kind === 'memory') {
-      const label = `${layers.length > 1 ? `layers.${i}.` : ''}crossAttn`;
-      const data = layer.crossAttn.planMemoryState(b, memory.data, B, memory.length, memoryPadding, label);
-      arrays.push({ name: `layers.${i}.crossAttn.memoryState`, data });
-    }
-  }
-  const state = new DecodingState(owner.fingerprint(), B, arrays);
-  return { b, state, signal: readSignal(o.signal, `${fn} options.signal`) };
-}
-
-/** @internal */
-export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: LayerNorm | null, x: unknown, state: DecodingState, fn: string) {
-  checkDecoding(layers, fn);
-  checkState(state, owner.fingerprint(), fn);
-  const c = layers[0].config.attention;
-  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
-  const [B, n] = t.shape;
-  const b = new PlanBuilder();
-  b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
-  const out = new Float32Array(B * n * c.modelDim);
-  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: n, keyPadding: null, attention: 'favor', memoryPadding: null }, (i) => ({
-    state: state.array<Float32Array>(`layers.${i}.selfAttn.state`),
-    memory: layers[i].crossAttn !== null ? { kind: 'state', state: state.array<Float32Array>(`layers.${i}.crossAttn.memoryState`) } : null,
-  }));
-  return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
 }
 
 export { Block };

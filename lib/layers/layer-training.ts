@@ -76,8 +76,7 @@ const DIFFERENTIABLE_KERNELS: readonly string[] = ['softmax', 'softmax-hyperboli
  * finish it: the pass writes its parameter gradients into a scratch set, added to the
  * owner's after it ran (an aborted or failed pass leaves them as they were).
  */
-export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: unknown, gradOut: unknown, options: unknown, fn: string) {
-  const async = !fn.endsWith('Sync');
+export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: unknown, gradOut: unknown, options: unknown, fn: string, async: boolean) {
   const kind: 'attention' | 'encoder' | 'decoder' = 'q' in module ? 'attention' : isDecoder(module) ? 'decoder' : 'encoder';
   const keys = ['keyPaddingMask', 'attention', ...(kind !== 'encoder' ? ['memory'] : []), ...(kind === 'attention' ? ['key', 'value'] : []), ...(kind === 'decoder' ? ['memoryKeyPaddingMask'] : []), ...(async ? ['signal'] : [])];
   const o = readOptions<{ memory?: unknown; key?: unknown; value?: unknown; keyPaddingMask?: unknown; memoryKeyPaddingMask?: unknown; attention?: unknown; signal?: unknown }>(options, `${fn} options`, keys);

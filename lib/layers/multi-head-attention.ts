@@ -231,14 +231,14 @@ export class MultiHeadAttention extends LayerBase {
    *   non-finite inputs; AbortError when `signal` aborts.
    */
   async forward(x: TensorLike, options?: AttentionForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = this.build(x, options, 'MultiHeadAttention.forward');
+    const { b, out, signal } = this.build(x, options, 'MultiHeadAttention.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward} (no `signal`). */
   forwardSync(x: TensorLike, options?: Omit<AttentionForwardOptions, 'signal'>): Tensor {
-    const { b, out } = this.build(x, options, 'MultiHeadAttention.forwardSync');
+    const { b, out } = this.build(x, options, 'MultiHeadAttention.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -258,20 +258,19 @@ export class MultiHeadAttention extends LayerBase {
    *   (gradients unchanged) when `signal` aborts.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: AttentionForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'MultiHeadAttention.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'MultiHeadAttention.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<AttentionForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'MultiHeadAttention.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'MultiHeadAttention.backwardSync', false);
     b.runSync();
     return finish();
   }
 
-  private build(x: unknown, options: unknown, fn: string) {
-    const async = !fn.endsWith('Sync');
+  private build(x: unknown, options: unknown, fn: string, async: boolean) {
     const o = readOptions<AttentionForwardOptions>(options, `${fn} options`, [
       'memory',
       'key',

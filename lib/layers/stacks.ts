@@ -11,11 +11,6 @@ import { readBoolean, readInteger, readNumber, readOptions } from '../validate';
 import {
   BLOCK_OPTIONS,
   blockOptions,
-  buildDecoder,
-  buildDecoderState,
-  buildDecoderStep,
-  buildEncoder,
-  decoderStateSpec,
   DecoderLayer,
   EncoderLayer,
   readBlockOptions,
@@ -27,11 +22,12 @@ import {
   type EncoderLayerOptions,
 } from './blocks';
 import type { DecodingState } from './decoding';
+import { runStep, runStepSync } from './decoding-steps';
 import { LayerBase } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
-import { runStep, runStepSync } from './decoding-steps';
 import type { MultiHeadAttention } from './multi-head-attention';
 import { LayerNorm, type ParamSlot } from './parameters';
+import { buildDecoder, buildDecoderState, buildDecoderStep, buildEncoder, decoderStateSpec } from './stack-plans';
 
 /** Options of {@link TransformerEncoder}: the layer options plus the stack's. */
 export interface TransformerEncoderOptions extends EncoderLayerOptions {
@@ -133,14 +129,14 @@ export class TransformerEncoder extends Stack<EncoderLayer> {
    * @throws TypeError / RangeError (the Promise rejects) for bad input; AbortError on abort.
    */
   async forward(x: TensorLike, options?: EncoderForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = buildEncoder([...this.layers], this.norm, x, options, 'TransformerEncoder.forward');
+    const { b, out, signal } = buildEncoder([...this.layers], this.norm, x, options, 'TransformerEncoder.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward} (no `signal`). */
   forwardSync(x: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): Tensor {
-    const { b, out } = buildEncoder([...this.layers], this.norm, x, options, 'TransformerEncoder.forwardSync');
+    const { b, out } = buildEncoder([...this.layers], this.norm, x, options, 'TransformerEncoder.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -150,14 +146,14 @@ export class TransformerEncoder extends Stack<EncoderLayer> {
    * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: EncoderForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerEncoder.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerEncoder.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<EncoderForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerEncoder.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerEncoder.backwardSync', false);
     b.runSync();
     return finish();
   }
@@ -186,14 +182,14 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
    * @returns `[B, L, modelDim]`.
    */
   async forward(x: TensorLike, options?: DecoderForwardOptions): Promise<Tensor> {
-    const { b, out, signal } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forward');
+    const { b, out, signal } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forward', true);
     await b.run(signal);
     return out;
   }
 
   /** The blocking twin of {@link forward}. */
   forwardSync(x: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): Tensor {
-    const { b, out } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forwardSync');
+    const { b, out } = buildDecoder([...this.layers], this.norm, x, options, 'TransformerDecoder.forwardSync', false);
     b.runSync();
     return out;
   }
@@ -203,14 +199,14 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
    * gradients added to {@link gradients}; as {@link MultiHeadAttention.backward}.
    */
   async backward(x: TensorLike, gradOut: TensorLike, options?: DecoderForwardOptions): Promise<InputGradients> {
-    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerDecoder.backward');
+    const { b, signal, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerDecoder.backward', true);
     await b.run(signal);
     return finish();
   }
 
   /** The blocking twin of {@link backward} (no `signal`). */
   backwardSync(x: TensorLike, gradOut: TensorLike, options?: Omit<DecoderForwardOptions, 'signal'>): InputGradients {
-    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerDecoder.backwardSync');
+    const { b, finish } = buildModuleBackward(this, this, x, gradOut, options, 'TransformerDecoder.backwardSync', false);
     b.runSync();
     return finish();
   }
@@ -226,14 +222,14 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
    *   TypeError / RangeError for a bad memory.
    */
   createStateSync(batch: number, options?: Omit<DecoderStateOptions, 'signal'>): DecodingState {
-    const { b, state } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createStateSync');
+    const { b, state } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createStateSync', false);
     b.runSync();
     return state;
   }
 
   /** Async twin of {@link createStateSync} (absorbs the memory off the event loop). */
   async createState(batch: number, options?: DecoderStateOptions): Promise<DecodingState> {
-    const { b, state, signal } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createState');
+    const { b, state, signal } = buildDecoderState(this, [...this.layers], batch, options, 'TransformerDecoder.createState', true);
     await b.run(signal);
     return state;
   }
