@@ -441,7 +441,7 @@ export class PerformerStack {
           keep,
           state: state?.global ?? null,
           maxRose: state?.maxRose ?? null,
-          projection: layer.projection, // read by the backward pass only
+          projection: layer.projection, // length-checked here, read by the backward pass
         },
       };
     }
