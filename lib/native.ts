@@ -137,7 +137,6 @@ function candidates(): { file: string | null; label: string }[] {
   const override = process.env.PERFORMER_ATTENTION_BINARY;
   if (override) return [{ file: path.resolve(override), label: path.resolve(override) }];
   // Plain JavaScript shared with the install script (scripts/install.js).
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { findPrebuild } = require(path.join(root, 'scripts', 'find-prebuild.js')) as {
     findPrebuild(dir: string): string | null;
   };
@@ -162,7 +161,6 @@ function load(): NativeAddon {
       continue;
     }
     try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
       const addon = require(file) as NativeAddon;
       const forced = process.env.PERFORMER_ATTENTION_ISA;
       if (forced) addon.setIsa(forced); // throws a RangeError naming an unavailable ISA

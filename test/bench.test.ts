@@ -9,7 +9,6 @@ const root = path.resolve(__dirname, '..');
 const benchDir = path.join(root, 'bench');
 const cli = path.join(benchDir, 'performer-bench.js');
 
-/* eslint-disable @typescript-eslint/no-var-requires */
 const cost = require(path.join(benchDir, 'lib', 'cost.js'));
 const stats = require(path.join(benchDir, 'lib', 'stats.js'));
 const format = require(path.join(benchDir, 'lib', 'format.js'));

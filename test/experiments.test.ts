@@ -10,7 +10,6 @@ import * as path from 'node:path';
 const root = path.resolve(__dirname, '..');
 const dist = require(root); // the experiments use the built package, so these tests do too
 const { FeatureMap, favorAttentionSync, softmaxAttentionSync } = dist;
-/* eslint-disable @typescript-eslint/no-var-requires */
 const { attentionInputs, identityValues } = require(path.join(root, 'experiments', 'lib', 'data.js'));
 const { relFrobenius, summarize } = require(path.join(root, 'experiments', 'lib', 'stats.js'));
 const studies = require(path.join(root, 'experiments', 'lib', 'studies.js'));

@@ -17,7 +17,6 @@ import type { FastifyInstance } from 'fastify';
 import { expectThrows } from './helpers/errors';
 import { runNodeChild } from './helpers/fuzz-runner';
 
-/* eslint-disable @typescript-eslint/no-require-imports */
 const lib = require('../dist') as typeof import('../lib');
 const { decodingModels, file: modelFile } = require('./fuzz/models.js') as {
   decodingModels(): { name: string; model: { loadState(bytes: Uint8Array): unknown } }[];
@@ -29,7 +28,6 @@ const { loadModel } = require('../examples/service/model.js') as { loadModel(fil
 const { readBinaryParams } = require('../examples/service/input.js') as {
   readBinaryParams(query: Record<string, string>, headers: Record<string, string>, limits: Record<string, unknown>): { shape: number[] };
 };
-/* eslint-enable @typescript-eslint/no-require-imports */
 
 const ROOT = path.resolve(__dirname, '..');
 const CORPUS = path.join(__dirname, 'fuzz', 'corpus');

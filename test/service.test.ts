@@ -26,7 +26,6 @@ interface Model {
   pendingCalls(): number;
 }
 
-/* eslint-disable @typescript-eslint/no-require-imports */
 const { buildServer } = require('../examples/service/server.js') as { buildServer(options: Record<string, unknown>): FastifyInstance };
 const { loadModel } = require('../examples/service/model.js') as { loadModel(file: string): Promise<Model> };
 const { makeWeights } = require('../examples/service/make-weights.js') as {
@@ -35,7 +34,6 @@ const { makeWeights } = require('../examples/service/make-weights.js') as {
 const { sample } = require('../examples/service/metrics.js') as {
   sample(text: string, name: string, labels?: Record<string, string>): number | undefined;
 };
-/* eslint-enable @typescript-eslint/no-require-imports */
 
 const SMALL = { numLayers: 2, modelDim: 32, numHeads: 2, ffDim: 64, activation: 'gelu', seed: 3 };
 let model: Model;

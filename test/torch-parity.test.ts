@@ -62,8 +62,6 @@ function expectedShapes(c: FixtureConfig): Record<string, number[]> {
 const shapesOf = (tensors: Record<string, Tensor>) =>
   Object.fromEntries(Object.entries(tensors).map(([name, t]) => [name, [...t.shape]]));
 
-const toMask = (t: Tensor | undefined) => (t ? { data: Uint8Array.from(t.data), shape: t.shape } : undefined);
-
 // The double-precision layer reference (test/helpers/layer-reference.ts) on the mapped weights.
 function reference(f: Fixture): Float64Array {
   const c = f.config;

@@ -9,6 +9,7 @@
  * Shape legend: B batch, L rows, Lm memory rows, D modelDim, Dk keyDim, Dv valueDim, H heads of dh.
  */
 import { readSignal } from '../async-call';
+import type { NativeDims, NativeFavorOptions, NativeSoftmaxOptions } from '../native';
 import { rangeError, typeError } from '../errors';
 import type { Tensor } from '../tensor';
 import { readOptions } from '../validate';
@@ -49,9 +50,13 @@ interface MhaSaved {
   k: Float32Array;
   v: Float32Array;
   merged: Float32Array;
-  options: object;
-  kind: 'favor' | 'softmax';
+  attention: SavedAttention;
 }
+
+/** The attention call of a MultiHeadAttention pass, as its backward step takes it. */
+type SavedAttention =
+  | { kind: 'favor'; dims: NativeDims; options: NativeFavorOptions }
+  | { kind: 'softmax'; dims: NativeDims; options: NativeSoftmaxOptions };
 
 /** What `backward` returns: dL/d x, and dL/d of the memory or of the key and value inputs when given. */
 export interface InputGradients {
@@ -264,18 +269,19 @@ function mhaForward(b: PlanBuilder, o: Owned, m: MultiHeadAttention, p: ModulePa
   const v = project(m.v, valueSrc, lk);
   const causal = c.causal;
   const pad = cross ? p.memoryPadding : p.keyPadding;
-  const options =
+  const dims: NativeDims = { batch: B, heads: c.numHeads, queryLength: p.len, keyLength: lk, headDim: c.headDim, valueDim: c.headDim };
+  const attention: SavedAttention =
     p.attention === 'favor'
-      ? { ...m.featureMap.nativeSpec(), causal, keyPadding: pad, epsilon: 0, chunkSize: c.chunkSize }
-      : { causal, keyPadding: pad, scale: 1 / Math.sqrt(c.headDim) };
-  const dims = { batch: B, heads: c.numHeads, queryLength: p.len, keyLength: lk, headDim: c.headDim, valueDim: c.headDim };
+      ? { kind: 'favor', dims, options: { ...m.featureMap.nativeSpec(), causal, keyPadding: pad, epsilon: 0, chunkSize: c.chunkSize } }
+      : { kind: 'softmax', dims, options: { causal, keyPadding: pad, scale: 1 / Math.sqrt(c.headDim) } };
   const out = b.acquire(B * p.len * inner);
-  b.add({ op: p.attention, q, k, v, out, dims, options });
+  if (attention.kind === 'favor') b.add({ op: 'favor', q, k, v, out, dims, options: attention.options });
+  else b.add({ op: 'softmax', q, k, v, out, dims, options: attention.options });
   const merged = o.buffer(B * p.len * inner);
   b.add({ op: 'mergeHeads', src: out, dst: merged, ...heads(p.len) });
   b.release(out);
   linear(b, m.out, merged, B * p.len, y, residual);
-  return { m, x, src, valueSrc, lq: p.len, lk, q, k, v, merged, options: { dims, options }, kind: p.attention };
+  return { m, x, src, valueSrc, lq: p.len, lk, q, k, v, merged, attention };
 }
 
 // dx += d/dx and dsrc += d/dsrc of the attention for dL/dy = dy (dsrc may be dx: self-attention);
@@ -293,8 +299,9 @@ function mhaBackward(b: PlanBuilder, s: MhaSaved, dy: Float32Array, dx: Float32A
   const dq = b.acquire(B * s.lq * inner);
   const dk = b.acquire(B * s.lk * inner);
   const dv = b.acquire(B * s.lk * inner);
-  const { dims, options } = s.options as { dims: object; options: object };
-  b.add({ op: s.kind === 'favor' ? 'favorBackward' : 'softmaxBackward', q: s.q, k: s.k, v: s.v, gradOut: dout, dq, dk, dv, dims, options });
+  const a = s.attention;
+  if (a.kind === 'favor') b.add({ op: 'favorBackward', q: s.q, k: s.k, v: s.v, gradOut: dout, dq, dk, dv, dims: a.dims, options: a.options });
+  else b.add({ op: 'softmaxBackward', q: s.q, k: s.k, v: s.v, gradOut: dout, dq, dk, dv, dims: a.dims, options: a.options });
   b.release(dout);
   const merge = (t: Float32Array, len: number) => {
     const m = b.acquire(B * len * inner);

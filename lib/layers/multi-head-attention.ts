@@ -9,7 +9,7 @@ import { rangeError, typeError } from '../errors';
 import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
-import { native } from '../native';
+import { native, type NativeFavorOptions } from '../native';
 import { DecodingState } from './decoding';
 import { checkState, runStep, runStepSync } from './decoding-steps';
 import { ATTENTION_KINDS, readBatch, readKeyInputs, readKind, readPadding, readSequence } from './layer-inputs';
@@ -519,21 +519,23 @@ export class MultiHeadAttention extends LayerBase {
     }
     const o = b.acquire(rows * inner);
     const dims = { batch: B, heads: c.numHeads, queryLength: Lq, keyLength: Lk, headDim: c.headDim, valueDim: c.headDim };
-    const options =
-      a.attention === 'favor'
-        ? {
-            ...this.features.nativeSpec(),
-            causal: a.causal,
-            keyPadding: a.keyPadding,
-            epsilon: c.epsilon,
-            chunkSize: c.chunkSize,
-            state: a.state,
-            keysState: a.keys.kind === 'state' ? a.keys.state : null,
-          }
-        : { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) };
-    if (a.keys.kind === 'state' && a.attention !== 'favor') throw new Error('internal: an absorbed memory needs FAVOR+ attention');
     const label = `${a.label ?? 'attention'} (query, key and value here are the layer's projections of its input)`;
-    b.add({ op: a.attention, q, k, v, out: o, dims, options, label });
+    if (a.attention === 'favor') {
+      const options: NativeFavorOptions = {
+        ...this.features.nativeSpec(),
+        causal: a.causal,
+        keyPadding: a.keyPadding,
+        epsilon: c.epsilon,
+        chunkSize: c.chunkSize,
+        state: a.state,
+        keysState: a.keys.kind === 'state' ? a.keys.state : null,
+      };
+      b.add({ op: 'favor', q, k, v, out: o, dims, options, label });
+    } else {
+      // Softmax attention takes its keys and values (KeySource 'state' is FAVOR+ only).
+      if (k === null || v === null) throw new Error('internal: an absorbed memory needs FAVOR+ attention');
+      b.add({ op: 'softmax', q, k, v, out: o, dims, options: { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) }, label });
+    }
     b.release(q);
     if (k !== null && v !== null) {
       b.release(k);

@@ -10,8 +10,9 @@ import { native } from '../native';
 import { newFloat32Array } from '../validate';
 import { giveBack, takeCached } from '../workspace';
 
-/** @internal One native step; see native/addon/plan_bindings.cc for the fields. */
-export type PlanStep = { op: string } & Record<string, unknown>;
+import type { PlanStep } from './plan-steps';
+
+export type { PlanStep } from './plan-steps';
 
 /**
  * @internal Collects steps and their temporaries. Steps run in the order they are
@@ -68,10 +69,11 @@ export class PlanBuilder {
     // is done: they must not be transferred away meanwhile (see pinBuffers).
     const caller: ArrayBufferView[] = [];
     for (const step of this.steps) {
-      if (step.op === 'checkFinite' && step.output !== true) caller.push(step.x as Float32Array);
-      const options = step.options as { keyPadding?: Uint8Array | null; keep?: Uint8Array | null } | undefined;
+      if (step.op === 'checkFinite' && step.output !== true) caller.push(step.x);
+      const fields = step as { options?: { keyPadding?: Uint8Array | null; keep?: Uint8Array | null }; keep?: Uint8Array | null; tokens?: Int32Array };
+      const options = fields.options;
       // Masks and token ids come from the caller too.
-      for (const array of [options?.keyPadding, options?.keep, step.keep, step.tokens]) {
+      for (const array of [options?.keyPadding, options?.keep, fields.keep, fields.tokens]) {
         if (ArrayBuffer.isView(array)) caller.push(array);
       }
     }

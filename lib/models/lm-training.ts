@@ -12,7 +12,9 @@
  */
 import { rangeError } from '../errors';
 import type { Linear } from '../layers/parameters';
-import type { PlanBuilder } from '../layers/plan';
+import type { PlanBuilder, PlanStep } from '../layers/plan';
+import type { AttentionStep, TokenShiftOffset } from '../layers/plan-steps';
+import type { NativeDims } from '../native';
 import type { TensorSource } from './checkpoint';
 import type { LMConfig } from './config';
 import { forAxialRows, type AxialWeights } from './checkpoint';
@@ -159,7 +161,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     b.add({ op: 'linearBackward', rows, in: l.inFeatures, out: l.outFeatures, dy, x, weight: l.weight, dx, accumulate, dweight, dbias });
   const heads = { batch: B, len: L, heads: H, headDim: d };
   const dimsOf = (count: number) => ({ batch: B, heads: count, queryLength: L, keyLength: L, headDim: d, valueDim: d });
-  const shifts = c.causal ? [0, 1] : [-1, 0, 1];
+  const shifts: TokenShiftOffset[] = c.causal ? [0, 1] : [-1, 0, 1];
   const p = parts.positions;
   // Dropout masks come from (seed, stream, index): the backward pass redraws the forward
   // pass's. Streams: 0 the embeddings, 1 + 2l layer l's attention, 2 + 2l its feed-forward.
@@ -318,7 +320,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     let dy = dout;
     if (c.norm === 'rezero') {
       dy = b.acquire(N * D);
-      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out, dy: dout, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
+      b.add({ op: 'scaledAddBackward', n: N * D, x: sub.out!, dy: dout, g: sub.wrap.gain![0], dg: grads.of(sub.wrap.gain!), dx: dy, accumulate: false });
     }
     const dinput = b.acquire(N * D);
     part(dy, dinput);
@@ -426,7 +428,7 @@ function groupRotary(b: PlanBuilder, parts: LMParts, layer: StackLayer, g: { loc
   }
 }
 
-function groupAttentionStep(parts: LMParts, l: number, attention: TrainingAttention, g: HeadGroupArrays, out: Float32Array, dims: object) {
+function groupAttentionStep(parts: LMParts, l: number, attention: TrainingAttention, g: HeadGroupArrays, out: Float32Array, dims: NativeDims): AttentionStep {
   const c = parts.config;
   if (g.local) {
     const options = { window: c.localWindowSize, causal: c.causal, keep: null, pytorchNumerics: parts.numerics === 'performer-pytorch', ring: null, start: 0 };
@@ -447,16 +449,20 @@ function groupBackwardStep(
   dq: Float32Array,
   dk: Float32Array,
   dv: Float32Array,
-  dims: object,
-) {
-  const forward = groupAttentionStep(parts, l, attention, g, gradOut, dims) as unknown as { op: string; options: object; label?: string };
-  const ops: Record<string, string> = {
-    softmax: 'softmaxBackward',
-    favor: 'favorBackward',
-    pytorchFavor: 'pytorchFavorBackward',
-    localAttention: 'localAttentionBackward',
-  };
-  return { op: ops[forward.op], q: g.q, k: g.k, v: g.v, gradOut, dq, dk, dv, dims, options: forward.options, label: forward.label ?? `layers.${l}.attention` };
+  dims: NativeDims,
+): PlanStep {
+  const forward = groupAttentionStep(parts, l, attention, g, gradOut, dims);
+  const common = { q: g.q, k: g.k, v: g.v, gradOut, dq, dk, dv, dims, label: forward.label ?? `layers.${l}.attention` };
+  switch (forward.op) {
+    case 'softmax':
+      return { op: 'softmaxBackward', ...common, options: forward.options };
+    case 'favor':
+      return { op: 'favorBackward', ...common, options: forward.options };
+    case 'pytorchFavor':
+      return { op: 'pytorchFavorBackward', ...common, options: forward.options };
+    case 'localAttention':
+      return { op: 'localAttentionBackward', ...common, options: forward.options };
+  }
 }
 
 /** The arrays and kind of a group of heads. */

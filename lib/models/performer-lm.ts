@@ -430,6 +430,7 @@ export class PerformerLM {
       throw rangeError(`${fn} prompt: empty, and this state keeps no token history to recompute the last logits from; pass at least the next token`);
     }
     this.checkPositions(state.position, p.length + maxNew, fn);
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- an async generator cannot be an arrow function, so it cannot capture `this`
     const self = this;
     async function* run(): AsyncGenerator<number, void, undefined> {
       let logits = p.length > 0 ? await self.step(p, state, { signal }) : await self.lastLogits(state, signal);

@@ -8,9 +8,10 @@
  * token shift when configured.
  */
 import { FeatureMap } from '../feature-map';
-import { native } from '../native';
+import { native, type NativeDims } from '../native';
 import { Linear } from '../layers/parameters';
 import type { PlanBuilder } from '../layers/plan';
+import type { FavorStep, PytorchFavorStep } from '../layers/plan-steps';
 import type { TensorSource } from './checkpoint';
 import { sublayerPrefix, type PerformerStackConfig } from './config';
 
@@ -420,11 +421,11 @@ export class PerformerStack {
     k: Float32Array,
     v: Float32Array,
     out: Float32Array,
-    dims: object,
+    dims: NativeDims,
     keep: Uint8Array | null,
     state: LayerState | null,
     label: string,
-  ): { op: string } & Record<string, unknown> {
+  ): FavorStep | PytorchFavorStep {
     const c = this.config;
     const layer = this.layers[l];
     const base = { q, k, v, out, dims, label: `${label} (global heads)` };
@@ -440,7 +441,7 @@ export class PerformerStack {
           keep,
           state: state?.global ?? null,
           maxRose: state?.maxRose ?? null,
-          projection: layer.projection, // read by the backward pass only
+          projection: layer.projection, // length-checked here, read by the backward pass
         },
       };
     }

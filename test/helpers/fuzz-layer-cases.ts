@@ -129,7 +129,10 @@ function mixedSafetensors(fuzzer: Fuzzer): { bytes: Buffer; expected: Record<str
     if (dtype === 'F32' || dtype === 'F64') {
       for (let i = 0; i < n; i++) values[i] = fuzzer.rng.normal();
       part = Buffer.alloc(n * (dtype === 'F32' ? 4 : 8));
-      for (let i = 0; i < n; i++) dtype === 'F32' ? part.writeFloatLE(values[i], 4 * i) : part.writeDoubleLE(values[i], 8 * i);
+      for (let i = 0; i < n; i++) {
+        if (dtype === 'F32') part.writeFloatLE(values[i], 4 * i);
+        else part.writeDoubleLE(values[i], 8 * i);
+      }
     } else if (dtype === 'F16' || dtype === 'BF16') {
       // Values exactly representable in both 16-bit formats: small integers and halves.
       part = Buffer.alloc(2 * n);

@@ -103,6 +103,7 @@ new FeatureMap({ numFeatures: 8 });
 new FeatureMap({ headDim: 8, kernel: 'gelu' });
 // @ts-expect-error: not a norm scaling
 new FeatureMap({ headDim: 8, normScaling: 'unit' });
+// eslint-disable-next-line @typescript-eslint/no-unused-vars -- declared for its type: the assertion below is on typeof given
 const given = FeatureMap.fromProjection(new Float32Array(8 * 4), { headDim: 4, numFeatures: 8 });
 // @ts-expect-error: fromProjection needs numFeatures
 FeatureMap.fromProjection(new Float32Array(8 * 4), { headDim: 4 });

@@ -17,7 +17,7 @@ import {
 } from '../../lib';
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
-declare function assertType<T extends true>(): void;
+const assertType = <T extends true>(value?: T) => value;
 
 const x: Tensor = { data: new Float32Array(2 * 5 * 16), shape: [2, 5, 16] };
 const mha = new MultiHeadAttention({ modelDim: 16, numHeads: 2, causal: true, featureMap: { numFeatures: 32, seed: 1 } });
