@@ -4,12 +4,10 @@
 // with require('performer-attention') resolved to this checkout. A block that is not a whole
 // program fails here. Outputs are checked by the tests of each feature (readme.test.ts and
 // others); this file checks that no documented snippet is stale.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 
-const root = path.resolve(__dirname, '..');
+import { ROOT as root, runSnippet } from './helpers/doc-snippets';
 const documents = ['README.md', ...fs.readdirSync(path.join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
 
 function jsBlocks(file: string): { name: string; code: string }[] {
@@ -25,16 +23,6 @@ function jsBlocks(file: string): { name: string; code: string }[] {
 
 const snippets = documents.flatMap(jsBlocks);
 
-function folder(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pa-docs-'));
-  const pp = path.join(root, 'test', 'fixtures', 'performer-pytorch');
-  fs.copyFileSync(path.join(pp, 'lm_trained_small.state_dict.safetensors'), path.join(dir, 'model.safetensors'));
-  const cases = JSON.parse(fs.readFileSync(path.join(pp, 'cases.json'), 'utf8'));
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cases.lm_trained_small.ctor));
-  fs.copyFileSync(path.join(root, 'test', 'fixtures', 'layers', 'bert_2layers.safetensors'), path.join(dir, 'bert.safetensors'));
-  return dir;
-}
-
 test('the documents have the snippets this test is meant to run', () => {
   // README: install, example, performer-pytorch, fine-tuning; docs: at least the layers,
   // API, performer-pytorch and training ones.
@@ -47,14 +35,6 @@ test('the documents have the snippets this test is meant to run', () => {
 });
 
 test.each(snippets.map((s) => [s.name, s] as const))('%s runs', (_name, snippet) => {
-  const dir = folder();
-  try {
-    const code = snippet.code.replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
-    const file = path.join(dir, 'snippet.js');
-    fs.writeFileSync(file, code);
-    // Throws (failing the test with the snippet's stderr) on a non-zero exit or a timeout.
-    execFileSync(process.execPath, [file], { cwd: dir, encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  // Throws (failing the test with the snippet's stderr) on a non-zero exit or a timeout.
+  runSnippet(snippet.code);
 }, 150_000);

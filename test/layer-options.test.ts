@@ -12,17 +12,10 @@ import {
   type Tensor,
 } from '../lib';
 import { expectThrows } from './helpers/errors';
-import { relFrobenius } from './helpers/reference';
+import { relFrobenius, seededUniform } from './helpers/reference';
 
 function filled(shape: number[], seed: number, scale = 1): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const a = new Float32Array(n);
-  let s = seed;
-  for (let i = 0; i < n; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    a[i] = scale * (s / 2147483648 - 0.5);
-  }
-  return { data: a, shape };
+  return { data: seededUniform(shape.reduce((a, b) => a * b, 1), seed, scale), shape };
 }
 const dot = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + v * b[i], 0);
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);

@@ -5,11 +5,10 @@
  * (test/fixtures/layer-grads, scripts/fixtures/make_layer_grad_fixtures.py) on every kernel
  * set, accumulation, an optimizer step seen by the next forward pass, and errors.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { AdamW, backendInfo, DecoderLayer, EncoderLayer, fromPyTorch, MultiHeadAttention, setBackend, TransformerDecoder, TransformerEncoder, type InputGradients, type Tensor } from '../lib';
+import { docBlock, runSnippet } from './helpers/doc-snippets';
 import { expectThrows } from './helpers/errors';
 import { blockRef, layerNormRef, mhaRef, type RefBlockConfig } from './helpers/layer-reference';
 import { randn, relFrobenius, Rng, type RefFeatureSpec, type RefTensor } from './helpers/reference';
@@ -302,14 +301,7 @@ describe('training layers', () => {
   });
 
   test("the docs' layer example runs and lowers its loss", () => {
-    const root = path.resolve(__dirname, '..');
-    const section = fs.readFileSync(path.join(root, 'docs', 'training.md'), 'utf8').split('\n## Layers\n')[1];
-    const match = section && /```js\n([\s\S]*?)```/.exec(section);
-    expect(match).not.toBeNull();
-    const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-docs-')), 'layers-training.js');
-    fs.writeFileSync(file, code);
-    const output = execFileSync(process.execPath, [file], { encoding: 'utf8' });
+    const output = runSnippet(docBlock('docs/training.md', '## Layers'));
     const mse = [...output.matchAll(/^step (\d+) mse (\d+\.\d+)$/gm)].map((m) => Number(m[2]));
     expect(mse).toHaveLength(3);
     expect(mse[2]).toBeLessThan(0.7 * mse[0]);

@@ -13,18 +13,11 @@ import {
   type MaskLike,
 } from '../lib';
 import { expectThrows } from './helpers/errors';
+import { seededUniform } from './helpers/reference';
 
 const B = 2, H = 2, L = 7, D = 8;
 
-function filled(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed;
-  for (let i = 0; i < n; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    a[i] = s / 2147483648 - 0.5;
-  }
-  return a;
-}
+const filled = (n: number, seed: number) => seededUniform(n, seed);
 const t = (shape: number[], seed: number) => ({ data: filled(shape.reduce((a, b) => a * b, 1), seed), shape });
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 

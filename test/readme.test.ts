@@ -1,25 +1,12 @@
 // The README's examples (and the layers example of docs/layers.md) and the demo run as users run them: as separate Node
 // processes against the built package (dist/ and the addon).
 import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 
-const root = path.resolve(__dirname, '..');
-
-function readmeExample(): string {
-  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const section = readme.split('\n## Example\n')[1];
-  const match = section && /```js\n([\s\S]*?)```/.exec(section);
-  if (!match) throw new Error('README.md has no ```js block under "## Example"');
-  return match[1];
-}
+import { docBlock, ROOT as root, runSnippet } from './helpers/doc-snippets';
 
 test('the README example runs and shows row 0 exact and the last row approximated', () => {
-  const code = readmeExample().replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-readme-')), 'example.js');
-  fs.writeFileSync(file, code);
-  const output = execFileSync(process.execPath, [file], { encoding: 'utf8' });
+  const output = runSnippet(docBlock('README.md', '## Example'));
   const num = '(-?\\d+\\.\\d{4})';
   const rowLine = (i: number) => new RegExp(`^row ${i}: FAVOR\\+ ${num} ${num} ${num} \\| exact ${num} ${num} ${num}$`, 'm');
   const lines = output.split('\n');
@@ -50,31 +37,13 @@ test('the demo runs and reports times, speed-up and a small relative error', () 
 });
 
 test('the layers example (docs/layers.md) runs: encoder, safetensors round trip, decoding and a parked state', () => {
-  const doc = fs.readFileSync(path.join(root, 'docs', 'layers.md'), 'utf8');
-  const section = doc.split('\n# Layers\n')[1] ?? (doc.startsWith('# Layers\n') ? doc : undefined);
-  const match = section && /```js\n([\s\S]*?)```/.exec(section);
-  expect(match).not.toBeNull();
-  const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-readme-')), 'layers.js');
-  fs.writeFileSync(file, code);
-  const output = execFileSync(process.execPath, [file], { encoding: 'utf8' });
+  const output = runSnippet(docBlock('docs/layers.md', '# Layers'));
   expect(output).toBe('[ 1, 1024, 256 ] [ 1, 1024, 256 ] [ 1, 1, 256 ] 101\n');
 });
 
 test('the README performer-pytorch example loads a trained model and streams a generation', () => {
-  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const section = readme.split('\n## Run a model trained with performer-pytorch\n')[1];
-  const match = section && /```js\n([\s\S]*?)```/.exec(section);
-  expect(match).not.toBeNull();
-  // The example's files: the trained test model and its constructor arguments.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pa-readme-'));
-  const fixtures = path.join(root, 'test', 'fixtures', 'performer-pytorch');
-  fs.copyFileSync(path.join(fixtures, 'lm_trained_small.state_dict.safetensors'), path.join(dir, 'model.safetensors'));
-  const cases = JSON.parse(fs.readFileSync(path.join(fixtures, 'cases.json'), 'utf8'));
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cases.lm_trained_small.ctor));
-  const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
-  fs.writeFileSync(path.join(dir, 'example.js'), code);
-  const output = execFileSync(process.execPath, [path.join(dir, 'example.js')], { encoding: 'utf8', cwd: dir });
+  // In a folder with the example's files: the trained test model and its constructor arguments.
+  const output = runSnippet(docBlock('README.md', '## Run a model trained with performer-pytorch'));
   const lines = output.split('\n');
   expect(lines[0]).toBe('[ 1, 9, 128 ]');
   const result = /^(\d+) tokens, state (\d+) bytes$/.exec(lines[lines.length - 2]);
@@ -87,14 +56,7 @@ test('the README performer-pytorch example loads a trained model and streams a g
 });
 
 test('the README fine-tuning example runs and its loss falls', () => {
-  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const section = readme.split('\n## Fine-tune in Node\n')[1];
-  const match = section && /```js\n([\s\S]*?)```/.exec(section);
-  expect(match).not.toBeNull();
-  const code = match![1].replace(/require\('performer-attention'\)/g, `require(${JSON.stringify(root)})`);
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-readme-')), 'train.js');
-  fs.writeFileSync(file, code);
-  const output = execFileSync(process.execPath, [file], { encoding: 'utf8' });
+  const output = runSnippet(docBlock('README.md', '## Fine-tune in Node'));
   const m = /^(\d+\.\d\d) -> (\d+\.\d\d)\n$/.exec(output);
   expect(m).not.toBeNull();
   expect(Number(m![2])).toBeLessThan(Number(m![1]) / 2);

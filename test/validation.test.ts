@@ -13,21 +13,14 @@ import {
 import { runInNewContext } from 'node:vm';
 
 import { expectRejects, expectThrows, type ExpectedError } from './helpers/errors';
+import { seededUniform } from './helpers/reference';
 
 const B = 2;
 const H = 3;
 const L = 5;
 const D = 4;
 
-function filled(n: number, seed = 1): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed;
-  for (let i = 0; i < n; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    a[i] = s / 2147483648 - 0.5;
-  }
-  return a;
-}
+const filled = (n: number, seed = 1) => seededUniform(n, seed);
 
 function t(shape: number[], seed = 1) {
   return { data: filled(shape.reduce((a, b) => a * b, 1), seed), shape };

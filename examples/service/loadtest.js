@@ -9,12 +9,12 @@
 // Requests still running when a case's time is up are cut (their inference is cancelled),
 // so every case stops by itself, however slow; at most 6 x (2 duration + 2) s in all.
 'use strict';
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const autocannon = require('autocannon');
 
+const { startServer, stopServer } = require('./child-server');
 const { sample } = require('./metrics');
 
 const root = path.resolve(__dirname, '..', '..');
@@ -32,41 +32,6 @@ function parseArgs(argv) {
     else throw new RangeError(`unknown flag ${flag} (known: --duration, --connections, --lengths, --attention, --out)`);
   }
   return args;
-}
-
-/** Starts main.js on a free port; resolves with { child, url, model } once it listens. */
-function startServer(maxSeqLen) {
-  const child = spawn(process.execPath, [path.join(__dirname, 'main.js'), '--port', '0', '--max-seq-len', String(maxSeqLen)], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const onData = (chunk) => {
-      text += chunk;
-      const match = /listening on (http:\/\/\S+) \(model (.*)\)\n/.exec(text);
-      if (match) {
-        child.stdout.off('data', onData);
-        child.stdout.resume(); // keep draining its output
-        resolve({ child, url: match[1], model: JSON.parse(match[2]) });
-      }
-    };
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`server exited with code ${code} before listening:\n${text}`)));
-  });
-}
-
-function stopServer(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve(child.exitCode);
-    const killer = setTimeout(() => child.kill('SIGKILL'), 15000);
-    child.once('exit', (code, signal) => {
-      clearTimeout(killer);
-      resolve(code ?? signal);
-    });
-    child.kill('SIGTERM');
-  });
 }
 
 // Seeded float32 rows, values in [-1, 1).
@@ -106,7 +71,7 @@ async function alone(url, body, shape, attention, seconds) {
 }
 
 async function runCase(seq, attention, args) {
-  const { child, url, model } = await startServer(Math.max(...args.lengths));
+  const { child, url, model } = await startServer(['--max-seq-len', String(Math.max(...args.lengths))]);
   try {
     const modelDim = model.modelDim;
     await post(url, sequenceBytes(7, 512, modelDim), [512, modelDim], attention); // warm-up: code paths, workspaces

@@ -6,10 +6,9 @@
 //     samples the server's resident memory (/metrics) while they upload.
 //   node examples/service/probe-uploads.js [--clients 20] [--mib 12] [--max-concurrent 2] [--max-queue 4]
 'use strict';
-const { spawn } = require('node:child_process');
 const http = require('node:http');
-const path = require('node:path');
 
+const { startServer, stopServer } = require('./child-server');
 const { sample } = require('./metrics');
 
 function parseArgs(argv) {
@@ -21,28 +20,6 @@ function parseArgs(argv) {
     args[key] = Number(argv[i + 1]);
   }
   return args;
-}
-
-function startServer(args) {
-  const child = spawn(
-    process.execPath,
-    [path.join(__dirname, 'main.js'), '--port', '0', '--max-concurrent', String(args.maxConcurrent), '--max-queue', String(args.maxQueue)],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  return new Promise((resolve, reject) => {
-    let text = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', function onData(chunk) {
-      text += chunk;
-      const match = /listening on (http:\/\/\S+) /.exec(text);
-      if (match) {
-        child.stdout.off('data', onData);
-        child.stdout.resume();
-        resolve({ child, url: match[1] });
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with code ${code} before listening:\n${text}`)));
-  });
 }
 
 async function rss(url) {
@@ -130,7 +107,7 @@ async function slowUploads(url, clients, bytes) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  const { child, url } = await startServer(args);
+  const { child, url } = await startServer(['--max-concurrent', String(args.maxConcurrent), '--max-queue', String(args.maxQueue)]);
   try {
     const over = await oversize(url, args.clients, 20 * 2 ** 20);
     console.log(`oversize: ${args.clients} POSTs of 20 MiB JSON (limit 16 MiB) with fetch: ${over.answered400} answered 400, ${over.failed} failed ${JSON.stringify(over.errors)}, ${over.other} other`);
@@ -142,7 +119,7 @@ async function main() {
         `${slow.rssPeakMB} MB at most while encoding the admitted requests`,
     );
   } finally {
-    child.kill('SIGTERM');
+    await stopServer(child);
   }
 }
 

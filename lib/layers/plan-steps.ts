@@ -74,6 +74,29 @@ export interface CheckFiniteStep {
   output?: boolean;
 }
 
+/** @internal The arrays of an attention step: q [B, H, Lq, d], k and v [B, H, Lk, ·], out. */
+export interface AttentionArrays {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  out: Float32Array;
+  dims: NativeDims;
+  label?: string | null;
+}
+
+/** @internal The arrays of an attention backward step: the forward's inputs, gradOut, and dq, dk, dv written. */
+export interface AttentionGradientArrays {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  gradOut: Float32Array;
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+  dims: NativeDims;
+  label?: string | null;
+}
+
 /**
  * @internal FAVOR+ attention, as favorAttention (keys only with options.absorbInto, queries only
  * with options.keysState: the unused arrays may then be absent); parse_attention_job.
@@ -90,48 +113,24 @@ export interface FavorStep {
 }
 
 /** @internal Exact softmax attention, as softmaxAttention; parse_attention_job. */
-export interface SoftmaxStep {
+export interface SoftmaxStep extends AttentionArrays {
   op: 'softmax';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  out: Float32Array;
-  dims: NativeDims;
   options: NativeSoftmaxOptions;
-  label?: string | null;
 }
 
 // ---- backward_bindings.cc
 
 /** @internal dq, dk, dv (and dprojection) of a favor step for the output gradient gradOut; parse_backward_step. */
-export interface FavorBackwardStep {
+export interface FavorBackwardStep extends AttentionGradientArrays {
   op: 'favorBackward';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  gradOut: Float32Array;
-  dq: Float32Array;
-  dk: Float32Array;
-  dv: Float32Array;
   dprojection?: Float32Array | null;
-  dims: NativeDims;
   options: NativeFavorOptions;
-  label?: string | null;
 }
 
 /** @internal dq, dk, dv of a softmax step for the output gradient gradOut; parse_backward_step. */
-export interface SoftmaxBackwardStep {
+export interface SoftmaxBackwardStep extends AttentionGradientArrays {
   op: 'softmaxBackward';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  gradOut: Float32Array;
-  dq: Float32Array;
-  dk: Float32Array;
-  dv: Float32Array;
-  dims: NativeDims;
   options: NativeSoftmaxOptions;
-  label?: string | null;
 }
 
 // ---- grad_plan_ops.cc (accumulate: dx-like outputs are added to; parameter gradients always are)
@@ -387,30 +386,15 @@ export interface PytorchFavorStepOptions {
 }
 
 /** @internal FAVOR attention with performer-pytorch's numerics; parse_pytorch_favor. */
-export interface PytorchFavorStep {
+export interface PytorchFavorStep extends AttentionArrays {
   op: 'pytorchFavor';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  out: Float32Array;
-  dims: NativeDims;
   options: PytorchFavorStepOptions;
-  label?: string | null;
 }
 
 /** @internal dq, dk, dv of a pytorchFavor step for gradOut; parse_pytorch_favor_backward. */
-export interface PytorchFavorBackwardStep {
+export interface PytorchFavorBackwardStep extends AttentionGradientArrays {
   op: 'pytorchFavorBackward';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  gradOut: Float32Array;
-  dq: Float32Array;
-  dk: Float32Array;
-  dv: Float32Array;
-  dims: NativeDims;
   options: PytorchFavorStepOptions;
-  label?: string | null;
 }
 
 /** @internal Options of localAttention / localAttentionBackward steps (parse_local_options). */
@@ -426,31 +410,16 @@ export interface LocalAttentionStepOptions {
 }
 
 /** @internal Windowed softmax attention (local heads); parse_local_attention. */
-export interface LocalAttentionStep {
+export interface LocalAttentionStep extends AttentionArrays {
   op: 'localAttention';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  out: Float32Array;
-  dims: NativeDims;
   options: LocalAttentionStepOptions;
-  label?: string | null;
 }
 
 /** @internal dq, dk, dv of a localAttention step (no ring) for gradOut; parse_local_attention_backward. */
-export interface LocalAttentionBackwardStep {
+export interface LocalAttentionBackwardStep extends AttentionGradientArrays {
   op: 'localAttentionBackward';
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  gradOut: Float32Array;
-  dq: Float32Array;
-  dk: Float32Array;
-  dv: Float32Array;
-  dims: NativeDims;
   /** As the forward step's; ring must be unset (RangeError otherwise). */
   options: LocalAttentionStepOptions;
-  label?: string | null;
 }
 
 /** @internal One native step of a plan. */

@@ -71,6 +71,17 @@ export class Rng {
   }
 }
 
+/** n values uniform in [-scale/2, scale/2), from a small LCG seeded with `seed` (same seed, same values). */
+export function seededUniform(n: number, seed: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed;
+  for (let i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) % 2147483648;
+    a[i] = scale * (s / 2147483648 - 0.5);
+  }
+  return a;
+}
+
 /** n samples of N(0, std²) as float32. */
 export function randn(rng: Rng, n: number, std = 1): Float32Array {
   const out = new Float32Array(n);
