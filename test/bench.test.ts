@@ -19,7 +19,7 @@ const onnx = require(path.join(benchDir, 'lib', 'onnx.js'));
 const { numpyEnv } = require(path.join(benchDir, 'lib', 'runner.js'));
 const { chartSpec, renderSvg, writeChart } = require(path.join(benchDir, 'lib', 'chart.js'));
 const { deriveRecord } = require(path.join(benchDir, 'lib', 'measure.js'));
-const { summarizeSweep } = require(path.join(benchDir, 'lib', 'suites.js'));
+const { summarizeSweep } = require(path.join(benchDir, 'lib', 'suites', 'sweep.js'));
 const data = require(path.join(benchDir, 'lib', 'data.js'));
 
 function tmpDir(): string {
