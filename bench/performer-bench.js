@@ -11,7 +11,8 @@ const os = require('node:os');
 const path = require('node:path');
 
 const { parseArgs, UsageError, HELP } = require('./lib/args');
-const { SUITE_FUNCTIONS, machineInfo, sourceInfo } = require('./lib/suites');
+const { SUITE_FUNCTIONS } = require('./lib/suites');
+const { machineInfo, sourceInfo } = require('./lib/environment');
 const { writeChart } = require('./lib/chart');
 const fmt = require('./lib/format');
 

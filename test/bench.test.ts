@@ -14,12 +14,12 @@ const stats = require(path.join(benchDir, 'lib', 'stats.js'));
 const format = require(path.join(benchDir, 'lib', 'format.js'));
 const { findCrossover, describeCrossover } = require(path.join(benchDir, 'lib', 'crossover.js'));
 const { parseArgs, parseSeqList, UsageError } = require(path.join(benchDir, 'lib', 'args.js'));
-const { ProtoWriter, decodeMessage } = require(path.join(benchDir, 'lib', 'protobuf.js'));
+const protobuf = require('protobufjs');
 const onnx = require(path.join(benchDir, 'lib', 'onnx.js'));
 const { numpyEnv } = require(path.join(benchDir, 'lib', 'runner.js'));
 const { chartSpec, renderSvg, writeChart } = require(path.join(benchDir, 'lib', 'chart.js'));
 const { deriveRecord } = require(path.join(benchDir, 'lib', 'measure.js'));
-const { summarizeSweep } = require(path.join(benchDir, 'lib', 'suites.js'));
+const { summarizeSweep } = require(path.join(benchDir, 'lib', 'suites', 'sweep.js'));
 const data = require(path.join(benchDir, 'lib', 'data.js'));
 
 function tmpDir(): string {
@@ -373,50 +373,49 @@ describe('flag parsing', () => {
   });
 });
 
-describe('ONNX models from the hand-written protobuf encoder', () => {
-  const text = (b: Uint8Array) => Buffer.from(b).toString('utf8');
+describe('ONNX models encoded with protobufjs from bench/lib/onnx.proto', () => {
+  type Attr = { name: string; i?: bigint; ints?: bigint[] };
+  type Node = { op_type: string; domain?: string; input?: string[]; output: string[]; attribute?: Attr[] };
 
   test('varints, negative int64 and floats follow the wire format', () => {
-    expect([...new ProtoWriter().varint(300).finish()]).toEqual([0xac, 0x02]);
-    expect([...new ProtoWriter().varint(0).finish()]).toEqual([0]);
-    const neg = new ProtoWriter().int(3, -1).finish();
+    const { ModelProto, AttributeProto } = onnx.onnxTypes();
+    expect([...ModelProto.encode({ ir_version: 300 }).finish()]).toEqual([0x08, 0xac, 0x02]);
+    expect([...ModelProto.encode({ ir_version: 0 }).finish()]).toEqual([0x08, 0]);
+    const neg = AttributeProto.encode({ i: -1 }).finish();
     expect(neg.length).toBe(11); // tag + 10-byte varint
-    expect(decodeMessage(neg)[3][0]).toBe(2n ** 64n - 1n);
-    const f = decodeMessage(new ProtoWriter().float(2, 0.125).finish())[2][0];
-    expect(new DataView(f.buffer, f.byteOffset, 4).getFloat32(0, true)).toBe(0.125);
+    const reader = protobuf.Reader.create(neg);
+    expect(reader.uint32()).toBe((3 << 3) | 0);
+    expect(BigInt(reader.uint64().toString())).toBe(2n ** 64n - 1n);
+    const f = AttributeProto.encode({ f: 0.125 }).finish();
+    expect(f[0]).toBe((2 << 3) | 5); // field 2, fixed32
+    expect(new DataView(f.buffer, f.byteOffset + 1, 4).getFloat32(0, true)).toBe(0.125);
   });
 
-  function nodes(model: Uint8Array) {
-    const m = decodeMessage(model);
-    const graph = decodeMessage(m[7][0]);
+  function nodes(bytes: Uint8Array) {
+    const model = onnx.decodeModel(bytes);
     return {
-      model: m,
-      graph,
-      nodes: graph[1].map((n: Uint8Array) => {
-        const f = decodeMessage(n);
+      model,
+      graph: model.graph,
+      nodes: model.graph.node.map((n: Node) => {
         const attrs: Record<string, bigint | number[]> = {};
-        for (const a of f[5] ?? []) {
-          const af = decodeMessage(a);
-          attrs[text(af[1][0])] = af[3] ? af[3][0] : (af[8] ?? []).map((x: bigint) => Number(BigInt.asIntN(64, x)));
-        }
-        return { op: text(f[4][0]), domain: f[7] ? text(f[7][0]) : '', inputs: (f[1] ?? []).map(text), outputs: f[2].map(text), attrs };
+        for (const a of n.attribute ?? []) attrs[a.name] = a.i ?? (a.ints ?? []).map((x) => Number(x));
+        return { op: n.op_type, domain: n.domain ?? '', inputs: n.input ?? [], outputs: n.output, attrs };
       }),
     };
   }
 
   test('MatMul-Softmax-MatMul graph: ops, opset, inputs and the causal mask', () => {
     const bi = nodes(onnx.matmulSoftmaxModel({ batch: 1, heads: 2, L: 4, headDim: 8 }));
-    expect(bi.model[1][0]).toBe(8n); // ir_version
-    const opset = decodeMessage(bi.model[8][0]);
-    expect(opset[2][0]).toBe(17n);
+    expect(bi.model.ir_version).toBe(8n);
+    expect(bi.model.opset_import[0].version).toBe(17n);
     expect(bi.nodes.map((n: { op: string }) => n.op)).toEqual(['Transpose', 'MatMul', 'Mul', 'Softmax', 'MatMul']);
     expect(bi.nodes[0].attrs.perm).toEqual([0, 1, 3, 2]);
     expect(BigInt.asIntN(64, bi.nodes[3].attrs.axis as bigint)).toBe(-1n);
-    expect(bi.graph[11].map((vi: Uint8Array) => text(decodeMessage(vi)[1][0]))).toEqual(['query', 'key', 'value']);
+    expect(bi.graph.input.map((vi: { name: string }) => vi.name)).toEqual(['query', 'key', 'value']);
     const causal = nodes(onnx.matmulSoftmaxModel({ batch: 1, heads: 2, L: 4, headDim: 8, causal: true }));
     expect(causal.nodes.map((n: { op: string }) => n.op)).toEqual(['Transpose', 'MatMul', 'Mul', 'Add', 'Softmax', 'MatMul']);
-    const mask = causal.graph[5].map((t: Uint8Array) => decodeMessage(t)).find((t: Record<number, Uint8Array[]>) => text(t[8][0]) === 'causal_mask');
-    const raw = mask[9][0];
+    const mask = causal.graph.initializer.find((t: { name: string }) => t.name === 'causal_mask');
+    const raw: Uint8Array = mask.raw_data;
     const values = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength));
     expect([...values.slice(0, 4)]).toEqual([0, -Infinity, -Infinity, -Infinity]);
     expect([...values.slice(12, 16)]).toEqual([0, 0, 0, 0]);
@@ -427,7 +426,7 @@ describe('ONNX models from the hand-written protobuf encoder', () => {
     expect(m.nodes).toHaveLength(1);
     expect(m.nodes[0]).toMatchObject({ op: 'MultiHeadAttention', domain: 'com.microsoft', inputs: ['query', 'key', 'value'] });
     expect(m.nodes[0].attrs).toEqual({ num_heads: 4n, unidirectional: 1n });
-    const domains = m.model[8].map((o: Uint8Array) => decodeMessage(o)[1]).map((d: Uint8Array[] | undefined) => (d ? text(d[0]) : ''));
+    const domains = m.model.opset_import.map((o: { domain?: string }) => o.domain ?? '');
     expect(domains).toEqual(['', 'com.microsoft']);
     const bi = nodes(onnx.multiHeadAttentionModel({ batch: 1, heads: 4, L: 16, headDim: 8 }));
     expect(bi.nodes[0].attrs).toEqual({ num_heads: 4n });

@@ -182,6 +182,22 @@ function prepareSeries(series, xKind, yKind) {
 }
 
 /**
+ * One axis's ticks: a labelled tick gets a grid line, a 5 px tick and its label; the
+ * others a 3 px tick. at maps a tick value to its position along the axis.
+ */
+function axisTicks(ticks, at, grid, axis, { gridLine, tick, label }) {
+  for (const t of ticks) {
+    const p = at(t.value);
+    if (t.label !== undefined) {
+      grid.push(gridLine(p));
+      axis.push(tick(p, 5), label(p, t.label));
+    } else {
+      axis.push(tick(p, 3));
+    }
+  }
+}
+
+/**
  * The chart as SVG. `chart`:
  *   { title, subtitle?, x: { title, scale: 'log' | 'linear', ticks? }, y: { … },
  *     width?, height? (of each panel's plotting area, default 640 x 400),
@@ -307,26 +323,16 @@ function renderSvg(chart) {
     const grid = [];
     const axisX = [];
     const axisY = [];
-    for (const t of xScale.ticks) {
-      const tx = X(t.value);
-      if (t.label !== undefined) {
-        grid.push(`<line x1="${coord(tx)}" y1="${coord(top)}" x2="${coord(tx)}" y2="${coord(bottomOfPlots)}"/>`);
-        axisX.push(`<line x1="${coord(tx)}" y1="${coord(bottomOfPlots)}" x2="${coord(tx)}" y2="${coord(bottomOfPlots + 5)}"/>`);
-        axisX.push(`<text x="${coord(tx)}" y="${coord(bottomOfPlots + 8 + SIZE.tick)}" text-anchor="middle" stroke="none" fill="#333">${escapeXml(t.label)}</text>`);
-      } else {
-        axisX.push(`<line x1="${coord(tx)}" y1="${coord(bottomOfPlots)}" x2="${coord(tx)}" y2="${coord(bottomOfPlots + 3)}"/>`);
-      }
-    }
-    for (const t of yScale.ticks) {
-      const ty = Y(t.value);
-      if (t.label !== undefined) {
-        grid.push(`<line x1="${coord(px)}" y1="${coord(ty)}" x2="${coord(px + width)}" y2="${coord(ty)}"/>`);
-        axisY.push(`<line x1="${coord(px - 5)}" y1="${coord(ty)}" x2="${coord(px)}" y2="${coord(ty)}"/>`);
-        axisY.push(`<text x="${coord(px - 8)}" y="${coord(ty + SIZE.tick / 3)}" text-anchor="end" stroke="none" fill="#333">${escapeXml(t.label)}</text>`);
-      } else {
-        axisY.push(`<line x1="${coord(px - 3)}" y1="${coord(ty)}" x2="${coord(px)}" y2="${coord(ty)}"/>`);
-      }
-    }
+    axisTicks(xScale.ticks, X, grid, axisX, {
+      gridLine: (tx) => `<line x1="${coord(tx)}" y1="${coord(top)}" x2="${coord(tx)}" y2="${coord(bottomOfPlots)}"/>`,
+      tick: (tx, len) => `<line x1="${coord(tx)}" y1="${coord(bottomOfPlots)}" x2="${coord(tx)}" y2="${coord(bottomOfPlots + len)}"/>`,
+      label: (tx, text) => `<text x="${coord(tx)}" y="${coord(bottomOfPlots + 8 + SIZE.tick)}" text-anchor="middle" stroke="none" fill="#333">${escapeXml(text)}</text>`,
+    });
+    axisTicks(yScale.ticks, Y, grid, axisY, {
+      gridLine: (ty) => `<line x1="${coord(px)}" y1="${coord(ty)}" x2="${coord(px + width)}" y2="${coord(ty)}"/>`,
+      tick: (ty, len) => `<line x1="${coord(px - len)}" y1="${coord(ty)}" x2="${coord(px)}" y2="${coord(ty)}"/>`,
+      label: (ty, text) => `<text x="${coord(px - 8)}" y="${coord(ty + SIZE.tick / 3)}" text-anchor="end" stroke="none" fill="#333">${escapeXml(text)}</text>`,
+    });
     g.push(`<g class="grid" stroke="#e6e6e6">${grid.join('')}</g>`);
     g.push(`<rect class="frame" x="${coord(px)}" y="${coord(top)}" width="${coord(width)}" height="${coord(height)}" fill="none" stroke="#999"/>`);
     g.push(`<g class="axis x" stroke="#999" font-size="${SIZE.tick}">${axisX.join('')}</g>`);

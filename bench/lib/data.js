@@ -53,30 +53,27 @@ function makeInputs({ batch, heads, L, headDim, valueDim = headDim, seed = 1, qk
   return { q, k, v, out };
 }
 
-/** [B, H, L, D] -> [B, L, H*D] (the layout of onnxruntime's MultiHeadAttention). */
-function toBSD(data, [B, H, L, D]) {
+/**
+ * Copies each D-long row between the [B, H, L, D] layout and [B, L, H*D] (the
+ * layout of onnxruntime's MultiHeadAttention): toBsd picks the direction.
+ */
+function relayout(data, [B, H, L, D], toBsd) {
   const out = new Float32Array(data.length);
   for (let b = 0; b < B; b++)
     for (let h = 0; h < H; h++)
       for (let l = 0; l < L; l++) {
-        const src = ((b * H + h) * L + l) * D;
-        const dst = (b * L + l) * H * D + h * D;
-        out.set(data.subarray(src, src + D), dst);
+        const bhld = ((b * H + h) * L + l) * D;
+        const bsd = (b * L + l) * H * D + h * D;
+        const src = toBsd ? bhld : bsd;
+        out.set(data.subarray(src, src + D), toBsd ? bsd : bhld);
       }
   return out;
 }
 
+/** [B, H, L, D] -> [B, L, H*D]. */
+const toBSD = (data, shape) => relayout(data, shape, true);
+
 /** [B, L, H*D] -> [B, H, L, D]. */
-function fromBSD(data, [B, H, L, D]) {
-  const out = new Float32Array(data.length);
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++)
-      for (let l = 0; l < L; l++) {
-        const dst = ((b * H + h) * L + l) * D;
-        const src = (b * L + l) * H * D + h * D;
-        out.set(data.subarray(src, src + D), dst);
-      }
-  return out;
-}
+const fromBSD = (data, shape) => relayout(data, shape, false);
 
 module.exports = { makeRng, uniformArray, makeInputs, toBSD, fromBSD };

@@ -1,133 +1,139 @@
 'use strict';
-// ONNX models of exact attention for the onnxruntime-node comparison, written
-// with the small protobuf writer (field numbers from onnx.proto):
+// ONNX models of exact attention for the onnxruntime-node comparison, encoded
+// with protobufjs from the message definitions in onnx.proto:
 //   matmul: MatMul(Q, Transpose(K)) * scale [+ causal mask] -> Softmax -> MatMul(., V),
 //           inputs [B, H, L, d] like this library's;
 //   mha:    com.microsoft MultiHeadAttention (onnxruntime's fused CPU kernel),
 //           inputs [B, L, H*d], output [B, L, H*Dv]; causal through unidirectional = 1.
-const { ProtoWriter } = require('./protobuf');
+const path = require('node:path');
+const { requireOptional } = require('./optional');
 
-const FLOAT = 1; // TensorProto.DataType
-const ATTR = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, INTS: 7 }; // AttributeProto.AttributeType
 const IR_VERSION = 8;
 const OPSET = 17;
 
-function valueInfo(w, field, name, dims) {
-  w.message(field, (vi) => {
-    vi.string(1, name);
-    vi.message(2, (type) =>
-      type.message(1, (tensor) => {
-        tensor.int(1, FLOAT);
-        tensor.message(2, (shape) => {
-          for (const d of dims) shape.message(1, (dim) => (typeof d === 'string' ? dim.string(2, d) : dim.int(1, d)));
-        });
-      }),
-    );
-  });
-}
+let types = null;
 
-function attribute(w, name, value) {
-  w.message(5, (a) => {
-    a.string(1, name);
-    if (Array.isArray(value)) {
-      a.int(20, ATTR.INTS);
-      for (const v of value) a.int(8, v);
-    } else if (typeof value === 'object' && value.float !== undefined) {
-      a.int(20, ATTR.FLOAT);
-      a.float(2, value.float);
-    } else if (Number.isInteger(value)) {
-      a.int(20, ATTR.INT);
-      a.int(3, value);
-    } else {
-      throw new TypeError(`attribute ${name}: unsupported value ${value}`);
-    }
-  });
-}
-
-function node(w, { op, inputs, outputs, name, domain, attributes = {} }) {
-  w.message(1, (n) => {
-    for (const i of inputs) n.string(1, i);
-    for (const o of outputs) n.string(2, o);
-    n.string(3, name ?? `${op}_${outputs[0]}`);
-    n.string(4, op);
-    if (domain) n.string(7, domain);
-    for (const [k, v] of Object.entries(attributes)) attribute(n, k, v);
-  });
-}
-
-function initializer(w, name, dims, data) {
-  w.message(5, (t) => {
-    for (const d of dims) t.int(1, d);
-    t.int(2, FLOAT);
-    t.string(8, name);
-    t.bytes(9, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-  });
-}
-
-/** A ModelProto: graph(g) fills the GraphProto; opsets: [[domain, version]]. */
-function model(graphName, opsets, graph) {
-  const w = new ProtoWriter();
-  w.int(1, IR_VERSION);
-  w.string(2, 'performer-attention bench');
-  for (const [domain, version] of opsets) {
-    w.message(8, (o) => {
-      if (domain) o.string(1, domain);
-      o.int(2, version);
-    });
+/** The ONNX message types and enums, parsed once from onnx.proto. */
+function onnxTypes() {
+  if (!types) {
+    const protobuf = requireOptional('protobufjs');
+    const root = new protobuf.Root().loadSync(path.join(__dirname, 'onnx.proto'), { keepCase: true });
+    types = {
+      ModelProto: root.lookupType('onnx.ModelProto'),
+      AttributeProto: root.lookupType('onnx.AttributeProto'),
+      ATTR: root.lookupEnum('onnx.AttributeProto.AttributeType').values,
+      FLOAT: root.lookupEnum('onnx.TensorProto.DataType').values.FLOAT,
+    };
   }
-  w.message(7, (g) => {
-    g.string(2, graphName);
-    graph(g);
-  });
-  return w.finish();
+  return types;
+}
+
+function valueInfo(name, dims) {
+  const dim = dims.map((d) => (typeof d === 'string' ? { dim_param: d } : { dim_value: d }));
+  return { name, type: { tensor_type: { elem_type: onnxTypes().FLOAT, shape: { dim } } } };
+}
+
+function attribute(name, value) {
+  const { ATTR } = onnxTypes();
+  if (Array.isArray(value)) return { name, ints: value, type: ATTR.INTS };
+  if (typeof value === 'object' && value.float !== undefined) return { name, f: value.float, type: ATTR.FLOAT };
+  if (Number.isInteger(value)) return { name, i: value, type: ATTR.INT };
+  throw new TypeError(`attribute ${name}: unsupported value ${value}`);
+}
+
+function node({ op, inputs, outputs, name, domain, attributes = {} }) {
+  return {
+    input: inputs,
+    output: outputs,
+    name: name ?? `${op}_${outputs[0]}`,
+    op_type: op,
+    ...(domain ? { domain } : {}),
+    attribute: Object.entries(attributes).map(([k, v]) => attribute(k, v)),
+  };
+}
+
+function initializer(name, dims, data) {
+  return { dims, data_type: onnxTypes().FLOAT, name, raw_data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+}
+
+/** Encodes a ModelProto around graph (a GraphProto object); opsets: [[domain, version]]. */
+function model(graph, opsets) {
+  const { ModelProto } = onnxTypes();
+  const message = {
+    ir_version: IR_VERSION,
+    producer_name: 'performer-attention bench',
+    graph,
+    // The default domain is left unset, as ONNX writers do.
+    opset_import: opsets.map(([domain, version]) => (domain ? { domain, version } : { version })),
+  };
+  const problem = ModelProto.verify(message);
+  if (problem) throw new TypeError(`ONNX model: ${problem}`);
+  return ModelProto.encode(message).finish();
+}
+
+/** A model's bytes decoded to plain objects (int64 as BigInt): for tests and checks. */
+function decodeModel(bytes) {
+  const { ModelProto } = onnxTypes();
+  return ModelProto.toObject(ModelProto.decode(bytes), { longs: BigInt, enums: String });
 }
 
 /** MatMul - Softmax - MatMul attention over [B, H, L, d] inputs. */
 function matmulSoftmaxModel({ batch, heads, L, headDim, valueDim = headDim, causal = false, scale }) {
   const s = scale ?? 1 / Math.sqrt(headDim);
-  return model('attention_matmul_softmax', [['', OPSET]], (g) => {
-    node(g, { op: 'Transpose', inputs: ['key'], outputs: ['key_t'], attributes: { perm: [0, 1, 3, 2] } });
-    node(g, { op: 'MatMul', inputs: ['query', 'key_t'], outputs: ['scores'] });
-    node(g, { op: 'Mul', inputs: ['scores', 'scale'], outputs: ['scaled'] });
-    let logits = 'scaled';
-    if (causal) {
-      node(g, { op: 'Add', inputs: ['scaled', 'causal_mask'], outputs: ['masked'] });
-      logits = 'masked';
-    }
-    node(g, { op: 'Softmax', inputs: [logits], outputs: ['probs'], attributes: { axis: -1 } });
-    node(g, { op: 'MatMul', inputs: ['probs', 'value'], outputs: ['output'] });
-    initializer(g, 'scale', [], Float32Array.of(s));
-    if (causal) {
-      // Additive mask [L, L]: -inf above the diagonal (key j > query i).
-      const mask = new Float32Array(L * L);
-      for (let i = 0; i < L; i++) mask.fill(-Infinity, i * L + i + 1, (i + 1) * L);
-      initializer(g, 'causal_mask', [L, L], mask);
-    }
-    valueInfo(g, 11, 'query', [batch, heads, L, headDim]);
-    valueInfo(g, 11, 'key', [batch, heads, L, headDim]);
-    valueInfo(g, 11, 'value', [batch, heads, L, valueDim]);
-    valueInfo(g, 12, 'output', [batch, heads, L, valueDim]);
-  });
+  const logits = causal ? 'masked' : 'scaled';
+  const nodes = [
+    node({ op: 'Transpose', inputs: ['key'], outputs: ['key_t'], attributes: { perm: [0, 1, 3, 2] } }),
+    node({ op: 'MatMul', inputs: ['query', 'key_t'], outputs: ['scores'] }),
+    node({ op: 'Mul', inputs: ['scores', 'scale'], outputs: ['scaled'] }),
+    ...(causal ? [node({ op: 'Add', inputs: ['scaled', 'causal_mask'], outputs: ['masked'] })] : []),
+    node({ op: 'Softmax', inputs: [logits], outputs: ['probs'], attributes: { axis: -1 } }),
+    node({ op: 'MatMul', inputs: ['probs', 'value'], outputs: ['output'] }),
+  ];
+  const initializers = [initializer('scale', [], Float32Array.of(s))];
+  if (causal) {
+    // Additive mask [L, L]: -inf above the diagonal (key j > query i).
+    const mask = new Float32Array(L * L);
+    for (let i = 0; i < L; i++) mask.fill(-Infinity, i * L + i + 1, (i + 1) * L);
+    initializers.push(initializer('causal_mask', [L, L], mask));
+  }
+  const graph = {
+    node: nodes,
+    name: 'attention_matmul_softmax',
+    initializer: initializers,
+    input: [
+      valueInfo('query', [batch, heads, L, headDim]),
+      valueInfo('key', [batch, heads, L, headDim]),
+      valueInfo('value', [batch, heads, L, valueDim]),
+    ],
+    output: [valueInfo('output', [batch, heads, L, valueDim])],
+  };
+  return model(graph, [['', OPSET]]);
 }
 
 /** com.microsoft MultiHeadAttention over [B, L, H*d] inputs. */
 function multiHeadAttentionModel({ batch, heads, L, headDim, valueDim = headDim, causal = false, scale }) {
-  return model('attention_mha', [['', OPSET], ['com.microsoft', 1]], (g) => {
-    const attributes = { num_heads: heads };
-    if (scale !== undefined) attributes.scale = { float: scale };
-    if (causal) attributes.unidirectional = 1;
-    node(g, {
-      op: 'MultiHeadAttention',
-      domain: 'com.microsoft',
-      inputs: ['query', 'key', 'value'],
-      outputs: ['output'],
-      attributes,
-    });
-    valueInfo(g, 11, 'query', [batch, L, heads * headDim]);
-    valueInfo(g, 11, 'key', [batch, L, heads * headDim]);
-    valueInfo(g, 11, 'value', [batch, L, heads * valueDim]);
-    valueInfo(g, 12, 'output', [batch, L, heads * valueDim]);
-  });
+  const attributes = { num_heads: heads };
+  if (scale !== undefined) attributes.scale = { float: scale };
+  if (causal) attributes.unidirectional = 1;
+  const graph = {
+    node: [
+      node({
+        op: 'MultiHeadAttention',
+        domain: 'com.microsoft',
+        inputs: ['query', 'key', 'value'],
+        outputs: ['output'],
+        attributes,
+      }),
+    ],
+    name: 'attention_mha',
+    input: [
+      valueInfo('query', [batch, L, heads * headDim]),
+      valueInfo('key', [batch, L, heads * headDim]),
+      valueInfo('value', [batch, L, heads * valueDim]),
+    ],
+    output: [valueInfo('output', [batch, L, heads * valueDim])],
+  };
+  return model(graph, [['', OPSET], ['com.microsoft', 1]]);
 }
 
-module.exports = { matmulSoftmaxModel, multiHeadAttentionModel };
+module.exports = { matmulSoftmaxModel, multiHeadAttentionModel, decodeModel, onnxTypes };

@@ -1,7 +1,7 @@
 'use strict';
-// An optional package the benchmark uses when it is installed: onnxruntime-node (the
-// comparison). Looked up from the benchmark's own folder first, then from the current
-// directory (a project that installed both).
+// Optional packages the benchmark uses when they are installed: onnxruntime-node (the
+// comparison) and protobufjs (writes the models it runs). Looked up from the benchmark's
+// own folder first, then from the current directory (a project that installed both).
 const path = require('node:path');
 
 function resolveFrom(name) {
@@ -16,15 +16,25 @@ function resolveFrom(name) {
   return null;
 }
 
+const INSTALL = 'ONNXRUNTIME_NODE_INSTALL=skip npm install --no-save onnxruntime-node protobufjs';
+
+/** An optional package's exports; throws, saying how to install it, when it is missing. */
+function requireOptional(name) {
+  const file = resolveFrom(name);
+  if (!file) throw new Error(`${name} is not installed (optional; to compare with onnxruntime: ${INSTALL})`);
+  return require(file);
+}
+
 /** { ort, version } or { error } (with how to install it). */
 function loadOnnxRuntime() {
   const file = resolveFrom('onnxruntime-node');
   if (!file) {
     return {
-      error:
-        'onnxruntime-node is not installed (optional; to compare, install it without its GPU download: ' +
-        'ONNXRUNTIME_NODE_INSTALL=skip npm install --no-save onnxruntime-node)',
+      error: `onnxruntime-node is not installed (optional; to compare, install it without its GPU download: ${INSTALL})`,
     };
+  }
+  if (!resolveFrom('protobufjs')) {
+    return { error: `protobufjs, which writes the models for onnxruntime, is not installed (${INSTALL})` };
   }
   try {
     const ort = require(file);
@@ -42,4 +52,4 @@ function loadOnnxRuntime() {
   }
 }
 
-module.exports = { resolveFrom, loadOnnxRuntime };
+module.exports = { resolveFrom, requireOptional, loadOnnxRuntime };

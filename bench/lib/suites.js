@@ -3,10 +3,9 @@
 // returns { title, text, data, charts? }: text is printed, data goes into the
 // JSON report, charts are rendered to SVG.
 //
-// This module maps suite names to their modules in ./suites/ (shared helpers in
-// ./suites/common.js), in the order they run.
-const { DEFAULT_SEQ } = require('./suites/common');
-const { sweep, summarizeSweep, sweepText, sweepSeries, speedup } = require('./suites/sweep');
+// This module only maps suite names to their modules in ./suites/ (shared helpers
+// in ./suites/common.js), in the order they run.
+const { sweep } = require('./suites/sweep');
 const { crossover } = require('./suites/crossover');
 const { overhead } = require('./suites/overhead');
 const { concurrency } = require('./suites/concurrency');
@@ -14,8 +13,7 @@ const { million } = require('./suites/million');
 const { sampling } = require('./suites/sampling');
 const { onnx } = require('./suites/onnx');
 const { numpy } = require('./suites/numpy');
-const { machineInfo, sourceInfo } = require('./environment');
 
 const SUITE_FUNCTIONS = { sweep, crossover, overhead, concurrency, million, sampling, onnx, numpy };
 
-module.exports = { SUITE_FUNCTIONS, DEFAULT_SEQ, machineInfo, sourceInfo, summarizeSweep, sweepText, sweepSeries, speedup };
+module.exports = { SUITE_FUNCTIONS };

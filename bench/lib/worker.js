@@ -242,49 +242,48 @@ async function runAttention(spec) {
   throw new Error(`unknown impl ${spec.impl}`);
 }
 
-/** Microseconds per call of fn: median over batches sized to ~targetBatchMs. */
-function perCall(fn, { warmup = 300, batches = 25, targetBatchMs = 20 } = {}) {
-  for (let i = 0; i < warmup; i++) fn();
+/**
+ * The timing plan of perCall and perCallAsync, for both: yields how many calls to
+ * make (the first yield untimed warm-up), receives the milliseconds they took, and
+ * returns microseconds per call: median over batches sized to ~targetBatchMs (the
+ * batch size grows fourfold up to maxCalls until a batch takes a quarter of that).
+ */
+function* callPlan({ warmup, batches = 25, targetBatchMs = 20 }, maxCalls) {
+  yield warmup;
   let n = 1;
   for (;;) {
-    const t = now();
-    for (let i = 0; i < n; i++) fn();
-    const el = now() - t;
-    if (el >= targetBatchMs / 4 || n >= 1 << 20) {
+    const el = yield n;
+    if (el >= targetBatchMs / 4 || n >= maxCalls) {
       n = Math.max(1, Math.round((n * targetBatchMs) / Math.max(el, 1e-3)));
       break;
     }
     n *= 4;
   }
   const us = [];
-  for (let b = 0; b < batches; b++) {
-    const t = now();
-    for (let i = 0; i < n; i++) fn();
-    us.push(((now() - t) * 1000) / n);
-  }
+  for (let b = 0; b < batches; b++) us.push(((yield n) * 1000) / n);
   return { ...summarize(us), callsPerBatch: n, unit: 'µs' };
 }
 
-async function perCallAsync(fn, { warmup = 200, batches = 25, targetBatchMs = 20 } = {}) {
-  for (let i = 0; i < warmup; i++) await fn();
-  let n = 1;
-  for (;;) {
+/** Microseconds per call of a synchronous fn (see callPlan). */
+function perCall(fn, { warmup = 300, ...rest } = {}) {
+  const plan = callPlan({ warmup, ...rest }, 1 << 20);
+  for (let step = plan.next(); ; ) {
+    if (step.done) return step.value;
     const t = now();
-    for (let i = 0; i < n; i++) await fn();
-    const el = now() - t;
-    if (el >= targetBatchMs / 4 || n >= 1 << 18) {
-      n = Math.max(1, Math.round((n * targetBatchMs) / Math.max(el, 1e-3)));
-      break;
-    }
-    n *= 4;
+    for (let i = 0; i < step.value; i++) fn();
+    step = plan.next(now() - t);
   }
-  const us = [];
-  for (let b = 0; b < batches; b++) {
+}
+
+/** Microseconds per call of an async fn, each call awaited (see callPlan). */
+async function perCallAsync(fn, { warmup = 200, ...rest } = {}) {
+  const plan = callPlan({ warmup, ...rest }, 1 << 18);
+  for (let step = plan.next(); ; ) {
+    if (step.done) return step.value;
     const t = now();
-    for (let i = 0; i < n; i++) await fn();
-    us.push(((now() - t) * 1000) / n);
+    for (let i = 0; i < step.value; i++) await fn();
+    step = plan.next(now() - t);
   }
-  return { ...summarize(us), callsPerBatch: n, unit: 'µs' };
 }
 
 async function runOverhead(spec) {

@@ -23,6 +23,29 @@ function featureSeed(base, T, s, m, variant) {
 }
 
 /**
+ * FAVOR+ with a new feature map for each variant and m on one draw of q, k, v:
+ * appends each relative error against `exact` to errors[key(variant, m)].
+ */
+function recordErrors(errors, { q, k, v, exact, d, ms, variants }, { seed, key }) {
+  const out = { data: new Float32Array(exact.length), shape: [1, 1, q.shape[2], v.shape[3]] };
+  variants.forEach((variant, vi) => {
+    for (const m of ms) {
+      const featureMap = new FeatureMap({
+        headDim: d,
+        numFeatures: m,
+        kernel: variant.kernel,
+        orthogonal: variant.orthogonal,
+        seed: seed(m, vi),
+      });
+      favorAttentionSync(q, k, v, { featureMap, out });
+      const name = key(variant, m);
+      if (!errors.has(name)) errors.set(name, []);
+      errors.get(name).push(relFrobenius(out.data, exact));
+    }
+  });
+}
+
+/**
  * Relative Frobenius error against exact softmax attention, per seed, for every
  * (T, variant, m). target 'output': the attention output softmax(q k^T/sqrt d) v;
  * 'matrix': the row-normalized attention matrix itself (values = identity, so
@@ -37,21 +60,9 @@ function errorVersusM({ L, d, ms, temps, seeds, variants = VARIANTS, target = 'o
       const inputs = attentionInputs(dataSeed(seedBase, T, s), { L, d, T });
       const v = target === 'matrix' ? identityValues(L) : inputs.v;
       const exact = softmaxAttentionSync(inputs.q, inputs.k, v).data;
-      const out = { data: new Float32Array(exact.length), shape: [1, 1, L, v.shape[3]] };
-      variants.forEach((variant, vi) => {
-        for (const m of ms) {
-          const featureMap = new FeatureMap({
-            headDim: d,
-            numFeatures: m,
-            kernel: variant.kernel,
-            orthogonal: variant.orthogonal,
-            seed: featureSeed(seedBase, T, s, m, vi),
-          });
-          favorAttentionSync(inputs.q, inputs.k, v, { featureMap, out });
-          const key = `${variant.name}|${m}`;
-          if (!errors.has(key)) errors.set(key, []);
-          errors.get(key).push(relFrobenius(out.data, exact));
-        }
+      recordErrors(errors, { q: inputs.q, k: inputs.k, v, exact, d, ms, variants }, {
+        seed: (m, vi) => featureSeed(seedBase, T, s, m, vi),
+        key: (variant, m) => `${variant.name}|${m}`,
       });
       progress(`T = ${T}: seed ${s + 1}/${seeds}`);
     }
@@ -75,21 +86,9 @@ function errorVersusLength({ Ls, d, ms, temps, seeds, variants, seedBase = 0, pr
       for (const L of Ls) {
         const { q, k, v } = attentionInputs(dataSeed(seedBase, T, s) + 7919 * L, { L, d, T });
         const exact = softmaxAttentionSync(q, k, v).data;
-        const out = { data: new Float32Array(exact.length), shape: [1, 1, L, d] };
-        variants.forEach((variant, vi) => {
-          for (const m of ms) {
-            const featureMap = new FeatureMap({
-              headDim: d,
-              numFeatures: m,
-              kernel: variant.kernel,
-              orthogonal: variant.orthogonal,
-              seed: featureSeed(seedBase, T, s, m, vi) + 1e8 * Math.log2(L),
-            });
-            favorAttentionSync(q, k, v, { featureMap, out });
-            const key = `${variant.name}|${m}|${L}`;
-            if (!errors.has(key)) errors.set(key, []);
-            errors.get(key).push(relFrobenius(out.data, exact));
-          }
+        recordErrors(errors, { q, k, v, exact, d, ms, variants }, {
+          seed: (m, vi) => featureSeed(seedBase, T, s, m, vi) + 1e8 * Math.log2(L),
+          key: (variant, m) => `${variant.name}|${m}|${L}`,
         });
       }
       progress(`T = ${T}: seed ${s + 1}/${seeds}`);
