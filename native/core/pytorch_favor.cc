@@ -29,17 +29,14 @@ struct State {
   float* max;
 };
 
-struct StateLayout {
+struct StateLayout : CarvedLayout<StateLayout> {
+  StateLayout(std::size_t F, std::size_t Dv) : F(F), Dv(Dv) {}
   std::size_t F, Dv;
-  std::size_t floats() const {
-    return Carver::round_up(F * Dv) + Carver::round_up(F) + Carver::round_up(Dv) + Carver::round_up(2);
-  }
-  State view(float* base) const {
-    Carver carve(base);
-    float* s = carve.take(F * Dv);
-    float* z = carve.take(F);
-    float* vsum = carve.take(Dv);
-    float* tail = carve.take(2);
+  State carve(Carver& at) const {
+    float* s = at.take(F * Dv);
+    float* z = at.take(F);
+    float* vsum = at.take(Dv);
+    float* tail = at.take(2);
     return {s, z, vsum, tail, tail + 1};
   }
   void reset(float* base) const {
@@ -55,28 +52,21 @@ class Worker {
   Worker(const AttentionDims& dims, const PytorchFavorOptions& o, const KernelSet& kernels, std::size_t F)
       : dims_(dims), o_(o), kernels_(kernels), F_(F), Dv_(dims.value_dim), d_(dims.head_dim) {
     const std::size_t R = kRows;
-    scratch_.resize(6 * R * F + R * R + R * Dv_ + 3 * R + 3 * F);
-    float* at = scratch_.data();
-    auto take = [&](std::size_t n) {
-      float* p = at;
-      at += n;
-      return p;
+    auto layout = [&](Carver& carve) {
+      for (float** p : {&u_, &e_, &kf_, &kf_t_, &qf_, &work_}) *p = carve.take(R * F);
+      a_ = carve.take(R * R);
+      vm_ = carve.take(R * Dv_);
+      ones_ = carve.take(R);
+      den_ = carve.take(R);
+      half_norm_ = carve.take(R);
+      col_max_ = carve.take(F);
+      col_scale_ = carve.take(F);
+      z_ = carve.take(F);
     };
-    u_ = take(R * F);
-    e_ = take(R * F);
-    kf_ = take(R * F);
-    kf_t_ = take(R * F);
-    qf_ = take(R * F);
-    work_ = take(R * F);
-    a_ = take(R * R);
-    vm_ = take(R * Dv_);
-    ones_ = take(R);
+    scratch_.resize(carved_floats(layout));
+    Carver at(scratch_.data());
+    layout(at);
     std::fill(ones_, ones_ + R, 1.0f);
-    den_ = take(R);
-    half_norm_ = take(R);
-    col_max_ = take(F);
-    col_scale_ = take(F);
-    z_ = take(F);
     r_ = o.features == PytorchFeatures::kSoftmax ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(F))) : 1.0f;
     eps_ = o.features == PytorchFeatures::kSoftmax ? kSoftmaxEps : o.features == PytorchFeatures::kRelu ? kReluEps : 0.0f;
   }
@@ -324,27 +314,22 @@ class Worker {
   // Scratch of the backward pass and the (materialized) features' gradients.
   void prepare_backward() {
     const std::size_t R = kRows;
-    back_.resize(R * F_ + 3 * R * F_ + 2 * R * Dv_ + R * R + 2 * F_ * Dv_ + F_ * std::max(R, Dv_) + Dv_ * R + 2 * F_ + R);
-    float* at = back_.data();
-    auto take = [&](std::size_t n) {
-      float* p = at;
-      at += n;
-      return p;
+    auto layout = [&](Carver& carve) {
+      for (float** p : {&eq_, &dqf_, &dkf_, &g_}) *p = carve.take(R * F_);
+      dnum_ = carve.take(R * Dv_);
+      b_ = carve.take(R * R);
+      st_ = carve.take(F_ * Dv_);
+      ds_ = carve.take(F_ * Dv_);
+      t_ = carve.take(F_ * std::max(R, Dv_));
+      vt_ = carve.take(Dv_ * R);
+      dz_ = carve.take(F_);
+      zeps_ = carve.take(F_);
+      dden_ = carve.take(R);
+      (void)carve.take(Dv_ * R);
     };
-    eq_ = take(R * F_);
-    dqf_ = take(R * F_);
-    dkf_ = take(R * F_);
-    g_ = take(R * F_);
-    dnum_ = take(R * Dv_);
-    b_ = take(R * R);
-    st_ = take(F_ * Dv_);
-    ds_ = take(F_ * Dv_);
-    t_ = take(F_ * std::max(R, Dv_));
-    vt_ = take(Dv_ * R);
-    dz_ = take(F_);
-    zeps_ = take(F_);
-    dden_ = take(R);
-    (void)take(Dv_ * R);
+    back_.resize(carved_floats(layout));
+    Carver at(back_.data());
+    layout(at);
   }
 
   void backward_bidirectional(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* keep,
