@@ -90,8 +90,7 @@ BackwardJob parse_backward(const Napi::CallbackInfo& info, AttentionKind kind) {
 
 Napi::Value run_sync(const Napi::CallbackInfo& info, AttentionKind kind) {
   const BackwardJob b = parse_backward(info, kind);
-  const PendingError error = capture_errors([&] { b.run(); });
-  if (!error.empty()) throw make_error(info.Env(), error.kind, error.message, error.code);
+  run_or_throw(info.Env(), [&] { b.run(); });
   return info[4];
 }
 
@@ -131,15 +130,7 @@ Step parse_backward_step(const PlanContext& ctx, const Napi::Object& s, Attentio
       b.dprojection = float_field(ctx, s, "dprojection", checked_mul(env, b.job.favor.feature_map.num_projections, d.head_dim));
     }
   }
-  const std::string label = string_property(s, "label", "");
-  return [b, label] {
-    try {
-      b.run();
-    } catch (const pa::InputError& error) {
-      if (label.empty()) throw;
-      throw pa::InputError(label + ": " + error.what(), error.code());
-    }
-  };
+  return labelled(s, [b] { b.run(); });
 }
 
 Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }
@@ -162,10 +153,11 @@ bool parse_attention_backward_step(const PlanContext& ctx, const std::string& op
 }
 
 void register_backward_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("favorAttentionBackwardSync", Napi::Function::New(env, favor_sync, "favorAttentionBackwardSync"));
-  exports.Set("favorAttentionBackwardAsync", Napi::Function::New(env, favor_async, "favorAttentionBackwardAsync"));
-  exports.Set("softmaxAttentionBackwardSync", Napi::Function::New(env, softmax_sync, "softmaxAttentionBackwardSync"));
-  exports.Set("softmaxAttentionBackwardAsync", Napi::Function::New(env, softmax_async, "softmaxAttentionBackwardAsync"));
+  export_functions(env, exports,
+                   {{"favorAttentionBackwardSync", favor_sync},
+                    {"favorAttentionBackwardAsync", favor_async},
+                    {"softmaxAttentionBackwardSync", softmax_sync},
+                    {"softmaxAttentionBackwardAsync", softmax_async}});
 }
 
 }  // namespace pa_addon

@@ -374,36 +374,20 @@ double* float64_field(const PlanContext& ctx, const Napi::Object& step, const ch
 }
 
 bool parse_grad_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step, std::vector<Step>* steps) {
-  if (op == "crossEntropy") {
-    steps->push_back(parse_cross_entropy(ctx, step));
-  } else if (op == "linearBackward") {
-    steps->push_back(parse_linear_backward(ctx, step));
-  } else if (op == "layerNormBackward") {
-    steps->push_back(parse_layer_norm_backward(ctx, step));
-  } else if (op == "gelu") {
-    steps->push_back(parse_gelu(ctx, step));
-  } else if (op == "geluBackward") {
-    steps->push_back(parse_gelu_backward(ctx, step));
-  } else if (op == "reluBackward") {
-    steps->push_back(parse_relu_backward(ctx, step));
-  } else if (op == "embedBackward") {
-    steps->push_back(parse_embed_backward(ctx, step));
-  } else if (op == "gluGeluBackward") {
-    steps->push_back(parse_glu_gelu_backward(ctx, step));
-  } else if (op == "scaleNormBackward") {
-    steps->push_back(parse_scale_norm_backward(ctx, step));
-  } else if (op == "scaledAddBackward") {
-    steps->push_back(parse_scaled_add_backward(ctx, step));
-  } else if (op == "tokenShiftBackward") {
-    steps->push_back(parse_token_shift_backward(ctx, step));
-  } else if (op == "fill") {
-    steps->push_back(parse_fill(ctx, step));
-  } else if (op == "dropout") {
-    steps->push_back(parse_dropout(ctx, step));
-  } else {
-    return false;
-  }
-  return true;
+  return parse_step_with({{"crossEntropy", parse_cross_entropy},
+                          {"linearBackward", parse_linear_backward},
+                          {"layerNormBackward", parse_layer_norm_backward},
+                          {"gelu", parse_gelu},
+                          {"geluBackward", parse_gelu_backward},
+                          {"reluBackward", parse_relu_backward},
+                          {"embedBackward", parse_embed_backward},
+                          {"gluGeluBackward", parse_glu_gelu_backward},
+                          {"scaleNormBackward", parse_scale_norm_backward},
+                          {"scaledAddBackward", parse_scaled_add_backward},
+                          {"tokenShiftBackward", parse_token_shift_backward},
+                          {"fill", parse_fill},
+                          {"dropout", parse_dropout}},
+                         ctx, op, step, steps);
 }
 
 }  // namespace pa_addon

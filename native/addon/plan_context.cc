@@ -3,8 +3,32 @@
 #include <string>
 
 #include "addon/convert.h"
+#include "core/attention_common.h"
 
 namespace pa_addon {
+
+Step labelled(const Napi::Object& step_fields, Step step) {
+  const std::string label = string_property(step_fields, "label", "");
+  if (label.empty()) return step;
+  return [step, label] {
+    try {
+      step();
+    } catch (const pa::InputError& error) {
+      throw pa::InputError(label + ": " + error.what(), error.code());
+    }
+  };
+}
+
+bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx, const std::string& op,
+                     const Napi::Object& step, std::vector<Step>* steps) {
+  for (const StepParser& parser : parsers) {
+    if (op == parser.op) {
+      steps->push_back(parser.parse(ctx, step));
+      return true;
+    }
+  }
+  return false;
+}
 
 float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
   const Napi::Value value = step.Get(key);

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <atomic>
 #include <functional>
+#include <initializer_list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -30,6 +32,20 @@ struct PlanContext {
   // Set by attention steps: the worker checks it between blocks (null: never cancelled).
   const std::atomic<bool>* cancel;
 };
+
+// step, rethrowing the InputError it throws prefixed with the step's `label` property
+// when it has one, so errors from inside a layer or module name it.
+Step labelled(const Napi::Object& step_fields, Step step);
+
+// A parser of the steps whose op is `op`.
+struct StepParser {
+  const char* op;
+  Step (*parse)(const PlanContext& ctx, const Napi::Object& step);
+};
+
+// Appends `step` parsed by the parser of `op` to *steps; false when none has that op.
+bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx, const std::string& op,
+                     const Napi::Object& step, std::vector<Step>* steps);
 
 // A Float32Array property holding at least `needed` elements.
 float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);
