@@ -55,12 +55,8 @@ FavorWorker::FavorWorker(const AttentionDims& dims, const FavorOptions& options,
     work_ = carve.take(R * std::max(features.work_per_row(), F));
     kf_t_ = causal ? carve.take(F * R) : nullptr;
     scores_ = causal ? carve.take(R * R) : nullptr;
-    ones_ = carve.take(R);
-    row_max_ = carve.take(R);
-    row_eps_ = carve.take(R);
-    neg_c_ = carve.take(F);
-    chunk_max_ = carve.take(F);
-    prefix_max_ = carve.take(F);
+    for (float** p : {&ones_, &row_max_, &row_eps_}) *p = carve.take(R);
+    for (float** p : {&neg_c_, &chunk_max_, &prefix_max_}) *p = carve.take(F);
     running_values_ = carve.take(Dv_ + 1);
   };
   Carver at(thread_scratch(carved_floats(layout)));
