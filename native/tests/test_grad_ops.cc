@@ -141,6 +141,16 @@ double gelu_ref(double v) { return v * cdf_ref(v); }
 double gelu_grad_ref(double v) { return cdf_ref(v) + v * pdf_ref(v); }
 double gelu_grad_scale(double v) { return std::fabs(cdf_ref(v)) + std::fabs(v * pdf_ref(v)); }
 
+// m = the largest of a row of logits, s = sum_j exp(x_j - m).
+void row_max_and_sum(const double* x, std::size_t classes, double* m_out, double* s_out) {
+  double m = x[0];
+  for (std::size_t j = 1; j < classes; ++j) m = std::max(m, x[j]);
+  double s = 0;
+  for (std::size_t j = 0; j < classes; ++j) s += std::exp(x[j] - m);
+  *m_out = m;
+  *s_out = s;
+}
+
 // Sum over counted rows of -log softmax(logits)[target].
 double ce_loss_ref(std::size_t rows, std::size_t classes, const std::vector<double>& logits,
                    const std::vector<std::int32_t>& targets) {
@@ -148,10 +158,8 @@ double ce_loss_ref(std::size_t rows, std::size_t classes, const std::vector<doub
   for (std::size_t r = 0; r < rows; ++r) {
     if (targets[r] < 0) continue;
     const double* x = logits.data() + r * classes;
-    double m = x[0];
-    for (std::size_t j = 1; j < classes; ++j) m = std::max(m, x[j]);
-    double s = 0;
-    for (std::size_t j = 0; j < classes; ++j) s += std::exp(x[j] - m);
+    double m, s;
+    row_max_and_sum(x, classes, &m, &s);
     total += std::log(s) + m - x[targets[r]];
   }
   return total;
@@ -166,10 +174,8 @@ void ce_grad_ref(std::size_t rows, std::size_t classes, const std::vector<double
   for (std::size_t r = 0; r < rows; ++r) {
     if (targets[r] < 0) continue;
     const double* x = logits.data() + r * classes;
-    double m = x[0];
-    for (std::size_t j = 1; j < classes; ++j) m = std::max(m, x[j]);
-    double s = 0;
-    for (std::size_t j = 0; j < classes; ++j) s += std::exp(x[j] - m);
+    double m, s;
+    row_max_and_sum(x, classes, &m, &s);
     for (std::size_t j = 0; j < classes; ++j) {
       const double p = std::exp(x[j] - m) / s, hot = static_cast<std::int32_t>(j) == targets[r] ? 1.0 : 0.0;
       (*grad)[r * classes + j] = scale * (p - hot);
