@@ -31,10 +31,7 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
   job.set_cancel(cancel.get());
   std::vector<Napi::Value> keep{info[0], info[1], info[2], info[3]};
   attention_option_arrays(info[5].As<Napi::Object>(), &keep);
-  auto* worker = new AsyncJob(info.Env(), [job, cancel] { job.run(); }, info[3], keep);  // deletes itself
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue_job(info.Env(), [job, cancel] { job.run(); }, info[3], keep);
 }
 
 Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }

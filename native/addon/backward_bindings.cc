@@ -102,10 +102,7 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
   const Napi::Object grads = info[4].As<Napi::Object>();
   for (const char* key : {"query", "key", "value", "projection"}) keep.push_back(grads.Get(key));
   attention_option_arrays(info[6].As<Napi::Object>(), &keep);
-  auto* worker = new AsyncJob(info.Env(), [b, cancel] { b.run(); }, info[4], keep);  // deletes itself
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue_job(info.Env(), [b, cancel] { b.run(); }, info[4], keep);
 }
 
 // Plan steps favorBackward / softmaxBackward: q, k, v, gradOut, dq, dk, dv, dims, options

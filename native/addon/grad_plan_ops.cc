@@ -329,19 +329,7 @@ Step parse_token_shift_backward(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"), dim = size_property(s, "dim");
   const std::size_t rows = checked_mul(ctx.env, batch, len);
   const std::size_t n = checked_mul(ctx.env, rows, dim);
-  const Napi::Value shifts_value = s.Get("shifts");
-  if (!shifts_value.IsArray()) throw_type_error(ctx.env, "tokenShiftBackward: shifts must be an array");
-  const Napi::Array shift_array = shifts_value.As<Napi::Array>();
-  std::vector<int> shifts;
-  for (std::uint32_t i = 0; i < shift_array.Length(); ++i) {
-    const Napi::Value value = shift_array.Get(i);
-    const double shift = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : 99.0;
-    if (shift != -1.0 && shift != 0.0 && shift != 1.0) {
-      throw_range_error(ctx.env, "tokenShiftBackward: shifts must be -1, 0 or 1");
-    }
-    shifts.push_back(static_cast<int>(shift));
-  }
-  if (shifts.empty() || shifts.size() > dim) throw_range_error(ctx.env, "tokenShiftBackward: 1 to dim segments");
+  const std::vector<int> shifts = shifts_property(ctx.env, s, op, dim);
   const std::uint8_t* keep = uint8_field(ctx, s, "keep", rows, true);
   const float* dy = float_field(ctx, s, "dy", n);
   float* dx = float_field(ctx, s, "dx", n);

@@ -99,17 +99,7 @@ Step parse_scaled_add(const PlanContext& ctx, const Napi::Object& s) {
 Step parse_token_shift(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"), dim = size_property(s, "dim");
   const std::size_t n = checked_mul(ctx.env, checked_mul(ctx.env, batch, len), dim);
-  const Napi::Value shifts_value = s.Get("shifts");
-  if (!shifts_value.IsArray()) throw_type_error(ctx.env, "tokenShift: shifts must be an array");
-  const Napi::Array shift_array = shifts_value.As<Napi::Array>();
-  std::vector<int> shifts;
-  for (std::uint32_t i = 0; i < shift_array.Length(); ++i) {
-    const Napi::Value value = shift_array.Get(i);
-    const double shift = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : 99.0;
-    if (shift != -1.0 && shift != 0.0 && shift != 1.0) throw_range_error(ctx.env, "tokenShift: shifts must be -1, 0 or 1");
-    shifts.push_back(static_cast<int>(shift));
-  }
-  if (shifts.empty() || shifts.size() > dim) throw_range_error(ctx.env, "tokenShift: 1 to dim segments");
+  const std::vector<int> shifts = shifts_property(ctx.env, s, "tokenShift", dim);
   const float* x = float_field(ctx, s, "x", n);
   float* y = float_field(ctx, s, "y", n);
   if (overlaps(x, n, y, n)) throw_range_error(ctx.env, "tokenShift: x and y overlap");

@@ -219,10 +219,7 @@ Napi::Value run_plan_async(const Napi::CallbackInfo& info) {
   std::vector<Napi::Value> keep;
   Plan plan = parse_plan(info, cancel, atomic, &keep);
   keep.push_back(info[0]);
-  auto* worker = new AsyncJob(info.Env(), [plan] { plan.run(); }, info.Env().Undefined(), keep);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue_job(info.Env(), [plan] { plan.run(); }, info.Env().Undefined(), keep);
 }
 
 // (w [out, in], in, out) -> packed Float32Array for linear steps.

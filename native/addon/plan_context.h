@@ -47,6 +47,9 @@ struct StepParser {
 bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx, const std::string& op,
                      const Napi::Object& step, std::vector<Step>* steps);
 
+// The `shifts` of a token-shift step: 1 to dim of them, each -1, 0 or 1; errors name `op`.
+std::vector<int> shifts_property(Napi::Env env, const Napi::Object& step, const char* op, std::size_t dim);
+
 // A Float32Array property holding at least `needed` elements.
 float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);
 // The same, or null when the property is absent.
