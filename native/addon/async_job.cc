@@ -8,6 +8,14 @@ namespace {
 std::atomic<long> g_pending{0};
 }  // namespace
 
+Napi::Promise queue_job(Napi::Env env, std::function<void()> run, Napi::Value result,
+                        const std::vector<Napi::Value>& keep_alive) {
+  auto* worker = new AsyncJob(env, std::move(run), result, keep_alive);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
 std::shared_ptr<std::atomic<bool>> install_cancel(const Napi::CallbackInfo& info, std::size_t index) {
   if (info.Length() <= index || !info[index].IsObject()) return nullptr;
   auto flag = std::make_shared<std::atomic<bool>>(false);

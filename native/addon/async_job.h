@@ -35,6 +35,11 @@ class AsyncJob : public Napi::AsyncWorker {
   PendingError error_;
 };
 
+// Queues run() on a worker thread as an AsyncJob (which deletes itself) and returns
+// its Promise, resolved with `result`.
+Napi::Promise queue_job(Napi::Env env, std::function<void()> run, Napi::Value result,
+                        const std::vector<Napi::Value>& keep_alive);
+
 // info[index], optional: a control object; it receives cancel(), which sets the
 // returned flag (a queued call then skips its work, a running one stops at its
 // next block with an AbortError). Null when no control object was passed.

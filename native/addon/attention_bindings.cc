@@ -21,8 +21,7 @@ AttentionJob parse_job(const Napi::CallbackInfo& info, AttentionKind kind) {
 
 Napi::Value run_sync(const Napi::CallbackInfo& info, AttentionKind kind) {
   const AttentionJob job = parse_job(info, kind);
-  const PendingError error = capture_errors([&] { job.run(); });
-  if (!error.empty()) throw make_error(info.Env(), error.kind, error.message, error.code);
+  run_or_throw(info.Env(), [&] { job.run(); });
   return info[3];
 }
 
@@ -32,10 +31,7 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
   job.set_cancel(cancel.get());
   std::vector<Napi::Value> keep{info[0], info[1], info[2], info[3]};
   attention_option_arrays(info[5].As<Napi::Object>(), &keep);
-  auto* worker = new AsyncJob(info.Env(), [job, cancel] { job.run(); }, info[3], keep);  // deletes itself
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue_job(info.Env(), [job, cancel] { job.run(); }, info[3], keep);
 }
 
 Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }
@@ -46,10 +42,11 @@ Napi::Value softmax_async(const Napi::CallbackInfo& info) { return run_async(inf
 }  // namespace
 
 void register_attention_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("favorAttentionSync", Napi::Function::New(env, favor_sync, "favorAttentionSync"));
-  exports.Set("favorAttentionAsync", Napi::Function::New(env, favor_async, "favorAttentionAsync"));
-  exports.Set("softmaxAttentionSync", Napi::Function::New(env, softmax_sync, "softmaxAttentionSync"));
-  exports.Set("softmaxAttentionAsync", Napi::Function::New(env, softmax_async, "softmaxAttentionAsync"));
+  export_functions(env, exports,
+                   {{"favorAttentionSync", favor_sync},
+                    {"favorAttentionAsync", favor_async},
+                    {"softmaxAttentionSync", softmax_sync},
+                    {"softmaxAttentionAsync", softmax_async}});
 }
 
 }  // namespace pa_addon

@@ -58,12 +58,7 @@ AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q_value, cons
   if (!options_value.IsObject()) throw_type_error(env, "options: expected an object");
   const Napi::Object dims = dims_value.As<Napi::Object>();
   const Napi::Object options = options_value.As<Napi::Object>();
-  job.dims.batch = size_property(dims, "batch");
-  job.dims.heads = size_property(dims, "heads");
-  job.dims.q_len = size_property(dims, "queryLength");
-  job.dims.k_len = size_property(dims, "keyLength");
-  job.dims.head_dim = size_property(dims, "headDim");
-  job.dims.value_dim = size_property(dims, "valueDim");
+  job.dims = dims_property(dims);
   const pa::AttentionDims& d = job.dims;
   // FAVOR split into halves: absorbInto (keys only, queryLength 0) and keysState
   // (queries against absorbed keys, keyLength 0).

@@ -105,10 +105,11 @@ Napi::Value measure_fma_peak(const Napi::CallbackInfo& info) {
 const pa::KernelSet& active_kernels() { return *active_slot().load(); }
 
 void register_backend_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("backendInfo", Napi::Function::New(env, backend_info, "backendInfo"));
-  exports.Set("setIsa", Napi::Function::New(env, set_isa, "setIsa"));
-  exports.Set("setThreads", Napi::Function::New(env, set_threads, "setThreads"));
-  exports.Set("measureFmaPeak", Napi::Function::New(env, measure_fma_peak, "measureFmaPeak"));
+  export_functions(env, exports,
+                   {{"backendInfo", backend_info},
+                    {"setIsa", set_isa},
+                    {"setThreads", set_threads},
+                    {"measureFmaPeak", measure_fma_peak}});
 }
 
 }  // namespace pa_addon

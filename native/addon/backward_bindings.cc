@@ -90,8 +90,7 @@ BackwardJob parse_backward(const Napi::CallbackInfo& info, AttentionKind kind) {
 
 Napi::Value run_sync(const Napi::CallbackInfo& info, AttentionKind kind) {
   const BackwardJob b = parse_backward(info, kind);
-  const PendingError error = capture_errors([&] { b.run(); });
-  if (!error.empty()) throw make_error(info.Env(), error.kind, error.message, error.code);
+  run_or_throw(info.Env(), [&] { b.run(); });
   return info[4];
 }
 
@@ -103,10 +102,7 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
   const Napi::Object grads = info[4].As<Napi::Object>();
   for (const char* key : {"query", "key", "value", "projection"}) keep.push_back(grads.Get(key));
   attention_option_arrays(info[6].As<Napi::Object>(), &keep);
-  auto* worker = new AsyncJob(info.Env(), [b, cancel] { b.run(); }, info[4], keep);  // deletes itself
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue_job(info.Env(), [b, cancel] { b.run(); }, info[4], keep);
 }
 
 // Plan steps favorBackward / softmaxBackward: q, k, v, gradOut, dq, dk, dv, dims, options
@@ -131,15 +127,7 @@ Step parse_backward_step(const PlanContext& ctx, const Napi::Object& s, Attentio
       b.dprojection = float_field(ctx, s, "dprojection", checked_mul(env, b.job.favor.feature_map.num_projections, d.head_dim));
     }
   }
-  const std::string label = string_property(s, "label", "");
-  return [b, label] {
-    try {
-      b.run();
-    } catch (const pa::InputError& error) {
-      if (label.empty()) throw;
-      throw pa::InputError(label + ": " + error.what(), error.code());
-    }
-  };
+  return labelled(s, [b] { b.run(); });
 }
 
 Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }
@@ -162,10 +150,11 @@ bool parse_attention_backward_step(const PlanContext& ctx, const std::string& op
 }
 
 void register_backward_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("favorAttentionBackwardSync", Napi::Function::New(env, favor_sync, "favorAttentionBackwardSync"));
-  exports.Set("favorAttentionBackwardAsync", Napi::Function::New(env, favor_async, "favorAttentionBackwardAsync"));
-  exports.Set("softmaxAttentionBackwardSync", Napi::Function::New(env, softmax_sync, "softmaxAttentionBackwardSync"));
-  exports.Set("softmaxAttentionBackwardAsync", Napi::Function::New(env, softmax_async, "softmaxAttentionBackwardAsync"));
+  export_functions(env, exports,
+                   {{"favorAttentionBackwardSync", favor_sync},
+                    {"favorAttentionBackwardAsync", favor_async},
+                    {"softmaxAttentionBackwardSync", softmax_sync},
+                    {"softmaxAttentionBackwardAsync", softmax_async}});
 }
 
 }  // namespace pa_addon

@@ -56,6 +56,17 @@ std::size_t size_property(const Napi::Object& object, const char* key) {
   return static_cast<std::size_t>(number);
 }
 
+pa::AttentionDims dims_property(const Napi::Object& dims) {
+  pa::AttentionDims d;
+  d.batch = size_property(dims, "batch");
+  d.heads = size_property(dims, "heads");
+  d.q_len = size_property(dims, "queryLength");
+  d.k_len = size_property(dims, "keyLength");
+  d.head_dim = size_property(dims, "headDim");
+  d.value_dim = size_property(dims, "valueDim");
+  return d;
+}
+
 double number_property(const Napi::Object& object, const char* key, double fallback) {
   const Napi::Value value = object.Get(key);
   if (value.IsUndefined() || value.IsNull()) return fallback;
@@ -120,6 +131,11 @@ std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {
     throw_range_error(env, "tensor size overflows the address space");
   }
   return a * b;
+}
+
+void export_functions(Napi::Env env, Napi::Object exports,
+                      std::initializer_list<std::pair<const char*, Napi::Function::Callback>> functions) {
+  for (const auto& [name, fn] : functions) exports.Set(name, Napi::Function::New(env, fn, name));
 }
 
 }  // namespace pa_addon

@@ -8,7 +8,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
+
+#include "core/attention_common.h"
 
 namespace pa_addon {
 
@@ -32,6 +36,9 @@ const std::uint8_t* optional_uint8_array(const Napi::Value& value, const char* n
 
 // Non-negative integer property (RangeError when missing, fractional or negative).
 std::size_t size_property(const Napi::Object& object, const char* key);
+// The sizes of a dims object { batch, heads, queryLength, keyLength, headDim,
+// valueDim }, each read with size_property (the caller checks them further).
+pa::AttentionDims dims_property(const Napi::Object& dims);
 double number_property(const Napi::Object& object, const char* key, double fallback);
 bool bool_property(const Napi::Object& object, const char* key, bool fallback);
 std::string string_property(const Napi::Object& object, const char* key, const char* fallback);
@@ -57,6 +64,15 @@ struct PendingError {
 // Runs fn, converting C++ exceptions into a PendingError.
 template <typename Fn>
 PendingError capture_errors(Fn&& fn);
+
+// Runs fn on the main thread; a C++ exception becomes the JS error capture_errors
+// describes, thrown.
+template <typename Fn>
+void run_or_throw(Napi::Env env, Fn&& fn);
+
+// exports[name] = a JS function calling fn, for each (name, fn).
+void export_functions(Napi::Env env, Napi::Object exports,
+                      std::initializer_list<std::pair<const char*, Napi::Function::Callback>> functions);
 
 }  // namespace pa_addon
 

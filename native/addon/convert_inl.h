@@ -2,6 +2,7 @@
 
 #include <new>
 #include <stdexcept>
+#include <utility>
 
 #include "core/attention_common.h"
 
@@ -21,6 +22,12 @@ PendingError capture_errors(Fn&& fn) {
     return {"Error", std::string("internal error: ") + error.what(), "ERR_PERFORMER_INTERNAL"};
   }
   return {};
+}
+
+template <typename Fn>
+void run_or_throw(Napi::Env env, Fn&& fn) {
+  const PendingError error = capture_errors(std::forward<Fn>(fn));
+  if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
 }
 
 }  // namespace pa_addon

@@ -68,8 +68,7 @@ Napi::Value sample_projection(const Napi::CallbackInfo& info) {
   Napi::Float32Array out =
       new_float32_array(env, checked_mul(env, spec.num_features, spec.head_dim), "projection (numFeatures x headDim)");
   // Orthogonal blocks need a headDim x headDim workspace: it may not fit either.
-  const PendingError error = capture_errors([&] { pa::sample_projection(spec, active_kernels(), out.Data()); });
-  if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
+  run_or_throw(env, [&] { pa::sample_projection(spec, active_kernels(), out.Data()); });
   return out;
 }
 
@@ -90,9 +89,7 @@ Napi::Value compute_features(const Napi::CallbackInfo& info) {
   const bool log_space = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
   check_rows(env, "x", x.data, rows, head_dim);
   Napi::Float32Array out = new_float32_array(env, checked_mul(env, rows, spec.feature_count()), "features");
-  const PendingError error =
-      capture_errors([&] { pa::compute_features(spec, active_kernels(), x.data, rows, log_space, out.Data()); });
-  if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
+  run_or_throw(env, [&] { pa::compute_features(spec, active_kernels(), x.data, rows, log_space, out.Data()); });
   return out;
 }
 
@@ -155,7 +152,7 @@ Napi::Value calibrate_features(const Napi::CallbackInfo& info) {
     basis_array = new_float64_array(env, checked_mul(env, checked_mul(env, heads, d), d), "basis");
     basis = basis_array;
   }
-  const PendingError error = capture_errors([&] {
+  run_or_throw(env, [&] {
     pa::PairMoments total;
     for (std::size_t h = 0; h < heads; ++h) {
       total.init(d, dense);
@@ -176,7 +173,6 @@ Napi::Value calibrate_features(const Napi::CallbackInfo& info) {
       if (dense) std::copy(params.basis.begin(), params.basis.end(), basis_array.Data() + h * d * d);
     }
   });
-  if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
   Napi::Object out = Napi::Object::New(env);
   out.Set("coefficients", coefficients);
   out.Set("basis", basis);
@@ -233,20 +229,20 @@ pa::FeatureMapSpec parse_feature_map_spec(const Napi::Object& options, std::size
                                             checked_mul(env, checked_mul(env, spec.adaptive_heads, head_dim), head_dim));
       }
       // Checked here too so that a bad set fails on the main thread.
-      const PendingError error = capture_errors([&] {
+      run_or_throw(env, [&] {
         for (std::size_t h = 0; h < spec.adaptive_heads; ++h) pa::fixed_params(spec, h);
       });
-      if (!error.empty()) throw make_error(env, error.kind, error.message, error.code);
     }
   }
   return spec;
 }
 
 void register_feature_map_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("sampleProjection", Napi::Function::New(env, sample_projection, "sampleProjection"));
-  exports.Set("computeFeatures", Napi::Function::New(env, compute_features, "computeFeatures"));
-  exports.Set("calibrateFeatures", Napi::Function::New(env, calibrate_features, "calibrateFeatures"));
-  exports.Set("packProjection", Napi::Function::New(env, pack_projection, "packProjection"));
+  export_functions(env, exports,
+                   {{"sampleProjection", sample_projection},
+                    {"computeFeatures", compute_features},
+                    {"calibrateFeatures", calibrate_features},
+                    {"packProjection", pack_projection}});
 }
 
 }  // namespace pa_addon

@@ -329,19 +329,7 @@ Step parse_token_shift_backward(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"), dim = size_property(s, "dim");
   const std::size_t rows = checked_mul(ctx.env, batch, len);
   const std::size_t n = checked_mul(ctx.env, rows, dim);
-  const Napi::Value shifts_value = s.Get("shifts");
-  if (!shifts_value.IsArray()) throw_type_error(ctx.env, "tokenShiftBackward: shifts must be an array");
-  const Napi::Array shift_array = shifts_value.As<Napi::Array>();
-  std::vector<int> shifts;
-  for (std::uint32_t i = 0; i < shift_array.Length(); ++i) {
-    const Napi::Value value = shift_array.Get(i);
-    const double shift = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : 99.0;
-    if (shift != -1.0 && shift != 0.0 && shift != 1.0) {
-      throw_range_error(ctx.env, "tokenShiftBackward: shifts must be -1, 0 or 1");
-    }
-    shifts.push_back(static_cast<int>(shift));
-  }
-  if (shifts.empty() || shifts.size() > dim) throw_range_error(ctx.env, "tokenShiftBackward: 1 to dim segments");
+  const std::vector<int> shifts = shifts_property(ctx.env, s, op, dim);
   const std::uint8_t* keep = uint8_field(ctx, s, "keep", rows, true);
   const float* dy = float_field(ctx, s, "dy", n);
   float* dx = float_field(ctx, s, "dx", n);
@@ -374,36 +362,20 @@ double* float64_field(const PlanContext& ctx, const Napi::Object& step, const ch
 }
 
 bool parse_grad_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step, std::vector<Step>* steps) {
-  if (op == "crossEntropy") {
-    steps->push_back(parse_cross_entropy(ctx, step));
-  } else if (op == "linearBackward") {
-    steps->push_back(parse_linear_backward(ctx, step));
-  } else if (op == "layerNormBackward") {
-    steps->push_back(parse_layer_norm_backward(ctx, step));
-  } else if (op == "gelu") {
-    steps->push_back(parse_gelu(ctx, step));
-  } else if (op == "geluBackward") {
-    steps->push_back(parse_gelu_backward(ctx, step));
-  } else if (op == "reluBackward") {
-    steps->push_back(parse_relu_backward(ctx, step));
-  } else if (op == "embedBackward") {
-    steps->push_back(parse_embed_backward(ctx, step));
-  } else if (op == "gluGeluBackward") {
-    steps->push_back(parse_glu_gelu_backward(ctx, step));
-  } else if (op == "scaleNormBackward") {
-    steps->push_back(parse_scale_norm_backward(ctx, step));
-  } else if (op == "scaledAddBackward") {
-    steps->push_back(parse_scaled_add_backward(ctx, step));
-  } else if (op == "tokenShiftBackward") {
-    steps->push_back(parse_token_shift_backward(ctx, step));
-  } else if (op == "fill") {
-    steps->push_back(parse_fill(ctx, step));
-  } else if (op == "dropout") {
-    steps->push_back(parse_dropout(ctx, step));
-  } else {
-    return false;
-  }
-  return true;
+  return parse_step_with({{"crossEntropy", parse_cross_entropy},
+                          {"linearBackward", parse_linear_backward},
+                          {"layerNormBackward", parse_layer_norm_backward},
+                          {"gelu", parse_gelu},
+                          {"geluBackward", parse_gelu_backward},
+                          {"reluBackward", parse_relu_backward},
+                          {"embedBackward", parse_embed_backward},
+                          {"gluGeluBackward", parse_glu_gelu_backward},
+                          {"scaleNormBackward", parse_scale_norm_backward},
+                          {"scaledAddBackward", parse_scaled_add_backward},
+                          {"tokenShiftBackward", parse_token_shift_backward},
+                          {"fill", parse_fill},
+                          {"dropout", parse_dropout}},
+                         ctx, op, step, steps);
 }
 
 }  // namespace pa_addon

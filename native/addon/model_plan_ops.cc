@@ -30,20 +30,6 @@
 namespace pa_addon {
 namespace {
 
-using pa::InputError;
-
-// Errors from inside an attention step name the module (its label).
-Step labelled(Step step, const std::string& label) {
-  if (label.empty()) return step;
-  return [step, label] {
-    try {
-      step();
-    } catch (const InputError& error) {
-      throw InputError(label + ": " + error.what(), error.code());
-    }
-  };
-}
-
 float float_property(const Napi::Object& s, const char* key) {
   const double value = number_property(s, key, std::nan(""));
   if (!std::isfinite(value)) throw_range_error(s.Env(), std::string(key) + ": expected a finite number");
@@ -113,17 +99,7 @@ Step parse_scaled_add(const PlanContext& ctx, const Napi::Object& s) {
 Step parse_token_shift(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"), dim = size_property(s, "dim");
   const std::size_t n = checked_mul(ctx.env, checked_mul(ctx.env, batch, len), dim);
-  const Napi::Value shifts_value = s.Get("shifts");
-  if (!shifts_value.IsArray()) throw_type_error(ctx.env, "tokenShift: shifts must be an array");
-  const Napi::Array shift_array = shifts_value.As<Napi::Array>();
-  std::vector<int> shifts;
-  for (std::uint32_t i = 0; i < shift_array.Length(); ++i) {
-    const Napi::Value value = shift_array.Get(i);
-    const double shift = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : 99.0;
-    if (shift != -1.0 && shift != 0.0 && shift != 1.0) throw_range_error(ctx.env, "tokenShift: shifts must be -1, 0 or 1");
-    shifts.push_back(static_cast<int>(shift));
-  }
-  if (shifts.empty() || shifts.size() > dim) throw_range_error(ctx.env, "tokenShift: 1 to dim segments");
+  const std::vector<int> shifts = shifts_property(ctx.env, s, "tokenShift", dim);
   const float* x = float_field(ctx, s, "x", n);
   float* y = float_field(ctx, s, "y", n);
   if (overlaps(x, n, y, n)) throw_range_error(ctx.env, "tokenShift: x and y overlap");
@@ -189,14 +165,8 @@ struct AttentionArrays {
 AttentionArrays parse_attention_arrays(const PlanContext& ctx, const Napi::Object& s) {
   const Napi::Value dims_value = s.Get("dims");
   if (!dims_value.IsObject()) throw_type_error(ctx.env, "dims: expected an object");
-  const Napi::Object dims = dims_value.As<Napi::Object>();
   AttentionArrays a{};
-  a.dims.batch = size_property(dims, "batch");
-  a.dims.heads = size_property(dims, "heads");
-  a.dims.q_len = size_property(dims, "queryLength");
-  a.dims.k_len = size_property(dims, "keyLength");
-  a.dims.head_dim = size_property(dims, "headDim");
-  a.dims.value_dim = size_property(dims, "valueDim");
+  a.dims = dims_property(dims_value.As<Napi::Object>());
   const pa::AttentionDims& d = a.dims;
   if (d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.k_len == 0 || d.head_dim == 0 || d.value_dim == 0) {
     throw_range_error(ctx.env, "dims: every size must be >= 1");
@@ -260,10 +230,9 @@ pa::PytorchFavorOptions parse_pytorch_favor_options(const PlanContext& ctx, cons
 Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
   const AttentionArrays a = parse_attention_arrays(ctx, s);
   const pa::PytorchFavorOptions options = parse_pytorch_favor_options(ctx, s, a);
-  const pa::KernelSet* kernels = ctx.kernels;
-  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return labelled([=] { pa::pytorch_favor_attention(a.dims, a.q, a.k, a.v, a.out, options, *kernels, *pool); },
-                  string_property(s, "label", ""));
+  return labelled(s, [=, kernels = ctx.kernels, pool = ctx.pool] {
+    pa::pytorch_favor_attention(a.dims, a.q, a.k, a.v, a.out, options, *kernels, *pool);
+  });
 }
 
 // dq, dk, dv of an attention backward step, length-checked against dims.
@@ -291,11 +260,9 @@ Step parse_pytorch_favor_backward(const PlanContext& ctx, const Napi::Object& s)
   const AttentionArrays a = parse_attention_arrays(ctx, fields);
   const pa::PytorchFavorOptions options = parse_pytorch_favor_options(ctx, s, a);
   const InputGrads g = parse_input_grads(ctx, s, a.dims);
-  float *dq = g.dq, *dk = g.dk, *dv = g.dv;
-  const pa::KernelSet* kernels = ctx.kernels;
-  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return labelled([=] { pa::pytorch_favor_backward(a.dims, a.q, a.k, a.v, a.out, options, dq, dk, dv, *kernels, *pool); },
-                  string_property(s, "label", ""));
+  return labelled(s, [=, kernels = ctx.kernels, pool = ctx.pool] {
+    pa::pytorch_favor_backward(a.dims, a.q, a.k, a.v, a.out, options, g.dq, g.dk, g.dv, *kernels, *pool);
+  });
 }
 
 pa::LocalAttentionOptions parse_local_options(const PlanContext& ctx, const Napi::Object& s, const AttentionArrays& a) {
@@ -320,10 +287,9 @@ pa::LocalAttentionOptions parse_local_options(const PlanContext& ctx, const Napi
 Step parse_local_attention(const PlanContext& ctx, const Napi::Object& s) {
   const AttentionArrays a = parse_attention_arrays(ctx, s);
   const pa::LocalAttentionOptions options = parse_local_options(ctx, s, a);
-  const pa::KernelSet* kernels = ctx.kernels;
-  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return labelled([=] { pa::local_attention(a.dims, a.q, a.k, a.v, a.out, options, *kernels, *pool); },
-                  string_property(s, "label", ""));
+  return labelled(s, [=, kernels = ctx.kernels, pool = ctx.pool] {
+    pa::local_attention(a.dims, a.q, a.k, a.v, a.out, options, *kernels, *pool);
+  });
 }
 
 // The gradients of a localAttention step: its fields with `gradOut` for `out`, and dq, dk, dv.
@@ -333,11 +299,9 @@ Step parse_local_attention_backward(const PlanContext& ctx, const Napi::Object& 
   const pa::LocalAttentionOptions options = parse_local_options(ctx, fields, a);
   if (options.ring != nullptr) throw_range_error(ctx.env, "localAttentionBackward: takes whole sequences (no ring)");
   const InputGrads g = parse_input_grads(ctx, s, a.dims);
-  float *dq = g.dq, *dk = g.dk, *dv = g.dv;
-  const pa::KernelSet* kernels = ctx.kernels;
-  std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return labelled([=] { pa::local_attention_backward(a.dims, a.q, a.k, a.v, a.out, dq, dk, dv, options, *kernels, *pool); },
-                  string_property(s, "label", ""));
+  return labelled(s, [=, kernels = ctx.kernels, pool = ctx.pool] {
+    pa::local_attention_backward(a.dims, a.q, a.k, a.v, a.out, g.dq, g.dk, g.dv, options, *kernels, *pool);
+  });
 }
 
 std::size_t size_argument(const Napi::CallbackInfo& info, std::size_t i, const char* name) {
@@ -377,36 +341,24 @@ Napi::Value local_ring_floats(const Napi::CallbackInfo& info) {
 }  // namespace
 
 bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step, std::vector<Step>* steps) {
-  if (op == "embed") {
-    steps->push_back(parse_embed(ctx, step));
-  } else if (op == "scaleNorm") {
-    steps->push_back(parse_scale_norm(ctx, step));
-  } else if (op == "scaledAdd") {
-    steps->push_back(parse_scaled_add(ctx, step));
-  } else if (op == "tokenShift") {
-    steps->push_back(parse_token_shift(ctx, step));
-  } else if (op == "gluGelu") {
-    steps->push_back(parse_glu_gelu(ctx, step));
-  } else if (op == "rotary") {
-    steps->push_back(parse_rotary(ctx, step));
-  } else if (op == "pytorchFavor") {
-    steps->push_back(parse_pytorch_favor(ctx, step));
-  } else if (op == "pytorchFavorBackward") {
-    steps->push_back(parse_pytorch_favor_backward(ctx, step));
-  } else if (op == "localAttention") {
-    steps->push_back(parse_local_attention(ctx, step));
-  } else if (op == "localAttentionBackward") {
-    steps->push_back(parse_local_attention_backward(ctx, step));
-  } else {
-    return false;
-  }
-  return true;
+  return parse_step_with({{"embed", parse_embed},
+                          {"scaleNorm", parse_scale_norm},
+                          {"scaledAdd", parse_scaled_add},
+                          {"tokenShift", parse_token_shift},
+                          {"gluGelu", parse_glu_gelu},
+                          {"rotary", parse_rotary},
+                          {"pytorchFavor", parse_pytorch_favor},
+                          {"pytorchFavorBackward", parse_pytorch_favor_backward},
+                          {"localAttention", parse_local_attention},
+                          {"localAttentionBackward", parse_local_attention_backward}},
+                         ctx, op, step, steps);
 }
 
 void register_model_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("pytorchFavorStateFloats", Napi::Function::New(env, pytorch_favor_state_floats, "pytorchFavorStateFloats"));
-  exports.Set("pytorchFavorStateReset", Napi::Function::New(env, pytorch_favor_state_reset, "pytorchFavorStateReset"));
-  exports.Set("localRingFloats", Napi::Function::New(env, local_ring_floats, "localRingFloats"));
+  export_functions(env, exports,
+                   {{"pytorchFavorStateFloats", pytorch_favor_state_floats},
+                    {"pytorchFavorStateReset", pytorch_favor_state_reset},
+                    {"localRingFloats", local_ring_floats}});
 }
 
 }  // namespace pa_addon

@@ -180,16 +180,12 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
     if (!value.IsObject()) throw_type_error(env, "plan step " + std::to_string(i) + ": expected an object");
     const Napi::Object s = value.As<Napi::Object>();
     const std::string op = string_property(s, "op", "");
-    if (op == "linear") {
-      plan.steps.push_back(parse_linear(ctx, s));
-    } else if (op == "layerNorm") {
-      plan.steps.push_back(parse_layer_norm(ctx, s));
-    } else if (op == "splitHeads") {
-      plan.steps.push_back(parse_split_heads(ctx, s));
-    } else if (op == "mergeHeads") {
-      plan.steps.push_back(parse_merge_heads(ctx, s));
-    } else if (op == "checkFinite") {
-      plan.steps.push_back(parse_check_finite(ctx, s));
+    if (parse_step_with({{"linear", parse_linear},
+                         {"layerNorm", parse_layer_norm},
+                         {"splitHeads", parse_split_heads},
+                         {"mergeHeads", parse_merge_heads},
+                         {"checkFinite", parse_check_finite}},
+                        ctx, op, s, &plan.steps)) {
     } else if (op == "favor" || op == "softmax") {
       AttentionJob job = parse_attention_job(env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("out"), s.Get("dims"),
                                              s.Get("options"), op == "favor" ? AttentionKind::kFavor : AttentionKind::kSoftmax);
@@ -199,15 +195,7 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
         attention_option_arrays(s.Get("options").As<Napi::Object>(), keep_alive);
       }
       // Attention inputs inside a layer are the layer's projections: errors name the layer.
-      const std::string label = string_property(s, "label", "");
-      plan.steps.push_back([job, label] {
-        if (label.empty()) return job.run();
-        try {
-          job.run();
-        } catch (const pa::InputError& error) {
-          throw pa::InputError(label + ": " + error.what(), error.code());
-        }
-      });
+      plan.steps.push_back(labelled(s, [job] { job.run(); }));
     } else if (parse_attention_backward_step(ctx, op, s, &plan.steps)) {
       // favorBackward / softmaxBackward (backward_bindings.cc)
     } else if (parse_grad_step(ctx, op, s, &plan.steps)) {
@@ -220,8 +208,7 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
 
 Napi::Value run_plan_sync(const Napi::CallbackInfo& info) {
   const Plan plan = parse_plan(info, nullptr, false, nullptr);
-  const PendingError error = capture_errors([&] { plan.run(); });
-  if (!error.empty()) throw make_error(info.Env(), error.kind, error.message, error.code);
+  run_or_throw(info.Env(), [&] { plan.run(); });
   return info.Env().Undefined();
 }
 
@@ -232,10 +219,7 @@ Napi::Value run_plan_async(const Napi::CallbackInfo& info) {
   std::vector<Napi::Value> keep;
   Plan plan = parse_plan(info, cancel, atomic, &keep);
   keep.push_back(info[0]);
-  auto* worker = new AsyncJob(info.Env(), [plan] { plan.run(); }, info.Env().Undefined(), keep);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue_job(info.Env(), [plan] { plan.run(); }, info.Env().Undefined(), keep);
 }
 
 // (w [out, in], in, out) -> packed Float32Array for linear steps.
@@ -280,12 +264,13 @@ Napi::Value pending_calls(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_plan_bindings(Napi::Env env, Napi::Object exports) {
-  exports.Set("runPlanSync", Napi::Function::New(env, run_plan_sync, "runPlanSync"));
-  exports.Set("runPlanAsync", Napi::Function::New(env, run_plan_async, "runPlanAsync"));
-  exports.Set("linearPack", Napi::Function::New(env, linear_pack, "linearPack"));
-  exports.Set("favorStateFloats", Napi::Function::New(env, state_floats, "favorStateFloats"));
-  exports.Set("favorStateReset", Napi::Function::New(env, state_reset, "favorStateReset"));
-  exports.Set("pendingCalls", Napi::Function::New(env, pending_calls, "pendingCalls"));
+  export_functions(env, exports,
+                   {{"runPlanSync", run_plan_sync},
+                    {"runPlanAsync", run_plan_async},
+                    {"linearPack", linear_pack},
+                    {"favorStateFloats", state_floats},
+                    {"favorStateReset", state_reset},
+                    {"pendingCalls", pending_calls}});
 }
 
 }  // namespace pa_addon

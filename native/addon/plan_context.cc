@@ -3,8 +3,47 @@
 #include <string>
 
 #include "addon/convert.h"
+#include "core/attention_common.h"
 
 namespace pa_addon {
+
+Step labelled(const Napi::Object& step_fields, Step step) {
+  const std::string label = string_property(step_fields, "label", "");
+  if (label.empty()) return step;
+  return [step, label] {
+    try {
+      step();
+    } catch (const pa::InputError& error) {
+      throw pa::InputError(label + ": " + error.what(), error.code());
+    }
+  };
+}
+
+bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx, const std::string& op,
+                     const Napi::Object& step, std::vector<Step>* steps) {
+  for (const StepParser& parser : parsers) {
+    if (op == parser.op) {
+      steps->push_back(parser.parse(ctx, step));
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<int> shifts_property(Napi::Env env, const Napi::Object& step, const char* op, std::size_t dim) {
+  const Napi::Value shifts_value = step.Get("shifts");
+  if (!shifts_value.IsArray()) throw_type_error(env, std::string(op) + ": shifts must be an array");
+  const Napi::Array shift_array = shifts_value.As<Napi::Array>();
+  std::vector<int> shifts;
+  for (std::uint32_t i = 0; i < shift_array.Length(); ++i) {
+    const Napi::Value value = shift_array.Get(i);
+    const double shift = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : 99.0;
+    if (shift != -1.0 && shift != 0.0 && shift != 1.0) throw_range_error(env, std::string(op) + ": shifts must be -1, 0 or 1");
+    shifts.push_back(static_cast<int>(shift));
+  }
+  if (shifts.empty() || shifts.size() > dim) throw_range_error(env, std::string(op) + ": 1 to dim segments");
+  return shifts;
+}
 
 float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
   const Napi::Value value = step.Get(key);

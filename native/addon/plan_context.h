@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <atomic>
 #include <functional>
+#include <initializer_list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -30,6 +32,23 @@ struct PlanContext {
   // Set by attention steps: the worker checks it between blocks (null: never cancelled).
   const std::atomic<bool>* cancel;
 };
+
+// step, rethrowing the InputError it throws prefixed with the step's `label` property
+// when it has one, so errors from inside a layer or module name it.
+Step labelled(const Napi::Object& step_fields, Step step);
+
+// A parser of the steps whose op is `op`.
+struct StepParser {
+  const char* op;
+  Step (*parse)(const PlanContext& ctx, const Napi::Object& step);
+};
+
+// Appends `step` parsed by the parser of `op` to *steps; false when none has that op.
+bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx, const std::string& op,
+                     const Napi::Object& step, std::vector<Step>* steps);
+
+// The `shifts` of a token-shift step: 1 to dim of them, each -1, 0 or 1; errors name `op`.
+std::vector<int> shifts_property(Napi::Env env, const Napi::Object& step, const char* op, std::size_t dim);
 
 // A Float32Array property holding at least `needed` elements.
 float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);

@@ -95,6 +95,10 @@ InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k
   return stats;
 }
 
+double scan_abs_max(const char* name, const float* x, std::size_t rows, std::size_t width, ThreadPool& pool) {
+  return scan_rows(name, x, rows, width, true, pool);
+}
+
 void check_value_magnitude(const AttentionDims& dims, const InputStats& stats) {
   // Outputs are weighted sums of up to k_len value rows; keep them inside float range.
   if (stats.max_abs_value * static_cast<double>(dims.k_len) > 1e36) {

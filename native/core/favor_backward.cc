@@ -145,14 +145,7 @@ class BackwardWorker {
       key_features(zk_, n);
       // dk' = v dS^T + dz, zero for padded keys; dv = K' dS.
       kernels_.gemm(n, F_, Dv_, v + j0 * Dv_, Dv_, 1, st_, F_, dkf_, F_, false);
-      for (std::size_t r = 0; r < n; ++r) {
-        float* row = dkf_ + r * F_;
-        if (pad != nullptr && pad[j0 + r] == 0) {
-          std::fill(row, row + F_, 0.0f);
-        } else {
-          for (std::size_t f = 0; f < F_; ++f) row[f] += dz_[f];
-        }
-      }
+      add_normalizer_grad(pad, j0, n, dz_);
       kernels_.gemm(n, Dv_, F_, kf_, F_, 1, ds_, Dv_, dv + j0 * Dv_, Dv_, false);
       feature_backward(k + j0 * d_, uk_, kf_, dkf_, n, dk + j0 * d_);
     }
@@ -214,14 +207,7 @@ class BackwardWorker {
       kernels_.gemm(F_, n, Dv_, s_, Dv_, 1, vt_, n, t_, n, false);
       transpose(t_, F_, n, dkf_);
       kernels_.gemm(n, F_, n, b_, 1, n, qf_, F_, dkf_, F_, true);
-      for (std::size_t r = 0; r < n; ++r) {
-        float* row = dkf_ + r * F_;
-        if (pad != nullptr && pad[a + r] == 0) {
-          std::fill(row, row + F_, 0.0f);
-        } else {
-          for (std::size_t f = 0; f < F_; ++f) row[f] += z_[f];
-        }
-      }
+      add_normalizer_grad(pad, a, n, z_);
       // dv = K' R + A^T dnum
       kernels_.gemm(n, Dv_, F_, kf_, F_, 1, s_, Dv_, dv + a * Dv_, Dv_, false);
       kernels_.gemm(n, Dv_, n, a_, 1, n, dnum, Dv_, dv + a * Dv_, Dv_, true);
@@ -300,6 +286,19 @@ class BackwardWorker {
     features_.log_features(k + j0 * d_, n, zk_, nullptr, uk_);
     for (std::size_t r = 0; r < n; ++r) {
       if (pad != nullptr && pad[j0 + r] == 0) std::fill(zk_ + r * F_, zk_ + (r + 1) * F_, kNegInf);
+    }
+  }
+
+  // dkf_ rows of keys [j0, j0 + n): zero for a padded key, else plus the
+  // normalizer's gradient dz (F floats).
+  void add_normalizer_grad(const std::uint8_t* pad, std::size_t j0, std::size_t n, const float* dz) {
+    for (std::size_t r = 0; r < n; ++r) {
+      float* row = dkf_ + r * F_;
+      if (pad != nullptr && pad[j0 + r] == 0) {
+        std::fill(row, row + F_, 0.0f);
+      } else {
+        for (std::size_t f = 0; f < F_; ++f) row[f] += dz[f];
+      }
     }
   }
 

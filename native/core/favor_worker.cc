@@ -45,29 +45,23 @@ FavorWorker::FavorWorker(const AttentionDims& dims, const FavorOptions& options,
       eps_(options.epsilon) {
   const std::size_t R = rows_, F = F_;
   const bool causal = options.causal, signs = features.is_signed();
-  const std::size_t sizes[] = {R * F, R * F, signs ? R * F : 0, signs ? R * F : 0, R * F, R * F,
-                               R * std::max(features.work_per_row(), F), causal ? F * R : 0,
-                               causal ? R * R : 0, R, R, R, F, F, F, Dv_ + 1};
-  std::size_t total = 0;
-  for (std::size_t size : sizes) total += Carver::round_up(size);
-  Carver carve(thread_scratch(total));
-  zk_ = carve.take(R * F);
-  zq_ = carve.take(R * F);
-  sk_ = signs ? carve.take(R * F) : nullptr;
-  sq_ = signs ? carve.take(R * F) : nullptr;
-  kf_ = carve.take(R * F);
-  qf_ = carve.take(R * F);
-  work_ = carve.take(R * std::max(features.work_per_row(), F));
-  kf_t_ = causal ? carve.take(F * R) : nullptr;
-  scores_ = causal ? carve.take(R * R) : nullptr;
-  ones_ = carve.take(R);
+  auto layout = [&](Carver& carve) {
+    zk_ = carve.take(R * F);
+    zq_ = carve.take(R * F);
+    sk_ = signs ? carve.take(R * F) : nullptr;
+    sq_ = signs ? carve.take(R * F) : nullptr;
+    kf_ = carve.take(R * F);
+    qf_ = carve.take(R * F);
+    work_ = carve.take(R * std::max(features.work_per_row(), F));
+    kf_t_ = causal ? carve.take(F * R) : nullptr;
+    scores_ = causal ? carve.take(R * R) : nullptr;
+    for (float** p : {&ones_, &row_max_, &row_eps_}) *p = carve.take(R);
+    for (float** p : {&neg_c_, &chunk_max_, &prefix_max_}) *p = carve.take(F);
+    running_values_ = carve.take(Dv_ + 1);
+  };
+  Carver at(thread_scratch(carved_floats(layout)));
+  layout(at);
   std::fill(ones_, ones_ + R, 1.0f);
-  row_max_ = carve.take(R);
-  row_eps_ = carve.take(R);
-  neg_c_ = carve.take(F);
-  chunk_max_ = carve.take(F);
-  prefix_max_ = carve.take(F);
-  running_values_ = carve.take(Dv_ + 1);
 }
 
 void FavorWorker::absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad,

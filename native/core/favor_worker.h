@@ -33,17 +33,14 @@ struct StateView {
   float* values;
 };
 
-struct StateLayout {
+struct StateLayout : CarvedLayout<StateLayout> {
+  StateLayout(std::size_t F, std::size_t Dv) : F(F), Dv(Dv) {}
   std::size_t F, Dv;
-  std::size_t floats() const {
-    return Carver::round_up(F * Dv) + 2 * Carver::round_up(F) + Carver::round_up(Dv + 1);
-  }
-  StateView view(float* base) const {
-    Carver carve(base);
-    float* s = carve.take(F * Dv);
-    float* z = carve.take(F);
-    float* c = carve.take(F);
-    return {s, z, c, carve.take(Dv + 1)};
+  StateView carve(Carver& at) const {
+    float* s = at.take(F * Dv);
+    float* z = at.take(F);
+    float* c = at.take(F);
+    return {s, z, c, at.take(Dv + 1)};
   }
   void reset(const StateView& st) const {
     std::fill(st.s, st.s + F * Dv, 0.0f);

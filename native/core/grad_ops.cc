@@ -156,31 +156,6 @@ void weight_gradient(std::size_t rows, std::size_t in, std::size_t out, const fl
 // layer_norm_backward
 // ---------------------------------------------------------------------------------
 
-// Mean and 1 / sqrt(var + eps) of a row, exactly as layer_norm computes them.
-void row_stats(std::size_t dim, const float* xr, float eps, double* mean_out, double* rstd_out) {
-  double s[4] = {0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 4 <= dim; i += 4) {
-    for (std::size_t l = 0; l < 4; ++l) s[l] += xr[i + l];
-  }
-  for (; i < dim; ++i) s[0] += xr[i];
-  const double mean = ((s[0] + s[1]) + (s[2] + s[3])) / static_cast<double>(dim);
-  double q[4] = {0, 0, 0, 0};
-  for (i = 0; i + 4 <= dim; i += 4) {
-    for (std::size_t l = 0; l < 4; ++l) {
-      const double d = xr[i + l] - mean;
-      q[l] += d * d;
-    }
-  }
-  for (; i < dim; ++i) {
-    const double d = xr[i] - mean;
-    q[0] += d * d;
-  }
-  const double var = ((q[0] + q[1]) + (q[2] + q[3])) / static_cast<double>(dim);
-  *mean_out = mean;
-  *rstd_out = 1.0 / std::sqrt(var + static_cast<double>(eps));
-}
-
 // Adds the per-chunk partials (chunks x n doubles, chunk order) to out[0 .. n).
 void reduce_partials(std::size_t chunks, std::size_t n, const double* partials, float* out) {
   for (std::size_t i = 0; i < n; ++i) {
@@ -361,7 +336,7 @@ void layer_norm_backward(std::size_t rows, std::size_t dim, const float* x, cons
         const float* xr = x + r * dim;
         const float* dyr = dy + r * dim;
         double mean, rstd;
-        row_stats(dim, xr, eps, &mean, &rstd);
+        layer_norm_row_stats(dim, xr, eps, &mean, &rstd);
         for (std::size_t i = 0; i < dim; ++i) xhat[i] = (xr[i] - mean) * rstd;
         if (gamma != nullptr) {
           for (std::size_t i = 0; i < dim; ++i) g[i] = static_cast<double>(dyr[i]) * gamma[i];

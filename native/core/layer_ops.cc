@@ -100,6 +100,32 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
   });
 }
 
+// Two passes in double: the mean, then the squared deviations from it, so a
+// large common offset (1e4 + small noise) does not cancel away the variance.
+void layer_norm_row_stats(std::size_t dim, const float* xr, float eps, double* mean_out, double* rstd_out) {
+  double s[4] = {0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 4 <= dim; i += 4) {
+    for (std::size_t l = 0; l < 4; ++l) s[l] += xr[i + l];
+  }
+  for (; i < dim; ++i) s[0] += xr[i];
+  const double mean = ((s[0] + s[1]) + (s[2] + s[3])) / static_cast<double>(dim);
+  double q[4] = {0, 0, 0, 0};
+  for (i = 0; i + 4 <= dim; i += 4) {
+    for (std::size_t l = 0; l < 4; ++l) {
+      const double d = xr[i + l] - mean;
+      q[l] += d * d;
+    }
+  }
+  for (; i < dim; ++i) {
+    const double d = xr[i] - mean;
+    q[0] += d * d;
+  }
+  const double var = ((q[0] + q[1]) + (q[2] + q[3])) / static_cast<double>(dim);
+  *mean_out = mean;
+  *rstd_out = 1.0 / std::sqrt(var + static_cast<double>(eps));
+}
+
 void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma, const float* beta,
                 float eps, float* y, ThreadPool& pool) {
   if (rows == 0 || dim == 0) return;
@@ -108,29 +134,9 @@ void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* 
     for (std::size_t r = begin; r < end; ++r) {
       const float* xr = x + r * dim;
       float* yr = y + r * dim;
-      // Two passes in double: the mean, then the squared deviations from it, so a
-      // large common offset (1e4 + small noise) does not cancel away the variance.
-      double s[4] = {0, 0, 0, 0};
-      std::size_t i = 0;
-      for (; i + 4 <= dim; i += 4) {
-        for (std::size_t l = 0; l < 4; ++l) s[l] += xr[i + l];
-      }
-      for (; i < dim; ++i) s[0] += xr[i];
-      const double mean = ((s[0] + s[1]) + (s[2] + s[3])) / static_cast<double>(dim);
-      double q[4] = {0, 0, 0, 0};
-      for (i = 0; i + 4 <= dim; i += 4) {
-        for (std::size_t l = 0; l < 4; ++l) {
-          const double d = xr[i + l] - mean;
-          q[l] += d * d;
-        }
-      }
-      for (; i < dim; ++i) {
-        const double d = xr[i] - mean;
-        q[0] += d * d;
-      }
-      const double var = ((q[0] + q[1]) + (q[2] + q[3])) / static_cast<double>(dim);
-      const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
-      for (i = 0; i < dim; ++i) {
+      double mean, rstd;
+      layer_norm_row_stats(dim, xr, eps, &mean, &rstd);
+      for (std::size_t i = 0; i < dim; ++i) {
         double v = (xr[i] - mean) * rstd;
         if (gamma != nullptr) v *= gamma[i];
         if (beta != nullptr) v += beta[i];

@@ -30,6 +30,9 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
 // gamma/beta may be null (1 / 0). y may alias x. Mean and variance accumulated in double.
 void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma, const float* beta,
                 float eps, float* y, ThreadPool& pool);
+// The mean and 1 / sqrt(var + eps) of one row as layer_norm computes them (its
+// backward recomputes them with this, for the same bits).
+void layer_norm_row_stats(std::size_t dim, const float* xr, float eps, double* mean, double* rstd);
 
 // [B, L, H*dh] (row stride src_stride / dst_stride >= H*dh, so a slice of a wider
 // projection works) <-> [B, H, L, dh] dense

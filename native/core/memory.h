@@ -55,19 +55,49 @@ class PooledBuffer {
   FloatBuffer buffer_;
 };
 
-// Carves consecutive 64-byte aligned float arrays out of one block.
+// Carves consecutive 64-byte aligned float arrays out of one block. A Carver made
+// without a block only counts (take() returns null), so one list of takes both
+// sizes a block and carves it: see carved_floats().
 class Carver {
  public:
-  explicit Carver(float* base) : next_(base) {}
+  Carver() = default;
+  explicit Carver(float* base) : base_(base) {}
   float* take(std::size_t floats) {
-    float* result = next_;
-    next_ += round_up(floats);
+    float* result = base_ == nullptr ? nullptr : base_ + used_;
+    used_ += round_up(floats);
     return result;
   }
+  std::size_t used() const { return used_; }
   static std::size_t round_up(std::size_t floats) { return (floats + 15) & ~static_cast<std::size_t>(15); }
 
  private:
-  float* next_;
+  float* base_ = nullptr;
+  std::size_t used_ = 0;
+};
+
+// The floats that `carve` (a callable taking a Carver&) takes in all.
+template <class Carve>
+std::size_t carved_floats(Carve&& carve) {
+  Carver count;
+  carve(count);
+  return count.used();
+}
+
+// floats() and view(base) of a layout whose Derived::carve(Carver&) takes its arrays
+// in order and returns its view of them: the size and the views follow one list.
+template <class Derived>
+class CarvedLayout {
+ public:
+  std::size_t floats() const {
+    return carved_floats([&](Carver& count) { self().carve(count); });
+  }
+  auto view(float* base) const {
+    Carver at(base);
+    return self().carve(at);
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
 };
 
 }  // namespace pa

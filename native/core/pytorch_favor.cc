@@ -29,17 +29,14 @@ struct State {
   float* max;
 };
 
-struct StateLayout {
+struct StateLayout : CarvedLayout<StateLayout> {
+  StateLayout(std::size_t F, std::size_t Dv) : F(F), Dv(Dv) {}
   std::size_t F, Dv;
-  std::size_t floats() const {
-    return Carver::round_up(F * Dv) + Carver::round_up(F) + Carver::round_up(Dv) + Carver::round_up(2);
-  }
-  State view(float* base) const {
-    Carver carve(base);
-    float* s = carve.take(F * Dv);
-    float* z = carve.take(F);
-    float* vsum = carve.take(Dv);
-    float* tail = carve.take(2);
+  State carve(Carver& at) const {
+    float* s = at.take(F * Dv);
+    float* z = at.take(F);
+    float* vsum = at.take(Dv);
+    float* tail = at.take(2);
     return {s, z, vsum, tail, tail + 1};
   }
   void reset(float* base) const {
@@ -55,28 +52,17 @@ class Worker {
   Worker(const AttentionDims& dims, const PytorchFavorOptions& o, const KernelSet& kernels, std::size_t F)
       : dims_(dims), o_(o), kernels_(kernels), F_(F), Dv_(dims.value_dim), d_(dims.head_dim) {
     const std::size_t R = kRows;
-    scratch_.resize(6 * R * F + R * R + R * Dv_ + 3 * R + 3 * F);
-    float* at = scratch_.data();
-    auto take = [&](std::size_t n) {
-      float* p = at;
-      at += n;
-      return p;
+    auto layout = [&](Carver& carve) {
+      for (float** p : {&u_, &e_, &kf_, &kf_t_, &qf_, &work_}) *p = carve.take(R * F);
+      a_ = carve.take(R * R);
+      vm_ = carve.take(R * Dv_);
+      for (float** p : {&ones_, &den_, &half_norm_}) *p = carve.take(R);
+      for (float** p : {&col_max_, &col_scale_, &z_}) *p = carve.take(F);
     };
-    u_ = take(R * F);
-    e_ = take(R * F);
-    kf_ = take(R * F);
-    kf_t_ = take(R * F);
-    qf_ = take(R * F);
-    work_ = take(R * F);
-    a_ = take(R * R);
-    vm_ = take(R * Dv_);
-    ones_ = take(R);
+    scratch_.resize(carved_floats(layout));
+    Carver at(scratch_.data());
+    layout(at);
     std::fill(ones_, ones_ + R, 1.0f);
-    den_ = take(R);
-    half_norm_ = take(R);
-    col_max_ = take(F);
-    col_scale_ = take(F);
-    z_ = take(F);
     r_ = o.features == PytorchFeatures::kSoftmax ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(F))) : 1.0f;
     eps_ = o.features == PytorchFeatures::kSoftmax ? kSoftmaxEps : o.features == PytorchFeatures::kRelu ? kReluEps : 0.0f;
   }
@@ -84,38 +70,8 @@ class Worker {
   // Bidirectional attention of one head.
   void bidirectional(const float* q, const float* k, const float* v, const std::uint8_t* keep, float* out,
                      float* s) {
-    const std::size_t Lk = dims_.k_len, Lq = dims_.q_len;
-    float* z = z_;
-    std::fill(s, s + F_ * Dv_, 0.0f);
-    std::fill(z, z + F_, 0.0f);
-    float key_max = 0.0f;
-    if (o_.features == PytorchFeatures::kSoftmax) key_max = max_projection(k, 0, Lk);
-    if (o_.features == PytorchFeatures::kNoProjection) key_softmax_statistics(k, keep, Lk);
-    for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
-      check_cancel(o_.cancel);
-      const std::size_t n = std::min(kRows, Lk - j0);
-      if (o_.features == PytorchFeatures::kNoProjection) {
-        // softmax over the keys, per entry: exp(k - max) / sum.
-        for (std::size_t r = 0; r < n; ++r) {
-          float* kf = kf_ + r * F_;
-          const bool dropped = o_.drop_masked_keys && keep != nullptr && keep[j0 + r] == 0;
-          if (dropped) {
-            std::fill(kf, kf + F_, 0.0f);
-            continue;
-          }
-          const float* kr = k + (j0 + r) * d_;
-          for (std::size_t f = 0; f < F_; ++f) work_[f] = kr[f] - col_max_[f];
-          kernels_.exp_bias(F_, work_, nullptr, 0.0f, kf);
-          for (std::size_t f = 0; f < F_; ++f) kf[f] = kf[f] / col_scale_[f];
-        }
-      } else {
-        key_exponents(k, j0, n, key_max);  // e_
-        for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
-      }
-      masked_values(v, keep, j0, n);
-      kernels_.gemm(F_, Dv_, n, kf_, 1, F_, vm_, Dv_, s, Dv_, true);
-      kernels_.gemm(1, F_, n, ones_, 0, 1, kf_, F_, z, F_, true);
-    }
+    const std::size_t Lq = dims_.q_len;
+    key_sums(k, v, keep, s);
     for (std::size_t i0 = 0; i0 < Lq; i0 += kRows) {
       check_cancel(o_.cancel);
       const std::size_t n = std::min(kRows, Lq - i0);
@@ -123,10 +79,53 @@ class Worker {
       float* rows = out + i0 * Dv_;
       kernels_.gemm(n, Dv_, F_, qf_, F_, 1, s, Dv_, rows, Dv_, false);
       for (std::size_t r = 0; r < n; ++r) {
-        const float inv = 1.0f / kernels_.dot(F_, qf_ + r * F_, z);
+        const float inv = 1.0f / kernels_.dot(F_, qf_ + r * F_, z_);
         for (std::size_t e = 0; e < Dv_; ++e) rows[r * Dv_ + e] *= inv;
       }
     }
+  }
+
+  // s (F x Dv) = K'^T V and z_ (F) = K'^T 1 over the keys of one head, values not
+  // kept dropping out of s; returns the key stabilizer the features used.
+  float key_sums(const float* k, const float* v, const std::uint8_t* keep, float* s) {
+    const std::size_t Lk = dims_.k_len;
+    std::fill(s, s + F_ * Dv_, 0.0f);
+    std::fill(z_, z_ + F_, 0.0f);
+    const float key_max = o_.features == PytorchFeatures::kSoftmax ? max_projection(k, 0, Lk) : 0.0f;
+    if (o_.features == PytorchFeatures::kNoProjection) key_softmax_statistics(k, keep, Lk);
+    for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
+      check_cancel(o_.cancel);
+      const std::size_t n = std::min(kRows, Lk - j0);
+      key_block(k, v, keep, j0, n, key_max);
+      kernels_.gemm(F_, Dv_, n, kf_, 1, F_, vm_, Dv_, s, Dv_, true);
+      kernels_.gemm(1, F_, n, ones_, 0, 1, kf_, F_, z_, F_, true);
+    }
+    return key_max;
+  }
+
+  // kf_ rows: the features of key rows [j0, j0 + n); vm_ rows: their values, zero
+  // where the key is not kept.
+  void key_block(const float* k, const float* v, const std::uint8_t* keep, std::size_t j0, std::size_t n,
+                 float key_max) {
+    if (o_.features == PytorchFeatures::kNoProjection) {
+      // softmax over the keys, per entry: exp(k - max) / sum.
+      for (std::size_t r = 0; r < n; ++r) {
+        float* kf = kf_ + r * F_;
+        const bool dropped = o_.drop_masked_keys && keep != nullptr && keep[j0 + r] == 0;
+        if (dropped) {
+          std::fill(kf, kf + F_, 0.0f);
+          continue;
+        }
+        const float* kr = k + (j0 + r) * d_;
+        for (std::size_t f = 0; f < F_; ++f) work_[f] = kr[f] - col_max_[f];
+        kernels_.exp_bias(F_, work_, nullptr, 0.0f, kf);
+        for (std::size_t f = 0; f < F_; ++f) kf[f] = kf[f] / col_scale_[f];
+      }
+    } else {
+      key_exponents(k, j0, n, key_max);  // e_
+      for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
+    }
+    masked_values(v, keep, j0, n);
   }
 
   // Causal attention of one head, continuing from st (q_len = k_len rows).
@@ -324,44 +323,28 @@ class Worker {
   // Scratch of the backward pass and the (materialized) features' gradients.
   void prepare_backward() {
     const std::size_t R = kRows;
-    back_.resize(R * F_ + 3 * R * F_ + 2 * R * Dv_ + R * R + 2 * F_ * Dv_ + F_ * std::max(R, Dv_) + Dv_ * R + 2 * F_ + R);
-    float* at = back_.data();
-    auto take = [&](std::size_t n) {
-      float* p = at;
-      at += n;
-      return p;
+    auto layout = [&](Carver& carve) {
+      for (float** p : {&eq_, &dqf_, &dkf_, &g_}) *p = carve.take(R * F_);
+      dnum_ = carve.take(R * Dv_);
+      b_ = carve.take(R * R);
+      st_ = carve.take(F_ * Dv_);
+      ds_ = carve.take(F_ * Dv_);
+      t_ = carve.take(F_ * std::max(R, Dv_));
+      vt_ = carve.take(Dv_ * R);
+      dz_ = carve.take(F_);
+      zeps_ = carve.take(F_);
+      dden_ = carve.take(R);
+      (void)carve.take(Dv_ * R);
     };
-    eq_ = take(R * F_);
-    dqf_ = take(R * F_);
-    dkf_ = take(R * F_);
-    g_ = take(R * F_);
-    dnum_ = take(R * Dv_);
-    b_ = take(R * R);
-    st_ = take(F_ * Dv_);
-    ds_ = take(F_ * Dv_);
-    t_ = take(F_ * std::max(R, Dv_));
-    vt_ = take(Dv_ * R);
-    dz_ = take(F_);
-    zeps_ = take(F_);
-    dden_ = take(R);
-    (void)take(Dv_ * R);
+    back_.resize(carved_floats(layout));
+    Carver at(back_.data());
+    layout(at);
   }
 
   void backward_bidirectional(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* keep,
                               float* dq, float* dk, float* dv, float* s) {
     const std::size_t Lk = dims_.k_len, Lq = dims_.q_len;
-    std::fill(s, s + F_ * Dv_, 0.0f);
-    std::fill(z_, z_ + F_, 0.0f);
-    const float key_max = o_.features == PytorchFeatures::kSoftmax ? max_projection(k, 0, Lk) : 0.0f;
-    for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
-      check_cancel(o_.cancel);
-      const std::size_t n = std::min(kRows, Lk - j0);
-      key_exponents(k, j0, n, key_max);
-      for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
-      masked_values(v, keep, j0, n);
-      kernels_.gemm(F_, Dv_, n, kf_, 1, F_, vm_, Dv_, s, Dv_, true);
-      kernels_.gemm(1, F_, n, ones_, 0, 1, kf_, F_, z_, F_, true);
-    }
+    const float key_max = key_sums(k, v, keep, s);  // no_projection has no backward
     transpose(s, F_, Dv_, st_);
     std::fill(ds_, ds_ + F_ * Dv_, 0.0f);
     std::fill(dz_, dz_ + F_, 0.0f);
@@ -384,9 +367,7 @@ class Worker {
     for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
       check_cancel(o_.cancel);
       const std::size_t n = std::min(kRows, Lk - j0);
-      key_exponents(k, j0, n, key_max);
-      for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
-      masked_values(v, keep, j0, n);
+      key_block(k, v, keep, j0, n, key_max);
       // dk' = v_masked dS^T + dz (a masked key stays in the normalizer); dv = K' dS, zero where masked.
       kernels_.gemm(n, F_, Dv_, vm_, Dv_, 1, st_, F_, dkf_, F_, false);
       for (std::size_t r = 0; r < n; ++r) {

@@ -8,6 +8,7 @@
 
 #include "core/head_loop.h"
 #include "core/memory.h"
+#include "core/online_softmax.h"
 
 namespace pa {
 namespace {
@@ -25,18 +26,17 @@ class SoftmaxHead {
   SoftmaxHead(const AttentionDims& dims, const SoftmaxOptions& options, const KernelSet& kernels)
       : dims_(dims), options_(options), kernels_(kernels), Dv_(dims.value_dim) {
     const std::size_t d = dims.head_dim;
-    const std::size_t sizes[] = {kGroupRows * d, d * kKeyBlock, kQueryBlock * kKeyBlock, kGroupRows * Dv_,
-                                 kGroupRows, kGroupRows, kKeyBlock * 2};
-    std::size_t total = 0;
-    for (std::size_t size : sizes) total += Carver::round_up(size);
-    Carver carve(thread_scratch(total));
-    q_scaled_ = carve.take(kGroupRows * d);
-    k_t_ = carve.take(d * kKeyBlock);
-    scores_ = carve.take(kQueryBlock * kKeyBlock);
-    acc_ = carve.take(kGroupRows * Dv_);
-    row_max_ = carve.take(kGroupRows);
-    row_sum_ = carve.take(kGroupRows);
-    padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
+    auto layout = [&](Carver& carve) {
+      q_scaled_ = carve.take(kGroupRows * d);
+      k_t_ = carve.take(d * kKeyBlock);
+      scores_ = carve.take(kQueryBlock * kKeyBlock);
+      acc_ = carve.take(kGroupRows * Dv_);
+      row_max_ = carve.take(kGroupRows);
+      row_sum_ = carve.take(kGroupRows);
+      padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
+    };
+    Carver at(thread_scratch(carved_floats(layout)));
+    layout(at);
   }
 
   void run(const float* q, const float* k, const float* v, float* out, const std::uint8_t* pad) {
@@ -89,19 +89,7 @@ class SoftmaxHead {
         std::fill(s + keep, s + m, kNegInf);
       }
       const float new_max = std::max(row_max, kernels_.max_bias(m, s, nullptr));
-      if (new_max == kNegInf) {  // nothing visible yet
-        std::fill(s, s + m, 0.0f);
-        continue;
-      }
-      float& row_sum = row_sum_[b0 + r];
-      if (new_max > row_max && row_max != kNegInf) {
-        const float correction = std::exp(row_max - new_max);
-        float* acc = acc_ + (b0 + r) * Dv_;
-        for (std::size_t t = 0; t < Dv_; ++t) acc[t] *= correction;
-        row_sum *= correction;
-      }
-      row_max = new_max;
-      row_sum += kernels_.exp_bias(m, s, nullptr, -new_max, s);
+      online_softmax_row(kernels_, s, m, m, new_max, row_max, row_sum_[b0 + r], acc_ + (b0 + r) * Dv_, Dv_);
     }
     // acc += P V, straight from the caller's values.
     kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);

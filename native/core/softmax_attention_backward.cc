@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <sstream>
 #include <vector>
 
 #include "core/memory.h"
+#include "core/online_softmax.h"
 
 namespace pa {
 namespace {
@@ -100,25 +100,18 @@ class BackwardWorker {
   BackwardWorker(const AttentionDims& dims, const SoftmaxOptions& options, const KernelSet& kernels,
                  const Tiling& tiling)
       : options_(options), kernels_(kernels), tiling_(tiling), d_(dims.head_dim), Dv_(dims.value_dim) {
-    Carver carve(thread_scratch(scratch_floats(dims)));
-    k_t_ = carve.take(d_ * kKeyBlock);
-    v_t_ = carve.take(Dv_ * kKeyBlock);
-    scores_ = carve.take(kQueryBlock * kKeyBlock);
-    dscores_ = carve.take(kQueryBlock * kKeyBlock);
-    acc_ = carve.take(kGroupRows * Dv_);
-    grad_ = carve.take(kQueryBlock * Dv_);
-    row_sum_ = carve.take(kGroupRows);
-    padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
-  }
-
-  static std::size_t scratch_floats(const AttentionDims& dims) {
-    const std::size_t d = dims.head_dim, Dv = dims.value_dim;
-    const std::size_t sizes[] = {d * kKeyBlock,         Dv * kKeyBlock,   kQueryBlock * kKeyBlock,
-                                 kQueryBlock * kKeyBlock, kGroupRows * Dv, kQueryBlock * Dv,
-                                 kGroupRows,              kKeyBlock * sizeof(std::size_t) / sizeof(float)};
-    std::size_t total = 0;
-    for (std::size_t size : sizes) total += Carver::round_up(size);
-    return total;
+    auto layout = [&](Carver& carve) {
+      k_t_ = carve.take(d_ * kKeyBlock);
+      v_t_ = carve.take(Dv_ * kKeyBlock);
+      scores_ = carve.take(kQueryBlock * kKeyBlock);
+      dscores_ = carve.take(kQueryBlock * kKeyBlock);
+      acc_ = carve.take(kGroupRows * Dv_);
+      grad_ = carve.take(kQueryBlock * Dv_);
+      row_sum_ = carve.take(kGroupRows);
+      padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
+    };
+    Carver at(thread_scratch(carved_floats(layout)));
+    layout(at);
   }
 
   // First pass over query groups [group_begin, group_end): the online softmax of the
@@ -218,20 +211,7 @@ class BackwardWorker {
       const std::size_t keep = mask_row(s, i0 + r, j0, m);
       float& max = row_max[b0 + r];
       const float new_max = keep > 0 ? std::max(max, kernels_.max_bias(keep, s, nullptr)) : max;
-      if (new_max == kNegInf) {  // nothing visible yet
-        std::fill(s, s + m, 0.0f);
-        continue;
-      }
-      float& sum = row_sum_[b0 + r];
-      if (new_max > max && max != kNegInf) {
-        const float correction = std::exp(max - new_max);
-        float* acc = acc_ + (b0 + r) * Dv_;
-        for (std::size_t t = 0; t < Dv_; ++t) acc[t] *= correction;
-        sum *= correction;
-      }
-      max = new_max;
-      sum += kernels_.exp_bias(keep, s, nullptr, -new_max, s);
-      std::fill(s + keep, s + m, 0.0f);
+      online_softmax_row(kernels_, s, keep, m, new_max, max, row_sum_[b0 + r], acc_ + (b0 + r) * Dv_, Dv_);
     }
     kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
   }
@@ -298,52 +278,6 @@ class BackwardWorker {
   std::size_t padded_count_ = 0;
 };
 
-// Largest |x| of grad_out; throws InputError at its first NaN or infinity.
-double scan_grad_out(const float* g, std::size_t rows, std::size_t width, ThreadPool& pool) {
-  if (rows == 0 || width == 0) return 0.0;
-  const std::size_t block = std::max<std::size_t>(1, 16384 / width);
-  const std::size_t blocks = (rows + block - 1) / block;
-  std::vector<float> partial(blocks, 0.0f);
-  std::vector<std::size_t> bad_row(blocks, rows);
-  pool.parallel_for(blocks, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    for (std::size_t b = begin; b < end; ++b) {
-      float result = 0.0f;
-      for (std::size_t r = b * block; r < std::min(rows, (b + 1) * block); ++r) {
-        const float* row = g + r * width;
-        float largest = 0.0f, poison = 0.0f;  // poison: 0 * x is NaN for NaN or infinite x
-        for (std::size_t t = 0; t < width; ++t) {
-          const float a = std::fabs(row[t]);
-          largest = a > largest ? a : largest;
-          poison += row[t] * 0.0f;
-        }
-        if (poison != 0.0f) {
-          bad_row[b] = r;
-          break;
-        }
-        result = largest > result ? largest : result;
-      }
-      partial[b] = result;
-    }
-  });
-  double result = 0.0;
-  for (std::size_t b = 0; b < blocks; ++b) {
-    if (bad_row[b] != rows) {
-      const float* row = g + bad_row[b] * width;
-      for (std::size_t t = 0; t < width; ++t) {
-        if (!std::isfinite(row[t])) {
-          std::ostringstream message;
-          const char* shown = std::isnan(row[t]) ? "NaN" : row[t] > 0 ? "Infinity" : "-Infinity";
-          message << "gradOut: values must be finite, received " << shown << " at flat index "
-                  << bad_row[b] * width + t;
-          throw InputError(message.str());
-        }
-      }
-    }
-    result = std::max<double>(result, partial[b]);
-  }
-  return result;
-}
-
 }  // namespace
 
 void softmax_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
@@ -361,7 +295,7 @@ void softmax_attention_backward(const AttentionDims& dims, const float* q, const
     throw InputError("query/key: magnitudes so large that attention scores overflow float32");
   }
   check_value_magnitude(dims, stats);
-  const double max_grad = scan_grad_out(grad_out, heads * Lq, Dv, pool);
+  const double max_grad = scan_abs_max("gradOut", grad_out, heads * Lq, Dv, pool);
   // |dP|, |D| <= Dv max|G| max|v|; |dQ| <= scale 2 |dP| max|k|; |dK| <= scale 2 |dP| Lq max|q|; |dV| <= Lq max|G|.
   const double dp_bound = 2.0 * static_cast<double>(Dv) * max_grad * stats.max_abs_value;
   const double bound = std::max({dp_bound, scale * dp_bound * k_norm, scale * dp_bound * static_cast<double>(Lq) * q_norm,

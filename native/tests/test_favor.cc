@@ -1,7 +1,6 @@
 // FAVOR drivers against the double-precision reference, on every kernel set.
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <vector>
 
 #include "attention_reference.h"
@@ -9,8 +8,11 @@
 #include "core/orthogonal.h"
 #include "kernels/dispatch.h"
 #include "test_harness.h"
+#include "test_util.h"
 
 namespace {
+
+using pa_test::throws_input_error;
 
 struct Case {
   std::size_t Lq, Lk, d, Dv, m;
@@ -164,15 +166,6 @@ void check_split(const SplitCase& t, const pa::KernelSet& kernels, pa::ThreadPoo
     }
     CHECK(err < 1e-5);
   }
-}
-
-bool throws_input_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const pa::InputError&) {
-    return true;
-  }
-  return false;
 }
 
 }  // namespace

@@ -21,48 +21,48 @@
 #include "core/model_ops.h"
 #include "kernels/dispatch.h"
 #include "test_harness.h"
+#include "test_util.h"
 
 namespace {
 
-constexpr float kGuard = -7777.25f;  // fills memory an op must not write
-constexpr std::size_t kGuardFloats = 16;
+using pa_test::for_size_pairs;
+using pa_test::for_size_triples;
+using pa_test::Guarded;
+using pa_test::same_bits;
+
 constexpr std::size_t kSizes[] = {1, 7, 8, 9, 16, 17, 63, 64, 65};
 constexpr double kTol = 1e-5;    // float results, relative to the sum of |terms|
 constexpr double kFdTol = 1e-6;  // references against finite differences
 
-// n floats whose first one sits `offset` floats past a 64-byte boundary, between guard
-// zones of kGuard.
-class Guarded {
- public:
-  Guarded(std::size_t n, std::size_t offset = 0) : n_(n), storage_(n + offset + 2 * kGuardFloats + 16, kGuard) {
-    const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data() + kGuardFloats);
-    data_ = storage_.data() + kGuardFloats + ((64 - addr % 64) % 64) / sizeof(float) + offset;
+// CHECKs one case: err within kTol, guard cells intact, outputs not asked for left
+// alone. When it fails, `describe` prints the case and the reasons follow.
+template <class Describe>
+bool check_case(double err, const char* err_name, bool guards, bool untouched, const char* touched, Describe describe) {
+  const bool ok = err <= kTol && guards && untouched;
+  if (!ok) {
+    describe();
+    std::fprintf(stderr, ": %s %.3g%s%s\n", err_name, err, guards ? "" : ", guard cells overwritten",
+                 untouched ? "" : touched);
   }
-  float* data() { return data_; }
-  const float* data() const { return data_; }
-  std::size_t size() const { return n_; }
-  float& operator[](std::size_t i) { return data_[i]; }
-  float operator[](std::size_t i) const { return data_[i]; }
-  void fill(std::mt19937& rng, float lo, float hi) {
-    std::uniform_real_distribution<float> uni(lo, hi);
-    for (std::size_t i = 0; i < n_; ++i) data_[i] = uni(rng);
-  }
-  std::vector<double> values() const { return std::vector<double>(data_, data_ + n_); }
-  bool guards_intact() const {
-    for (std::size_t i = 1; i <= kGuardFloats; ++i) {
-      if (!same_bits(data_[-static_cast<std::ptrdiff_t>(i)], kGuard) || !same_bits(data_[n_ + i - 1], kGuard)) {
-        return false;
-      }
-    }
-    return true;
-  }
-  static bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+  CHECK(ok);
+  return ok;
+}
 
- private:
-  std::size_t n_;
-  std::vector<float> storage_;
-  float* data_;
-};
+// Runs `outputs(pool)` on pools of 1, 2 and 3 threads: every output it returns must
+// keep the bits of the 1-thread run.
+template <class Outputs>
+void check_same_bits_on_threads(Outputs outputs) {
+  std::vector<std::vector<float>> first;
+  for (std::size_t threads : {1, 2, 3}) {
+    pa::ThreadPool pool(threads);
+    const std::vector<std::vector<float>> got = outputs(pool);
+    if (first.empty()) {
+      first = got;
+    } else {
+      for (std::size_t i = 0; i < got.size(); ++i) CHECK(same_bits(first[i].data(), got[i].data(), got[i].size()));
+    }
+  }
+}
 
 // Worst |got - want| / scale over the elements (NaN counts as infinitely wrong).
 double worst_error(const float* got, const std::vector<double>& want, const std::vector<double>& scale) {
@@ -83,8 +83,6 @@ void add_initial(const std::vector<double>& init, bool accumulate, std::vector<d
     (*scale)[i] += std::fabs(init[i]);
   }
 }
-
-bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
 // Central differences of f at p, one element at a time.
 std::vector<double> numeric_gradient(const std::function<double(const std::vector<double>&)>& f,
@@ -143,6 +141,16 @@ double gelu_ref(double v) { return v * cdf_ref(v); }
 double gelu_grad_ref(double v) { return cdf_ref(v) + v * pdf_ref(v); }
 double gelu_grad_scale(double v) { return std::fabs(cdf_ref(v)) + std::fabs(v * pdf_ref(v)); }
 
+// m = the largest of a row of logits, s = sum_j exp(x_j - m).
+void row_max_and_sum(const double* x, std::size_t classes, double* m_out, double* s_out) {
+  double m = x[0];
+  for (std::size_t j = 1; j < classes; ++j) m = std::max(m, x[j]);
+  double s = 0;
+  for (std::size_t j = 0; j < classes; ++j) s += std::exp(x[j] - m);
+  *m_out = m;
+  *s_out = s;
+}
+
 // Sum over counted rows of -log softmax(logits)[target].
 double ce_loss_ref(std::size_t rows, std::size_t classes, const std::vector<double>& logits,
                    const std::vector<std::int32_t>& targets) {
@@ -150,10 +158,8 @@ double ce_loss_ref(std::size_t rows, std::size_t classes, const std::vector<doub
   for (std::size_t r = 0; r < rows; ++r) {
     if (targets[r] < 0) continue;
     const double* x = logits.data() + r * classes;
-    double m = x[0];
-    for (std::size_t j = 1; j < classes; ++j) m = std::max(m, x[j]);
-    double s = 0;
-    for (std::size_t j = 0; j < classes; ++j) s += std::exp(x[j] - m);
+    double m, s;
+    row_max_and_sum(x, classes, &m, &s);
     total += std::log(s) + m - x[targets[r]];
   }
   return total;
@@ -168,10 +174,8 @@ void ce_grad_ref(std::size_t rows, std::size_t classes, const std::vector<double
   for (std::size_t r = 0; r < rows; ++r) {
     if (targets[r] < 0) continue;
     const double* x = logits.data() + r * classes;
-    double m = x[0];
-    for (std::size_t j = 1; j < classes; ++j) m = std::max(m, x[j]);
-    double s = 0;
-    for (std::size_t j = 0; j < classes; ++j) s += std::exp(x[j] - m);
+    double m, s;
+    row_max_and_sum(x, classes, &m, &s);
     for (std::size_t j = 0; j < classes; ++j) {
       const double p = std::exp(x[j] - m) / s, hot = static_cast<std::int32_t>(j) == targets[r] ? 1.0 : 0.0;
       (*grad)[r * classes + j] = scale * (p - hot);
@@ -322,11 +326,12 @@ ScaleNormGrads scale_norm_grad_ref(std::size_t rows, std::size_t dim, const std:
   return out;
 }
 
-// token_shift's forward (no history) in double, and its adjoint by scattering.
-std::vector<double> token_shift_ref(std::size_t batch, std::size_t len, std::size_t dim, const std::vector<double>& x,
-                                    const std::vector<int>& shifts, const std::uint8_t* keep) {
+// copy(to, from) for each element token_shift (no history) copies: y[to] = x[from],
+// flat indices, in a fixed order.
+template <class Copy>
+void token_shift_copies(std::size_t batch, std::size_t len, std::size_t dim, const std::vector<int>& shifts,
+                        const std::uint8_t* keep, Copy copy) {
   const std::size_t segments = shifts.size(), piece = dim / segments;
-  std::vector<double> y(batch * len * dim, 0.0);
   for (std::size_t b = 0; b < batch; ++b) {
     for (std::size_t t = 0; t < len; ++t) {
       for (std::size_t s = 0; s < segments; ++s) {
@@ -334,33 +339,27 @@ std::vector<double> token_shift_ref(std::size_t batch, std::size_t len, std::siz
         if (from < 0 || from >= static_cast<long long>(len)) continue;
         if (shifts[s] != 0 && keep != nullptr && keep[b * len + from] == 0) continue;
         for (std::size_t j = 0; j < piece; ++j) {
-          y[(b * len + t) * dim + s * piece + j] = x[(b * len + from) * dim + s * piece + j];
+          copy((b * len + t) * dim + s * piece + j, (b * len + static_cast<std::size_t>(from)) * dim + s * piece + j);
         }
       }
-      for (std::size_t j = segments * piece; j < dim; ++j) y[(b * len + t) * dim + j] = x[(b * len + t) * dim + j];
+      for (std::size_t j = segments * piece; j < dim; ++j) copy((b * len + t) * dim + j, (b * len + t) * dim + j);
     }
   }
+}
+
+// token_shift's forward (no history) in double, and its adjoint by scattering.
+std::vector<double> token_shift_ref(std::size_t batch, std::size_t len, std::size_t dim, const std::vector<double>& x,
+                                    const std::vector<int>& shifts, const std::uint8_t* keep) {
+  std::vector<double> y(batch * len * dim, 0.0);
+  token_shift_copies(batch, len, dim, shifts, keep, [&](std::size_t to, std::size_t from) { y[to] = x[from]; });
   return y;
 }
 
 std::vector<double> token_shift_grad_ref(std::size_t batch, std::size_t len, std::size_t dim,
                                          const std::vector<double>& dy, const std::vector<int>& shifts,
                                          const std::uint8_t* keep) {
-  const std::size_t segments = shifts.size(), piece = dim / segments;
   std::vector<double> dx(batch * len * dim, 0.0);
-  for (std::size_t b = 0; b < batch; ++b) {
-    for (std::size_t t = 0; t < len; ++t) {
-      for (std::size_t s = 0; s < segments; ++s) {
-        const long long from = static_cast<long long>(t) - shifts[s];
-        if (from < 0 || from >= static_cast<long long>(len)) continue;
-        if (shifts[s] != 0 && keep != nullptr && keep[b * len + from] == 0) continue;
-        for (std::size_t j = 0; j < piece; ++j) {
-          dx[(b * len + from) * dim + s * piece + j] += dy[(b * len + t) * dim + s * piece + j];
-        }
-      }
-      for (std::size_t j = segments * piece; j < dim; ++j) dx[(b * len + t) * dim + j] += dy[(b * len + t) * dim + j];
-    }
-  }
+  token_shift_copies(batch, len, dim, shifts, keep, [&](std::size_t to, std::size_t from) { dx[from] += dy[to]; });
   return dx;
 }
 
@@ -568,14 +567,10 @@ TEST("grads/crossEntropy: sizes, ignored targets, in place, large offsets, every
   pa::ThreadPool pool(2);
   std::mt19937 rng(201);
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    std::size_t index = 0;
-    bool ok = true;
-    for (std::size_t rows : kSizes) {
-      for (std::size_t classes : kSizes) {
-        if (ok) ok = check_cross_entropy(rows, classes, index % 2 == 0, index % 3 == 0 ? 1.0f : 0.37f, 4.0f, 0.0f, *kernels, pool, rng);
-        ++index;
-      }
-    }
+    for_size_pairs(kSizes, [&](std::size_t rows, std::size_t classes, std::size_t index) {
+      return check_cross_entropy(rows, classes, index % 2 == 0, index % 3 == 0 ? 1.0f : 0.37f, 4.0f, 0.0f, *kernels, pool,
+                                 rng);
+    });
     // Offsets that overflow exp without the max, wide spreads, many classes, parallel rows.
     check_cross_entropy(9, 65, true, 1.0f, 3.0f, 1000.0f, *kernels, pool, rng);
     check_cross_entropy(9, 65, false, 2.0f, 3.0f, -1000.0f, *kernels, pool, rng);
@@ -651,16 +646,10 @@ bool check_linear_backward(const LinearBackwardCase& t, const pa::KernelSet& ker
   else untouched = untouched && db.values() == db0;
   const bool guards = dy.guards_intact() && x.guards_intact() && w.guards_intact() && dx.guards_intact() &&
                       dw.guards_intact() && db.guards_intact();
-  const bool ok = worst <= kTol && guards && untouched;
-  if (!ok) {
-    std::fprintf(stderr,
-                 "  [%s] linearBackward rows=%zu in=%zu out=%zu x_stride=%zu dx=%d dw=%d db=%d accumulate=%d: "
-                 "worst err %.3g%s%s\n",
-                 kernels.name, t.rows, t.in, t.out, xs, t.want_dx, t.want_dw, t.want_db, t.accumulate, worst,
-                 guards ? "" : ", guard cells overwritten", untouched ? "" : ", a null output was written");
-  }
-  CHECK(ok);
-  return ok;
+  return check_case(worst, "worst err", guards, untouched, ", a null output was written", [&] {
+    std::fprintf(stderr, "  [%s] linearBackward rows=%zu in=%zu out=%zu x_stride=%zu dx=%d dw=%d db=%d accumulate=%d",
+                 kernels.name, t.rows, t.in, t.out, xs, t.want_dx, t.want_dw, t.want_db, t.accumulate);
+  });
 }
 
 }  // namespace
@@ -670,22 +659,14 @@ TEST("grads/linearBackward: sizes around the vector widths, every option, every 
   std::mt19937 rng(301);
   std::size_t cases = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    std::size_t index = 0;
-    bool ok = true;
-    for (std::size_t rows : kSizes) {
-      for (std::size_t in : kSizes) {
-        for (std::size_t out : kSizes) {
-          // Options cycle with different periods so the 729 cases mix them; every third
-          // case drops one output (dx, dweight or dbias).
-          const std::size_t drop = index % 3 == 0 ? (index / 3) % 3 : 3;
-          const LinearBackwardCase t{rows, in, out, (index / 5) % 3, drop != 0, drop != 1, drop != 2,
-                                     (index / 2) % 2 == 1, (index / 7) % 2};
-          ++index;
-          if (ok) ok = check_linear_backward(t, *kernels, pool, rng);
-          ++cases;
-        }
-      }
-    }
+    cases += for_size_triples(kSizes, [&](std::size_t rows, std::size_t in, std::size_t out, std::size_t index) {
+      // Options cycle with different periods so the 729 cases mix them; every third
+      // case drops one output (dx, dweight or dbias).
+      const std::size_t drop = index % 3 == 0 ? (index / 3) % 3 : 3;
+      const LinearBackwardCase t{rows, in, out, (index / 5) % 3, drop != 0, drop != 1, drop != 2, (index / 2) % 2 == 1,
+                                 (index / 7) % 2};
+      return check_linear_backward(t, *kernels, pool, rng);
+    });
   }
   std::printf("  %zu linearBackward cases\n", cases);
 }
@@ -718,25 +699,15 @@ TEST("grads/linearBackward: the same bits for 1, 2 and 3 threads; dbias the same
       for (auto* v : {&dy, &x, &w, &dx0, &dw0, &db0}) {
         for (auto& e : *v) e = normal(rng);
       }
-      std::vector<float> first_dx, first_dw, first_db;
-      for (std::size_t threads : {1, 2, 3}) {
-        pa::ThreadPool pool(threads);
+      check_same_bits_on_threads([&](pa::ThreadPool& pool) {
         std::vector<float> dx = dx0, dw = dw0, db = db0, db_alone = db0;
         pa::linear_backward(rows, in, out, dy.data(), x.data(), in, w.data(), dx.data(), true, dw.data(), db.data(),
                             *kernels, pool);
         pa::linear_backward(rows, in, out, dy.data(), x.data(), in, w.data(), nullptr, false, nullptr,
                             db_alone.data(), *kernels, pool);
         CHECK(same_bits(db.data(), db_alone.data(), out));
-        if (first_dx.empty()) {
-          first_dx = dx;
-          first_dw = dw;
-          first_db = db;
-        } else {
-          CHECK(same_bits(first_dx.data(), dx.data(), dx.size()));
-          CHECK(same_bits(first_dw.data(), dw.data(), dw.size()));
-          CHECK(same_bits(first_db.data(), db.data(), db.size()));
-        }
-      }
+        return std::vector<std::vector<float>>{dx, dw, db};
+      });
     }
   }
 }
@@ -777,16 +748,10 @@ bool check_layer_norm_backward(std::size_t rows, std::size_t dim, bool affine, b
   const bool untouched = want_params || (dgamma.values() == dgamma0 && dbeta.values() == dbeta0);
   const bool guards = x.guards_intact() && gamma.guards_intact() && dy.guards_intact() && dx.guards_intact() &&
                       dgamma.guards_intact() && dbeta.guards_intact();
-  const bool ok = worst <= kTol && guards && untouched;
-  if (!ok) {
-    std::fprintf(stderr,
-                 "  layerNormBackward rows=%zu dim=%zu affine=%d params=%d accumulate=%d alias=%d offset=%g: "
-                 "worst err %.3g%s%s\n",
-                 rows, dim, affine, want_params, accumulate, static_cast<int>(alias), offset, worst,
-                 guards ? "" : ", guard cells overwritten", untouched ? "" : ", a null output was written");
-  }
-  CHECK(ok);
-  return ok;
+  return check_case(worst, "worst err", guards, untouched, ", a null output was written", [&] {
+    std::fprintf(stderr, "  layerNormBackward rows=%zu dim=%zu affine=%d params=%d accumulate=%d alias=%d offset=%g", rows,
+                 dim, affine, want_params, accumulate, static_cast<int>(alias), offset);
+  });
 }
 
 }  // namespace
@@ -794,16 +759,11 @@ bool check_layer_norm_backward(std::size_t rows, std::size_t dim, bool affine, b
 TEST("grads/layerNormBackward: sizes, gamma or not, accumulate, in place, null outputs, offsets") {
   pa::ThreadPool pool(2);
   std::mt19937 rng(401);
-  std::size_t index = 0;
-  bool ok = true;
-  for (std::size_t rows : kSizes) {
-    for (std::size_t dim : kSizes) {
-      const Alias alias = static_cast<Alias>(index % 3);
-      if (ok) ok = check_layer_norm_backward(rows, dim, index % 2 == 0, index % 5 != 3, (index / 2) % 2 == 1, alias,
-                                             0.0f, 1e-5f, pool, rng);
-      ++index;
-    }
-  }
+  for_size_pairs(kSizes, [&](std::size_t rows, std::size_t dim, std::size_t index) {
+    const Alias alias = static_cast<Alias>(index % 3);
+    return check_layer_norm_backward(rows, dim, index % 2 == 0, index % 5 != 3, (index / 2) % 2 == 1, alias, 0.0f,
+                                     1e-5f, pool, rng);
+  });
   // Many rows (several reduction chunks), wide rows, a large common offset, a large eps.
   check_layer_norm_backward(3000, 40, true, true, true, Alias::kNone, 0.0f, 1e-5f, pool, rng);
   check_layer_norm_backward(70, 768, true, true, false, Alias::kDy, 0.0f, 1e-5f, pool, rng);
@@ -835,22 +795,12 @@ TEST("grads/layerNormBackward: the same bits for 1, 2 and 3 threads") {
         }
       }
     }
-    std::vector<float> first_dx, first_dgamma, first_dbeta;
-    for (std::size_t threads : {1, 2, 3}) {
-      pa::ThreadPool pool(threads);
+    check_same_bits_on_threads([&](pa::ThreadPool& pool) {
       std::vector<float> dx(rows * dim), dgamma = dgamma0, dbeta = dbeta0;
       pa::layer_norm_backward(rows, dim, x.data(), gamma.data(), 1e-5f, dy.data(), dx.data(), false, dgamma.data(),
                               dbeta.data(), pool);
-      if (first_dx.empty()) {
-        first_dx = dx;
-        first_dgamma = dgamma;
-        first_dbeta = dbeta;
-      } else {
-        CHECK(same_bits(first_dx.data(), dx.data(), dx.size()));
-        CHECK(same_bits(first_dgamma.data(), dgamma.data(), dim));
-        CHECK(same_bits(first_dbeta.data(), dbeta.data(), dim));
-      }
-    }
+      return std::vector<std::vector<float>>{dx, dgamma, dbeta};
+    });
   }
 }
 
@@ -1024,14 +974,10 @@ bool check_embed_backward(std::size_t batch, std::size_t len, std::size_t dim, s
   if (positions) err = std::max(err, worst_error(dpos.data(), want_p, mag_p));
   const bool untouched = positions || dpos.values() == dpos0;
   const bool guards = dx.guards_intact() && dtable.guards_intact() && dpos.guards_intact();
-  const bool ok = err <= kTol && guards && untouched;
-  if (!ok) {
-    std::fprintf(stderr, "  embedBackward batch=%zu len=%zu dim=%zu tokens=%zu start=%zu positions=%d: err %.3g%s%s\n",
-                 batch, len, dim, num_tokens, start, positions, err, guards ? "" : ", guard cells overwritten",
-                 untouched ? "" : ", null dpositions written");
-  }
-  CHECK(ok);
-  return ok;
+  return check_case(err, "err", guards, untouched, ", null dpositions written", [&] {
+    std::fprintf(stderr, "  embedBackward batch=%zu len=%zu dim=%zu tokens=%zu start=%zu positions=%d", batch, len, dim,
+                 num_tokens, start, positions);
+  });
 }
 
 }  // namespace
@@ -1039,14 +985,9 @@ bool check_embed_backward(std::size_t batch, std::size_t len, std::size_t dim, s
 TEST("grads/embedBackward: sizes, repeated tokens, positions or not, guard cells") {
   pa::ThreadPool pool(2);
   std::mt19937 rng(601);
-  std::size_t index = 0;
-  bool ok = true;
-  for (std::size_t len : kSizes) {
-    for (std::size_t dim : kSizes) {
-      if (ok) ok = check_embed_backward(1 + index % 3, len, dim, 1 + (index * 7) % 70, index % 4, index % 2 == 0, pool, rng);
-      ++index;
-    }
-  }
+  for_size_pairs(kSizes, [&](std::size_t len, std::size_t dim, std::size_t index) {
+    return check_embed_backward(1 + index % 3, len, dim, 1 + (index * 7) % 70, index % 4, index % 2 == 0, pool, rng);
+  });
   check_embed_backward(64, 128, 48, 1000, 5, true, pool, rng);  // many rows, parallel tokens and positions
   check_embed_backward(300, 40, 16, 3, 0, true, pool, rng);     // few tokens, each many times
 }
@@ -1062,19 +1003,11 @@ TEST("grads/embedBackward: the same bits for 1, 2 and 3 threads; bad tokens thro
   for (auto* v : {&dx, &dtable0, &dpos0}) {
     for (auto& e : *v) e = normal(rng);
   }
-  std::vector<float> first_table, first_pos;
-  for (std::size_t threads : {1, 2, 3}) {
-    pa::ThreadPool pool(threads);
+  check_same_bits_on_threads([&](pa::ThreadPool& pool) {
     std::vector<float> dtable = dtable0, dpos = dpos0;
     pa::embed_backward(rows, len, dim, tokens.data(), num_tokens, dx.data(), dtable.data(), 3, dpos.data(), pool);
-    if (first_table.empty()) {
-      first_table = dtable;
-      first_pos = dpos;
-    } else {
-      CHECK(same_bits(first_table.data(), dtable.data(), dtable.size()));
-      CHECK(same_bits(first_pos.data(), dpos.data(), dpos.size()));
-    }
-  }
+    return std::vector<std::vector<float>>{dtable, dpos};
+  });
   pa::ThreadPool pool(2);
   for (std::int32_t bad : {-1, 300}) {
     std::vector<std::int32_t> bad_tokens = tokens;
@@ -1289,13 +1222,9 @@ TEST("grads/dropout: kept fraction 1 - p, streams and seeds independent, the sam
   std::mt19937 rng(902);
   Guarded x(n);
   x.fill(rng, -1, 1);
-  std::vector<std::vector<float>> outs;
-  for (std::size_t threads : {1, 2, 3}) {
-    pa::ThreadPool pool(threads);
+  check_same_bits_on_threads([&](pa::ThreadPool& pool) {
     std::vector<float> y(n);
     pa::dropout(n, x.data(), nullptr, y.data(), 0.3f, 99, 4, pool);
-    outs.push_back(y);
-  }
-  CHECK(std::memcmp(outs[0].data(), outs[1].data(), n * sizeof(float)) == 0);
-  CHECK(std::memcmp(outs[0].data(), outs[2].data(), n * sizeof(float)) == 0);
+    return std::vector<std::vector<float>>{y};
+  });
 }

@@ -14,39 +14,12 @@
 #include "core/layer_ops.h"
 #include "kernels/dispatch.h"
 #include "test_harness.h"
+#include "test_util.h"
 
 namespace {
 
 using pa::Activation;
-
-constexpr float kGuard = -7777.25f;  // fills memory an op must not write
-constexpr std::size_t kGuardFloats = 16;
-
-// n floats whose first one sits `offset` floats past a 64-byte boundary, between
-// guard zones of kGuard.
-class Guarded {
- public:
-  Guarded(std::size_t n, std::size_t offset) : n_(n), storage_(n + offset + 2 * kGuardFloats + 16, kGuard) {
-    const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data() + kGuardFloats);
-    data_ = storage_.data() + kGuardFloats + ((64 - addr % 64) % 64) / sizeof(float) + offset;
-  }
-  float* data() { return data_; }
-  float& operator[](std::size_t i) { return data_[i]; }
-  bool guards_intact() const {
-    for (std::size_t i = 1; i <= kGuardFloats; ++i) {
-      if (!same_bits(data_[-static_cast<std::ptrdiff_t>(i)], kGuard) || !same_bits(data_[n_ + i - 1], kGuard)) {
-        return false;
-      }
-    }
-    return true;
-  }
-  static bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-
- private:
-  std::size_t n_;
-  std::vector<float> storage_;
-  float* data_;
-};
+using pa_test::Guarded;
 
 double gelu_ref(double v) { return 0.5 * v * std::erfc(-v / std::sqrt(2.0)); }
 
@@ -144,20 +117,12 @@ TEST("layers/linear: sizes around the vector widths, every option, every kernel 
   std::mt19937 rng(11);
   std::size_t cases = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    std::size_t index = 0;
-    bool ok = true;
-    for (std::size_t rows : sizes) {
-      for (std::size_t in : sizes) {
-        for (std::size_t out : sizes) {
-          // Every option cycles with a different period, so the 729 cases mix them.
-          const LinearCase t{rows, in, out, acts[index % 3], index % 4 != 1,
-                             static_cast<Residual>((index / 3) % 3), (index / 2) % 2, (index / 5) % 3};
-          ++index;
-          if (ok) ok = check_linear(t, *kernels, pool, rng);
-          ++cases;
-        }
-      }
-    }
+    cases += pa_test::for_size_triples(sizes, [&](std::size_t rows, std::size_t in, std::size_t out, std::size_t index) {
+      // Every option cycles with a different period, so the 729 cases mix them.
+      const LinearCase t{rows, in, out, acts[index % 3], index % 4 != 1, static_cast<Residual>((index / 3) % 3),
+                         (index / 2) % 2, (index / 5) % 3};
+      return check_linear(t, *kernels, pool, rng);
+    });
   }
   std::printf("  %zu linear cases\n", cases);
 }

@@ -19,27 +19,17 @@
 #include "core/pytorch_favor.h"
 #include "kernels/dispatch.h"
 #include "test_harness.h"
+#include "test_util.h"
 
 namespace {
 
 using pa::PytorchFeatures;
 using pa::RotaryLayout;
+using pa_test::same_bits;
+using pa_test::throws_input_error;
 
 // ---------------------------------------------------------------------------
 // Helpers: inputs, comparisons, slicing.
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
-}
-
-bool throws_input_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const pa::InputError&) {
-    return true;
-  }
-  return false;
-}
 
 // Per (batch, head) block of `block` floats: exact zeros where the reference block is
 // all zero, else relative Frobenius error <= tol. Reports the first failing block.

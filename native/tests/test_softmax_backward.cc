@@ -21,20 +21,29 @@ bool attends(std::size_t i, std::size_t j, std::size_t Lq, std::size_t Lk, bool 
                                                      static_cast<long long>(Lq);
 }
 
+// Scaled scores of query row i against every key into *s (-inf where hidden); returns
+// their max (-inf when the row sees no key).
+double score_row(const double* q, const double* k, std::size_t i, std::size_t Lq, std::size_t Lk, std::size_t d,
+                 double scale, bool causal, const std::uint8_t* pad, std::vector<double>* s) {
+  s->assign(Lk, -std::numeric_limits<double>::infinity());
+  double top = -std::numeric_limits<double>::infinity();
+  for (std::size_t j = 0; j < Lk; ++j) {
+    if (!attends(i, j, Lq, Lk, causal, pad)) continue;
+    double dot = 0;
+    for (std::size_t t = 0; t < d; ++t) dot += q[i * d + t] * k[j * d + t];
+    (*s)[j] = dot * scale;
+    top = std::max(top, (*s)[j]);
+  }
+  return top;
+}
+
 // out of one (batch, head) in double.
 std::vector<double> forward_double(const double* q, const double* k, const double* v, std::size_t Lq, std::size_t Lk,
                                    std::size_t d, std::size_t Dv, double scale, bool causal, const std::uint8_t* pad) {
   std::vector<double> out(Lq * Dv, 0.0);
   for (std::size_t i = 0; i < Lq; ++i) {
-    std::vector<double> s(Lk, -std::numeric_limits<double>::infinity());
-    double top = -std::numeric_limits<double>::infinity();
-    for (std::size_t j = 0; j < Lk; ++j) {
-      if (!attends(i, j, Lq, Lk, causal, pad)) continue;
-      double dot = 0;
-      for (std::size_t t = 0; t < d; ++t) dot += q[i * d + t] * k[j * d + t];
-      s[j] = dot * scale;
-      top = std::max(top, s[j]);
-    }
+    std::vector<double> s;
+    const double top = score_row(q, k, i, Lq, Lk, d, scale, causal, pad, &s);
     if (top == -std::numeric_limits<double>::infinity()) continue;
     double total = 0;
     for (std::size_t j = 0; j < Lk; ++j) total += std::exp(s[j] - top);
@@ -62,15 +71,8 @@ Grads backward_double(const double* q, const double* k, const double* v, const d
           std::vector<double>(Lq * d, 0.0), std::vector<double>(Lk * d, 0.0)};
   const auto out = forward_double(q, k, v, Lq, Lk, d, Dv, scale, causal, pad);
   for (std::size_t i = 0; i < Lq; ++i) {
-    std::vector<double> s(Lk, -std::numeric_limits<double>::infinity());
-    double top = -std::numeric_limits<double>::infinity();
-    for (std::size_t j = 0; j < Lk; ++j) {
-      if (!attends(i, j, Lq, Lk, causal, pad)) continue;
-      double dot = 0;
-      for (std::size_t t = 0; t < d; ++t) dot += q[i * d + t] * k[j * d + t];
-      s[j] = dot * scale;
-      top = std::max(top, s[j]);
-    }
+    std::vector<double> s;
+    const double top = score_row(q, k, i, Lq, Lk, d, scale, causal, pad, &s);
     if (top == -std::numeric_limits<double>::infinity()) continue;  // attends no key
     double total = 0;
     for (std::size_t j = 0; j < Lk; ++j) total += std::exp(s[j] - top);
