@@ -7,16 +7,12 @@
 #include "vec_avx2.h"  // first: the shared kernels need the target's intrinsics
 
 #include "f64_avx256.h"
-#include "kernels.h"
 #include "simd_kernels_inl.h"
 
 namespace pa {
 
-const KernelSet kAvx2Kernels = {
-    "avx2",         simd::gemm<Avx2>,           simd::exp_bias<Avx2>,
-    simd::max_bias<Avx2>, simd::max_accumulate<Avx2>, simd::gelu_bias<Avx2>,
-    simd::dot<Avx2>, dot_f64_avx256,              axpy_f64_avx256,
-    simd::fma_peak<Avx2>};
+const KernelSet kAvx2Kernels =
+    simd::kernel_set<Avx2>("avx2", dot_f64_avx256, axpy_f64_avx256);
 
 }  // namespace pa
 

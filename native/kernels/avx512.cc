@@ -7,16 +7,12 @@
 #include "vec_avx512.h"  // first: the shared kernels need the target's intrinsics
 
 #include "f64_avx256.h"
-#include "kernels.h"
 #include "simd_kernels_inl.h"
 
 namespace pa {
 
-const KernelSet kAvx512Kernels = {
-    "avx512",         simd::gemm<Avx512>,           simd::exp_bias<Avx512>,
-    simd::max_bias<Avx512>, simd::max_accumulate<Avx512>, simd::gelu_bias<Avx512>,
-    simd::dot<Avx512>, dot_f64_avx256,                axpy_f64_avx256,
-    simd::fma_peak<Avx512>};
+const KernelSet kAvx512Kernels =
+    simd::kernel_set<Avx512>("avx512", dot_f64_avx256, axpy_f64_avx256);
 
 }  // namespace pa
 

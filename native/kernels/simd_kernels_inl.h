@@ -1,9 +1,13 @@
 // The vector micro-kernels, written once against a target V (vec_avx2.h,
 // vec_avx512.h) that supplies the lane count, the operations, the gemm tile shapes
-// and how a row's last partial vector is handled (V::kMaskedTails). Each ISA file
-// includes its target header, then this one, and fills its KernelSet with the
-// instantiations. Everything is in an anonymous namespace: the same template built
+// and how a row's last partial vector is handled (V::kMaskedTails: with masks it
+// joins the vector accumulators; without, it is finished after the reduction). Each
+// ISA file includes its target header, then this one, and fills its KernelSet with
+// kernel_set<V>. Everything is in an anonymous namespace: the same template built
 // with other -m flags in another file must stay a separate function.
+// The statement order is the one each ISA's kernels have always had; reshaping a
+// loop or factoring a helper can change the generated schedule, so compare the
+// disassembly of both ISA files before and after such a change.
 #pragma once
 
 #include <algorithm>
@@ -477,6 +481,13 @@ double fma_peak(std::size_t iterations, float* sink) {
   V::store(lanes, total);
   *sink = lanes[0] + lanes[V::kLanes - 1];
   return static_cast<double>(iterations) * 12 * V::kLanes * 2;
+}
+
+// The kernel set of target V; the double-precision helpers are the caller's.
+template <class V>
+constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
+  return {name,         gemm<V>, exp_bias<V>, max_bias<V>, max_accumulate<V>, gelu_bias<V>,
+          dot<V>,       dot_f64, axpy_f64,    fma_peak<V>};
 }
 
 }  // namespace simd
