@@ -1,7 +1,8 @@
 // Micro-kernels: the innermost loops, one implementation per instruction set.
 //
 // Every family has one signature; each ISA file (scalar.cc, avx2.cc, avx512.cc)
-// fills a KernelSet with its own versions. Drivers in native/core never call an
+// fills a KernelSet with its own versions (the vector ones are one body each,
+// simd_kernels_inl.h, instantiated per target). Drivers in native/core never call an
 // ISA directly: they receive a KernelSet chosen once at load time (dispatch.cc),
 // so tests can run every compiled path, not only the one the CPU would pick.
 #pragma once
