@@ -5,6 +5,7 @@
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
 import { pinBuffers, readSignal, runAsync, type NativeAsync } from './async-call';
+import { DEFAULT_CHUNK_SIZE, defaultSoftmaxScale, MAX_CHUNK_SIZE } from './defaults';
 import { describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
@@ -169,7 +170,7 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
   if (epsilon !== 0 && featureMap.kernel === 'trig') {
     throw rangeError(`${fn} options.epsilon: applies to positive feature maps, not to signed 'trig' features`, 'ERR_INVALID_ARG_VALUE');
   }
-  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, 32, 1, 4096);
+  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, DEFAULT_CHUNK_SIZE, 1, MAX_CHUNK_SIZE);
   if (p.causal && (featureMap.kernel === 'softmax-opt' || featureMap.kernel === 'softmax-dense')) {
     const fixed = featureMap.parameters;
     if (fixed === null) {
@@ -202,7 +203,7 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
 export function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, async: boolean, outName?: string) {
   const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, known(SOFTMAX_OPTIONS, async)) as Record<string, unknown>;
   const p = prepare(fn, query, key, value, o, outName);
-  const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
+  const scale = readNumber(o.scale, `${fn} options.scale`, defaultSoftmaxScale(p.dims.headDim));
   const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
   const signal = readSignal(o.signal, `${fn} options.signal`);
   return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };

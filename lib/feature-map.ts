@@ -4,6 +4,7 @@
  */
 import { randomInt } from 'node:crypto';
 
+import { DEFAULT_KERNEL_EPSILON } from './defaults';
 import { describe, rangeError, stateError, typeError } from './errors';
 import { native, type NativeFeatureMap } from './native';
 import type { Tensor, TensorLike } from './tensor';
@@ -191,7 +192,7 @@ export class FeatureMap {
     }
     this.orthogonal = readBoolean(o.orthogonal, 'FeatureMap options.orthogonal', true);
     this.normScaling = readEnum(o.normScaling, 'FeatureMap options.normScaling', 'chi', ['chi', 'sqrt'] as const);
-    this.kernelEpsilon = readNumber(o.kernelEpsilon, 'FeatureMap options.kernelEpsilon', 1e-3, { min: 0 });
+    this.kernelEpsilon = readNumber(o.kernelEpsilon, 'FeatureMap options.kernelEpsilon', DEFAULT_KERNEL_EPSILON, { min: 0 });
     this._seed = readSeed(o.seed, 'FeatureMap options.seed');
     this._sampled = true;
     this._projection = this.randomProjection ? this._sample(this._seed) : null;
@@ -332,7 +333,7 @@ export class FeatureMap {
       kernel: readEnum(o.kernel, 'FeatureMap.fromProjection options.kernel', 'softmax', KERNELS),
       orthogonal: false,
       normScaling: 'chi' as NormScaling,
-      kernelEpsilon: readNumber(o.kernelEpsilon, 'FeatureMap.fromProjection options.kernelEpsilon', 1e-3, { min: 0 }),
+      kernelEpsilon: readNumber(o.kernelEpsilon, 'FeatureMap.fromProjection options.kernelEpsilon', DEFAULT_KERNEL_EPSILON, { min: 0 }),
       randomProjection: true,
     };
     Object.assign(map, fields);

@@ -5,6 +5,7 @@
  *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
  */
 import { readSignal } from '../async-call';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_KERNEL_EPSILON, defaultSoftmaxScale, MAX_CHUNK_SIZE } from '../defaults';
 import { rangeError, typeError } from '../errors';
 import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
@@ -142,7 +143,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, true),
     normScaling: (f.normScaling ?? 'chi') as NormScaling,
     seed: readInteger(f.seed, `${fn}.featureMap.seed`, (seed * 7919) % 2 ** 48, 0, Number.MAX_SAFE_INTEGER),
-    kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, 1e-3, { min: 0 }),
+    kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, DEFAULT_KERNEL_EPSILON, { min: 0 }),
   };
   const config: MultiHeadAttentionConfig = {
     modelDim,
@@ -155,7 +156,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     bias: readBoolean(o.bias, `${fn}.bias`, true),
     featureMap,
     epsilon: readNumber(o.epsilon, `${fn}.epsilon`, 0, { min: 0 }),
-    chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, 32, 1, 4096),
+    chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, DEFAULT_CHUNK_SIZE, 1, MAX_CHUNK_SIZE),
     seed,
   };
   checkModelSize(attentionParameterCount(config), fn);
@@ -534,7 +535,7 @@ export class MultiHeadAttention extends LayerBase {
     } else {
       // Softmax attention takes its keys and values (KeySource 'state' is FAVOR+ only).
       if (k === null || v === null) throw new Error('internal: an absorbed memory needs FAVOR+ attention');
-      b.add({ op: 'softmax', q, k, v, out: o, dims, options: { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) }, label });
+      b.add({ op: 'softmax', q, k, v, out: o, dims, options: { causal: a.causal, keyPadding: a.keyPadding, scale: defaultSoftmaxScale(c.headDim) }, label });
     }
     b.release(q);
     if (k !== null && v !== null) {
