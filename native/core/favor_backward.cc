@@ -454,9 +454,7 @@ void favor_attention_backward(const AttentionDims& dims, const float* q, const f
   if (options.causal && dims.q_len != dims.k_len) {
     throw InputError("backward: causal attention needs equal query and key lengths (self-attention)");
   }
-  if (options.causal && (options.chunk_size < 1 || options.chunk_size > kMaxChunkSize)) {
-    throw InputError("chunkSize must be between 1 and 4096");
-  }
+  check_favor_numbers(options);
   if (grads.dprojection != nullptr && fm.projection == nullptr) {
     throw InputError("backward: a projection gradient needs a projection (this feature map has none)");
   }
