@@ -209,6 +209,14 @@ export function softmaxArgs(query: unknown, key: unknown, value: unknown, option
   return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
 }
 
+// Runs a checked call on the native worker threads; its arrays stay pinned meanwhile.
+async function runPrepared(call: { p: Prepared; args: readonly unknown[]; signal: AbortSignal | undefined }, run: NativeAsync): Promise<Tensor> {
+  const { p, args, signal } = call;
+  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
+  const data = await runAsync(run, args, signal);
+  return { data, shape: p.outShape };
+}
+
 /**
  * FAVOR attention (Performer): softmax attention estimated with random features,
  * in time and memory linear in the sequence length. Runs on native worker threads;
@@ -237,10 +245,7 @@ export async function favorAttention(
   value: TensorLike,
   options?: FavorAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention', true);
-  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
-  const data = await runAsync(native().favorAttentionAsync as NativeAsync, args, signal);
-  return { data, shape: p.outShape };
+  return runPrepared(favorArgs(query, key, value, options, 'favorAttention', true), native().favorAttentionAsync as NativeAsync);
 }
 
 /**
@@ -284,10 +289,7 @@ export async function softmaxAttention(
   value: TensorLike,
   options?: SoftmaxAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention', true);
-  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
-  const data = await runAsync(native().softmaxAttentionAsync as NativeAsync, args, signal);
-  return { data, shape: p.outShape };
+  return runPrepared(softmaxArgs(query, key, value, options, 'softmaxAttention', true), native().softmaxAttentionAsync as NativeAsync);
 }
 
 /**

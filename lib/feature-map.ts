@@ -77,7 +77,7 @@ export type NormScaling = 'chi' | 'sqrt';
 export interface FeatureMapOptions {
   /** d, the width of the query and key rows. Required. */
   headDim: number;
-  /** m, the number of random projections. Default: max(d, round(d ln d)) (266 for d = 64). */
+  /** m, the number of random projections (not φ's width: see {@link FeatureMap.outputFeatures}). Default: max(d, round(d ln d)) (266 for d = 64). */
   numFeatures?: number;
   /** Default 'softmax' (FAVOR+). */
   kernel?: FeatureKernel;
@@ -141,7 +141,7 @@ export function defaultNumFeatures(headDim: number): number {
 export class FeatureMap {
   /** d. */
   readonly headDim: number;
-  /** m, the number of random projections. */
+  /** m, the number of random projections (φ's width is {@link FeatureMap.outputFeatures}). */
   readonly numFeatures: number;
   /** The kernel (see {@link FeatureKernel}). */
   readonly kernel: FeatureKernel;
@@ -355,9 +355,18 @@ export class FeatureMap {
     return this._projection === null ? null : Float32Array.from(this._projection);
   }
 
-  /** Features per row: 2 * numFeatures for 'softmax-hyperbolic' and 'trig', else numFeatures. */
-  get featureCount(): number {
+  /**
+   * F, the width of φ(x): the features per row that attention sums over. Not the same as
+   * `numFeatures` (m, the projections): 'softmax-hyperbolic' and 'trig' give two features
+   * per projection (F = 2m), the other kernels one (F = m).
+   */
+  get outputFeatures(): number {
     return this.kernel === 'softmax-hyperbolic' || this.kernel === 'trig' ? 2 * this.numFeatures : this.numFeatures;
+  }
+
+  /** @deprecated The same as {@link FeatureMap.outputFeatures}, whose name says it is φ's width, not `numFeatures`. */
+  get featureCount(): number {
+    return this.outputFeatures;
   }
 
   /**
@@ -377,7 +386,7 @@ export class FeatureMap {
   }
 
   /**
-   * phi(x) for x of shape [..., headDim]: a tensor of shape [..., featureCount].
+   * phi(x) for x of shape [..., headDim]: a tensor of shape [..., outputFeatures].
    * The projection and log-features are computed in float32, the final exp in
    * double; positive features of very large inputs can exceed float range
    * (Infinity): use `logSpace` for those.
@@ -412,7 +421,7 @@ export class FeatureMap {
     }
     const rows = t.data.length / this.headDim;
     const data = native().computeFeatures(t.data, rows, { ...this.nativeSpec(), adaptiveHead: head }, logSpace);
-    return { data, shape: Object.freeze([...t.shape.slice(0, -1), this.featureCount]) };
+    return { data, shape: Object.freeze([...t.shape.slice(0, -1), this.outputFeatures]) };
   }
 
   /** @internal What the addon needs (the projection is passed without a copy). */

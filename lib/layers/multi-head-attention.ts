@@ -565,7 +565,7 @@ export class MultiHeadAttention extends LayerBase {
     b.add({ op: 'splitHeads', src: kv, dst: k, ...heads });
     b.add({ op: 'splitHeads', src: kv.subarray(inner), dst: v, ...heads });
     b.release(kv);
-    const f = this.features.featureCount;
+    const f = this.features.outputFeatures;
     const state = new Float32Array(batch * c.numHeads * native().favorStateFloats(f, c.headDim));
     b.add({
       op: 'favor',

@@ -29,7 +29,7 @@ export type Numerics = 'performer-pytorch' | 'exact';
  * has no field for them): nn.LayerNorm's default and its ScaleNorm's `eps`.
  */
 export const LAYER_NORM_EPS = DEFAULT_LAYER_NORM_EPS;
-/** @internal See {@link LAYER_NORM_EPS}. */
+/** @internal See LAYER_NORM_EPS. */
 export const SCALE_NORM_EPS = 1e-5;
 // performer-pytorch's generalized_kernel epsilon (its ReLU features add it).
 const RELU_KERNEL_EPSILON = 1e-3;
