@@ -24,8 +24,6 @@ using favor_internal::StateView;
 // dependent split would make the bits depend on the machine.
 constexpr std::size_t kMinRowsPerPart = 256;
 constexpr std::size_t kSplitUnits = 16;
-// Multiply-adds below which a piece of pool work is not handed to another thread.
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // Splits [begin, end) into `parts` nearly equal ranges; returns range `p`.
 std::pair<std::size_t, std::size_t> part_range(std::size_t begin, std::size_t end, std::size_t parts, std::size_t p) {

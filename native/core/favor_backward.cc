@@ -2,18 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/favor_worker.h"
+
 namespace pa {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::size_t kBlockRows = 64;   // rows per block of the bidirectional passes
-constexpr float kMaxChunkGap = 40.0f;    // as favor.cc: a causal chunk whose query features could pass e^40 is split
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
+using favor_internal::kBlockRows;
+using favor_internal::kMaxChunkGap;
+using favor_internal::kNegInf;
 
 bool supported(Kernel kernel) {
   switch (kernel) {
