@@ -5,7 +5,7 @@
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
 import { pinBuffers, readSignal, runAsync, type NativeAsync } from './async-call';
-import { DEFAULT_CHUNK_SIZE, defaultSoftmaxScale, MAX_CHUNK_SIZE } from './defaults';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_FAVOR_EPSILON, defaultSoftmaxScale, MAX_CHUNK_SIZE } from './defaults';
 import { describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
@@ -166,7 +166,7 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
       `${fn} options.featureMap: headDim ${featureMap.headDim} does not match query and key headDim ${p.dims.headDim}`,
     );
   }
-  const epsilon = readNumber(o.epsilon, `${fn} options.epsilon`, 0, { min: 0 });
+  const epsilon = readNumber(o.epsilon, `${fn} options.epsilon`, DEFAULT_FAVOR_EPSILON, { min: 0 });
   if (epsilon !== 0 && featureMap.kernel === 'trig') {
     throw rangeError(`${fn} options.epsilon: applies to positive feature maps, not to signed 'trig' features`, 'ERR_INVALID_ARG_VALUE');
   }

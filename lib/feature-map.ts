@@ -4,7 +4,14 @@
  */
 import { randomInt } from 'node:crypto';
 
-import { DEFAULT_KERNEL_EPSILON } from './defaults';
+import {
+  DEFAULT_KERNEL,
+  DEFAULT_KERNEL_EPSILON,
+  DEFAULT_NORM_SCALING,
+  DEFAULT_ORTHOGONAL,
+  MAX_HEAD_DIM,
+  MAX_NUM_FEATURES,
+} from './defaults';
 import { describe, rangeError, stateError, typeError } from './errors';
 import { native, type NativeFeatureMap } from './native';
 import type { Tensor, TensorLike } from './tensor';
@@ -118,8 +125,6 @@ export interface FeaturesOptions {
   head?: number;
 }
 
-const MAX_FEATURES = 1 << 20;
-const MAX_HEAD_DIM = 1 << 16;
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
 
 /** @internal The default m for a head width d. */
@@ -174,7 +179,7 @@ export class FeatureMap {
     if (options === undefined) throw typeError('FeatureMap options: expected an object with headDim, received undefined');
     if (o.headDim === undefined) throw typeError('FeatureMap options.headDim: required, received undefined');
     this.headDim = readInteger(o.headDim, 'FeatureMap options.headDim', 0, 1, MAX_HEAD_DIM);
-    this.kernel = readEnum(o.kernel, 'FeatureMap options.kernel', 'softmax', KERNELS);
+    this.kernel = readEnum(o.kernel, 'FeatureMap options.kernel', DEFAULT_KERNEL, KERNELS);
     this.randomProjection = readBoolean(o.randomProjection, 'FeatureMap options.randomProjection', true);
     if (!this.randomProjection && !GENERALIZED.includes(this.kernel)) {
       throw rangeError(
@@ -184,14 +189,14 @@ export class FeatureMap {
       );
     }
     const fallbackM = this.randomProjection ? defaultNumFeatures(this.headDim) : this.headDim;
-    this.numFeatures = readInteger(o.numFeatures, 'FeatureMap options.numFeatures', fallbackM, 1, MAX_FEATURES);
+    this.numFeatures = readInteger(o.numFeatures, 'FeatureMap options.numFeatures', fallbackM, 1, MAX_NUM_FEATURES);
     if (!this.randomProjection && this.numFeatures !== this.headDim) {
       throw rangeError(
         `FeatureMap options.numFeatures: without a random projection there are headDim = ${this.headDim} features, received ${this.numFeatures}`,
       );
     }
-    this.orthogonal = readBoolean(o.orthogonal, 'FeatureMap options.orthogonal', true);
-    this.normScaling = readEnum(o.normScaling, 'FeatureMap options.normScaling', 'chi', ['chi', 'sqrt'] as const);
+    this.orthogonal = readBoolean(o.orthogonal, 'FeatureMap options.orthogonal', DEFAULT_ORTHOGONAL);
+    this.normScaling = readEnum(o.normScaling, 'FeatureMap options.normScaling', DEFAULT_NORM_SCALING, ['chi', 'sqrt'] as const);
     this.kernelEpsilon = readNumber(o.kernelEpsilon, 'FeatureMap options.kernelEpsilon', DEFAULT_KERNEL_EPSILON, { min: 0 });
     this._seed = readSeed(o.seed, 'FeatureMap options.seed');
     this._sampled = true;
@@ -307,7 +312,7 @@ export class FeatureMap {
       throw typeError('FeatureMap.fromProjection options: headDim and numFeatures are required');
     }
     const headDim = readInteger(o.headDim, 'FeatureMap.fromProjection options.headDim', 0, 1, MAX_HEAD_DIM);
-    const numFeatures = readInteger(o.numFeatures, 'FeatureMap.fromProjection options.numFeatures', 0, 1, MAX_FEATURES);
+    const numFeatures = readInteger(o.numFeatures, 'FeatureMap.fromProjection options.numFeatures', 0, 1, MAX_NUM_FEATURES);
     if (projection.length !== headDim * numFeatures) {
       throw rangeError(
         `projection: expected numFeatures * headDim = ${numFeatures} * ${headDim} = ${numFeatures * headDim} elements, received ${projection.length}`,
@@ -330,7 +335,7 @@ export class FeatureMap {
     const fields = {
       headDim,
       numFeatures,
-      kernel: readEnum(o.kernel, 'FeatureMap.fromProjection options.kernel', 'softmax', KERNELS),
+      kernel: readEnum(o.kernel, 'FeatureMap.fromProjection options.kernel', DEFAULT_KERNEL, KERNELS),
       orthogonal: false,
       normScaling: 'chi' as NormScaling,
       kernelEpsilon: readNumber(o.kernelEpsilon, 'FeatureMap.fromProjection options.kernelEpsilon', DEFAULT_KERNEL_EPSILON, { min: 0 }),
@@ -519,8 +524,8 @@ export function sampleProjectionForTests(options: {
   signFix?: boolean;
 }): Float32Array {
   return native().sampleProjection({
-    orthogonal: true,
-    normScaling: 'chi',
+    orthogonal: DEFAULT_ORTHOGONAL,
+    normScaling: DEFAULT_NORM_SCALING,
     ...options,
   });
 }

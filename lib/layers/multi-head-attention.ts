@@ -5,7 +5,18 @@
  *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
  */
 import { readSignal } from '../async-call';
-import { DEFAULT_CHUNK_SIZE, DEFAULT_KERNEL_EPSILON, defaultSoftmaxScale, MAX_CHUNK_SIZE } from '../defaults';
+import {
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_FAVOR_EPSILON,
+  DEFAULT_KERNEL,
+  DEFAULT_KERNEL_EPSILON,
+  DEFAULT_NORM_SCALING,
+  DEFAULT_ORTHOGONAL,
+  defaultSoftmaxScale,
+  MAX_CHUNK_SIZE,
+  MAX_HEAD_DIM,
+  MAX_NUM_FEATURES,
+} from '../defaults';
 import { rangeError, typeError } from '../errors';
 import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
@@ -133,15 +144,15 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
   if (o.headDim === undefined && modelDim % numHeads !== 0) {
     throw rangeError(`${fn}.numHeads: ${numHeads} does not divide modelDim ${modelDim}; pass headDim`);
   }
-  const headDim = readInteger(o.headDim, `${fn}.headDim`, modelDim / numHeads, 1, 1 << 16);
+  const headDim = readInteger(o.headDim, `${fn}.headDim`, modelDim / numHeads, 1, MAX_HEAD_DIM);
   const keyDim = readInteger(o.keyDim, `${fn}.keyDim`, modelDim, 1, MAX_DIM);
   const seed = readInteger(o.seed, `${fn}.seed`, 0, 0, Number.MAX_SAFE_INTEGER);
   const f = readOptions<LayerFeatureOptions>(o.featureMap, `${fn}.featureMap`, FEATURE_OPTIONS);
   const featureMap = {
-    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, 1 << 20),
-    kernel: (f.kernel ?? 'softmax') as FeatureKernel,
-    orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, true),
-    normScaling: (f.normScaling ?? 'chi') as NormScaling,
+    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, MAX_NUM_FEATURES),
+    kernel: (f.kernel ?? DEFAULT_KERNEL) as FeatureKernel,
+    orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, DEFAULT_ORTHOGONAL),
+    normScaling: (f.normScaling ?? DEFAULT_NORM_SCALING) as NormScaling,
     seed: readInteger(f.seed, `${fn}.featureMap.seed`, (seed * 7919) % 2 ** 48, 0, Number.MAX_SAFE_INTEGER),
     kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, DEFAULT_KERNEL_EPSILON, { min: 0 }),
   };
@@ -155,7 +166,7 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     causal: readBoolean(o.causal, `${fn}.causal`, false),
     bias: readBoolean(o.bias, `${fn}.bias`, true),
     featureMap,
-    epsilon: readNumber(o.epsilon, `${fn}.epsilon`, 0, { min: 0 }),
+    epsilon: readNumber(o.epsilon, `${fn}.epsilon`, DEFAULT_FAVOR_EPSILON, { min: 0 }),
     chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, DEFAULT_CHUNK_SIZE, 1, MAX_CHUNK_SIZE),
     seed,
   };
