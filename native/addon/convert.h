@@ -32,14 +32,14 @@ const std::uint8_t* optional_uint8_array(const Napi::Value& value, const char* n
 
 // Non-negative integer property (RangeError when missing, fractional or negative).
 std::size_t size_property(const Napi::Object& object, const char* key);
-// Typed properties: with a `fallback` for absent ones (only where absence has a
-// structural meaning, such as "no label"), or required (TypeError when absent)
-// without one. TypeScript owns the defaults of user options and always passes them.
 double number_property(const Napi::Object& object, const char* key, double fallback);
-double number_property(const Napi::Object& object, const char* key);
 bool bool_property(const Napi::Object& object, const char* key, bool fallback);
-bool bool_property(const Napi::Object& object, const char* key);
 std::string string_property(const Napi::Object& object, const char* key, const char* fallback);
+// Typed properties as above, with a `fallback` only where absence has a structural
+// meaning (such as "no label"); these are required (TypeError when absent): TypeScript
+// owns the defaults of user options and always passes them.
+double number_property(const Napi::Object& object, const char* key);
+bool bool_property(const Napi::Object& object, const char* key);
 std::string string_property(const Napi::Object& object, const char* key);
 
 // A new zero-filled Float32Array / Float64Array of `length` elements, made by the JS
