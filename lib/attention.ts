@@ -5,6 +5,7 @@
  *   keyPaddingMask [B, Lk] (Uint8Array, 1 = attend, 0 = padding)
  */
 import { pinBuffers, readSignal, runAsync, type NativeAsync } from './async-call';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_FAVOR_EPSILON, defaultSoftmaxScale, MAX_CHUNK_SIZE } from './defaults';
 import { describe, rangeError, typeError } from './errors';
 import { FeatureMap } from './feature-map';
 import { native, type NativeDims } from './native';
@@ -165,11 +166,11 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
       `${fn} options.featureMap: headDim ${featureMap.headDim} does not match query and key headDim ${p.dims.headDim}`,
     );
   }
-  const epsilon = readNumber(o.epsilon, `${fn} options.epsilon`, 0, { min: 0 });
+  const epsilon = readNumber(o.epsilon, `${fn} options.epsilon`, DEFAULT_FAVOR_EPSILON, { min: 0 });
   if (epsilon !== 0 && featureMap.kernel === 'trig') {
     throw rangeError(`${fn} options.epsilon: applies to positive feature maps, not to signed 'trig' features`, 'ERR_INVALID_ARG_VALUE');
   }
-  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, 32, 1, 4096);
+  const chunkSize = readInteger(o.chunkSize, `${fn} options.chunkSize`, DEFAULT_CHUNK_SIZE, 1, MAX_CHUNK_SIZE);
   if (p.causal && (featureMap.kernel === 'softmax-opt' || featureMap.kernel === 'softmax-dense')) {
     const fixed = featureMap.parameters;
     if (fixed === null) {
@@ -202,10 +203,18 @@ export function favorArgs(query: unknown, key: unknown, value: unknown, options:
 export function softmaxArgs(query: unknown, key: unknown, value: unknown, options: unknown, fn: string, async: boolean, outName?: string) {
   const o = readOptions<SoftmaxAttentionOptions>(options, `${fn} options`, known(SOFTMAX_OPTIONS, async)) as Record<string, unknown>;
   const p = prepare(fn, query, key, value, o, outName);
-  const scale = readNumber(o.scale, `${fn} options.scale`, 1 / Math.sqrt(p.dims.headDim));
+  const scale = readNumber(o.scale, `${fn} options.scale`, defaultSoftmaxScale(p.dims.headDim));
   const nativeOptions = { causal: p.causal, keyPadding: p.keyPadding, scale };
   const signal = readSignal(o.signal, `${fn} options.signal`);
   return { p, signal, args: [p.q.data, p.k.data, p.v.data, p.out, p.dims, nativeOptions] as const };
+}
+
+// Runs a checked call on the native worker threads; its arrays stay pinned meanwhile.
+async function runPrepared(call: { p: Prepared; args: readonly unknown[]; signal: AbortSignal | undefined }, run: NativeAsync): Promise<Tensor> {
+  const { p, args, signal } = call;
+  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
+  const data = await runAsync(run, args, signal);
+  return { data, shape: p.outShape };
 }
 
 /**
@@ -236,10 +245,7 @@ export async function favorAttention(
   value: TensorLike,
   options?: FavorAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args, signal } = favorArgs(query, key, value, options, 'favorAttention', true);
-  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
-  const data = await runAsync(native().favorAttentionAsync as NativeAsync, args, signal);
-  return { data, shape: p.outShape };
+  return runPrepared(favorArgs(query, key, value, options, 'favorAttention', true), native().favorAttentionAsync as NativeAsync);
 }
 
 /**
@@ -283,10 +289,7 @@ export async function softmaxAttention(
   value: TensorLike,
   options?: SoftmaxAttentionOptions,
 ): Promise<Tensor> {
-  const { p, args, signal } = softmaxArgs(query, key, value, options, 'softmaxAttention', true);
-  pinBuffers([p.q.data, p.k.data, p.v.data, p.givenOut, p.keyPadding]);
-  const data = await runAsync(native().softmaxAttentionAsync as NativeAsync, args, signal);
-  return { data, shape: p.outShape };
+  return runPrepared(softmaxArgs(query, key, value, options, 'softmaxAttention', true), native().softmaxAttentionAsync as NativeAsync);
 }
 
 /**

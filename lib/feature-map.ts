@@ -4,6 +4,14 @@
  */
 import { randomInt } from 'node:crypto';
 
+import {
+  DEFAULT_KERNEL,
+  DEFAULT_KERNEL_EPSILON,
+  DEFAULT_NORM_SCALING,
+  DEFAULT_ORTHOGONAL,
+  MAX_HEAD_DIM,
+  MAX_NUM_FEATURES,
+} from './defaults';
 import { describe, rangeError, stateError, typeError } from './errors';
 import { native, type NativeFeatureMap } from './native';
 import type { Tensor, TensorLike } from './tensor';
@@ -76,7 +84,7 @@ export type NormScaling = 'chi' | 'sqrt';
 export interface FeatureMapOptions {
   /** d, the width of the query and key rows. Required. */
   headDim: number;
-  /** m, the number of random projections. Default: max(d, round(d ln d)) (266 for d = 64). */
+  /** m, the number of random projections (not φ's width: see {@link FeatureMap.outputFeatures}). Default: max(d, round(d ln d)) (266 for d = 64). */
   numFeatures?: number;
   /** Default 'softmax' (FAVOR+). */
   kernel?: FeatureKernel;
@@ -117,8 +125,6 @@ export interface FeaturesOptions {
   head?: number;
 }
 
-const MAX_FEATURES = 1 << 20;
-const MAX_HEAD_DIM = 1 << 16;
 const MAX_SEED = Number.MAX_SAFE_INTEGER;
 
 /** @internal The default m for a head width d. */
@@ -140,7 +146,7 @@ export function defaultNumFeatures(headDim: number): number {
 export class FeatureMap {
   /** d. */
   readonly headDim: number;
-  /** m, the number of random projections. */
+  /** m, the number of random projections (φ's width is {@link FeatureMap.outputFeatures}). */
   readonly numFeatures: number;
   /** The kernel (see {@link FeatureKernel}). */
   readonly kernel: FeatureKernel;
@@ -173,7 +179,7 @@ export class FeatureMap {
     if (options === undefined) throw typeError('FeatureMap options: expected an object with headDim, received undefined');
     if (o.headDim === undefined) throw typeError('FeatureMap options.headDim: required, received undefined');
     this.headDim = readInteger(o.headDim, 'FeatureMap options.headDim', 0, 1, MAX_HEAD_DIM);
-    this.kernel = readEnum(o.kernel, 'FeatureMap options.kernel', 'softmax', KERNELS);
+    this.kernel = readEnum(o.kernel, 'FeatureMap options.kernel', DEFAULT_KERNEL, KERNELS);
     this.randomProjection = readBoolean(o.randomProjection, 'FeatureMap options.randomProjection', true);
     if (!this.randomProjection && !GENERALIZED.includes(this.kernel)) {
       throw rangeError(
@@ -183,15 +189,15 @@ export class FeatureMap {
       );
     }
     const fallbackM = this.randomProjection ? defaultNumFeatures(this.headDim) : this.headDim;
-    this.numFeatures = readInteger(o.numFeatures, 'FeatureMap options.numFeatures', fallbackM, 1, MAX_FEATURES);
+    this.numFeatures = readInteger(o.numFeatures, 'FeatureMap options.numFeatures', fallbackM, 1, MAX_NUM_FEATURES);
     if (!this.randomProjection && this.numFeatures !== this.headDim) {
       throw rangeError(
         `FeatureMap options.numFeatures: without a random projection there are headDim = ${this.headDim} features, received ${this.numFeatures}`,
       );
     }
-    this.orthogonal = readBoolean(o.orthogonal, 'FeatureMap options.orthogonal', true);
-    this.normScaling = readEnum(o.normScaling, 'FeatureMap options.normScaling', 'chi', ['chi', 'sqrt'] as const);
-    this.kernelEpsilon = readNumber(o.kernelEpsilon, 'FeatureMap options.kernelEpsilon', 1e-3, { min: 0 });
+    this.orthogonal = readBoolean(o.orthogonal, 'FeatureMap options.orthogonal', DEFAULT_ORTHOGONAL);
+    this.normScaling = readEnum(o.normScaling, 'FeatureMap options.normScaling', DEFAULT_NORM_SCALING, ['chi', 'sqrt'] as const);
+    this.kernelEpsilon = readNumber(o.kernelEpsilon, 'FeatureMap options.kernelEpsilon', DEFAULT_KERNEL_EPSILON, { min: 0 });
     this._seed = readSeed(o.seed, 'FeatureMap options.seed');
     this._sampled = true;
     this._projection = this.randomProjection ? this._sample(this._seed) : null;
@@ -306,7 +312,7 @@ export class FeatureMap {
       throw typeError('FeatureMap.fromProjection options: headDim and numFeatures are required');
     }
     const headDim = readInteger(o.headDim, 'FeatureMap.fromProjection options.headDim', 0, 1, MAX_HEAD_DIM);
-    const numFeatures = readInteger(o.numFeatures, 'FeatureMap.fromProjection options.numFeatures', 0, 1, MAX_FEATURES);
+    const numFeatures = readInteger(o.numFeatures, 'FeatureMap.fromProjection options.numFeatures', 0, 1, MAX_NUM_FEATURES);
     if (projection.length !== headDim * numFeatures) {
       throw rangeError(
         `projection: expected numFeatures * headDim = ${numFeatures} * ${headDim} = ${numFeatures * headDim} elements, received ${projection.length}`,
@@ -329,10 +335,10 @@ export class FeatureMap {
     const fields = {
       headDim,
       numFeatures,
-      kernel: readEnum(o.kernel, 'FeatureMap.fromProjection options.kernel', 'softmax', KERNELS),
+      kernel: readEnum(o.kernel, 'FeatureMap.fromProjection options.kernel', DEFAULT_KERNEL, KERNELS),
       orthogonal: false,
       normScaling: 'chi' as NormScaling,
-      kernelEpsilon: readNumber(o.kernelEpsilon, 'FeatureMap.fromProjection options.kernelEpsilon', 1e-3, { min: 0 }),
+      kernelEpsilon: readNumber(o.kernelEpsilon, 'FeatureMap.fromProjection options.kernelEpsilon', DEFAULT_KERNEL_EPSILON, { min: 0 }),
       randomProjection: true,
     };
     Object.assign(map, fields);
@@ -354,9 +360,18 @@ export class FeatureMap {
     return this._projection === null ? null : Float32Array.from(this._projection);
   }
 
-  /** Features per row: 2 * numFeatures for 'softmax-hyperbolic' and 'trig', else numFeatures. */
-  get featureCount(): number {
+  /**
+   * F, the width of φ(x): the features per row that attention sums over. Not the same as
+   * `numFeatures` (m, the projections): 'softmax-hyperbolic' and 'trig' give two features
+   * per projection (F = 2m), the other kernels one (F = m).
+   */
+  get outputFeatures(): number {
     return this.kernel === 'softmax-hyperbolic' || this.kernel === 'trig' ? 2 * this.numFeatures : this.numFeatures;
+  }
+
+  /** @deprecated The same as {@link FeatureMap.outputFeatures}, whose name says it is φ's width, not `numFeatures`. */
+  get featureCount(): number {
+    return this.outputFeatures;
   }
 
   /**
@@ -376,7 +391,7 @@ export class FeatureMap {
   }
 
   /**
-   * phi(x) for x of shape [..., headDim]: a tensor of shape [..., featureCount].
+   * phi(x) for x of shape [..., headDim]: a tensor of shape [..., outputFeatures].
    * The projection and log-features are computed in float32, the final exp in
    * double; positive features of very large inputs can exceed float range
    * (Infinity): use `logSpace` for those.
@@ -411,7 +426,7 @@ export class FeatureMap {
     }
     const rows = t.data.length / this.headDim;
     const data = native().computeFeatures(t.data, rows, { ...this.nativeSpec(), adaptiveHead: head }, logSpace);
-    return { data, shape: Object.freeze([...t.shape.slice(0, -1), this.featureCount]) };
+    return { data, shape: Object.freeze([...t.shape.slice(0, -1), this.outputFeatures]) };
   }
 
   /** @internal What the addon needs (the projection is passed without a copy). */
@@ -509,8 +524,8 @@ export function sampleProjectionForTests(options: {
   signFix?: boolean;
 }): Float32Array {
   return native().sampleProjection({
-    orthogonal: true,
-    normScaling: 'chi',
+    orthogonal: DEFAULT_ORTHOGONAL,
+    normScaling: DEFAULT_NORM_SCALING,
     ...options,
   });
 }

@@ -50,7 +50,7 @@ export {
   type ReadSafetensorsOptions,
   type Safetensors,
 } from './safetensors';
-export { tensor, type MaskBytes, type MaskLike, type Tensor, type TensorLike } from './tensor';
+export { tensor, type MaskBytes, type MaskLike, type Shaped, type Tensor, type TensorLike } from './tensor';
 export {
   MultiHeadAttention,
   type AttentionForwardOptions,

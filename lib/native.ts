@@ -13,7 +13,7 @@ export interface NativeAddon {
   backendInfo(): { isa: string; available: string[]; compiled: string[]; threads: number };
   setIsa(name: string): void;
   setThreads(n: number): void;
-  measureFmaPeak(options: { isa?: string; threads?: number; milliseconds?: number }): {
+  measureFmaPeak(options: { isa: string; threads: number; milliseconds: number }): {
     isa: string;
     gflops: number;
     perThread: number[];

@@ -13,39 +13,33 @@ export interface Tensor {
   readonly shape: readonly number[];
 }
 
-/** What an input tensor may look like: `shape` or (onnxruntime-node style) `dims`. */
-export type TensorLike =
+/**
+ * An input array with its dimensions, named `shape` or (onnxruntime-node style) `dims`:
+ * {@link TensorLike} for float32 tensors, {@link MaskBytes} for masks.
+ */
+export type Shaped<A> =
   | {
       /** The elements, row-major. */
-      readonly data: Float32Array;
+      readonly data: A;
       /** The dimensions. */
       readonly shape: readonly number[];
     }
   | {
       /** The elements, row-major. */
-      readonly data: Float32Array;
+      readonly data: A;
       /** The dimensions (onnxruntime-node's name for them). */
       readonly dims: readonly number[];
     };
 
+/** What an input tensor may look like: `shape` or (onnxruntime-node style) `dims`. */
+export type TensorLike = Shaped<Float32Array>;
+
 /**
- * Mask bytes and their shape `[batch, keyLength]`: nonzero = attend (keep), 0 = padding
- * (ignore). This is the opposite of PyTorch's `key_padding_mask` (True = ignore); pass a
- * PyTorch mask as `{ ignore: ... }` (see {@link MaskLike}).
+ * Mask bytes, one per key, and their shape `[batch, keyLength]`: nonzero = attend (keep),
+ * 0 = padding (ignore). This is the opposite of PyTorch's `key_padding_mask` (True =
+ * ignore); pass a PyTorch mask as `{ ignore: ... }` (see {@link MaskLike}).
  */
-export type MaskBytes =
-  | {
-      /** One byte per key: nonzero = attend, 0 = padding. */
-      readonly data: Uint8Array;
-      /** `[batch, keyLength]`. */
-      readonly shape: readonly number[];
-    }
-  | {
-      /** One byte per key: nonzero = attend, 0 = padding. */
-      readonly data: Uint8Array;
-      /** `[batch, keyLength]` (onnxruntime-node's name). */
-      readonly dims: readonly number[];
-    };
+export type MaskBytes = Shaped<Uint8Array>;
 
 /**
  * A key padding mask, `[batch, keyLength]` bytes, in one of three forms:

@@ -7,6 +7,7 @@
  *   x [B, L, D], memory [B, Lm, D]  ->  [B, L, D]
  */
 import { readSignal } from '../async-call';
+import { DEFAULT_LAYER_NORM_EPS } from '../defaults';
 import { typeError } from '../errors';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
@@ -118,7 +119,7 @@ export function readBlockOptions(o: Partial<DecoderLayerOptions>, fn: string, de
     ffDim: readInteger(o.ffDim, `${fn}.ffDim`, 4 * attention.modelDim, 1, 1 << 24),
     activation: readEnum(o.activation, `${fn}.activation`, 'relu', ['relu', 'gelu'] as const),
     normFirst: readBoolean(o.normFirst, `${fn}.normFirst`, false),
-    layerNormEps: readNumber(o.layerNormEps, `${fn}.layerNormEps`, 1e-5, { min: Number.MIN_VALUE }),
+    layerNormEps: readNumber(o.layerNormEps, `${fn}.layerNormEps`, DEFAULT_LAYER_NORM_EPS, { min: Number.MIN_VALUE }),
   };
   if (decoder) config.crossAttention = readBoolean(o.crossAttention, `${fn}.crossAttention`, true);
   checkModelSize(numLayers * blockParameterCount(attention, config.ffDim, config.crossAttention === true), fn);

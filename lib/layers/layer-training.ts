@@ -10,6 +10,7 @@
  */
 import { readSignal } from '../async-call';
 import type { NativeDims, NativeFavorOptions, NativeSoftmaxOptions } from '../native';
+import { defaultSoftmaxScale } from '../defaults';
 import { rangeError, typeError } from '../errors';
 import type { Tensor } from '../tensor';
 import { readOptions } from '../validate';
@@ -273,7 +274,7 @@ function mhaForward(b: PlanBuilder, o: Owned, m: MultiHeadAttention, p: ModulePa
   const attention: SavedAttention =
     p.attention === 'favor'
       ? { kind: 'favor', dims, options: { ...m.featureMap.nativeSpec(), causal, keyPadding: pad, epsilon: 0, chunkSize: c.chunkSize } }
-      : { kind: 'softmax', dims, options: { causal, keyPadding: pad, scale: 1 / Math.sqrt(c.headDim) } };
+      : { kind: 'softmax', dims, options: { causal, keyPadding: pad, scale: defaultSoftmaxScale(c.headDim) } };
   const out = b.acquire(B * p.len * inner);
   if (attention.kind === 'favor') b.add({ op: 'favor', q, k, v, out, dims, options: attention.options });
   else b.add({ op: 'softmax', q, k, v, out, dims, options: attention.options });

@@ -21,7 +21,7 @@ export interface StateArraySpec {
 
 /** @internal Floats of the FAVOR+ states of one attention module: one per (batch, head). */
 export function favorStateLength(m: MultiHeadAttention, batch: number): number {
-  return batch * m.config.numHeads * native().favorStateFloats(m.featureMap.featureCount, m.config.headDim);
+  return batch * m.config.numHeads * native().favorStateFloats(m.featureMap.outputFeatures, m.config.headDim);
 }
 
 // Counts parameter and feature changes of every module in the process.
@@ -186,7 +186,7 @@ export abstract class LayerBase {
   selfStates(batch: number, modules: MultiHeadAttention[], prefix: (i: number) => string): StateArray[] {
     return modules.map((m, i) => {
       const c = m.config;
-      const f = m.featureMap.featureCount;
+      const f = m.featureMap.outputFeatures;
       const data = new Float32Array(favorStateLength(m, batch));
       native().favorStateReset(data, batch * c.numHeads, f, c.headDim);
       return { name: `${prefix(i)}state`, data };

@@ -5,6 +5,18 @@
  *   x [B, Lq, D], memory [B, Lk, Dk], keyPaddingMask [B, Lk]  ->  [B, Lq, D]
  */
 import { readSignal } from '../async-call';
+import {
+  DEFAULT_CHUNK_SIZE,
+  DEFAULT_FAVOR_EPSILON,
+  DEFAULT_KERNEL,
+  DEFAULT_KERNEL_EPSILON,
+  DEFAULT_NORM_SCALING,
+  DEFAULT_ORTHOGONAL,
+  defaultSoftmaxScale,
+  MAX_CHUNK_SIZE,
+  MAX_HEAD_DIM,
+  MAX_NUM_FEATURES,
+} from '../defaults';
 import { rangeError, typeError } from '../errors';
 import { defaultNumFeatures, FeatureMap, type FeatureKernel, type FeatureMapOptions, type NormScaling } from '../feature-map';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
@@ -132,17 +144,17 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
   if (o.headDim === undefined && modelDim % numHeads !== 0) {
     throw rangeError(`${fn}.numHeads: ${numHeads} does not divide modelDim ${modelDim}; pass headDim`);
   }
-  const headDim = readInteger(o.headDim, `${fn}.headDim`, modelDim / numHeads, 1, 1 << 16);
+  const headDim = readInteger(o.headDim, `${fn}.headDim`, modelDim / numHeads, 1, MAX_HEAD_DIM);
   const keyDim = readInteger(o.keyDim, `${fn}.keyDim`, modelDim, 1, MAX_DIM);
   const seed = readInteger(o.seed, `${fn}.seed`, 0, 0, Number.MAX_SAFE_INTEGER);
   const f = readOptions<LayerFeatureOptions>(o.featureMap, `${fn}.featureMap`, FEATURE_OPTIONS);
   const featureMap = {
-    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, 1 << 20),
-    kernel: (f.kernel ?? 'softmax') as FeatureKernel,
-    orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, true),
-    normScaling: (f.normScaling ?? 'chi') as NormScaling,
+    numFeatures: readInteger(f.numFeatures, `${fn}.featureMap.numFeatures`, defaultNumFeatures(headDim), 1, MAX_NUM_FEATURES),
+    kernel: (f.kernel ?? DEFAULT_KERNEL) as FeatureKernel,
+    orthogonal: readBoolean(f.orthogonal, `${fn}.featureMap.orthogonal`, DEFAULT_ORTHOGONAL),
+    normScaling: (f.normScaling ?? DEFAULT_NORM_SCALING) as NormScaling,
     seed: readInteger(f.seed, `${fn}.featureMap.seed`, (seed * 7919) % 2 ** 48, 0, Number.MAX_SAFE_INTEGER),
-    kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, 1e-3, { min: 0 }),
+    kernelEpsilon: readNumber(f.kernelEpsilon, `${fn}.featureMap.kernelEpsilon`, DEFAULT_KERNEL_EPSILON, { min: 0 }),
   };
   const config: MultiHeadAttentionConfig = {
     modelDim,
@@ -154,8 +166,8 @@ export function readAttentionOptions(o: Partial<MultiHeadAttentionOptions>, fn: 
     causal: readBoolean(o.causal, `${fn}.causal`, false),
     bias: readBoolean(o.bias, `${fn}.bias`, true),
     featureMap,
-    epsilon: readNumber(o.epsilon, `${fn}.epsilon`, 0, { min: 0 }),
-    chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, 32, 1, 4096),
+    epsilon: readNumber(o.epsilon, `${fn}.epsilon`, DEFAULT_FAVOR_EPSILON, { min: 0 }),
+    chunkSize: readInteger(o.chunkSize, `${fn}.chunkSize`, DEFAULT_CHUNK_SIZE, 1, MAX_CHUNK_SIZE),
     seed,
   };
   checkModelSize(attentionParameterCount(config), fn);
@@ -534,7 +546,7 @@ export class MultiHeadAttention extends LayerBase {
     } else {
       // Softmax attention takes its keys and values (KeySource 'state' is FAVOR+ only).
       if (k === null || v === null) throw new Error('internal: an absorbed memory needs FAVOR+ attention');
-      b.add({ op: 'softmax', q, k, v, out: o, dims, options: { causal: a.causal, keyPadding: a.keyPadding, scale: 1 / Math.sqrt(c.headDim) }, label });
+      b.add({ op: 'softmax', q, k, v, out: o, dims, options: { causal: a.causal, keyPadding: a.keyPadding, scale: defaultSoftmaxScale(c.headDim) }, label });
     }
     b.release(q);
     if (k !== null && v !== null) {
@@ -564,7 +576,7 @@ export class MultiHeadAttention extends LayerBase {
     b.add({ op: 'splitHeads', src: kv, dst: k, ...heads });
     b.add({ op: 'splitHeads', src: kv.subarray(inner), dst: v, ...heads });
     b.release(kv);
-    const f = this.features.featureCount;
+    const f = this.features.outputFeatures;
     const state = new Float32Array(batch * c.numHeads * native().favorStateFloats(f, c.headDim));
     b.add({
       op: 'favor',

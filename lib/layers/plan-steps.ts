@@ -35,7 +35,7 @@ export interface LayerNormStep {
   dim: number;
   gamma?: Float32Array | null;
   beta?: Float32Array | null;
-  eps?: number | null;
+  eps: number;
   y: Float32Array;
 }
 
@@ -171,7 +171,7 @@ export interface LayerNormBackwardStep {
   dim: number;
   x: Float32Array;
   gamma?: Float32Array | null;
-  eps?: number | null;
+  eps: number;
   dy: Float32Array;
   dx: Float32Array;
   accumulate?: boolean | null;

@@ -19,7 +19,7 @@ import type { TensorSource } from './checkpoint';
 import type { LMConfig } from './config';
 import { forAxialRows, type AxialWeights } from './checkpoint';
 import type { Positions } from './performer-lm';
-import type { Numerics, PerformerStack, RotaryTable, StackLayer } from './stack';
+import { LAYER_NORM_EPS, SCALE_NORM_EPS, type Numerics, type PerformerStack, type RotaryTable, type StackLayer } from './stack';
 
 /** @internal What a training pass reads of a PerformerLM. */
 export interface LMParts {
@@ -222,10 +222,10 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     let n = x;
     if (c.norm === 'layernorm') {
       n = buffer(N * D);
-      b.add({ op: 'layerNorm', x, rows: N, dim: D, gamma: wrap.gamma, beta: wrap.beta, eps: 1e-5, y: n });
+      b.add({ op: 'layerNorm', x, rows: N, dim: D, gamma: wrap.gamma, beta: wrap.beta, eps: LAYER_NORM_EPS, y: n });
     } else if (c.norm === 'scalenorm') {
       n = buffer(N * D);
-      b.add({ op: 'scaleNorm', x, rows: N, dim: D, g: wrap.gain![0], eps: 1e-5, y: n });
+      b.add({ op: 'scaleNorm', x, rows: N, dim: D, g: wrap.gain![0], eps: SCALE_NORM_EPS, y: n });
     }
     let input = n;
     if (c.shiftTokens) {
@@ -303,7 +303,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     b.add({ op: 'scaledAdd', x: x2, n: N * D, g: 1, residual: x, y: top });
   }
   const nf = buffer(N * D);
-  b.add({ op: 'layerNorm', x: top, rows: N, dim: D, gamma: parts.norm.gamma, beta: parts.norm.beta, eps: 1e-5, y: nf });
+  b.add({ op: 'layerNorm', x: top, rows: N, dim: D, gamma: parts.norm.gamma, beta: parts.norm.beta, eps: LAYER_NORM_EPS, y: nf });
   const logits = buffer(N * V);
   linear(nf, N, parts.head, logits);
   // The loss; the logits become their gradient in place.
@@ -313,7 +313,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
   const dx = buffer(N * D); // dL/d (the current sub-layer's output), accumulated in place
   const dn = buffer(N * D);
   linearBack(logits, nf, N, parts.head, dn, false, grads.of(parts.head.weight), parts.head.bias ? grads.of(parts.head.bias) : null);
-  b.add({ op: 'layerNormBackward', rows: N, dim: D, x: top, gamma: parts.norm.gamma, eps: 1e-5, dy: dn, dx, accumulate: false, dgamma: grads.of(parts.norm.gamma), dbeta: grads.of(parts.norm.beta) });
+  b.add({ op: 'layerNormBackward', rows: N, dim: D, x: top, gamma: parts.norm.gamma, eps: LAYER_NORM_EPS, dy: dn, dx, accumulate: false, dgamma: grads.of(parts.norm.gamma), dbeta: grads.of(parts.norm.beta) });
   // dout holds dL/d(sub-layer output), which is also dL/d(residual); adds dL/d(sub-layer
   // input) through the wrapper and part to din (the same array unless reversible).
   const subBackward = (sub: Sub, dout: Float32Array, din: Float32Array, part: (dy: Float32Array, dinput: Float32Array) => void) => {
@@ -332,9 +332,9 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
       b.release(dinput);
     }
     if (c.norm === 'layernorm') {
-      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: 1e-5, dy: dnorm, dx: din, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
+      b.add({ op: 'layerNormBackward', rows: N, dim: D, x: sub.x, gamma: sub.wrap.gamma, eps: LAYER_NORM_EPS, dy: dnorm, dx: din, accumulate: true, dgamma: grads.of(sub.wrap.gamma!), dbeta: grads.of(sub.wrap.beta!) });
     } else if (c.norm === 'scalenorm') {
-      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: 1e-5, dy: dnorm, dx: din, accumulate: true, dg: grads.of(sub.wrap.gain!) });
+      b.add({ op: 'scaleNormBackward', rows: N, dim: D, x: sub.x, g: sub.wrap.gain![0], eps: SCALE_NORM_EPS, dy: dnorm, dx: din, accumulate: true, dg: grads.of(sub.wrap.gain!) });
     } else {
       b.add({ op: 'scaledAdd', x: dnorm, n: N * D, g: 1, residual: din, y: din });
     }

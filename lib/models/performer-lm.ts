@@ -22,7 +22,7 @@ import { readSampler, sample, type SamplingOptions } from './sampling';
 import { readTargets, readTokenList, readTokens } from './tokens';
 import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention, type TrainingCall } from './lm-training';
 import { FeatureMap } from '../feature-map';
-import { PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
+import { LAYER_NORM_EPS, PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
 
 /** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
 export interface TokenTensor {
@@ -631,7 +631,7 @@ export class PerformerLM {
     const n = rows === 'all' ? batch * len : 1;
     const last = rows === 'all' ? y : y.subarray((len - 1) * D, len * D);
     const normed = b.acquire(n * D);
-    b.add({ op: 'layerNorm', x: last, rows: n, dim: D, gamma: this.norm.gamma, beta: this.norm.beta, eps: 1e-5, y: normed });
+    b.add({ op: 'layerNorm', x: last, rows: n, dim: D, gamma: this.norm.gamma, beta: this.norm.beta, eps: LAYER_NORM_EPS, y: normed });
     b.add({ op: 'linear', x: normed, rows: n, in: D, out: c.numTokens, packed: this.head.packed, bias: this.head.bias, activation: 'none', y: out });
     b.release(normed);
     b.release(y);

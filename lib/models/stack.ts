@@ -7,6 +7,7 @@
  * x1 + x2), where a sub-layer is wrapped by pre-LayerNorm, ScaleNorm or ReZero, and by
  * token shift when configured.
  */
+import { DEFAULT_LAYER_NORM_EPS } from '../defaults';
 import { FeatureMap } from '../feature-map';
 import { native, type NativeDims } from '../native';
 import { Linear } from '../layers/parameters';
@@ -23,8 +24,15 @@ import { sublayerPrefix, type PerformerStackConfig } from './config';
  */
 export type Numerics = 'performer-pytorch' | 'exact';
 
-const LAYER_NORM_EPS = 1e-5;
-const SCALE_NORM_EPS = 1e-5;
+/**
+ * @internal The epsilons of performer-pytorch's norms, fixed by that package (its configuration
+ * has no field for them): nn.LayerNorm's default and its ScaleNorm's `eps`.
+ */
+export const LAYER_NORM_EPS = DEFAULT_LAYER_NORM_EPS;
+/** @internal See LAYER_NORM_EPS. */
+export const SCALE_NORM_EPS = 1e-5;
+// performer-pytorch's generalized_kernel epsilon (its ReLU features add it).
+const RELU_KERNEL_EPSILON = 1e-3;
 // Largest block of feed-forward hidden activations (16 MiB): long calls run in row chunks.
 const FF_CHUNK_FLOATS = 4 * 1024 * 1024;
 // Rows per causal chunk of the library's FAVOR+ ('exact' numerics).
@@ -183,7 +191,7 @@ export class PerformerStack {
           headDim: c.dimHead,
           numFeatures: c.numFeatures,
           kernel: c.features === 'softmax' ? 'softmax' : 'relu',
-          kernelEpsilon: 1e-3,
+          kernelEpsilon: RELU_KERNEL_EPSILON,
         });
       }
     }

@@ -1,6 +1,5 @@
 #include "addon/attention_job.h"
 
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -89,15 +88,9 @@ AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q_value, cons
     job.favor.feature_map = parse_feature_map_spec(options, d.head_dim);
     job.favor.causal = causal;
     job.favor.key_padding = pad;
-    job.favor.epsilon = static_cast<float>(number_property(options, "epsilon", 0.0));
-    if (!std::isfinite(job.favor.epsilon) || job.favor.epsilon < 0.0f) {
-      throw_range_error(env, "epsilon: expected a finite number >= 0");
-    }
-    const double chunk = number_property(options, "chunkSize", 32.0);
-    if (!(chunk >= 1 && chunk <= static_cast<double>(pa::kMaxChunkSize)) || chunk != std::floor(chunk)) {
-      throw_range_error(env, "chunkSize: expected an integer from 1 to 4096");
-    }
-    job.favor.chunk_size = static_cast<std::size_t>(chunk);
+    // Ranges are the core's to check (check_favor_numbers); here only what the casts need.
+    job.favor.epsilon = static_cast<float>(number_property(options, "epsilon"));
+    job.favor.chunk_size = size_property(options, "chunkSize");
     const Napi::Value state_value = options.Get("state");
     if (!state_value.IsUndefined() && !state_value.IsNull()) {
       float* state = state_array(env, state_value, "state", bh, job.favor, d.value_dim);
@@ -124,9 +117,7 @@ AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q_value, cons
   } else {
     job.softmax.causal = causal;
     job.softmax.key_padding = pad;
-    job.softmax.scale = static_cast<float>(
-        number_property(options, "scale", 1.0 / std::sqrt(static_cast<double>(d.head_dim))));
-    if (!std::isfinite(job.softmax.scale)) throw_range_error(env, "scale: expected a finite number");
+    job.softmax.scale = static_cast<float>(number_property(options, "scale"));  // the core checks it is finite
   }
   job.kernels = &active_kernels();
   job.pool = pa::global_pool();

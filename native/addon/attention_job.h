@@ -37,10 +37,11 @@ struct AttentionJob {
   void run() const;
 };
 
-// Arguments (validated in TypeScript, checked again here):
-//   q, k, v, out: Float32Array; dims: { batch, heads, queryLength, keyLength, headDim,
-//   valueDim }; options: feature map spec and causal, keyPadding, epsilon, chunkSize,
-//   state (FAVOR) or causal, keyPadding, scale (softmax).
+// Arguments (validated in TypeScript; checked here only for types and lengths, the
+// core checks the ranges): q, k, v, out: Float32Array; dims: { batch, heads,
+// queryLength, keyLength, headDim, valueDim }; options: feature map spec and causal,
+// keyPadding, epsilon, chunkSize, state (FAVOR) or causal, keyPadding, scale (softmax).
+// epsilon, chunkSize and scale are required: their defaults are TypeScript's.
 AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q, const Napi::Value& k, const Napi::Value& v,
                                  const Napi::Value& out, const Napi::Value& dims, const Napi::Value& options,
                                  AttentionKind kind);

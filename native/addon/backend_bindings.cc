@@ -59,11 +59,11 @@ Napi::Value measure_fma_peak(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsObject()) throw_type_error(env, "options: expected an object");
   const Napi::Object options = info[0].As<Napi::Object>();
-  const std::string isa = string_property(options, "isa", active_kernels().name);
+  const std::string isa = string_property(options, "isa");
   const pa::KernelSet* set = pa::find_kernel_set(isa);
   if (set == nullptr) throw_range_error(env, "isa: \"" + isa + "\" is not available on this CPU or build");
-  const double threads = number_property(options, "threads", 1);
-  const double milliseconds = number_property(options, "milliseconds", 200);
+  const double threads = number_property(options, "threads");
+  const double milliseconds = number_property(options, "milliseconds");
   if (!(threads >= 1 && threads <= 1024) || threads != static_cast<double>(static_cast<long>(threads))) {
     throw_range_error(env, "threads: expected an integer from 1 to 1024");
   }

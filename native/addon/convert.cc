@@ -74,11 +74,29 @@ double number_property(const Napi::Object& object, const char* key, double fallb
   return value.As<Napi::Number>().DoubleValue();
 }
 
+double number_property(const Napi::Object& object, const char* key) {
+  const Napi::Value value = object.Get(key);
+  if (!value.IsNumber()) throw_type_error(object.Env(), std::string(key) + ": expected a number");
+  return value.As<Napi::Number>().DoubleValue();
+}
+
 bool bool_property(const Napi::Object& object, const char* key, bool fallback) {
   const Napi::Value value = object.Get(key);
   if (value.IsUndefined() || value.IsNull()) return fallback;
   if (!value.IsBoolean()) throw_type_error(object.Env(), std::string(key) + ": expected a boolean");
   return value.As<Napi::Boolean>().Value();
+}
+
+bool bool_property(const Napi::Object& object, const char* key) {
+  const Napi::Value value = object.Get(key);
+  if (!value.IsBoolean()) throw_type_error(object.Env(), std::string(key) + ": expected a boolean");
+  return value.As<Napi::Boolean>().Value();
+}
+
+std::string string_property(const Napi::Object& object, const char* key) {
+  const Napi::Value value = object.Get(key);
+  if (!value.IsString()) throw_type_error(object.Env(), std::string(key) + ": expected a string");
+  return value.As<Napi::String>().Utf8Value();
 }
 
 std::string string_property(const Napi::Object& object, const char* key, const char* fallback) {

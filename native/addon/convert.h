@@ -42,6 +42,12 @@ pa::AttentionDims dims_property(const Napi::Object& dims);
 double number_property(const Napi::Object& object, const char* key, double fallback);
 bool bool_property(const Napi::Object& object, const char* key, bool fallback);
 std::string string_property(const Napi::Object& object, const char* key, const char* fallback);
+// Typed properties as above, with a `fallback` only where absence has a structural
+// meaning (such as "no label"); these are required (TypeError when absent): TypeScript
+// owns the defaults of user options and always passes them.
+double number_property(const Napi::Object& object, const char* key);
+bool bool_property(const Napi::Object& object, const char* key);
+std::string string_property(const Napi::Object& object, const char* key);
 
 // A new zero-filled Float32Array / Float64Array of `length` elements, made by the JS
 // constructor: an allocation that cannot succeed becomes a RangeError with code

@@ -50,13 +50,13 @@ Napi::Value sample_projection(const Napi::CallbackInfo& info) {
   spec.num_features = size_property(options, "numFeatures");
   spec.head_dim = size_property(options, "headDim");
   if (spec.num_features == 0 || spec.head_dim == 0) throw_range_error(env, "numFeatures and headDim must be >= 1");
-  const double seed = number_property(options, "seed", 0.0);
+  const double seed = number_property(options, "seed");
   if (!(seed >= 0.0) || seed != std::floor(seed) || seed > 9007199254740991.0) {
     throw_range_error(env, "seed: expected an integer from 0 to 2^53 - 1");
   }
   spec.seed = static_cast<std::uint64_t>(seed);
-  spec.orthogonal = bool_property(options, "orthogonal", true);
-  const std::string norm = string_property(options, "normScaling", "chi");
+  spec.orthogonal = bool_property(options, "orthogonal");
+  const std::string norm = string_property(options, "normScaling");
   if (norm == "chi") {
     spec.norm_scaling = pa::NormScaling::kChi;
   } else if (norm == "sqrt") {
@@ -184,12 +184,12 @@ Napi::Value calibrate_features(const Napi::CallbackInfo& info) {
 pa::FeatureMapSpec parse_feature_map_spec(const Napi::Object& options, std::size_t head_dim) {
   Napi::Env env = options.Env();
   pa::FeatureMapSpec spec;
-  const std::string kernel = string_property(options, "kernel", "softmax");
+  const std::string kernel = string_property(options, "kernel");
   if (!pa::parse_kernel(kernel, &spec.kernel)) throw_range_error(env, "kernel: unknown kernel \"" + kernel + "\"");
   spec.head_dim = head_dim;
   spec.num_projections = size_property(options, "numProjections");
   if (spec.num_projections == 0) throw_range_error(env, "numProjections must be >= 1");
-  spec.kernel_epsilon = static_cast<float>(number_property(options, "kernelEpsilon", 1e-3));
+  spec.kernel_epsilon = static_cast<float>(number_property(options, "kernelEpsilon"));
   if (!(spec.kernel_epsilon >= 0.0f) || !std::isfinite(spec.kernel_epsilon)) {
     throw_range_error(env, "kernelEpsilon: expected a finite number >= 0");
   }

@@ -147,7 +147,7 @@ Step parse_layer_norm_backward(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t n = checked_mul(ctx.env, rows, dim);
   const float* x = float_field(ctx, s, "x", n);
   const float* gamma = optional_float_field(ctx, s, "gamma", dim);
-  const float eps = positive_eps(s, op, 1e-5);
+  const float eps = positive_eps(s, op, std::nan(""));
   const float* dy = float_field(ctx, s, "dy", n);
   float* dx = float_field(ctx, s, "dx", n);
   const bool accumulate = bool_property(s, "accumulate", false);

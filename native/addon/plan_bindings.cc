@@ -72,7 +72,7 @@ Step parse_layer_norm(const PlanContext& ctx, const Napi::Object& s) {
   const float* beta = optional_float_field(ctx, s, "beta", dim);
   float* y = float_field(ctx, s, "y", n);
   if (x != y && overlaps(x, n, y, n)) throw_range_error(ctx.env, "layerNorm: x overlaps y without being y");
-  const double eps = number_property(s, "eps", 1e-5);
+  const double eps = number_property(s, "eps");
   if (!(eps > 0.0) || !std::isfinite(eps)) throw_range_error(ctx.env, "layerNorm: eps must be a finite number > 0");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   const float e = static_cast<float>(eps);

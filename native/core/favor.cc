@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/adaptive_features.h"
@@ -23,8 +24,6 @@ using favor_internal::StateView;
 // dependent split would make the bits depend on the machine.
 constexpr std::size_t kMinRowsPerPart = 256;
 constexpr std::size_t kSplitUnits = 16;
-// Multiply-adds below which a piece of pool work is not handed to another thread.
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // Splits [begin, end) into `parts` nearly equal ranges; returns range `p`.
 std::pair<std::size_t, std::size_t> part_range(std::size_t begin, std::size_t end, std::size_t parts, std::size_t p) {
@@ -34,14 +33,21 @@ std::pair<std::size_t, std::size_t> part_range(std::size_t begin, std::size_t en
 
 }  // namespace
 
+void check_favor_numbers(const FavorOptions& options) {
+  if (!(options.epsilon >= 0.0f) || !std::isfinite(options.epsilon)) {
+    throw InputError("epsilon must be a finite number >= 0");
+  }
+  if (options.causal && (options.chunk_size < 1 || options.chunk_size > kMaxChunkSize)) {
+    throw InputError("chunkSize must be between 1 and " + std::to_string(kMaxChunkSize));
+  }
+}
+
 void favor_attention(const AttentionDims& dims, const float* q, const float* k, const float* v,
                      float* out, const FavorOptions& options, const KernelSet& kernels,
                      ThreadPool& pool) {
   const FeatureMapSpec& fm = options.feature_map;
   if (fm.head_dim != dims.head_dim) throw InputError("feature map head dimension does not match the query");
-  if (options.causal && (options.chunk_size < 1 || options.chunk_size > kMaxChunkSize)) {
-    throw InputError("chunkSize must be between 1 and 4096");
-  }
+  check_favor_numbers(options);
   if (options.state != nullptr && (!options.causal || dims.q_len != dims.k_len)) {
     throw InputError("a decoding state continues causal self-attention: causal must be set and query and key lengths equal");
   }

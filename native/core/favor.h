@@ -13,6 +13,11 @@
 
 namespace pa {
 
+// Rows per causal chunk: the largest allowed, and the default of C++ callers (the
+// JavaScript API has its own default and always passes the value).
+constexpr std::size_t kMaxChunkSize = 4096;
+constexpr std::size_t kDefaultChunkSize = 32;
+
 struct FavorOptions {
   FeatureMapSpec feature_map;
   bool causal = false;
@@ -20,11 +25,11 @@ struct FavorOptions {
   // feature row is zero: it leaves both the numerator and the normalizer.
   const std::uint8_t* key_padding = nullptr;
   // Added to every stabilized feature of queries and keys (0 = exact estimator);
-  // the stabilizer of each query row is the max over the keys it attends.
+  // the stabilizer of each query row is the max over the keys it attends. Finite, >= 0.
   float epsilon = 0.0f;
   // Rows per causal chunk (1 = the recurrent form). Results do not depend on it
-  // beyond rounding.
-  std::size_t chunk_size = 32;
+  // beyond rounding. 1 to kMaxChunkSize when causal.
+  std::size_t chunk_size = kDefaultChunkSize;
   // Checked between blocks; when set the call throws Cancelled. Null = never.
   const std::atomic<bool>* cancel = nullptr;
   // Causal continuation (token-by-token decoding, prefill in chunks): the running
@@ -53,7 +58,9 @@ std::size_t favor_state_floats(std::size_t feature_count, std::size_t value_dim)
 // Sets `heads` consecutive states to "no keys yet".
 void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim);
 
-constexpr std::size_t kMaxChunkSize = 4096;
+// Throws InputError unless the options' epsilon and (causal) chunk size are in range:
+// the checks favor_attention and favor_backward share.
+void check_favor_numbers(const FavorOptions& options);
 
 // out[batch, heads, q_len, value_dim]. Causal: query i attends key j when
 // j <= i + (k_len - q_len). A query that attends no key gets a zero row.

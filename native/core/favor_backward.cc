@@ -2,18 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/favor_worker.h"
+
 namespace pa {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::size_t kBlockRows = 64;   // rows per block of the bidirectional passes
-constexpr float kMaxChunkGap = 40.0f;    // as favor.cc: a causal chunk whose query features could pass e^40 is split
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
+using favor_internal::kBlockRows;
+using favor_internal::kMaxChunkGap;
+using favor_internal::kNegInf;
 
 bool supported(Kernel kernel) {
   switch (kernel) {
@@ -453,9 +453,7 @@ void favor_attention_backward(const AttentionDims& dims, const float* q, const f
   if (options.causal && dims.q_len != dims.k_len) {
     throw InputError("backward: causal attention needs equal query and key lengths (self-attention)");
   }
-  if (options.causal && (options.chunk_size < 1 || options.chunk_size > kMaxChunkSize)) {
-    throw InputError("chunkSize must be between 1 and 4096");
-  }
+  check_favor_numbers(options);
   if (grads.dprojection != nullptr && fm.projection == nullptr) {
     throw InputError("backward: a projection gradient needs a projection (this feature map has none)");
   }

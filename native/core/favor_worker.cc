@@ -5,14 +5,6 @@
 
 namespace pa {
 namespace favor_internal {
-namespace {
-
-constexpr std::size_t kBlockRows = 64;  // rows per block of the bidirectional passes
-// Inside a causal chunk, query features may exceed 1 by at most exp(kMaxChunkGap)
-// (see FavorWorker::causal_rows); past that the chunk is split in two.
-constexpr float kMaxChunkGap = 40.0f;
-
-}  // namespace
 
 void StateLayout::merge(const StateView& dst, const StateView& src) const {
   for (std::size_t f = 0; f < F; ++f) {

@@ -20,6 +20,12 @@ namespace pa {
 namespace favor_internal {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Rows per block of the bidirectional passes, forward and backward.
+constexpr std::size_t kBlockRows = 64;
+// Inside a causal chunk, query features may exceed 1 by at most exp(kMaxChunkGap)
+// (see FavorWorker::causal_rows); past that the chunk is split in two, in the forward
+// and the backward pass alike.
+constexpr float kMaxChunkGap = 40.0f;
 
 // The running key statistics of one (batch, head), relative to a per-feature
 // reference c (b_jf = exp(zk_jf - c_f)):

@@ -74,8 +74,6 @@ constexpr std::size_t kDwShapes[][2] = {{128, 256}, {128, 128}, {64, 128}, {64, 
 constexpr std::size_t kMinItems = 8;
 // Floats of dy and x (together) per pass over the rows, see weight_gradient.
 constexpr std::size_t kPassFloats = std::size_t{1} << 20;
-// Multiply-adds below which a piece of pool work is not handed to another thread.
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // A row stride for n floats that is an odd number of 64-byte lines.
 std::size_t odd_line_stride(std::size_t n) {

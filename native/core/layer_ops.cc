@@ -22,9 +22,7 @@ constexpr std::size_t kRowTile = 64;
 constexpr std::size_t kGroupBlocks = 4;
 // With fewer work items than this, groups are single blocks (few rows: split columns).
 constexpr std::size_t kMinItems = 8;
-// Multiply-adds below which a piece of pool work is not handed to another thread
-// (a decoding step's single row runs on the calling thread).
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
+// A decoding step's single row stays under kMinWorkPerPiece: it runs on the calling thread.
 
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 

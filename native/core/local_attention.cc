@@ -10,7 +10,6 @@ namespace pa {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // The scratch of one thread: a window of queries against its look-around.
 class LocalWorker {

@@ -17,7 +17,6 @@ constexpr std::size_t kRows = 64;  // rows per key / query block and per causal 
 constexpr float kSoftmaxEps = 1e-4f;
 constexpr float kReluEps = 1e-3f;
 constexpr float kCausalEps = 1e-6f;
-constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
 
 // One (batch, head) state: S_e (F x Dv), z_e (F), value sums (Dv), then the key count
 // and M.

@@ -17,6 +17,10 @@
 
 namespace pa {
 
+// Multiply-adds below which a piece of pool work is not handed to another thread:
+// the one granularity every driver splits its work by.
+constexpr std::size_t kMinWorkPerPiece = std::size_t{1} << 20;
+
 class ThreadPool {
  public:
   using Body = std::function<void(std::size_t begin, std::size_t end, std::size_t slot)>;

@@ -111,6 +111,7 @@ assertType<Equal<typeof given, FeatureMap>>();
 assertType<Equal<ReturnType<FeatureMap['features']>, Tensor>>();
 assertType<Equal<FeatureMap['projection'], Float32Array | null>>();
 assertType<Equal<FeatureMap['featureCount'], number>>();
+assertType<Equal<FeatureMap['outputFeatures'], number>>();
 fm.redraw();
 fm.redraw(7);
 fm.features(q, { logSpace: true });
