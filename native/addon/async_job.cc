@@ -16,11 +16,13 @@ Napi::Promise queue_job(Napi::Env env, std::function<void()> run, Napi::Value re
   return promise;
 }
 
-std::shared_ptr<std::atomic<bool>> install_cancel(const Napi::CallbackInfo& info, std::size_t index) {
+std::shared_ptr<std::atomic<bool>> install_cancel(const Napi::CallbackInfo& info,
+                                                  std::size_t index) {
   if (info.Length() <= index || !info[index].IsObject()) return nullptr;
   auto flag = std::make_shared<std::atomic<bool>>(false);
   info[index].As<Napi::Object>().Set(
-      "cancel", Napi::Function::New(info.Env(), [flag](const Napi::CallbackInfo& call) -> Napi::Value {
+      "cancel",
+      Napi::Function::New(info.Env(), [flag](const Napi::CallbackInfo& call) -> Napi::Value {
         flag->store(true, std::memory_order_relaxed);
         return call.Env().Undefined();
       }));
@@ -44,7 +46,9 @@ AsyncJob::AsyncJob(Napi::Env env, std::function<void()> run, Napi::Value result,
 
 AsyncJob::~AsyncJob() { g_pending.fetch_sub(1, std::memory_order_relaxed); }
 
-void AsyncJob::Execute() { error_ = capture_errors([this] { run_(); }); }
+void AsyncJob::Execute() {
+  error_ = capture_errors([this] { run_(); });
+}
 
 // A worker_thread terminated with this call in flight: its environment can no
 // longer run JS, so every Node-API call here fails with a Napi::Error. That must
@@ -56,10 +60,12 @@ void AsyncJob::OnOK() {
     for (const Napi::ObjectReference& ref : references_) {
       const Napi::Value value = ref.Value();
       if (value.IsTypedArray() && value.As<Napi::TypedArray>().ArrayBuffer().IsDetached()) {
-        deferred_.Reject(make_error(Env(), "TypeError",
-                                    "an input or output ArrayBuffer was detached while the call ran; the result is undefined",
-                                    "ERR_INVALID_STATE")
-                             .Value());
+        deferred_.Reject(
+            make_error(
+                Env(), "TypeError",
+                "an input or output ArrayBuffer was detached while the call ran; the result is undefined",
+                "ERR_INVALID_STATE")
+                .Value());
         return;
       }
     }

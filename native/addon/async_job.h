@@ -18,7 +18,8 @@ class AsyncJob : public Napi::AsyncWorker {
  public:
   // run() does the work; `result` resolves the Promise; `keep_alive` lists objects
   // (arrays, or objects holding them) the job reads or writes.
-  AsyncJob(Napi::Env env, std::function<void()> run, Napi::Value result, const std::vector<Napi::Value>& keep_alive);
+  AsyncJob(Napi::Env env, std::function<void()> run, Napi::Value result,
+           const std::vector<Napi::Value>& keep_alive);
   ~AsyncJob() override;
 
   Napi::Promise promise() const { return deferred_.Promise(); }
@@ -43,7 +44,8 @@ Napi::Promise queue_job(Napi::Env env, std::function<void()> run, Napi::Value re
 // info[index], optional: a control object; it receives cancel(), which sets the
 // returned flag (a queued call then skips its work, a running one stops at its
 // next block with an AbortError). Null when no control object was passed.
-std::shared_ptr<std::atomic<bool>> install_cancel(const Napi::CallbackInfo& info, std::size_t index);
+std::shared_ptr<std::atomic<bool>> install_cancel(const Napi::CallbackInfo& info,
+                                                  std::size_t index);
 
 // Async calls queued or running and not yet settled, in this process.
 long pending_async_calls();

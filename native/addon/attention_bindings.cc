@@ -16,7 +16,8 @@ namespace pa_addon {
 namespace {
 
 AttentionJob parse_job(const Napi::CallbackInfo& info, AttentionKind kind) {
-  return parse_attention_job(info.Env(), info[0], info[1], info[2], info[3], info[4], info[5], kind);
+  return parse_attention_job(info.Env(), info[0], info[1], info[2], info[3], info[4], info[5],
+                             kind);
 }
 
 Napi::Value run_sync(const Napi::CallbackInfo& info, AttentionKind kind) {
@@ -34,10 +35,18 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
   return queue_job(info.Env(), [job, cancel] { job.run(); }, info[3], keep);
 }
 
-Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }
-Napi::Value favor_async(const Napi::CallbackInfo& info) { return run_async(info, AttentionKind::kFavor); }
-Napi::Value softmax_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kSoftmax); }
-Napi::Value softmax_async(const Napi::CallbackInfo& info) { return run_async(info, AttentionKind::kSoftmax); }
+Napi::Value favor_sync(const Napi::CallbackInfo& info) {
+  return run_sync(info, AttentionKind::kFavor);
+}
+Napi::Value favor_async(const Napi::CallbackInfo& info) {
+  return run_async(info, AttentionKind::kFavor);
+}
+Napi::Value softmax_sync(const Napi::CallbackInfo& info) {
+  return run_sync(info, AttentionKind::kSoftmax);
+}
+Napi::Value softmax_async(const Napi::CallbackInfo& info) {
+  return run_async(info, AttentionKind::kSoftmax);
+}
 
 }  // namespace
 

@@ -42,8 +42,9 @@ struct AttentionJob {
 // queryLength, keyLength, headDim, valueDim }; options: feature map spec and causal,
 // keyPadding, epsilon, chunkSize, state (FAVOR) or causal, keyPadding, scale (softmax).
 // epsilon, chunkSize and scale are required: their defaults are TypeScript's.
-AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q, const Napi::Value& k, const Napi::Value& v,
-                                 const Napi::Value& out, const Napi::Value& dims, const Napi::Value& options,
+AttentionJob parse_attention_job(Napi::Env env, const Napi::Value& q, const Napi::Value& k,
+                                 const Napi::Value& v, const Napi::Value& out,
+                                 const Napi::Value& dims, const Napi::Value& options,
                                  AttentionKind kind);
 
 // The objects of `options` an async job must keep alive (masks, projections, state).

@@ -38,7 +38,8 @@ Napi::Value set_isa(const Napi::CallbackInfo& info) {
   if (!info[0].IsString()) throw_type_error(info.Env(), "isa: expected a string");
   const std::string name = info[0].As<Napi::String>().Utf8Value();
   const pa::KernelSet* set = pa::find_kernel_set(name);
-  if (set == nullptr) throw_range_error(info.Env(), "isa: \"" + name + "\" is not available on this CPU or build");
+  if (set == nullptr)
+    throw_range_error(info.Env(), "isa: \"" + name + "\" is not available on this CPU or build");
   active_slot().store(set);
   return info.Env().Undefined();
 }
@@ -61,13 +62,16 @@ Napi::Value measure_fma_peak(const Napi::CallbackInfo& info) {
   const Napi::Object options = info[0].As<Napi::Object>();
   const std::string isa = string_property(options, "isa");
   const pa::KernelSet* set = pa::find_kernel_set(isa);
-  if (set == nullptr) throw_range_error(env, "isa: \"" + isa + "\" is not available on this CPU or build");
+  if (set == nullptr)
+    throw_range_error(env, "isa: \"" + isa + "\" is not available on this CPU or build");
   const double threads = number_property(options, "threads");
   const double milliseconds = number_property(options, "milliseconds");
-  if (!(threads >= 1 && threads <= 1024) || threads != static_cast<double>(static_cast<long>(threads))) {
+  if (!(threads >= 1 && threads <= 1024) ||
+      threads != static_cast<double>(static_cast<long>(threads))) {
     throw_range_error(env, "threads: expected an integer from 1 to 1024");
   }
-  if (!(milliseconds >= 1 && milliseconds <= 60000)) throw_range_error(env, "milliseconds: expected 1 to 60000");
+  if (!(milliseconds >= 1 && milliseconds <= 60000))
+    throw_range_error(env, "milliseconds: expected 1 to 60000");
   const std::size_t n = static_cast<std::size_t>(threads);
   std::vector<double> rates(n, 0.0);
   std::vector<float> sinks(n, 0.0f);

@@ -29,21 +29,25 @@ struct BackwardJob {
 
   void run() const {
     if (job.kind == AttentionKind::kFavor) {
-      pa::favor_attention_backward(job.dims, job.q, job.k, job.v, job.out, job.favor, {dq, dk, dv, dprojection}, *job.kernels,
-                                   *job.pool);
+      pa::favor_attention_backward(job.dims, job.q, job.k, job.v, job.out, job.favor,
+                                   {dq, dk, dv, dprojection}, *job.kernels, *job.pool);
     } else {
-      pa::softmax_attention_backward(job.dims, job.q, job.k, job.v, job.out, job.softmax, {dq, dk, dv}, *job.kernels,
-                                     *job.pool);
+      pa::softmax_attention_backward(job.dims, job.q, job.k, job.v, job.out, job.softmax,
+                                     {dq, dk, dv}, *job.kernels, *job.pool);
     }
   }
 };
 
-bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb) { return a < b + nb && b < a + na; }
+bool overlaps(const float* a, std::size_t na, const float* b, std::size_t nb) {
+  return a < b + nb && b < a + na;
+}
 
-float* gradient_array(Napi::Env env, const Napi::Object& grads, const char* key, std::size_t expected) {
+float* gradient_array(Napi::Env env, const Napi::Object& grads, const char* key,
+                      std::size_t expected) {
   const FloatView view = float32_array(grads.Get(key), key);
   if (view.length != expected) {
-    throw_range_error(env, std::string("gradient ") + key + ": expected " + std::to_string(expected) + " elements, received " +
+    throw_range_error(env, std::string("gradient ") + key + ": expected " +
+                               std::to_string(expected) + " elements, received " +
                                std::to_string(view.length));
   }
   return view.data;
@@ -67,20 +71,25 @@ BackwardJob parse_backward(const Napi::CallbackInfo& info, AttentionKind kind) {
   std::size_t np = 0;
   const Napi::Value projection = grads.Get("projection");
   if (!projection.IsUndefined() && !projection.IsNull()) {
-    if (kind != AttentionKind::kFavor) throw_range_error(env, "grads.projection: softmax attention has no projection");
+    if (kind != AttentionKind::kFavor)
+      throw_range_error(env, "grads.projection: softmax attention has no projection");
     np = checked_mul(env, b.job.favor.feature_map.num_projections, d.head_dim);
     b.dprojection = gradient_array(env, grads, "projection", np);
   }
   // Every gradient is written while every input is read: none may share memory.
-  const std::vector<std::pair<const float*, std::size_t>> inputs{{b.job.q, nq}, {b.job.k, nk}, {b.job.v, nv}, {b.job.out, ng}};
-  const std::vector<std::pair<const float*, std::size_t>> outputs{{b.dq, nq}, {b.dk, nk}, {b.dv, nv}, {b.dprojection, np}};
+  const std::vector<std::pair<const float*, std::size_t>> inputs{
+      {b.job.q, nq}, {b.job.k, nk}, {b.job.v, nv}, {b.job.out, ng}};
+  const std::vector<std::pair<const float*, std::size_t>> outputs{
+      {b.dq, nq}, {b.dk, nk}, {b.dv, nv}, {b.dprojection, np}};
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     if (outputs[i].first == nullptr) continue;
     for (const auto& in : inputs) {
-      if (overlaps(outputs[i].first, outputs[i].second, in.first, in.second)) throw_range_error(env, "grads: overlap an input");
+      if (overlaps(outputs[i].first, outputs[i].second, in.first, in.second))
+        throw_range_error(env, "grads: overlap an input");
     }
     for (std::size_t j = i + 1; j < outputs.size(); ++j) {
-      if (outputs[j].first != nullptr && overlaps(outputs[i].first, outputs[i].second, outputs[j].first, outputs[j].second)) {
+      if (outputs[j].first != nullptr &&
+          overlaps(outputs[i].first, outputs[i].second, outputs[j].first, outputs[j].second)) {
         throw_range_error(env, "grads: overlap each other");
       }
     }
@@ -110,7 +119,8 @@ Napi::Value run_async(const Napi::CallbackInfo& info, AttentionKind kind) {
 Step parse_backward_step(const PlanContext& ctx, const Napi::Object& s, AttentionKind kind) {
   Napi::Env env = ctx.env;
   BackwardJob b;
-  b.job = parse_attention_job(env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("gradOut"), s.Get("dims"), s.Get("options"), kind);
+  b.job = parse_attention_job(env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("gradOut"),
+                              s.Get("dims"), s.Get("options"), kind);
   b.job.set_cancel(ctx.cancel);
   if (ctx.arrays != nullptr) {
     for (const char* key : {"q", "k", "v", "gradOut"}) ctx.arrays->push_back(s.Get(key));
@@ -124,21 +134,31 @@ Step parse_backward_step(const PlanContext& ctx, const Napi::Object& s, Attentio
   if (kind == AttentionKind::kFavor) {
     const Napi::Value projection = s.Get("dprojection");
     if (!projection.IsUndefined() && !projection.IsNull()) {
-      b.dprojection = float_field(ctx, s, "dprojection", checked_mul(env, b.job.favor.feature_map.num_projections, d.head_dim));
+      b.dprojection =
+          float_field(ctx, s, "dprojection",
+                      checked_mul(env, b.job.favor.feature_map.num_projections, d.head_dim));
     }
   }
   return labelled(s, [b] { b.run(); });
 }
 
-Napi::Value favor_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kFavor); }
-Napi::Value favor_async(const Napi::CallbackInfo& info) { return run_async(info, AttentionKind::kFavor); }
-Napi::Value softmax_sync(const Napi::CallbackInfo& info) { return run_sync(info, AttentionKind::kSoftmax); }
-Napi::Value softmax_async(const Napi::CallbackInfo& info) { return run_async(info, AttentionKind::kSoftmax); }
+Napi::Value favor_sync(const Napi::CallbackInfo& info) {
+  return run_sync(info, AttentionKind::kFavor);
+}
+Napi::Value favor_async(const Napi::CallbackInfo& info) {
+  return run_async(info, AttentionKind::kFavor);
+}
+Napi::Value softmax_sync(const Napi::CallbackInfo& info) {
+  return run_sync(info, AttentionKind::kSoftmax);
+}
+Napi::Value softmax_async(const Napi::CallbackInfo& info) {
+  return run_async(info, AttentionKind::kSoftmax);
+}
 
 }  // namespace
 
-bool parse_attention_backward_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step,
-                                   std::vector<Step>* steps) {
+bool parse_attention_backward_step(const PlanContext& ctx, const std::string& op,
+                                   const Napi::Object& step, std::vector<Step>* steps) {
   if (op == "favorBackward") {
     steps->push_back(parse_backward_step(ctx, step, AttentionKind::kFavor));
   } else if (op == "softmaxBackward") {

@@ -23,12 +23,14 @@ void throw_range_error(Napi::Env env, const std::string& message, const char* co
 }
 
 FloatView float32_array(const Napi::Value& value, const char* name) {
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+  if (!value.IsTypedArray() ||
+      value.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
     throw_type_error(value.Env(), std::string(name) + ": expected a Float32Array");
   }
   auto array = value.As<Napi::Float32Array>();
   if (array.ArrayBuffer().IsDetached()) {
-    throw_type_error(value.Env(), std::string(name) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+    throw_type_error(value.Env(), std::string(name) + ": its ArrayBuffer is detached",
+                     "ERR_INVALID_STATE");
   }
   return {array.Data(), array.ElementLength()};
 }
@@ -41,8 +43,9 @@ const std::uint8_t* optional_uint8_array(const Napi::Value& value, const char* n
   }
   auto array = value.As<Napi::Uint8Array>();
   if (array.ElementLength() != expected_length) {
-    throw_range_error(value.Env(), std::string(name) + ": expected " + std::to_string(expected_length) +
-                                       " elements, received " + std::to_string(array.ElementLength()));
+    throw_range_error(value.Env(), std::string(name) + ": expected " +
+                                       std::to_string(expected_length) + " elements, received " +
+                                       std::to_string(array.ElementLength()));
   }
   return array.Data();
 }
@@ -112,8 +115,10 @@ Napi::Value new_typed_array(Napi::Env env, const char* constructor, napi_typedar
                             std::size_t length, std::size_t element_size, const char* name) {
   const auto fail = [&] {
     throw make_error(env, "RangeError",
-                     std::string(name) + ": cannot allocate " + std::to_string(length) + " elements (" +
-                         std::to_string(static_cast<double>(length) * static_cast<double>(element_size) / 1073741824.0) +
+                     std::string(name) + ": cannot allocate " + std::to_string(length) +
+                         " elements (" +
+                         std::to_string(static_cast<double>(length) *
+                                        static_cast<double>(element_size) / 1073741824.0) +
                          " GiB)",
                      "ERR_MEMORY_ALLOCATION_FAILED");
   };
@@ -128,7 +133,8 @@ Napi::Value new_typed_array(Napi::Env env, const char* constructor, napi_typedar
   }
   if (!array.IsTypedArray() || array.As<Napi::TypedArray>().TypedArrayType() != type ||
       array.As<Napi::TypedArray>().ElementLength() != length) {
-    throw make_error(env, "Error", std::string("internal error: globalThis.") + constructor + " was replaced",
+    throw make_error(env, "Error",
+                     std::string("internal error: globalThis.") + constructor + " was replaced",
                      "ERR_PERFORMER_INTERNAL");
   }
   return array;
@@ -137,11 +143,13 @@ Napi::Value new_typed_array(Napi::Env env, const char* constructor, napi_typedar
 }  // namespace
 
 Napi::Float32Array new_float32_array(Napi::Env env, std::size_t length, const char* name) {
-  return new_typed_array(env, "Float32Array", napi_float32_array, length, 4, name).As<Napi::Float32Array>();
+  return new_typed_array(env, "Float32Array", napi_float32_array, length, 4, name)
+      .As<Napi::Float32Array>();
 }
 
 Napi::Float64Array new_float64_array(Napi::Env env, std::size_t length, const char* name) {
-  return new_typed_array(env, "Float64Array", napi_float64_array, length, 8, name).As<Napi::Float64Array>();
+  return new_typed_array(env, "Float64Array", napi_float64_array, length, 8, name)
+      .As<Napi::Float64Array>();
 }
 
 std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {
@@ -151,8 +159,9 @@ std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {
   return a * b;
 }
 
-void export_functions(Napi::Env env, Napi::Object exports,
-                      std::initializer_list<std::pair<const char*, Napi::Function::Callback>> functions) {
+void export_functions(
+    Napi::Env env, Napi::Object exports,
+    std::initializer_list<std::pair<const char*, Napi::Function::Callback>> functions) {
   for (const auto& [name, fn] : functions) exports.Set(name, Napi::Function::New(env, fn, name));
 }
 

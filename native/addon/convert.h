@@ -77,8 +77,9 @@ template <typename Fn>
 void run_or_throw(Napi::Env env, Fn&& fn);
 
 // exports[name] = a JS function calling fn, for each (name, fn).
-void export_functions(Napi::Env env, Napi::Object exports,
-                      std::initializer_list<std::pair<const char*, Napi::Function::Callback>> functions);
+void export_functions(
+    Napi::Env env, Napi::Object exports,
+    std::initializer_list<std::pair<const char*, Napi::Function::Callback>> functions);
 
 }  // namespace pa_addon
 

@@ -50,9 +50,11 @@ Region region(const T* data, std::size_t count, const char* name) {
 }
 
 // RangeError when `out` overlaps `other`; with may_be_same, the very same range is allowed.
-void check_apart(Napi::Env env, const char* op, const Region& out, const Region& other, bool may_be_same = false) {
+void check_apart(Napi::Env env, const char* op, const Region& out, const Region& other,
+                 bool may_be_same = false) {
   if (out.bytes == 0 || other.bytes == 0) return;
-  const auto a = reinterpret_cast<std::uintptr_t>(out.data), b = reinterpret_cast<std::uintptr_t>(other.data);
+  const auto a = reinterpret_cast<std::uintptr_t>(out.data),
+             b = reinterpret_cast<std::uintptr_t>(other.data);
   if (a < b + other.bytes && b < a + out.bytes) {
     if (may_be_same && a == b && out.bytes == other.bytes) return;
     throw_range_error(env, std::string(op) + ": " + out.name + " overlaps " + other.name +
@@ -61,7 +63,8 @@ void check_apart(Napi::Env env, const char* op, const Region& out, const Region&
 }
 
 // A Float32Array output property, or null when absent (undefined / null).
-float* optional_output(const PlanContext& ctx, const Napi::Object& s, const char* key, std::size_t needed) {
+float* optional_output(const PlanContext& ctx, const Napi::Object& s, const char* key,
+                       std::size_t needed) {
   const Napi::Value value = s.Get(key);
   if (value.IsUndefined() || value.IsNull()) return nullptr;
   return float_field(ctx, s, key, needed);
@@ -92,8 +95,9 @@ Step parse_cross_entropy(const PlanContext& ctx, const Napi::Object& s) {
   const std::int32_t* targets = int32_field(ctx, s, "targets", rows);
   for (std::size_t r = 0; r < rows; ++r) {
     if (targets[r] >= 0 && static_cast<std::size_t>(targets[r]) >= classes) {
-      throw_range_error(ctx.env, "crossEntropy: target " + std::to_string(targets[r]) + " at " + std::to_string(r) +
-                                     " is outside [0, " + std::to_string(classes) + ") (negative targets are ignored)");
+      throw_range_error(ctx.env, "crossEntropy: target " + std::to_string(targets[r]) + " at " +
+                                     std::to_string(r) + " is outside [0, " +
+                                     std::to_string(classes) + ") (negative targets are ignored)");
     }
   }
   const float grad_scale = finite_property(s, op, "gradScale", 1.0);
@@ -108,17 +112,22 @@ Step parse_cross_entropy(const PlanContext& ctx, const Napi::Object& s) {
   check_apart(ctx.env, op, r_loss, r_dlogits);
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return [=] { pa::cross_entropy(rows, classes, logits, targets, grad_scale, loss, dlogits, *kernels, *pool); };
+  return [=] {
+    pa::cross_entropy(rows, classes, logits, targets, grad_scale, loss, dlogits, *kernels, *pool);
+  };
 }
 
 Step parse_linear_backward(const PlanContext& ctx, const Napi::Object& s) {
   const char* op = "linearBackward";
-  const std::size_t rows = size_property(s, "rows"), in = size_property(s, "in"), out = size_property(s, "out");
+  const std::size_t rows = size_property(s, "rows"), in = size_property(s, "in"),
+                    out = size_property(s, "out");
   if (in == 0 || out == 0) throw_range_error(ctx.env, "linearBackward: in and out must be >= 1");
   const Napi::Value stride_value = s.Get("xStride");
-  const std::size_t x_stride = stride_value.IsUndefined() || stride_value.IsNull() ? in : size_property(s, "xStride");
+  const std::size_t x_stride =
+      stride_value.IsUndefined() || stride_value.IsNull() ? in : size_property(s, "xStride");
   const std::size_t x_len = strided_extent(ctx.env, rows, x_stride, in);
-  const std::size_t dy_len = checked_mul(ctx.env, rows, out), dx_len = checked_mul(ctx.env, rows, in);
+  const std::size_t dy_len = checked_mul(ctx.env, rows, out),
+                    dx_len = checked_mul(ctx.env, rows, in);
   const std::size_t w_len = checked_mul(ctx.env, out, in);
   const float* dy = float_field(ctx, s, "dy", dy_len);
   const float* x = float_field(ctx, s, "x", x_len);
@@ -127,8 +136,10 @@ Step parse_linear_backward(const PlanContext& ctx, const Napi::Object& s) {
   float* dweight = optional_output(ctx, s, "dweight", w_len);
   float* dbias = optional_output(ctx, s, "dbias", out);
   const bool accumulate = bool_property(s, "accumulate", false);
-  const Region inputs[] = {region(dy, dy_len, "dy"), region(x, x_len, "x"), region(weight, w_len, "weight")};
-  const Region outputs[] = {region(dx, dx_len, "dx"), region(dweight, w_len, "dweight"), region(dbias, out, "dbias")};
+  const Region inputs[] = {region(dy, dy_len, "dy"), region(x, x_len, "x"),
+                           region(weight, w_len, "weight")};
+  const Region outputs[] = {region(dx, dx_len, "dx"), region(dweight, w_len, "dweight"),
+                            region(dbias, out, "dbias")};
   for (std::size_t o = 0; o < 3; ++o) {
     for (const Region& in_region : inputs) check_apart(ctx.env, op, outputs[o], in_region);
     for (std::size_t p = o + 1; p < 3; ++p) check_apart(ctx.env, op, outputs[o], outputs[p]);
@@ -136,7 +147,8 @@ Step parse_linear_backward(const PlanContext& ctx, const Napi::Object& s) {
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] {
-    pa::linear_backward(rows, in, out, dy, x, x_stride, weight, dx, accumulate, dweight, dbias, *kernels, *pool);
+    pa::linear_backward(rows, in, out, dy, x, x_stride, weight, dx, accumulate, dweight, dbias,
+                        *kernels, *pool);
   };
 }
 
@@ -153,8 +165,10 @@ Step parse_layer_norm_backward(const PlanContext& ctx, const Napi::Object& s) {
   const bool accumulate = bool_property(s, "accumulate", false);
   float* dgamma = optional_output(ctx, s, "dgamma", dim);
   float* dbeta = optional_output(ctx, s, "dbeta", dim);
-  const Region r_x = region(x, n, "x"), r_gamma = region(gamma, dim, "gamma"), r_dy = region(dy, n, "dy");
-  const Region r_dx = region(dx, n, "dx"), r_dgamma = region(dgamma, dim, "dgamma"), r_dbeta = region(dbeta, dim, "dbeta");
+  const Region r_x = region(x, n, "x"), r_gamma = region(gamma, dim, "gamma"),
+               r_dy = region(dy, n, "dy");
+  const Region r_dx = region(dx, n, "dx"), r_dgamma = region(dgamma, dim, "dgamma"),
+               r_dbeta = region(dbeta, dim, "dbeta");
   check_apart(ctx.env, op, r_dx, r_x, true);
   check_apart(ctx.env, op, r_dx, r_dy, true);
   check_apart(ctx.env, op, r_dx, r_gamma);
@@ -163,7 +177,9 @@ Step parse_layer_norm_backward(const PlanContext& ctx, const Napi::Object& s) {
   }
   check_apart(ctx.env, op, r_dgamma, r_dbeta);
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return [=] { pa::layer_norm_backward(rows, dim, x, gamma, eps, dy, dx, accumulate, dgamma, dbeta, *pool); };
+  return [=] {
+    pa::layer_norm_backward(rows, dim, x, gamma, eps, dy, dx, accumulate, dgamma, dbeta, *pool);
+  };
 }
 
 Step parse_gelu(const PlanContext& ctx, const Napi::Object& s) {
@@ -207,7 +223,8 @@ struct ActivationGrad {
 };
 
 // n, pre, dy, dx of geluBackward / reluBackward: dx may be dy, not pre.
-ActivationGrad parse_activation_grad(const PlanContext& ctx, const Napi::Object& s, const char* op) {
+ActivationGrad parse_activation_grad(const PlanContext& ctx, const Napi::Object& s,
+                                     const char* op) {
   ActivationGrad a{};
   a.n = size_property(s, "n");
   a.pre = float_field(ctx, s, "pre", a.n);
@@ -233,21 +250,26 @@ Step parse_relu_backward(const PlanContext& ctx, const Napi::Object& s) {
 
 Step parse_embed_backward(const PlanContext& ctx, const Napi::Object& s) {
   const char* op = "embedBackward";
-  const std::size_t rows = size_property(s, "rows"), len = size_property(s, "len"), dim = size_property(s, "dim");
+  const std::size_t rows = size_property(s, "rows"), len = size_property(s, "len"),
+                    dim = size_property(s, "dim");
   const std::size_t num_tokens = size_property(s, "numTokens");
   if (len == 0 || dim == 0 || num_tokens == 0 || rows % len != 0) {
-    throw_range_error(ctx.env, "embedBackward: len, dim and numTokens must be >= 1 and rows a multiple of len");
+    throw_range_error(
+        ctx.env, "embedBackward: len, dim and numTokens must be >= 1 and rows a multiple of len");
   }
   const Napi::Value start_value = s.Get("start");
-  const std::size_t start = start_value.IsUndefined() || start_value.IsNull() ? 0 : size_property(s, "start");
+  const std::size_t start =
+      start_value.IsUndefined() || start_value.IsNull() ? 0 : size_property(s, "start");
   const std::int32_t* tokens = int32_field(ctx, s, "tokens", rows);
   for (std::size_t r = 0; r < rows; ++r) {
     if (tokens[r] < 0 || static_cast<std::size_t>(tokens[r]) >= num_tokens) {
-      throw_range_error(ctx.env, "embedBackward: token " + std::to_string(tokens[r]) + " at " + std::to_string(r) +
-                                     " is outside [0, " + std::to_string(num_tokens) + ")");
+      throw_range_error(ctx.env, "embedBackward: token " + std::to_string(tokens[r]) + " at " +
+                                     std::to_string(r) + " is outside [0, " +
+                                     std::to_string(num_tokens) + ")");
     }
   }
-  const std::size_t dx_len = checked_mul(ctx.env, rows, dim), table_len = checked_mul(ctx.env, num_tokens, dim);
+  const std::size_t dx_len = checked_mul(ctx.env, rows, dim),
+                    table_len = checked_mul(ctx.env, num_tokens, dim);
   const float* dx = float_field(ctx, s, "dx", dx_len);
   float* dtable = float_field(ctx, s, "dtable", table_len);
   std::size_t pos_len = 0;
@@ -258,19 +280,23 @@ Step parse_embed_backward(const PlanContext& ctx, const Napi::Object& s) {
     pos_len = checked_mul(ctx.env, pos_rows, dim);
     dpositions = float_field(ctx, s, "dpositions", pos_len);
     if (rows > 0 && (start > pos_rows || len > pos_rows - start)) {
-      throw_range_error(ctx.env, "embedBackward: positions start + len = " + std::to_string(start) + " + " +
-                                     std::to_string(len) + " run past posRows = " + std::to_string(pos_rows));
+      throw_range_error(ctx.env, "embedBackward: positions start + len = " + std::to_string(start) +
+                                     " + " + std::to_string(len) +
+                                     " run past posRows = " + std::to_string(pos_rows));
     }
   }
   const Region r_dx = region(dx, dx_len, "dx"), r_tokens = region(tokens, rows, "tokens");
-  const Region r_table = region(dtable, table_len, "dtable"), r_pos = region(dpositions, pos_len, "dpositions");
+  const Region r_table = region(dtable, table_len, "dtable"),
+               r_pos = region(dpositions, pos_len, "dpositions");
   for (const Region& out : {r_table, r_pos}) {
     check_apart(ctx.env, op, out, r_dx);
     check_apart(ctx.env, op, out, r_tokens);
   }
   check_apart(ctx.env, op, r_table, r_pos);
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return [=] { pa::embed_backward(rows, len, dim, tokens, num_tokens, dx, dtable, start, dpositions, *pool); };
+  return [=] {
+    pa::embed_backward(rows, len, dim, tokens, num_tokens, dx, dtable, start, dpositions, *pool);
+  };
 }
 
 Step parse_glu_gelu_backward(const PlanContext& ctx, const Napi::Object& s) {
@@ -299,7 +325,8 @@ Step parse_scale_norm_backward(const PlanContext& ctx, const Napi::Object& s) {
   float* dx = float_field(ctx, s, "dx", n);
   const bool accumulate = bool_property(s, "accumulate", false);
   float* dg = float_field(ctx, s, "dg", 1);
-  const Region r_x = region(x, n, "x"), r_dy = region(dy, n, "dy"), r_dx = region(dx, n, "dx"), r_dg = region(dg, 1, "dg");
+  const Region r_x = region(x, n, "x"), r_dy = region(dy, n, "dy"), r_dx = region(dx, n, "dx"),
+               r_dg = region(dg, 1, "dg");
   check_apart(ctx.env, op, r_dx, r_x, true);
   check_apart(ctx.env, op, r_dx, r_dy, true);
   for (const Region& other : {r_x, r_dy, r_dx}) check_apart(ctx.env, op, r_dg, other);
@@ -316,7 +343,8 @@ Step parse_scaled_add_backward(const PlanContext& ctx, const Napi::Object& s) {
   float* dg = float_field(ctx, s, "dg", 1);
   float* dx = optional_output(ctx, s, "dx", n);
   const bool accumulate = bool_property(s, "accumulate", false);
-  const Region r_x = region(x, n, "x"), r_dy = region(dy, n, "dy"), r_dx = region(dx, n, "dx"), r_dg = region(dg, 1, "dg");
+  const Region r_x = region(x, n, "x"), r_dy = region(dy, n, "dy"), r_dx = region(dx, n, "dx"),
+               r_dg = region(dg, 1, "dg");
   check_apart(ctx.env, op, r_dx, r_x, true);
   check_apart(ctx.env, op, r_dx, r_dy, true);
   for (const Region& other : {r_x, r_dy, r_dx}) check_apart(ctx.env, op, r_dg, other);
@@ -326,7 +354,8 @@ Step parse_scaled_add_backward(const PlanContext& ctx, const Napi::Object& s) {
 
 Step parse_token_shift_backward(const PlanContext& ctx, const Napi::Object& s) {
   const char* op = "tokenShiftBackward";
-  const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"), dim = size_property(s, "dim");
+  const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"),
+                    dim = size_property(s, "dim");
   const std::size_t rows = checked_mul(ctx.env, batch, len);
   const std::size_t n = checked_mul(ctx.env, rows, dim);
   const std::vector<int> shifts = shifts_property(ctx.env, s, op, dim);
@@ -338,30 +367,36 @@ Step parse_token_shift_backward(const PlanContext& ctx, const Napi::Object& s) {
   check_apart(ctx.env, op, region(dx, n, "dx"), region(keep, rows, "keep"));
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] {
-    pa::token_shift_backward(batch, len, dim, dy, shifts.data(), shifts.size(), keep, dx, accumulate, *pool);
+    pa::token_shift_backward(batch, len, dim, dy, shifts.data(), shifts.size(), keep, dx,
+                             accumulate, *pool);
   };
 }
 
 }  // namespace
 
-double* float64_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed) {
+double* float64_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                      std::size_t needed) {
   const Napi::Value value = step.Get(key);
   if (ctx.arrays != nullptr) ctx.arrays->push_back(value);
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+  if (!value.IsTypedArray() ||
+      value.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
     throw_type_error(step.Env(), std::string(key) + ": expected a Float64Array");
   }
   auto array = value.As<Napi::Float64Array>();
   if (array.ArrayBuffer().IsDetached()) {
-    throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached", "ERR_INVALID_STATE");
+    throw_type_error(step.Env(), std::string(key) + ": its ArrayBuffer is detached",
+                     "ERR_INVALID_STATE");
   }
   if (array.ElementLength() < needed) {
-    throw_range_error(step.Env(), std::string(key) + ": expected at least " + std::to_string(needed) +
-                                      " elements, received " + std::to_string(array.ElementLength()));
+    throw_range_error(step.Env(), std::string(key) + ": expected at least " +
+                                      std::to_string(needed) + " elements, received " +
+                                      std::to_string(array.ElementLength()));
   }
   return array.Data();
 }
 
-bool parse_grad_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step, std::vector<Step>* steps) {
+bool parse_grad_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step,
+                     std::vector<Step>* steps) {
   return parse_step_with({{"crossEntropy", parse_cross_entropy},
                           {"linearBackward", parse_linear_backward},
                           {"layerNormBackward", parse_layer_norm_backward},

@@ -32,44 +32,58 @@ namespace {
 
 float float_property(const Napi::Object& s, const char* key) {
   const double value = number_property(s, key, std::nan(""));
-  if (!std::isfinite(value)) throw_range_error(s.Env(), std::string(key) + ": expected a finite number");
+  if (!std::isfinite(value))
+    throw_range_error(s.Env(), std::string(key) + ": expected a finite number");
   return static_cast<float>(value);
 }
 
 Step parse_embed(const PlanContext& ctx, const Napi::Object& s) {
-  const std::size_t rows = size_property(s, "rows"), len = size_property(s, "len"), dim = size_property(s, "dim");
+  const std::size_t rows = size_property(s, "rows"), len = size_property(s, "len"),
+                    dim = size_property(s, "dim");
   const std::size_t num_tokens = size_property(s, "numTokens"), start = size_property(s, "start");
-  if (len == 0 || dim == 0 || num_tokens == 0 || rows % len != 0) throw_range_error(ctx.env, "embed: bad sizes");
+  if (len == 0 || dim == 0 || num_tokens == 0 || rows % len != 0)
+    throw_range_error(ctx.env, "embed: bad sizes");
   const std::int32_t* tokens = int32_field(ctx, s, "tokens", rows);
   for (std::size_t r = 0; r < rows; ++r) {
     if (tokens[r] < 0 || static_cast<std::size_t>(tokens[r]) >= num_tokens) {
-      throw_range_error(ctx.env, "embed: token " + std::to_string(tokens[r]) + " at " + std::to_string(r) +
-                                     " is outside [0, " + std::to_string(num_tokens) + ")");
+      throw_range_error(ctx.env, "embed: token " + std::to_string(tokens[r]) + " at " +
+                                     std::to_string(r) + " is outside [0, " +
+                                     std::to_string(num_tokens) + ")");
     }
   }
   const float* table = float_field(ctx, s, "table", checked_mul(ctx.env, num_tokens, dim));
   float* out = float_field(ctx, s, "out", checked_mul(ctx.env, rows, dim));
   const std::string kind = string_property(s, "positions", "none");
   const std::size_t pos_rows = kind == "none" ? 0 : size_property(s, "posRows");
-  const float* pos_table = optional_float_field(ctx, s, "posTable", checked_mul(ctx.env, pos_rows, dim));
+  const float* pos_table =
+      optional_float_field(ctx, s, "posTable", checked_mul(ctx.env, pos_rows, dim));
   const std::size_t end = rows == 0 ? 0 : start + len;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   if (kind == "none") {
-    return [=] { pa::embed_tokens(rows, len, dim, tokens, table, nullptr, nullptr, start, out, *pool); };
+    return [=] {
+      pa::embed_tokens(rows, len, dim, tokens, table, nullptr, nullptr, start, out, *pool);
+    };
   }
   if (kind == "learned") {
-    if (pos_table == nullptr || end > pos_rows) throw_range_error(ctx.env, "embed: learned positions end before the last row");
-    return [=] { pa::embed_tokens(rows, len, dim, tokens, table, nullptr, pos_table, start, out, *pool); };
+    if (pos_table == nullptr || end > pos_rows)
+      throw_range_error(ctx.env, "embed: learned positions end before the last row");
+    return [=] {
+      pa::embed_tokens(rows, len, dim, tokens, table, nullptr, pos_table, start, out, *pool);
+    };
   }
-  if (kind != "sinusoid") throw_range_error(ctx.env, "embed: positions must be 'none', 'sinusoid' or 'learned'");
+  if (kind != "sinusoid")
+    throw_range_error(ctx.env, "embed: positions must be 'none', 'sinusoid' or 'learned'");
   if (dim % 2 != 0) throw_range_error(ctx.env, "embed: a sinusoid needs an even width");
   pa::Sinusoid sinusoid;
   sinusoid.table = pos_table;
   sinusoid.rows = pos_table != nullptr ? pos_rows : 0;
   sinusoid.half = dim / 2;
   sinusoid.inv_freq = optional_float_field(ctx, s, "invFreq", dim / 2);
-  if (sinusoid.inv_freq == nullptr && end > sinusoid.rows) throw_range_error(ctx.env, "embed: positions beyond the table need invFreq");
-  return [=] { pa::embed_tokens(rows, len, dim, tokens, table, &sinusoid, nullptr, start, out, *pool); };
+  if (sinusoid.inv_freq == nullptr && end > sinusoid.rows)
+    throw_range_error(ctx.env, "embed: positions beyond the table need invFreq");
+  return [=] {
+    pa::embed_tokens(rows, len, dim, tokens, table, &sinusoid, nullptr, start, out, *pool);
+  };
 }
 
 Step parse_scale_norm(const PlanContext& ctx, const Napi::Object& s) {
@@ -77,7 +91,8 @@ Step parse_scale_norm(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t n = checked_mul(ctx.env, rows, dim);
   const float* x = float_field(ctx, s, "x", n);
   float* y = float_field(ctx, s, "y", n);
-  if (x != y && overlaps(x, n, y, n)) throw_range_error(ctx.env, "scaleNorm: x overlaps y without being y");
+  if (x != y && overlaps(x, n, y, n))
+    throw_range_error(ctx.env, "scaleNorm: x overlaps y without being y");
   const float g = float_property(s, "g"), eps = float_property(s, "eps");
   if (!(eps > 0.0f)) throw_range_error(ctx.env, "scaleNorm: eps must be > 0");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
@@ -97,7 +112,8 @@ Step parse_scaled_add(const PlanContext& ctx, const Napi::Object& s) {
 }
 
 Step parse_token_shift(const PlanContext& ctx, const Napi::Object& s) {
-  const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"), dim = size_property(s, "dim");
+  const std::size_t batch = size_property(s, "batch"), len = size_property(s, "len"),
+                    dim = size_property(s, "dim");
   const std::size_t n = checked_mul(ctx.env, checked_mul(ctx.env, batch, len), dim);
   const std::vector<int> shifts = shifts_property(ctx.env, s, "tokenShift", dim);
   const float* x = float_field(ctx, s, "x", n);
@@ -110,24 +126,28 @@ Step parse_token_shift(const PlanContext& ctx, const Napi::Object& s) {
     history = float_field(ctx, s, "history", checked_mul(ctx.env, batch, dim));
     if (keep != nullptr) throw_range_error(ctx.env, "tokenShift: history (decoding) takes no mask");
     for (int shift : shifts) {
-      if (shift < 0) throw_range_error(ctx.env, "tokenShift: history (decoding) needs causal shifts (0 or 1)");
+      if (shift < 0)
+        throw_range_error(ctx.env, "tokenShift: history (decoding) needs causal shifts (0 or 1)");
     }
   }
-  return [=] { pa::token_shift(batch, len, dim, x, shifts.data(), shifts.size(), keep, history, y); };
+  return
+      [=] { pa::token_shift(batch, len, dim, x, shifts.data(), shifts.size(), keep, history, y); };
 }
 
 Step parse_glu_gelu(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t rows = size_property(s, "rows"), hidden = size_property(s, "hidden");
   const float* h = float_field(ctx, s, "h", checked_mul(ctx.env, rows, 2 * hidden));
   float* y = float_field(ctx, s, "y", checked_mul(ctx.env, rows, hidden));
-  if (overlaps(h, rows * 2 * hidden, y, rows * hidden)) throw_range_error(ctx.env, "gluGelu: h and y overlap");
+  if (overlaps(h, rows * 2 * hidden, y, rows * hidden))
+    throw_range_error(ctx.env, "gluGelu: h and y overlap");
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] { pa::glu_gelu(rows, hidden, h, y, *kernels, *pool); };
 }
 
 Step parse_rotary(const PlanContext& ctx, const Napi::Object& s) {
-  const std::size_t heads = size_property(s, "heads"), len = size_property(s, "len"), d = size_property(s, "headDim");
+  const std::size_t heads = size_property(s, "heads"), len = size_property(s, "len"),
+                    d = size_property(s, "headDim");
   const std::size_t start = size_property(s, "start");
   if (d == 0 || d % 2 != 0) throw_range_error(ctx.env, "rotary: headDim must be even and >= 2");
   float* x = float_field(ctx, s, "x", checked_mul(ctx.env, checked_mul(ctx.env, heads, len), d));
@@ -135,7 +155,8 @@ Step parse_rotary(const PlanContext& ctx, const Napi::Object& s) {
   if (layout_name != "interleaved" && layout_name != "halves") {
     throw_range_error(ctx.env, "rotary: layout must be 'interleaved' or 'halves'");
   }
-  const pa::RotaryLayout layout = layout_name == "interleaved" ? pa::RotaryLayout::kInterleaved : pa::RotaryLayout::kHalves;
+  const pa::RotaryLayout layout =
+      layout_name == "interleaved" ? pa::RotaryLayout::kInterleaved : pa::RotaryLayout::kHalves;
   pa::Sinusoid sinusoid;
   sinusoid.half = d / 2;
   const Napi::Value table_value = s.Get("table");
@@ -145,7 +166,8 @@ Step parse_rotary(const PlanContext& ctx, const Napi::Object& s) {
   }
   sinusoid.inv_freq = optional_float_field(ctx, s, "invFreq", d / 2);
   if (layout == pa::RotaryLayout::kHalves && sinusoid.table != nullptr) {
-    throw_range_error(ctx.env, "rotary: the halves layout computes its angles from invFreq (no table)");
+    throw_range_error(ctx.env,
+                      "rotary: the halves layout computes its angles from invFreq (no table)");
   }
   if (sinusoid.inv_freq == nullptr && (len > 0 && start + len > sinusoid.rows)) {
     throw_range_error(ctx.env, "rotary: positions beyond the table need invFreq");
@@ -168,17 +190,23 @@ AttentionArrays parse_attention_arrays(const PlanContext& ctx, const Napi::Objec
   AttentionArrays a{};
   a.dims = dims_property(dims_value.As<Napi::Object>());
   const pa::AttentionDims& d = a.dims;
-  if (d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.k_len == 0 || d.head_dim == 0 || d.value_dim == 0) {
+  if (d.batch == 0 || d.heads == 0 || d.q_len == 0 || d.k_len == 0 || d.head_dim == 0 ||
+      d.value_dim == 0) {
     throw_range_error(ctx.env, "dims: every size must be >= 1");
   }
   const std::size_t bh = checked_mul(ctx.env, d.batch, d.heads);
-  a.q = float_field(ctx, s, "q", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim));
-  a.k = float_field(ctx, s, "k", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim));
-  a.v = float_field(ctx, s, "v", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim));
+  a.q =
+      float_field(ctx, s, "q", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim));
+  a.k =
+      float_field(ctx, s, "k", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim));
+  a.v = float_field(ctx, s, "v",
+                    checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim));
   const std::size_t out_len = checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.value_dim);
   a.out = float_field(ctx, s, "out", out_len);
-  const std::size_t q_len = bh * d.q_len * d.head_dim, k_len = bh * d.k_len * d.head_dim, v_len = bh * d.k_len * d.value_dim;
-  if (overlaps(a.out, out_len, a.q, q_len) || overlaps(a.out, out_len, a.k, k_len) || overlaps(a.out, out_len, a.v, v_len)) {
+  const std::size_t q_len = bh * d.q_len * d.head_dim, k_len = bh * d.k_len * d.head_dim,
+                    v_len = bh * d.k_len * d.value_dim;
+  if (overlaps(a.out, out_len, a.q, q_len) || overlaps(a.out, out_len, a.k, k_len) ||
+      overlaps(a.out, out_len, a.v, v_len)) {
     throw_range_error(ctx.env, "out: overlaps an input");
   }
   return a;
@@ -190,7 +218,8 @@ Napi::Object options_of(const PlanContext& ctx, const Napi::Object& s) {
   return value.As<Napi::Object>();
 }
 
-pa::PytorchFavorOptions parse_pytorch_favor_options(const PlanContext& ctx, const Napi::Object& s, const AttentionArrays& a) {
+pa::PytorchFavorOptions parse_pytorch_favor_options(const PlanContext& ctx, const Napi::Object& s,
+                                                    const AttentionArrays& a) {
   const Napi::Object o = options_of(ctx, s);
   pa::PytorchFavorOptions options;
   const std::string features = string_property(o, "features", "softmax");
@@ -203,25 +232,31 @@ pa::PytorchFavorOptions parse_pytorch_favor_options(const PlanContext& ctx, cons
   } else {
     throw_range_error(ctx.env, "features: expected 'softmax', 'relu' or 'noProjection'");
   }
-  options.num_features = options.features == pa::PytorchFeatures::kNoProjection ? a.dims.head_dim : size_property(o, "numFeatures");
+  options.num_features = options.features == pa::PytorchFeatures::kNoProjection
+                             ? a.dims.head_dim
+                             : size_property(o, "numFeatures");
   if (options.num_features == 0) throw_range_error(ctx.env, "numFeatures: expected >= 1");
   if (options.features != pa::PytorchFeatures::kNoProjection) {
-    options.packed_projection = float_field(ctx, o, "packedProjection", checked_mul(ctx.env, options.num_features, a.dims.head_dim));
+    options.packed_projection = float_field(
+        ctx, o, "packedProjection", checked_mul(ctx.env, options.num_features, a.dims.head_dim));
   }
   options.causal = bool_property(o, "causal", false);
-  options.keep = uint8_field(ctx, o, "keep", checked_mul(ctx.env, a.dims.batch, a.dims.k_len), true);
+  options.keep =
+      uint8_field(ctx, o, "keep", checked_mul(ctx.env, a.dims.batch, a.dims.k_len), true);
   options.drop_masked_keys = bool_property(o, "dropMaskedKeys", false);
   const Napi::Value state = o.Get("state");
   if (!state.IsUndefined() && !state.IsNull()) {
     const std::size_t features = pa::pytorch_favor_feature_count(options, a.dims.head_dim);
     checked_mul(ctx.env, features, a.dims.value_dim);  // the state's S fits size_t
     const std::size_t per_head = pa::pytorch_favor_state_floats(features, a.dims.value_dim);
-    const std::size_t floats = checked_mul(ctx.env, checked_mul(ctx.env, a.dims.batch, a.dims.heads), per_head);
+    const std::size_t floats =
+        checked_mul(ctx.env, checked_mul(ctx.env, a.dims.batch, a.dims.heads), per_head);
     options.state = float_field(ctx, o, "state", floats);
   }
   options.max_rose = uint8_field(ctx, o, "maxRose", 1, true);
   if (options.features != pa::PytorchFeatures::kNoProjection) {
-    options.projection = optional_float_field(ctx, o, "projection", checked_mul(ctx.env, options.num_features, a.dims.head_dim));
+    options.projection = optional_float_field(
+        ctx, o, "projection", checked_mul(ctx.env, options.num_features, a.dims.head_dim));
   }
   options.cancel = ctx.cancel;
   return options;
@@ -239,11 +274,15 @@ Step parse_pytorch_favor(const PlanContext& ctx, const Napi::Object& s) {
 struct InputGrads {
   float *dq, *dk, *dv;
 };
-InputGrads parse_input_grads(const PlanContext& ctx, const Napi::Object& s, const pa::AttentionDims& d) {
+InputGrads parse_input_grads(const PlanContext& ctx, const Napi::Object& s,
+                             const pa::AttentionDims& d) {
   const std::size_t bh = checked_mul(ctx.env, d.batch, d.heads);
-  return {float_field(ctx, s, "dq", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim)),
-          float_field(ctx, s, "dk", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim)),
-          float_field(ctx, s, "dv", checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim))};
+  return {float_field(ctx, s, "dq",
+                      checked_mul(ctx.env, checked_mul(ctx.env, bh, d.q_len), d.head_dim)),
+          float_field(ctx, s, "dk",
+                      checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.head_dim)),
+          float_field(ctx, s, "dv",
+                      checked_mul(ctx.env, checked_mul(ctx.env, bh, d.k_len), d.value_dim))};
 }
 
 // A backward step's forward fields, with gradOut where the forward step has out.
@@ -261,23 +300,30 @@ Step parse_pytorch_favor_backward(const PlanContext& ctx, const Napi::Object& s)
   const pa::PytorchFavorOptions options = parse_pytorch_favor_options(ctx, s, a);
   const InputGrads g = parse_input_grads(ctx, s, a.dims);
   return labelled(s, [=, kernels = ctx.kernels, pool = ctx.pool] {
-    pa::pytorch_favor_backward(a.dims, a.q, a.k, a.v, a.out, options, g.dq, g.dk, g.dv, *kernels, *pool);
+    pa::pytorch_favor_backward(a.dims, a.q, a.k, a.v, a.out, options, g.dq, g.dk, g.dv, *kernels,
+                               *pool);
   });
 }
 
-pa::LocalAttentionOptions parse_local_options(const PlanContext& ctx, const Napi::Object& s, const AttentionArrays& a) {
+pa::LocalAttentionOptions parse_local_options(const PlanContext& ctx, const Napi::Object& s,
+                                              const AttentionArrays& a) {
   const Napi::Object o = options_of(ctx, s);
   pa::LocalAttentionOptions options;
   options.window = size_property(o, "window");
-  if (options.window == 0 || options.window > (std::size_t{1} << 20)) throw_range_error(ctx.env, "window: expected 1 to 2^20");
+  if (options.window == 0 || options.window > (std::size_t{1} << 20))
+    throw_range_error(ctx.env, "window: expected 1 to 2^20");
   options.causal = bool_property(o, "causal", false);
-  options.keep = uint8_field(ctx, o, "keep", checked_mul(ctx.env, a.dims.batch, a.dims.k_len), true);
+  options.keep =
+      uint8_field(ctx, o, "keep", checked_mul(ctx.env, a.dims.batch, a.dims.k_len), true);
   options.pytorch_numerics = bool_property(o, "pytorchNumerics", false);
   const Napi::Value ring = o.Get("ring");
   if (!ring.IsUndefined() && !ring.IsNull()) {
     const std::size_t per_head =
-        checked_mul(ctx.env, 2 * options.window, a.dims.head_dim + a.dims.value_dim);  // local_ring_floats, checked
-    options.ring = float_field(ctx, o, "ring", checked_mul(ctx.env, checked_mul(ctx.env, a.dims.batch, a.dims.heads), per_head));
+        checked_mul(ctx.env, 2 * options.window,
+                    a.dims.head_dim + a.dims.value_dim);  // local_ring_floats, checked
+    options.ring = float_field(
+        ctx, o, "ring",
+        checked_mul(ctx.env, checked_mul(ctx.env, a.dims.batch, a.dims.heads), per_head));
     options.start = size_property(o, "start");
   }
   options.cancel = ctx.cancel;
@@ -297,10 +343,12 @@ Step parse_local_attention_backward(const PlanContext& ctx, const Napi::Object& 
   const Napi::Object fields = with_grad_out_as_out(ctx, s);
   const AttentionArrays a = parse_attention_arrays(ctx, fields);
   const pa::LocalAttentionOptions options = parse_local_options(ctx, fields, a);
-  if (options.ring != nullptr) throw_range_error(ctx.env, "localAttentionBackward: takes whole sequences (no ring)");
+  if (options.ring != nullptr)
+    throw_range_error(ctx.env, "localAttentionBackward: takes whole sequences (no ring)");
   const InputGrads g = parse_input_grads(ctx, s, a.dims);
   return labelled(s, [=, kernels = ctx.kernels, pool = ctx.pool] {
-    pa::local_attention_backward(a.dims, a.q, a.k, a.v, a.out, g.dq, g.dk, g.dv, options, *kernels, *pool);
+    pa::local_attention_backward(a.dims, a.q, a.k, a.v, a.out, g.dq, g.dk, g.dv, options, *kernels,
+                                 *pool);
   });
 }
 
@@ -314,7 +362,8 @@ std::size_t size_argument(const Napi::CallbackInfo& info, std::size_t i, const c
 
 // (featureCount, valueDim) -> floats of one (batch, head) state
 Napi::Value pytorch_favor_state_floats(const Napi::CallbackInfo& info) {
-  const std::size_t floats = pa::pytorch_favor_state_floats(size_argument(info, 0, "featureCount"), size_argument(info, 1, "valueDim"));
+  const std::size_t floats = pa::pytorch_favor_state_floats(size_argument(info, 0, "featureCount"),
+                                                            size_argument(info, 1, "valueDim"));
   return Napi::Number::New(info.Env(), static_cast<double>(floats));
 }
 
@@ -323,7 +372,8 @@ Napi::Value pytorch_favor_state_reset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const FloatView state = float32_array(info[0], "state");
   const std::size_t heads = size_argument(info, 1, "heads");
-  const std::size_t f = size_argument(info, 2, "featureCount"), dv = size_argument(info, 3, "valueDim");
+  const std::size_t f = size_argument(info, 2, "featureCount"),
+                    dv = size_argument(info, 3, "valueDim");
   if (state.length != checked_mul(env, heads, pa::pytorch_favor_state_floats(f, dv))) {
     throw_range_error(env, "state: length does not match heads x pytorchFavorStateFloats");
   }
@@ -334,13 +384,15 @@ Napi::Value pytorch_favor_state_reset(const Napi::CallbackInfo& info) {
 // (window, headDim, valueDim) -> floats of one (batch, head) ring
 Napi::Value local_ring_floats(const Napi::CallbackInfo& info) {
   const std::size_t floats =
-      pa::local_ring_floats(size_argument(info, 0, "window"), size_argument(info, 1, "headDim"), size_argument(info, 2, "valueDim"));
+      pa::local_ring_floats(size_argument(info, 0, "window"), size_argument(info, 1, "headDim"),
+                            size_argument(info, 2, "valueDim"));
   return Napi::Number::New(info.Env(), static_cast<double>(floats));
 }
 
 }  // namespace
 
-bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step, std::vector<Step>* steps) {
+bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step,
+                      std::vector<Step>* steps) {
   return parse_step_with({{"embed", parse_embed},
                           {"scaleNorm", parse_scale_norm},
                           {"scaledAdd", parse_scaled_add},

@@ -13,7 +13,8 @@
 namespace pa_addon {
 
 // Parses one such step into `steps`; false when `op` is none of them.
-bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step, std::vector<Step>* steps);
+bool parse_model_step(const PlanContext& ctx, const std::string& op, const Napi::Object& step,
+                      std::vector<Step>* steps);
 
 // pytorchFavorStateFloats, pytorchFavorStateReset, localRingFloats.
 void register_model_bindings(Napi::Env env, Napi::Object exports);

@@ -39,11 +39,13 @@ pa::Activation parse_activation(const Napi::Object& step) {
   if (name == "none") return pa::Activation::kNone;
   if (name == "relu") return pa::Activation::kRelu;
   if (name == "gelu") return pa::Activation::kGelu;
-  throw_range_error(step.Env(), "activation: expected 'none', 'relu' or 'gelu', received '" + name + "'");
+  throw_range_error(step.Env(),
+                    "activation: expected 'none', 'relu' or 'gelu', received '" + name + "'");
 }
 
 Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
-  const std::size_t rows = size_property(s, "rows"), in = size_property(s, "in"), out = size_property(s, "out");
+  const std::size_t rows = size_property(s, "rows"), in = size_property(s, "in"),
+                    out = size_property(s, "out");
   const std::size_t x_stride = s.Has("xStride") ? size_property(s, "xStride") : in;
   if (in == 0 || out == 0) throw_range_error(ctx.env, "linear: in and out must be >= 1");
   const std::size_t x_len = strided_extent(ctx.env, rows, x_stride, in);
@@ -60,7 +62,9 @@ Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
   const pa::Activation act = parse_activation(s);
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
-  return [=] { pa::linear(rows, in, out, x, x_stride, packed, bias, residual, act, y, *kernels, *pool); };
+  return [=] {
+    pa::linear(rows, in, out, x, x_stride, packed, bias, residual, act, y, *kernels, *pool);
+  };
 }
 
 Step parse_layer_norm(const PlanContext& ctx, const Napi::Object& s) {
@@ -71,9 +75,11 @@ Step parse_layer_norm(const PlanContext& ctx, const Napi::Object& s) {
   const float* gamma = optional_float_field(ctx, s, "gamma", dim);
   const float* beta = optional_float_field(ctx, s, "beta", dim);
   float* y = float_field(ctx, s, "y", n);
-  if (x != y && overlaps(x, n, y, n)) throw_range_error(ctx.env, "layerNorm: x overlaps y without being y");
+  if (x != y && overlaps(x, n, y, n))
+    throw_range_error(ctx.env, "layerNorm: x overlaps y without being y");
   const double eps = number_property(s, "eps");
-  if (!(eps > 0.0) || !std::isfinite(eps)) throw_range_error(ctx.env, "layerNorm: eps must be a finite number > 0");
+  if (!(eps > 0.0) || !std::isfinite(eps))
+    throw_range_error(ctx.env, "layerNorm: eps must be a finite number > 0");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   const float e = static_cast<float>(eps);
   return [=] { pa::layer_norm(rows, dim, x, gamma, beta, e, y, *pool); };
@@ -84,7 +90,12 @@ struct HeadShape {
 };
 
 HeadShape parse_head_shape(const PlanContext& ctx, const Napi::Object& s) {
-  HeadShape h{size_property(s, "batch"), size_property(s, "len"), size_property(s, "heads"), size_property(s, "headDim"), 0, 0};
+  HeadShape h{size_property(s, "batch"),
+              size_property(s, "len"),
+              size_property(s, "heads"),
+              size_property(s, "headDim"),
+              0,
+              0};
   h.width = checked_mul(ctx.env, h.heads, h.head_dim);
   h.rows = checked_mul(ctx.env, h.batch, h.len);
   if (h.width == 0) throw_range_error(ctx.env, "heads and headDim must be >= 1");
@@ -98,7 +109,8 @@ Step parse_split_heads(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t dst_len = checked_mul(ctx.env, h.rows, h.width);
   const float* src = float_field(ctx, s, "src", src_len);
   float* dst = float_field(ctx, s, "dst", dst_len);
-  if (overlaps(src, src_len, dst, dst_len)) throw_range_error(ctx.env, "splitHeads: src and dst overlap");
+  if (overlaps(src, src_len, dst, dst_len))
+    throw_range_error(ctx.env, "splitHeads: src and dst overlap");
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] { pa::split_heads(h.batch, h.len, h.heads, h.head_dim, src, stride, dst, *pool); };
 }
@@ -128,7 +140,8 @@ Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
     const Napi::Array dims = shape_value.As<Napi::Array>();
     for (std::uint32_t d = 0; d < dims.Length(); ++d) {
       const Napi::Value dim = dims.Get(d);
-      if (!dim.IsNumber() || dim.As<Napi::Number>().DoubleValue() < 1) throw_range_error(ctx.env, "checkFinite: bad shape");
+      if (!dim.IsNumber() || dim.As<Napi::Number>().DoubleValue() < 1)
+        throw_range_error(ctx.env, "checkFinite: bad shape");
       shape.push_back(static_cast<std::size_t>(dim.As<Napi::Number>().DoubleValue()));
     }
   }
@@ -145,7 +158,8 @@ Step parse_check_finite(const PlanContext& ctx, const Napi::Object& s) {
           }
           at = "[" + index + "] (" + at + ")";
         }
-        throw pa::InputError(name + ": " + (std::isnan(x.data[i]) ? "NaN" : "infinity") + " at " + at + "; " + why);
+        throw pa::InputError(name + ": " + (std::isnan(x.data[i]) ? "NaN" : "infinity") + " at " +
+                             at + "; " + why);
       }
     }
   };
@@ -166,18 +180,20 @@ struct Plan {
 };
 
 // Parses info[0] (the steps); attention steps check `cancel` between blocks.
-Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool>> cancel, bool atomic,
-                std::vector<Napi::Value>* keep_alive) {
+Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool>> cancel,
+                bool atomic, std::vector<Napi::Value>* keep_alive) {
   Napi::Env env = info.Env();
   if (!info[0].IsArray()) throw_type_error(env, "plan: expected an array of steps");
   const Napi::Array steps = info[0].As<Napi::Array>();
-  PlanContext ctx{env, &active_kernels(), pa::global_pool(), keep_alive, atomic ? nullptr : cancel.get()};
+  PlanContext ctx{env, &active_kernels(), pa::global_pool(), keep_alive,
+                  atomic ? nullptr : cancel.get()};
   Plan plan;
   plan.cancel = cancel;
   plan.atomic = atomic;
   for (std::uint32_t i = 0; i < steps.Length(); ++i) {
     const Napi::Value value = steps.Get(i);
-    if (!value.IsObject()) throw_type_error(env, "plan step " + std::to_string(i) + ": expected an object");
+    if (!value.IsObject())
+      throw_type_error(env, "plan step " + std::to_string(i) + ": expected an object");
     const Napi::Object s = value.As<Napi::Object>();
     const std::string op = string_property(s, "op", "");
     if (parse_step_with({{"linear", parse_linear},
@@ -187,8 +203,9 @@ Plan parse_plan(const Napi::CallbackInfo& info, std::shared_ptr<std::atomic<bool
                          {"checkFinite", parse_check_finite}},
                         ctx, op, s, &plan.steps)) {
     } else if (op == "favor" || op == "softmax") {
-      AttentionJob job = parse_attention_job(env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("out"), s.Get("dims"),
-                                             s.Get("options"), op == "favor" ? AttentionKind::kFavor : AttentionKind::kSoftmax);
+      AttentionJob job = parse_attention_job(
+          env, s.Get("q"), s.Get("k"), s.Get("v"), s.Get("out"), s.Get("dims"), s.Get("options"),
+          op == "favor" ? AttentionKind::kFavor : AttentionKind::kSoftmax);
       job.set_cancel(atomic ? nullptr : cancel.get());
       if (keep_alive != nullptr) {
         for (const char* key : {"q", "k", "v", "out"}) keep_alive->push_back(s.Get(key));
@@ -215,7 +232,8 @@ Napi::Value run_plan_sync(const Napi::CallbackInfo& info) {
 // (steps[, control[, atomic]]) -> Promise<undefined>
 Napi::Value run_plan_async(const Napi::CallbackInfo& info) {
   std::shared_ptr<std::atomic<bool>> cancel = install_cancel(info, 1);
-  const bool atomic = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+  const bool atomic =
+      info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   std::vector<Napi::Value> keep;
   Plan plan = parse_plan(info, cancel, atomic, &keep);
   keep.push_back(info[0]);
@@ -229,9 +247,11 @@ Napi::Value linear_pack(const Napi::CallbackInfo& info) {
   const std::size_t in = static_cast<std::size_t>(info[1].As<Napi::Number>().DoubleValue());
   const std::size_t out = static_cast<std::size_t>(info[2].As<Napi::Number>().DoubleValue());
   if (in == 0 || out == 0 || w.length != checked_mul(env, in, out)) {
-    throw_range_error(env, "weight: expected " + std::to_string(out) + " x " + std::to_string(in) + " elements");
+    throw_range_error(
+        env, "weight: expected " + std::to_string(out) + " x " + std::to_string(in) + " elements");
   }
-  Napi::Float32Array packed = new_float32_array(env, pa::linear_packed_size(in, out), "packed weight");
+  Napi::Float32Array packed =
+      new_float32_array(env, pa::linear_packed_size(in, out), "packed weight");
   pa::linear_pack(in, out, w.data, packed.Data());
   return packed;
 }

@@ -5,9 +5,9 @@
 
 #include <napi.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <atomic>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -44,20 +44,24 @@ struct StepParser {
 };
 
 // Appends `step` parsed by the parser of `op` to *steps; false when none has that op.
-bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx, const std::string& op,
-                     const Napi::Object& step, std::vector<Step>* steps);
+bool parse_step_with(std::initializer_list<StepParser> parsers, const PlanContext& ctx,
+                     const std::string& op, const Napi::Object& step, std::vector<Step>* steps);
 
 // The `shifts` of a token-shift step: 1 to dim of them, each -1, 0 or 1; errors name `op`.
-std::vector<int> shifts_property(Napi::Env env, const Napi::Object& step, const char* op, std::size_t dim);
+std::vector<int> shifts_property(Napi::Env env, const Napi::Object& step, const char* op,
+                                 std::size_t dim);
 
 // A Float32Array property holding at least `needed` elements.
-float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);
+float* float_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                   std::size_t needed);
 // The same, or null when the property is absent.
-const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t needed);
+const float* optional_float_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                                  std::size_t needed);
 // A Uint8Array / Int32Array property of exactly `length` elements (optional: null when absent).
-std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length,
-                          bool optional);
-const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key, std::size_t length);
+std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                          std::size_t length, bool optional);
+const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                                std::size_t length);
 
 // End of the rows [0, rows) of width `width` at stride `stride` (0 rows: 0).
 std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width);

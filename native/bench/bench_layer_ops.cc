@@ -46,7 +46,8 @@ double fma_peak(const pa::KernelSet& kernels, std::size_t threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const pa::KernelSet* kernels = argc > 1 ? pa::find_kernel_set(argv[1]) : &pa::default_kernel_set();
+  const pa::KernelSet* kernels =
+      argc > 1 ? pa::find_kernel_set(argv[1]) : &pa::default_kernel_set();
   if (kernels == nullptr) {
     std::fprintf(stderr, "unknown or unavailable kernel set %s\n", argv[1]);
     return 2;
@@ -67,7 +68,8 @@ int main(int argc, char** argv) {
   for (std::size_t threads : {1, 2}) {
     pa::ThreadPool pool(threads);
     const double peak = fma_peak(*kernels, threads);
-    std::printf("%s, %zu thread%s: FMA peak %.1f GFLOP/s\n", kernels->name, threads, threads > 1 ? "s" : "", peak);
+    std::printf("%s, %zu thread%s: FMA peak %.1f GFLOP/s\n", kernels->name, threads,
+                threads > 1 ? "s" : "", peak);
     for (const Shape& s : shapes) {
       std::vector<float> x(s.rows * s.in), w(s.in * s.out), b(s.out), y(s.rows * s.out);
       for (auto& v : x) v = normal(rng);
@@ -78,15 +80,17 @@ int main(int argc, char** argv) {
       std::vector<double> times;
       for (int r = 0; r <= reps; ++r) {  // the first run warms up
         const auto start = Clock::now();
-        pa::linear(s.rows, s.in, s.out, x.data(), s.in, packed.data(), b.data(), nullptr, s.act, y.data(), *kernels,
-                   pool);
+        pa::linear(s.rows, s.in, s.out, x.data(), s.in, packed.data(), b.data(), nullptr, s.act,
+                   y.data(), *kernels, pool);
         if (r > 0) times.push_back(seconds_since(start));
       }
       std::sort(times.begin(), times.end());
       const double flops = 2.0 * s.rows * s.in * s.out;
-      const double best = flops / times.front() / 1e9, median = flops / times[times.size() / 2] / 1e9;
-      std::printf("  linear %zu x %zu -> %zu (%s): best %.1f GFLOP/s (%.0f%% of peak), median %.1f, %.2f ms best\n",
-                  s.rows, s.in, s.out, s.label, best, 100 * best / peak, median, 1e3 * times.front());
+      const double best = flops / times.front() / 1e9,
+                   median = flops / times[times.size() / 2] / 1e9;
+      std::printf(
+          "  linear %zu x %zu -> %zu (%s): best %.1f GFLOP/s (%.0f%% of peak), median %.1f, %.2f ms best\n",
+          s.rows, s.in, s.out, s.label, best, 100 * best / peak, median, 1e3 * times.front());
     }
     {
       const std::size_t rows = 4096, dim = 512;
@@ -98,8 +102,8 @@ int main(int argc, char** argv) {
         pa::layer_norm(rows, dim, x.data(), g.data(), b.data(), 1e-5f, y.data(), pool);
         if (r > 0) best = std::min(best, seconds_since(start));
       }
-      std::printf("  layer_norm %zu x %zu: %.2f ms best (%.1f GB/s read + written)\n", rows, dim, 1e3 * best,
-                  2.0 * rows * dim * sizeof(float) / best / 1e9);
+      std::printf("  layer_norm %zu x %zu: %.2f ms best (%.1f GB/s read + written)\n", rows, dim,
+                  1e3 * best, 2.0 * rows * dim * sizeof(float) / best / 1e9);
     }
   }
   return 0;

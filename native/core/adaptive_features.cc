@@ -23,7 +23,8 @@ void PairMoments::init(std::size_t head_dim, bool dense_moments) {
   outer_k.assign(dense ? d * d : 0, 0.0);
 }
 
-void PairMoments::add(const float* x, std::size_t rows, bool is_key, const std::uint8_t* pad, const KernelSet& kernels) {
+void PairMoments::add(const float* x, std::size_t rows, bool is_key, const std::uint8_t* pad,
+                      const KernelSet& kernels) {
   const double n2 = 1.0 / std::sqrt(static_cast<double>(d));  // normalizer^2 = d^(-1/2)
   std::vector<double>& sum = is_key ? sum_k : sum_q;
   std::vector<double>& outer = is_key ? outer_k : outer_q;
@@ -118,7 +119,9 @@ void symmetric_eigen(std::size_t d, double* a, double* values, double* vectors) 
   std::size_t hi = d - 1, steps = 0;
   while (hi > 0 && d > 1 && steps < 60 * d) {
     for (std::size_t i = 0; i < hi; ++i) {
-      if (std::fabs(off[i]) <= eps * (std::fabs(diag[i]) + std::fabs(diag[i + 1])) || std::fabs(off[i]) < 1e-300) off[i] = 0.0;
+      if (std::fabs(off[i]) <= eps * (std::fabs(diag[i]) + std::fabs(diag[i + 1])) ||
+          std::fabs(off[i]) < 1e-300)
+        off[i] = 0.0;
     }
     if (off[hi - 1] == 0.0) {
       --hi;
@@ -129,7 +132,8 @@ void symmetric_eigen(std::size_t d, double* a, double* values, double* vectors) 
     ++steps;
     // Wilkinson shift: the eigenvalue of the trailing 2 x 2 block nearer diag[hi].
     const double delta = 0.5 * (diag[hi - 1] - diag[hi]), b2 = off[hi - 1] * off[hi - 1];
-    const double mu = diag[hi] - b2 / (delta + (delta >= 0 ? 1.0 : -1.0) * std::sqrt(delta * delta + b2));
+    const double mu =
+        diag[hi] - b2 / (delta + (delta >= 0 ? 1.0 : -1.0) * std::sqrt(delta * delta + b2));
     double x = diag[lo] - mu, z = off[lo];
     for (std::size_t k = lo; k < hi; ++k) {
       // R = [[c, s], [-s, c]] on (k, k+1) with R (x, z)^T = (r, 0)^T; T <- R T R^T.
@@ -162,7 +166,8 @@ void symmetric_eigen(std::size_t d, double* a, double* values, double* vectors) 
 
 AdaptiveParams params_from_moments(const PairMoments& mo, bool dense) {
   const std::size_t d = mo.d;
-  if (mo.count_q == 0 || mo.count_k == 0) throw InputError("adaptive features need at least one query and one attended key");
+  if (mo.count_q == 0 || mo.count_k == 0)
+    throw InputError("adaptive features need at least one query and one attended key");
   const double n = std::pow(static_cast<double>(d), -0.25);
   std::vector<double> mq(d), mk(d);
   for (std::size_t i = 0; i < d; ++i) {
@@ -182,8 +187,9 @@ AdaptiveParams params_from_moments(const PairMoments& mo, bool dense) {
   const double n2 = n * n;
   for (std::size_t i = 0; i < d; ++i) {
     for (std::size_t j = i; j < d; ++j) {
-      const double v = n2 * (mo.outer_q[i * d + j] / mo.count_q + mo.outer_k[i * d + j] / mo.count_k) +
-                       mq[i] * mk[j] + mk[i] * mq[j];
+      const double v =
+          n2 * (mo.outer_q[i * d + j] / mo.count_q + mo.outer_k[i * d + j] / mo.count_k) +
+          mq[i] * mk[j] + mk[i] * mq[j];
       P[i * d + j] = P[j * d + i] = v;
     }
   }
@@ -195,8 +201,9 @@ AdaptiveParams params_from_moments(const PairMoments& mo, bool dense) {
   return params;
 }
 
-double adaptive_projection(const float* projection, std::size_t m, std::size_t d, const AdaptiveParams& params,
-                           const KernelSet& kernels, float* packed, float* bias) {
+double adaptive_projection(const float* projection, std::size_t m, std::size_t d,
+                           const AdaptiveParams& params, const KernelSet& kernels, float* packed,
+                           float* bias) {
   // The same float normalizer as pack_projection, so that a = 0, Q = I packs the
   // same bits as the softmax kernel.
   const double nf = static_cast<float>(std::pow(static_cast<double>(d), -0.25));
@@ -214,14 +221,17 @@ double adaptive_projection(const float* projection, std::size_t m, std::size_t d
   }
   if (params.basis.empty()) {
     for (std::size_t i = 0; i < d; ++i) {
-      for (std::size_t f = 0; f < m; ++f) packed[i * m + f] = static_cast<float>(nf * (static_cast<double>(projection[f * d + i]) * b[i]));
+      for (std::size_t f = 0; f < m; ++f)
+        packed[i * m + f] =
+            static_cast<float>(nf * (static_cast<double>(projection[f * d + i]) * b[i]));
     }
     return log_d;
   }
   // packed = (n Q) (diag(b) W^T): one float32 GEMM, O(m d^2) at GEMM speed.
   std::vector<float> scaled_t(d * m), q(d * d);
   for (std::size_t k = 0; k < d; ++k) {
-    for (std::size_t f = 0; f < m; ++f) scaled_t[k * m + f] = static_cast<float>(projection[f * d + k] * b[k]);
+    for (std::size_t f = 0; f < m; ++f)
+      scaled_t[k * m + f] = static_cast<float>(projection[f * d + k] * b[k]);
   }
   for (std::size_t i = 0; i < d * d; ++i) q[i] = static_cast<float>(nf * params.basis[i]);
   kernels.gemm(d, m, d, q.data(), d, 1, scaled_t.data(), m, packed, m, false);
@@ -232,11 +242,13 @@ void check_params(const AdaptiveParams& params, std::size_t d) {
   if (params.a.size() != d) throw InputError("adaptive parameters: expected headDim coefficients");
   for (double a : params.a) {
     if (!std::isfinite(a) || !(a < 0.125)) {
-      throw InputError("adaptive parameters: every coefficient must be finite and below 1/8 (finite variance)");
+      throw InputError(
+          "adaptive parameters: every coefficient must be finite and below 1/8 (finite variance)");
     }
   }
   if (!params.basis.empty()) {
-    if (params.basis.size() != d * d) throw InputError("adaptive parameters: the basis must be headDim x headDim");
+    if (params.basis.size() != d * d)
+      throw InputError("adaptive parameters: the basis must be headDim x headDim");
     for (double v : params.basis) {
       if (!std::isfinite(v)) throw InputError("adaptive parameters: the basis must be finite");
     }
@@ -255,13 +267,15 @@ AdaptiveParams fixed_params(const FeatureMapSpec& spec, std::size_t h) {
   return params;
 }
 
-void prepare_head(const FeatureMapSpec& spec, const AdaptiveParams& params, const KernelSet& kernels, HeadFeatures* out) {
+void prepare_head(const FeatureMapSpec& spec, const AdaptiveParams& params,
+                  const KernelSet& kernels, HeadFeatures* out) {
   if (spec.projection == nullptr) throw InputError("adaptive features need a projection");
   const std::size_t m = spec.num_projections, d = spec.head_dim;
   out->packed.resize(d * m);
   out->bias.resize(m);
   out->spec = spec;
-  out->spec.log_d = adaptive_projection(spec.projection, m, d, params, kernels, out->packed.data(), out->bias.data());
+  out->spec.log_d = adaptive_projection(spec.projection, m, d, params, kernels, out->packed.data(),
+                                        out->bias.data());
   out->spec.packed_projection = out->packed.data();
   out->spec.bias = out->bias.data();
 }

@@ -33,14 +33,15 @@ struct PairMoments {
   std::size_t d = 0;
   bool dense = false;
   double count_q = 0, count_k = 0;
-  double norm2_q = 0, norm2_k = 0;          // sum ||x_hat||^2
-  std::vector<double> sum_q, sum_k;         // d
-  std::vector<double> outer_q, outer_k;     // d x d (dense only)
+  double norm2_q = 0, norm2_k = 0;       // sum ||x_hat||^2
+  std::vector<double> sum_q, sum_k;      // d
+  std::vector<double> outer_q, outer_k;  // d x d (dense only)
   void init(std::size_t head_dim, bool dense_moments);
   // rows x d (contiguous); keys with pad[r] == 0 are skipped (pad may be null).
   // Means and norms are summed in double; the second moments (dense only) are
   // float32 GEMM products over blocks of 256 rows, summed in double.
-  void add(const float* x, std::size_t rows, bool is_key, const std::uint8_t* pad, const KernelSet& kernels);
+  void add(const float* x, std::size_t rows, bool is_key, const std::uint8_t* pad,
+           const KernelSet& kernels);
 };
 
 // The optimal parameters from moments: softmax-opt from rho (O(d)), softmax-dense
@@ -55,8 +56,9 @@ void symmetric_eigen(std::size_t d, double* a, double* values, double* vectors);
 
 // For projection W (m x d row-major): packed (d x m) = d^(-1/4) W'^T and
 // bias (m); returns log D.
-double adaptive_projection(const float* projection, std::size_t m, std::size_t d, const AdaptiveParams& params,
-                           const KernelSet& kernels, float* packed, float* bias);
+double adaptive_projection(const float* projection, std::size_t m, std::size_t d,
+                           const AdaptiveParams& params, const KernelSet& kernels, float* packed,
+                           float* bias);
 
 // Throws InputError unless every a_k is finite and < 1/8 and Q (when given) is
 // finite; the variance of the estimator is infinite from 1/8 on.
@@ -70,6 +72,7 @@ struct HeadFeatures {
   std::vector<float> packed, bias;
   FeatureMapSpec spec;
 };
-void prepare_head(const FeatureMapSpec& spec, const AdaptiveParams& params, const KernelSet& kernels, HeadFeatures* out);
+void prepare_head(const FeatureMapSpec& spec, const AdaptiveParams& params,
+                  const KernelSet& kernels, HeadFeatures* out);
 
 }  // namespace pa

@@ -1,7 +1,7 @@
 #include "core/attention_common.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 #include <vector>
 
@@ -40,24 +40,27 @@ float row_statistic(const float* row, std::size_t width, bool want_abs_max) {
   return (a0 + a1) + (a2 + a3);
 }
 
-[[noreturn]] void report_non_finite(const char* name, const float* row, std::size_t r, std::size_t width) {
+[[noreturn]] void report_non_finite(const char* name, const float* row, std::size_t r,
+                                    std::size_t width) {
   for (std::size_t i = 0; i < width; ++i) {
     if (!std::isfinite(row[i])) {
       std::ostringstream message;
       const char* shown = std::isnan(row[i]) ? "NaN" : row[i] > 0 ? "Infinity" : "-Infinity";
-      message << name << ": values must be finite, received " << shown << " at flat index " << r * width + i;
+      message << name << ": values must be finite, received " << shown << " at flat index "
+              << r * width + i;
       throw InputError(message.str());
     }
   }
   // Finite values whose squares overflow float: report them as too large.
   std::ostringstream message;
-  message << name << ": values near " << row[0] << " are too large (their squares overflow float32)";
+  message << name << ": values near " << row[0]
+          << " are too large (their squares overflow float32)";
   throw InputError(message.str());
 }
 
 // The largest row statistic; throws InputError at the first non-finite value.
-double scan_rows(const char* name, const float* x, std::size_t rows, std::size_t width, bool want_abs_max,
-                 ThreadPool& pool) {
+double scan_rows(const char* name, const float* x, std::size_t rows, std::size_t width,
+                 bool want_abs_max, ThreadPool& pool) {
   const std::size_t block = std::max<std::size_t>(1, 16384 / std::max<std::size_t>(width, 1));
   const std::size_t blocks = (rows + block - 1) / block;
   std::vector<float> partial(blocks, 0.0f);
@@ -86,7 +89,8 @@ double scan_rows(const char* name, const float* x, std::size_t rows, std::size_t
 
 }  // namespace
 
-InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v, ThreadPool& pool) {
+InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                       ThreadPool& pool) {
   const std::size_t bh = dims.batch * dims.heads;
   InputStats stats;
   stats.max_query_norm2 = scan_rows("query", q, bh * dims.q_len, dims.head_dim, false, pool);
@@ -95,7 +99,8 @@ InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k
   return stats;
 }
 
-double scan_abs_max(const char* name, const float* x, std::size_t rows, std::size_t width, ThreadPool& pool) {
+double scan_abs_max(const char* name, const float* x, std::size_t rows, std::size_t width,
+                    ThreadPool& pool) {
   return scan_rows(name, x, rows, width, true, pool);
 }
 

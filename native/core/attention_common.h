@@ -50,11 +50,13 @@ struct InputStats {
 
 // Throws InputError naming the tensor and flat index of the first NaN or infinity
 // (in the first row block that has one). Rows are scanned on the pool.
-InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v, ThreadPool& pool);
+InputStats scan_inputs(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                       ThreadPool& pool);
 
 // The largest |x| of rows x width floats; throws InputError naming `name` and the
 // flat index of the first NaN or infinity, as scan_inputs does.
-double scan_abs_max(const char* name, const float* x, std::size_t rows, std::size_t width, ThreadPool& pool);
+double scan_abs_max(const char* name, const float* x, std::size_t rows, std::size_t width,
+                    ThreadPool& pool);
 
 // Throws InputError when sums of k_len values of this magnitude could overflow float32.
 void check_value_magnitude(const AttentionDims& dims, const InputStats& stats);

@@ -26,7 +26,8 @@ constexpr std::size_t kMinRowsPerPart = 256;
 constexpr std::size_t kSplitUnits = 16;
 
 // Splits [begin, end) into `parts` nearly equal ranges; returns range `p`.
-std::pair<std::size_t, std::size_t> part_range(std::size_t begin, std::size_t end, std::size_t parts, std::size_t p) {
+std::pair<std::size_t, std::size_t> part_range(std::size_t begin, std::size_t end,
+                                               std::size_t parts, std::size_t p) {
   const std::size_t n = end - begin;
   return {begin + n * p / parts, begin + n * (p + 1) / parts};
 }
@@ -46,19 +47,25 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
                      float* out, const FavorOptions& options, const KernelSet& kernels,
                      ThreadPool& pool) {
   const FeatureMapSpec& fm = options.feature_map;
-  if (fm.head_dim != dims.head_dim) throw InputError("feature map head dimension does not match the query");
+  if (fm.head_dim != dims.head_dim)
+    throw InputError("feature map head dimension does not match the query");
   check_favor_numbers(options);
   if (options.state != nullptr && (!options.causal || dims.q_len != dims.k_len)) {
-    throw InputError("a decoding state continues causal self-attention: causal must be set and query and key lengths equal");
+    throw InputError(
+        "a decoding state continues causal self-attention: causal must be set and query and key lengths equal");
   }
-  const bool absorb_only = options.absorb_into != nullptr, emit_only = options.keys_state != nullptr;
+  const bool absorb_only = options.absorb_into != nullptr,
+             emit_only = options.keys_state != nullptr;
   if (absorb_only || emit_only) {
     if (absorb_only && emit_only) throw InputError("absorb_into and keys_state exclude each other");
     if (options.causal || options.state != nullptr) {
-      throw InputError("absorb_into / keys_state split bidirectional attention: causal and state must be unset");
+      throw InputError(
+          "absorb_into / keys_state split bidirectional attention: causal and state must be unset");
     }
-    if (absorb_only && dims.q_len != 0) throw InputError("absorb_into absorbs keys only: the query length must be 0");
-    if (emit_only && dims.k_len != 0) throw InputError("keys_state holds the keys: the key length must be 0");
+    if (absorb_only && dims.q_len != 0)
+      throw InputError("absorb_into absorbs keys only: the query length must be 0");
+    if (emit_only && dims.k_len != 0)
+      throw InputError("keys_state holds the keys: the key length must be 0");
     if (fm.is_adaptive() && fm.adaptive_heads == 0) {
       throw InputError(
           "softmax-opt / softmax-dense attention split into absorbing keys and emitting queries needs fixed parameters: "
@@ -90,7 +97,8 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
           "estimating them from the call would let a row depend on keys it cannot attend");
     }
     if (fm.adaptive_heads != 0 && fm.adaptive_heads != 1 && fm.adaptive_heads != dims.heads) {
-      throw InputError("adaptive parameters: expected 1 set or one per head (" + std::to_string(dims.heads) + "), received " +
+      throw InputError("adaptive parameters: expected 1 set or one per head (" +
+                       std::to_string(dims.heads) + "), received " +
                        std::to_string(fm.adaptive_heads));
     }
     std::vector<AdaptiveParams> fixed;
@@ -108,7 +116,8 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
         }
         moments.init(dims.head_dim, dense);
         moments.add(q + h * dims.q_len * dims.head_dim, dims.q_len, false, nullptr, kernels);
-        const std::uint8_t* pad = options.key_padding ? options.key_padding + (h / dims.heads) * dims.k_len : nullptr;
+        const std::uint8_t* pad =
+            options.key_padding ? options.key_padding + (h / dims.heads) * dims.k_len : nullptr;
         moments.add(k + h * dims.k_len * dims.head_dim, dims.k_len, true, pad, kernels);
         AdaptiveParams params;
         if (moments.count_k == 0) {
@@ -119,13 +128,14 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
         prepare_head(fm, params, kernels, &head_maps[h]);
       }
     });
-    for (const HeadFeatures& map : head_maps) evaluators.push_back(std::make_unique<FeatureEvaluator>(map.spec, kernels));
+    for (const HeadFeatures& map : head_maps)
+      evaluators.push_back(std::make_unique<FeatureEvaluator>(map.spec, kernels));
   }
   const std::size_t sets = fm.is_adaptive() ? fm.adaptive_heads : 0;
   const FeatureEvaluator features(fm.is_adaptive() ? head_maps[0].spec : fm, kernels);
   auto evaluator_of = [&](std::size_t h) -> const FeatureEvaluator& {
     if (evaluators.empty()) return features;
-    if (sets == 0) return *evaluators[h];         // estimated per (batch, head)
+    if (sets == 0) return *evaluators[h];                // estimated per (batch, head)
     return *evaluators[sets == 1 ? 0 : h % dims.heads];  // fixed set of head h
   };
   const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim;
@@ -136,30 +146,39 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   const std::size_t blind = offset < 0 ? std::min(Lq, static_cast<std::size_t>(-offset)) : 0;
 
   // Parts per head: about kSplitUnits units of work when heads are few.
-  const std::size_t rows = options.causal ? Lq - blind : absorb_only ? Lk : emit_only ? Lq : std::min(Lq, Lk);
+  const std::size_t rows = options.causal ? Lq - blind
+                           : absorb_only  ? Lk
+                           : emit_only    ? Lq
+                                          : std::min(Lq, Lk);
   std::size_t parts = heads >= kSplitUnits ? 1 : (kSplitUnits + heads - 1) / heads;
   parts = std::max<std::size_t>(1, std::min(parts, rows / kMinRowsPerPart));
 
   const StateLayout layout{features.feature_count(), Dv};
   PooledBuffer states(heads * parts * layout.floats());
-  auto state = [&](std::size_t h, std::size_t p) { return layout.view(states.data() + (h * parts + p) * layout.floats()); };
+  auto state = [&](std::size_t h, std::size_t p) {
+    return layout.view(states.data() + (h * parts + p) * layout.floats());
+  };
   auto pad_of = [&](std::size_t h) {
     return options.key_padding ? options.key_padding + (h / dims.heads) * Lk : nullptr;
   };
   std::vector<std::unique_ptr<FavorWorker>> workers(pool.size());
   auto worker = [&](std::size_t slot) -> FavorWorker& {
-    if (!workers[slot]) workers[slot] = std::make_unique<FavorWorker>(dims, options, features, kernels);
+    if (!workers[slot])
+      workers[slot] = std::make_unique<FavorWorker>(dims, options, features, kernels);
     return *workers[slot];
   };
   // Runs body(head, part, worker) for every (head, part) on the pool.
   // Units too small to be worth waking a thread for (a decoding step: one row per
   // head) run together; which thread runs a unit never changes its bits.
-  const std::size_t unit_work = std::max<std::size_t>(1, rows / parts) * features.feature_count() * (d + Dv);
+  const std::size_t unit_work =
+      std::max<std::size_t>(1, rows / parts) * features.feature_count() * (d + Dv);
   const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / unit_work);
   auto for_each_part = [&](std::size_t count, const auto& body) {
-    pool.parallel_for(heads * count, grain, [&](std::size_t begin, std::size_t end, std::size_t slot) {
-      for (std::size_t u = begin; u < end; ++u) body(u / count, u % count, worker(slot));
-    });
+    pool.parallel_for(heads * count, grain,
+                      [&](std::size_t begin, std::size_t end, std::size_t slot) {
+                        for (std::size_t u = begin; u < end; ++u)
+                          body(u / count, u % count, worker(slot));
+                      });
   };
   const float* qh = q;
   const float* kh = k;
@@ -266,7 +285,9 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   // Segments of queries: state p first holds the keys of segment p - 1 (state 0
   // the prefix keys); a prefix combine then makes it hold every key before
   // segment p, and the segments run in parallel from there.
-  auto key_index = [&](std::size_t i) { return static_cast<std::size_t>(static_cast<long long>(i) + offset); };
+  auto key_index = [&](std::size_t i) {
+    return static_cast<std::size_t>(static_cast<long long>(i) + offset);
+  };
   for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
     w.use(evaluator_of(h));
     const StateView st = state(h, p);
@@ -285,21 +306,25 @@ void favor_attention(const AttentionDims& dims, const float* q, const float* k, 
   for_each_part(parts, [&](std::size_t h, std::size_t p, FavorWorker& w) {
     w.use(evaluator_of(h));
     const auto range = part_range(blind, Lq, parts, p);
-    w.causal(state(h, p), q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), range.first, range.second, offset);
+    w.causal(state(h, p), q_of(h), k_of(h), v_of(h), out_of(h), pad_of(h), range.first,
+             range.second, offset);
   });
   // The last segment's state has absorbed every key.
-  for (std::size_t h = 0; h < heads && options.state != nullptr; ++h) finish(h, state(h, parts - 1));
+  for (std::size_t h = 0; h < heads && options.state != nullptr; ++h)
+    finish(h, state(h, parts - 1));
 }
 
 std::size_t favor_state_floats(std::size_t feature_count, std::size_t value_dim) {
   return StateLayout{feature_count, value_dim}.floats();
 }
 
-void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim) {
+void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count,
+                       std::size_t value_dim) {
   const StateLayout layout{feature_count, value_dim};
   for (std::size_t h = 0; h < heads; ++h) {
     float* base = state + h * layout.floats();
-    std::fill(base, base + layout.floats(), 0.0f);  // padding too: serialized states compare bitwise
+    std::fill(base, base + layout.floats(),
+              0.0f);  // padding too: serialized states compare bitwise
     layout.reset(layout.view(base));
   }
 }

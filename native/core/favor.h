@@ -56,7 +56,8 @@ struct FavorOptions {
 // reference c (F) and the value sums used by epsilon (Dv + 1), each padded.
 std::size_t favor_state_floats(std::size_t feature_count, std::size_t value_dim);
 // Sets `heads` consecutive states to "no keys yet".
-void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim);
+void favor_state_reset(float* state, std::size_t heads, std::size_t feature_count,
+                       std::size_t value_dim);
 
 // Throws InputError unless the options' epsilon and (causal) chunk size are in range:
 // the checks favor_attention and favor_backward share.

@@ -49,12 +49,23 @@ float generalized_slope(Kernel kernel, float u, float eps) {
 // One thread's scratch and the work on one (batch, head).
 class BackwardWorker {
  public:
-  BackwardWorker(const AttentionDims& dims, const FavorOptions& o, const FeatureEvaluator& features, const KernelSet& kernels,
-                 std::size_t rows)
-      : dims_(dims), o_(o), spec_(o.feature_map), features_(features), kernels_(kernels), F_(features.feature_count()),
-        m_(spec_.num_projections), d_(dims.head_dim), Dv_(dims.value_dim), R_(rows),
+  BackwardWorker(const AttentionDims& dims, const FavorOptions& o, const FeatureEvaluator& features,
+                 const KernelSet& kernels, std::size_t rows)
+      : dims_(dims),
+        o_(o),
+        spec_(o.feature_map),
+        features_(features),
+        kernels_(kernels),
+        F_(features.feature_count()),
+        m_(spec_.num_projections),
+        d_(dims.head_dim),
+        Dv_(dims.value_dim),
+        R_(rows),
         c_(static_cast<float>(std::pow(static_cast<double>(dims.head_dim), -0.25))) {
-    auto grow = [](std::vector<float>& v, std::size_t n) { v.resize(n); return v.data(); };
+    auto grow = [](std::vector<float>& v, std::size_t n) {
+      v.resize(n);
+      return v.data();
+    };
     zq_ = grow(zq_buf_, R_ * F_);
     zk_ = grow(zk_buf_, R_ * F_);
     uq_ = grow(uq_buf_, R_ * m_);
@@ -89,8 +100,8 @@ class BackwardWorker {
   // dW of the heads this worker ran (unscaled: sum of g^T x), or null.
   void set_projection_grad(float* dw) { dw_ = dw; }
 
-  void bidirectional(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* pad, float* dq,
-                     float* dk, float* dv) {
+  void bidirectional(const float* q, const float* k, const float* v, const float* g,
+                     const std::uint8_t* pad, float* dq, float* dk, float* dv) {
     const std::size_t Lq = dims_.q_len, Lk = dims_.k_len;
     // Per-feature key reference c_f (max over attended keys), then S and z.
     std::fill(c_ref_, c_ref_ + F_, kNegInf);
@@ -154,8 +165,8 @@ class BackwardWorker {
   // Causal self-attention (q_len = k_len): a forward sweep that rebuilds the prefix
   // states and gives dq, then a reverse sweep over the same segments with suffix states
   // that gives dk and dv.
-  void causal(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* pad, float* dq,
-              float* dk, float* dv) {
+  void causal(const float* q, const float* k, const float* v, const float* g,
+              const std::uint8_t* pad, float* dq, float* dk, float* dv) {
     const std::size_t L = dims_.q_len;
     dnum_.resize(L * Dv_);
     dden_.resize(L);
@@ -221,7 +232,8 @@ class BackwardWorker {
  private:
   // Rows [r0, r1) of the chunk at i0 (zk_, zq_, uq_ hold the chunk's rows): one segment
   // with one reference, or two halves when a query feature could pass e^40 (favor.cc's rule).
-  void forward_rows(const float* q, const float* v, const float* g, float* dq, std::size_t i0, std::size_t r0, std::size_t r1) {
+  void forward_rows(const float* q, const float* v, const float* g, float* dq, std::size_t i0,
+                    std::size_t r0, std::size_t r1) {
     const std::size_t n = r1 - r0;
     std::copy(c_ref_, c_ref_ + F_, chunk_max_);
     for (std::size_t r = r0; r < r1; ++r) kernels_.max_accumulate(F_, zk_ + r * F_, chunk_max_);
@@ -262,7 +274,8 @@ class BackwardWorker {
     product_a(n);
     kernels_.gemm(n, Dv_, F_, qf_, F_, 1, s_, Dv_, num_, Dv_, false);
     kernels_.gemm(n, Dv_, n, a_, n, 1, vr, Dv_, num_, Dv_, true);
-    for (std::size_t r = 0; r < n; ++r) den_[r] = kernels_.dot(F_, qf_ + r * F_, z_) + kernels_.dot(r + 1, a_ + r * n, ones_);
+    for (std::size_t r = 0; r < n; ++r)
+      den_[r] = kernels_.dot(F_, qf_ + r * F_, z_) + kernels_.dot(r + 1, a_ + r * n, ones_);
     float* dnum = dnum_.data() + a * Dv_;
     std::copy(num_, num_ + n * Dv_, dnum);
     output_gradients(g + a * Dv_, n, dnum, den_);
@@ -291,7 +304,8 @@ class BackwardWorker {
 
   // dkf_ rows of keys [j0, j0 + n): zero for a padded key, else plus the
   // normalizer's gradient dz (F floats).
-  void add_normalizer_grad(const std::uint8_t* pad, std::size_t j0, std::size_t n, const float* dz) {
+  void add_normalizer_grad(const std::uint8_t* pad, std::size_t j0, std::size_t n,
+                           const float* dz) {
     for (std::size_t r = 0; r < n; ++r) {
       float* row = dkf_ + r * F_;
       if (pad != nullptr && pad[j0 + r] == 0) {
@@ -304,7 +318,8 @@ class BackwardWorker {
 
   // kf_ = exp(zk - c) for n rows of log-features zk.
   void key_features(const float* zk, std::size_t n) {
-    for (std::size_t r = 0; r < n; ++r) kernels_.exp_bias(F_, zk + r * F_, neg_c_, 0.0f, kf_ + r * F_);
+    for (std::size_t r = 0; r < n; ++r)
+      kernels_.exp_bias(F_, zk + r * F_, neg_c_, 0.0f, kf_ + r * F_);
   }
 
   // qf_ row r = exp(zq + c - m) of one row of log-features; zero when the row attends
@@ -357,7 +372,8 @@ class BackwardWorker {
   }
 
   // dx for n rows x (with u and features phi) from dphi: sum_f (dphi phi)_f d log phi_f / dx.
-  void feature_backward(const float* x, const float* u, const float* phi, const float* dphi, std::size_t n, float* dx) {
+  void feature_backward(const float* x, const float* u, const float* phi, const float* dphi,
+                        std::size_t n, float* dx) {
     const float eps = spec_.kernel_epsilon;
     for (std::size_t r = 0; r < n; ++r) {
       const float* p = phi + r * F_;
@@ -380,7 +396,8 @@ class BackwardWorker {
           }
           break;
         default:
-          for (std::size_t f = 0; f < m_; ++f) gr[f] = dp[f] * p[f] * generalized_slope(spec_.kernel, ur[f], eps);
+          for (std::size_t f = 0; f < m_; ++f)
+            gr[f] = dp[f] * p[f] * generalized_slope(spec_.kernel, ur[f], eps);
           break;
       }
       norm_[r] = static_cast<float>(norm);
@@ -391,12 +408,14 @@ class BackwardWorker {
     } else {
       std::copy(g_, g_ + n * m_, dx);  // identity projection: m = d
     }
-    const bool softmax_kernel = spec_.kernel == Kernel::kSoftmax || spec_.kernel == Kernel::kSoftmaxHyperbolic;
+    const bool softmax_kernel =
+        spec_.kernel == Kernel::kSoftmax || spec_.kernel == Kernel::kSoftmaxHyperbolic;
     const float c2 = c_ * c_;
     for (std::size_t r = 0; r < n; ++r) {
       float* row = dx + r * d_;
       const float* xr = x + r * d_;
-      for (std::size_t i = 0; i < d_; ++i) row[i] = c_ * row[i] - (softmax_kernel ? c2 * norm_[r] * xr[i] : 0.0f);
+      for (std::size_t i = 0; i < d_; ++i)
+        row[i] = c_ * row[i] - (softmax_kernel ? c2 * norm_[r] * xr[i] : 0.0f);
     }
     if (dw_ != nullptr) kernels_.gemm(m_, d_, n, g_, 1, m_, x, d_, dw_, d_, true);
   }
@@ -415,11 +434,13 @@ class BackwardWorker {
   const std::size_t F_, m_, d_, Dv_, R_;
   const float c_;
   float* dw_ = nullptr;
-  std::vector<float> zq_buf_, zk_buf_, uq_buf_, uk_buf_, qf_buf_, kf_buf_, dqf_buf_, dkf_buf_, kf_t_buf_, t_buf_, g_buf_,
-      a_buf_, b_buf_, num_buf_, vt_buf_, ones_buf_, den_buf_, row_max_buf_, norm_buf_, c_ref_buf_, neg_c_buf_, prefix_buf_,
-      chunk_max_buf_, s_buf_, st_buf_, z_buf_, ds_buf_, dz_buf_;
-  float *zq_, *zk_, *uq_, *uk_, *qf_, *kf_, *dqf_, *dkf_, *kf_t_, *t_, *g_, *a_, *b_, *num_, *vt_, *ones_, *den_, *row_max_,
-      *norm_, *c_ref_, *neg_c_, *prefix_, *chunk_max_, *s_, *st_, *z_, *ds_, *dz_;
+  std::vector<float> zq_buf_, zk_buf_, uq_buf_, uk_buf_, qf_buf_, kf_buf_, dqf_buf_, dkf_buf_,
+      kf_t_buf_, t_buf_, g_buf_, a_buf_, b_buf_, num_buf_, vt_buf_, ones_buf_, den_buf_,
+      row_max_buf_, norm_buf_, c_ref_buf_, neg_c_buf_, prefix_buf_, chunk_max_buf_, s_buf_, st_buf_,
+      z_buf_, ds_buf_, dz_buf_;
+  float *zq_, *zk_, *uq_, *uk_, *qf_, *kf_, *dqf_, *dkf_, *kf_t_, *t_, *g_, *a_, *b_, *num_, *vt_,
+      *ones_, *den_, *row_max_, *norm_, *c_ref_, *neg_c_, *prefix_, *chunk_max_, *s_, *st_, *z_,
+      *ds_, *dz_;
   // Causal: per-row results of the forward sweep and its segments with their references.
   std::vector<float> dnum_, dden_, mrow_, refs_;
   std::vector<std::pair<std::size_t, std::size_t>> segments_;
@@ -429,37 +450,45 @@ class BackwardWorker {
 void check_grad_out(const float* g, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     if (!std::isfinite(g[i])) {
-      throw InputError(std::string("gradOut: ") + (std::isnan(g[i]) ? "NaN" : "infinity") + " at flat index " + std::to_string(i) +
-                       "; gradients must be finite");
+      throw InputError(std::string("gradOut: ") + (std::isnan(g[i]) ? "NaN" : "infinity") +
+                       " at flat index " + std::to_string(i) + "; gradients must be finite");
     }
   }
 }
 
 }  // namespace
 
-void favor_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
-                              const float* grad_out, const FavorOptions& options, const FavorGradients& grads,
-                              const KernelSet& kernels, ThreadPool& pool) {
+void favor_attention_backward(const AttentionDims& dims, const float* q, const float* k,
+                              const float* v, const float* grad_out, const FavorOptions& options,
+                              const FavorGradients& grads, const KernelSet& kernels,
+                              ThreadPool& pool) {
   const FeatureMapSpec& fm = options.feature_map;
-  if (fm.head_dim != dims.head_dim) throw InputError("feature map head dimension does not match the query");
+  if (fm.head_dim != dims.head_dim)
+    throw InputError("feature map head dimension does not match the query");
   if (!supported(fm.kernel)) {
-    throw InputError("backward: the kernel must be softmax, softmax-hyperbolic, relu, elu, exp or abs (trig features are signed, "
-                     "softmax-opt / softmax-dense have data-dependent parameters)");
+    throw InputError(
+        "backward: the kernel must be softmax, softmax-hyperbolic, relu, elu, exp or abs (trig features are signed, "
+        "softmax-opt / softmax-dense have data-dependent parameters)");
   }
-  if (options.epsilon != 0.0f) throw InputError("backward: epsilon must be 0 (it does not cancel like the stabilizers)");
+  if (options.epsilon != 0.0f)
+    throw InputError("backward: epsilon must be 0 (it does not cancel like the stabilizers)");
   if (options.state != nullptr || options.absorb_into != nullptr || options.keys_state != nullptr) {
     throw InputError("backward: decoding states and split calls have no backward pass");
   }
   if (options.causal && dims.q_len != dims.k_len) {
-    throw InputError("backward: causal attention needs equal query and key lengths (self-attention)");
+    throw InputError(
+        "backward: causal attention needs equal query and key lengths (self-attention)");
   }
   check_favor_numbers(options);
   if (grads.dprojection != nullptr && fm.projection == nullptr) {
-    throw InputError("backward: a projection gradient needs a projection (this feature map has none)");
+    throw InputError(
+        "backward: a projection gradient needs a projection (this feature map has none)");
   }
   check_cancel(options.cancel);
   const InputStats stats = scan_inputs(dims, q, k, v, pool);
-  if (std::max(stats.max_query_norm2, stats.max_key_norm2) / std::sqrt(static_cast<double>(dims.head_dim)) > 1e30) {
+  if (std::max(stats.max_query_norm2, stats.max_key_norm2) /
+          std::sqrt(static_cast<double>(dims.head_dim)) >
+      1e30) {
     throw InputError("query/key: squared row norms above 1e30 overflow the feature map in float32");
   }
   check_value_magnitude(dims, stats);
@@ -467,18 +496,24 @@ void favor_attention_backward(const AttentionDims& dims, const float* q, const f
   check_grad_out(grad_out, heads * dims.q_len * dims.value_dim);
 
   const FeatureEvaluator features(fm, kernels);
-  const std::size_t F = features.feature_count(), m = fm.num_projections, d = dims.head_dim, Dv = dims.value_dim;
-  const std::size_t rows = options.causal ? std::min(options.chunk_size, kMaxChunkSize) : kBlockRows;
+  const std::size_t F = features.feature_count(), m = fm.num_projections, d = dims.head_dim,
+                    Dv = dims.value_dim;
+  const std::size_t rows =
+      options.causal ? std::min(options.chunk_size, kMaxChunkSize) : kBlockRows;
   // One dW partial per head, summed in head order: the bits do not depend on the threads.
   std::vector<float> dw_parts(grads.dprojection != nullptr ? heads * m * d : 0, 0.0f);
   std::vector<std::unique_ptr<BackwardWorker>> workers(pool.size());
-  const std::size_t unit_work = std::max<std::size_t>(1, std::max(dims.q_len, dims.k_len) * F * (d + Dv));
+  const std::size_t unit_work =
+      std::max<std::size_t>(1, std::max(dims.q_len, dims.k_len) * F * (d + Dv));
   const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / unit_work);
   pool.parallel_for(heads, grain, [&](std::size_t begin, std::size_t end, std::size_t slot) {
-    if (!workers[slot]) workers[slot] = std::make_unique<BackwardWorker>(dims, options, features, kernels, rows);
+    if (!workers[slot])
+      workers[slot] = std::make_unique<BackwardWorker>(dims, options, features, kernels, rows);
     BackwardWorker& w = *workers[slot];
     for (std::size_t h = begin; h < end; ++h) {
-      const std::uint8_t* pad = options.key_padding != nullptr ? options.key_padding + (h / dims.heads) * dims.k_len : nullptr;
+      const std::uint8_t* pad = options.key_padding != nullptr
+                                    ? options.key_padding + (h / dims.heads) * dims.k_len
+                                    : nullptr;
       w.set_projection_grad(dw_parts.empty() ? nullptr : dw_parts.data() + h * m * d);
       const float* qh = q + h * dims.q_len * d;
       const float* kh = k + h * dims.k_len * d;

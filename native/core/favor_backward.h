@@ -32,8 +32,9 @@ struct FavorGradients {
 // Throws InputError for what the backward pass does not cover (trig and adaptive
 // kernels, epsilon != 0, decoding states, causal attention with q_len != k_len) and
 // for non-finite inputs or output gradients. Bits do not depend on the pool size.
-void favor_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
-                              const float* grad_out, const FavorOptions& options, const FavorGradients& grads,
-                              const KernelSet& kernels, ThreadPool& pool);
+void favor_attention_backward(const AttentionDims& dims, const float* q, const float* k,
+                              const float* v, const float* grad_out, const FavorOptions& options,
+                              const FavorGradients& grads, const KernelSet& kernels,
+                              ThreadPool& pool);
 
 }  // namespace pa

@@ -25,8 +25,8 @@ void StateLayout::merge(const StateView& dst, const StateView& src) const {
   for (std::size_t e = 0; e <= Dv; ++e) dst.values[e] += src.values[e];
 }
 
-FavorWorker::FavorWorker(const AttentionDims& dims, const FavorOptions& options, const FeatureEvaluator& features,
-                         const KernelSet& kernels)
+FavorWorker::FavorWorker(const AttentionDims& dims, const FavorOptions& options,
+                         const FeatureEvaluator& features, const KernelSet& kernels)
     : dims_(dims),
       options_(options),
       features_(&features),
@@ -56,8 +56,8 @@ FavorWorker::FavorWorker(const AttentionDims& dims, const FavorOptions& options,
   std::fill(ones_, ones_ + R, 1.0f);
 }
 
-void FavorWorker::absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad,
-                         std::size_t j_begin, std::size_t j_end) {
+void FavorWorker::absorb(const StateView& st, const float* k, const float* v,
+                         const std::uint8_t* pad, std::size_t j_begin, std::size_t j_end) {
   for (std::size_t j0 = j_begin; j0 < j_end; j0 += rows_) {
     check_cancel(options_.cancel);
     const std::size_t n = std::min(rows_, j_end - j0);
@@ -70,7 +70,8 @@ void FavorWorker::absorb(const StateView& st, const float* k, const float* v, co
   }
 }
 
-void FavorWorker::emit(const StateView& st, const float* q, float* out, std::size_t i_begin, std::size_t i_end) {
+void FavorWorker::emit(const StateView& st, const float* q, float* out, std::size_t i_begin,
+                       std::size_t i_end) {
   for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
     check_cancel(options_.cancel);
     const std::size_t n = std::min(rows_, i_end - i0);
@@ -86,8 +87,9 @@ void FavorWorker::emit(const StateView& st, const float* q, float* out, std::siz
   }
 }
 
-void FavorWorker::causal(const StateView& st, const float* q, const float* k, const float* v, float* out,
-                         const std::uint8_t* pad, std::size_t i_begin, std::size_t i_end, long long offset) {
+void FavorWorker::causal(const StateView& st, const float* q, const float* k, const float* v,
+                         float* out, const std::uint8_t* pad, std::size_t i_begin,
+                         std::size_t i_end, long long offset) {
   for (std::size_t i0 = i_begin; i0 < i_end; i0 += rows_) {
     check_cancel(options_.cancel);
     const std::size_t n = std::min(rows_, i_end - i0);
@@ -98,7 +100,8 @@ void FavorWorker::causal(const StateView& st, const float* q, const float* k, co
   }
 }
 
-void FavorWorker::key_log_features(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t n) {
+void FavorWorker::key_log_features(const float* k, const std::uint8_t* pad, std::size_t j0,
+                                   std::size_t n) {
   features_->log_features(k + j0 * dims_.head_dim, n, zk_, sk_, work_);
   for (std::size_t r = 0; r < n; ++r) {
     if (!attends(pad, j0 + r)) std::fill(zk_ + r * F_, zk_ + (r + 1) * F_, kNegInf);
@@ -154,8 +157,8 @@ void FavorWorker::query_features(const StateView& st, std::size_t r, float m, co
   row_eps_[r] = static_cast<float>(eps_ * (a_sum + static_cast<double>(eps_) * F_));
 }
 
-void FavorWorker::accumulate(const StateView& st, const float* v_rows, const std::uint8_t* pad, std::size_t j0,
-                             std::size_t r0, std::size_t r1) {
+void FavorWorker::accumulate(const StateView& st, const float* v_rows, const std::uint8_t* pad,
+                             std::size_t j0, std::size_t r0, std::size_t r1) {
   const std::size_t n = r1 - r0;
   if (n == 0) return;
   kernels_.gemm(F_, Dv_, n, kf_ + r0 * F_, 1, F_, v_rows, Dv_, st.s, Dv_, true);
@@ -191,8 +194,9 @@ void FavorWorker::finish_row(float* out_row, float den, float w, const float* su
 // gap_r = max_f (zq_rf + c_f) - m_r (and, with epsilon, max_f (c_f - p_rf)).
 // When a gap passes kMaxChunkGap the chunk is split in two (down to single rows,
 // where the gaps are 0), so no feature overflows and no term that matters underflows.
-void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* out_chunk, const std::uint8_t* pad,
-                              std::size_t j0, std::size_t r0, std::size_t r1) {
+void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* out_chunk,
+                              const std::uint8_t* pad, std::size_t j0, std::size_t r0,
+                              std::size_t r1) {
   const std::size_t n = r1 - r0;
   std::copy(st.c, st.c + F_, chunk_max_);  // becomes the chunk-end reference
   for (std::size_t r = r0; r < r1; ++r) kernels_.max_accumulate(F_, zk_ + r * F_, chunk_max_);
@@ -227,7 +231,8 @@ void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* 
     for (std::size_t f = 0; f < F_; ++f) kf_t_[f * n + r] = kf_[(r0 + r) * F_ + f];
   }
   kernels_.gemm(n, n, F_, qf_ + r0 * F_, F_, 1, kf_t_, n, scores_, n, false);
-  for (std::size_t r = 0; r < n; ++r) std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
+  for (std::size_t r = 0; r < n; ++r)
+    std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
   // num = Q'_c S + scores V_c; den = Q'_c z + scores 1.
   float* out_rows = out_chunk + r0 * Dv_;
   const float* v_rows = v_chunk + r0 * Dv_;
@@ -240,7 +245,8 @@ void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* 
       for (std::size_t e = 0; e < Dv_; ++e) running_values_[e] += vr[e];
       running_values_[Dv_] += 1.0f;
     }
-    const float den = kernels_.dot(F_, qf_ + (r0 + r) * F_, st.z) + kernels_.dot(r + 1, scores_ + r * n, ones_);
+    const float den =
+        kernels_.dot(F_, qf_ + (r0 + r) * F_, st.z) + kernels_.dot(r + 1, scores_ + r * n, ones_);
     finish_row(out_rows + r * Dv_, den, row_eps_[r0 + r], running_values_);
   }
   accumulate(st, v_rows, pad, j0, r0, r1);

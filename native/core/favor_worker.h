@@ -71,19 +71,20 @@ struct StateLayout : CarvedLayout<StateLayout> {
 // reference c_f, the query feature becomes (a_if + eps) exp(c_f - p_f).
 class FavorWorker {
  public:
-  FavorWorker(const AttentionDims& dims, const FavorOptions& options, const FeatureEvaluator& features,
-              const KernelSet& kernels);
+  FavorWorker(const AttentionDims& dims, const FavorOptions& options,
+              const FeatureEvaluator& features, const KernelSet& kernels);
 
   // The feature map of the head the next calls work on (adaptive kernels have one
   // per head; every one has the same feature count and scratch needs).
   void use(const FeatureEvaluator& features) { features_ = &features; }
 
   // Keys [j_begin, j_end) of one head into st, block by block.
-  void absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad, std::size_t j_begin,
-              std::size_t j_end);
+  void absorb(const StateView& st, const float* k, const float* v, const std::uint8_t* pad,
+              std::size_t j_begin, std::size_t j_end);
 
   // Outputs of query rows [i_begin, i_end) of one head against the finished state.
-  void emit(const StateView& st, const float* q, float* out, std::size_t i_begin, std::size_t i_end);
+  void emit(const StateView& st, const float* q, float* out, std::size_t i_begin,
+            std::size_t i_end);
 
   // Causal outputs of query rows [i_begin, i_end) of one head, whose keys are
   // j = i + offset; st holds every attended key before key i_begin + offset and
@@ -92,7 +93,9 @@ class FavorWorker {
               const std::uint8_t* pad, std::size_t i_begin, std::size_t i_end, long long offset);
 
  private:
-  static bool attends(const std::uint8_t* pad, std::size_t j) { return pad == nullptr || pad[j] != 0; }
+  static bool attends(const std::uint8_t* pad, std::size_t j) {
+    return pad == nullptr || pad[j] != 0;
+  }
 
   // Log-features of key rows [j0, j0 + n) into zk_; padded keys get -inf (feature 0).
   void key_log_features(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t n);
@@ -121,8 +124,8 @@ class FavorWorker {
 
   // Chunk rows [r0, r1): query row r attends the state and chunk keys r0..r;
   // the chunk is split in two where features would leave float range.
-  void causal_rows(const StateView& st, const float* v_chunk, float* out_chunk, const std::uint8_t* pad,
-                   std::size_t j0, std::size_t r0, std::size_t r1);
+  void causal_rows(const StateView& st, const float* v_chunk, float* out_chunk,
+                   const std::uint8_t* pad, std::size_t j0, std::size_t r0, std::size_t r1);
 
   const AttentionDims& dims_;
   const FavorOptions& options_;

@@ -23,10 +23,14 @@ bool parse_kernel(const std::string& name, Kernel* kernel) {
   static const struct {
     const char* name;
     Kernel kernel;
-  } table[] = {{"softmax", Kernel::kSoftmax}, {"softmax-hyperbolic", Kernel::kSoftmaxHyperbolic},
-               {"trig", Kernel::kTrig},       {"relu", Kernel::kRelu},
-               {"elu", Kernel::kElu},         {"exp", Kernel::kExp},
-               {"abs", Kernel::kAbs},         {"softmax-opt", Kernel::kSoftmaxOpt},
+  } table[] = {{"softmax", Kernel::kSoftmax},
+               {"softmax-hyperbolic", Kernel::kSoftmaxHyperbolic},
+               {"trig", Kernel::kTrig},
+               {"relu", Kernel::kRelu},
+               {"elu", Kernel::kElu},
+               {"exp", Kernel::kExp},
+               {"abs", Kernel::kAbs},
+               {"softmax-opt", Kernel::kSoftmaxOpt},
                {"softmax-dense", Kernel::kSoftmaxDense}};
   for (const auto& entry : table) {
     if (name == entry.name) {
@@ -108,7 +112,8 @@ void FeatureEvaluator::log_features(const float* x, std::size_t rows, float* z, 
     }
     for (; i < d; ++i) p0 += static_cast<double>(xr[i]) * xr[i];
     const double normalizer = normalizer_;
-    const float half_norm2 = static_cast<float>(0.5 * ((p0 + p1) + (p2 + p3)) * normalizer * normalizer);
+    const float half_norm2 =
+        static_cast<float>(0.5 * ((p0 + p1) + (p2 + p3)) * normalizer * normalizer);
     switch (spec_.kernel) {
       case Kernel::kSoftmax:
         for (std::size_t f = 0; f < m; ++f) zr[f] = u[f] - half_norm2;
@@ -158,9 +163,11 @@ void compute_features(const FeatureMapSpec& given, const KernelSet& kernels, con
   HeadFeatures head;
   if (spec.is_adaptive()) {
     if (spec.adaptive_heads == 0) {
-      throw InputError("features of softmax-opt / softmax-dense need fixed parameters (calibrate or setParameters)");
+      throw InputError(
+          "features of softmax-opt / softmax-dense need fixed parameters (calibrate or setParameters)");
     }
-    if (spec.adaptive_head >= spec.adaptive_heads) throw InputError("head: beyond the fixed parameters");
+    if (spec.adaptive_head >= spec.adaptive_heads)
+      throw InputError("head: beyond the fixed parameters");
     prepare_head(given, fixed_params(given, spec.adaptive_head), kernels, &head);
     spec = head.spec;
   }
@@ -172,13 +179,13 @@ void compute_features(const FeatureMapSpec& given, const KernelSet& kernels, con
   const double log_scale = spec.log_scale();
   for (std::size_t r0 = 0; r0 < rows; r0 += block) {
     const std::size_t n = std::min(block, rows - r0);
-    evaluator.log_features(x + r0 * spec.head_dim, n, z.data(), sign.empty() ? nullptr : sign.data(),
-                           work.data());
+    evaluator.log_features(x + r0 * spec.head_dim, n, z.data(),
+                           sign.empty() ? nullptr : sign.data(), work.data());
     for (std::size_t i = 0; i < n * F; ++i) {
       const double lz = static_cast<double>(z[i]) + log_scale;
       float value = static_cast<float>(log_space ? lz : std::exp(lz));
       if (!log_space && !sign.empty()) value *= sign[i];
-      out[(r0) * F + i] = value;
+      out[(r0)*F + i] = value;
     }
   }
 }

@@ -14,20 +14,31 @@
 
 namespace pa {
 
-enum class Kernel { kSoftmax, kSoftmaxHyperbolic, kTrig, kRelu, kElu, kExp, kAbs, kSoftmaxOpt, kSoftmaxDense };
+enum class Kernel {
+  kSoftmax,
+  kSoftmaxHyperbolic,
+  kTrig,
+  kRelu,
+  kElu,
+  kExp,
+  kAbs,
+  kSoftmaxOpt,
+  kSoftmaxDense
+};
 
-// "softmax", "softmax-hyperbolic", "trig", "relu", "elu", "exp", "abs", "softmax-opt", "softmax-dense".
+// "softmax", "softmax-hyperbolic", "trig", "relu", "elu", "exp", "abs", "softmax-opt",
+// "softmax-dense".
 bool parse_kernel(const std::string& name, Kernel* kernel);
 
 struct FeatureMapSpec {
   Kernel kernel = Kernel::kSoftmax;
-  std::size_t head_dim = 0;         // d
-  std::size_t num_projections = 0;  // rows of the projection (m); d when projection is null
+  std::size_t head_dim = 0;           // d
+  std::size_t num_projections = 0;    // rows of the projection (m); d when projection is null
   const float* projection = nullptr;  // m x d row-major; null = identity (generalized kernels only)
   // Optional: pack_projection() of `projection`, made once by the caller so that a
   // call does not repack it.
   const float* packed_projection = nullptr;
-  float kernel_epsilon = 1e-3f;       // added to generalized kernels' features
+  float kernel_epsilon = 1e-3f;  // added to generalized kernels' features
   // Adaptive kernels (softmax-opt, softmax-dense; see adaptive_features.h). A
   // prepared head has its own packed projection and `bias` (m log-terms added to
   // z) and log D. Fixed parameters: adaptive_heads sets of a (d each) and, for
@@ -43,7 +54,9 @@ struct FeatureMapSpec {
   // Features per input row: 2m for softmax-hyperbolic and trig, else m.
   std::size_t feature_count() const;
   bool is_signed() const { return kernel == Kernel::kTrig; }
-  bool is_adaptive() const { return kernel == Kernel::kSoftmaxOpt || kernel == Kernel::kSoftmaxDense; }
+  bool is_adaptive() const {
+    return kernel == Kernel::kSoftmaxOpt || kernel == Kernel::kSoftmaxDense;
+  }
   // log(scale): -1/2 log m (softmax, trig), -1/2 log 2m (hyperbolic), 0 (generalized),
   // -1/2 log m + log D (adaptive).
   double log_scale() const;
@@ -51,7 +64,8 @@ struct FeatureMapSpec {
 
 // out[d x m] = d^(-1/4) W^T: the projection transposed with the data normalizer
 // folded in, so u = W x_hat is one GEMM per row block.
-void pack_projection(const float* projection, std::size_t num_projections, std::size_t head_dim, float* out);
+void pack_projection(const float* projection, std::size_t num_projections, std::size_t head_dim,
+                     float* out);
 
 // A feature map prepared for one call (uses the packed projection when given).
 class FeatureEvaluator {

@@ -17,7 +17,9 @@ namespace {
 std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 // Rows per piece of pool work for row-wise ops of `dim` floats (about 16 K floats).
-std::size_t row_grain(std::size_t dim) { return std::max<std::size_t>(1, 16384 / std::max<std::size_t>(1, dim)); }
+std::size_t row_grain(std::size_t dim) {
+  return std::max<std::size_t>(1, 16384 / std::max<std::size_t>(1, dim));
+}
 
 // Elements per piece of pool work for element-wise ops.
 constexpr std::size_t kElementGrain = 16384;
@@ -30,7 +32,8 @@ struct Chunks {
   std::size_t rows_per_chunk, count;
 };
 Chunks row_chunks(std::size_t rows, std::size_t dim) {
-  const std::size_t min_rows = std::max<std::size_t>(1, kChunkFloats / std::max<std::size_t>(1, dim));
+  const std::size_t min_rows =
+      std::max<std::size_t>(1, kChunkFloats / std::max<std::size_t>(1, dim));
   const std::size_t per = std::max(min_rows, ceil_div(rows, kMaxChunks));
   return {per, ceil_div(rows, per)};
 }
@@ -49,7 +52,8 @@ double sum_f64(std::size_t n, const float* x) {
 // out[i] = (accumulate ? out[i] : 0) + v[i] for a row of doubles.
 void store_row(std::size_t n, const double* v, float* out, bool accumulate) {
   if (accumulate) {
-    for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<double>(out[i]) + v[i]);
+    for (std::size_t i = 0; i < n; ++i)
+      out[i] = static_cast<float>(static_cast<double>(out[i]) + v[i]);
   } else {
     for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(v[i]);
   }
@@ -84,14 +88,16 @@ std::size_t odd_line_stride(std::size_t n) {
 
 // dbias[o] += sum over rows of dy[r, o] for o in [o0, o0 + m): each column summed in
 // double, rows in order (the same bits as the sums fused into the dweight items).
-void bias_block(std::size_t rows, std::size_t out, std::size_t o0, std::size_t m, const float* dy, float* dbias) {
+void bias_block(std::size_t rows, std::size_t out, std::size_t o0, std::size_t m, const float* dy,
+                float* dbias) {
   double acc[kDwRows];
   std::fill(acc, acc + m, 0.0);
   for (std::size_t r = 0; r < rows; ++r) {
     const float* row = dy + r * out + o0;
     for (std::size_t i = 0; i < m; ++i) acc[i] += row[i];
   }
-  for (std::size_t i = 0; i < m; ++i) dbias[o0 + i] = static_cast<float>(static_cast<double>(dbias[o0 + i]) + acc[i]);
+  for (std::size_t i = 0; i < m; ++i)
+    dbias[o0 + i] = static_cast<float>(static_cast<double>(dbias[o0 + i]) + acc[i]);
 }
 
 // dweight += dy^T x (and dbias += column sums of dy when not null). Work items are
@@ -99,8 +105,9 @@ void bias_block(std::size_t rows, std::size_t out, std::size_t o0, std::size_t m
 // of dy and x together), every item taking a pass before any takes the next, so a pass
 // comes from DRAM about once and the other items find it in L3. Every element of
 // dweight sees the same chunks in the same order whatever the pool.
-void weight_gradient(std::size_t rows, std::size_t in, std::size_t out, const float* dy, const float* x,
-                     std::size_t x_stride, float* dweight, float* dbias, const KernelSet& kernels, ThreadPool& pool) {
+void weight_gradient(std::size_t rows, std::size_t in, std::size_t out, const float* dy,
+                     const float* x, std::size_t x_stride, float* dweight, float* dbias,
+                     const KernelSet& kernels, ThreadPool& pool) {
   std::size_t block_rows = 0, block_cols = 0;
   for (const auto& shape : kDwShapes) {
     block_rows = shape[0];
@@ -112,8 +119,10 @@ void weight_gradient(std::size_t rows, std::size_t in, std::size_t out, const fl
   const std::size_t lda = odd_line_stride(block_rows), ldb = odd_line_stride(block_cols);
   const std::size_t chunk = std::min(kDwChunk, rows);
   const std::size_t pass = std::max<std::size_t>(1, kPassFloats / (chunk * (in + out))) * chunk;
-  const std::size_t item_work = std::min(out, block_rows) * std::min(in, block_cols) * std::min(pass, rows);
-  const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / std::max<std::size_t>(item_work, 1));
+  const std::size_t item_work =
+      std::min(out, block_rows) * std::min(in, block_cols) * std::min(pass, rows);
+  const std::size_t grain =
+      std::max<std::size_t>(1, kMinWorkPerPiece / std::max<std::size_t>(item_work, 1));
   // Column sums of dy, one double per output row; the columns of a row block are shared
   // out over its items (disjoint), each summed in row order.
   std::vector<double> bias_acc(dbias != nullptr ? out : 0, 0.0);
@@ -146,7 +155,8 @@ void weight_gradient(std::size_t rows, std::size_t in, std::size_t out, const fl
     });
   }
   if (dbias != nullptr) {
-    for (std::size_t o = 0; o < out; ++o) dbias[o] = static_cast<float>(static_cast<double>(dbias[o]) + bias_acc[o]);
+    for (std::size_t o = 0; o < out; ++o)
+      dbias[o] = static_cast<float>(static_cast<double>(dbias[o]) + bias_acc[o]);
   }
 }
 
@@ -196,7 +206,7 @@ void gelu_derivative(std::size_t n, const float* v, float* d, const KernelSet& k
   for (std::size_t i = 0; i < n; ++i) {
     const float x = v[i];
     const float c = select(x > 16.0f, 16.0f, select(x < -16.0f, -16.0f, x));  // NaN stays NaN
-    const double sq = static_cast<double>(c) * c;                    // exact
+    const double sq = static_cast<double>(c) * c;                             // exact
     const float hi = static_cast<float>(sq);
     lo[i] = static_cast<float>(sq - hi);
     d[i] = -0.5f * hi;  // exact
@@ -230,12 +240,13 @@ void gelu_derivative(std::size_t n, const float* v, float* d, const KernelSet& k
 
 // ---------------------------------------------------------------------------------
 
-void cross_entropy(std::size_t rows, std::size_t classes, const float* logits, const std::int32_t* targets,
-                   float grad_scale, double* loss, float* dlogits, const KernelSet& kernels, ThreadPool& pool) {
+void cross_entropy(std::size_t rows, std::size_t classes, const float* logits,
+                   const std::int32_t* targets, float grad_scale, double* loss, float* dlogits,
+                   const KernelSet& kernels, ThreadPool& pool) {
   for (std::size_t r = 0; r < rows; ++r) {
     if (targets[r] >= 0 && static_cast<std::size_t>(targets[r]) >= classes) {
-      throw InputError("crossEntropy: target " + std::to_string(targets[r]) + " at " + std::to_string(r) +
-                       " is outside [0, " + std::to_string(classes) + ")");
+      throw InputError("crossEntropy: target " + std::to_string(targets[r]) + " at " +
+                       std::to_string(r) + " is outside [0, " + std::to_string(classes) + ")");
     }
   }
   if (rows == 0) return;
@@ -272,9 +283,10 @@ void cross_entropy(std::size_t rows, std::size_t classes, const float* logits, c
   loss[1] += counted;
 }
 
-void linear_backward(std::size_t rows, std::size_t in, std::size_t out, const float* dy, const float* x,
-                     std::size_t x_stride, const float* weight, float* dx, bool accumulate, float* dweight,
-                     float* dbias, const KernelSet& kernels, ThreadPool& pool) {
+void linear_backward(std::size_t rows, std::size_t in, std::size_t out, const float* dy,
+                     const float* x, std::size_t x_stride, const float* weight, float* dx,
+                     bool accumulate, float* dweight, float* dbias, const KernelSet& kernels,
+                     ThreadPool& pool) {
   if (rows == 0 || (in == 0 && dbias == nullptr)) return;
   if (dx != nullptr && in > 0) {
     if (out == 0) {
@@ -298,8 +310,8 @@ void linear_backward(std::size_t rows, std::size_t in, std::size_t out, const fl
         }
       }
       linear_pack(out, in, wt, packed.data());
-      linear(rows, out, in, dy, out, packed.data(), nullptr, accumulate ? dx : nullptr, Activation::kNone, dx,
-             kernels, pool);
+      linear(rows, out, in, dy, out, packed.data(), nullptr, accumulate ? dx : nullptr,
+             Activation::kNone, dx, kernels, pool);
     }
   }
   if (out == 0) return;
@@ -307,18 +319,20 @@ void linear_backward(std::size_t rows, std::size_t in, std::size_t out, const fl
     weight_gradient(rows, in, out, dy, x, x_stride, dweight, dbias, kernels, pool);
   } else if (dbias != nullptr) {
     const std::size_t blocks = ceil_div(out, kDwRows);
-    pool.parallel_for(blocks, std::max<std::size_t>(1, (std::size_t{1} << 16) / std::max<std::size_t>(rows, 1)),
-                      [&](std::size_t begin, std::size_t end, std::size_t) {
-                        for (std::size_t b = begin; b < end; ++b) {
-                          const std::size_t o0 = b * kDwRows;
-                          bias_block(rows, out, o0, std::min(kDwRows, out - o0), dy, dbias);
-                        }
-                      });
+    pool.parallel_for(
+        blocks, std::max<std::size_t>(1, (std::size_t{1} << 16) / std::max<std::size_t>(rows, 1)),
+        [&](std::size_t begin, std::size_t end, std::size_t) {
+          for (std::size_t b = begin; b < end; ++b) {
+            const std::size_t o0 = b * kDwRows;
+            bias_block(rows, out, o0, std::min(kDwRows, out - o0), dy, dbias);
+          }
+        });
   }
 }
 
-void layer_norm_backward(std::size_t rows, std::size_t dim, const float* x, const float* gamma, float eps,
-                         const float* dy, float* dx, bool accumulate, float* dgamma, float* dbeta, ThreadPool& pool) {
+void layer_norm_backward(std::size_t rows, std::size_t dim, const float* x, const float* gamma,
+                         float eps, const float* dy, float* dx, bool accumulate, float* dgamma,
+                         float* dbeta, ThreadPool& pool) {
   if (rows == 0 || dim == 0) return;
   const Chunks chunks = row_chunks(rows, dim);
   const bool params = dgamma != nullptr || dbeta != nullptr;
@@ -375,52 +389,56 @@ void layer_norm_backward(std::size_t rows, std::size_t dim, const float* x, cons
     float* target = which == 0 ? dgamma : dbeta;
     if (target == nullptr) continue;
     for (std::size_t c = 0; c < chunks.count; ++c) {
-      std::memcpy(column.data() + c * dim, partials.data() + c * 2 * dim + which * dim, dim * sizeof(double));
+      std::memcpy(column.data() + c * dim, partials.data() + c * 2 * dim + which * dim,
+                  dim * sizeof(double));
     }
     reduce_partials(chunks.count, dim, column.data(), target);
   }
 }
 
 void gelu(std::size_t n, const float* x, float* y, const KernelSet& kernels, ThreadPool& pool) {
-  pool.parallel_for(ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    for (std::size_t b = begin; b < end; ++b) {
-      const std::size_t i0 = b * kElementGrain, count = std::min(kElementGrain, n - i0);
-      if (y != x) std::memcpy(y + i0, x + i0, count * sizeof(float));
-      kernels.gelu_bias(count, nullptr, y + i0);
-    }
-  });
+  pool.parallel_for(
+      ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
+        for (std::size_t b = begin; b < end; ++b) {
+          const std::size_t i0 = b * kElementGrain, count = std::min(kElementGrain, n - i0);
+          if (y != x) std::memcpy(y + i0, x + i0, count * sizeof(float));
+          kernels.gelu_bias(count, nullptr, y + i0);
+        }
+      });
 }
 
-void gelu_backward(std::size_t n, const float* pre, const float* dy, float* dx, const KernelSet& kernels,
-                   ThreadPool& pool) {
-  pool.parallel_for(ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    alignas(64) float d[kGeluBlock];
-    const std::size_t stop = std::min(n, end * kElementGrain);
-    for (std::size_t i0 = begin * kElementGrain; i0 < stop; i0 += kGeluBlock) {
-      const std::size_t count = std::min(kGeluBlock, stop - i0);
-      gelu_derivative(count, pre + i0, d, kernels);
-      for (std::size_t i = 0; i < count; ++i) dx[i0 + i] = dy[i0 + i] * d[i];
-    }
-  });
+void gelu_backward(std::size_t n, const float* pre, const float* dy, float* dx,
+                   const KernelSet& kernels, ThreadPool& pool) {
+  pool.parallel_for(ceil_div(n, kElementGrain), 1,
+                    [&](std::size_t begin, std::size_t end, std::size_t) {
+                      alignas(64) float d[kGeluBlock];
+                      const std::size_t stop = std::min(n, end * kElementGrain);
+                      for (std::size_t i0 = begin * kElementGrain; i0 < stop; i0 += kGeluBlock) {
+                        const std::size_t count = std::min(kGeluBlock, stop - i0);
+                        gelu_derivative(count, pre + i0, d, kernels);
+                        for (std::size_t i = 0; i < count; ++i) dx[i0 + i] = dy[i0 + i] * d[i];
+                      }
+                    });
 }
 
 void relu_backward(std::size_t n, const float* pre, const float* dy, float* dx, ThreadPool& pool) {
-  pool.parallel_for(ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    const std::size_t stop = std::min(n, end * kElementGrain);
-    for (std::size_t i = begin * kElementGrain; i < stop; ++i) {
-      const float g = dy[i];  // loaded either way, so the select vectorizes
-      dx[i] = pre[i] > 0.0f ? g : 0.0f;
-    }
-  });
+  pool.parallel_for(ceil_div(n, kElementGrain), 1,
+                    [&](std::size_t begin, std::size_t end, std::size_t) {
+                      const std::size_t stop = std::min(n, end * kElementGrain);
+                      for (std::size_t i = begin * kElementGrain; i < stop; ++i) {
+                        const float g = dy[i];  // loaded either way, so the select vectorizes
+                        dx[i] = pre[i] > 0.0f ? g : 0.0f;
+                      }
+                    });
 }
 
 void embed_backward(std::size_t rows, std::size_t len, std::size_t dim, const std::int32_t* tokens,
-                    std::size_t num_tokens, const float* dx, float* dtable, std::size_t start, float* dpositions,
-                    ThreadPool& pool) {
+                    std::size_t num_tokens, const float* dx, float* dtable, std::size_t start,
+                    float* dpositions, ThreadPool& pool) {
   for (std::size_t r = 0; r < rows; ++r) {
     if (tokens[r] < 0 || static_cast<std::size_t>(tokens[r]) >= num_tokens) {
-      throw InputError("embedBackward: token " + std::to_string(tokens[r]) + " at " + std::to_string(r) +
-                       " is outside [0, " + std::to_string(num_tokens) + ")");
+      throw InputError("embedBackward: token " + std::to_string(tokens[r]) + " at " +
+                       std::to_string(r) + " is outside [0, " + std::to_string(num_tokens) + ")");
     }
   }
   if (rows == 0 || dim == 0 || len == 0) return;
@@ -438,7 +456,8 @@ void embed_backward(std::size_t rows, std::size_t len, std::size_t dim, const st
     for (std::size_t r = 0; r < rows; ++r) order[next[static_cast<std::size_t>(tokens[r])]++] = r;
   }
   const std::size_t rows_per_token = ceil_div(rows, present.size());
-  const std::size_t grain = std::max<std::size_t>(1, (std::size_t{1} << 16) / (dim * rows_per_token));
+  const std::size_t grain =
+      std::max<std::size_t>(1, (std::size_t{1} << 16) / (dim * rows_per_token));
   pool.parallel_for(present.size(), grain, [&](std::size_t begin, std::size_t end, std::size_t) {
     std::vector<double> acc(dim);
     for (std::size_t p = begin; p < end; ++p) {
@@ -467,35 +486,36 @@ void embed_backward(std::size_t rows, std::size_t len, std::size_t dim, const st
                     });
 }
 
-void glu_gelu_backward(std::size_t rows, std::size_t hidden, const float* h, const float* dy, float* dh,
-                       const KernelSet& kernels, ThreadPool& pool) {
+void glu_gelu_backward(std::size_t rows, std::size_t hidden, const float* h, const float* dy,
+                       float* dh, const KernelSet& kernels, ThreadPool& pool) {
   if (hidden == 0) return;
-  pool.parallel_for(rows, row_grain(2 * hidden), [&](std::size_t begin, std::size_t end, std::size_t) {
-    alignas(64) float d[kGeluBlock];
-    alignas(64) float gl[kGeluBlock];
-    for (std::size_t r = begin; r < end; ++r) {
-      const float* a = h + r * 2 * hidden;
-      const float* gate = a + hidden;
-      const float* dyr = dy + r * hidden;
-      float* da = dh + r * 2 * hidden;
-      float* dgate = da + hidden;
-      for (std::size_t j0 = 0; j0 < hidden; j0 += kGeluBlock) {
-        const std::size_t count = std::min(kGeluBlock, hidden - j0);
-        gelu_derivative(count, a + j0, d, kernels);
-        std::memcpy(gl, a + j0, count * sizeof(float));
-        kernels.gelu_bias(count, nullptr, gl);  // the forward's gelu(a), bit for bit
-        for (std::size_t j = 0; j < count; ++j) {
-          const float g = dyr[j0 + j];
-          da[j0 + j] = g * gate[j0 + j] * d[j];
-          dgate[j0 + j] = g * gl[j];
+  pool.parallel_for(
+      rows, row_grain(2 * hidden), [&](std::size_t begin, std::size_t end, std::size_t) {
+        alignas(64) float d[kGeluBlock];
+        alignas(64) float gl[kGeluBlock];
+        for (std::size_t r = begin; r < end; ++r) {
+          const float* a = h + r * 2 * hidden;
+          const float* gate = a + hidden;
+          const float* dyr = dy + r * hidden;
+          float* da = dh + r * 2 * hidden;
+          float* dgate = da + hidden;
+          for (std::size_t j0 = 0; j0 < hidden; j0 += kGeluBlock) {
+            const std::size_t count = std::min(kGeluBlock, hidden - j0);
+            gelu_derivative(count, a + j0, d, kernels);
+            std::memcpy(gl, a + j0, count * sizeof(float));
+            kernels.gelu_bias(count, nullptr, gl);  // the forward's gelu(a), bit for bit
+            for (std::size_t j = 0; j < count; ++j) {
+              const float g = dyr[j0 + j];
+              da[j0 + j] = g * gate[j0 + j] * d[j];
+              dgate[j0 + j] = g * gl[j];
+            }
+          }
         }
-      }
-    }
-  });
+      });
 }
 
-void scale_norm_backward(std::size_t rows, std::size_t dim, const float* x, float g, float eps, const float* dy,
-                         float* dx, bool accumulate, float* dg, ThreadPool& pool) {
+void scale_norm_backward(std::size_t rows, std::size_t dim, const float* x, float g, float eps,
+                         const float* dy, float* dx, bool accumulate, float* dg, ThreadPool& pool) {
   if (rows == 0) return;
   const Chunks chunks = row_chunks(rows, dim);
   std::vector<double> partials(chunks.count, 0.0);
@@ -508,7 +528,8 @@ void scale_norm_backward(std::size_t rows, std::size_t dim, const float* x, floa
         const float* xr = x + r * dim;
         const float* dyr = dy + r * dim;
         double sum = 0.0, xdy = 0.0;
-        for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(xr[j]) * xr[j];  // as scale_norm
+        for (std::size_t j = 0; j < dim; ++j)
+          sum += static_cast<double>(xr[j]) * xr[j];  // as scale_norm
         for (std::size_t j = 0; j < dim; ++j) xdy += static_cast<double>(xr[j]) * dyr[j];
         // scale_norm's branch: max(float(||x||), eps) picks eps when the norm is <= eps.
         const bool clamped = !(static_cast<float>(std::sqrt(sum)) > eps);
@@ -531,8 +552,8 @@ void scale_norm_backward(std::size_t rows, std::size_t dim, const float* x, floa
   dg[0] = static_cast<float>(static_cast<double>(dg[0]) + total);
 }
 
-void scaled_add_backward(std::size_t n, const float* x, const float* dy, float g, float* dg, float* dx,
-                         bool accumulate, ThreadPool& pool) {
+void scaled_add_backward(std::size_t n, const float* x, const float* dy, float g, float* dg,
+                         float* dx, bool accumulate, ThreadPool& pool) {
   const std::size_t chunks = ceil_div(n, kElementGrain);
   std::vector<double> partials(chunks, 0.0);
   pool.parallel_for(chunks, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
@@ -558,41 +579,43 @@ void scaled_add_backward(std::size_t n, const float* x, const float* dy, float g
   dg[0] = static_cast<float>(static_cast<double>(dg[0]) + total);
 }
 
-void token_shift_backward(std::size_t batch, std::size_t len, std::size_t dim, const float* dy, const int* shifts,
-                          std::size_t segments, const std::uint8_t* keep, float* dx, bool accumulate,
-                          ThreadPool& pool) {
+void token_shift_backward(std::size_t batch, std::size_t len, std::size_t dim, const float* dy,
+                          const int* shifts, std::size_t segments, const std::uint8_t* keep,
+                          float* dx, bool accumulate, ThreadPool& pool) {
   if (segments == 0 || dim == 0) return;
   const std::size_t piece = dim / segments, done = segments * piece;
-  pool.parallel_for(batch * len, row_grain(dim), [&](std::size_t begin, std::size_t end, std::size_t) {
-    for (std::size_t row = begin; row < end; ++row) {
-      const std::size_t b = row / len, u = row % len;
-      const bool kept = keep == nullptr || keep[row] != 0;
-      float* dxr = dx + row * dim;
-      for (std::size_t s = 0; s < segments; ++s) {
-        const long long to = static_cast<long long>(u) + shifts[s];  // the row piece s of u went to
-        float* dst = dxr + s * piece;
-        const float* src = nullptr;
-        if (to >= 0 && to < static_cast<long long>(len) && (shifts[s] == 0 || kept)) {
-          src = dy + (b * len + static_cast<std::size_t>(to)) * dim + s * piece;
-        }
-        if (accumulate) {
-          if (src != nullptr) {
-            for (std::size_t j = 0; j < piece; ++j) dst[j] += src[j];
+  pool.parallel_for(
+      batch * len, row_grain(dim), [&](std::size_t begin, std::size_t end, std::size_t) {
+        for (std::size_t row = begin; row < end; ++row) {
+          const std::size_t b = row / len, u = row % len;
+          const bool kept = keep == nullptr || keep[row] != 0;
+          float* dxr = dx + row * dim;
+          for (std::size_t s = 0; s < segments; ++s) {
+            const long long to =
+                static_cast<long long>(u) + shifts[s];  // the row piece s of u went to
+            float* dst = dxr + s * piece;
+            const float* src = nullptr;
+            if (to >= 0 && to < static_cast<long long>(len) && (shifts[s] == 0 || kept)) {
+              src = dy + (b * len + static_cast<std::size_t>(to)) * dim + s * piece;
+            }
+            if (accumulate) {
+              if (src != nullptr) {
+                for (std::size_t j = 0; j < piece; ++j) dst[j] += src[j];
+              }
+            } else if (src != nullptr) {
+              std::memcpy(dst, src, piece * sizeof(float));
+            } else {
+              std::fill(dst, dst + piece, 0.0f);
+            }
           }
-        } else if (src != nullptr) {
-          std::memcpy(dst, src, piece * sizeof(float));
-        } else {
-          std::fill(dst, dst + piece, 0.0f);
+          const float* rest = dy + row * dim;
+          if (accumulate) {
+            for (std::size_t j = done; j < dim; ++j) dxr[j] += rest[j];
+          } else {
+            std::memcpy(dxr + done, rest + done, (dim - done) * sizeof(float));
+          }
         }
-      }
-      const float* rest = dy + row * dim;
-      if (accumulate) {
-        for (std::size_t j = done; j < dim; ++j) dxr[j] += rest[j];
-      } else {
-        std::memcpy(dxr + done, rest + done, (dim - done) * sizeof(float));
-      }
-    }
-  });
+      });
 }
 
 namespace {
@@ -604,7 +627,8 @@ std::uint64_t mix64(std::uint64_t z) {
 }
 
 std::uint64_t dropout_key(std::uint64_t seed, std::uint64_t stream) {
-  return mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) ^ (stream * 0xD1B54A32D192ED03ULL + 0x8CB92BA72F3D8DD7ULL));
+  return mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) ^
+               (stream * 0xD1B54A32D192ED03ULL + 0x8CB92BA72F3D8DD7ULL));
 }
 
 std::uint32_t dropout_threshold(float p) {
@@ -614,22 +638,24 @@ std::uint32_t dropout_threshold(float p) {
 }  // namespace
 
 bool dropout_keeps(std::uint64_t seed, std::uint64_t stream, std::uint64_t i, float p) {
-  return (mix64(dropout_key(seed, stream) + i * 0x9E3779B97F4A7C15ULL) >> 40) >= dropout_threshold(p);
+  return (mix64(dropout_key(seed, stream) + i * 0x9E3779B97F4A7C15ULL) >> 40) >=
+         dropout_threshold(p);
 }
 
-void dropout(std::size_t n, const float* x, const float* residual, float* y, float p, std::uint64_t seed,
-             std::uint64_t stream, ThreadPool& pool) {
+void dropout(std::size_t n, const float* x, const float* residual, float* y, float p,
+             std::uint64_t seed, std::uint64_t stream, ThreadPool& pool) {
   const std::uint64_t key = dropout_key(seed, stream);
   const std::uint32_t threshold = dropout_threshold(p);
   const float scale = p >= 1.0f ? 0.0f : static_cast<float>(1.0 / (1.0 - static_cast<double>(p)));
-  pool.parallel_for(ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
-    const std::size_t stop = std::min(n, end * kElementGrain);
-    for (std::size_t i = begin * kElementGrain; i < stop; ++i) {
-      const bool keep = (mix64(key + i * 0x9E3779B97F4A7C15ULL) >> 40) >= threshold;
-      const float v = keep ? x[i] * scale : 0.0f;
-      y[i] = residual != nullptr ? residual[i] + v : v;
-    }
-  });
+  pool.parallel_for(
+      ceil_div(n, kElementGrain), 1, [&](std::size_t begin, std::size_t end, std::size_t) {
+        const std::size_t stop = std::min(n, end * kElementGrain);
+        for (std::size_t i = begin * kElementGrain; i < stop; ++i) {
+          const bool keep = (mix64(key + i * 0x9E3779B97F4A7C15ULL) >> 40) >= threshold;
+          const float v = keep ? x[i] * scale : 0.0f;
+          y[i] = residual != nullptr ? residual[i] + v : v;
+        }
+      });
 }
 
 }  // namespace pa

@@ -28,8 +28,9 @@ std::size_t ceil_div(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
 // y[r, :] = act(tile[r, :] + bias) + residual[r, :] for r < m, over `width` columns.
 // tile is [m, width] (modified); y and residual have row stride ld and may alias.
-void finish_tile(std::size_t m, std::size_t width, float* tile, const float* bias, const float* residual,
-                 std::size_t ld, Activation act, float* y, const KernelSet& kernels) {
+void finish_tile(std::size_t m, std::size_t width, float* tile, const float* bias,
+                 const float* residual, std::size_t ld, Activation act, float* y,
+                 const KernelSet& kernels) {
   for (std::size_t r = 0; r < m; ++r) {
     float* t = tile + r * width;
     if (act == Activation::kGelu) {
@@ -75,32 +76,37 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
   // same gemm calls and thus the same bits.
   const std::size_t blocks = ceil_div(out, kBlockCols);
   const std::size_t row_tiles = ceil_div(rows, kRowTile);
-  const std::size_t group_blocks = row_tiles * ceil_div(blocks, kGroupBlocks) < kMinItems ? 1 : kGroupBlocks;
+  const std::size_t group_blocks =
+      row_tiles * ceil_div(blocks, kGroupBlocks) < kMinItems ? 1 : kGroupBlocks;
   const std::size_t groups = ceil_div(blocks, group_blocks);
   const std::size_t item_work = std::min(rows, kRowTile) * std::max<std::size_t>(in, 1) *
                                 std::min(out, group_blocks * kBlockCols);
   const std::size_t grain = std::max<std::size_t>(1, kMinWorkPerPiece / item_work);
-  pool.parallel_for(groups * row_tiles, grain, [&](std::size_t begin, std::size_t end, std::size_t) {
-    // 16 KiB on the stack rather than thread_scratch, so a caller may hold its own
-    // thread_scratch across the call.
-    alignas(64) float tile[kRowTile * kBlockCols];
-    for (std::size_t item = begin; item < end; ++item) {
-      const std::size_t group = item / row_tiles, r0 = (item % row_tiles) * kRowTile;
-      const std::size_t m = std::min(kRowTile, rows - r0);
-      const std::size_t b_end = std::min(blocks, (group + 1) * group_blocks);
-      for (std::size_t b = group * group_blocks; b < b_end; ++b) {
-        const std::size_t c0 = b * kBlockCols, width = std::min(kBlockCols, out - c0);
-        kernels.gemm(m, width, in, x + r0 * x_stride, x_stride, 1, packed + c0 * in, width, tile, width, false);
-        finish_tile(m, width, tile, bias != nullptr ? bias + c0 : nullptr,
-                    residual != nullptr ? residual + r0 * out + c0 : nullptr, out, act, y + r0 * out + c0, kernels);
-      }
-    }
-  });
+  pool.parallel_for(
+      groups * row_tiles, grain, [&](std::size_t begin, std::size_t end, std::size_t) {
+        // 16 KiB on the stack rather than thread_scratch, so a caller may hold its own
+        // thread_scratch across the call.
+        alignas(64) float tile[kRowTile * kBlockCols];
+        for (std::size_t item = begin; item < end; ++item) {
+          const std::size_t group = item / row_tiles, r0 = (item % row_tiles) * kRowTile;
+          const std::size_t m = std::min(kRowTile, rows - r0);
+          const std::size_t b_end = std::min(blocks, (group + 1) * group_blocks);
+          for (std::size_t b = group * group_blocks; b < b_end; ++b) {
+            const std::size_t c0 = b * kBlockCols, width = std::min(kBlockCols, out - c0);
+            kernels.gemm(m, width, in, x + r0 * x_stride, x_stride, 1, packed + c0 * in, width,
+                         tile, width, false);
+            finish_tile(m, width, tile, bias != nullptr ? bias + c0 : nullptr,
+                        residual != nullptr ? residual + r0 * out + c0 : nullptr, out, act,
+                        y + r0 * out + c0, kernels);
+          }
+        }
+      });
 }
 
 // Two passes in double: the mean, then the squared deviations from it, so a
 // large common offset (1e4 + small noise) does not cancel away the variance.
-void layer_norm_row_stats(std::size_t dim, const float* xr, float eps, double* mean_out, double* rstd_out) {
+void layer_norm_row_stats(std::size_t dim, const float* xr, float eps, double* mean_out,
+                          double* rstd_out) {
   double s[4] = {0, 0, 0, 0};
   std::size_t i = 0;
   for (; i + 4 <= dim; i += 4) {
@@ -124,8 +130,8 @@ void layer_norm_row_stats(std::size_t dim, const float* xr, float eps, double* m
   *rstd_out = 1.0 / std::sqrt(var + static_cast<double>(eps));
 }
 
-void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma, const float* beta,
-                float eps, float* y, ThreadPool& pool) {
+void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma,
+                const float* beta, float eps, float* y, ThreadPool& pool) {
   if (rows == 0 || dim == 0) return;
   const std::size_t grain = std::max<std::size_t>(1, 16384 / dim);
   pool.parallel_for(rows, grain, [&](std::size_t begin, std::size_t end, std::size_t) {
@@ -154,7 +160,8 @@ void split_heads(std::size_t batch, std::size_t len, std::size_t heads, std::siz
       const std::size_t b = row / len, l = row % len;
       const float* s = src + row * src_stride;
       for (std::size_t h = 0; h < heads; ++h) {
-        std::memcpy(dst + ((b * heads + h) * len + l) * head_dim, s + h * head_dim, head_dim * sizeof(float));
+        std::memcpy(dst + ((b * heads + h) * len + l) * head_dim, s + h * head_dim,
+                    head_dim * sizeof(float));
       }
     }
   });
@@ -170,7 +177,8 @@ void merge_heads(std::size_t batch, std::size_t len, std::size_t heads, std::siz
       const std::size_t b = row / len, l = row % len;
       float* d = dst + row * dst_stride;
       for (std::size_t h = 0; h < heads; ++h) {
-        std::memcpy(d + h * head_dim, src + ((b * heads + h) * len + l) * head_dim, head_dim * sizeof(float));
+        std::memcpy(d + h * head_dim, src + ((b * heads + h) * len + l) * head_dim,
+                    head_dim * sizeof(float));
       }
     }
   });

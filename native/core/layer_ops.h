@@ -11,7 +11,11 @@
 
 namespace pa {
 
-enum class Activation { kNone, kRelu, kGelu };  // kGelu = exact erf form: 0.5 x (1 + erf(x / sqrt 2))
+enum class Activation {
+  kNone,
+  kRelu,
+  kGelu
+};  // kGelu = exact erf form: 0.5 x (1 + erf(x / sqrt 2))
 
 // Packs W [out, in] (PyTorch layout) into whatever layout linear() wants; returns the float count
 // of the packed buffer, so the caller can allocate it (a Float32Array owned by JS).
@@ -20,16 +24,17 @@ void linear_pack(std::size_t in, std::size_t out, const float* w, float* packed)
 
 // y[r, o] = act(sum_i x[r, i] * W[o, i] + bias[o]) + residual[r, o], rows r < rows.
 // bias and residual may be null; residual may alias y (in-place residual add); x never aliases y.
-// x rows have stride x_stride (>= in) so a caller can feed a slice; y and residual are dense [rows, out].
-// Splits rows (and columns when rows are few) over the pool; result bits must not depend on the pool size.
+// x rows have stride x_stride (>= in) so a caller can feed a slice; y and residual are dense [rows,
+// out]. Splits rows (and columns when rows are few) over the pool; result bits must not depend on
+// the pool size.
 void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, std::size_t x_stride,
             const float* packed, const float* bias, const float* residual, Activation act, float* y,
             const KernelSet& kernels, ThreadPool& pool);
 
 // y[r, :] = (x[r, :] - mean) / sqrt(var + eps) * gamma + beta (biased variance, like PyTorch);
 // gamma/beta may be null (1 / 0). y may alias x. Mean and variance accumulated in double.
-void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma, const float* beta,
-                float eps, float* y, ThreadPool& pool);
+void layer_norm(std::size_t rows, std::size_t dim, const float* x, const float* gamma,
+                const float* beta, float eps, float* y, ThreadPool& pool);
 // The mean and 1 / sqrt(var + eps) of one row as layer_norm computes them (its
 // backward recomputes them with this, for the same bits).
 void layer_norm_row_stats(std::size_t dim, const float* xr, float eps, double* mean, double* rstd);

@@ -15,7 +15,12 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 class LocalWorker {
  public:
   LocalWorker(const AttentionDims& dims, const LocalAttentionOptions& o, const KernelSet& kernels)
-      : dims_(dims), o_(o), kernels_(kernels), w_(o.window), d_(dims.head_dim), Dv_(dims.value_dim),
+      : dims_(dims),
+        o_(o),
+        kernels_(kernels),
+        w_(o.window),
+        d_(dims.head_dim),
+        Dv_(dims.value_dim),
         slots_(o.causal ? 2 * o.window : 3 * o.window),
         scale_(static_cast<float>(1.0 / std::sqrt(static_cast<double>(dims.head_dim)))) {
     // Scratch for this call's rows only: a window larger than the sequence needs no more.
@@ -40,7 +45,8 @@ class LocalWorker {
       const Window win = window(i0, keep);
       const std::size_t nk = win.hi - win.lo;
       window_probabilities(q, k, keep, i0, win.nq, win.lo, nk, win.visible_pads, scores_.data());
-      kernels_.gemm(win.nq, Dv_, nk, scores_.data(), nk, 1, v + win.lo * Dv_, Dv_, out + i0 * Dv_, Dv_, false);
+      kernels_.gemm(win.nq, Dv_, nk, scores_.data(), nk, 1, v + win.lo * Dv_, Dv_, out + i0 * Dv_,
+                    Dv_, false);
       for (std::size_t r = 0; r < win.nq; ++r) {
         if (hidden_[r] == 0) continue;
         float* y = out + (i0 + r) * Dv_;
@@ -55,8 +61,8 @@ class LocalWorker {
 
   // Gradients of every row of one head (as head()): dq overwritten, dk and dv accumulated
   // window by window (the caller zeroes them).
-  void head_backward(const float* q, const float* k, const float* v, const std::uint8_t* keep, const float* g, float* dq,
-                     float* dk, float* dv) {
+  void head_backward(const float* q, const float* k, const float* v, const std::uint8_t* keep,
+                     const float* g, float* dq, float* dk, float* dv) {
     const std::size_t L = dims_.k_len;
     for (std::size_t i0 = 0; i0 < L; i0 += w_) {
       check_cancel(o_.cancel);
@@ -83,7 +89,8 @@ class LocalWorker {
             // y = (sum of the real values - slots holding -1) / slots
             const float share = 1.0f / static_cast<float>(last - first);
             for (std::size_t j = 0; j < nk; ++j) {
-              for (std::size_t e = 0; e < Dv_; ++e) dv[(lo + j) * Dv_ + e] += gw[r * Dv_ + e] * share;
+              for (std::size_t e = 0; e < Dv_; ++e)
+                dv[(lo + j) * Dv_ + e] += gw[r * Dv_ + e] * share;
             }
           }
           continue;
@@ -100,7 +107,8 @@ class LocalWorker {
   }
 
   // Rows of one head at positions start.. through the ring (decoding).
-  void ring_rows(const float* q, const float* k, const float* v, float* ring, std::size_t start, float* out) {
+  void ring_rows(const float* q, const float* k, const float* v, float* ring, std::size_t start,
+                 float* out) {
     const std::size_t cap = 2 * w_;
     float* ring_k = ring;
     float* ring_v = ring + cap * d_;
@@ -112,7 +120,8 @@ class LocalWorker {
       const std::size_t lo = wb >= 1 ? (wb - 1) * w_ : 0;
       const std::size_t nk = t - lo + 1;
       float* row = scores_.data();
-      for (std::size_t j = 0; j < nk; ++j) row[j] = kernels_.dot(d_, q + r * d_, ring_k + ((lo + j) % cap) * d_) * scale_;
+      for (std::size_t j = 0; j < nk; ++j)
+        row[j] = kernels_.dot(d_, q + r * d_, ring_k + ((lo + j) % cap) * d_) * scale_;
       softmax_row(row, nk, 0);
       float* y = out + r * Dv_;
       std::fill(y, y + Dv_, 0.0f);
@@ -158,8 +167,9 @@ class LocalWorker {
 
   // The softmax probabilities of the window's queries [i0, i0 + nq) over keys [lo, lo + nk)
   // into p [nq, nk] (zeros for hidden rows, flagged in hidden_), as head() computes them.
-  void window_probabilities(const float* q, const float* k, const std::uint8_t* keep, std::size_t i0, std::size_t nq,
-                            std::size_t lo, std::size_t nk, std::size_t zeros, float* p) {
+  void window_probabilities(const float* q, const float* k, const std::uint8_t* keep,
+                            std::size_t i0, std::size_t nq, std::size_t lo, std::size_t nk,
+                            std::size_t zeros, float* p) {
     for (std::size_t j = 0; j < nk; ++j) {
       for (std::size_t i = 0; i < d_; ++i) kt_[i * nk + j] = k[(lo + j) * d_ + i];
     }
@@ -170,7 +180,8 @@ class LocalWorker {
       for (std::size_t j = 0; j < nk; ++j) {
         const std::size_t pos = lo + j;
         bool visible = !(o_.causal && pos > i);
-        if (keep != nullptr) visible = visible && keep[pos] != 0 && (!o_.pytorch_numerics || keep[i] != 0);
+        if (keep != nullptr)
+          visible = visible && keep[pos] != 0 && (!o_.pytorch_numerics || keep[i] != 0);
         row[j] = visible ? row[j] * scale_ : kNegInf;
       }
       hidden_[r] = softmax_row(row, nk, zeros) ? 0 : 1;
@@ -208,7 +219,8 @@ class LocalWorker {
       if (p < 0 || p >= static_cast<long long>(padded)) ++minus_one;
     }
     const double slots = static_cast<double>(last - first);
-    for (std::size_t e = 0; e < Dv_; ++e) y[e] = static_cast<float>((acc[e] - static_cast<double>(minus_one)) / slots);
+    for (std::size_t e = 0; e < Dv_; ++e)
+      y[e] = static_cast<float>((acc[e] - static_cast<double>(minus_one)) / slots);
   }
 
   const AttentionDims& dims_;
@@ -226,16 +238,19 @@ std::size_t local_ring_floats(std::size_t window, std::size_t head_dim, std::siz
   return 2 * window * (head_dim + value_dim);
 }
 
-void local_attention(const AttentionDims& dims, const float* q, const float* k, const float* v, float* out,
-                     const LocalAttentionOptions& o, const KernelSet& kernels, ThreadPool& pool) {
+void local_attention(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                     float* out, const LocalAttentionOptions& o, const KernelSet& kernels,
+                     ThreadPool& pool) {
   if (o.window == 0) throw InputError("window must be >= 1");
-  if (dims.q_len != dims.k_len) throw InputError("local attention is self-attention: query and key lengths must be equal");
+  if (dims.q_len != dims.k_len)
+    throw InputError("local attention is self-attention: query and key lengths must be equal");
   if (o.ring != nullptr && (!o.causal || o.keep != nullptr)) {
     throw InputError("a decoding ring continues causal local attention without a mask");
   }
   check_cancel(o.cancel);
   scan_inputs(dims, q, k, v, pool);
-  const std::size_t heads = dims.batch * dims.heads, L = dims.q_len, d = dims.head_dim, Dv = dims.value_dim;
+  const std::size_t heads = dims.batch * dims.heads, L = dims.q_len, d = dims.head_dim,
+                    Dv = dims.value_dim;
   const std::size_t ring_floats = local_ring_floats(o.window, d, Dv);
   const bool from_ring = o.ring != nullptr && o.start > 0;
   // A call that continues a ring works on copies, handed back once every head is done.
@@ -265,15 +280,20 @@ void local_attention(const AttentionDims& dims, const float* q, const float* k, 
   if (o.ring != nullptr) std::copy(rings.begin(), rings.end(), o.ring);
 }
 
-void local_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
-                              const float* grad_out, float* dq, float* dk, float* dv, const LocalAttentionOptions& o,
-                              const KernelSet& kernels, ThreadPool& pool) {
+void local_attention_backward(const AttentionDims& dims, const float* q, const float* k,
+                              const float* v, const float* grad_out, float* dq, float* dk,
+                              float* dv, const LocalAttentionOptions& o, const KernelSet& kernels,
+                              ThreadPool& pool) {
   if (o.window == 0) throw InputError("window must be >= 1");
-  if (dims.q_len != dims.k_len) throw InputError("local attention is self-attention: query and key lengths must be equal");
-  if (o.ring != nullptr) throw InputError("the backward pass of local attention takes whole sequences, not a decoding ring");
+  if (dims.q_len != dims.k_len)
+    throw InputError("local attention is self-attention: query and key lengths must be equal");
+  if (o.ring != nullptr)
+    throw InputError(
+        "the backward pass of local attention takes whole sequences, not a decoding ring");
   check_cancel(o.cancel);
   scan_inputs(dims, q, k, v, pool);
-  const std::size_t heads = dims.batch * dims.heads, L = dims.q_len, d = dims.head_dim, Dv = dims.value_dim;
+  const std::size_t heads = dims.batch * dims.heads, L = dims.q_len, d = dims.head_dim,
+                    Dv = dims.value_dim;
   for (std::size_t i = 0; i < heads * L * Dv; ++i) {
     if (!std::isfinite(grad_out[i])) throw InputError("the output gradient holds NaN or infinity");
   }
@@ -289,8 +309,9 @@ void local_attention_backward(const AttentionDims& dims, const float* q, const f
       std::fill(dk + h * L * d, dk + (h + 1) * L * d, 0.0f);
       std::fill(dv + h * L * Dv, dv + (h + 1) * L * Dv, 0.0f);
       const std::uint8_t* keep = o.keep != nullptr ? o.keep + (h / dims.heads) * L : nullptr;
-      workers[slot]->head_backward(q + h * L * d, k + h * L * d, v + h * L * Dv, keep, grad_out + h * L * Dv, dq + h * L * d,
-                                   dk + h * L * d, dv + h * L * Dv);
+      workers[slot]->head_backward(q + h * L * d, k + h * L * d, v + h * L * Dv, keep,
+                                   grad_out + h * L * Dv, dq + h * L * d, dk + h * L * d,
+                                   dv + h * L * Dv);
     }
   });
 }

@@ -45,18 +45,21 @@ std::size_t local_ring_floats(std::size_t window, std::size_t head_dim, std::siz
 
 // q, k [batch, heads, len, d], v and out [batch, heads, len, Dv] (q_len = k_len = len).
 // Throws InputError for non-finite inputs.
-void local_attention(const AttentionDims& dims, const float* q, const float* k, const float* v, float* out,
-                     const LocalAttentionOptions& options, const KernelSet& kernels, ThreadPool& pool);
+void local_attention(const AttentionDims& dims, const float* q, const float* k, const float* v,
+                     float* out, const LocalAttentionOptions& options, const KernelSet& kernels,
+                     ThreadPool& pool);
 
 // Gradients of local_attention (no ring) with respect to q, k and v, given grad_out =
 // dL/d out [batch, heads, len, Dv]: each window's scores and softmax are recomputed, then
-//   dv += P^T g,  dS = P * (g V^T - rowsum(P * g V^T)),  dq = dS K / sqrt(d),  dk += dS^T Q / sqrt(d)
+//   dv += P^T g,  dS = P * (g V^T - rowsum(P * g V^T)),  dq = dS K / sqrt(d),  dk += dS^T Q /
+//   sqrt(d)
 // (local-attention's visible padding keys only enlarge the denominators; a row with no
 // visible key under pytorch_numerics, the mean of its value slots, sends g / slots to each
 // real value of its look-around). dq, dk, dv are overwritten and must not overlap the
 // inputs. Throws InputError for non-finite inputs or output gradients.
-void local_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
-                              const float* grad_out, float* dq, float* dk, float* dv, const LocalAttentionOptions& options,
+void local_attention_backward(const AttentionDims& dims, const float* q, const float* k,
+                              const float* v, const float* grad_out, float* dq, float* dk,
+                              float* dv, const LocalAttentionOptions& options,
                               const KernelSet& kernels, ThreadPool& pool);
 
 }  // namespace pa

@@ -24,7 +24,8 @@ void* allocate_large(std::size_t bytes) {
   void* pointer = nullptr;
   if (posix_memalign(&pointer, alignment, rounded) != 0) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (rounded >= kHugePage) madvise(pointer, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+  if (rounded >= kHugePage)
+    madvise(pointer, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
 #endif
   return pointer;
 }
@@ -83,7 +84,8 @@ PooledBuffer::PooledBuffer(std::size_t floats) {
     // The smallest pooled buffer that fits.
     std::size_t best = buffers.size();
     for (std::size_t i = 0; i < buffers.size(); ++i) {
-      if (buffers[i].size() >= floats && (best == buffers.size() || buffers[i].size() < buffers[best].size())) {
+      if (buffers[i].size() >= floats &&
+          (best == buffers.size() || buffers[i].size() < buffers[best].size())) {
         best = i;
       }
     }
@@ -97,7 +99,8 @@ PooledBuffer::PooledBuffer(std::size_t floats) {
 }
 
 PooledBuffer::~PooledBuffer() {
-  if (buffer_.size() == 0 || buffer_.size() > kScratchKeepFloats) return;  // large ones go back to the OS
+  if (buffer_.size() == 0 || buffer_.size() > kScratchKeepFloats)
+    return;  // large ones go back to the OS
   std::lock_guard<std::mutex> lock(pool_mutex());
   auto& buffers = pool();
   if (buffers.size() >= kPoolBuffers) buffers.erase(buffers.begin());  // drop the oldest

@@ -68,7 +68,9 @@ class Carver {
     return result;
   }
   std::size_t used() const { return used_; }
-  static std::size_t round_up(std::size_t floats) { return (floats + 15) & ~static_cast<std::size_t>(15); }
+  static std::size_t round_up(std::size_t floats) {
+    return (floats + 15) & ~static_cast<std::size_t>(15);
+  }
 
  private:
   float* base_ = nullptr;

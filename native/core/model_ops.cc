@@ -8,7 +8,9 @@ namespace pa {
 namespace {
 
 // Rows per piece of pool work for row-wise ops of `dim` floats (about 64 K floats).
-std::size_t row_grain(std::size_t dim) { return std::max<std::size_t>(1, (std::size_t{1} << 16) / std::max<std::size_t>(1, dim)); }
+std::size_t row_grain(std::size_t dim) {
+  return std::max<std::size_t>(1, (std::size_t{1} << 16) / std::max<std::size_t>(1, dim));
+}
 
 }  // namespace
 
@@ -26,9 +28,9 @@ bool Sinusoid::at(std::size_t t, std::size_t i, float* s, float* c) const {
   return true;
 }
 
-void embed_tokens(std::size_t rows, std::size_t len, std::size_t dim, const std::int32_t* tokens, const float* table,
-                  const Sinusoid* sinusoid, const float* learned_positions, std::size_t start, float* out,
-                  ThreadPool& pool) {
+void embed_tokens(std::size_t rows, std::size_t len, std::size_t dim, const std::int32_t* tokens,
+                  const float* table, const Sinusoid* sinusoid, const float* learned_positions,
+                  std::size_t start, float* out, ThreadPool& pool) {
   pool.parallel_for(rows, row_grain(dim), [&](std::size_t begin, std::size_t end, std::size_t) {
     for (std::size_t r = begin; r < end; ++r) {
       const float* emb = table + static_cast<std::size_t>(tokens[r]) * dim;
@@ -52,7 +54,8 @@ void embed_tokens(std::size_t rows, std::size_t len, std::size_t dim, const std:
   });
 }
 
-void scale_norm(std::size_t rows, std::size_t dim, const float* x, float g, float eps, float* y, ThreadPool& pool) {
+void scale_norm(std::size_t rows, std::size_t dim, const float* x, float g, float eps, float* y,
+                ThreadPool& pool) {
   pool.parallel_for(rows, row_grain(dim), [&](std::size_t begin, std::size_t end, std::size_t) {
     for (std::size_t r = begin; r < end; ++r) {
       const float* xr = x + r * dim;
@@ -75,8 +78,9 @@ void scaled_add(std::size_t n, const float* x, float g, const float* residual, f
   }
 }
 
-void token_shift(std::size_t batch, std::size_t len, std::size_t dim, const float* x, const int* shifts,
-                 std::size_t segments, const std::uint8_t* keep, float* history, float* y) {
+void token_shift(std::size_t batch, std::size_t len, std::size_t dim, const float* x,
+                 const int* shifts, std::size_t segments, const std::uint8_t* keep, float* history,
+                 float* y) {
   const std::size_t piece = dim / segments;
   for (std::size_t b = 0; b < batch; ++b) {
     const float* xb = x + b * len * dim;
@@ -104,53 +108,57 @@ void token_shift(std::size_t batch, std::size_t len, std::size_t dim, const floa
       const std::size_t done = segments * piece;
       std::memcpy(yr + done, xb + t * dim + done, (dim - done) * sizeof(float));
     }
-    if (history != nullptr && len > 0) std::memcpy(history + b * dim, xb + (len - 1) * dim, dim * sizeof(float));
+    if (history != nullptr && len > 0)
+      std::memcpy(history + b * dim, xb + (len - 1) * dim, dim * sizeof(float));
   }
 }
 
-void glu_gelu(std::size_t rows, std::size_t hidden, const float* h, float* y, const KernelSet& kernels,
-              ThreadPool& pool) {
-  pool.parallel_for(rows, row_grain(2 * hidden), [&](std::size_t begin, std::size_t end, std::size_t) {
-    for (std::size_t r = begin; r < end; ++r) {
-      const float* a = h + r * 2 * hidden;
-      const float* gate = a + hidden;
-      float* yr = y + r * hidden;
-      std::memcpy(yr, a, hidden * sizeof(float));
-      kernels.gelu_bias(hidden, nullptr, yr);
-      for (std::size_t j = 0; j < hidden; ++j) yr[j] *= gate[j];
-    }
-  });
+void glu_gelu(std::size_t rows, std::size_t hidden, const float* h, float* y,
+              const KernelSet& kernels, ThreadPool& pool) {
+  pool.parallel_for(rows, row_grain(2 * hidden),
+                    [&](std::size_t begin, std::size_t end, std::size_t) {
+                      for (std::size_t r = begin; r < end; ++r) {
+                        const float* a = h + r * 2 * hidden;
+                        const float* gate = a + hidden;
+                        float* yr = y + r * hidden;
+                        std::memcpy(yr, a, hidden * sizeof(float));
+                        kernels.gelu_bias(hidden, nullptr, yr);
+                        for (std::size_t j = 0; j < hidden; ++j) yr[j] *= gate[j];
+                      }
+                    });
 }
 
-void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start, RotaryLayout layout,
-            const Sinusoid& sinusoid, float* x, ThreadPool& pool, bool inverse) {
+void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start,
+            RotaryLayout layout, const Sinusoid& sinusoid, float* x, ThreadPool& pool,
+            bool inverse) {
   const std::size_t half = d / 2;
-  pool.parallel_for(len, row_grain(heads * d), [&](std::size_t begin, std::size_t end, std::size_t) {
-    // sin / cos of one position, shared by every head.
-    float sines[512], cosines[512];
-    for (std::size_t t = begin; t < end; ++t) {
-      for (std::size_t i0 = 0; i0 < half; i0 += 512) {
-        const std::size_t n = std::min<std::size_t>(512, half - i0);
-        for (std::size_t i = 0; i < n; ++i) {
-          sinusoid.at(start + t, i0 + i, &sines[i], &cosines[i]);
-          if (inverse) sines[i] = -sines[i];
-        }
-        for (std::size_t h = 0; h < heads; ++h) {
-          float* row = x + (h * len + t) * d;
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t a = layout == RotaryLayout::kInterleaved ? 2 * (i0 + i) : i0 + i;
-            const std::size_t b = layout == RotaryLayout::kInterleaved ? a + 1 : a + half;
-            const float xa = row[a], xb = row[b];
-            const float s = sines[i], c = cosines[i];
-            // x * cos + rotate(x) * sin, each product rounded before the sum.
-            const float a_cos = xa * c, b_sin = xb * s, b_cos = xb * c, a_sin = xa * s;
-            row[a] = a_cos - b_sin;
-            row[b] = b_cos + a_sin;
+  pool.parallel_for(
+      len, row_grain(heads * d), [&](std::size_t begin, std::size_t end, std::size_t) {
+        // sin / cos of one position, shared by every head.
+        float sines[512], cosines[512];
+        for (std::size_t t = begin; t < end; ++t) {
+          for (std::size_t i0 = 0; i0 < half; i0 += 512) {
+            const std::size_t n = std::min<std::size_t>(512, half - i0);
+            for (std::size_t i = 0; i < n; ++i) {
+              sinusoid.at(start + t, i0 + i, &sines[i], &cosines[i]);
+              if (inverse) sines[i] = -sines[i];
+            }
+            for (std::size_t h = 0; h < heads; ++h) {
+              float* row = x + (h * len + t) * d;
+              for (std::size_t i = 0; i < n; ++i) {
+                const std::size_t a = layout == RotaryLayout::kInterleaved ? 2 * (i0 + i) : i0 + i;
+                const std::size_t b = layout == RotaryLayout::kInterleaved ? a + 1 : a + half;
+                const float xa = row[a], xb = row[b];
+                const float s = sines[i], c = cosines[i];
+                // x * cos + rotate(x) * sin, each product rounded before the sum.
+                const float a_cos = xa * c, b_sin = xb * s, b_cos = xb * c, a_sin = xa * s;
+                row[a] = a_cos - b_sin;
+                row[b] = b_cos + a_sin;
+              }
+            }
           }
         }
-      }
-    }
-  });
+      });
 }
 
 }  // namespace pa

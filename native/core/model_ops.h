@@ -31,13 +31,14 @@ struct Sinusoid {
 
 // out[r, :] = table[tokens[r], :] + position(start + r % len) for r < rows (rows =
 // batch * len). positions may be null (no positional term). tokens are in range.
-void embed_tokens(std::size_t rows, std::size_t len, std::size_t dim, const std::int32_t* tokens, const float* table,
-                  const Sinusoid* sinusoid, const float* learned_positions, std::size_t start, float* out,
-                  ThreadPool& pool);
+void embed_tokens(std::size_t rows, std::size_t len, std::size_t dim, const std::int32_t* tokens,
+                  const float* table, const Sinusoid* sinusoid, const float* learned_positions,
+                  std::size_t start, float* out, ThreadPool& pool);
 
 // y[r, :] = x[r, :] / max(||x[r, :]||, eps) * g (performer-pytorch's PreScaleNorm; the norm in
 // double). y may alias x.
-void scale_norm(std::size_t rows, std::size_t dim, const float* x, float g, float eps, float* y, ThreadPool& pool);
+void scale_norm(std::size_t rows, std::size_t dim, const float* x, float g, float eps, float* y,
+                ThreadPool& pool);
 
 // y[i] = residual[i] + x[i] * g for i < n (ReZero: the sub-layer's output times its gain,
 // then the residual). y may alias residual or x.
@@ -50,13 +51,14 @@ void scaled_add(std::size_t n, const float* x, float g, const float* residual, f
 // ([batch, dim], decoding), row -1 of each sequence is history[b] instead of zero, and
 // history[b] becomes the sequence's last row afterwards; history needs shifts in
 // {0, 1} and no keep mask. y must not alias x.
-void token_shift(std::size_t batch, std::size_t len, std::size_t dim, const float* x, const int* shifts,
-                 std::size_t segments, const std::uint8_t* keep, float* history, float* y);
+void token_shift(std::size_t batch, std::size_t len, std::size_t dim, const float* x,
+                 const int* shifts, std::size_t segments, const std::uint8_t* keep, float* history,
+                 float* y);
 
 // y[r, :] = gelu(h[r, :hidden]) * h[r, hidden:] (the GLU feed-forward's gate; h is the
 // first linear's output with its bias). y must not alias h.
-void glu_gelu(std::size_t rows, std::size_t hidden, const float* h, float* y, const KernelSet& kernels,
-              ThreadPool& pool);
+void glu_gelu(std::size_t rows, std::size_t hidden, const float* h, float* y,
+              const KernelSet& kernels, ThreadPool& pool);
 
 enum class RotaryLayout {
   kInterleaved,  // pairs (x_2i, x_2i+1) turn by angle t f_i: performer-pytorch's global heads
@@ -68,7 +70,8 @@ enum class RotaryLayout {
 // (kInterleaved) have a stored table; local-attention (kHalves) computes them from its
 // inv_freq buffer ([d / 2] float32), so callers give it no table.
 // inverse: rotate by -angle instead (the adjoint: the gradient of a rotation).
-void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start, RotaryLayout layout,
-            const Sinusoid& sinusoid, float* x, ThreadPool& pool, bool inverse = false);
+void rotary(std::size_t heads, std::size_t len, std::size_t d, std::size_t start,
+            RotaryLayout layout, const Sinusoid& sinusoid, float* x, ThreadPool& pool,
+            bool inverse = false);
 
 }  // namespace pa

@@ -15,8 +15,8 @@ namespace pa {
 // of `max` and their max. Rescales acc (Dv floats) and sum to new_max, turns s into
 // exp(s - new_max) (zero past `keep`) and adds its sum to `sum`. A row that sees
 // nothing yet (new_max is -inf) only gets s zeroed.
-inline void online_softmax_row(const KernelSet& kernels, float* s, std::size_t keep, std::size_t m, float new_max,
-                               float& max, float& sum, float* acc, std::size_t Dv) {
+inline void online_softmax_row(const KernelSet& kernels, float* s, std::size_t keep, std::size_t m,
+                               float new_max, float& max, float& sum, float* acc, std::size_t Dv) {
   if (new_max == -std::numeric_limits<float>::infinity()) {
     std::fill(s, s + m, 0.0f);
     return;

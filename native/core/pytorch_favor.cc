@@ -48,7 +48,8 @@ struct StateLayout : CarvedLayout<StateLayout> {
 // from them. Rows of one head go through it in order.
 class Worker {
  public:
-  Worker(const AttentionDims& dims, const PytorchFavorOptions& o, const KernelSet& kernels, std::size_t F)
+  Worker(const AttentionDims& dims, const PytorchFavorOptions& o, const KernelSet& kernels,
+         std::size_t F)
       : dims_(dims), o_(o), kernels_(kernels), F_(F), Dv_(dims.value_dim), d_(dims.head_dim) {
     const std::size_t R = kRows;
     auto layout = [&](Carver& carve) {
@@ -62,13 +63,17 @@ class Worker {
     Carver at(scratch_.data());
     layout(at);
     std::fill(ones_, ones_ + R, 1.0f);
-    r_ = o.features == PytorchFeatures::kSoftmax ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(F))) : 1.0f;
-    eps_ = o.features == PytorchFeatures::kSoftmax ? kSoftmaxEps : o.features == PytorchFeatures::kRelu ? kReluEps : 0.0f;
+    r_ = o.features == PytorchFeatures::kSoftmax
+             ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(F)))
+             : 1.0f;
+    eps_ = o.features == PytorchFeatures::kSoftmax ? kSoftmaxEps
+           : o.features == PytorchFeatures::kRelu  ? kReluEps
+                                                   : 0.0f;
   }
 
   // Bidirectional attention of one head.
-  void bidirectional(const float* q, const float* k, const float* v, const std::uint8_t* keep, float* out,
-                     float* s) {
+  void bidirectional(const float* q, const float* k, const float* v, const std::uint8_t* keep,
+                     float* out, float* s) {
     const std::size_t Lq = dims_.q_len;
     key_sums(k, v, keep, s);
     for (std::size_t i0 = 0; i0 < Lq; i0 += kRows) {
@@ -90,7 +95,8 @@ class Worker {
     const std::size_t Lk = dims_.k_len;
     std::fill(s, s + F_ * Dv_, 0.0f);
     std::fill(z_, z_ + F_, 0.0f);
-    const float key_max = o_.features == PytorchFeatures::kSoftmax ? max_projection(k, 0, Lk) : 0.0f;
+    const float key_max =
+        o_.features == PytorchFeatures::kSoftmax ? max_projection(k, 0, Lk) : 0.0f;
     if (o_.features == PytorchFeatures::kNoProjection) key_softmax_statistics(k, keep, Lk);
     for (std::size_t j0 = 0; j0 < Lk; j0 += kRows) {
       check_cancel(o_.cancel);
@@ -104,8 +110,8 @@ class Worker {
 
   // kf_ rows: the features of key rows [j0, j0 + n); vm_ rows: their values, zero
   // where the key is not kept.
-  void key_block(const float* k, const float* v, const std::uint8_t* keep, std::size_t j0, std::size_t n,
-                 float key_max) {
+  void key_block(const float* k, const float* v, const std::uint8_t* keep, std::size_t j0,
+                 std::size_t n, float key_max) {
     if (o_.features == PytorchFeatures::kNoProjection) {
       // softmax over the keys, per entry: exp(k - max) / sum.
       for (std::size_t r = 0; r < n; ++r) {
@@ -128,8 +134,8 @@ class Worker {
   }
 
   // Causal attention of one head, continuing from st (q_len = k_len rows).
-  void causal(const float* q, const float* k, const float* v, const std::uint8_t* keep, float* out, const State& st,
-              bool* rose) {
+  void causal(const float* q, const float* k, const float* v, const std::uint8_t* keep, float* out,
+              const State& st, bool* rose) {
     const std::size_t L = dims_.k_len;
     if (o_.features == PytorchFeatures::kSoftmax && L > 0) {
       const float call_max = max_projection(k, 0, L);
@@ -168,7 +174,8 @@ class Worker {
         for (std::size_t e = 0; e < Dv_; ++e) row[e] = r_ * row[e] + prior_eps * st.vsum[e];
         float within = 0.0f;
         for (std::size_t j = 0; j <= r; ++j) within += a_[r * n + j];
-        den_[r] = r_ * kernels_.dot(F_, qf, st.z) + prior_eps * *st.count + within + kCausalEps * qsum;
+        den_[r] =
+            r_ * kernels_.dot(F_, qf, st.z) + prior_eps * *st.count + within + kCausalEps * qsum;
       }
       kernels_.gemm(n, Dv_, n, a_, n, 1, vm_, Dv_, rows, Dv_, true);
       for (std::size_t r = 0; r < n; ++r) {
@@ -230,9 +237,10 @@ class Worker {
         kernels_.exp_bias(n * F_, k + j0 * d_, nullptr, 0.0f, e_);
         for (std::size_t i = 0; i < n * F_; ++i) {
           if (!std::isfinite(e_[i])) {
-            throw InputError("key: exp(" + std::to_string(k[j0 * d_ + i]) +
-                             ") overflows float32; with no_projection and causal attention, performer-pytorch's numerics "
-                             "exponentiate keys without a stabilizer (use numerics 'exact')");
+            throw InputError(
+                "key: exp(" + std::to_string(k[j0 * d_ + i]) +
+                ") overflows float32; with no_projection and causal attention, performer-pytorch's numerics "
+                "exponentiate keys without a stabilizer (use numerics 'exact')");
           }
         }
         break;
@@ -313,11 +321,13 @@ class Worker {
   const std::size_t F_, Dv_, d_;
   float r_ = 1.0f, eps_ = 0.0f;
   std::vector<float> scratch_;
-  float *u_, *e_, *kf_, *kf_t_, *qf_, *work_, *a_, *vm_, *ones_, *den_, *half_norm_, *col_max_, *col_scale_, *z_;
+  float *u_, *e_, *kf_, *kf_t_, *qf_, *work_, *a_, *vm_, *ones_, *den_, *half_norm_, *col_max_,
+      *col_scale_, *z_;
   float* eq_ = nullptr;  // query exponents, kept by the backward pass (else null)
 
  public:
-  // ---- gradients (the stabilizers max_f u and M are constants, as performer-pytorch detaches them)
+  // ---- gradients (the stabilizers max_f u and M are constants, as performer-pytorch detaches
+  // them)
 
   // Scratch of the backward pass and the (materialized) features' gradients.
   void prepare_backward() {
@@ -340,8 +350,8 @@ class Worker {
     layout(at);
   }
 
-  void backward_bidirectional(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* keep,
-                              float* dq, float* dk, float* dv, float* s) {
+  void backward_bidirectional(const float* q, const float* k, const float* v, const float* g,
+                              const std::uint8_t* keep, float* dq, float* dk, float* dv, float* s) {
     const std::size_t Lk = dims_.k_len, Lq = dims_.q_len;
     const float key_max = key_sums(k, v, keep, s);  // no_projection has no backward
     transpose(s, F_, Dv_, st_);
@@ -367,7 +377,8 @@ class Worker {
       check_cancel(o_.cancel);
       const std::size_t n = std::min(kRows, Lk - j0);
       key_block(k, v, keep, j0, n, key_max);
-      // dk' = v_masked dS^T + dz (a masked key stays in the normalizer); dv = K' dS, zero where masked.
+      // dk' = v_masked dS^T + dz (a masked key stays in the normalizer); dv = K' dS, zero where
+      // masked.
       kernels_.gemm(n, F_, Dv_, vm_, Dv_, 1, st_, F_, dkf_, F_, false);
       for (std::size_t r = 0; r < n; ++r) {
         for (std::size_t f = 0; f < F_; ++f) dkf_[r * F_ + f] += dz_[f];
@@ -380,10 +391,12 @@ class Worker {
 
   // Causal (q_len = k_len), from no state: a forward sweep (prefix sums, dq) then a
   // reverse sweep (suffix sums, dk and dv). dnum (L x Dv) and dden (L) are the caller's.
-  void backward_causal(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* keep, float* dq,
-                       float* dk, float* dv, float* s, float* dnum_all, float* dden_all) {
+  void backward_causal(const float* q, const float* k, const float* v, const float* g,
+                       const std::uint8_t* keep, float* dq, float* dk, float* dv, float* s,
+                       float* dnum_all, float* dden_all) {
     const std::size_t L = dims_.k_len;
-    const float key_max = o_.features == PytorchFeatures::kSoftmax && L > 0 ? max_projection(k, 0, L) : 0.0f;
+    const float key_max =
+        o_.features == PytorchFeatures::kSoftmax && L > 0 ? max_projection(k, 0, L) : 0.0f;
     std::fill(s, s + F_ * Dv_, 0.0f);
     std::fill(z_, z_ + F_, 0.0f);
     for (std::size_t i0 = 0; i0 < L; i0 += kRows) {
@@ -446,8 +459,8 @@ class Worker {
  private:
   // The chunk's key features (e_, kf_), query features (eq_, qf_), masked values (vm_) and
   // A = Q' K'^T on and below the diagonal (a_).
-  void chunk_features(const float* q, const float* k, const float* v, const std::uint8_t* keep, std::size_t i0, std::size_t n,
-                      float key_max) {
+  void chunk_features(const float* q, const float* k, const float* v, const std::uint8_t* keep,
+                      std::size_t i0, std::size_t n, float key_max) {
     key_exponents(k, i0, n, key_max);
     for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
     query_features(q, i0, n);
@@ -483,7 +496,8 @@ class Worker {
   }
 
   // dx of n rows from the gradients of their features (exp parts or ReLU values in e).
-  void feature_backward(const float* x, const float* e, const float* dphi, std::size_t n, float* dx) {
+  void feature_backward(const float* x, const float* e, const float* dphi, std::size_t n,
+                        float* dx) {
     const bool softmax = o_.features == PytorchFeatures::kSoftmax;
     const float c = static_cast<float>(std::pow(static_cast<double>(d_), -0.25));
     for (std::size_t r = 0; r < n; ++r) {
@@ -500,7 +514,8 @@ class Worker {
     for (std::size_t r = 0; r < n; ++r) {
       float* row = dx + r * d_;
       const float* xr = x + r * d_;
-      for (std::size_t i = 0; i < d_; ++i) row[i] = c * row[i] - (softmax ? c * c * den_[r] * xr[i] : 0.0f);
+      for (std::size_t i = 0; i < d_; ++i)
+        row[i] = c * row[i] - (softmax ? c * c * den_[r] * xr[i] : 0.0f);
     }
   }
 
@@ -518,8 +533,9 @@ class Worker {
   }
 
   std::vector<float> back_;
-  float *dqf_ = nullptr, *dkf_ = nullptr, *g_ = nullptr, *dnum_ = nullptr, *b_ = nullptr, *st_ = nullptr, *ds_ = nullptr,
-        *t_ = nullptr, *vt_ = nullptr, *dz_ = nullptr, *zeps_ = nullptr, *dden_ = nullptr;
+  float *dqf_ = nullptr, *dkf_ = nullptr, *g_ = nullptr, *dnum_ = nullptr, *b_ = nullptr,
+        *st_ = nullptr, *ds_ = nullptr, *t_ = nullptr, *vt_ = nullptr, *dz_ = nullptr,
+        *zeps_ = nullptr, *dden_ = nullptr;
 };
 
 }  // namespace
@@ -532,20 +548,25 @@ std::size_t pytorch_favor_state_floats(std::size_t feature_count, std::size_t va
   return StateLayout{feature_count, value_dim}.floats();
 }
 
-void pytorch_favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim) {
+void pytorch_favor_state_reset(float* state, std::size_t heads, std::size_t feature_count,
+                               std::size_t value_dim) {
   const StateLayout layout{feature_count, value_dim};
   for (std::size_t h = 0; h < heads; ++h) layout.reset(state + h * layout.floats());
 }
 
-void pytorch_favor_attention(const AttentionDims& dims, const float* q, const float* k, const float* v, float* out,
-                             const PytorchFavorOptions& o, const KernelSet& kernels, ThreadPool& pool) {
+void pytorch_favor_attention(const AttentionDims& dims, const float* q, const float* k,
+                             const float* v, float* out, const PytorchFavorOptions& o,
+                             const KernelSet& kernels, ThreadPool& pool) {
   const std::size_t F = pytorch_favor_feature_count(o, dims.head_dim);
   if (F == 0) throw InputError("numFeatures must be >= 1");
   if (o.features != PytorchFeatures::kNoProjection && o.packed_projection == nullptr) {
     throw InputError("softmax and relu features need a projection");
   }
-  if (o.causal && dims.q_len != dims.k_len) throw InputError("causal attention here is self-attention: query and key lengths must be equal");
-  if (o.state != nullptr && !o.causal) throw InputError("a decoding state continues causal attention");
+  if (o.causal && dims.q_len != dims.k_len)
+    throw InputError(
+        "causal attention here is self-attention: query and key lengths must be equal");
+  if (o.state != nullptr && !o.causal)
+    throw InputError("a decoding state continues causal attention");
   if (o.drop_masked_keys && (o.causal || o.features != PytorchFeatures::kNoProjection)) {
     throw InputError("drop_masked_keys applies to bidirectional attention without projection");
   }
@@ -593,29 +614,41 @@ void pytorch_favor_attention(const AttentionDims& dims, const float* q, const fl
   const std::size_t total = heads * Lq * Dv;
   for (std::size_t i = 0; i < total; ++i) {
     if (!std::isfinite(out[i])) {
-      throw InputError(o.features == PytorchFeatures::kNoProjection
-                           ? "attention output overflows float32: with no_projection, performer-pytorch's numerics "
-                             "exponentiate keys without a stabilizer (use numerics 'exact')"
-                           : "attention output overflows float32 (inputs too large)");
+      throw InputError(
+          o.features == PytorchFeatures::kNoProjection
+              ? "attention output overflows float32: with no_projection, performer-pytorch's numerics "
+                "exponentiate keys without a stabilizer (use numerics 'exact')"
+              : "attention output overflows float32 (inputs too large)");
     }
   }
-  if (o.state != nullptr) std::copy(states.data(), states.data() + heads * layout.floats(), o.state);
-  if (o.max_rose != nullptr && std::find(rose.begin(), rose.end(), 1) != rose.end()) *o.max_rose = 1;
+  if (o.state != nullptr)
+    std::copy(states.data(), states.data() + heads * layout.floats(), o.state);
+  if (o.max_rose != nullptr && std::find(rose.begin(), rose.end(), 1) != rose.end())
+    *o.max_rose = 1;
 }
 
-void pytorch_favor_backward(const AttentionDims& dims, const float* q, const float* k, const float* v, const float* grad_out,
-                            const PytorchFavorOptions& o, float* dq, float* dk, float* dv, const KernelSet& kernels,
+void pytorch_favor_backward(const AttentionDims& dims, const float* q, const float* k,
+                            const float* v, const float* grad_out, const PytorchFavorOptions& o,
+                            float* dq, float* dk, float* dv, const KernelSet& kernels,
                             ThreadPool& pool) {
-  if (o.features == PytorchFeatures::kNoProjection) throw InputError("backward: no_projection features are not covered");
-  if (o.packed_projection == nullptr || o.projection == nullptr) throw InputError("backward: needs the projection and its packed form");
-  if (o.state != nullptr || o.drop_masked_keys) throw InputError("backward: decoding states and dropped keys have no backward pass");
-  if (o.causal && dims.q_len != dims.k_len) throw InputError("causal attention here is self-attention: query and key lengths must be equal");
+  if (o.features == PytorchFeatures::kNoProjection)
+    throw InputError("backward: no_projection features are not covered");
+  if (o.packed_projection == nullptr || o.projection == nullptr)
+    throw InputError("backward: needs the projection and its packed form");
+  if (o.state != nullptr || o.drop_masked_keys)
+    throw InputError("backward: decoding states and dropped keys have no backward pass");
+  if (o.causal && dims.q_len != dims.k_len)
+    throw InputError(
+        "causal attention here is self-attention: query and key lengths must be equal");
   check_cancel(o.cancel);
   scan_inputs(dims, q, k, v, pool);
   const std::size_t heads = dims.batch * dims.heads;
-  const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim, F = o.num_features;
+  const std::size_t Lq = dims.q_len, Lk = dims.k_len, d = dims.head_dim, Dv = dims.value_dim,
+                    F = o.num_features;
   for (std::size_t i = 0; i < heads * Lq * Dv; ++i) {
-    if (!std::isfinite(grad_out[i])) throw InputError("gradOut: values must be finite, received " + std::to_string(grad_out[i]) + " at flat index " + std::to_string(i));
+    if (!std::isfinite(grad_out[i]))
+      throw InputError("gradOut: values must be finite, received " + std::to_string(grad_out[i]) +
+                       " at flat index " + std::to_string(i));
   }
   std::vector<std::unique_ptr<Worker>> workers(pool.size());
   std::vector<std::vector<float>> scratch(pool.size());
@@ -636,10 +669,11 @@ void pytorch_favor_backward(const AttentionDims& dims, const float* q, const flo
       const float* vh = v + h * Lk * Dv;
       const float* gh = grad_out + h * Lq * Dv;
       if (o.causal) {
-        w.backward_causal(qh, kh, vh, gh, keep, dq + h * Lq * d, dk + h * Lk * d, dv + h * Lk * Dv, buf.data(), buf.data() + F * Dv,
-                          buf.data() + F * Dv + Lk * Dv);
+        w.backward_causal(qh, kh, vh, gh, keep, dq + h * Lq * d, dk + h * Lk * d, dv + h * Lk * Dv,
+                          buf.data(), buf.data() + F * Dv, buf.data() + F * Dv + Lk * Dv);
       } else {
-        w.backward_bidirectional(qh, kh, vh, gh, keep, dq + h * Lq * d, dk + h * Lk * d, dv + h * Lk * Dv, buf.data());
+        w.backward_bidirectional(qh, kh, vh, gh, keep, dq + h * Lq * d, dk + h * Lk * d,
+                                 dv + h * Lk * Dv, buf.data());
       }
     }
   });

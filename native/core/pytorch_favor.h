@@ -57,20 +57,23 @@ struct PytorchFavorOptions {
 
 std::size_t pytorch_favor_feature_count(const PytorchFavorOptions& options, std::size_t head_dim);
 std::size_t pytorch_favor_state_floats(std::size_t feature_count, std::size_t value_dim);
-void pytorch_favor_state_reset(float* state, std::size_t heads, std::size_t feature_count, std::size_t value_dim);
+void pytorch_favor_state_reset(float* state, std::size_t heads, std::size_t feature_count,
+                               std::size_t value_dim);
 
 // out [batch, heads, q_len, value_dim]. Throws InputError for non-finite inputs and for
 // outputs that overflow float32 (possible only with no projection: exp(k) is not
 // stabilized in performer-pytorch).
-void pytorch_favor_attention(const AttentionDims& dims, const float* q, const float* k, const float* v, float* out,
-                             const PytorchFavorOptions& options, const KernelSet& kernels, ThreadPool& pool);
+void pytorch_favor_attention(const AttentionDims& dims, const float* q, const float* k,
+                             const float* v, float* out, const PytorchFavorOptions& options,
+                             const KernelSet& kernels, ThreadPool& pool);
 
 // Gradients of pytorch_favor_attention (softmax and relu features; no decoding state) with
 // respect to q, k and v, overwritten. The stabilizers (each query row's max of u, the
 // call's key maximum M) are constants, as performer-pytorch detaches them; the values of
 // masked keys get zero gradients (they were zeroed), their features stay in the normalizer.
-void pytorch_favor_backward(const AttentionDims& dims, const float* q, const float* k, const float* v, const float* grad_out,
-                            const PytorchFavorOptions& options, float* dq, float* dk, float* dv, const KernelSet& kernels,
-                            ThreadPool& pool);
+void pytorch_favor_backward(const AttentionDims& dims, const float* q, const float* k,
+                            const float* v, const float* grad_out,
+                            const PytorchFavorOptions& options, float* dq, float* dk, float* dv,
+                            const KernelSet& kernels, ThreadPool& pool);
 
 }  // namespace pa

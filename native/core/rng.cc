@@ -63,8 +63,9 @@ double portable_log(double x) {
   const double t = (mantissa - 1.0) / (mantissa + 1.0);
   const double t2 = t * t;
   // 1/k for k = 3, 5, ..., 23 (correctly rounded constants, as a division would give).
-  static constexpr double kInverseOdd[] = {1.0 / 3,  1.0 / 5,  1.0 / 7,  1.0 / 9,  1.0 / 11, 1.0 / 13,
-                                           1.0 / 15, 1.0 / 17, 1.0 / 19, 1.0 / 21, 1.0 / 23};
+  static constexpr double kInverseOdd[] = {1.0 / 3,  1.0 / 5,  1.0 / 7,  1.0 / 9,
+                                           1.0 / 11, 1.0 / 13, 1.0 / 15, 1.0 / 17,
+                                           1.0 / 19, 1.0 / 21, 1.0 / 23};
   double series = 0.0;
   for (int i = 10; i >= 0; --i) series = (series + kInverseOdd[i]) * t2;
   const double log_mantissa = 2.0 * t * (1.0 + series);

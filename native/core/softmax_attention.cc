@@ -16,7 +16,8 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr std::size_t kQueryBlock = 64;
 constexpr std::size_t kKeyBlock = 256;
-constexpr std::size_t kGroupRows = 4 * kQueryBlock;  // query rows sharing one packing of a key block
+constexpr std::size_t kGroupRows =
+    4 * kQueryBlock;  // query rows sharing one packing of a key block
 
 // Scratch of one thread (kept between calls) and one head's computation:
 // flash-style tiles, scores of kQueryBlock x kKeyBlock at a time, with a running
@@ -33,7 +34,8 @@ class SoftmaxHead {
       acc_ = carve.take(kGroupRows * Dv_);
       row_max_ = carve.take(kGroupRows);
       row_sum_ = carve.take(kGroupRows);
-      padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
+      padded_ = reinterpret_cast<std::size_t*>(
+          carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
     };
     Carver at(thread_scratch(carved_floats(layout)));
     layout(at);
@@ -49,10 +51,12 @@ class SoftmaxHead {
       std::size_t key_end = Lk;
       if (options_.causal) {
         const long long limit = static_cast<long long>(g0 + group_rows - 1) + offset + 1;
-        key_end = static_cast<std::size_t>(std::clamp<long long>(limit, 0, static_cast<long long>(Lk)));
+        key_end =
+            static_cast<std::size_t>(std::clamp<long long>(limit, 0, static_cast<long long>(Lk)));
       }
       // The scale is folded into the queries once, so scores come out of the GEMM final.
-      for (std::size_t t = 0; t < group_rows * d; ++t) q_scaled_[t] = q[g0 * d + t] * options_.scale;
+      for (std::size_t t = 0; t < group_rows * d; ++t)
+        q_scaled_[t] = q[g0 * d + t] * options_.scale;
       std::fill(row_max_, row_max_ + group_rows, kNegInf);
       std::fill(row_sum_, row_sum_ + group_rows, 0.0f);
       std::fill(acc_, acc_ + group_rows * Dv_, 0.0f);
@@ -62,20 +66,22 @@ class SoftmaxHead {
         pack_keys(k, pad, j0, m);
         for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
           const std::size_t n = std::min(kQueryBlock, group_rows - b0);
-          if (options_.causal && static_cast<long long>(j0) > static_cast<long long>(g0 + b0 + n - 1) + offset) {
+          if (options_.causal &&
+              static_cast<long long>(j0) > static_cast<long long>(g0 + b0 + n - 1) + offset) {
             continue;  // the whole block is above the diagonal
           }
           block(g0 + b0, b0, n, j0, m, offset, v);
         }
       }
-      for (std::size_t r = 0; r < group_rows; ++r) finish_row(acc_ + r * Dv_, row_sum_[r], out + (g0 + r) * Dv_);
+      for (std::size_t r = 0; r < group_rows; ++r)
+        finish_row(acc_ + r * Dv_, row_sum_[r], out + (g0 + r) * Dv_);
     }
   }
 
  private:
   // Query rows [i0, i0 + n) (local row b0 of the group) against packed keys [j0, j0 + m).
-  void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m, long long offset,
-             const float* v) {
+  void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m,
+             long long offset, const float* v) {
     const std::size_t d = dims_.head_dim;
     kernels_.gemm(n, m, d, q_scaled_ + b0 * d, d, 1, k_t_, m, scores_, m, false);
     for (std::size_t r = 0; r < n; ++r) {
@@ -84,12 +90,15 @@ class SoftmaxHead {
       for (std::size_t t = 0; t < padded_count_; ++t) s[padded_[t]] = kNegInf;
       if (options_.causal) {
         // Keys after this row's limit are hidden: a tail of the block.
-        const long long visible = static_cast<long long>(i0 + r) + offset + 1 - static_cast<long long>(j0);
-        const std::size_t keep = static_cast<std::size_t>(std::clamp<long long>(visible, 0, static_cast<long long>(m)));
+        const long long visible =
+            static_cast<long long>(i0 + r) + offset + 1 - static_cast<long long>(j0);
+        const std::size_t keep =
+            static_cast<std::size_t>(std::clamp<long long>(visible, 0, static_cast<long long>(m)));
         std::fill(s + keep, s + m, kNegInf);
       }
       const float new_max = std::max(row_max, kernels_.max_bias(m, s, nullptr));
-      online_softmax_row(kernels_, s, m, m, new_max, row_max, row_sum_[b0 + r], acc_ + (b0 + r) * Dv_, Dv_);
+      online_softmax_row(kernels_, s, m, m, new_max, row_max, row_sum_[b0 + r],
+                         acc_ + (b0 + r) * Dv_, Dv_);
     }
     // acc += P V, straight from the caller's values.
     kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
@@ -145,7 +154,7 @@ void softmax_attention(const AttentionDims& dims, const float* q, const float* k
   }
   check_value_magnitude(dims, stats);
   run_heads<SoftmaxHead>(pool, dims, q, k, v, out, options.key_padding,
-                      [&] { return std::make_unique<SoftmaxHead>(dims, options, kernels); });
+                         [&] { return std::make_unique<SoftmaxHead>(dims, options, kernels); });
 }
 
 }  // namespace pa

@@ -11,9 +11,9 @@
 namespace pa {
 
 struct SoftmaxOptions {
-  bool causal = false;  // key j attends query i when j <= i + (k_len - q_len)
+  bool causal = false;                        // key j attends query i when j <= i + (k_len - q_len)
   const std::uint8_t* key_padding = nullptr;  // [batch, k_len], nonzero = attend
-  float scale = 0.0f;   // multiplies q.k; must be finite (the bindings pass 1/sqrt(d) by default)
+  float scale = 0.0f;  // multiplies q.k; must be finite (the bindings pass 1/sqrt(d) by default)
   const std::atomic<bool>* cancel = nullptr;  // checked between blocks; set = throw Cancelled
 };
 

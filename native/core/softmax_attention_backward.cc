@@ -17,7 +17,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // first pass took its row max from: exp(s - max) <= 1 exactly, whatever the scale of s.
 constexpr std::size_t kQueryBlock = 64;
 constexpr std::size_t kKeyBlock = 128;
-constexpr std::size_t kGroupRows = 4 * kQueryBlock;  // first pass: query rows sharing one packing of a key block
+constexpr std::size_t kGroupRows =
+    4 * kQueryBlock;  // first pass: query rows sharing one packing of a key block
 // A head is split into parts (query groups in the first pass, key blocks in the
 // second) only when there are fewer than kSplitUnits (batch, head) pairs, and never
 // below kMinRowsPerPart rows a part. The split depends on the problem size only,
@@ -99,7 +100,11 @@ class BackwardWorker {
  public:
   BackwardWorker(const AttentionDims& dims, const SoftmaxOptions& options, const KernelSet& kernels,
                  const Tiling& tiling)
-      : options_(options), kernels_(kernels), tiling_(tiling), d_(dims.head_dim), Dv_(dims.value_dim) {
+      : options_(options),
+        kernels_(kernels),
+        tiling_(tiling),
+        d_(dims.head_dim),
+        Dv_(dims.value_dim) {
     auto layout = [&](Carver& carve) {
       k_t_ = carve.take(d_ * kKeyBlock);
       v_t_ = carve.take(Dv_ * kKeyBlock);
@@ -108,7 +113,8 @@ class BackwardWorker {
       acc_ = carve.take(kGroupRows * Dv_);
       grad_ = carve.take(kQueryBlock * Dv_);
       row_sum_ = carve.take(kGroupRows);
-      padded_ = reinterpret_cast<std::size_t*>(carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
+      padded_ = reinterpret_cast<std::size_t*>(
+          carve.take(kKeyBlock * sizeof(std::size_t) / sizeof(float)));
     };
     Carver at(thread_scratch(carved_floats(layout)));
     layout(at);
@@ -116,8 +122,9 @@ class BackwardWorker {
 
   // First pass over query groups [group_begin, group_end): the online softmax of the
   // forward, keeping each row's max and sum, then D_i = G_i . out_i.
-  void statistics(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* pad,
-                  const RowStats& stats, std::size_t group_begin, std::size_t group_end) {
+  void statistics(const float* q, const float* k, const float* v, const float* g,
+                  const std::uint8_t* pad, const RowStats& stats, std::size_t group_begin,
+                  std::size_t group_end) {
     const std::size_t Lq = tiling_.Lq, Lk = tiling_.Lk;
     for (std::size_t gi = group_begin; gi < group_end; ++gi) {
       check_cancel(options_.cancel);
@@ -155,9 +162,9 @@ class BackwardWorker {
 
   // Second pass over key blocks [block_begin, block_end): dk and dv of those keys,
   // and their contributions to dq (added to `dq`, which this call zeroes first).
-  void gradients(const float* q, const float* k, const float* v, const float* g, const std::uint8_t* pad,
-                 const RowStats& stats, float* dq, float* dk, float* dv, std::size_t block_begin,
-                 std::size_t block_end) {
+  void gradients(const float* q, const float* k, const float* v, const float* g,
+                 const std::uint8_t* pad, const RowStats& stats, float* dq, float* dk, float* dv,
+                 std::size_t block_begin, std::size_t block_end) {
     const std::size_t Lq = tiling_.Lq, Lk = tiling_.Lk, d = d_, Dv = Dv_;
     std::fill(dq, dq + Lq * d, 0.0f);
     for (std::size_t kb = block_begin; kb < block_end; ++kb) {
@@ -192,7 +199,8 @@ class BackwardWorker {
   std::size_t mask_row(float* s, std::size_t i, std::size_t j0, std::size_t m) const {
     std::size_t keep = m;
     if (tiling_.causal) {
-      const long long visible = static_cast<long long>(i) + tiling_.offset + 1 - static_cast<long long>(j0);
+      const long long visible =
+          static_cast<long long>(i) + tiling_.offset + 1 - static_cast<long long>(j0);
       keep = static_cast<std::size_t>(std::clamp<long long>(visible, 0, static_cast<long long>(m)));
     }
     for (std::size_t t = 0; t < padded_count_; ++t) {
@@ -211,14 +219,16 @@ class BackwardWorker {
       const std::size_t keep = mask_row(s, i0 + r, j0, m);
       float& max = row_max[b0 + r];
       const float new_max = keep > 0 ? std::max(max, kernels_.max_bias(keep, s, nullptr)) : max;
-      online_softmax_row(kernels_, s, keep, m, new_max, max, row_sum_[b0 + r], acc_ + (b0 + r) * Dv_, Dv_);
+      online_softmax_row(kernels_, s, keep, m, new_max, max, row_sum_[b0 + r],
+                         acc_ + (b0 + r) * Dv_, Dv_);
     }
     kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
   }
 
   // Second pass, one tile: query rows [i0, i0 + n) x keys [j0, j0 + m).
-  void backward_block(const float* q, const float* k, const float* g, const RowStats& stats, std::size_t i0,
-                      std::size_t n, std::size_t j0, std::size_t m, float* dq, float* dk_block, float* dv_block) {
+  void backward_block(const float* q, const float* k, const float* g, const RowStats& stats,
+                      std::size_t i0, std::size_t n, std::size_t j0, std::size_t m, float* dq,
+                      float* dk_block, float* dv_block) {
     const std::size_t d = d_, Dv = Dv_;
     const float scale = options_.scale;
     // e = exp(s - max): the probabilities times each row's sum.
@@ -280,8 +290,9 @@ class BackwardWorker {
 
 }  // namespace
 
-void softmax_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
-                                const float* grad_out, const SoftmaxOptions& options, const SoftmaxGradients& grads,
+void softmax_attention_backward(const AttentionDims& dims, const float* q, const float* k,
+                                const float* v, const float* grad_out,
+                                const SoftmaxOptions& options, const SoftmaxGradients& grads,
                                 const KernelSet& kernels, ThreadPool& pool) {
   if (!std::isfinite(options.scale)) throw InputError("scale must be a finite number");
   check_cancel(options.cancel);
@@ -296,12 +307,15 @@ void softmax_attention_backward(const AttentionDims& dims, const float* q, const
   }
   check_value_magnitude(dims, stats);
   const double max_grad = scan_abs_max("gradOut", grad_out, heads * Lq, Dv, pool);
-  // |dP|, |D| <= Dv max|G| max|v|; |dQ| <= scale 2 |dP| max|k|; |dK| <= scale 2 |dP| Lq max|q|; |dV| <= Lq max|G|.
+  // |dP|, |D| <= Dv max|G| max|v|; |dQ| <= scale 2 |dP| max|k|; |dK| <= scale 2 |dP| Lq max|q|;
+  // |dV| <= Lq max|G|.
   const double dp_bound = 2.0 * static_cast<double>(Dv) * max_grad * stats.max_abs_value;
-  const double bound = std::max({dp_bound, scale * dp_bound * k_norm, scale * dp_bound * static_cast<double>(Lq) * q_norm,
+  const double bound = std::max({dp_bound, scale * dp_bound * k_norm,
+                                 scale * dp_bound * static_cast<double>(Lq) * q_norm,
                                  static_cast<double>(Lq) * max_grad});
   if (bound > 1e36) {
-    throw InputError("gradOut: magnitudes so large that the gradients could overflow float32; scale them down");
+    throw InputError(
+        "gradOut: magnitudes so large that the gradients could overflow float32; scale them down");
   }
   if (heads == 0) return;
   if (Lq == 0 || Lk == 0) {  // nothing attends anything
@@ -311,7 +325,8 @@ void softmax_attention_backward(const AttentionDims& dims, const float* q, const
     return;
   }
 
-  const Tiling tiling{Lq, Lk, static_cast<long long>(Lk) - static_cast<long long>(Lq), options.causal};
+  const Tiling tiling{Lq, Lk, static_cast<long long>(Lk) - static_cast<long long>(Lq),
+                      options.causal};
   auto pad_of = [&](std::size_t h) {
     return options.key_padding ? options.key_padding + (h / dims.heads) * Lk : nullptr;
   };
@@ -336,26 +351,28 @@ void softmax_attention_backward(const AttentionDims& dims, const float* q, const
     BackwardWorker worker(dims, options, kernels, tiling);
     for (std::size_t u = begin; u < end; ++u) {
       const std::size_t h = u / group_parts, p = u % group_parts;
-      worker.statistics(q + h * Lq * d, k + h * Lk * d, v + h * Lk * Dv, grad_out + h * Lq * Dv, pad_of(h),
-                        stats_of(h), groups[p], groups[p + 1]);
+      worker.statistics(q + h * Lq * d, k + h * Lk * d, v + h * Lk * Dv, grad_out + h * Lq * Dv,
+                        pad_of(h), stats_of(h), groups[p], groups[p + 1]);
     }
   });
 
   // Pass 2: gradients, key blocks split over parts; part 0 adds into dq itself, the
   // others into partials summed afterwards in part order.
-  const auto keys = plan(tiling.key_blocks(), kKeyBlock, [&](std::size_t kb) { return tiling.key_block_cost(kb); });
+  const auto keys = plan(tiling.key_blocks(), kKeyBlock,
+                         [&](std::size_t kb) { return tiling.key_block_cost(kb); });
   const std::size_t key_parts = keys.size() - 1;
   PooledBuffer partials(key_parts > 1 ? heads * (key_parts - 1) * Lq * d : 0);
   auto dq_of = [&](std::size_t h, std::size_t p) {
-    return p == 0 ? grads.dq + h * Lq * d : partials.data() + (h * (key_parts - 1) + p - 1) * Lq * d;
+    return p == 0 ? grads.dq + h * Lq * d
+                  : partials.data() + (h * (key_parts - 1) + p - 1) * Lq * d;
   };
   pool.parallel_for(heads * key_parts, 1, [&](std::size_t begin, std::size_t end, std::size_t) {
     BackwardWorker worker(dims, options, kernels, tiling);
     for (std::size_t u = begin; u < end; ++u) {
       const std::size_t h = u / key_parts, p = u % key_parts;
-      worker.gradients(q + h * Lq * d, k + h * Lk * d, v + h * Lk * Dv, grad_out + h * Lq * Dv, pad_of(h),
-                       stats_of(h), dq_of(h, p), grads.dk + h * Lk * d, grads.dv + h * Lk * Dv, keys[p],
-                       keys[p + 1]);
+      worker.gradients(q + h * Lq * d, k + h * Lk * d, v + h * Lk * Dv, grad_out + h * Lq * Dv,
+                       pad_of(h), stats_of(h), dq_of(h, p), grads.dk + h * Lk * d,
+                       grads.dv + h * Lk * Dv, keys[p], keys[p + 1]);
     }
   });
   if (key_parts > 1) {

@@ -32,8 +32,9 @@ struct SoftmaxGradients {
 // Throws InputError for non-finite inputs (naming "query", "key", "value" or
 // "gradOut") or magnitudes that would overflow float32, Cancelled when the cancel
 // flag is set (the gradients are then unspecified).
-void softmax_attention_backward(const AttentionDims& dims, const float* q, const float* k, const float* v,
-                                const float* grad_out, const SoftmaxOptions& options, const SoftmaxGradients& grads,
+void softmax_attention_backward(const AttentionDims& dims, const float* q, const float* k,
+                                const float* v, const float* grad_out,
+                                const SoftmaxOptions& options, const SoftmaxGradients& grads,
                                 const KernelSet& kernels, ThreadPool& pool);
 
 }  // namespace pa

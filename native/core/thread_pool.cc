@@ -94,7 +94,8 @@ std::size_t default_thread_count() {
   if (const char* env = std::getenv("PERFORMER_ATTENTION_THREADS")) {
     char* end = nullptr;
     const long value = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && value >= 1 && value <= 1024) return static_cast<std::size_t>(value);
+    if (end != env && *end == '\0' && value >= 1 && value <= 1024)
+      return static_cast<std::size_t>(value);
   }
   const unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : hw;

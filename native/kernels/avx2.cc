@@ -11,8 +11,7 @@
 
 namespace pa {
 
-const KernelSet kAvx2Kernels =
-    simd::kernel_set<Avx2>("avx2", dot_f64_avx256, axpy_f64_avx256);
+const KernelSet kAvx2Kernels = simd::kernel_set<Avx2>("avx2", dot_f64_avx256, axpy_f64_avx256);
 
 }  // namespace pa
 

@@ -20,7 +20,7 @@ constexpr float kExpLog2e = 0x1.715476p+0f;
 constexpr float kExpLn2Hi = 0x1.62e43p-1f;
 constexpr float kExpLn2Lo = -0x1.05c61p-29f;
 // Coefficients of q (degree 4), constant term first.
-constexpr float kExpPoly[5] = {0x1.fffffcp-2f, 0x1.555492p-3f, 0x1.5558f2p-5f,
-                                            0x1.123a0ap-7f, 0x1.6a23f2p-10f};
+constexpr float kExpPoly[5] = {0x1.fffffcp-2f, 0x1.555492p-3f, 0x1.5558f2p-5f, 0x1.123a0ap-7f,
+                               0x1.6a23f2p-10f};
 
 }  // namespace pa

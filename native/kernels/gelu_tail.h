@@ -18,7 +18,7 @@ constexpr float kGeluMaxArg = 15.0f;
 constexpr int kGeluDegree = 9;
 // Coefficients of P, constant term first.
 constexpr float kGeluTail[kGeluDegree + 1] = {
-    -0x1.32a9e0p-15f, 0x1.9a4626p-3f, 0x1.869528p-3f, 0x1.e79e58p-3f, -0x1.aae892p-6f,
+    -0x1.32a9e0p-15f, 0x1.9a4626p-3f,  0x1.869528p-3f, 0x1.e79e58p-3f,  -0x1.aae892p-6f,
     0x1.299b84p-1f,   -0x1.44340ap-1f, 0x1.875c32p-1f, -0x1.867546p-2f, 0x1.0da4dap-4f};
 
 }  // namespace pa

@@ -49,8 +49,7 @@ void gemm_scalar(std::size_t M, std::size_t N, std::size_t K, const float* a,
 
 // The argument is (x[i] + bias[i]) + offset rounded in float, in that order, as in
 // every kernel set; std::exp(float) handles overflow, denormals and NaN.
-float exp_bias_scalar(std::size_t n, const float* x, const float* bias, float offset,
-                      float* y) {
+float exp_bias_scalar(std::size_t n, const float* x, const float* bias, float offset, float* y) {
   float total = 0.0f;
   if (bias != nullptr) {
     for (std::size_t i = 0; i < n; ++i) {
@@ -149,8 +148,8 @@ static double fma_peak_scalar(std::size_t iterations, float* sink) {
   return static_cast<double>(iterations) * 16 * 2;
 }
 
-const KernelSet kScalarKernels = {"scalar", gemm_scalar, exp_bias_scalar, max_bias_scalar,
-                                  max_accumulate_scalar, gelu_bias_scalar, dot_scalar, dot_f64_scalar,
-                                  axpy_f64_scalar, fma_peak_scalar};
+const KernelSet kScalarKernels = {
+    "scalar",         gemm_scalar, exp_bias_scalar, max_bias_scalar, max_accumulate_scalar,
+    gelu_bias_scalar, dot_scalar,  dot_f64_scalar,  axpy_f64_scalar, fma_peak_scalar};
 
 }  // namespace pa

@@ -45,9 +45,8 @@ namespace simd {
 // FMA latency 4 x 2 pipes needs >= 8 independent accumulators; thin tiles (MR*NV < 8)
 // split k over KS accumulator sets that are summed at the end.
 template <class V, int MR, int NV, bool MASKED>
-void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
-               const float* b, std::size_t ldb, float* c, std::size_t ldc, bool load_c,
-               typename V::Lanes last) {
+void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs, const float* b,
+               std::size_t ldb, float* c, std::size_t ldc, bool load_c, typename V::Lanes last) {
   using F = typename V::F;
   constexpr std::size_t kLanes = V::kLanes;
   constexpr int KS = MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
@@ -97,8 +96,8 @@ void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
     F bv[NV];
     PA_UNROLL
     for (int v = 0; v < NV; ++v) {
-      bv[v] = (MASKED && v == NV - 1) ? V::load_first(last, pb + v * kLanes)
-                                      : V::load(pb + v * kLanes);
+      bv[v] =
+          (MASKED && v == NV - 1) ? V::load_first(last, pb + v * kLanes) : V::load(pb + v * kLanes);
     }
     PA_UNROLL
     for (int r = 0; r < MR; ++r) {
@@ -128,36 +127,32 @@ void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
 // All M rows of one column panel (NV vectors wide) for one k block: the target's
 // main tile, then 4-, 2- and 1-row tiles for the leftover rows.
 template <class V, int NV, bool MASKED>
-void gemm_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars,
-                std::size_t acs, const float* b, std::size_t ldb, float* c, std::size_t ldc,
-                bool load_c, typename V::Lanes last) {
+void gemm_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
+                const float* b, std::size_t ldb, float* c, std::size_t ldc, bool load_c,
+                typename V::Lanes last) {
   constexpr std::size_t MR = V::main_rows(NV);
   std::size_t i = 0;
   for (; i + MR <= M; i += MR) {
-    gemm_tile<V, MR, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c,
-                                 last);
+    gemm_tile<V, MR, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
   }
   if (M - i >= 4) {
-    gemm_tile<V, 4, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c,
-                                last);
+    gemm_tile<V, 4, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
     i += 4;
   }
   if (M - i >= 2) {
-    gemm_tile<V, 2, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c,
-                                last);
+    gemm_tile<V, 2, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
     i += 2;
   }
   if (M - i >= 1) {
-    gemm_tile<V, 1, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c,
-                                last);
+    gemm_tile<V, 1, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
   }
 }
 
 // A panel NV vectors wide, masked or not.
 template <class V, int NV>
-void gemm_panel_any(bool masked, std::size_t M, std::size_t kc, const float* a,
-                    std::size_t ars, std::size_t acs, const float* b, std::size_t ldb, float* c,
-                    std::size_t ldc, bool load_c, typename V::Lanes last) {
+void gemm_panel_any(bool masked, std::size_t M, std::size_t kc, const float* a, std::size_t ars,
+                    std::size_t acs, const float* b, std::size_t ldb, float* c, std::size_t ldc,
+                    bool load_c, typename V::Lanes last) {
   if (masked) {
     gemm_panel<V, NV, true>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
   } else {
@@ -166,9 +161,9 @@ void gemm_panel_any(bool masked, std::size_t M, std::size_t kc, const float* a,
 }
 
 template <class V>
-void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a,
-          std::size_t a_row_stride, std::size_t a_col_stride, const float* b, std::size_t ldb,
-          float* c, std::size_t ldc, bool accumulate) {
+void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size_t a_row_stride,
+          std::size_t a_col_stride, const float* b, std::size_t ldb, float* c, std::size_t ldc,
+          bool accumulate) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     if (!accumulate) {
@@ -199,22 +194,34 @@ void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a,
       const float* ap = a + k0 * a_col_stride;
       const float* bp = b + k0 * ldb + n0;
       float* cp = c + n0;
-#define PA_PANEL(NV)                                                                       \
-  gemm_panel_any<V, NV>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp, ldc, \
-                        load_c, last)
+#define PA_PANEL(NV)                                                                             \
+  gemm_panel_any<V, NV>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp, ldc, load_c, \
+                        last)
       // Cases wider than the target's widest panel are never taken: they fall through.
       switch (nv) {
         case 5:
-          if constexpr (kWidest >= 5) { PA_PANEL(5); break; }
+          if constexpr (kWidest >= 5) {
+            PA_PANEL(5);
+            break;
+          }
           [[fallthrough]];
         case 4:
-          if constexpr (kWidest >= 4) { PA_PANEL(4); break; }
+          if constexpr (kWidest >= 4) {
+            PA_PANEL(4);
+            break;
+          }
           [[fallthrough]];
         case 3:
-          if constexpr (kWidest >= 3) { PA_PANEL(3); break; }
+          if constexpr (kWidest >= 3) {
+            PA_PANEL(3);
+            break;
+          }
           [[fallthrough]];
         case 2:
-          if constexpr (kWidest >= 2) { PA_PANEL(2); break; }
+          if constexpr (kWidest >= 2) {
+            PA_PANEL(2);
+            break;
+          }
           [[fallthrough]];
         default:
           PA_PANEL(1);
@@ -252,8 +259,7 @@ inline typename V::F exp_vec(typename V::F s) {
 // The argument is (x[i] + bias[i]) + offset rounded in float, in that order, as in
 // every kernel set.
 template <class V, bool kBias>
-float exp_bias_impl(std::size_t n, const float* x, const float* bias, float offset,
-                    float* y) {
+float exp_bias_impl(std::size_t n, const float* x, const float* bias, float offset, float* y) {
   using F = typename V::F;
   constexpr std::size_t kLanes = V::kLanes;
   const F off = V::set1(offset);
@@ -397,8 +403,7 @@ float max_bias_impl(std::size_t n, const float* x, const float* bias) {
 
 template <class V>
 float max_bias(std::size_t n, const float* x, const float* bias) {
-  return bias != nullptr ? max_bias_impl<V, true>(n, x, bias)
-                         : max_bias_impl<V, false>(n, x, bias);
+  return bias != nullptr ? max_bias_impl<V, true>(n, x, bias) : max_bias_impl<V, false>(n, x, bias);
 }
 
 // acc = fmax(acc, x): a NaN on either side yields the other operand.
@@ -418,8 +423,7 @@ void max_accumulate(std::size_t n, const float* x, float* acc) {
   if constexpr (V::kMaskedTails) {
     if (i < n) {
       const typename V::Lanes m = V::first_lanes(n - i);
-      V::store_first(acc + i, m,
-                     fmax_vec<V>(V::load_first(m, acc + i), V::load_first(m, x + i)));
+      V::store_first(acc + i, m, fmax_vec<V>(V::load_first(m, acc + i), V::load_first(m, x + i)));
     }
   } else {
     for (; i < n; ++i) {
@@ -486,8 +490,8 @@ double fma_peak(std::size_t iterations, float* sink) {
 // The kernel set of target V; the double-precision helpers are the caller's.
 template <class V>
 constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
-  return {name,         gemm<V>, exp_bias<V>, max_bias<V>, max_accumulate<V>, gelu_bias<V>,
-          dot<V>,       dot_f64, axpy_f64,    fma_peak<V>};
+  return {name,         gemm<V>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
+          gelu_bias<V>, dot<V>,  dot_f64,     axpy_f64,    fma_peak<V>};
 }
 
 }  // namespace simd

@@ -22,8 +22,8 @@ namespace pa {
 namespace {
 
 struct Avx512 {
-  using F = __m512;        // a vector of floats
-  using Mask = __mmask16;  // a comparison result, one bit per lane
+  using F = __m512;         // a vector of floats
+  using Mask = __mmask16;   // a comparison result, one bit per lane
   using Lanes = __mmask16;  // the first lanes of a vector
 
   static constexpr std::size_t kLanes = 16;

@@ -31,8 +31,9 @@ inline double relative_frobenius(const std::vector<float>& got, const std::vecto
 // exp(log_weight(j)) over the keys the row sees: their weighted mean of the values,
 // the largest log-weight subtracted first. A row that sees no key stays zero.
 template <class LogWeight>
-void weighted_row(std::size_t i, std::size_t Lk, long long offset, bool causal, const std::uint8_t* pad,
-                  const float* v, std::size_t Dv, double* out_row, LogWeight log_weight) {
+void weighted_row(std::size_t i, std::size_t Lk, long long offset, bool causal,
+                  const std::uint8_t* pad, const float* v, std::size_t Dv, double* out_row,
+                  LogWeight log_weight) {
   std::vector<double> logw;
   std::vector<std::size_t> keys;
   for (std::size_t j = 0; j < Lk; ++j) {
@@ -55,9 +56,10 @@ void weighted_row(std::size_t i, std::size_t Lk, long long offset, bool causal, 
 // One (batch, head) of softmax-kernel FAVOR (positive features, epsilon 0) with a
 // given W (m x d): out_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j),
 // evaluated with log-sum-exp so it is exact for any input scale.
-inline std::vector<double> favor_reference(const float* q, const float* k, const float* v, std::size_t Lq,
-                                           std::size_t Lk, std::size_t d, std::size_t Dv, const float* w,
-                                           std::size_t m, bool causal, const std::uint8_t* pad) {
+inline std::vector<double> favor_reference(const float* q, const float* k, const float* v,
+                                           std::size_t Lq, std::size_t Lk, std::size_t d,
+                                           std::size_t Dv, const float* w, std::size_t m,
+                                           bool causal, const std::uint8_t* pad) {
   const double c = std::pow(static_cast<double>(d), -0.25);
   auto logf = [&](const float* x) {
     std::vector<double> z(m);
@@ -88,9 +90,10 @@ inline std::vector<double> favor_reference(const float* q, const float* k, const
   return out;
 }
 
-inline std::vector<double> softmax_reference(const float* q, const float* k, const float* v, std::size_t Lq,
-                                             std::size_t Lk, std::size_t d, std::size_t Dv, double scale,
-                                             bool causal, const std::uint8_t* pad) {
+inline std::vector<double> softmax_reference(const float* q, const float* k, const float* v,
+                                             std::size_t Lq, std::size_t Lk, std::size_t d,
+                                             std::size_t Dv, double scale, bool causal,
+                                             const std::uint8_t* pad) {
   std::vector<double> out(Lq * Dv, 0.0);
   const long long offset = static_cast<long long>(Lk) - static_cast<long long>(Lq);
   for (std::size_t i = 0; i < Lq; ++i) {

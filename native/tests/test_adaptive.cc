@@ -60,7 +60,9 @@ TEST("favor/adaptive: A* is 0 at rho = 0 and a stationary point of the variance"
       const double a = pa::optimal_coefficient(rho, d);
       CHECK(a < 0.0);
       // log of the second moment: d log(1 - 4A) - d/2 log(1 - 8A) + rho / (1 - 8A).
-      auto f = [&](double x) { return d * std::log1p(-4 * x) - 0.5 * d * std::log1p(-8 * x) + rho / (1 - 8 * x); };
+      auto f = [&](double x) {
+        return d * std::log1p(-4 * x) - 0.5 * d * std::log1p(-8 * x) + rho / (1 - 8 * x);
+      };
       const double h = 1e-6 * std::max(1.0, std::fabs(a));
       CHECK(f(a) <= f(a + h) && f(a) <= f(a - h));
     }
@@ -82,7 +84,8 @@ TEST("favor/adaptive: a = 0 packs the softmax projection bit for bit; bad parame
       params.basis.assign(d * d, 0.0);
       for (std::size_t i = 0; i < d; ++i) params.basis[i * d + i] = 1.0;
     }
-    const double log_d = pa::adaptive_projection(w.data(), m, d, params, pa::kScalarKernels, ours.data(), bias.data());
+    const double log_d = pa::adaptive_projection(w.data(), m, d, params, pa::kScalarKernels,
+                                                 ours.data(), bias.data());
     CHECK(log_d == 0.0);
     CHECK(ours == packed);
     for (float b : bias) CHECK(b == 0.0f);
@@ -109,14 +112,14 @@ TEST("favor/adaptive: causal attention without fixed parameters is an InputError
   pa::ThreadPool pool(1);
   bool threw = false;
   try {
-    pa::favor_attention(pa::AttentionDims{1, 1, L, L, d, 1}, q.data(), k.data(), v.data(), out.data(), options,
-                        pa::kScalarKernels, pool);
+    pa::favor_attention(pa::AttentionDims{1, 1, L, L, d, 1}, q.data(), k.data(), v.data(),
+                        out.data(), options, pa::kScalarKernels, pool);
   } catch (const pa::InputError&) {
     threw = true;
   }
   CHECK(threw);
   options.causal = false;  // bidirectional: estimated from the call
-  pa::favor_attention(pa::AttentionDims{1, 1, L, L, d, 1}, q.data(), k.data(), v.data(), out.data(), options,
-                      pa::kScalarKernels, pool);
+  pa::favor_attention(pa::AttentionDims{1, 1, L, L, d, 1}, q.data(), k.data(), v.data(), out.data(),
+                      options, pa::kScalarKernels, pool);
   for (float x : out) CHECK_NEAR(x, 1.0, 1e-6);
 }

@@ -35,7 +35,7 @@ void check_case(const Case& t, const pa::KernelSet& kernels, pa::ThreadPool& poo
   pa::sample_projection(spec, pa::kScalarKernels, w.data());
   std::vector<std::uint8_t> pad(B * t.Lk, 1);
   if (t.padded) {
-    for (std::size_t j = 0; j < t.Lk; j += 3) pad[j] = 0;  // every third key of item 0
+    for (std::size_t j = 0; j < t.Lk; j += 3) pad[j] = 0;      // every third key of item 0
     for (std::size_t j = 0; j < t.Lk; ++j) pad[t.Lk + j] = 0;  // item 1: no key at all
   }
   pa::FavorOptions options;
@@ -49,10 +49,11 @@ void check_case(const Case& t, const pa::KernelSet& kernels, pa::ThreadPool& poo
   pa::favor_attention(dims, q.data(), k.data(), v.data(), out.data(), options, kernels, pool);
   for (std::size_t p = 0; p < B * H; ++p) {
     const std::size_t b = p / H;
-    const auto want = pa_test::favor_reference(&q[p * t.Lq * t.d], &k[p * t.Lk * t.d], &v[p * t.Lk * t.Dv], t.Lq,
-                                               t.Lk, t.d, t.Dv, w.data(), t.m, t.causal,
-                                               t.padded ? &pad[b * t.Lk] : nullptr);
-    const std::vector<float> got(out.begin() + p * t.Lq * t.Dv, out.begin() + (p + 1) * t.Lq * t.Dv);
+    const auto want = pa_test::favor_reference(&q[p * t.Lq * t.d], &k[p * t.Lk * t.d],
+                                               &v[p * t.Lk * t.Dv], t.Lq, t.Lk, t.d, t.Dv, w.data(),
+                                               t.m, t.causal, t.padded ? &pad[b * t.Lk] : nullptr);
+    const std::vector<float> got(out.begin() + p * t.Lq * t.Dv,
+                                 out.begin() + (p + 1) * t.Lq * t.Dv);
     bool all_zero_expected = true;
     for (double x : want) all_zero_expected = all_zero_expected && x == 0.0;
     if (all_zero_expected) {
@@ -60,8 +61,10 @@ void check_case(const Case& t, const pa::KernelSet& kernels, pa::ThreadPool& poo
     } else {
       const double err = pa_test::relative_frobenius(got, want);
       if (!(err < 2e-5)) {
-        std::fprintf(stderr, "  [%s] Lq=%zu Lk=%zu d=%zu m=%zu sigma=%g causal=%d chunk=%zu pair=%zu: err %.3g\n",
-                     kernels.name, t.Lq, t.Lk, t.d, t.m, t.sigma, t.causal, t.chunk, p, err);
+        std::fprintf(
+            stderr,
+            "  [%s] Lq=%zu Lk=%zu d=%zu m=%zu sigma=%g causal=%d chunk=%zu pair=%zu: err %.3g\n",
+            kernels.name, t.Lq, t.Lk, t.d, t.m, t.sigma, t.causal, t.chunk, p, err);
       }
       CHECK(err < 2e-5);
     }
@@ -73,10 +76,10 @@ void check_case(const Case& t, const pa::KernelSet& kernels, pa::ThreadPool& poo
 TEST("favor/bidirectional and causal equal the double reference on every kernel set") {
   pa::ThreadPool pool(2);
   const Case cases[] = {
-      {33, 33, 16, 16, 40, 1.0, false, false, 64}, {70, 50, 8, 5, 24, 1.0, false, true, 64},
-      {65, 65, 16, 16, 32, 1.0, true, false, 64},  {65, 65, 16, 16, 32, 1.0, true, false, 1},
-      {65, 65, 16, 16, 32, 1.0, true, false, 7},   {40, 65, 16, 9, 32, 1.0, true, true, 16},
-      {65, 40, 16, 9, 32, 1.0, true, false, 16},   {1, 1, 1, 1, 1, 1.0, true, false, 64},
+      {33, 33, 16, 16, 40, 1.0, false, false, 64},   {70, 50, 8, 5, 24, 1.0, false, true, 64},
+      {65, 65, 16, 16, 32, 1.0, true, false, 64},    {65, 65, 16, 16, 32, 1.0, true, false, 1},
+      {65, 65, 16, 16, 32, 1.0, true, false, 7},     {40, 65, 16, 9, 32, 1.0, true, true, 16},
+      {65, 40, 16, 9, 32, 1.0, true, false, 16},     {1, 1, 1, 1, 1, 1.0, true, false, 64},
       {130, 130, 32, 32, 64, 8.0, false, false, 64}, {130, 130, 32, 32, 64, 8.0, true, false, 64},
   };
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
@@ -114,7 +117,8 @@ void check_split(const SplitCase& t, const pa::KernelSet& kernels, pa::ThreadPoo
   // Fixed adaptive parameters (one set shared by the heads).
   std::vector<double> a(d), basis(d * d, 0.0);
   for (std::size_t i = 0; i < d; ++i) a[i] = 0.01 * static_cast<double>(i) - 0.03;
-  for (std::size_t i = 0; i < d; ++i) basis[i * d + (i + 1) % d] = 1.0;  // a permutation: orthogonal
+  for (std::size_t i = 0; i < d; ++i)
+    basis[i * d + (i + 1) % d] = 1.0;  // a permutation: orthogonal
   pa::FavorOptions options;
   options.feature_map.kernel = t.kernel;
   options.feature_map.head_dim = d;
@@ -128,31 +132,34 @@ void check_split(const SplitCase& t, const pa::KernelSet& kernels, pa::ThreadPoo
   options.key_padding = t.padded ? pad.data() : nullptr;
   options.epsilon = t.epsilon;
   std::vector<float> want(B * H * t.Lq * Dv, -1.0f);
-  pa::favor_attention(pa::AttentionDims{B, H, t.Lq, t.Lk, d, Dv}, q.data(), k.data(), v.data(), want.data(), options,
-                      kernels, pool);
+  pa::favor_attention(pa::AttentionDims{B, H, t.Lq, t.Lk, d, Dv}, q.data(), k.data(), v.data(),
+                      want.data(), options, kernels, pool);
 
   const std::size_t floats = pa::favor_state_floats(options.feature_map.feature_count(), Dv);
   std::vector<float> states(B * H * floats, 7.0f), again(B * H * floats, -7.0f);
   pa::FavorOptions absorb = options;
   absorb.absorb_into = states.data();
-  pa::favor_attention(pa::AttentionDims{B, H, 0, t.Lk, d, Dv}, nullptr, k.data(), v.data(), nullptr, absorb, kernels,
-                      pool);
+  pa::favor_attention(pa::AttentionDims{B, H, 0, t.Lk, d, Dv}, nullptr, k.data(), v.data(), nullptr,
+                      absorb, kernels, pool);
   absorb.absorb_into = again.data();
-  pa::favor_attention(pa::AttentionDims{B, H, 0, t.Lk, d, Dv}, nullptr, k.data(), v.data(), nullptr, absorb, kernels,
-                      pool);
-  CHECK(std::memcmp(states.data(), again.data(), states.size() * sizeof(float)) == 0);  // padding included
+  pa::favor_attention(pa::AttentionDims{B, H, 0, t.Lk, d, Dv}, nullptr, k.data(), v.data(), nullptr,
+                      absorb, kernels, pool);
+  CHECK(std::memcmp(states.data(), again.data(), states.size() * sizeof(float)) ==
+        0);  // padding included
 
   pa::FavorOptions emit = options;
   emit.key_padding = nullptr;
   emit.keys_state = states.data();
   const std::vector<float> kept = states;
   std::vector<float> got(want.size(), -1.0f);
-  pa::favor_attention(pa::AttentionDims{B, H, t.Lq, 0, d, Dv}, q.data(), nullptr, nullptr, got.data(), emit, kernels,
-                      pool);
-  CHECK(std::memcmp(states.data(), kept.data(), states.size() * sizeof(float)) == 0);  // emit absorbs nothing
+  pa::favor_attention(pa::AttentionDims{B, H, t.Lq, 0, d, Dv}, q.data(), nullptr, nullptr,
+                      got.data(), emit, kernels, pool);
+  CHECK(std::memcmp(states.data(), kept.data(), states.size() * sizeof(float)) ==
+        0);  // emit absorbs nothing
   for (std::size_t p = 0; p < B * H; ++p) {
     const std::vector<float> g(got.begin() + p * t.Lq * Dv, got.begin() + (p + 1) * t.Lq * Dv);
-    const std::vector<double> w_rows(want.begin() + p * t.Lq * Dv, want.begin() + (p + 1) * t.Lq * Dv);
+    const std::vector<double> w_rows(want.begin() + p * t.Lq * Dv,
+                                     want.begin() + (p + 1) * t.Lq * Dv);
     bool zero = true;
     for (double x : w_rows) zero = zero && x == 0.0;
     if (zero) {
@@ -161,8 +168,8 @@ void check_split(const SplitCase& t, const pa::KernelSet& kernels, pa::ThreadPoo
     }
     const double err = pa_test::relative_frobenius(g, w_rows);
     if (!(err < 1e-5)) {
-      std::fprintf(stderr, "  [%s] kernel=%d Lq=%zu Lk=%zu eps=%g pair=%zu: err %.3g\n", kernels.name,
-                   static_cast<int>(t.kernel), t.Lq, t.Lk, t.epsilon, p, err);
+      std::fprintf(stderr, "  [%s] kernel=%d Lq=%zu Lk=%zu eps=%g pair=%zu: err %.3g\n",
+                   kernels.name, static_cast<int>(t.kernel), t.Lq, t.Lk, t.epsilon, p, err);
     }
     CHECK(err < 1e-5);
   }
@@ -174,10 +181,14 @@ TEST("favor/absorb_into then keys_state equals the bidirectional call on every k
   pa::ThreadPool pool(2);
   using K = pa::Kernel;
   const SplitCase cases[] = {
-      {K::kSoftmax, 1, 50, 0.0f, true},       {K::kSoftmax, 70, 600, 0.0f, true},  // 600 keys: absorbed in parts
-      {K::kSoftmax, 3, 600, 0.05f, true},     {K::kSoftmaxHyperbolic, 5, 90, 0.0f, false},
-      {K::kTrig, 4, 70, 0.0f, true},          {K::kRelu, 2, 65, 0.01f, true},
-      {K::kSoftmaxOpt, 6, 300, 0.0f, true},   {K::kSoftmaxDense, 6, 130, 0.02f, false},
+      {K::kSoftmax, 1, 50, 0.0f, true},
+      {K::kSoftmax, 70, 600, 0.0f, true},  // 600 keys: absorbed in parts
+      {K::kSoftmax, 3, 600, 0.05f, true},
+      {K::kSoftmaxHyperbolic, 5, 90, 0.0f, false},
+      {K::kTrig, 4, 70, 0.0f, true},
+      {K::kRelu, 2, 65, 0.01f, true},
+      {K::kSoftmaxOpt, 6, 300, 0.0f, true},
+      {K::kSoftmaxDense, 6, 130, 0.02f, false},
   };
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (const SplitCase& t : cases) check_split(t, *kernels, pool);
@@ -197,14 +208,14 @@ TEST("favor/absorb_into and keys_state reject what they cannot split") {
   auto absorb = [&](std::size_t q_len, const pa::FavorOptions& o) {
     pa::FavorOptions with = o;
     with.absorb_into = states.data();
-    pa::favor_attention(pa::AttentionDims{1, 1, q_len, L, d, 1}, q.data(), k.data(), v.data(), out.data(), with,
-                        pa::kScalarKernels, pool);
+    pa::favor_attention(pa::AttentionDims{1, 1, q_len, L, d, 1}, q.data(), k.data(), v.data(),
+                        out.data(), with, pa::kScalarKernels, pool);
   };
   auto emit = [&](std::size_t k_len, const pa::FavorOptions& o) {
     pa::FavorOptions with = o;
     with.keys_state = states.data();
-    pa::favor_attention(pa::AttentionDims{1, 1, L, k_len, d, 1}, q.data(), k.data(), v.data(), out.data(), with,
-                        pa::kScalarKernels, pool);
+    pa::favor_attention(pa::AttentionDims{1, 1, L, k_len, d, 1}, q.data(), k.data(), v.data(),
+                        out.data(), with, pa::kScalarKernels, pool);
   };
   CHECK(throws_input_error([&] { absorb(L, options); }));  // queries with absorb_into
   CHECK(throws_input_error([&] { emit(L, options); }));    // keys with keys_state

@@ -36,28 +36,27 @@ struct Registrar {
 
 #define PA_TEST_CONCAT2(a, b) a##b
 #define PA_TEST_CONCAT(a, b) PA_TEST_CONCAT2(a, b)
-#define TEST(name)                                                              \
-  static void PA_TEST_CONCAT(test_fn_, __LINE__)();                             \
-  static pa_test::Registrar PA_TEST_CONCAT(test_reg_, __LINE__)(                \
-      name, PA_TEST_CONCAT(test_fn_, __LINE__));                                \
+#define TEST(name)                                               \
+  static void PA_TEST_CONCAT(test_fn_, __LINE__)();              \
+  static pa_test::Registrar PA_TEST_CONCAT(test_reg_, __LINE__)( \
+      name, PA_TEST_CONCAT(test_fn_, __LINE__));                 \
   static void PA_TEST_CONCAT(test_fn_, __LINE__)()
 
-#define CHECK(cond)                                                             \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
-      std::fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-                   #cond);                                                      \
-      ++pa_test::failures();                                                    \
-    }                                                                           \
+#define CHECK(cond)                                                                   \
+  do {                                                                                \
+    if (!(cond)) {                                                                    \
+      std::fprintf(stderr, "  %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++pa_test::failures();                                                          \
+    }                                                                                 \
   } while (0)
 
 // |actual - expected| <= tol, printing both values when it fails.
-#define CHECK_NEAR(actual, expected, tol)                                       \
-  do {                                                                          \
-    const double pa_a = (actual), pa_e = (expected), pa_t = (tol);              \
-    if (!(std::fabs(pa_a - pa_e) <= pa_t)) {                                    \
-      std::fprintf(stderr, "  %s:%d: %s = %.9g, expected %.9g (tol %.3g)\n",    \
-                   __FILE__, __LINE__, #actual, pa_a, pa_e, pa_t);              \
-      ++pa_test::failures();                                                    \
-    }                                                                           \
+#define CHECK_NEAR(actual, expected, tol)                                                        \
+  do {                                                                                           \
+    const double pa_a = (actual), pa_e = (expected), pa_t = (tol);                               \
+    if (!(std::fabs(pa_a - pa_e) <= pa_t)) {                                                     \
+      std::fprintf(stderr, "  %s:%d: %s = %.9g, expected %.9g (tol %.3g)\n", __FILE__, __LINE__, \
+                   #actual, pa_a, pa_e, pa_t);                                                   \
+      ++pa_test::failures();                                                                     \
+    }                                                                                            \
   } while (0)

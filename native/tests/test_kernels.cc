@@ -78,8 +78,9 @@ bool same_value(float a, float b) {  // equal, or both NaN
 
 enum class ALayout { kRowMajor, kTransposed, kStrided };
 const char* layout_name(ALayout l) {
-  return l == ALayout::kRowMajor ? "row-major" : l == ALayout::kTransposed ? "transposed"
-                                                                           : "strided";
+  return l == ALayout::kRowMajor     ? "row-major"
+         : l == ALayout::kTransposed ? "transposed"
+                                     : "strided";
 }
 
 struct GemmStats {
@@ -89,9 +90,9 @@ struct GemmStats {
 
 // Runs one gemm case on every set; returns false (after reporting) on the first
 // failing set so that a broken kernel does not flood the log.
-bool run_gemm_case(std::size_t M, std::size_t N, std::size_t K, ALayout layout,
-                   std::size_t offset, std::size_t ldb_pad, std::size_t ldc_pad,
-                   bool accumulate, std::mt19937& rng, std::vector<GemmStats>& stats) {
+bool run_gemm_case(std::size_t M, std::size_t N, std::size_t K, ALayout layout, std::size_t offset,
+                   std::size_t ldb_pad, std::size_t ldc_pad, bool accumulate, std::mt19937& rng,
+                   std::vector<GemmStats>& stats) {
   const auto& sets = sets_under_test();
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
 
@@ -218,8 +219,8 @@ TEST("kernels/gemm_large") {
   struct Size {
     std::size_t M, N, K;
   };
-  const Size sizes[] = {{64, 64, 256}, {256, 64, 64}, {37, 130, 300}, {6, 200, 520},
-                        {1, 64, 1000}, {130, 17, 129}, {25, 48, 257}, {16, 256, 64}};
+  const Size sizes[] = {{64, 64, 256}, {256, 64, 64},  {37, 130, 300}, {6, 200, 520},
+                        {1, 64, 1000}, {130, 17, 129}, {25, 48, 257},  {16, 256, 64}};
   for (const Size& sz : sizes) {
     for (ALayout layout : {ALayout::kRowMajor, ALayout::kTransposed}) {
       for (bool accumulate : {false, true}) {
@@ -228,8 +229,8 @@ TEST("kernels/gemm_large") {
     }
   }
   for (std::size_t s = 0; s < sets.size(); ++s) {
-    std::printf("  [%s] gemm_large: %zu cases, worst error %.3g of the bound\n",
-                sets[s]->name, stats[s].cases, stats[s].worst);
+    std::printf("  [%s] gemm_large: %zu cases, worst error %.3g of the bound\n", sets[s]->name,
+                stats[s].cases, stats[s].worst);
   }
 }
 
@@ -286,8 +287,8 @@ double ulp_error(float got, double want) {
 }
 
 struct ExpStats {
-  double max_normal = 0;     // ulps, results >= FLT_MIN
-  double max_denormal = 0;   // units of 2^-149, results below FLT_MIN
+  double max_normal = 0;    // ulps, results >= FLT_MIN
+  double max_denormal = 0;  // units of 2^-149, results below FLT_MIN
   float worst_arg = 0;
   std::size_t count = 0;
 };
@@ -323,8 +324,8 @@ std::size_t check_exp(const char* set_name, std::size_t n, const float* x, const
     }
     if (!ok) {
       if (bad < 5) {
-        std::fprintf(stderr, "  [%s] exp(%.9g) = %.9g, want %.9g (%.3g ulp)\n", set_name, s,
-                     y[i], want, err);
+        std::fprintf(stderr, "  [%s] exp(%.9g) = %.9g, want %.9g (%.3g ulp)\n", set_name, s, y[i],
+                     want, err);
       }
       ++bad;
     }
@@ -353,9 +354,9 @@ std::vector<float> exp_inputs() {
       f = std::nextafter(f, kInf);
     }
   }
-  for (float v : {kInf, -kInf, kNaN, -kNaN, 0.0f, -0.0f, FLT_MIN, -FLT_MIN, FLT_TRUE_MIN,
-                  -FLT_TRUE_MIN, FLT_MAX, -FLT_MAX, 1e30f, -1e30f, 88.0f, 89.0f, 90.0f,
-                  -104.0f, -105.0f, -150.0f, 1e-30f, -1e-30f}) {
+  for (float v : {kInf,         -kInf,         kNaN,    -kNaN,    0.0f,   -0.0f,  FLT_MIN, -FLT_MIN,
+                  FLT_TRUE_MIN, -FLT_TRUE_MIN, FLT_MAX, -FLT_MAX, 1e30f,  -1e30f, 88.0f,   89.0f,
+                  90.0f,        -104.0f,       -105.0f, -150.0f,  1e-30f, -1e-30f}) {
     xs.push_back(v);
   }
   return xs;
@@ -367,13 +368,14 @@ TEST("kernels/exp_bias_range") {
     ExpStats stats;
     Buffer y(xs.size(), 0);
     set->exp_bias(xs.size(), xs.data(), nullptr, 0.0f, y.data());
-    const std::size_t bad = check_exp(set->name, xs.size(), xs.data(), nullptr, 0.0f,
-                                      y.data(), 3.0, stats);
+    const std::size_t bad =
+        check_exp(set->name, xs.size(), xs.data(), nullptr, 0.0f, y.data(), 3.0, stats);
     CHECK(bad == 0);
     CHECK(y.guards_intact());
-    std::printf("  [%s] exp: %zu inputs, max %.3f ulp (at %.9g), denormal results max %.3f "
-                "x 2^-149\n",
-                set->name, stats.count, stats.max_normal, stats.worst_arg, stats.max_denormal);
+    std::printf(
+        "  [%s] exp: %zu inputs, max %.3f ulp (at %.9g), denormal results max %.3f "
+        "x 2^-149\n",
+        set->name, stats.count, stats.max_normal, stats.worst_arg, stats.max_denormal);
     CHECK(std::isnan(y[xs.size() - 20]) && std::isnan(y[xs.size() - 19]));  // +-NaN
   }
 }
@@ -390,11 +392,11 @@ TEST("kernels/exp_bias_special") {
     CHECK(std::isnan(y[2]));
     CHECK(std::isnan(y[3]));  // NaN bias
     CHECK(y[4] == 1.0f);
-    CHECK(y[5] == 0.0f);       // 1 + -inf
-    CHECK(std::isnan(y[6]));   // inf + -inf
-    CHECK(y[7] == kInf);       // 89 overflows
-    CHECK(y[8] == 0.0f);       // -110: below half the smallest denormal
-    CHECK(y[9] == 1.0f);       // -1e30 + 1e30 = 0 exactly
+    CHECK(y[5] == 0.0f);      // 1 + -inf
+    CHECK(std::isnan(y[6]));  // inf + -inf
+    CHECK(y[7] == kInf);      // 89 overflows
+    CHECK(y[8] == 0.0f);      // -110: below half the smallest denormal
+    CHECK(y[9] == 1.0f);      // -1e30 + 1e30 = 0 exactly
     // Offset alone, NaN offset.
     set->exp_bias(10, x, nullptr, kNaN, y);
     bool all_nan = true;
@@ -500,8 +502,8 @@ void fill_for_max(Buffer& v, int mode, std::mt19937& rng) {
     v[i] = uni(rng);
     if (mode >= 1 && pick(rng) == 0) v[i] = kNaN;
     if (mode >= 2 && pick(rng) == 0) v[i] = -kInf;
-    if (mode == 3) v[i] = kNaN;     // all NaN
-    if (mode == 4) v[i] = -kInf;    // all -inf
+    if (mode == 3) v[i] = kNaN;   // all NaN
+    if (mode == 4) v[i] = -kInf;  // all -inf
   }
   if (n > 0 && mode == 5) v[n - 1] = 1000.0f;  // maximum in the last (tail) element
   if (n > 0 && mode == 6) v[0] = 1000.0f;
@@ -562,8 +564,8 @@ TEST("kernels/max_accumulate") {
           for (std::size_t i = 0; i < n; ++i) ok = ok && same_value(acc[i], want[i]);
           if (!ok) {
             if (wrong < 5) {
-              std::fprintf(stderr, "  [%s] max_accumulate n=%zu off=%zu mode=%d wrong\n",
-                           set->name, n, off, mode);
+              std::fprintf(stderr, "  [%s] max_accumulate n=%zu off=%zu mode=%d wrong\n", set->name,
+                           n, off, mode);
             }
             ++wrong;
           }
@@ -605,7 +607,8 @@ TEST("kernels/dot") {
         ok = ok && a.guards_intact() && b.guards_intact();
       }
     }
-    const float x[3] = {1.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f}, y[3] = {1.0f, 1.0f, 1.0f};
+    const float x[3] = {1.0f, std::numeric_limits<float>::quiet_NaN(), 2.0f},
+                y[3] = {1.0f, 1.0f, 1.0f};
     ok = ok && std::isnan(set->dot(3, x, y));
     CHECK(ok);
   }

@@ -40,12 +40,13 @@ struct LinearCase {
   Activation act;
   bool bias;
   Residual residual;
-  std::size_t offset;    // floats past 64-byte alignment of every array
-  std::size_t x_extra;   // x_stride = in + x_extra
+  std::size_t offset;   // floats past 64-byte alignment of every array
+  std::size_t x_extra;  // x_stride = in + x_extra
 };
 
 // Runs one case on one kernel set; false (after reporting) when it fails.
-bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadPool& pool, std::mt19937& rng) {
+bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadPool& pool,
+                  std::mt19937& rng) {
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
   const std::size_t x_stride = t.in + t.x_extra;
   Guarded x(std::max<std::size_t>(t.rows * x_stride, 1), t.offset);
@@ -86,23 +87,24 @@ bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadP
     std::copy(res.data(), res.data() + t.rows * t.out, y.data());
     residual = y.data();
   }
-  pa::linear(t.rows, t.in, t.out, x.data(), x_stride, packed.data(), t.bias ? bias.data() : nullptr, residual,
-             t.act, y.data(), kernels, pool);
+  pa::linear(t.rows, t.in, t.out, x.data(), x_stride, packed.data(), t.bias ? bias.data() : nullptr,
+             residual, t.act, y.data(), kernels, pool);
 
   double worst = 0;
   for (std::size_t i = 0; i < t.rows * t.out; ++i) {
     const double err = std::fabs(y[i] - want[i]) / (scale[i] + 1e-30);
     if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
   }
-  const bool guards = x.guards_intact() && w.guards_intact() && bias.guards_intact() && res.guards_intact() &&
-                      y.guards_intact() && packed.guards_intact();
+  const bool guards = x.guards_intact() && w.guards_intact() && bias.guards_intact() &&
+                      res.guards_intact() && y.guards_intact() && packed.guards_intact();
   const bool ok = worst <= 1e-5 && guards;
   if (!ok) {
-    std::fprintf(stderr,
-                 "  [%s] linear rows=%zu in=%zu out=%zu act=%s bias=%d residual=%d offset=%zu x_stride=%zu: "
-                 "worst err %.3g%s\n",
-                 kernels.name, t.rows, t.in, t.out, act_name(t.act), t.bias, static_cast<int>(t.residual),
-                 t.offset, x_stride, worst, guards ? "" : ", guard cells overwritten");
+    std::fprintf(
+        stderr,
+        "  [%s] linear rows=%zu in=%zu out=%zu act=%s bias=%d residual=%d offset=%zu x_stride=%zu: "
+        "worst err %.3g%s\n",
+        kernels.name, t.rows, t.in, t.out, act_name(t.act), t.bias, static_cast<int>(t.residual),
+        t.offset, x_stride, worst, guards ? "" : ", guard cells overwritten");
   }
   CHECK(ok);
   return ok;
@@ -117,12 +119,19 @@ TEST("layers/linear: sizes around the vector widths, every option, every kernel 
   std::mt19937 rng(11);
   std::size_t cases = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    cases += pa_test::for_size_triples(sizes, [&](std::size_t rows, std::size_t in, std::size_t out, std::size_t index) {
-      // Every option cycles with a different period, so the 729 cases mix them.
-      const LinearCase t{rows, in, out, acts[index % 3], index % 4 != 1, static_cast<Residual>((index / 3) % 3),
-                         (index / 2) % 2, (index / 5) % 3};
-      return check_linear(t, *kernels, pool, rng);
-    });
+    cases += pa_test::for_size_triples(
+        sizes, [&](std::size_t rows, std::size_t in, std::size_t out, std::size_t index) {
+          // Every option cycles with a different period, so the 729 cases mix them.
+          const LinearCase t{rows,
+                             in,
+                             out,
+                             acts[index % 3],
+                             index % 4 != 1,
+                             static_cast<Residual>((index / 3) % 3),
+                             (index / 2) % 2,
+                             (index / 5) % 3};
+          return check_linear(t, *kernels, pool, rng);
+        });
   }
   std::printf("  %zu linear cases\n", cases);
 }
@@ -136,7 +145,8 @@ TEST("layers/linear: several row tiles and column groups, few rows, column tails
       {3, 130, 600, Activation::kNone, false, Residual::kNone, 1, 1},
       {1, 512, 65, Activation::kGelu, true, Residual::kAliased, 0, 0},
       {65, 300, 64, Activation::kNone, true, Residual::kSeparate, 1, 5},
-      {20, 0, 33, Activation::kRelu, true, Residual::kSeparate, 0, 0},  // in = 0: act(bias) + residual
+      {20, 0, 33, Activation::kRelu, true, Residual::kSeparate, 0,
+       0},  // in = 0: act(bias) + residual
   };
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (const LinearCase& t : cases) check_linear(t, *kernels, pool, rng);
@@ -159,8 +169,8 @@ TEST("layers/linear: the same bits for 1, 2 and 3 threads") {
       for (std::size_t threads : {1, 2, 3}) {
         pa::ThreadPool pool(threads);
         std::vector<float> y(rows * out);
-        pa::linear(rows, in, out, x.data(), in, packed.data(), b.data(), nullptr, Activation::kGelu, y.data(),
-                   *kernels, pool);
+        pa::linear(rows, in, out, x.data(), in, packed.data(), b.data(), nullptr, Activation::kGelu,
+                   y.data(), *kernels, pool);
         if (first.empty()) {
           first = y;
         } else {
@@ -171,21 +181,23 @@ TEST("layers/linear: the same bits for 1, 2 and 3 threads") {
   }
 }
 
-TEST("layers/linear: GELU and ReLU to 1e-6 relative from -16 to 16, through bias, vector bodies and tails") {
+TEST(
+    "layers/linear: GELU and ReLU to 1e-6 relative from -16 to 16, through bias, vector bodies and tails") {
   pa::ThreadPool pool(2);
   // in = 1 with W = 1: y[r, o] = act(float(x[r] + bias[o])), the activation alone. 37
   // columns: full vectors of every kernel set and a tail.
   const std::size_t out = 37;
   std::vector<float> x;
   for (int i = -40000; i <= 40000; ++i) x.push_back(static_cast<float>(i) * 4e-4f);
-  for (float v : {1e-30f, -1e-30f, 1e-40f, 0.0f, -0.0f, 100.0f, -100.0f, 1e30f, -1e30f}) x.push_back(v);
+  for (float v : {1e-30f, -1e-30f, 1e-40f, 0.0f, -0.0f, 100.0f, -100.0f, 1e30f, -1e30f})
+    x.push_back(v);
   std::vector<float> ones(out, 1.0f), bias(out), packed(pa::linear_packed_size(1, out));
   for (std::size_t o = 0; o < out; ++o) bias[o] = static_cast<float>(o) * 1e-5f;
   pa::linear_pack(1, out, ones.data(), packed.data());
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     std::vector<float> y(x.size() * out);
-    pa::linear(x.size(), 1, out, x.data(), 1, packed.data(), bias.data(), nullptr, Activation::kGelu, y.data(),
-               *kernels, pool);
+    pa::linear(x.size(), 1, out, x.data(), 1, packed.data(), bias.data(), nullptr,
+               Activation::kGelu, y.data(), *kernels, pool);
     double worst = 0;
     bool ok = true;
     for (std::size_t i = 0; i < y.size() && ok; ++i) {
@@ -193,21 +205,23 @@ TEST("layers/linear: GELU and ReLU to 1e-6 relative from -16 to 16, through bias
       const double want = gelu_ref(v);
       const double err = std::fabs(y[i] - want);
       ok = err <= 1e-6 * std::fabs(want) + 1e-43;
-      if (!ok) std::fprintf(stderr, "  [%s] gelu(%.9g) = %.9g, expected %.9g\n", kernels->name, v, y[i], want);
+      if (!ok)
+        std::fprintf(stderr, "  [%s] gelu(%.9g) = %.9g, expected %.9g\n", kernels->name, v, y[i],
+                     want);
       if (std::fabs(want) > 1e-37) worst = std::max(worst, err / std::fabs(want));
     }
     CHECK(ok);
     std::printf("  [%s] gelu worst relative error %.3g\n", kernels->name, worst);
     const float nan = std::numeric_limits<float>::quiet_NaN();
     std::vector<float> special = {nan, INFINITY}, special_y(2 * out);
-    pa::linear(2, 1, out, special.data(), 1, packed.data(), nullptr, nullptr, Activation::kGelu, special_y.data(),
-               *kernels, pool);
+    pa::linear(2, 1, out, special.data(), 1, packed.data(), nullptr, nullptr, Activation::kGelu,
+               special_y.data(), *kernels, pool);
     for (std::size_t o = 0; o < out; ++o) {
       CHECK(std::isnan(special_y[o]));
       CHECK(special_y[out + o] == INFINITY);
     }
-    pa::linear(x.size(), 1, out, x.data(), 1, packed.data(), bias.data(), nullptr, Activation::kRelu, y.data(),
-               *kernels, pool);
+    pa::linear(x.size(), 1, out, x.data(), 1, packed.data(), bias.data(), nullptr,
+               Activation::kRelu, y.data(), *kernels, pool);
     for (std::size_t i = 0; i < y.size(); ++i) {
       const float v = x[i / out] + bias[i % out];
       if (!(y[i] == (v < 0 ? 0.0f : v))) {
@@ -221,8 +235,9 @@ TEST("layers/linear: GELU and ReLU to 1e-6 relative from -16 to 16, through bias
 namespace {
 
 // One layer_norm case against the double reference; y aliases x when `in_place`.
-void check_layer_norm(std::size_t rows, std::size_t dim, const std::vector<float>& input, bool affine,
-                      bool in_place, std::size_t offset, float eps, pa::ThreadPool& pool, std::mt19937& rng) {
+void check_layer_norm(std::size_t rows, std::size_t dim, const std::vector<float>& input,
+                      bool affine, bool in_place, std::size_t offset, float eps,
+                      pa::ThreadPool& pool, std::mt19937& rng) {
   std::uniform_real_distribution<float> uni(-2.0f, 2.0f);
   Guarded x(rows * dim, offset), y(rows * dim, offset), gamma(dim, offset), beta(dim, offset);
   for (std::size_t i = 0; i < rows * dim; ++i) x[i] = input[i];
@@ -243,16 +258,17 @@ void check_layer_norm(std::size_t rows, std::size_t dim, const std::vector<float
     }
   }
   float* out = in_place ? x.data() : y.data();
-  pa::layer_norm(rows, dim, x.data(), affine ? gamma.data() : nullptr, affine ? beta.data() : nullptr, eps, out,
-                 pool);
+  pa::layer_norm(rows, dim, x.data(), affine ? gamma.data() : nullptr,
+                 affine ? beta.data() : nullptr, eps, out, pool);
   bool ok = x.guards_intact() && y.guards_intact() && gamma.guards_intact() && beta.guards_intact();
   for (std::size_t i = 0; i < rows * dim && ok; ++i) {
     ok = std::fabs(out[i] - want[i]) <= 1e-6 * (1.0 + std::fabs(want[i]));
     if (!ok) std::fprintf(stderr, "  element %zu: %.9g, expected %.9g\n", i, out[i], want[i]);
   }
   if (!ok) {
-    std::fprintf(stderr, "  layer_norm rows=%zu dim=%zu affine=%d in_place=%d offset=%zu eps=%g failed\n", rows,
-                 dim, affine, in_place, offset, eps);
+    std::fprintf(stderr,
+                 "  layer_norm rows=%zu dim=%zu affine=%d in_place=%d offset=%zu eps=%g failed\n",
+                 rows, dim, affine, in_place, offset, eps);
   }
   CHECK(ok);
 }
@@ -268,7 +284,8 @@ TEST("layers/layer_norm: sizes, affine or not, in place, misaligned, against dou
     for (std::size_t rows : {1, 3, 70}) {
       std::vector<float> input(rows * dim);
       for (auto& v : input) v = 3.0f * normal(rng) + 0.5f;
-      check_layer_norm(rows, dim, input, index % 2 == 0, index % 3 == 0, (index / 2) % 2, 1e-5f, pool, rng);
+      check_layer_norm(rows, dim, input, index % 2 == 0, index % 3 == 0, (index / 2) % 2, 1e-5f,
+                       pool, rng);
       ++index;
     }
   }
@@ -306,7 +323,8 @@ TEST("layers/layer_norm: constant rows give beta; a mean of 1e4 with small noise
 TEST("layers/split_heads and merge_heads: exact, strided source, guards, round trip") {
   std::mt19937 rng(31);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
-  const std::size_t shapes[][4] = {{1, 1, 1, 1}, {2, 7, 3, 5}, {3, 33, 4, 16}, {1, 100, 8, 9}, {2, 5, 1, 17}};
+  const std::size_t shapes[][4] = {
+      {1, 1, 1, 1}, {2, 7, 3, 5}, {3, 33, 4, 16}, {1, 100, 8, 9}, {2, 5, 1, 17}};
   for (std::size_t threads : {1, 2, 3}) {
     pa::ThreadPool pool(threads);
     for (const auto& s : shapes) {
@@ -322,17 +340,21 @@ TEST("layers/split_heads and merge_heads: exact, strided source, guards, round t
           for (std::size_t h = 0; h < H; ++h) {
             for (std::size_t l = 0; l < L; ++l) {
               for (std::size_t e = 0; e < dh; ++e) {
-                ok = ok && heads[((b * H + h) * L + l) * dh + e] == src[(b * L + l) * stride + extra + h * dh + e];
+                ok = ok && heads[((b * H + h) * L + l) * dh + e] ==
+                               src[(b * L + l) * stride + extra + h * dh + e];
               }
             }
           }
         }
         pa::merge_heads(B, L, H, dh, heads.data(), merged.data(), H * dh, pool);
         for (std::size_t row = 0; row < B * L; ++row) {
-          for (std::size_t c = 0; c < width; ++c) ok = ok && merged[row * width + c] == src[row * stride + extra + c];
+          for (std::size_t c = 0; c < width; ++c)
+            ok = ok && merged[row * width + c] == src[row * stride + extra + c];
         }
         ok = ok && src.guards_intact() && heads.guards_intact() && merged.guards_intact();
-        if (!ok) std::fprintf(stderr, "  B=%zu L=%zu H=%zu dh=%zu extra=%zu threads=%zu\n", B, L, H, dh, extra, threads);
+        if (!ok)
+          std::fprintf(stderr, "  B=%zu L=%zu H=%zu dh=%zu extra=%zu threads=%zu\n", B, L, H, dh,
+                       extra, threads);
         CHECK(ok);
       }
     }

@@ -39,7 +39,8 @@ TEST("orthogonal/rows of each block are orthogonal with norm sqrt(d)") {
     const auto w = sample(m, d, 5, true, pa::NormScaling::kSqrt);
     for (std::size_t r = 0; r < m; ++r) {
       CHECK_NEAR(dot(&w[r * d], &w[r * d], d), static_cast<double>(d), 1e-4 * d);
-      for (std::size_t s = (r / d) * d; s < r; ++s) CHECK_NEAR(dot(&w[r * d], &w[s * d], d), 0.0, 1e-4 * d);
+      for (std::size_t s = (r / d) * d; s < r; ++s)
+        CHECK_NEAR(dot(&w[r * d], &w[s * d], d), 0.0, 1e-4 * d);
     }
   }
 }
@@ -49,7 +50,8 @@ TEST("orthogonal/blocks are independent of each other") {
   const auto w = sample(2 * d, d, 9, true, pa::NormScaling::kSqrt);
   double worst = 0;
   for (std::size_t r = 0; r < d; ++r) {
-    for (std::size_t s = d; s < 2 * d; ++s) worst = std::fmax(worst, std::fabs(dot(&w[r * d], &w[s * d], d)));
+    for (std::size_t s = d; s < 2 * d; ++s)
+      worst = std::fmax(worst, std::fabs(dot(&w[r * d], &w[s * d], d)));
   }
   CHECK(worst > 1e-2);  // rows of different blocks are not orthogonal to each other
 }

@@ -33,8 +33,8 @@ using pa_test::throws_input_error;
 
 // Per (batch, head) block of `block` floats: exact zeros where the reference block is
 // all zero, else relative Frobenius error <= tol. Reports the first failing block.
-bool check_blocks(const std::vector<float>& got, const std::vector<double>& want, std::size_t block, double tol,
-                  const std::string& label) {
+bool check_blocks(const std::vector<float>& got, const std::vector<double>& want, std::size_t block,
+                  double tol, const std::string& label) {
   bool ok = got.size() == want.size();
   for (std::size_t p = 0; ok && p * block < got.size(); ++p) {
     const std::vector<float> g(got.begin() + p * block, got.begin() + (p + 1) * block);
@@ -45,22 +45,25 @@ bool check_blocks(const std::vector<float>& got, const std::vector<double>& want
       for (std::size_t i = 0; i < block && ok; ++i) {
         ok = g[i] == 0.0f;
         if (!ok) {
-          std::fprintf(stderr, "  %s: head %zu element %zu = %.9g, expected exactly 0\n", label.c_str(), p, i, g[i]);
+          std::fprintf(stderr, "  %s: head %zu element %zu = %.9g, expected exactly 0\n",
+                       label.c_str(), p, i, g[i]);
         }
       }
       continue;
     }
     const double err = pa_test::relative_frobenius(g, w);
     ok = err <= tol;
-    if (!ok) std::fprintf(stderr, "  %s: head %zu relative error %.3g > %.3g\n", label.c_str(), p, err, tol);
+    if (!ok)
+      std::fprintf(stderr, "  %s: head %zu relative error %.3g > %.3g\n", label.c_str(), p, err,
+                   tol);
   }
   return ok;
 }
 
 // Rows [r0, r1) of each of `groups` blocks of `len` rows of `width` elements.
 template <typename T>
-std::vector<T> slice_rows(const std::vector<T>& x, std::size_t groups, std::size_t len, std::size_t width,
-                          std::size_t r0, std::size_t r1) {
+std::vector<T> slice_rows(const std::vector<T>& x, std::size_t groups, std::size_t len,
+                          std::size_t width, std::size_t r0, std::size_t r1) {
   std::vector<T> out;
   for (std::size_t g = 0; g < groups; ++g) {
     out.insert(out.end(), x.begin() + (g * len + r0) * width, x.begin() + (g * len + r1) * width);
@@ -69,8 +72,8 @@ std::vector<T> slice_rows(const std::vector<T>& x, std::size_t groups, std::size
 }
 
 template <typename T>
-void place_rows(std::vector<T>& x, const std::vector<T>& part, std::size_t groups, std::size_t len, std::size_t width,
-                std::size_t r0, std::size_t r1) {
+void place_rows(std::vector<T>& x, const std::vector<T>& part, std::size_t groups, std::size_t len,
+                std::size_t width, std::size_t r0, std::size_t r1) {
   const std::size_t n = (r1 - r0) * width;
   for (std::size_t g = 0; g < groups; ++g) {
     std::copy(part.begin() + g * n, part.begin() + (g + 1) * n, x.begin() + (g * len + r0) * width);
@@ -83,7 +86,8 @@ void place_rows(std::vector<T>& x, const std::vector<T>& part, std::size_t group
 // performer-pytorch's and local-attention's inverse frequencies, 1 / 10000^(2i / d), in float32.
 std::vector<float> inv_freq(std::size_t d) {
   std::vector<float> f(d / 2);
-  for (std::size_t i = 0; i < f.size(); ++i) f[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / d));
+  for (std::size_t i = 0; i < f.size(); ++i)
+    f[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / d));
   return f;
 }
 
@@ -117,7 +121,8 @@ void sinusoid_ref(const pa::Sinusoid& s, std::size_t t, std::size_t i, double* s
 }
 
 std::vector<double> rotary_ref(std::size_t heads, std::size_t len, std::size_t d, std::size_t start,
-                               RotaryLayout layout, const pa::Sinusoid& s, const std::vector<float>& x) {
+                               RotaryLayout layout, const pa::Sinusoid& s,
+                               const std::vector<float>& x) {
   const std::size_t half = d / 2;
   std::vector<double> y(x.begin(), x.end());
   for (std::size_t h = 0; h < heads; ++h) {
@@ -140,8 +145,9 @@ std::vector<double> rotary_ref(std::size_t heads, std::size_t len, std::size_t d
 double gelu_ref(double v) { return 0.5 * v * std::erfc(-v / std::sqrt(2.0)); }
 
 // Token shift as model_ops.h describes it; history may be null (row -1 is zero).
-std::vector<float> token_shift_ref(std::size_t batch, std::size_t len, std::size_t dim, const std::vector<float>& x,
-                                   const std::vector<int>& shifts, const std::uint8_t* keep, const float* history) {
+std::vector<float> token_shift_ref(std::size_t batch, std::size_t len, std::size_t dim,
+                                   const std::vector<float>& x, const std::vector<int>& shifts,
+                                   const std::uint8_t* keep, const float* history) {
   const std::size_t segments = shifts.size(), piece = dim / segments;
   std::vector<float> y(batch * len * dim);
   for (std::size_t b = 0; b < batch; ++b) {
@@ -166,11 +172,14 @@ std::vector<float> token_shift_ref(std::size_t batch, std::size_t len, std::size
   return y;
 }
 
-const char* layout_name(RotaryLayout layout) { return layout == RotaryLayout::kInterleaved ? "interleaved" : "halves"; }
+const char* layout_name(RotaryLayout layout) {
+  return layout == RotaryLayout::kInterleaved ? "interleaved" : "halves";
+}
 
 }  // namespace
 
-TEST("models/rotary: both layouts, table rows then inv_freq past the table, start > 0, against double") {
+TEST(
+    "models/rotary: both layouts, table rows then inv_freq past the table, start > 0, against double") {
   pa::ThreadPool pool1(1), pool3(3);
   std::size_t cases = 0;
   double worst = 0;
@@ -207,9 +216,10 @@ TEST("models/rotary: both layouts, table rows then inv_freq past the table, star
             worst = std::max(worst, rel);
             ok = rel <= 1e-6;
             if (!ok) {
-              std::fprintf(stderr,
-                           "  rotary %s d=%zu table=%d start=%zu: row %zu (position %zu) error %.3g of the row norm\n",
-                           layout_name(layout), d, with_table, start, row, start + row % len, rel);
+              std::fprintf(
+                  stderr,
+                  "  rotary %s d=%zu table=%d start=%zu: row %zu (position %zu) error %.3g of the row norm\n",
+                  layout_name(layout), d, with_table, start, row, start + row % len, rel);
             }
           }
           CHECK(ok);
@@ -221,7 +231,8 @@ TEST("models/rotary: both layouts, table rows then inv_freq past the table, star
   std::printf("  %zu rotary cases, worst %.3g of the row norm\n", cases, worst);
 }
 
-TEST("models/embed_tokens: token rows plus learned positions, sinusoid table then formula, or nothing") {
+TEST(
+    "models/embed_tokens: token rows plus learned positions, sinusoid table then formula, or nothing") {
   pa::ThreadPool pool1(1), pool3(3);
   const std::size_t vocab = 50, dim = 12, batch = 3, len = 17, n = dim / 2, table_rows = 10;
   std::vector<std::int32_t> tokens(batch * len);
@@ -237,23 +248,26 @@ TEST("models/embed_tokens: token rows plus learned positions, sinusoid table the
   s.half = n;
   // Sinusoid::at: the table below `rows`, the formula past it, false when neither covers t.
   float at_sin = 0.0f, at_cos = 0.0f;
-  CHECK(s.at(9, 2, &at_sin, &at_cos) && at_sin == sin_table[9 * dim + 2] && at_cos == sin_table[9 * dim + n + 2]);
-  CHECK(s.at(10, 2, &at_sin, &at_cos) && at_sin == static_cast<float>(std::sin(static_cast<double>(10.0f * f[2]))));
+  CHECK(s.at(9, 2, &at_sin, &at_cos) && at_sin == sin_table[9 * dim + 2] &&
+        at_cos == sin_table[9 * dim + n + 2]);
+  CHECK(s.at(10, 2, &at_sin, &at_cos) &&
+        at_sin == static_cast<float>(std::sin(static_cast<double>(10.0f * f[2]))));
   pa::Sinusoid table_only = s;
   table_only.inv_freq = nullptr;
   CHECK(table_only.at(9, 0, &at_sin, &at_cos));
   CHECK(!table_only.at(10, 0, &at_sin, &at_cos));
-  // start 4: positions cross the sinusoid table's end; 3000: a float32 angle differs from a double one.
+  // start 4: positions cross the sinusoid table's end; 3000: a float32 angle differs from a double
+  // one.
   for (std::size_t start : {0, 4, 3000}) {
     const auto learned = pa_test::gaussian((start + len) * dim, 1.0, 202 + start);
     for (int mode = 0; mode < 3; ++mode) {  // learned, sinusoid, none
       const float* positions = mode == 0 ? learned.data() : nullptr;
       const pa::Sinusoid* sinusoid = mode == 1 ? &s : nullptr;
       std::vector<float> y1(batch * len * dim, -1.0f), y3(batch * len * dim, -2.0f);
-      pa::embed_tokens(batch * len, len, dim, tokens.data(), table.data(), sinusoid, positions, start, y1.data(),
-                       pool1);
-      pa::embed_tokens(batch * len, len, dim, tokens.data(), table.data(), sinusoid, positions, start, y3.data(),
-                       pool3);
+      pa::embed_tokens(batch * len, len, dim, tokens.data(), table.data(), sinusoid, positions,
+                       start, y1.data(), pool1);
+      pa::embed_tokens(batch * len, len, dim, tokens.data(), table.data(), sinusoid, positions,
+                       start, y3.data(), pool3);
       CHECK(same_bits(y1, y3));
       bool ok = true;
       for (std::size_t r = 0; r < batch * len && ok; ++r) {
@@ -272,9 +286,10 @@ TEST("models/embed_tokens: token rows plus learned positions, sinusoid table the
           ok = mode == 2 ? y1[r * dim + j] == table[static_cast<std::size_t>(tokens[r]) * dim + j]
                          : std::fabs(y1[r * dim + j] - want) <= tol;
           if (!ok) {
-            std::fprintf(stderr,
-                         "  embed_tokens mode=%d start=%zu row %zu (position %zu) feature %zu: %.9g, expected %.9g\n",
-                         mode, start, r, t, j, y1[r * dim + j], want);
+            std::fprintf(
+                stderr,
+                "  embed_tokens mode=%d start=%zu row %zu (position %zu) feature %zu: %.9g, expected %.9g\n",
+                mode, start, r, t, j, y1[r * dim + j], want);
           }
         }
       }
@@ -298,7 +313,8 @@ TEST("models/scale_norm: x / max(||x||, eps) * g in double, zero and sub-eps row
       std::vector<double> want(rows * dim);
       for (std::size_t r = 0; r < rows; ++r) {
         double n2 = 0;
-        for (std::size_t j = 0; j < dim; ++j) n2 += static_cast<double>(x[r * dim + j]) * x[r * dim + j];
+        for (std::size_t j = 0; j < dim; ++j)
+          n2 += static_cast<double>(x[r * dim + j]) * x[r * dim + j];
         const double norm = std::max(std::sqrt(n2), static_cast<double>(eps));
         for (std::size_t j = 0; j < dim; ++j) want[r * dim + j] = x[r * dim + j] / norm * g;
       }
@@ -314,8 +330,9 @@ TEST("models/scale_norm: x / max(||x||, eps) * g in double, zero and sub-eps row
       for (std::size_t i = 0; i < rows * dim && ok; ++i) {
         ok = std::fabs(y1[i] - want[i]) <= 1e-6 * std::fabs(want[i]) + 1e-37;
         if (!ok) {
-          std::fprintf(stderr, "  scale_norm dim=%zu in_place=%d element %zu: %.9g, expected %.9g\n", dim, in_place, i,
-                       y1[i], want[i]);
+          std::fprintf(stderr,
+                       "  scale_norm dim=%zu in_place=%d element %zu: %.9g, expected %.9g\n", dim,
+                       in_place, i, y1[i], want[i]);
         }
       }
       CHECK(ok);
@@ -360,10 +377,13 @@ TEST("models/token_shift: shifted pieces, copied remainder, keep mask on shifted
         const std::uint8_t* kp = masked ? keep.data() : nullptr;
         const auto want = token_shift_ref(batch, len, dim, x, shifts, kp, nullptr);
         std::vector<float> y(x.size(), -1.0f);
-        pa::token_shift(batch, len, dim, x.data(), shifts.data(), shifts.size(), kp, nullptr, y.data());
+        pa::token_shift(batch, len, dim, x.data(), shifts.data(), shifts.size(), kp, nullptr,
+                        y.data());
         if (!same_bits(y, want)) {
-          std::fprintf(stderr, "  token_shift shifts=%zu segments dim=%zu masked=%d differs from the reference\n",
-                       shifts.size(), dim, masked);
+          std::fprintf(
+              stderr,
+              "  token_shift shifts=%zu segments dim=%zu masked=%d differs from the reference\n",
+              shifts.size(), dim, masked);
         }
         CHECK(same_bits(y, want));
         ++cases;
@@ -373,7 +393,8 @@ TEST("models/token_shift: shifted pieces, copied remainder, keep mask on shifted
   std::printf("  %zu token_shift cases\n", cases);
 }
 
-TEST("models/token_shift: with history, a sequence in pieces equals one call; history ends as the last row") {
+TEST(
+    "models/token_shift: with history, a sequence in pieces equals one call; history ends as the last row") {
   const std::vector<int> shifts = {0, 1};
   const std::size_t batch = 2, len = 9, dim = 11;
   const auto x = pa_test::gaussian(batch * len * dim, 1.0, 510);
@@ -385,15 +406,17 @@ TEST("models/token_shift: with history, a sequence in pieces equals one call; hi
   pa::token_shift(batch, len, dim, x.data(), shifts.data(), 2, nullptr, history.data(), y.data());
   CHECK(same_bits(y, whole));
   CHECK(same_bits(history, last_rows));
-  for (const std::vector<std::size_t>& cuts :
-       {std::vector<std::size_t>{0, 1, len}, {0, 4, len}, {0, 8, len}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}}) {
+  for (const std::vector<std::size_t>& cuts : {std::vector<std::size_t>{0, 1, len},
+                                               {0, 4, len},
+                                               {0, 8, len},
+                                               {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}}) {
     std::fill(history.begin(), history.end(), 0.0f);
     std::vector<float> pieces(x.size(), -1.0f);
     for (std::size_t c = 0; c + 1 < cuts.size(); ++c) {
       const auto part = slice_rows(x, batch, len, dim, cuts[c], cuts[c + 1]);
       std::vector<float> out(part.size());
-      pa::token_shift(batch, cuts[c + 1] - cuts[c], dim, part.data(), shifts.data(), 2, nullptr, history.data(),
-                      out.data());
+      pa::token_shift(batch, cuts[c + 1] - cuts[c], dim, part.data(), shifts.data(), 2, nullptr,
+                      history.data(), out.data());
       place_rows(pieces, out, batch, len, dim, cuts[c], cuts[c + 1]);
     }
     if (!same_bits(pieces, whole)) {
@@ -409,7 +432,8 @@ TEST("models/token_shift: with history, a sequence in pieces equals one call; hi
   CHECK(same_bits(y, token_shift_ref(batch, len, dim, x, shifts, nullptr, start.data())));
 }
 
-TEST("models/glu_gelu: exact-erf GELU gate to 1e-6 relative, hidden sizes around the vector widths, every kernel set") {
+TEST(
+    "models/glu_gelu: exact-erf GELU gate to 1e-6 relative, hidden sizes around the vector widths, every kernel set") {
   pa::ThreadPool pool1(1), pool3(3);
   double worst = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
@@ -437,8 +461,10 @@ TEST("models/glu_gelu: exact-erf GELU gate to 1e-6 relative, hidden sizes around
             if (want != 0) worst = std::max(worst, err / std::fabs(want));
             ok = err <= 1e-6 * std::fabs(want);
             if (!ok) {
-              std::fprintf(stderr, "  [%s] glu_gelu hidden=%zu row %zu: gelu(%.9g) * %.9g = %.9g, expected %.9g\n",
-                           kernels->name, hidden, r, a, gate, got, want);
+              std::fprintf(
+                  stderr,
+                  "  [%s] glu_gelu hidden=%zu row %zu: gelu(%.9g) * %.9g = %.9g, expected %.9g\n",
+                  kernels->name, hidden, r, a, gate, got, want);
             }
           }
         }
@@ -455,13 +481,16 @@ TEST("models/glu_gelu: exact-erf GELU gate to 1e-6 relative, hidden sizes around
 namespace {
 
 const char* features_name(PytorchFeatures f) {
-  return f == PytorchFeatures::kSoftmax ? "softmax" : f == PytorchFeatures::kRelu ? "relu" : "no-projection";
+  return f == PytorchFeatures::kSoftmax ? "softmax"
+         : f == PytorchFeatures::kRelu  ? "relu"
+                                        : "no-projection";
 }
 
 // One (batch, head) of pytorch_favor.h's formulas in double. w is the m x d projection.
-std::vector<double> pytorch_favor_ref(const float* q, const float* k, const float* v, std::size_t Lq, std::size_t Lk,
-                                      std::size_t d, std::size_t Dv, const float* w, std::size_t m,
-                                      PytorchFeatures features, bool causal, const std::uint8_t* keep, bool drop) {
+std::vector<double> pytorch_favor_ref(const float* q, const float* k, const float* v,
+                                      std::size_t Lq, std::size_t Lk, std::size_t d, std::size_t Dv,
+                                      const float* w, std::size_t m, PytorchFeatures features,
+                                      bool causal, const std::uint8_t* keep, bool drop) {
   const std::size_t F = features == PytorchFeatures::kNoProjection ? d : m;
   const double c = std::pow(static_cast<double>(d), -0.25);
   // u = c x W^T into u; returns s = c^2 ||x||^2 / 2.
@@ -479,13 +508,15 @@ std::vector<double> pytorch_favor_ref(const float* q, const float* k, const floa
   if (features == PytorchFeatures::kSoftmax) {
     const double r = 1.0 / std::sqrt(static_cast<double>(m));
     std::vector<double> ku(Lk * F), ks(Lk);
-    double M = -std::numeric_limits<double>::infinity();  // over every key row (kept or not) and feature
+    double M =
+        -std::numeric_limits<double>::infinity();  // over every key row (kept or not) and feature
     for (std::size_t j = 0; j < Lk; ++j) {
       ks[j] = project(k + j * d, &ku[j * F]);
       for (std::size_t f = 0; f < F; ++f) M = std::max(M, ku[j * F + f]);
     }
     for (std::size_t j = 0; j < Lk; ++j) {
-      for (std::size_t f = 0; f < F; ++f) kf[j * F + f] = r * (std::exp(ku[j * F + f] - ks[j] - M) + 1e-4);
+      for (std::size_t f = 0; f < F; ++f)
+        kf[j * F + f] = r * (std::exp(ku[j * F + f] - ks[j] - M) + 1e-4);
     }
     for (std::size_t i = 0; i < Lq; ++i) {
       const double s = project(q + i * d, u.data());
@@ -510,10 +541,12 @@ std::vector<double> pytorch_favor_ref(const float* q, const float* k, const floa
     }
     for (std::size_t f = 0; f < F; ++f) {
       if (causal) {
-        for (std::size_t j = 0; j < Lk; ++j) kf[j * F + f] = std::exp(static_cast<double>(k[j * d + f]));
+        for (std::size_t j = 0; j < Lk; ++j)
+          kf[j * F + f] = std::exp(static_cast<double>(k[j * d + f]));
         continue;
       }
-      // softmax over the keys, per entry; with drop, over kept keys only and the others leave the sums.
+      // softmax over the keys, per entry; with drop, over kept keys only and the others leave the
+      // sums.
       auto in = [&](std::size_t j) { return !(drop && keep != nullptr && keep[j] == 0); };
       double top = -std::numeric_limits<double>::infinity(), sum = 0;
       for (std::size_t j = 0; j < Lk; ++j) {
@@ -522,7 +555,8 @@ std::vector<double> pytorch_favor_ref(const float* q, const float* k, const floa
       for (std::size_t j = 0; j < Lk; ++j) {
         if (in(j)) sum += std::exp(k[j * d + f] - top);
       }
-      for (std::size_t j = 0; j < Lk; ++j) kf[j * F + f] = in(j) ? std::exp(k[j * d + f] - top) / sum : 0.0;
+      for (std::size_t j = 0; j < Lk; ++j)
+        kf[j * F + f] = in(j) ? std::exp(k[j * d + f] - top) / sum : 0.0;
     }
   }
   // out_i = q'_i S / q'_i z; values of keys not kept are zero, their features stay in z.
@@ -560,8 +594,8 @@ std::vector<double> pytorch_favor_ref(const float* q, const float* k, const floa
 struct FavorInputs {
   std::size_t B, H, Lq, Lk, d, Dv, m;
   std::vector<float> q, k, v, w, packed;
-  FavorInputs(std::size_t B_, std::size_t H_, std::size_t Lq_, std::size_t Lk_, std::size_t d_, std::size_t Dv_,
-              std::size_t m_, std::uint64_t seed)
+  FavorInputs(std::size_t B_, std::size_t H_, std::size_t Lq_, std::size_t Lk_, std::size_t d_,
+              std::size_t Dv_, std::size_t m_, std::uint64_t seed)
       : B(B_),
         H(H_),
         Lq(Lq_),
@@ -591,9 +625,9 @@ struct FavorInputs {
   std::vector<double> reference(const pa::PytorchFavorOptions& o) const {
     std::vector<double> want;
     for (std::size_t p = 0; p < B * H; ++p) {
-      const auto one =
-          pytorch_favor_ref(&q[p * Lq * d], &k[p * Lk * d], &v[p * Lk * Dv], Lq, Lk, d, Dv, w.data(), m, o.features,
-                            o.causal, o.keep ? o.keep + (p / H) * Lk : nullptr, o.drop_masked_keys);
+      const auto one = pytorch_favor_ref(
+          &q[p * Lq * d], &k[p * Lk * d], &v[p * Lk * Dv], Lq, Lk, d, Dv, w.data(), m, o.features,
+          o.causal, o.keep ? o.keep + (p / H) * Lk : nullptr, o.drop_masked_keys);
       want.insert(want.end(), one.begin(), one.end());
     }
     return want;
@@ -611,9 +645,10 @@ std::vector<std::uint8_t> favor_keep(std::size_t B, std::size_t L, bool drop) {
   return keep;
 }
 
-std::vector<float> run_favor(const pa::AttentionDims& dims, const std::vector<float>& q, const std::vector<float>& k,
-                             const std::vector<float>& v, const pa::PytorchFavorOptions& o,
-                             const pa::KernelSet& kernels, pa::ThreadPool& pool) {
+std::vector<float> run_favor(const pa::AttentionDims& dims, const std::vector<float>& q,
+                             const std::vector<float>& k, const std::vector<float>& v,
+                             const pa::PytorchFavorOptions& o, const pa::KernelSet& kernels,
+                             pa::ThreadPool& pool) {
   std::vector<float> out(dims.batch * dims.heads * dims.q_len * dims.value_dim, -1.0f);
   pa::pytorch_favor_attention(dims, q.data(), k.data(), v.data(), out.data(), o, kernels, pool);
   return out;
@@ -621,7 +656,8 @@ std::vector<float> run_favor(const pa::AttentionDims& dims, const std::vector<fl
 
 }  // namespace
 
-TEST("models/pytorch_favor: softmax, relu, no projection; bidirectional and causal; masks; against double") {
+TEST(
+    "models/pytorch_favor: softmax, relu, no projection; bidirectional and causal; masks; against double") {
   pa::ThreadPool pool1(1), pool3(3);
   const std::size_t lengths[] = {1, 63, 64, 65, 130};
   const std::size_t dims_d[] = {8, 16, 33}, dims_m[] = {7, 64};
@@ -638,7 +674,8 @@ TEST("models/pytorch_favor: softmax, relu, no projection; bidirectional and caus
               if (drop && !can_drop) continue;
               // Sizes cycle with different periods; bidirectional calls have q_len != k_len.
               const std::size_t Lk = lengths[li], Lq = causal ? Lk : lengths[(li + 2) % 5];
-              const std::size_t d = dims_d[index % 3], m = dims_m[(index / 3) % 2], Dv = index % 2 ? d : 5;
+              const std::size_t d = dims_d[index % 3], m = dims_m[(index / 3) % 2],
+                                Dv = index % 2 ? d : 5;
               ++index;
               const FavorInputs in(2, 2, Lq, Lk, d, Dv, m, 1000 + index);
               const auto keep = favor_keep(2, Lk, drop);
@@ -649,8 +686,10 @@ TEST("models/pytorch_favor: softmax, relu, no projection; bidirectional and caus
               const auto out3 = run_favor(in.dims(), in.q, in.k, in.v, o, *kernels, pool3);
               CHECK(same_bits(out1, out3));
               char label[200];
-              std::snprintf(label, sizeof label, "[%s] %s causal=%d masked=%d drop=%d Lq=%zu Lk=%zu d=%zu m=%zu Dv=%zu",
-                            kernels->name, features_name(features), causal, masked, drop, Lq, Lk, d, m, Dv);
+              std::snprintf(label, sizeof label,
+                            "[%s] %s causal=%d masked=%d drop=%d Lq=%zu Lk=%zu d=%zu m=%zu Dv=%zu",
+                            kernels->name, features_name(features), causal, masked, drop, Lq, Lk, d,
+                            m, Dv);
               CHECK(check_blocks(out1, in.reference(o), Lq * Dv, 2e-5, label));
               ++cases;
             }
@@ -667,8 +706,8 @@ namespace {
 // Runs a causal call over rows [0, L) as pieces [cuts[c], cuts[c + 1]) through `state`.
 std::vector<float> favor_in_pieces(const FavorInputs& in, const std::vector<std::uint8_t>* keep,
                                    pa::PytorchFavorOptions o, const std::vector<std::size_t>& cuts,
-                                   std::vector<float>& state, std::uint8_t* rose, const pa::KernelSet& kernels,
-                                   pa::ThreadPool& pool) {
+                                   std::vector<float>& state, std::uint8_t* rose,
+                                   const pa::KernelSet& kernels, pa::ThreadPool& pool) {
   const std::size_t BH = in.B * in.H, L = in.Lq;
   std::vector<float> out(BH * L * in.Dv, -1.0f);
   o.state = state.data();
@@ -680,16 +719,16 @@ std::vector<float> favor_in_pieces(const FavorInputs& in, const std::vector<std:
     std::vector<std::uint8_t> part_keep;
     if (keep != nullptr) part_keep = slice_rows(*keep, in.B, L, 1, r0, r1);
     o.keep = keep != nullptr ? part_keep.data() : nullptr;
-    const auto part =
-        run_favor(pa::AttentionDims{in.B, in.H, r1 - r0, r1 - r0, in.d, in.Dv}, q, k, v, o, kernels, pool);
+    const auto part = run_favor(pa::AttentionDims{in.B, in.H, r1 - r0, r1 - r0, in.d, in.Dv}, q, k,
+                                v, o, kernels, pool);
     place_rows(out, part, BH, L, in.Dv, r0, r1);
   }
   return out;
 }
 
 // Rows [r0, r1) of every head of `out` (as double, for check_blocks).
-std::vector<double> rows_as_double(const std::vector<float>& out, std::size_t BH, std::size_t L, std::size_t Dv,
-                                   std::size_t r0, std::size_t r1) {
+std::vector<double> rows_as_double(const std::vector<float>& out, std::size_t BH, std::size_t L,
+                                   std::size_t Dv, std::size_t r0, std::size_t r1) {
   const auto part = slice_rows(out, BH, L, Dv, r0, r1);
   return std::vector<double>(part.begin(), part.end());
 }
@@ -747,7 +786,8 @@ TEST("models/pytorch_favor: causal decoding in pieces through a state equals one
                 }
               }
               if (!(big_u > other_u + 0.5)) {
-                std::fprintf(stderr, "  test premise broken: big u %.3g, others up to %.3g\n", big_u, other_u);
+                std::fprintf(stderr, "  test premise broken: big u %.3g, others up to %.3g\n",
+                             big_u, other_u);
               }
               CHECK(big_u > other_u + 0.5);
             }
@@ -756,19 +796,23 @@ TEST("models/pytorch_favor: causal decoding in pieces through a state equals one
             o.keep = masked ? keep.data() : nullptr;
             const auto whole = run_favor(in.dims(), in.q, in.k, in.v, o, *kernels, pool1);
             char label[200];
-            std::snprintf(label, sizeof label, "[%s] %s L=%zu big key at %lld masked=%d", kernels->name,
-                          features_name(features), L, big == none ? -1LL : static_cast<long long>(big), masked);
-            CHECK(check_blocks(whole, in.reference(o), L * Dv, 2e-5, std::string(label) + " one call"));
+            std::snprintf(label, sizeof label, "[%s] %s L=%zu big key at %lld masked=%d",
+                          kernels->name, features_name(features), L,
+                          big == none ? -1LL : static_cast<long long>(big), masked);
+            CHECK(check_blocks(whole, in.reference(o), L * Dv, 2e-5,
+                               std::string(label) + " one call"));
 
             const std::size_t F = pa::pytorch_favor_feature_count(o, d);
-            std::vector<float> state1(B * H * pa::pytorch_favor_state_floats(F, Dv)), state3(state1.size());
+            std::vector<float> state1(B * H * pa::pytorch_favor_state_floats(F, Dv)),
+                state3(state1.size());
             pa::pytorch_favor_state_reset(state1.data(), B * H, F, Dv);
             pa::pytorch_favor_state_reset(state3.data(), B * H, F, Dv);
-            // A reset state starts a sequence: its first piece is a plain causal call on those rows.
+            // A reset state starts a sequence: its first piece is a plain causal call on those
+            // rows.
             {
               std::vector<float> fresh = state1;
-              const auto first =
-                  favor_in_pieces(in, masked ? &keep : nullptr, o, {0, 5}, fresh, nullptr, *kernels, pool1);
+              const auto first = favor_in_pieces(in, masked ? &keep : nullptr, o, {0, 5}, fresh,
+                                                 nullptr, *kernels, pool1);
               FavorInputs head5 = in;
               head5.Lq = head5.Lk = 5;
               head5.q = slice_rows(in.q, B * H, L, d, 0, 5);
@@ -777,24 +821,28 @@ TEST("models/pytorch_favor: causal decoding in pieces through a state equals one
               const auto keep5 = slice_rows(keep, B, L, 1, 0, 5);
               auto o5 = o;
               o5.keep = masked ? keep5.data() : nullptr;
-              const auto plain = run_favor(head5.dims(), head5.q, head5.k, head5.v, o5, *kernels, pool1);
+              const auto plain =
+                  run_favor(head5.dims(), head5.q, head5.k, head5.v, o5, *kernels, pool1);
               CHECK(same_bits(slice_rows(first, B * H, L, Dv, 0, 5), plain));
             }
             std::uint8_t rose1 = 0, rose3 = 0;
-            const auto pieces1 =
-                favor_in_pieces(in, masked ? &keep : nullptr, o, cuts, state1, &rose1, *kernels, pool1);
-            const auto pieces3 =
-                favor_in_pieces(in, masked ? &keep : nullptr, o, cuts, state3, &rose3, *kernels, pool3);
+            const auto pieces1 = favor_in_pieces(in, masked ? &keep : nullptr, o, cuts, state1,
+                                                 &rose1, *kernels, pool1);
+            const auto pieces3 = favor_in_pieces(in, masked ? &keep : nullptr, o, cuts, state3,
+                                                 &rose3, *kernels, pool3);
             CHECK(same_bits(pieces1, pieces3));
             CHECK(same_bits(state1, state3));
             CHECK(rose1 == rose3);
             // M rises exactly when the big key comes after the first piece (softmax only).
-            const std::uint8_t rose_want = features == PytorchFeatures::kSoftmax && big != none && big >= cuts[1];
-            if (rose1 != rose_want) std::fprintf(stderr, "  %s: max_rose = %d, expected %d\n", label, rose1, rose_want);
+            const std::uint8_t rose_want =
+                features == PytorchFeatures::kSoftmax && big != none && big >= cuts[1];
+            if (rose1 != rose_want)
+              std::fprintf(stderr, "  %s: max_rose = %d, expected %d\n", label, rose1, rose_want);
             CHECK(rose1 == rose_want);
-            CHECK(check_blocks(slice_rows(pieces1, B * H, L, Dv, match_from, L),
-                               rows_as_double(whole, B * H, L, Dv, match_from, L), (L - match_from) * Dv, 2e-5,
-                               std::string(label) + " pieces from row " + std::to_string(match_from)));
+            CHECK(check_blocks(
+                slice_rows(pieces1, B * H, L, Dv, match_from, L),
+                rows_as_double(whole, B * H, L, Dv, match_from, L), (L - match_from) * Dv, 2e-5,
+                std::string(label) + " pieces from row " + std::to_string(match_from)));
             CHECK(check_blocks(slice_rows(pieces1, B * H, L, Dv, L - 1, L),
                                rows_as_double(whole, B * H, L, Dv, L - 1, L), Dv, 2e-5,
                                std::string(label) + " last row"));
@@ -807,10 +855,12 @@ TEST("models/pytorch_favor: causal decoding in pieces through a state equals one
   std::printf("  %zu decoding cases\n", cases);
 }
 
-TEST("models/pytorch_favor: non-finite inputs and exp overflow throw InputError and leave the state unchanged") {
+TEST(
+    "models/pytorch_favor: non-finite inputs and exp overflow throw InputError and leave the state unchanged") {
   pa::ThreadPool pool1(1), pool3(3);
   const std::size_t B = 1, H = 2, L = 70, d = 8, Dv = 4, m = 16;
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (pa::ThreadPool* pool : {&pool1, &pool3}) {
       for (PytorchFeatures features :
@@ -820,27 +870,32 @@ TEST("models/pytorch_favor: non-finite inputs and exp overflow throw InputError 
         std::vector<float> state(B * H * pa::pytorch_favor_state_floats(F, Dv));
         pa::pytorch_favor_state_reset(state.data(), B * H, F, Dv);
         std::uint8_t rose = 0;
-        favor_in_pieces(in, nullptr, in.options(features, true), {0, 5}, state, &rose, *kernels, *pool);
+        favor_in_pieces(in, nullptr, in.options(features, true), {0, 5}, state, &rose, *kernels,
+                        *pool);
         const std::vector<float> saved = state;
         // The next 70 rows of the sequence, continued from the state.
         FavorInputs next(B, H, L, L, d, Dv, m, 3100);
         auto continued = next.options(features, true);
         continued.state = state.data();
         continued.max_rose = &rose;
-        auto expect_throw = [&](std::vector<float> q, std::vector<float> k, std::vector<float> v, const char* what) {
-          const bool threw = throws_input_error([&] { run_favor(next.dims(), q, k, v, continued, *kernels, *pool); });
+        auto expect_throw = [&](std::vector<float> q, std::vector<float> k, std::vector<float> v,
+                                const char* what) {
+          const bool threw = throws_input_error(
+              [&] { run_favor(next.dims(), q, k, v, continued, *kernels, *pool); });
           if (!threw) {
             std::fprintf(stderr, "  [%s] %s causal: %s did not throw InputError\n", kernels->name,
                          features_name(features), what);
           }
           CHECK(threw);
           if (!same_bits(state, saved)) {
-            std::fprintf(stderr, "  [%s] %s: %s changed the state\n", kernels->name, features_name(features), what);
+            std::fprintf(stderr, "  [%s] %s: %s changed the state\n", kernels->name,
+                         features_name(features), what);
           }
           CHECK(same_bits(state, saved));
           CHECK(rose == 0);
-          const bool threw_bidirectional = throws_input_error(
-              [&] { run_favor(next.dims(), q, k, v, next.options(features, false), *kernels, *pool); });
+          const bool threw_bidirectional = throws_input_error([&] {
+            run_favor(next.dims(), q, k, v, next.options(features, false), *kernels, *pool);
+          });
           CHECK(threw_bidirectional);
         };
         // Bad entries in row 66 of head 1: the input scan rejects non-finite ones up front.
@@ -856,24 +911,27 @@ TEST("models/pytorch_favor: non-finite inputs and exp overflow throw InputError 
         v[(L + 66) * Dv + 1] = nan;
         expect_throw(next.q, next.k, v, "NaN value");
         if (features == PytorchFeatures::kNoProjection) {
-          // exp(100) overflows float32 inside the call, after head 1's first row block was absorbed.
+          // exp(100) overflows float32 inside the call, after head 1's first row block was
+          // absorbed.
           k = next.k;
           k[(L + 66) * d + 3] = 100.0f;
-          const bool threw =
-              throws_input_error([&] { run_favor(next.dims(), next.q, k, next.v, continued, *kernels, *pool); });
+          const bool threw = throws_input_error(
+              [&] { run_favor(next.dims(), next.q, k, next.v, continued, *kernels, *pool); });
           CHECK(threw);
           CHECK(same_bits(state, saved));
-          // exp(88) is finite, but sums of three overflow: the output check throws after every head ran.
+          // exp(88) is finite, but sums of three overflow: the output check throws after every head
+          // ran.
           k = next.k;
           v = next.v;
           for (std::size_t r = 0; r < 3; ++r) {
             for (std::size_t i = 0; i < d; ++i) k[(L + r) * d + i] = 88.0f;
             for (std::size_t e = 0; e < Dv; ++e) v[(L + r) * Dv + e] = 10.0f;
           }
-          const bool threw_late =
-              throws_input_error([&] { run_favor(next.dims(), next.q, k, v, continued, *kernels, *pool); });
+          const bool threw_late = throws_input_error(
+              [&] { run_favor(next.dims(), next.q, k, v, continued, *kernels, *pool); });
           if (!threw_late) {
-            std::fprintf(stderr, "  [%s] no projection: keys of 88 did not overflow the output\n", kernels->name);
+            std::fprintf(stderr, "  [%s] no projection: keys of 88 did not overflow the output\n",
+                         kernels->name);
           }
           CHECK(threw_late);
           CHECK(same_bits(state, saved));
@@ -896,7 +954,8 @@ namespace {
 // One (batch, head) of local_attention.h's description in double (inputs float or double).
 template <typename T>
 std::vector<double> local_ref(const T* q, const T* k, const T* v, std::size_t L, std::size_t d,
-                              std::size_t Dv, std::size_t w, bool causal, const std::uint8_t* keep, bool pytorch) {
+                              std::size_t Dv, std::size_t w, bool causal, const std::uint8_t* keep,
+                              bool pytorch) {
   const long long n = static_cast<long long>(L), W = static_cast<long long>(w);
   const long long padded = (n + W - 1) / W * W;
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
@@ -933,7 +992,8 @@ std::vector<double> local_ref(const T* q, const T* k, const T* v, std::size_t L,
     } else if (pytorch) {
       // Every slot hidden: the plain mean of the look-around's value slots.
       for (long long p = first; p < last; ++p) {
-        for (std::size_t e = 0; e < Dv; ++e) y[e] += p < 0 || p >= padded ? -1.0 : p >= n ? 0.0 : v[p * Dv + e];
+        for (std::size_t e = 0; e < Dv; ++e)
+          y[e] += p < 0 || p >= padded ? -1.0 : p >= n ? 0.0 : v[p * Dv + e];
       }
       for (std::size_t e = 0; e < Dv; ++e) y[e] /= static_cast<double>(last - first);
     }
@@ -941,23 +1001,28 @@ std::vector<double> local_ref(const T* q, const T* k, const T* v, std::size_t L,
   return out;
 }
 
-std::vector<double> local_ref_all(std::size_t B, std::size_t H, std::size_t L, std::size_t d, std::size_t Dv,
-                                  const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+std::vector<double> local_ref_all(std::size_t B, std::size_t H, std::size_t L, std::size_t d,
+                                  std::size_t Dv, const std::vector<float>& q,
+                                  const std::vector<float>& k, const std::vector<float>& v,
                                   const pa::LocalAttentionOptions& o) {
   std::vector<double> want;
   for (std::size_t p = 0; p < B * H; ++p) {
-    const auto one = local_ref(&q[p * L * d], &k[p * L * d], &v[p * L * Dv], L, d, Dv, o.window, o.causal,
-                               o.keep ? o.keep + (p / H) * L : nullptr, o.pytorch_numerics);
+    const auto one =
+        local_ref(&q[p * L * d], &k[p * L * d], &v[p * L * Dv], L, d, Dv, o.window, o.causal,
+                  o.keep ? o.keep + (p / H) * L : nullptr, o.pytorch_numerics);
     want.insert(want.end(), one.begin(), one.end());
   }
   return want;
 }
 
-std::vector<float> run_local(std::size_t B, std::size_t H, std::size_t L, std::size_t d, std::size_t Dv,
-                             const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                             const pa::LocalAttentionOptions& o, const pa::KernelSet& kernels, pa::ThreadPool& pool) {
+std::vector<float> run_local(std::size_t B, std::size_t H, std::size_t L, std::size_t d,
+                             std::size_t Dv, const std::vector<float>& q,
+                             const std::vector<float>& k, const std::vector<float>& v,
+                             const pa::LocalAttentionOptions& o, const pa::KernelSet& kernels,
+                             pa::ThreadPool& pool) {
   std::vector<float> out(B * H * L * Dv, -1.0f);
-  pa::local_attention(pa::AttentionDims{B, H, L, L, d, Dv}, q.data(), k.data(), v.data(), out.data(), o, kernels, pool);
+  pa::local_attention(pa::AttentionDims{B, H, L, L, d, Dv}, q.data(), k.data(), v.data(),
+                      out.data(), o, kernels, pool);
   return out;
 }
 
@@ -973,7 +1038,8 @@ std::vector<std::uint8_t> local_keep(std::size_t L) {
   return keep;
 }
 
-pa::LocalAttentionOptions local_options(std::size_t w, bool causal, const std::uint8_t* keep, bool pytorch) {
+pa::LocalAttentionOptions local_options(std::size_t w, bool causal, const std::uint8_t* keep,
+                                        bool pytorch) {
   pa::LocalAttentionOptions o;
   o.window = w;
   o.causal = causal;
@@ -993,7 +1059,8 @@ std::vector<std::size_t> local_lengths(std::size_t w) {
 
 }  // namespace
 
-TEST("models/local_attention: windows 1, 3, 8, edge lengths, causal or not, masks, both numerics, against double") {
+TEST(
+    "models/local_attention: windows 1, 3, 8, edge lengths, causal or not, masks, both numerics, against double") {
   pa::ThreadPool pool1(1), pool3(3);
   const std::size_t B = 3, H = 2;
   std::size_t cases = 0;
@@ -1011,23 +1078,28 @@ TEST("models/local_attention: windows 1, 3, 8, edge lengths, causal or not, mask
               const auto k = pa_test::gaussian(B * H * L * d, 1.0, 5000 + index);
               const auto v = pa_test::gaussian(B * H * L * Dv, 1.0, 6000 + index);
               const std::vector<std::uint8_t> keep = local_keep(L);
-              const pa::LocalAttentionOptions o = local_options(w, causal, masked ? keep.data() : nullptr, pytorch);
+              const pa::LocalAttentionOptions o =
+                  local_options(w, causal, masked ? keep.data() : nullptr, pytorch);
               const auto out1 = run_local(B, H, L, d, Dv, q, k, v, o, *kernels, pool1);
               const auto out3 = run_local(B, H, L, d, Dv, q, k, v, o, *kernels, pool3);
               CHECK(same_bits(out1, out3));
               const auto want = local_ref_all(B, H, L, d, Dv, q, k, v, o);
               char label[200];
-              std::snprintf(label, sizeof label, "[%s] local w=%zu L=%zu causal=%d masked=%d pytorch=%d d=%zu Dv=%zu",
+              std::snprintf(label, sizeof label,
+                            "[%s] local w=%zu L=%zu causal=%d masked=%d pytorch=%d d=%zu Dv=%zu",
                             kernels->name, w, L, causal, masked, pytorch, d, Dv);
               CHECK(check_blocks(out1, want, L * Dv, 2e-5, label));
-              // Rows the reference leaves at zero (hidden rows of the exact numerics) must be exactly zero.
+              // Rows the reference leaves at zero (hidden rows of the exact numerics) must be
+              // exactly zero.
               bool zeros = true;
               for (std::size_t r = 0; r < B * H * L; ++r) {
                 bool zero = true;
                 for (std::size_t e = 0; e < Dv; ++e) zero = zero && want[r * Dv + e] == 0.0;
-                for (std::size_t e = 0; zero && e < Dv; ++e) zeros = zeros && out1[r * Dv + e] == 0.0f;
+                for (std::size_t e = 0; zero && e < Dv; ++e)
+                  zeros = zeros && out1[r * Dv + e] == 0.0f;
               }
-              if (!zeros) std::fprintf(stderr, "  %s: a row with no visible key is not zero\n", label);
+              if (!zeros)
+                std::fprintf(stderr, "  %s: a row with no visible key is not zero\n", label);
               CHECK(zeros);
               ++cases;
             }
@@ -1039,7 +1111,8 @@ TEST("models/local_attention: windows 1, 3, 8, edge lengths, causal or not, mask
   std::printf("  %zu local_attention cases\n", cases);
 }
 
-TEST("models/local_attention backward: central differences of the double reference, every option, every kernel set") {
+TEST(
+    "models/local_attention backward: central differences of the double reference, every option, every kernel set") {
   pa::ThreadPool pool1(1), pool3(3);
   const std::size_t B = 3, H = 1, d = 4, Dv = 3;
   std::size_t cases = 0, index = 0;
@@ -1055,28 +1128,32 @@ TEST("models/local_attention backward: central differences of the double referen
               const auto v = pa_test::gaussian(B * H * L * Dv, 1.0, 9000 + index);
               const auto g = pa_test::gaussian(B * H * L * Dv, 1.0, 9500 + index);
               const std::vector<std::uint8_t> keep = local_keep(L);
-              const pa::LocalAttentionOptions o = local_options(w, causal, masked ? keep.data() : nullptr, pytorch);
+              const pa::LocalAttentionOptions o =
+                  local_options(w, causal, masked ? keep.data() : nullptr, pytorch);
               const pa::AttentionDims dims{B, H, L, L, d, Dv};
               std::vector<float> dq(q.size(), -7.0f), dk(k.size(), -7.0f), dv(v.size(), -7.0f);
-              pa::local_attention_backward(dims, q.data(), k.data(), v.data(), g.data(), dq.data(), dk.data(), dv.data(), o,
-                                           *kernels, pool1);
+              pa::local_attention_backward(dims, q.data(), k.data(), v.data(), g.data(), dq.data(),
+                                           dk.data(), dv.data(), o, *kernels, pool1);
               std::vector<float> dq3(q.size()), dk3(k.size()), dv3(v.size());
-              pa::local_attention_backward(dims, q.data(), k.data(), v.data(), g.data(), dq3.data(), dk3.data(), dv3.data(),
-                                           o, *kernels, pool3);
+              pa::local_attention_backward(dims, q.data(), k.data(), v.data(), g.data(), dq3.data(),
+                                           dk3.data(), dv3.data(), o, *kernels, pool3);
               CHECK(same_bits(dq, dq3) && same_bits(dk, dk3) && same_bits(dv, dv3));
               // sum(g * out) in double, one (batch, head) at a time, against central differences.
               double num = 0.0, den = 0.0;
               for (std::size_t p = 0; p < B * H; ++p) {
-                std::vector<double> qd(&q[p * L * d], &q[(p + 1) * L * d]), kd(&k[p * L * d], &k[(p + 1) * L * d]);
+                std::vector<double> qd(&q[p * L * d], &q[(p + 1) * L * d]),
+                    kd(&k[p * L * d], &k[(p + 1) * L * d]);
                 std::vector<double> vd(&v[p * L * Dv], &v[(p + 1) * L * Dv]);
                 const std::uint8_t* kp = o.keep ? o.keep + (p / H) * L : nullptr;
                 auto objective = [&] {
-                  const auto out = local_ref(qd.data(), kd.data(), vd.data(), L, d, Dv, w, causal, kp, pytorch);
+                  const auto out =
+                      local_ref(qd.data(), kd.data(), vd.data(), L, d, Dv, w, causal, kp, pytorch);
                   double total = 0.0;
                   for (std::size_t i = 0; i < out.size(); ++i) total += out[i] * g[p * L * Dv + i];
                   return total;
                 };
-                auto compare = [&](std::vector<double>& x, const std::vector<float>& grad, std::size_t offset) {
+                auto compare = [&](std::vector<double>& x, const std::vector<float>& grad,
+                                   std::size_t offset) {
                   for (std::size_t i = 0; i < x.size(); ++i) {
                     const double keep_value = x[i], h = 1e-5;
                     x[i] = keep_value + h;
@@ -1095,8 +1172,11 @@ TEST("models/local_attention backward: central differences of the double referen
               }
               const bool ok = den == 0.0 ? num == 0.0 : std::sqrt(num / den) <= 1e-4;
               if (!ok) {
-                std::fprintf(stderr, "  [%s] local backward w=%zu L=%zu causal=%d masked=%d pytorch=%d: error %.3g\n",
-                             kernels->name, w, L, causal, masked, pytorch, den == 0.0 ? std::sqrt(num) : std::sqrt(num / den));
+                std::fprintf(
+                    stderr,
+                    "  [%s] local backward w=%zu L=%zu causal=%d masked=%d pytorch=%d: error %.3g\n",
+                    kernels->name, w, L, causal, masked, pytorch,
+                    den == 0.0 ? std::sqrt(num) : std::sqrt(num / den));
               }
               CHECK(ok);
               ++cases;
@@ -1109,7 +1189,8 @@ TEST("models/local_attention backward: central differences of the double referen
   std::printf("  %zu local_attention backward cases\n", cases);
 }
 
-TEST("models/local_attention: a decoding ring continues a causal sequence, row by row or in pieces") {
+TEST(
+    "models/local_attention: a decoding ring continues a causal sequence, row by row or in pieces") {
   pa::ThreadPool pool1(1), pool3(3);
   const std::size_t B = 2, H = 2, d = 8, Dv = 6, BH = B * H;
   std::size_t cases = 0;
@@ -1127,7 +1208,8 @@ TEST("models/local_attention: a decoding ring continues a causal sequence, row b
           o.pytorch_numerics = pytorch;
           const auto whole = run_local(B, H, L2, d, Dv, q, k, v, o, *kernels, pool1);
           char label[200];
-          std::snprintf(label, sizeof label, "[%s] ring w=%zu L=%zu pytorch=%d", kernels->name, w, L, pytorch);
+          std::snprintf(label, sizeof label, "[%s] ring w=%zu L=%zu pytorch=%d", kernels->name, w,
+                        L, pytorch);
           CHECK(check_blocks(whole, local_ref_all(B, H, L2, d, Dv, q, k, v, o), L2 * Dv, 2e-5,
                              std::string(label) + " one call"));
           // Piece sizes after the first L rows: 1 (row by row), or 3.
@@ -1136,7 +1218,8 @@ TEST("models/local_attention: a decoding ring continues a causal sequence, row b
             pa::ThreadPool* pools[2] = {&pool1, &pool3};
             for (int run = 0; run < 2; ++run) {
               // Slots the call does not fill must never be read: NaN would show.
-              std::vector<float> ring(BH * pa::local_ring_floats(w, d, Dv), std::numeric_limits<float>::quiet_NaN());
+              std::vector<float> ring(BH * pa::local_ring_floats(w, d, Dv),
+                                      std::numeric_limits<float>::quiet_NaN());
               std::vector<float> out(BH * L2 * Dv, -1.0f);
               for (std::size_t r0 = 0; r0 < L2;) {
                 const std::size_t r1 = r0 == 0 ? L : std::min(L2, r0 + step);
@@ -1144,8 +1227,9 @@ TEST("models/local_attention: a decoding ring continues a causal sequence, row b
                 part.ring = ring.data();
                 part.start = r0;
                 const auto piece =
-                    run_local(B, H, r1 - r0, d, Dv, slice_rows(q, BH, L2, d, r0, r1), slice_rows(k, BH, L2, d, r0, r1),
-                              slice_rows(v, BH, L2, Dv, r0, r1), part, *kernels, *pools[run]);
+                    run_local(B, H, r1 - r0, d, Dv, slice_rows(q, BH, L2, d, r0, r1),
+                              slice_rows(k, BH, L2, d, r0, r1), slice_rows(v, BH, L2, Dv, r0, r1),
+                              part, *kernels, *pools[run]);
                 place_rows(out, piece, BH, L2, Dv, r0, r1);
                 r0 = r1;
               }
@@ -1155,7 +1239,8 @@ TEST("models/local_attention: a decoding ring continues a causal sequence, row b
             CHECK(same_bits(results[0], results[1]));
             CHECK(same_bits(rings[0], rings[1]));
             const std::vector<double> want(whole.begin(), whole.end());
-            CHECK(check_blocks(results[0], want, L2 * Dv, 2e-5, std::string(label) + " step " + std::to_string(step)));
+            CHECK(check_blocks(results[0], want, L2 * Dv, 2e-5,
+                               std::string(label) + " step " + std::to_string(step)));
             ++cases;
           }
         }
@@ -1168,8 +1253,10 @@ TEST("models/local_attention: a decoding ring continues a causal sequence, row b
 TEST("models/local_attention: non-finite inputs throw InputError") {
   pa::ThreadPool pool(1);
   const std::size_t B = 1, H = 2, L = 10, d = 4, Dv = 3;
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-  const auto q = pa_test::gaussian(B * H * L * d, 1.0, 8000), k = pa_test::gaussian(B * H * L * d, 1.0, 8001);
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  const auto q = pa_test::gaussian(B * H * L * d, 1.0, 8000),
+             k = pa_test::gaussian(B * H * L * d, 1.0, 8001);
   const auto v = pa_test::gaussian(B * H * L * Dv, 1.0, 8002);
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (bool causal : {false, true}) {
@@ -1203,17 +1290,19 @@ TEST("models/attention drivers: the same bits on 1 and 3 threads when heads run 
         const auto out1 = run_favor(in.dims(), in.q, in.k, in.v, o, *kernels, pool1);
         const auto out3 = run_favor(in.dims(), in.q, in.k, in.v, o, *kernels, pool3);
         if (!same_bits(out1, out3)) {
-          std::fprintf(stderr, "  [%s] %s causal=%d: 1 and 3 threads differ\n", kernels->name, features_name(features),
-                       causal);
+          std::fprintf(stderr, "  [%s] %s causal=%d: 1 and 3 threads differ\n", kernels->name,
+                       features_name(features), causal);
         }
         CHECK(same_bits(out1, out3));
         char label[120];
-        std::snprintf(label, sizeof label, "[%s] %s causal=%d L=300", kernels->name, features_name(features), causal);
+        std::snprintf(label, sizeof label, "[%s] %s causal=%d L=300", kernels->name,
+                      features_name(features), causal);
         CHECK(check_blocks(out1, in.reference(o), L * Dv, 2e-5, label));
       }
     }
     const std::size_t w = 40;
-    const auto q = pa_test::gaussian(B * H * L * d, 1.0, 9100), k = pa_test::gaussian(B * H * L * d, 1.0, 9101);
+    const auto q = pa_test::gaussian(B * H * L * d, 1.0, 9100),
+               k = pa_test::gaussian(B * H * L * d, 1.0, 9101);
     const auto v = pa_test::gaussian(B * H * L * Dv, 1.0, 9102);
     std::vector<std::uint8_t> local_keep(B * L);
     for (std::size_t j = 0; j < B * L; ++j) local_keep[j] = j % 7 != 3;
@@ -1227,13 +1316,13 @@ TEST("models/attention drivers: the same bits on 1 and 3 threads when heads run 
         const auto out1 = run_local(B, H, L, d, Dv, q, k, v, o, *kernels, pool1);
         const auto out3 = run_local(B, H, L, d, Dv, q, k, v, o, *kernels, pool3);
         if (!same_bits(out1, out3)) {
-          std::fprintf(stderr, "  [%s] local causal=%d pytorch=%d: 1 and 3 threads differ\n", kernels->name, causal,
-                       pytorch);
+          std::fprintf(stderr, "  [%s] local causal=%d pytorch=%d: 1 and 3 threads differ\n",
+                       kernels->name, causal, pytorch);
         }
         CHECK(same_bits(out1, out3));
         char label[120];
-        std::snprintf(label, sizeof label, "[%s] local w=40 L=300 causal=%d pytorch=%d", kernels->name, causal,
-                      pytorch);
+        std::snprintf(label, sizeof label, "[%s] local w=40 L=300 causal=%d pytorch=%d",
+                      kernels->name, causal, pytorch);
         CHECK(check_blocks(out1, local_ref_all(B, H, L, d, Dv, q, k, v, o), L * Dv, 2e-5, label));
       }
     }

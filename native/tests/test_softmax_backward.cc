@@ -15,16 +15,19 @@
 namespace {
 
 // Visible keys of query i (causal bottom-right aligned, key padding).
-bool attends(std::size_t i, std::size_t j, std::size_t Lq, std::size_t Lk, bool causal, const std::uint8_t* pad) {
+bool attends(std::size_t i, std::size_t j, std::size_t Lq, std::size_t Lk, bool causal,
+             const std::uint8_t* pad) {
   if (pad && !pad[j]) return false;
-  return !causal || static_cast<long long>(j) <= static_cast<long long>(i) + static_cast<long long>(Lk) -
+  return !causal || static_cast<long long>(j) <= static_cast<long long>(i) +
+                                                     static_cast<long long>(Lk) -
                                                      static_cast<long long>(Lq);
 }
 
 // Scaled scores of query row i against every key into *s (-inf where hidden); returns
 // their max (-inf when the row sees no key).
-double score_row(const double* q, const double* k, std::size_t i, std::size_t Lq, std::size_t Lk, std::size_t d,
-                 double scale, bool causal, const std::uint8_t* pad, std::vector<double>* s) {
+double score_row(const double* q, const double* k, std::size_t i, std::size_t Lq, std::size_t Lk,
+                 std::size_t d, double scale, bool causal, const std::uint8_t* pad,
+                 std::vector<double>* s) {
   s->assign(Lk, -std::numeric_limits<double>::infinity());
   double top = -std::numeric_limits<double>::infinity();
   for (std::size_t j = 0; j < Lk; ++j) {
@@ -38,8 +41,9 @@ double score_row(const double* q, const double* k, std::size_t i, std::size_t Lq
 }
 
 // out of one (batch, head) in double.
-std::vector<double> forward_double(const double* q, const double* k, const double* v, std::size_t Lq, std::size_t Lk,
-                                   std::size_t d, std::size_t Dv, double scale, bool causal, const std::uint8_t* pad) {
+std::vector<double> forward_double(const double* q, const double* k, const double* v,
+                                   std::size_t Lq, std::size_t Lk, std::size_t d, std::size_t Dv,
+                                   double scale, bool causal, const std::uint8_t* pad) {
   std::vector<double> out(Lq * Dv, 0.0);
   for (std::size_t i = 0; i < Lq; ++i) {
     std::vector<double> s;
@@ -64,11 +68,12 @@ struct Grads {
 };
 
 // The formulas of the backward pass, plainly, in double, for one (batch, head).
-Grads backward_double(const double* q, const double* k, const double* v, const double* g, std::size_t Lq,
-                      std::size_t Lk, std::size_t d, std::size_t Dv, double scale, bool causal,
-                      const std::uint8_t* pad) {
-  Grads r{std::vector<double>(Lq * d, 0.0), std::vector<double>(Lk * d, 0.0), std::vector<double>(Lk * Dv, 0.0),
-          std::vector<double>(Lq * d, 0.0), std::vector<double>(Lk * d, 0.0)};
+Grads backward_double(const double* q, const double* k, const double* v, const double* g,
+                      std::size_t Lq, std::size_t Lk, std::size_t d, std::size_t Dv, double scale,
+                      bool causal, const std::uint8_t* pad) {
+  Grads r{std::vector<double>(Lq * d, 0.0), std::vector<double>(Lk * d, 0.0),
+          std::vector<double>(Lk * Dv, 0.0), std::vector<double>(Lq * d, 0.0),
+          std::vector<double>(Lk * d, 0.0)};
   const auto out = forward_double(q, k, v, Lq, Lk, d, Dv, scale, causal, pad);
   for (std::size_t i = 0; i < Lq; ++i) {
     std::vector<double> s;
@@ -118,7 +123,8 @@ double error_over(const float* got, const std::vector<double>& want, double den)
 struct Problem {
   std::size_t B, H, Lq, Lk, d, Dv;
   bool causal;
-  int padding;  // 0 none; 1 a pattern (the first key and every third padded); 2 pattern + the last batch fully padded
+  int padding;  // 0 none; 1 a pattern (the first key and every third padded); 2 pattern + the last
+                // batch fully padded
   double sigma = 1.0;
   bool integer = false;  // round q and k to integers (exact float scores)
 };
@@ -164,7 +170,8 @@ struct Result {
 
 Result run(const Data& x, const pa::KernelSet& kernels, pa::ThreadPool& pool) {
   const float nan = std::numeric_limits<float>::quiet_NaN();  // every element must be overwritten
-  Result r{std::vector<float>(x.q.size(), nan), std::vector<float>(x.k.size(), nan), std::vector<float>(x.v.size(), nan)};
+  Result r{std::vector<float>(x.q.size(), nan), std::vector<float>(x.k.size(), nan),
+           std::vector<float>(x.v.size(), nan)};
   pa::softmax_attention_backward(x.dims, x.q.data(), x.k.data(), x.v.data(), x.g.data(), x.options,
                                  {r.dq.data(), r.dk.data(), r.dv.data()}, kernels, pool);
   return r;
@@ -176,8 +183,8 @@ Result run(const Data& x, const pa::KernelSet& kernels, pa::ThreadPool& pool) {
 // measured against the magnitude of its terms instead, since float rounding leaves
 // ~1e-7 of that. Conditioned: dq and dk always against the magnitude of their terms,
 // the scale of their unavoidable rounding error when the terms cancel.
-double compare(const Problem& t, const Data& x, const Result& r, const char* kernel_name, double tolerance,
-               bool conditioned = false) {
+double compare(const Problem& t, const Data& x, const Result& r, const char* kernel_name,
+               double tolerance, bool conditioned = false) {
   double worst = 0;
   const std::size_t bh = t.B * t.H;
   for (std::size_t p = 0; p < bh; ++p) {
@@ -186,8 +193,8 @@ double compare(const Problem& t, const Data& x, const Result& r, const char* ker
     const auto v = widen(&x.v[p * t.Lk * t.Dv], t.Lk * t.Dv);
     const auto g = widen(&x.g[p * t.Lq * t.Dv], t.Lq * t.Dv);
     const std::uint8_t* pad = x.options.key_padding ? &x.pad[(p / t.H) * t.Lk] : nullptr;
-    const Grads want = backward_double(q.data(), k.data(), v.data(), g.data(), t.Lq, t.Lk, t.d, t.Dv,
-                                       x.options.scale, t.causal, pad);
+    const Grads want = backward_double(q.data(), k.data(), v.data(), g.data(), t.Lq, t.Lk, t.d,
+                                       t.Dv, x.options.scale, t.causal, pad);
     auto den = [&](const std::vector<double>& grad, const std::vector<double>& terms) {
       const double n = norm(grad);
       return conditioned || n == 0 ? norm(terms) : n;
@@ -197,8 +204,10 @@ double compare(const Problem& t, const Data& x, const Result& r, const char* ker
                          error_over(&r.dv[p * t.Lk * t.Dv], want.dv, norm(want.dv))};
     for (int i = 0; i < 3; ++i) {
       if (!(e[i] <= tolerance)) {
-        std::fprintf(stderr, "  [%s] B=%zu H=%zu Lq=%zu Lk=%zu d=%zu Dv=%zu causal=%d pad=%d head %zu: d%c err %.3g\n",
-                     kernel_name, t.B, t.H, t.Lq, t.Lk, t.d, t.Dv, t.causal, t.padding, p, "qkv"[i], e[i]);
+        std::fprintf(
+            stderr,
+            "  [%s] B=%zu H=%zu Lq=%zu Lk=%zu d=%zu Dv=%zu causal=%d pad=%d head %zu: d%c err %.3g\n",
+            kernel_name, t.B, t.H, t.Lq, t.Lk, t.d, t.Dv, t.causal, t.padding, p, "qkv"[i], e[i]);
       }
       worst = std::max(worst, std::isnan(e[i]) ? 1e300 : e[i]);
     }
@@ -234,7 +243,8 @@ TEST("softmax/backward equals the double reference of the gradient formulas on e
       const Data x = make(t, 11 + 4 * (count++));
       worst = std::max(worst, compare(t, x, run(x, *kernels, pool), kernels->name, 1e-5));
     }
-    std::printf("  [%s] %zu shapes, worst relative error %.3g\n", kernels->name, problems.size(), worst);
+    std::printf("  [%s] %zu shapes, worst relative error %.3g\n", kernels->name, problems.size(),
+                worst);
     CHECK(worst <= 1e-5);
   }
 }
@@ -245,8 +255,11 @@ TEST("softmax/backward reference equals central finite differences of the double
     bool causal, padded;
   };
   // 5 x 3 causal: the first two queries attend no key.
-  const Tiny cases[] = {{3, 4, 3, 2, false, false}, {4, 4, 2, 3, true, false}, {5, 3, 3, 2, true, false},
-                        {3, 5, 2, 2, true, true}, {4, 6, 3, 3, false, true}};
+  const Tiny cases[] = {{3, 4, 3, 2, false, false},
+                        {4, 4, 2, 3, true, false},
+                        {5, 3, 3, 2, true, false},
+                        {3, 5, 2, 2, true, true},
+                        {4, 6, 3, 3, false, true}};
   double worst = 0;
   std::uint64_t seed = 101;
   for (const Tiny& t : cases) {
@@ -260,13 +273,14 @@ TEST("softmax/backward reference equals central finite differences of the double
     const std::uint8_t* p = t.padded ? pad.data() : nullptr;
     const double scale = 0.7;
     auto loss = [&] {
-      const auto out = forward_double(q.data(), k.data(), v.data(), t.Lq, t.Lk, t.d, t.Dv, scale, t.causal, p);
+      const auto out =
+          forward_double(q.data(), k.data(), v.data(), t.Lq, t.Lk, t.d, t.Dv, scale, t.causal, p);
       double total = 0;
       for (std::size_t i = 0; i < out.size(); ++i) total += g[i] * out[i];
       return total;
     };
-    const Grads want = backward_double(q.data(), k.data(), v.data(), g.data(), t.Lq, t.Lk, t.d, t.Dv, scale,
-                                       t.causal, p);
+    const Grads want = backward_double(q.data(), k.data(), v.data(), g.data(), t.Lq, t.Lk, t.d,
+                                       t.Dv, scale, t.causal, p);
     auto numeric = [&](std::vector<double>& x) {
       std::vector<double> grad(x.size());
       const double h = 1e-5;
@@ -285,7 +299,8 @@ TEST("softmax/backward reference equals central finite differences of the double
         {numeric(q), &want.dq}, {numeric(k), &want.dk}, {numeric(v), &want.dv}};
     for (const auto& [num, analytic] : pairs) {
       double diff = 0;
-      for (std::size_t i = 0; i < num.size(); ++i) diff += (num[i] - (*analytic)[i]) * (num[i] - (*analytic)[i]);
+      for (std::size_t i = 0; i < num.size(); ++i)
+        diff += (num[i] - (*analytic)[i]) * (num[i] - (*analytic)[i]);
       const double err = std::sqrt(diff) / norm(num);
       worst = std::max(worst, err);
     }
@@ -326,8 +341,8 @@ TEST("softmax/backward stays accurate when exp of the raw scores would overflow"
         CHECK(finite);
         const double tolerance = 1e-5;
         const double worst = compare(t, x, r, kernels->name, tolerance, true);
-        std::printf("  [%s] %s q, k, causal=%d: worst error %.3g\n", kernels->name, integer ? "integer" : "real",
-                    causal, worst);
+        std::printf("  [%s] %s q, k, causal=%d: worst error %.3g\n", kernels->name,
+                    integer ? "integer" : "real", causal, worst);
         CHECK(worst <= tolerance);
       }
     }
@@ -337,8 +352,10 @@ TEST("softmax/backward stays accurate when exp of the raw scores would overflow"
 TEST("softmax/backward gives the same bits on 1 and 3 threads") {
   pa::ThreadPool one(1), three(3);
   // Few heads and long sequences: heads are split into parts (query groups, key blocks).
-  const Problem problems[] = {{1, 1, 700, 900, 16, 8, false, 1}, {1, 2, 900, 700, 8, 16, true, 0},
-                              {1, 1, 1100, 1100, 8, 8, true, 1}, {2, 9, 130, 300, 8, 8, true, 2}};
+  const Problem problems[] = {{1, 1, 700, 900, 16, 8, false, 1},
+                              {1, 2, 900, 700, 8, 16, true, 0},
+                              {1, 1, 1100, 1100, 8, 8, true, 1},
+                              {2, 9, 130, 300, 8, 8, true, 2}};
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (const Problem& t : problems) {
       const Data x = make(t, 300);
@@ -369,7 +386,8 @@ TEST("softmax/backward rejects non-finite inputs and honours the cancel flag") {
   CHECK(nan_message == "gradOut: values must be finite, received NaN at flat index 7");
   x = make(t, 5);
   x.g[30] = -std::numeric_limits<float>::infinity();
-  CHECK(message_of(x).find("gradOut: values must be finite, received -Infinity at flat index 30") == 0);
+  CHECK(message_of(x).find("gradOut: values must be finite, received -Infinity at flat index 30") ==
+        0);
   x = make(t, 5);
   x.q[5] = std::numeric_limits<float>::infinity();
   CHECK(message_of(x).find("query:") == 0);

@@ -20,7 +20,8 @@ constexpr std::size_t kGuardFloats = 16;
 // zones of kGuard.
 class Guarded {
  public:
-  Guarded(std::size_t n, std::size_t offset = 0) : n_(n), storage_(n + offset + 2 * kGuardFloats + 16, kGuard) {
+  Guarded(std::size_t n, std::size_t offset = 0)
+      : n_(n), storage_(n + offset + 2 * kGuardFloats + 16, kGuard) {
     const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data() + kGuardFloats);
     data_ = storage_.data() + kGuardFloats + ((64 - addr % 64) % 64) / sizeof(float) + offset;
   }
@@ -36,7 +37,8 @@ class Guarded {
   std::vector<double> values() const { return std::vector<double>(data_, data_ + n_); }
   bool guards_intact() const {
     for (std::size_t i = 1; i <= kGuardFloats; ++i) {
-      if (!same_bits(data_[-static_cast<std::ptrdiff_t>(i)], kGuard) || !same_bits(data_[n_ + i - 1], kGuard)) {
+      if (!same_bits(data_[-static_cast<std::ptrdiff_t>(i)], kGuard) ||
+          !same_bits(data_[n_ + i - 1], kGuard)) {
         return false;
       }
     }
@@ -55,7 +57,8 @@ inline bool same_bits(const float* a, const float* b, std::size_t n) {
 }
 
 inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 inline bool throws_input_error(const std::function<void()>& f) {
