@@ -93,8 +93,9 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
           const std::size_t b_end = std::min(blocks, (group + 1) * group_blocks);
           for (std::size_t b = group * group_blocks; b < b_end; ++b) {
             const std::size_t c0 = b * kBlockCols, width = std::min(kBlockCols, out - c0);
-            kernels.gemm(m, width, in, x + r0 * x_stride, x_stride, 1, packed + c0 * in, width,
-                         tile, width, false);
+            // Row-stable: a decoding step of many sessions gives each the bits of its own step.
+            kernels.gemm_row_stable(m, width, in, x + r0 * x_stride, x_stride, 1, packed + c0 * in,
+                                    width, tile, width, false);
             finish_tile(m, width, tile, bias != nullptr ? bias + c0 : nullptr,
                         residual != nullptr ? residual + r0 * out + c0 : nullptr, out, act,
                         y + r0 * out + c0, kernels);

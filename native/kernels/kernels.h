@@ -60,6 +60,10 @@ using FmaPeakFn = double (*)(std::size_t iterations, float* sink);
 struct KernelSet {
   const char* name;  // "scalar", "avx2", "avx512"
   GemmFn gemm;
+  // The same product, where each row of C gets the same bits whatever M is (the rows
+  // of one call never change how k is summed): batched decoding steps equal single ones.
+  // Thin tiles lose their split accumulators, so it is slower when B sits in cache.
+  GemmFn gemm_row_stable;
   ExpBiasFn exp_bias;
   MaxBiasFn max_bias;
   MaxAccumulateFn max_accumulate;

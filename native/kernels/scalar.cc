@@ -149,7 +149,9 @@ static double fma_peak_scalar(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kScalarKernels = {
-    "scalar",         gemm_scalar, exp_bias_scalar, max_bias_scalar, max_accumulate_scalar,
-    gelu_bias_scalar, dot_scalar,  dot_f64_scalar,  axpy_f64_scalar, fma_peak_scalar};
+    "scalar",        gemm_scalar,
+    gemm_scalar,  // row by row already: a row's bits never depend on M
+    exp_bias_scalar, max_bias_scalar, max_accumulate_scalar, gelu_bias_scalar,
+    dot_scalar,      dot_f64_scalar,  axpy_f64_scalar,       fma_peak_scalar};
 
 }  // namespace pa

@@ -43,13 +43,15 @@ namespace simd {
 // `last` (N tail), and nothing outside them is read or written.
 //
 // FMA latency 4 x 2 pipes needs >= 8 independent accumulators; thin tiles (MR*NV < 8)
-// split k over KS accumulator sets that are summed at the end.
-template <class V, int MR, int NV, bool MASKED>
+// split k over KS accumulator sets that are summed at the end, unless ROW_STABLE: then
+// every tile sums k in one order, so a row's result does not depend on how many rows
+// share the call (slower for thin tiles whose B is in cache).
+template <class V, int MR, int NV, bool MASKED, bool ROW_STABLE = false>
 void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs, const float* b,
                std::size_t ldb, float* c, std::size_t ldc, bool load_c, typename V::Lanes last) {
   using F = typename V::F;
   constexpr std::size_t kLanes = V::kLanes;
-  constexpr int KS = MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
+  constexpr int KS = ROW_STABLE || MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
   F acc[KS][MR][NV];
   PA_UNROLL
   for (int s = 0; s < KS; ++s) {
@@ -126,41 +128,45 @@ void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
 
 // All M rows of one column panel (NV vectors wide) for one k block: the target's
 // main tile, then 4-, 2- and 1-row tiles for the leftover rows.
-template <class V, int NV, bool MASKED>
+template <class V, int NV, bool MASKED, bool ROW_STABLE>
 void gemm_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
                 const float* b, std::size_t ldb, float* c, std::size_t ldc, bool load_c,
                 typename V::Lanes last) {
   constexpr std::size_t MR = V::main_rows(NV);
   std::size_t i = 0;
   for (; i + MR <= M; i += MR) {
-    gemm_tile<V, MR, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, MR, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                             load_c, last);
   }
   if (M - i >= 4) {
-    gemm_tile<V, 4, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, 4, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
     i += 4;
   }
   if (M - i >= 2) {
-    gemm_tile<V, 2, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, 2, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
     i += 2;
   }
   if (M - i >= 1) {
-    gemm_tile<V, 1, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, 1, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
   }
 }
 
 // A panel NV vectors wide, masked or not.
-template <class V, int NV>
+template <class V, int NV, bool ROW_STABLE>
 void gemm_panel_any(bool masked, std::size_t M, std::size_t kc, const float* a, std::size_t ars,
                     std::size_t acs, const float* b, std::size_t ldb, float* c, std::size_t ldc,
                     bool load_c, typename V::Lanes last) {
   if (masked) {
-    gemm_panel<V, NV, true>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
+    gemm_panel<V, NV, true, ROW_STABLE>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
   } else {
-    gemm_panel<V, NV, false>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
+    gemm_panel<V, NV, false, ROW_STABLE>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
   }
 }
 
-template <class V>
+template <class V, bool ROW_STABLE = false>
 void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size_t a_row_stride,
           std::size_t a_col_stride, const float* b, std::size_t ldb, float* c, std::size_t ldc,
           bool accumulate) {
@@ -194,9 +200,9 @@ void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size
       const float* ap = a + k0 * a_col_stride;
       const float* bp = b + k0 * ldb + n0;
       float* cp = c + n0;
-#define PA_PANEL(NV)                                                                             \
-  gemm_panel_any<V, NV>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp, ldc, load_c, \
-                        last)
+#define PA_PANEL(NV)                                                                            \
+  gemm_panel_any<V, NV, ROW_STABLE>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp, \
+                                    ldc, load_c, last)
       // Cases wider than the target's widest panel are never taken: they fall through.
       switch (nv) {
         case 5:
@@ -490,8 +496,8 @@ double fma_peak(std::size_t iterations, float* sink) {
 // The kernel set of target V; the double-precision helpers are the caller's.
 template <class V>
 constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
-  return {name,         gemm<V>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
-          gelu_bias<V>, dot<V>,  dot_f64,     axpy_f64,    fma_peak<V>};
+  return {name,         gemm<V>, gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
+          gelu_bias<V>, dot<V>,  dot_f64,       axpy_f64,    fma_peak<V>};
 }
 
 }  // namespace simd
