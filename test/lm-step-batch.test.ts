@@ -114,3 +114,35 @@ describe('stepBatch (async) and errors', () => {
     expect([fresh.position, full.position]).toEqual([0, maxSeqLen]);
   });
 });
+
+describe('TokenSampler (lm.sampler)', () => {
+  const model = load('lm_trained_small', 'exact');
+  const prompt = Int32Array.from(cases.lm_trained_small.greedy_prompt!);
+
+  test("picks generate's tokens, and a sampler made from state() continues the same sequence", async () => {
+    for (const options of [{}, { temperature: 0.9, seed: 11 }, { temperature: 1.3, topK: 20, topP: 0.9, seed: 5 }]) {
+      const expected: number[] = [];
+      for await (const token of model.generate(prompt, { maxNewTokens: 24, ...options })) expected.push(token);
+      const state = model.createStateSync();
+      let sampler = model.sampler(options);
+      let logits = model.stepSync(prompt, state);
+      const got: number[] = [];
+      for (let i = 0; i < 24; i++) {
+        if (i === 10) sampler = model.sampler(JSON.parse(JSON.stringify(sampler.state()))); // moved mid-way
+        const token = sampler.next(logits);
+        got.push(token);
+        logits = model.stepSync(Int32Array.of(token), state);
+      }
+      expect(got).toEqual(expected);
+      if ('temperature' in options) expect(sampler.state().draws).toBe(24);
+    }
+  });
+
+  test('bad options and logits are errors', () => {
+    expect(() => model.sampler({ temperature: -1 })).toThrow(/PerformerLM\.sampler options\.temperature/);
+    expect(() => model.sampler({ draws: -1, seed: 1 })).toThrow(/PerformerLM\.sampler options\.draws/);
+    expect(() => model.sampler({ temprature: 1 } as never)).toThrow(/PerformerLM\.sampler options: unknown option 'temprature'/);
+    expect(() => model.sampler().next(new Float32Array(3))).toThrow(/expected 128 values \(num_tokens\), received 3/);
+    expect(() => model.sampler().next([1, 2] as never)).toThrow(/expected a Float32Array/);
+  });
+});

@@ -18,7 +18,7 @@ import { fillAxialTable, inverseFrequencies, type AxialWeights, type PerformerPy
 import { readDropoutRates, readLMConfig, type DropoutRates, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
-import { readSampler, sample, type SamplingOptions } from './sampling';
+import { readSampler, sample, TokenSampler, type SamplingOptions } from './sampling';
 import { readTargets, readTokenList, readTokens } from './tokens';
 import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention, type TrainingCall } from './lm-training';
 import { FeatureMap } from '../feature-map';
@@ -486,6 +486,18 @@ export class PerformerLM {
       });
     }
     return { data: out, shape: Object.freeze([list.length, V]) };
+  }
+
+  /**
+   * A token sampler with {@link generate}'s options (greedy by default): for callers that
+   * step sessions themselves (`step`, `stepBatch`). `options.draws` (from a sampler's
+   * `state()`) continues a sampler's sequence where it stopped.
+   * @throws TypeError / RangeError for bad options.
+   */
+  sampler(options: SamplingOptions & { draws?: number } = {}): TokenSampler {
+    const fn = 'PerformerLM.sampler';
+    const o = readOptions<SamplingOptions & { draws?: number }>(options, `${fn} options`, ['temperature', 'topK', 'topP', 'seed', 'draws']);
+    return new TokenSampler(o, this.config.numTokens, fn);
   }
 
   /**
