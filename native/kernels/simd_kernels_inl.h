@@ -505,13 +505,25 @@ inline typename V::F load_weights(const std::uint16_t* p) {
 // vectors once, for all MR rows (so a few rows cost little more than one). Thin tiles
 // split k over KS accumulator sets, as in gemm_tile. The tile reads NV whole vectors of
 // every weight row and stores its first `cols` columns, times scale[n] when scale is set.
+// Accumulator sets that keep FMA latency hidden in a tile of MR x NV vectors (as gemm_tile).
+constexpr int quant_sets(int tile) { return tile >= 8 ? 1 : (tile >= 4 ? 2 : 4); }
+
+// The widest tile for MR rows: at most 64 columns and kQuantAccumulators vectors, halved
+// until the accumulators, the NV widened weights and the broadcast fit in the registers.
+template <class V>
+constexpr int quant_vectors(int MR) {
+  int nv = std::min(64 / static_cast<int>(V::kLanes), std::max(1, V::kQuantAccumulators / MR));
+  while (nv > 1 && quant_sets(MR * nv) * MR * nv + nv + 1 > V::kRegisters) nv /= 2;
+  return nv;
+}
+
 template <class V, class W, int MR, int NV>
 void quant_tile(std::size_t K, const float* x, std::size_t ldx, const W* w, std::size_t ldw,
                 const float* scale, float* c, std::size_t ldc, std::size_t cols) {
   using F = typename V::F;
   constexpr std::size_t kLanes = V::kLanes;
   constexpr std::size_t kWidth = NV * kLanes;
-  constexpr int KS = MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
+  constexpr int KS = quant_sets(MR * NV);
   F acc[KS][MR][NV];
   PA_UNROLL
   for (int s = 0; s < KS; ++s) {
@@ -566,14 +578,14 @@ void quant_tile(std::size_t K, const float* x, std::size_t ldx, const W* w, std:
   }
 }
 
-// MR rows, all N columns: tiles as wide as the target's accumulators allow (at most 64
-// columns), then tiles of 16 columns (8 for one-vector AVX2 tiles), which never read
-// past the zero padding of the weight rows (whole groups of 16 columns).
+// MR rows, all N columns: tiles as wide as quant_vectors allows, then tiles of 16 columns (8 for
+// one-vector AVX2 tiles), which never read past the zero padding of the weight rows (whole groups
+// of 16 columns).
 template <class V, class W, int MR>
 void quant_rows(std::size_t N, std::size_t K, const float* x, std::size_t ldx, const W* w,
                 std::size_t ldw, const float* scale, float* c, std::size_t ldc) {
   constexpr int kLanes = static_cast<int>(V::kLanes);
-  constexpr int NV = std::min(64 / kLanes, std::max(1, V::kQuantAccumulators / MR));
+  constexpr int NV = quant_vectors<V>(MR);
   constexpr int NT = std::min(NV, std::max(1, 16 / kLanes));
   constexpr std::size_t kMain = NV * V::kLanes, kTail = NT * V::kLanes;
   std::size_t n = 0;

@@ -29,9 +29,11 @@ struct Avx2 {
   static constexpr bool kFoldLastVector = false;
   static constexpr std::size_t kMaxKc = 256;
   static constexpr std::size_t main_rows(int nv) { return nv >= 2 ? 6 : 8; }
-  // Quantized linear: accumulators of a row tile (rows x vectors), within the 16 ymm
-  // registers with the widened weights and the broadcast.
+  // Quantized linear tiles: at most kQuantAccumulators accumulators, and accumulators,
+  // widened weights and the broadcast all within the 16 registers (a spilled
+  // accumulator would chain every k step through a store and a load).
   static constexpr int kQuantAccumulators = 8;
+  static constexpr int kRegisters = 16;
 
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float x) { return _mm256_set1_ps(x); }

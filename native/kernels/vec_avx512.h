@@ -42,9 +42,11 @@ struct Avx512 {
   static constexpr bool kFoldLastVector = true;
   static constexpr std::size_t kMaxKc = 128;
   static constexpr std::size_t main_rows(int nv) { return nv >= 5 ? 5 : (nv >= 4 ? 6 : 8); }
-  // Quantized linear: accumulators of a row tile (rows x vectors), within the 32 zmm
-  // registers with the widened weights and the broadcast.
+  // Quantized linear tiles: at most kQuantAccumulators accumulators, and accumulators,
+  // widened weights and the broadcast all within the 32 registers (a spilled
+  // accumulator would chain every k step through a store and a load).
   static constexpr int kQuantAccumulators = 16;
+  static constexpr int kRegisters = 32;
 
   static F zero() { return _mm512_setzero_ps(); }
   static F set1(float x) { return _mm512_set1_ps(x); }
