@@ -35,7 +35,7 @@ std::size_t linear_quant_packed_size(std::size_t in, std::size_t out) {
 
 void linear_pack_int8(std::size_t in, std::size_t out, const float* w, std::int8_t* packed,
                       float* scales) {
-  std::memset(packed, 0, linear_quant_packed_size(in, out));  // the padding columns
+  std::fill(packed, packed + linear_quant_packed_size(in, out), std::int8_t{0});  // padding
   for (std::size_t o = 0; o < out; ++o) {
     float amax = 0.0f;
     for (std::size_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(w[o * in + i]));
@@ -79,7 +79,7 @@ float bf16_to_float(std::uint16_t h) {
 }
 
 void linear_pack_bf16(std::size_t in, std::size_t out, const float* w, std::uint16_t* packed) {
-  std::fill(packed, packed + linear_quant_packed_size(in, out), std::uint16_t{0});
+  std::fill(packed, packed + linear_quant_packed_size(in, out), std::uint16_t{0});  // padding
   for_each_packed(in, out, [&](std::size_t o, std::size_t i, std::size_t index) {
     packed[index] = float_to_bf16(w[o * in + i]);
   });
