@@ -13,6 +13,7 @@
 
 #include "core/layer_ops.h"
 #include "kernels/dispatch.h"
+#include "linear_reference.h"
 #include "test_harness.h"
 #include "test_util.h"
 
@@ -21,13 +22,7 @@ namespace {
 using pa::Activation;
 using pa_test::Guarded;
 
-double gelu_ref(double v) { return 0.5 * v * std::erfc(-v / std::sqrt(2.0)); }
-
-double act_ref(Activation act, double v) {
-  if (act == Activation::kRelu) return v < 0 ? 0.0 : v;
-  if (act == Activation::kGelu) return gelu_ref(v);
-  return v;
-}
+using pa_test::gelu_ref;
 
 const char* act_name(Activation act) {
   return act == Activation::kRelu ? "relu" : act == Activation::kGelu ? "gelu" : "none";
@@ -63,24 +58,9 @@ bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadP
   pa::linear_pack(t.in, t.out, w.data(), packed.data());
 
   // The reference, before y is touched (y holds the residual when aliased).
-  std::vector<double> want(t.rows * t.out), scale(t.rows * t.out);
-  for (std::size_t r = 0; r < t.rows; ++r) {
-    for (std::size_t o = 0; o < t.out; ++o) {
-      double s = t.bias ? bias[o] : 0.0, mag = std::fabs(s);
-      for (std::size_t i = 0; i < t.in; ++i) {
-        const double p = static_cast<double>(x[r * x_stride + i]) * w[o * t.in + i];
-        s += p;
-        mag += std::fabs(p);
-      }
-      double v = act_ref(t.act, s);
-      if (t.residual != Residual::kNone) {
-        v += res[r * t.out + o];
-        mag += std::fabs(res[r * t.out + o]);
-      }
-      want[r * t.out + o] = v;
-      scale[r * t.out + o] = mag;
-    }
-  }
+  const pa_test::LinearReference ref(t.rows, t.in, t.out, x.data(), x_stride, w.data(),
+                                     t.bias ? bias.data() : nullptr,
+                                     t.residual != Residual::kNone ? res.data() : nullptr, t.act);
   const float* residual = nullptr;
   if (t.residual == Residual::kSeparate) residual = res.data();
   if (t.residual == Residual::kAliased) {
@@ -90,11 +70,7 @@ bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadP
   pa::linear(t.rows, t.in, t.out, x.data(), x_stride, packed.data(), t.bias ? bias.data() : nullptr,
              residual, t.act, y.data(), kernels, pool);
 
-  double worst = 0;
-  for (std::size_t i = 0; i < t.rows * t.out; ++i) {
-    const double err = std::fabs(y[i] - want[i]) / (scale[i] + 1e-30);
-    if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
-  }
+  const double worst = ref.worst_error(y.data());
   const bool guards = x.guards_intact() && w.guards_intact() && bias.guards_intact() &&
                       res.guards_intact() && y.guards_intact() && packed.guards_intact();
   const bool ok = worst <= 1e-5 && guards;

@@ -15,6 +15,7 @@
 #include "core/layer_ops.h"
 #include "core/quantized_linear.h"
 #include "kernels/dispatch.h"
+#include "linear_reference.h"
 #include "test_harness.h"
 #include "test_util.h"
 
@@ -27,12 +28,6 @@ float from_bits(std::uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
-}
-
-double act_ref(Activation act, double v) {
-  if (act == Activation::kRelu) return v < 0 ? 0.0 : v;
-  if (act == Activation::kGelu) return 0.5 * v * std::erfc(-v / std::sqrt(2.0));
-  return v;
 }
 
 enum class Format { kInt8, kBf16 };
@@ -98,26 +93,10 @@ bool check_case(const Case& t, Format format, const pa::KernelSet& kernels, pa::
   for (std::size_t i = 0; i < t.out; ++i) bias[i] = uni(rng);
   for (std::size_t i = 0; i < t.rows * t.out; ++i) res[i] = uni(rng);
   const Packed packed(format, t.in, t.out, w.data());
-  const std::vector<float>& wd = packed.dequantized;
 
-  std::vector<double> want(t.rows * t.out), scale(t.rows * t.out);
-  for (std::size_t r = 0; r < t.rows; ++r) {
-    for (std::size_t o = 0; o < t.out; ++o) {
-      double s = t.bias ? bias[o] : 0.0, mag = std::fabs(s);
-      for (std::size_t i = 0; i < t.in; ++i) {
-        const double p = static_cast<double>(x[r * x_stride + i]) * wd[o * t.in + i];
-        s += p;
-        mag += std::fabs(p);
-      }
-      double v = act_ref(t.act, s);
-      if (t.residual != Residual::kNone) {
-        v += res[r * t.out + o];
-        mag += std::fabs(res[r * t.out + o]);
-      }
-      want[r * t.out + o] = v;
-      scale[r * t.out + o] = mag;
-    }
-  }
+  const pa_test::LinearReference ref(t.rows, t.in, t.out, x.data(), x_stride,
+                                     packed.dequantized.data(), t.bias ? bias.data() : nullptr,
+                                     t.residual != Residual::kNone ? res.data() : nullptr, t.act);
   const float* residual = nullptr;
   if (t.residual == Residual::kSeparate) residual = res.data();
   if (t.residual == Residual::kAliased) {
@@ -127,11 +106,7 @@ bool check_case(const Case& t, Format format, const pa::KernelSet& kernels, pa::
   packed.run(t.rows, t.in, t.out, x.data(), x_stride, t.bias ? bias.data() : nullptr, residual,
              t.act, y.data(), kernels, pool);
 
-  double worst = 0;
-  for (std::size_t i = 0; i < t.rows * t.out; ++i) {
-    const double err = std::fabs(y[i] - want[i]) / (scale[i] + 1e-30);
-    if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
-  }
+  const double worst = ref.worst_error(y.data());
   const bool guards =
       x.guards_intact() && bias.guards_intact() && res.guards_intact() && y.guards_intact();
   const bool ok = worst <= 1e-5 && guards;
