@@ -15,9 +15,9 @@
 #include <random>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/layer_ops.h"
 #include "core/quantized_linear.h"
-#include "kernels/dispatch.h"
 
 namespace {
 
@@ -49,12 +49,8 @@ double median_us(int runs, std::size_t copies, const std::function<void(std::siz
 }  // namespace
 
 int main(int argc, char** argv) {
-  const pa::KernelSet* kernels =
-      argc > 1 ? pa::find_kernel_set(argv[1]) : &pa::default_kernel_set();
-  if (kernels == nullptr) {
-    std::fprintf(stderr, "unknown or unavailable kernel set %s\n", argv[1]);
-    return 2;
-  }
+  const pa::KernelSet* kernels = pa_bench::kernel_set_arg(argc, argv);
+  if (kernels == nullptr) return 2;
   const std::size_t threads = argc > 2 ? std::strtoul(argv[2], nullptr, 10) : 1;
   const int runs = argc > 3 ? std::atoi(argv[3]) : 7;
   pa::ThreadPool pool(threads);
