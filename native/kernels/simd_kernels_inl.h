@@ -599,15 +599,18 @@ void quant_rows(std::size_t N, std::size_t K, const float* x, std::size_t ldx, c
   }
 }
 
-// Row tiles of 8, then 4, 2 and 1 for the rest: a decoding step of 1 to 8 sessions is
-// one pass over the weights.
+// Row tiles of kRows, then 4, 2 and 1 for the rest: a decoding step of 1 to 8 sessions
+// is one or two passes over the weights. With 16 registers an 8-row tile holds one
+// vector per row and pays 8 broadcasts per widened vector; two 4 x 2 tiles do better.
 template <class V, class W>
 void quant_linear(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
                   const W* w, std::size_t ldw, const float* scale, float* c, std::size_t ldc) {
+  constexpr int kRows = V::kRegisters >= 32 ? 8 : 4;
   std::size_t i = 0;
-  for (; i + 8 <= M; i += 8)
-    quant_rows<V, W, 8>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
-  if (M - i >= 4) {
+  for (; i + kRows <= M; i += kRows) {
+    quant_rows<V, W, kRows>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+  }
+  if (kRows > 4 && M - i >= 4) {
     quant_rows<V, W, 4>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
     i += 4;
   }
