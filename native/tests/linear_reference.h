@@ -1,5 +1,5 @@
-// The double-precision reference of a linear layer, act(x W^T + bias) + residual, and
-// its error measure, shared by the fp32 and the quantized linear tests.
+// What the fp32 and the quantized linear tests share: the cases they sweep and the
+// double-precision reference act(x W^T + bias) + residual with its error measure.
 #pragma once
 
 #include <cmath>
@@ -16,6 +16,47 @@ inline double act_ref(pa::Activation act, double v) {
   if (act == pa::Activation::kRelu) return v < 0 ? 0.0 : v;
   if (act == pa::Activation::kGelu) return gelu_ref(v);
   return v;
+}
+
+enum class Residual { kNone, kSeparate, kAliased };
+
+struct LinearCase {
+  std::size_t rows, in, out;
+  pa::Activation act;
+  bool bias;
+  Residual residual;
+  std::size_t offset;   // floats past 64-byte alignment of every array
+  std::size_t x_extra;  // x_stride = in + x_extra
+};
+
+// Case number `index` of a sweep over sizes: every option cycles with a different
+// period, so the cases of a sweep mix them.
+inline LinearCase cycled_linear_case(std::size_t rows, std::size_t in, std::size_t out,
+                                     std::size_t index) {
+  const pa::Activation acts[] = {pa::Activation::kNone, pa::Activation::kRelu,
+                                 pa::Activation::kGelu};
+  return {rows,
+          in,
+          out,
+          acts[index % 3],
+          index % 4 != 1,
+          static_cast<Residual>((index / 3) % 3),
+          (index / 2) % 2,
+          (index / 5) % 3};
+}
+
+// Several row tiles and column groups, few rows, column tails, and in = 0 (act(bias) +
+// residual).
+inline const std::vector<LinearCase>& linear_tiling_cases() {
+  static const std::vector<LinearCase> cases = {
+      {300, 70, 257, pa::Activation::kGelu, true, Residual::kAliased, 1, 3},
+      {129, 64, 640, pa::Activation::kRelu, true, Residual::kSeparate, 0, 0},
+      {3, 130, 600, pa::Activation::kNone, false, Residual::kNone, 1, 1},
+      {1, 512, 65, pa::Activation::kGelu, true, Residual::kAliased, 0, 0},
+      {65, 300, 64, pa::Activation::kNone, true, Residual::kSeparate, 1, 5},
+      {20, 0, 33, pa::Activation::kRelu, true, Residual::kSeparate, 0, 0},
+  };
+  return cases;
 }
 
 // want[r, o] in double from float inputs; scale[r, o] sums the magnitudes of its terms,

@@ -28,16 +28,8 @@ const char* act_name(Activation act) {
   return act == Activation::kRelu ? "relu" : act == Activation::kGelu ? "gelu" : "none";
 }
 
-enum class Residual { kNone, kSeparate, kAliased };
-
-struct LinearCase {
-  std::size_t rows, in, out;
-  Activation act;
-  bool bias;
-  Residual residual;
-  std::size_t offset;   // floats past 64-byte alignment of every array
-  std::size_t x_extra;  // x_stride = in + x_extra
-};
+using pa_test::LinearCase;
+using pa_test::Residual;
 
 // Runs one case on one kernel set; false (after reporting) when it fails.
 bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadPool& pool,
@@ -91,21 +83,13 @@ bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadP
 TEST("layers/linear: sizes around the vector widths, every option, every kernel set") {
   pa::ThreadPool pool(2);
   const std::size_t sizes[] = {1, 7, 8, 9, 15, 16, 17, 33, 100};
-  const Activation acts[] = {Activation::kNone, Activation::kRelu, Activation::kGelu};
   std::mt19937 rng(11);
   std::size_t cases = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     cases += pa_test::for_size_triples(
         sizes, [&](std::size_t rows, std::size_t in, std::size_t out, std::size_t index) {
-          // Every option cycles with a different period, so the 729 cases mix them.
-          const LinearCase t{rows,
-                             in,
-                             out,
-                             acts[index % 3],
-                             index % 4 != 1,
-                             static_cast<Residual>((index / 3) % 3),
-                             (index / 2) % 2,
-                             (index / 5) % 3};
+          // 729 cases, mixing the options.
+          const LinearCase t = pa_test::cycled_linear_case(rows, in, out, index);
           return check_linear(t, *kernels, pool, rng);
         });
   }
@@ -115,17 +99,8 @@ TEST("layers/linear: sizes around the vector widths, every option, every kernel 
 TEST("layers/linear: several row tiles and column groups, few rows, column tails") {
   pa::ThreadPool pool(2);
   std::mt19937 rng(12);
-  const LinearCase cases[] = {
-      {300, 70, 257, Activation::kGelu, true, Residual::kAliased, 1, 3},
-      {129, 64, 640, Activation::kRelu, true, Residual::kSeparate, 0, 0},
-      {3, 130, 600, Activation::kNone, false, Residual::kNone, 1, 1},
-      {1, 512, 65, Activation::kGelu, true, Residual::kAliased, 0, 0},
-      {65, 300, 64, Activation::kNone, true, Residual::kSeparate, 1, 5},
-      {20, 0, 33, Activation::kRelu, true, Residual::kSeparate, 0,
-       0},  // in = 0: act(bias) + residual
-  };
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    for (const LinearCase& t : cases) check_linear(t, *kernels, pool, rng);
+    for (const LinearCase& t : pa_test::linear_tiling_cases()) check_linear(t, *kernels, pool, rng);
   }
 }
 

@@ -31,7 +31,6 @@ float from_bits(std::uint32_t bits) {
 }
 
 enum class Format { kInt8, kBf16 };
-enum class Residual { kNone, kSeparate, kAliased };
 
 // W [out, in] packed in one format, plus its dequantized floats (what the reference uses).
 // The packed buffers have their exact size, so a sanitizer build catches any read beyond.
@@ -69,20 +68,14 @@ struct Packed {
   }
 };
 
-struct Case {
-  std::size_t rows, in, out;
-  Activation act;
-  bool bias;
-  Residual residual;
-  std::size_t offset;   // floats past 64-byte alignment of x, bias, residual and y
-  std::size_t x_extra;  // x_stride = in + x_extra
-};
+using pa_test::LinearCase;
+using pa_test::Residual;
 
 // One case on one kernel set against the double reference over the dequantized weights
 // (so the only error is the float accumulation), with the tolerance of the fp32 linear
 // test: 1e-5 relative to the sum of the magnitudes.
-bool check_case(const Case& t, Format format, const pa::KernelSet& kernels, pa::ThreadPool& pool,
-                std::mt19937& rng) {
+bool check_case(const LinearCase& t, Format format, const pa::KernelSet& kernels,
+                pa::ThreadPool& pool, std::mt19937& rng) {
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
   const std::size_t x_stride = t.in + t.x_extra;
   Guarded x(std::max<std::size_t>(t.rows * x_stride, 1), t.offset);
@@ -256,7 +249,6 @@ TEST("layers/quantized linear: sizes around the vector widths, every option, eve
   const std::size_t rows_list[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 70};
   const std::size_t in_list[] = {1, 7, 8, 9, 15, 16, 17, 33, 100};
   const std::size_t out_list[] = {1, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65, 100, 130};
-  const Activation acts[] = {Activation::kNone, Activation::kRelu, Activation::kGelu};
   std::mt19937 rng(43);
   std::size_t cases = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
@@ -266,15 +258,7 @@ TEST("layers/quantized linear: sizes around the vector widths, every option, eve
       for (std::size_t rows : rows_list) {
         for (std::size_t in : in_list) {
           for (std::size_t out : out_list) {
-            // Every option cycles with a different period, so the cases mix them.
-            const Case t{rows,
-                         in,
-                         out,
-                         acts[index % 3],
-                         index % 4 != 1,
-                         static_cast<Residual>((index / 3) % 3),
-                         (index / 2) % 2,
-                         (index / 5) % 3};
+            const LinearCase t = pa_test::cycled_linear_case(rows, in, out, index);
             if (ok) ok = check_case(t, format, *kernels, pool, rng);
             ++index;
           }
@@ -289,17 +273,14 @@ TEST("layers/quantized linear: sizes around the vector widths, every option, eve
 TEST("layers/quantized linear: row tiles, column groups, decoding shapes, in = 0") {
   pa::ThreadPool pool(2);
   std::mt19937 rng(44);
-  const Case cases[] = {
-      {300, 70, 257, Activation::kGelu, true, Residual::kAliased, 1, 3},
-      {129, 64, 640, Activation::kRelu, true, Residual::kSeparate, 0, 0},
-      {1, 512, 1536, Activation::kNone, true, Residual::kNone, 1, 0},
-      {8, 512, 256, Activation::kGelu, true, Residual::kAliased, 0, 0},
-      {3, 2048, 80, Activation::kNone, false, Residual::kSeparate, 1, 1},
-      {20, 0, 33, Activation::kRelu, true, Residual::kSeparate, 0, 0},  // act(bias) + residual
-  };
+  std::vector<LinearCase> cases = pa_test::linear_tiling_cases();
+  // Decoding steps of 1 and 8 sessions on the model's shapes, and a long in.
+  cases.push_back({1, 512, 1536, Activation::kNone, true, Residual::kNone, 1, 0});
+  cases.push_back({8, 512, 256, Activation::kGelu, true, Residual::kAliased, 0, 0});
+  cases.push_back({3, 2048, 80, Activation::kNone, false, Residual::kSeparate, 1, 1});
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (Format format : {Format::kInt8, Format::kBf16}) {
-      for (const Case& t : cases) check_case(t, format, *kernels, pool, rng);
+      for (const LinearCase& t : cases) check_case(t, format, *kernels, pool, rng);
     }
   }
 }
