@@ -2,6 +2,7 @@
 // double-precision reference act(x W^T + bias) + residual with its error measure.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <vector>
@@ -57,6 +58,17 @@ inline const std::vector<LinearCase>& linear_tiling_cases() {
       {20, 0, 33, pa::Activation::kRelu, true, Residual::kSeparate, 0, 0},
   };
   return cases;
+}
+
+// The residual argument of case t: null, the separate array res, or y after res is
+// copied into it (the in-place residual add).
+inline const float* linear_residual_arg(const LinearCase& t, const float* res, float* y) {
+  if (t.residual == Residual::kSeparate) return res;
+  if (t.residual == Residual::kAliased) {
+    std::copy(res, res + t.rows * t.out, y);
+    return y;
+  }
+  return nullptr;
 }
 
 // want[r, o] in double from float inputs; scale[r, o] sums the magnitudes of its terms,

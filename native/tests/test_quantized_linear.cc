@@ -90,12 +90,7 @@ bool check_case(const LinearCase& t, Format format, const pa::KernelSet& kernels
   const pa_test::LinearReference ref(t.rows, t.in, t.out, x.data(), x_stride,
                                      packed.dequantized.data(), t.bias ? bias.data() : nullptr,
                                      t.residual != Residual::kNone ? res.data() : nullptr, t.act);
-  const float* residual = nullptr;
-  if (t.residual == Residual::kSeparate) residual = res.data();
-  if (t.residual == Residual::kAliased) {
-    std::copy(res.data(), res.data() + t.rows * t.out, y.data());
-    residual = y.data();
-  }
+  const float* residual = pa_test::linear_residual_arg(t, res.data(), y.data());
   packed.run(t.rows, t.in, t.out, x.data(), x_stride, t.bias ? bias.data() : nullptr, residual,
              t.act, y.data(), kernels, pool);
 
