@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -493,11 +494,158 @@ double fma_peak(std::size_t iterations, float* sink) {
   return static_cast<double>(iterations) * 12 * V::kLanes * 2;
 }
 
+// ---------------------------------------------------------------------------------
+// weight-only quantized linear (int8, bf16)
+// ---------------------------------------------------------------------------------
+
+template <class V>
+inline typename V::F load_weights(const std::int8_t* p) {
+  return V::load_i8(p);
+}
+template <class V>
+inline typename V::F load_weights(const std::uint16_t* p) {
+  return V::load_bf16(p);
+}
+
+// C tile of MR rows x NV vector columns over all of k: each k step widens the NV weight
+// vectors once, for all MR rows (so a few rows cost little more than one). Thin tiles
+// split k over KS accumulator sets, as in gemm_tile. The tile reads NV whole vectors of
+// every weight row and stores its first `cols` columns, times scale[n] when scale is set.
+// Accumulator sets that keep FMA latency hidden in a tile of MR x NV vectors (as gemm_tile).
+constexpr int quant_sets(int tile) { return tile >= 8 ? 1 : (tile >= 4 ? 2 : 4); }
+
+// The widest tile for MR rows: at most 64 columns and kQuantAccumulators vectors, halved
+// until the accumulators, the NV widened weights and the broadcast fit in the registers.
+template <class V>
+constexpr int quant_vectors(int MR) {
+  int nv = std::min(64 / static_cast<int>(V::kLanes), std::max(1, V::kQuantAccumulators / MR));
+  while (nv > 1 && quant_sets(MR * nv) * MR * nv + nv + 1 > V::kRegisters) nv /= 2;
+  return nv;
+}
+
+template <class V, class W, int MR, int NV>
+void quant_tile(std::size_t K, const float* x, std::size_t ldx, const W* w, std::size_t ldw,
+                const float* scale, float* c, std::size_t ldc, std::size_t cols) {
+  using F = typename V::F;
+  constexpr std::size_t kLanes = V::kLanes;
+  constexpr std::size_t kWidth = NV * kLanes;
+  constexpr int KS = quant_sets(MR * NV);
+  F acc[KS][MR][NV];
+  PA_UNROLL
+  for (int s = 0; s < KS; ++s) {
+    PA_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) acc[s][r][v] = V::zero();
+    }
+  }
+  auto step = [&](std::size_t k, F(&sums)[MR][NV]) {
+    const W* pw = w + k * ldw;
+    F wv[NV];
+    PA_UNROLL
+    for (int v = 0; v < NV; ++v) wv[v] = load_weights<V>(pw + v * kLanes);
+    PA_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const F xv = V::broadcast(x + r * ldx + k);
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) sums[r][v] = V::fmadd(xv, wv[v], sums[r][v]);
+    }
+  };
+  std::size_t k = 0;
+  for (; k + KS <= K; k += KS) {
+    PA_UNROLL
+    for (int s = 0; s < KS; ++s) step(k + s, acc[s]);
+  }
+  for (; k < K; ++k) step(k, acc[0]);  // k tail of the split sets (KS > 1 only)
+
+  PA_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    F sum[NV];
+    PA_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      sum[v] = acc[0][r][v];
+      PA_UNROLL
+      for (int s = 1; s < KS; ++s) sum[v] = V::add(sum[v], acc[s][r][v]);
+    }
+    float* pc = c + r * ldc;
+    if (cols == kWidth) {
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) {
+        const F out = scale != nullptr ? V::mul(sum[v], V::load(scale + v * kLanes)) : sum[v];
+        V::store(pc + v * kLanes, out);
+      }
+    } else {  // the last columns, through a local tile: the same single product
+      float lanes[kWidth];
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) V::store(lanes + v * kLanes, sum[v]);
+      for (std::size_t j = 0; j < cols; ++j)
+        pc[j] = scale != nullptr ? lanes[j] * scale[j] : lanes[j];
+    }
+  }
+}
+
+// MR rows, all N columns: tiles as wide as quant_vectors allows, then tiles of 16 columns (8 for
+// one-vector AVX2 tiles), which never read past the zero padding of the weight rows (whole groups
+// of 16 columns).
+template <class V, class W, int MR>
+void quant_rows(std::size_t N, std::size_t K, const float* x, std::size_t ldx, const W* w,
+                std::size_t ldw, const float* scale, float* c, std::size_t ldc) {
+  constexpr int kLanes = static_cast<int>(V::kLanes);
+  constexpr int NV = quant_vectors<V>(MR);
+  constexpr int NT = std::min(NV, std::max(1, 16 / kLanes));
+  constexpr std::size_t kMain = NV * V::kLanes, kTail = NT * V::kLanes;
+  std::size_t n = 0;
+  for (; n + kMain <= N; n += kMain) {
+    quant_tile<V, W, MR, NV>(K, x, ldx, w + n, ldw, scale != nullptr ? scale + n : nullptr, c + n,
+                             ldc, kMain);
+  }
+  for (; n < N; n += kTail) {
+    quant_tile<V, W, MR, NT>(K, x, ldx, w + n, ldw, scale != nullptr ? scale + n : nullptr, c + n,
+                             ldc, std::min(kTail, N - n));
+  }
+}
+
+// Row tiles of kRows, then 4, 2 and 1 for the rest: a decoding step of 1 to 8 sessions
+// is one or two passes over the weights. With 16 registers an 8-row tile holds one
+// vector per row and pays 8 broadcasts per widened vector; two 4 x 2 tiles do better.
+template <class V, class W>
+void quant_linear(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
+                  const W* w, std::size_t ldw, const float* scale, float* c, std::size_t ldc) {
+  constexpr int kRows = V::kRegisters >= 32 ? 8 : 4;
+  std::size_t i = 0;
+  for (; i + kRows <= M; i += kRows) {
+    quant_rows<V, W, kRows>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+  }
+  if (kRows > 4 && M - i >= 4) {
+    quant_rows<V, W, 4>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+    i += 4;
+  }
+  if (M - i >= 2) {
+    quant_rows<V, W, 2>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+    i += 2;
+  }
+  if (M - i >= 1) quant_rows<V, W, 1>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+}
+
+template <class V>
+void linear_int8(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
+                 const std::int8_t* w, std::size_t ldw, const float* scale, float* c,
+                 std::size_t ldc) {
+  quant_linear<V>(M, N, K, x, ldx, w, ldw, scale, c, ldc);
+}
+
+template <class V>
+void linear_bf16(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
+                 const std::uint16_t* w, std::size_t ldw, float* c, std::size_t ldc) {
+  quant_linear<V>(M, N, K, x, ldx, w, ldw, static_cast<const float*>(nullptr), c, ldc);
+}
+
 // The kernel set of target V; the double-precision helpers are the caller's.
 template <class V>
 constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
-  return {name,         gemm<V>, gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
-          gelu_bias<V>, dot<V>,  dot_f64,       axpy_f64,    fma_peak<V>};
+  return {name,          gemm<V>, gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
+          gelu_bias<V>,  dot<V>,  dot_f64,       axpy_f64,    fma_peak<V>, linear_int8<V>,
+          linear_bf16<V>};
 }
 
 }  // namespace simd
