@@ -185,7 +185,29 @@ void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size
   const std::size_t k_blocks = (K + V::kMaxKc - 1) / V::kMaxKc;
   const std::size_t kc_step = (K + k_blocks - 1) / k_blocks;  // even split, no tiny block
 
-  for (std::size_t n0 = 0; n0 < N;) {
+  std::size_t n_start = 0;
+  // Row-stable thin rows (a decoding step: M of 1 to 3) lose the split accumulators, so
+  // they run one row at a time in tiles 64 floats wide instead: as many independent
+  // accumulators again, and the same order of k per element as every other tile.
+  constexpr int kWideVectors = static_cast<int>(64 / kLanes);
+  if constexpr (ROW_STABLE && kWideVectors > V::kPanelVectors) {
+    constexpr std::size_t kWide = kWideVectors * kLanes;
+    if (M < 4) {
+      for (; n_start + kWide <= N; n_start += kWide) {
+        for (std::size_t k0 = 0; k0 < K; k0 += kc_step) {
+          const std::size_t kc = std::min(kc_step, K - k0);
+          for (std::size_t i = 0; i < M; ++i) {
+            gemm_tile<V, 1, kWideVectors, false, true>(
+                kc, a + i * a_row_stride + k0 * a_col_stride, a_row_stride, a_col_stride,
+                b + k0 * ldb + n_start, ldb, c + i * ldc + n_start, ldc, accumulate || k0 > 0,
+                V::first_lanes(kLanes));
+          }
+        }
+      }
+    }
+  }
+
+  for (std::size_t n0 = n_start; n0 < N;) {
     // With kFoldLastVector, a last panel of one vector joins the panel before.
     const std::size_t left = N - n0;
     const std::size_t nb = V::kFoldLastVector && left > kPanel && left <= kPanel + kLanes
