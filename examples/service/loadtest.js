@@ -8,6 +8,7 @@
 //        [--lengths 512,4096,16384] [--attention favor,softmax] [--out results/loadtest]
 // Requests still running when a case's time is up are cut (their inference is cancelled),
 // so every case stops by itself, however slow; at most 6 x (2 duration + 2) s in all.
+// With --generate, the load test of the generation routes instead (loadtest-generate.js).
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
@@ -142,6 +143,7 @@ function table(cases) {
 }
 
 async function main() {
+  if (process.argv.includes('--generate')) return require('./loadtest-generate').main(process.argv.slice(2));
   const args = parseArgs(process.argv.slice(2));
   const started = Date.now();
   const cases = [];
