@@ -172,6 +172,7 @@ async function runCase(url, clients, args) {
     peakRssSinceStartBytes: sample(after, 'process_resident_memory_max_bytes'),
     steps,
     sessionsPerStep: steps > 0 ? delta('generate_step_sessions_sum') / steps : null,
+    stepMs: steps > 0 ? (delta('generate_step_duration_seconds_sum') / steps) * 1000 : null,
     serverTokens: delta('generate_tokens_total'),
     disconnects: delta('generate_rejected_total', { reason: 'disconnect' }),
     overloaded: delta('generate_rejected_total', { reason: 'overload' }),
@@ -183,14 +184,14 @@ const fmt = (value, digits = 1) => (value === null || value === undefined || Num
 
 function table(cases) {
   const lines = [
-    '| clients | requests | tokens | tokens/s | first token p50 ms | p99 ms | token gap p50 ms | p99 ms | sessions per step | peak RSS MB | errors |',
-    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| clients | requests | tokens | tokens/s | first token p50 ms | p99 ms | token gap p50 ms | p99 ms | sessions per step | step ms | peak RSS MB | errors |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const c of cases) {
     lines.push(
       `| ${c.clients} | ${c.completed}${c.cut ? ` (+${c.cut} cut)` : ''} | ${c.tokens} | ${fmt(c.tokensPerSecond, 0)} | ` +
         `${fmt(c.timeToFirstTokenMs.p50, 0)} | ${fmt(c.timeToFirstTokenMs.p99, 0)} | ${fmt(c.tokenGapMs.p50)} | ${fmt(c.tokenGapMs.p99)} | ` +
-        `${fmt(c.sessionsPerStep)} | ${fmt(c.peakRssBytes / 2 ** 20, 0)} | ${c.errors} |`,
+        `${fmt(c.sessionsPerStep)} | ${fmt(c.stepMs, 2)} | ${fmt(c.peakRssBytes / 2 ** 20, 0)} | ${c.errors} |`,
     );
   }
   return lines.join('\n');
