@@ -10,11 +10,10 @@
 // Requests still streaming when a case's time is up are aborted (the clients disconnect),
 // so every case ends on time.
 'use strict';
-const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 
 const { startServer, stopServer } = require('./child-server');
+const { fmt, runInfo, writeReport } = require('./loadtest');
 const { sample } = require('./metrics');
 
 const root = path.resolve(__dirname, '..', '..');
@@ -180,8 +179,6 @@ async function runCase(url, clients, args) {
   };
 }
 
-const fmt = (value, digits = 1) => (value === null || value === undefined || Number.isNaN(value) ? '—' : value.toFixed(digits));
-
 function table(cases) {
   const lines = [
     '| clients | requests | tokens | tokens/s | first token p50 ms | p99 ms | token gap p50 ms | p99 ms | sessions per step | step ms | peak RSS MB | errors |',
@@ -220,14 +217,8 @@ async function main(argv) {
     // SIGKILL: the drain did not end within stopServer's grace time.
     if (serverExit !== 0) process.stderr.write(`server exit: ${serverExit} (a drain ends with 0)\n`);
   }
-  const lib = require(root);
   const report = {
-    date: new Date().toISOString(),
-    command: `node examples/service/loadtest.js ${argv.join(' ')}`.trim(),
-    node: process.version,
-    cpus: os.cpus().length,
-    cpuModel: os.cpus()[0] && os.cpus()[0].model,
-    backend: lib.backendInfo(),
+    ...runInfo(),
     store: args.redis ? 'redis' : 'memory',
     generation: health.generation,
     durationSeconds: args.duration,
@@ -236,9 +227,7 @@ async function main(argv) {
     serverExit,
     cases,
   };
-  fs.mkdirSync(args.out, { recursive: true });
-  const file = path.join(args.out, `loadtest-generate-${report.date.replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify(report, null, 2) + '\n');
+  const file = writeReport(args.out, 'loadtest-generate', report);
   console.log(table(cases));
   console.log(
     `\n${report.store} store, ${args.maxNewTokens} new tokens per request, ${args.duration} s per case; ${report.cpus} CPUs (${report.cpuModel}), ` +
