@@ -3,6 +3,9 @@
 // same tokens; concurrent sessions share batched steps and still get their own tokens;
 // stop tokens, DELETE, 404/409/503, deadlines, disconnects and every bad body. The memory
 // store here; test/service-redis.test.ts runs replicas over Redis.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import type { FastifyInstance } from 'fastify';
@@ -16,6 +19,7 @@ interface LM {
 const dist = require('../dist') as { PerformerLM: { fromPerformerPytorch(weights: string, config: unknown): LM } };
 const { buildServer } = require('../examples/service/server.js') as { buildServer(options: Record<string, unknown>): FastifyInstance };
 const { loadModel } = require('../examples/service/model.js') as { loadModel(file: string): Promise<unknown> };
+const { makeWeights } = require('../examples/service/make-weights.js') as { makeWeights(file: string, config: Record<string, unknown>): unknown };
 const { MemorySessionStore } = require('../examples/service/generation/stores.js') as {
   MemorySessionStore: new (options: { ttlMs: number; leaseMs: number }) => { close(): Promise<void> };
 };
@@ -27,14 +31,17 @@ let encoder: unknown;
 const closers: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
-  encoder = await loadModel(path.join(SERVICE, 'model.safetensors'));
+  // The encoder routes are not under test: a small encoder written here.
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pa-generate-')), 'encoder.safetensors');
+  makeWeights(file, { numLayers: 1, modelDim: 16, numHeads: 2, ffDim: 32, activation: 'gelu', seed: 3 });
+  encoder = await loadModel(file);
 });
 afterAll(async () => {
   for (const close of closers) await close();
 });
 
-async function serve(options: Record<string, unknown> = {}): Promise<string> {
-  const store = new MemorySessionStore({ ttlMs: 60_000, leaseMs: 10_000 });
+async function serve(options: Record<string, unknown> = {}, leaseMs = 10_000): Promise<string> {
+  const store = new MemorySessionStore({ ttlMs: 60_000, leaseMs });
   const app = buildServer({ model: encoder, generator: { lm, store }, ...options });
   closers.push(async () => {
     await app.close();
@@ -187,4 +194,27 @@ test('bad bodies get a 400 naming the field; nothing is created', async () => {
   }
   const health = (await (await fetch(`${url}/health`)).json()) as { generation: { store: string } };
   expect(health.generation.store).toBe('memory');
+});
+
+test('a request longer than the lease keeps it (renewed while it runs) and ends normally', async () => {
+  const short = await serve({}, 100);
+  const t0 = Date.now();
+  const r = await post(`${short}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
+  expect(Date.now() - t0).toBeGreaterThan(300); // several leases long
+  expect(only(r.events, 'done')).toMatchObject({ reason: 'length', tokens: 1000 });
+  const more = await post(`${short}/sessions/${r.events[0].data.id as string}/generate`, { maxNewTokens: 1 });
+  expect(more.events[0].data.position).toBe(1004);
+});
+
+test('close() does not wait for a connection that never sent a request', async () => {
+  const store = new MemorySessionStore({ ttlMs: 60_000, leaseMs: 10_000 });
+  const app = buildServer({ model: encoder, generator: { lm, store } });
+  const address = new URL(await app.listen({ port: 0, host: '127.0.0.1' }));
+  const socket = net.connect(Number(address.port), '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  const closed = new Promise((resolve) => socket.once('close', resolve));
+  await app.close(); // without closing it, this would wait for its headers timeout
+  await closed;
+  expect(socket.destroyed).toBe(true);
+  await store.close();
 });

@@ -15,6 +15,7 @@ interface LM {
   generate(prompt: ArrayLike<number>, options: Record<string, unknown>): AsyncGenerator<number>;
 }
 const dist = require('../dist') as { PerformerLM: { fromPerformerPytorch(weights: string, config: unknown): LM } };
+const { makeWeights } = require('../examples/service/make-weights.js') as { makeWeights(file: string, config: Record<string, unknown>): unknown };
 const { startServer, stopServer } = require('../examples/service/child-server.js') as {
   startServer(flags: string[]): Promise<{ child: ChildProcess; url: string }>;
   stopServer(child: ChildProcess): Promise<unknown>;
@@ -42,6 +43,8 @@ function freePort(): Promise<number> {
 
 let redis: ChildProcess;
 let redisUrl: string;
+let weights: string;
+const replicaFlags = () => ['--redis', redisUrl, '--lease-ms', String(LEASE_MS), '--weights', weights];
 const replicas: ChildProcess[] = [];
 let a: string;
 let b: string;
@@ -63,8 +66,11 @@ beforeAll(async () => {
     if (i > 100) throw new Error('redis-server did not start');
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+  // A small encoder of its own: replicas starting together must not race to write the default.
+  weights = path.join(dir, 'encoder.safetensors');
+  makeWeights(weights, { numLayers: 1, modelDim: 16, numHeads: 2, ffDim: 32, activation: 'gelu', seed: 3 });
   const start = async () => {
-    const s = await startServer(['--redis', redisUrl, '--lease-ms', String(LEASE_MS)]);
+    const s = await startServer(replicaFlags());
     replicas.push(s.child);
     return s.url;
   };
@@ -112,7 +118,7 @@ test('two requests racing for one session on two replicas: one streams, the othe
 });
 
 test('a replica killed mid-session loses no streamed token; the other continues after the lease', async () => {
-  const victim = await startServer(['--redis', redisUrl, '--lease-ms', String(LEASE_MS)]);
+  const victim = await startServer(replicaFlags());
   replicas.push(victim.child);
   const response = await fetch(`${victim.url}/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'def run(', maxNewTokens: 1000 }) });
   const reader = response.body!.getReader();

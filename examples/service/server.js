@@ -217,8 +217,22 @@ function buildServer(options) {
   // Draining: answers still to come close their connection, else a keep-alive client
   // would hold the server open after its last response.
   let closing = false;
+  // Node closes idle keep-alive connections on close, but not a connection that has never
+  // sent a request (fetch opens one ahead after a stream it aborted): those would hold the
+  // drain until its deadline. Connections with no request in flight are closed here.
+  const sockets = new Set();
+  const busy = new Set();
+  app.server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  app.server.on('request', (request, response) => {
+    busy.add(request.socket);
+    response.once('close', () => busy.delete(request.socket));
+  });
   app.addHook('preClose', async () => {
     closing = true;
+    for (const socket of sockets) if (!busy.has(socket)) socket.destroy();
   });
   app.addHook('onSend', async (request, reply) => {
     if (closing) reply.header('connection', 'close');

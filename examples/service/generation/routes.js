@@ -85,9 +85,17 @@ function registerGeneration(app, g) {
     send('session', { id: s.id, position: s.state.position });
 
     let unsaved = 0;
+    // The lease outlives the request however rarely it saves: renewed a few times per lease.
+    let renewed = Date.now();
     const save = () => {
       unsaved = 0;
+      renewed = Date.now();
       return store.save(s.id, s.owner, { state: s.state.serialize(), logits: s.logits, sampler: s.sampler.state() });
+    };
+    const renew = () => {
+      if (Date.now() - renewed < store.leaseMs / 3) return undefined;
+      renewed = Date.now();
+      return store.renew(s.id, s.owner);
     };
     const job = {
       state: s.state,
@@ -99,7 +107,7 @@ function registerGeneration(app, g) {
       signal: controller.signal,
       persist: (state, sampler, logits) => {
         s.logits = logits;
-        return ++unsaved >= g.persistEvery ? save() : undefined;
+        return ++unsaved >= g.persistEvery ? save() : renew();
       },
       onToken: (token, index) => {
         g.onTokens(1);

@@ -10,6 +10,7 @@
 //   acquire(id, owner)      -> record | null (no such session); SessionBusy when leased
 //   create(id, owner)       -> lease for a new id
 //   save(id, owner, record) -> LeaseLost when the lease is not owner's
+//   renew(id, owner)        -> extends the lease without a save; LeaseLost likewise
 //   release(id, owner), delete(id) -> 'deleted' | 'missing' | 'busy', close()
 'use strict';
 
@@ -68,6 +69,12 @@ class MemorySessionStore {
     s.lease.expires = Date.now() + this.leaseMs;
   }
 
+  async renew(id, owner) {
+    const s = this.sessions.get(id);
+    if (s === undefined || !this.leased(s) || s.lease.owner !== owner) throw new LeaseLost(id);
+    s.lease.expires = Date.now() + this.leaseMs;
+  }
+
   async release(id, owner) {
     const s = this.sessions.get(id);
     if (s !== undefined && s.lease?.owner === owner) {
@@ -113,6 +120,11 @@ redis.call('HSET', KEYS[2], 'state', ARGV[2], 'logits', ARGV[3], 'sampler', ARGV
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1`,
+  },
+  renew: {
+    numberOfKeys: 1, // lease; ARGV owner, leaseMs
+    lua: `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])`,
   },
   release: {
     numberOfKeys: 1, // lease; ARGV owner
@@ -168,6 +180,10 @@ class RedisSessionStore {
     const logits = Buffer.from(record.logits.buffer, record.logits.byteOffset, record.logits.byteLength);
     const ok = await this.redis.save(...this.keys(id), owner, Buffer.from(record.state), logits, JSON.stringify(record.sampler), this.ttlMs, this.leaseMs);
     if (ok !== 1) throw new LeaseLost(id);
+  }
+
+  async renew(id, owner) {
+    if ((await this.redis.renew(this.keys(id)[0], owner, this.leaseMs)) !== 1) throw new LeaseLost(id);
   }
 
   async release(id, owner) {
