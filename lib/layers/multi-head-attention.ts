@@ -418,7 +418,7 @@ export class MultiHeadAttention extends LayerBase {
     const c = this.config;
     const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', stepRows(list));
     const [B, n] = t.shape;
-    const b = new PlanBuilder();
+    const b = new PlanBuilder({ rowStable: true });
     b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
     const out = new Float32Array(B * n * c.modelDim);
     this.plan(b, {

@@ -156,7 +156,7 @@ export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: L
   const c = layers[0].config.attention;
   const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', stepRows(list));
   const [B, n] = t.shape;
-  const b = new PlanBuilder();
+  const b = new PlanBuilder({ rowStable: true });
   b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const out = new Float32Array(B * n * c.modelDim);
   planStack(b, layers, finalNorm, t.data, out, { batch: B, length: n, keyPadding: null, attention: 'favor', memoryPadding: null }, (i) => ({

@@ -730,7 +730,8 @@ export class PerformerLM {
   ): PlanBuilder {
     const c = this.config;
     const D = c.dim;
-    const b = new PlanBuilder();
+    // A pass that advances decoding states is a step (or a recompute inside one).
+    const b = new PlanBuilder({ rowStable: states !== null || sessions !== undefined });
     const x = b.acquire(batch * len * D);
     const p = this.positions;
     // A batched step embeds each session's token at its own position.

@@ -30,11 +30,13 @@ export interface Sampler {
 
 /** Everything a {@link TokenSampler} needs to continue where it stopped (JSON-safe). */
 export interface TokenSamplerState {
+  /** 0 is greedy; see {@link SamplingOptions.temperature}. */
   temperature: number;
   /** Present when sampling (temperature above 0). */
   topK?: number;
   /** Present when sampling (temperature above 0). */
   topP?: number;
+  /** Seed of the sampling generator. */
   seed: number;
   /** Random numbers drawn so far (one per sampled token; greedy draws none). */
   draws: number;
@@ -47,23 +49,27 @@ export interface TokenSamplerState {
  * tokens, in another process too.
  */
 export class TokenSampler {
-  readonly #sampler: Sampler;
-  readonly #numTokens: number;
-  readonly #seed: number;
-  #draws: number;
+  /** @internal */
+  private readonly sampler: Sampler;
+  /** @internal */
+  private readonly numTokens: number;
+  /** @internal */
+  private readonly seed: number;
+  /** @internal */
+  private draws: number;
 
   /** @internal Use {@link PerformerLM.sampler}. */
   constructor(options: SamplingOptions & { draws?: number }, numTokens: number, fn: string) {
     const seed = options.seed === undefined ? randomInt(2 ** 47) : options.seed;
-    this.#sampler = readSampler({ ...options, seed }, fn, numTokens);
-    this.#numTokens = numTokens;
-    this.#seed = seed;
+    this.sampler = readSampler({ ...options, seed }, fn, numTokens);
+    this.numTokens = numTokens;
+    this.seed = seed;
     const draws = readInteger(options.draws, `${fn} options.draws`, 0, 0, Number.MAX_SAFE_INTEGER);
-    const random = this.#sampler.random;
+    const random = this.sampler.random;
     for (let i = 0; i < draws; i++) random();
-    this.#draws = draws;
-    this.#sampler.random = () => {
-      this.#draws++;
+    this.draws = draws;
+    this.sampler.random = () => {
+      this.draws++;
       return random();
     };
   }
@@ -74,17 +80,17 @@ export class TokenSampler {
    */
   next(logits: Float32Array): number {
     if (!(logits instanceof Float32Array)) throw typeError(`TokenSampler.next logits: expected a Float32Array, received ${describe(logits)}`);
-    if (logits.length !== this.#numTokens) {
-      throw rangeError(`TokenSampler.next logits: expected ${this.#numTokens} values (num_tokens), received ${logits.length}`);
+    if (logits.length !== this.numTokens) {
+      throw rangeError(`TokenSampler.next logits: expected ${this.numTokens} values (num_tokens), received ${logits.length}`);
     }
-    return sample(logits, this.#sampler);
+    return sample(logits, this.sampler);
   }
 
   /** The options, seed and draws so far: pass to `lm.sampler()` to continue. */
   state(): TokenSamplerState {
-    const s = this.#sampler;
+    const s = this.sampler;
     const filters = s.temperature > 0 ? { topK: s.topK, topP: s.topP } : {};
-    return { temperature: s.temperature, ...filters, seed: this.#seed, draws: this.#draws };
+    return { temperature: s.temperature, ...filters, seed: this.seed, draws: this.draws };
   }
 }
 

@@ -105,13 +105,12 @@ void linear_tiled(std::size_t rows, std::size_t in, std::size_t out, const float
 
 void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, std::size_t x_stride,
             const float* packed, const float* bias, const float* residual, Activation act, float* y,
-            const KernelSet& kernels, ThreadPool& pool) {
+            const KernelSet& kernels, ThreadPool& pool, bool row_stable) {
+  const GemmFn gemm = row_stable ? kernels.gemm_row_stable : kernels.gemm;
   linear_tiled(
       rows, in, out, x, x_stride,
       [&](std::size_t m, std::size_t c0, std::size_t width, const float* x_tile, float* tile) {
-        // Row-stable: a decoding step of many sessions gives each the bits of its own step.
-        kernels.gemm_row_stable(m, width, in, x_tile, x_stride, 1, packed + c0 * in, width, tile,
-                                width, false);
+        gemm(m, width, in, x_tile, x_stride, 1, packed + c0 * in, width, tile, width, false);
       },
       bias, residual, act, y, kernels, pool);
 }

@@ -28,9 +28,11 @@ void linear_pack(std::size_t in, std::size_t out, const float* w, float* packed)
 // x rows have stride x_stride (>= in) so a caller can feed a slice; y and residual are dense [rows,
 // out]. Splits rows (and columns when rows are few) over the pool; result bits must not depend on
 // the pool size.
+// row_stable: every row gets the same bits whatever `rows` is (gemm_row_stable), which
+// decoding steps need so that a step of many sessions equals single steps.
 void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, std::size_t x_stride,
             const float* packed, const float* bias, const float* residual, Activation act, float* y,
-            const KernelSet& kernels, ThreadPool& pool);
+            const KernelSet& kernels, ThreadPool& pool, bool row_stable = false);
 
 // The tiling linear() runs for any weight format: columns in blocks of kLinearBlockCols, rows
 // in tiles, items split over the pool by problem size only (so the bits never depend on the
