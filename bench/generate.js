@@ -4,9 +4,12 @@
 // features, random weights): prefill tokens/s, per-token step latency after contexts of
 // C tokens, the state's size, and the time to recompute the prefix for one token (what
 // performer-pytorch's generate does at every step). Medians of repeated runs; ratios
-// come from the same run. Both numerics by default.
+// come from the same run. Both numerics by default. Then concurrent sessions: tokens/s of
+// N sessions (each after a 64-token prompt) advanced by stepBatchSync against stepping them
+// one by one, interleaved in the same run.
 //   npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096]
-//                             [--runs 3] [--numerics performer-pytorch,exact] [--json results/generate.json]
+//                             [--sessions 1,8,64] [--runs 3] [--numerics performer-pytorch,exact]
+//                             [--json results/generate.json]
 const fs = require('node:fs');
 const path = require('node:path');
 const { performance } = require('node:perf_hooks');
@@ -14,15 +17,16 @@ const { PerformerLM, backendInfo } = require('..');
 const { median, quantile, mean } = require('./lib/stats');
 const { parseFlagsOrExit, parseList, parseLength, integer, oneOf } = require('./lib/args');
 
-const USAGE = 'npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096] [--runs 3] [--numerics performer-pytorch,exact] [--json FILE]';
+const USAGE = 'npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096] [--sessions 1,8,64] [--runs 3] [--numerics performer-pytorch,exact] [--json FILE]';
 const flags = parseFlagsOrExit('bench:generate', USAGE, process.argv.slice(2), {
   contexts: { value: (text, flag) => parseList(text, flag, 'lengths', parseLength) },
   steps: { value: integer(1, 1e6) },
   'recompute-up-to': { key: 'recomputeUpTo', value: integer(0, Number.MAX_SAFE_INTEGER) },
+  sessions: { value: (text, flag) => parseList(text, flag, 'session counts', integer(1, 4096)) },
   runs: { value: integer(1, 1e6) },
   numerics: { value: (text, flag) => parseList(text, flag, 'numerics', oneOf(['performer-pytorch', 'exact'])) },
   json: { value: (text) => text },
-}, { contexts: [256, 4096, 65536], steps: 32, recomputeUpTo: 4096, runs: 3, numerics: ['performer-pytorch', 'exact'], json: null });
+}, { contexts: [256, 4096, 65536], steps: 32, recomputeUpTo: 4096, sessions: [1, 8, 64], runs: 3, numerics: ['performer-pytorch', 'exact'], json: null });
 const { contexts, steps, recomputeUpTo, runs } = flags;
 const config = { num_tokens: 256, max_seq_len: 4096, dim: 512, depth: 6, heads: 8, dim_head: 64, causal: true };
 
@@ -42,7 +46,7 @@ const tokens = (n) => Int32Array.from({ length: n }, token);
 const info = backendInfo();
 console.log(`backend ${info.isa}, ${info.threads} threads; PerformerLM dim ${config.dim}, depth ${config.depth}, ${config.heads} heads of ${config.dim_head}, ` +
   `m = ${Math.floor(64 * Math.log(64))}, num_tokens ${config.num_tokens}, random weights; rotary positions (computed past max_seq_len)`);
-const report = { backend: info, config, steps, runs, results: [] };
+const report = { backend: info, config, steps, runs, results: [], sessions: [] };
 
 for (const numerics of flags.numerics) {
   const lm = PerformerLM.random(config, { seed: 1, numerics });
@@ -89,6 +93,39 @@ for (const numerics of flags.numerics) {
       `| ${context} | ${ms(prefill)} | ${row.prefillTokensPerSecond.toFixed(0)} | ${ms(row.stepMedianMs)} | ${ms(row.stepP90Ms)} | ${ms(row.stepMeanMs)} | ` +
         `${recomputes} | ${bytes} | ${recompute === null ? '-' : ms(recompute)} | ${recompute === null ? '-' : `${(recompute / row.stepMedianMs).toFixed(0)}x`} |`,
     );
+  }
+}
+
+// Concurrent sessions: each round steps every session once, one by one (stepSync) and then
+// all together (stepBatchSync), so both see the same machine state; medians over rounds.
+const rounds = Math.max(5, runs * 3);
+for (const numerics of flags.numerics) {
+  const lm = PerformerLM.random(config, { seed: 1, numerics });
+  console.log(`\nnumerics '${numerics}': concurrent sessions, one step each, ${rounds} interleaved rounds`);
+  console.log('| sessions | one by one: step of all | tokens/s | batched: step of all | tokens/s | batched / one by one |');
+  console.log('|---:|---:|---:|---:|---:|---:|');
+  for (const count of flags.sessions) {
+    const prompt = tokens(64);
+    const made = () => Array.from({ length: count }, () => {
+      const s = lm.createStateSync();
+      lm.stepSync(prompt, s);
+      return s;
+    });
+    const single = made();
+    const batched = made();
+    const singleMs = [];
+    const batchedMs = [];
+    for (let r = 0; r < rounds; r++) {
+      const next = Int32Array.from({ length: count }, token);
+      singleMs.push(time(() => single.forEach((s, i) => lm.stepSync(next.subarray(i, i + 1), s))));
+      batchedMs.push(time(() => lm.stepBatchSync(batched, next)));
+    }
+    const one = median(singleMs);
+    const all = median(batchedMs);
+    const row = { numerics, sessions: count, oneByOneMs: one, batchedMs: all, oneByOneTokensPerSecond: (count / one) * 1000, batchedTokensPerSecond: (count / all) * 1000 };
+    report.sessions.push(row);
+    const ms = (v) => (v >= 100 ? `${v.toFixed(0)} ms` : `${v.toFixed(2)} ms`);
+    console.log(`| ${count} | ${ms(one)} | ${row.oneByOneTokensPerSecond.toFixed(0)} | ${ms(all)} | ${row.batchedTokensPerSecond.toFixed(0)} | ${(one / all).toFixed(2)}x |`);
   }
 }
 

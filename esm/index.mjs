@@ -36,6 +36,7 @@ export const {
   softmaxAttentionBackwardSync,
   softmaxAttentionSync,
   tensor,
+  TokenSampler,
   toPyTorch,
   TransformerDecoder,
   TransformerEncoder,

@@ -99,4 +99,4 @@ export type { PerformerPytorchOptions, RandomModelOptions } from './models/model
 export type { DropoutRates, GlobalFeatures, LMConfig, PerformerLMPytorchConfig, PerformerPytorchConfig, PerformerStackConfig, PositionKind, SublayerNorm } from './models/config';
 export type { Numerics } from './models/stack';
 export type { PerformerPytorchWeights } from './models/checkpoint';
-export type { SamplingOptions } from './models/sampling';
+export { TokenSampler, type SamplingOptions, type TokenSamplerState } from './models/sampling';

@@ -32,7 +32,7 @@ function startServer(flags = []) {
 /** SIGTERM (the graceful drain), SIGKILL after 15 s; resolves with the exit code or signal. */
 function stopServer(child) {
   return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve(child.exitCode);
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode ?? child.signalCode); // gone already
     const killer = setTimeout(() => child.kill('SIGKILL'), 15000);
     child.once('exit', (code, signal) => {
       clearTimeout(killer);

@@ -8,6 +8,7 @@
 //        [--lengths 512,4096,16384] [--attention favor,softmax] [--out results/loadtest]
 // Requests still running when a case's time is up are cut (their inference is cancelled),
 // so every case stops by itself, however slow; at most 6 x (2 duration + 2) s in all.
+// With --generate, the load test of the generation routes instead (loadtest-generate.js).
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
@@ -124,6 +125,26 @@ async function runCase(seq, attention, args) {
   }
 }
 
+// What every report starts with: when, the command, the machine and the kernels used.
+function runInfo() {
+  return {
+    date: new Date().toISOString(),
+    command: `node examples/service/loadtest.js ${process.argv.slice(2).join(' ')}`.trim(),
+    node: process.version,
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0] && os.cpus()[0].model,
+    backend: require(root).backendInfo(),
+  };
+}
+
+/** Writes `report` as JSON to `out`/`name`-<date>.json; returns the file's path. */
+function writeReport(out, name, report) {
+  fs.mkdirSync(out, { recursive: true });
+  const file = path.join(out, `${name}-${report.date.replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify(report, null, 2) + '\n');
+  return file;
+}
+
 const fmt = (value, digits = 1) => (value === null || value === undefined || Number.isNaN(value) ? '—' : value.toFixed(digits));
 
 function table(cases) {
@@ -142,6 +163,7 @@ function table(cases) {
 }
 
 async function main() {
+  if (process.argv.includes('--generate')) return require('./loadtest-generate').main(process.argv.slice(2));
   const args = parseArgs(process.argv.slice(2));
   const started = Date.now();
   const cases = [];
@@ -153,28 +175,25 @@ async function main() {
       cases.push(c);
     }
   }
-  const lib = require(root);
   const report = {
-    date: new Date().toISOString(),
-    command: `node examples/service/loadtest.js ${process.argv.slice(2).join(' ')}`.trim(),
-    node: process.version,
-    cpus: os.cpus().length,
-    cpuModel: os.cpus()[0] && os.cpus()[0].model,
-    backend: lib.backendInfo(),
+    ...runInfo(),
     durationSeconds: args.duration,
     connections: args.connections,
     wallSeconds: (Date.now() - started) / 1000,
     cases,
   };
-  fs.mkdirSync(args.out, { recursive: true });
-  const file = path.join(args.out, `loadtest-${report.date.replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify(report, null, 2) + '\n');
+  const file = writeReport(args.out, 'loadtest', report);
   console.log(table(cases));
   console.log(`\n${args.connections} connections, ${args.duration} s per case, model ${JSON.stringify(cases[0].model)}; ${os.cpus().length} CPUs (${report.cpuModel}), ${report.backend.isa || ''} kernels; wall ${report.wallSeconds.toFixed(0)} s`);
   console.log(`JSON: ${path.relative(root, file)}`);
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exit(1);
-});
+// Shared with loadtest-generate.js (set before main runs: it requires this module).
+module.exports = { fmt, runInfo, writeReport };
+
+if (require.main === module) {
+  main().catch((error) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

@@ -2,6 +2,12 @@
 // Starts the encoder service (npm run example:service).
 //   node examples/service/main.js [--port 3000] [--host 127.0.0.1] [--weights file.safetensors]
 //        [--max-concurrent N] [--max-queue N] [--max-seq-len N] [--timeout-ms N] [--log-level info]
+//        [--lm lm/model.safetensors] [--lm-config lm/config.json] [--no-lm] [--redis redis://host:port]
+//        [--max-sessions N] [--max-new-tokens N] [--session-ttl-ms N] [--lease-ms N] [--persist-every N]
+// Generation serves the language model in lm/ (a small byte-level PerformerLM trained with
+// performer-pytorch on Python source) unless --lm names another checkpoint (its
+// performer-pytorch config in --lm-config). Sessions stay in memory, or in Redis with --redis:
+// then any replica continues any session.
 // Environment: PORT, HOST, WEIGHTS work too. Generates the default weights file when it is
 // missing (make-weights.js). SIGTERM / SIGINT: stop accepting, finish the requests in
 // flight (up to --drain-ms), exit 0; a second signal exits at once.
@@ -12,6 +18,8 @@ const path = require('node:path');
 const { makeWeights, DEFAULT_FILE } = require('./make-weights');
 const { loadModel } = require('./model');
 const { buildServer } = require('./server');
+const { MemorySessionStore, RedisSessionStore } = require('./generation/stores');
+const { PerformerLM } = require('../..');
 
 const FLAGS = {
   '--port': ['port', Number],
@@ -24,7 +32,17 @@ const FLAGS = {
   '--upload-timeout-ms': ['uploadTimeoutMs', Number],
   '--drain-ms': ['drainMs', Number],
   '--log-level': ['logLevel', String],
+  '--lm': ['lm', String],
+  '--lm-config': ['lmConfig', String],
+  '--redis': ['redis', String],
+  '--max-sessions': ['maxSessions', Number],
+  '--max-new-tokens': ['maxNewTokens', Number],
+  '--session-ttl-ms': ['sessionTtlMs', Number],
+  '--lease-ms': ['leaseMs', Number],
+  '--persist-every': ['persistEvery', Number],
 };
+const SWITCHES = { '--no-lm': 'noLm' };
+const LM_DIR = path.join(__dirname, 'lm');
 
 function parseArgs(argv) {
   const args = {
@@ -33,13 +51,32 @@ function parseArgs(argv) {
     weights: process.env.WEIGHTS || DEFAULT_FILE,
     drainMs: 30000,
     logLevel: 'warn',
+    lm: path.join(LM_DIR, 'model.safetensors'),
+    lmConfig: path.join(LM_DIR, 'config.json'),
+    redis: process.env.REDIS_URL,
+    sessionTtlMs: 3600000,
+    leaseMs: 15000,
   };
   for (let i = 0; i < argv.length; i += 2) {
+    if (SWITCHES[argv[i]]) {
+      args[SWITCHES[argv[i]]] = true;
+      i--;
+      continue;
+    }
     const flag = FLAGS[argv[i]];
-    if (!flag || argv[i + 1] === undefined) throw new RangeError(`unknown flag or missing value: ${argv[i]} (known: ${Object.keys(FLAGS).join(', ')})`);
+    if (!flag || argv[i + 1] === undefined) throw new RangeError(`unknown flag or missing value: ${argv[i]} (known: ${[...Object.keys(FLAGS), ...Object.keys(SWITCHES)].join(', ')})`);
     args[flag[0]] = flag[1](argv[i + 1]);
   }
   return args;
+}
+
+// The language model and the session store of the generation routes.
+async function loadGenerator(args) {
+  const lm = PerformerLM.fromPerformerPytorch(path.resolve(args.lm), JSON.parse(fs.readFileSync(path.resolve(args.lmConfig), 'utf8')));
+  const options = { ttlMs: args.sessionTtlMs, leaseMs: args.leaseMs };
+  const store = args.redis ? new RedisSessionStore({ url: args.redis, ...options }) : new MemorySessionStore(options);
+  if (args.redis) await store.connect();
+  return { lm, store };
 }
 
 async function main() {
@@ -51,7 +88,12 @@ async function main() {
     console.log(`generated ${weights} (seeded random weights)`);
   }
   const model = await loadModel(weights);
+  const generator = args.noLm ? undefined : await loadGenerator(args);
   const app = buildServer({
+    generator,
+    maxSessions: args.maxSessions,
+    maxNewTokens: args.maxNewTokens,
+    persistEvery: args.persistEvery,
     model,
     maxConcurrent: args.maxConcurrent,
     maxQueue: args.maxQueue,
@@ -77,7 +119,8 @@ async function main() {
       process.exit(1);
     }, args.drainMs).unref();
     app.close().then(
-      () => {
+      async () => {
+        await generator?.store.close();
         console.log('closed');
         process.exit(0);
       },

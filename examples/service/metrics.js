@@ -114,6 +114,34 @@ class Metrics {
     gauge('nodejs_array_buffers_bytes', 'Memory held by ArrayBuffers (tensors, request bodies).', () => process.memoryUsage().arrayBuffers);
   }
 
+  /** Series of the generation routes (when the server has a language model). */
+  addGeneration(scheduler) {
+    const registers = [this.registry];
+    this.generationRejections = new client.Counter({
+      name: 'generate_rejected_total',
+      help: 'Generation requests refused (overload: 503) or cut short (deadline, disconnect: the session keeps what was streamed).',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of REJECT_REASONS) this.generationRejections.inc({ reason }, 0);
+    this.generatedTokens = new client.Counter({ name: 'generate_tokens_total', help: 'Tokens streamed to clients.', registers });
+    this.batchRows = new client.Histogram({
+      name: 'generate_step_sessions',
+      help: 'Sessions advanced per batched step.',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128],
+      registers,
+    });
+    this.stepSeconds = new client.Histogram({ name: 'generate_step_duration_seconds', help: 'Time of one batched step.', buckets: LATENCY_BUCKETS, registers });
+    new client.Gauge({
+      name: 'generate_active_sessions',
+      help: 'Sessions generating now.',
+      registers,
+      collect() {
+        this.set(scheduler.active);
+      },
+    });
+  }
+
   stop() {
     this.eventLoop.disable();
   }

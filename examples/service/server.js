@@ -4,6 +4,9 @@
 //                  float32 bytes; answers the mean-pooled embedding and, with full, the whole output
 //   GET  /health   status, model config, limits and requests admitted
 //   GET  /metrics  Prometheus text
+// and, given a language model (options.generator), generation sessions streamed as
+// Server-Sent Events: POST /generate, POST /sessions/:id/generate, DELETE /sessions/:id
+// (generation/routes.js; every active session advances in one batched step).
 // Inference runs through the library's Promise API only, at most maxConcurrent at once
 // with at most maxQueue waiting; beyond that 503 + Retry-After. A client that disconnects
 // cancels its inference (AbortSignal); `app.close()` drains the requests in flight.
@@ -15,6 +18,8 @@ const Fastify = require('fastify');
 const { HttpError, readBinaryBody, readBinaryParams, readJsonBody, ATTENTION } = require('./input');
 const { Limiter } = require('./limiter');
 const { Metrics } = require('./metrics');
+const { GenerationScheduler } = require('./generation/scheduler');
+const { registerGeneration } = require('./generation/routes');
 
 const MiB = 1024 * 1024;
 
@@ -34,6 +39,13 @@ const DEFAULTS = {
   retryAfterSeconds: 1, // the Retry-After of a 503
   defaultAttention: 'favor',
   logger: false, // Fastify's logger option
+  // Generation (POST /generate, /sessions/:id/...): only with a language model.
+  generator: undefined, // { lm: PerformerLM, store } (store: see generation/stores.js)
+  maxSessions: 64, // sessions generating at once (one batched step advances them all); 503 beyond
+  maxNewTokens: 1024, // per request
+  maxPromptTokens: 4096, // per request
+  persistEvery: undefined, // tokens between saves of a session; default 1 with a shared store
+  // (Redis: a replica that dies loses only its step in flight), else only at the end
 };
 
 function readOptions(options) {
@@ -50,7 +62,15 @@ function readOptions(options) {
   o.maxQueue ??= 2 * o.maxConcurrent;
   o.maxTokens ??= o.maxSeqLen;
   o.binaryBodyLimit ??= o.maxTokens * model.modelDim * 4;
-  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'uploadTimeoutMs', 'drainLimit', 'retryAfterSeconds']) {
+  if (o.generator !== undefined) {
+    const { lm, store } = o.generator;
+    if (!lm || typeof lm.stepBatch !== 'function' || !store || typeof store.acquire !== 'function') {
+      throw new TypeError('options.generator: expected { lm: PerformerLM, store } (see generation/stores.js)');
+    }
+    o.persistEvery ??= store.shared ? 1 : Number.MAX_SAFE_INTEGER;
+    if (!Number.isSafeInteger(o.persistEvery) || o.persistEvery < 1) throw new RangeError(`options.persistEvery: expected a positive integer, received ${o.persistEvery}`);
+  }
+  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'uploadTimeoutMs', 'drainLimit', 'retryAfterSeconds', 'maxSessions', 'maxNewTokens', 'maxPromptTokens']) {
     if (!Number.isSafeInteger(o[key]) || o[key] < 1) throw new RangeError(`options.${key}: expected a positive integer, received ${o[key]}`);
   }
   if (!Number.isSafeInteger(o.maxQueue) || o.maxQueue < 0) throw new RangeError(`options.maxQueue: expected an integer >= 0, received ${o.maxQueue}`);
@@ -197,8 +217,22 @@ function buildServer(options) {
   // Draining: answers still to come close their connection, else a keep-alive client
   // would hold the server open after its last response.
   let closing = false;
+  // Node closes idle keep-alive connections on close, but not a connection that has never
+  // sent a request (fetch opens one ahead after a stream it aborted): those would hold the
+  // drain until its deadline. Connections with no request in flight are closed here.
+  const sockets = new Set();
+  const busy = new Set();
+  app.server.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  app.server.on('request', (request, response) => {
+    busy.add(request.socket);
+    response.once('close', () => busy.delete(request.socket));
+  });
   app.addHook('preClose', async () => {
     closing = true;
+    for (const socket of sockets) if (!busy.has(socket)) socket.destroy();
   });
   app.addHook('onSend', async (request, reply) => {
     if (closing) reply.header('connection', 'close');
@@ -206,6 +240,7 @@ function buildServer(options) {
 
   app.get('/health', async () => ({
     status: 'ok',
+    ...(o.generator !== undefined && { generation: { model: o.generator.lm.config, store: o.generator.store.shared ? 'shared' : 'memory', maxSessions: o.maxSessions, maxNewTokens: o.maxNewTokens, maxPromptTokens: o.maxPromptTokens } }),
     model: model.config,
     attention: ATTENTION,
     limits: { ...limits, maxConcurrent: o.maxConcurrent, maxQueue: o.maxQueue, jsonBodyLimit: o.jsonBodyLimit, binaryBodyLimit: o.binaryBodyLimit, timeoutMs: o.timeoutMs },
@@ -218,6 +253,30 @@ function buildServer(options) {
     reply.type(metrics.contentType);
     return metrics.render();
   });
+
+  if (o.generator !== undefined) {
+    const { lm, store } = o.generator;
+    const scheduler = new GenerationScheduler({
+      lm,
+      maxActive: o.maxSessions,
+      onStep: (rows, ms) => {
+        metrics.batchRows.observe(rows);
+        metrics.stepSeconds.observe(ms / 1000);
+      },
+    });
+    metrics.addGeneration(scheduler);
+    registerGeneration(app, {
+      lm,
+      store,
+      scheduler,
+      limits: { numTokens: lm.config.numTokens, maxPromptTokens: o.maxPromptTokens, maxNewTokens: o.maxNewTokens },
+      timeoutMs: o.timeoutMs,
+      retryAfterSeconds: o.retryAfterSeconds,
+      persistEvery: o.persistEvery,
+      onReject: (reason) => metrics.generationRejections.inc({ reason }),
+      onTokens: (n) => metrics.generatedTokens.inc(n),
+    });
+  }
 
   app.post('/encode', {
     // Refuse before reading the body: when the queue is full, and when a binary

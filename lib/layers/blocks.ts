@@ -6,13 +6,11 @@
  * Shape legend: B = batch, L = sequence, Lm = memory length, D = modelDim.
  *   x [B, L, D], memory [B, Lm, D]  ->  [B, L, D]
  */
-import { readSignal } from '../async-call';
 import { DEFAULT_LAYER_NORM_EPS } from '../defaults';
 import { typeError } from '../errors';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { DecodingState } from './decoding';
-import { runStep, runStepSync } from './decoding-steps';
 import { LayerBase } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
 import {
@@ -26,7 +24,7 @@ import {
 } from './multi-head-attention';
 import { blockParameterCount, checkModelSize, InitRandom, LayerNorm, Linear, type ParamSlot } from './parameters';
 import { PlanBuilder } from './plan';
-import { buildDecoder, buildDecoderState, buildDecoderStep, buildEncoder, decoderStateSpec } from './stack-plans';
+import { buildDecoder, buildDecoderState, buildEncoder, decoderStateSpec, runDecoderStep, runDecoderStepSync } from './stack-plans';
 
 // Largest hidden activation block of a feed-forward part (16 MiB).
 const FF_CHUNK_FLOATS = 4 * 1024 * 1024;
@@ -144,9 +142,19 @@ export interface BlockCall {
   attention: AttentionKind;
   memory: KeySource | null;
   memoryPadding: Uint8Array | null;
-  state: Float32Array | null;
+  /** A decoding step: the sessions whose rows make up the batch, in order (see AttentionCall.sessions). */
+  sessions: readonly BlockSession[] | null;
   /** Parameter-name prefix of this block in errors ('' or 'layers.{i}.'). */
   label: string;
+}
+
+/** @internal One decoding session's rows in a block and its states there. */
+export interface BlockSession {
+  batch: number;
+  /** The self-attention's running FAVOR+ state. */
+  selfState: Float32Array;
+  /** The cross-attention's absorbed memory (KeySource 'state'), when there is one. */
+  memoryState: Float32Array | null;
 }
 
 /** The parts and plan shared by EncoderLayer and DecoderLayer. */
@@ -210,7 +218,7 @@ abstract class Block extends LayerBase {
     const rows = call.batch * call.length;
     const norm = (n: LayerNorm, x: Float32Array, y: Float32Array) =>
       b.add({ op: 'layerNorm', x, y, rows, dim: D, gamma: n.weight, beta: n.bias, eps: n.eps });
-    const attend = (m: MultiHeadAttention, x: Float32Array, y: Float32Array, residual: Float32Array, keys: KeySource, pad: Uint8Array | null, state: Float32Array | null) =>
+    const attend = (m: MultiHeadAttention, x: Float32Array, y: Float32Array, residual: Float32Array, keys: KeySource, pad: Uint8Array | null) =>
       m.plan(b, {
         x,
         batch: call.batch,
@@ -219,9 +227,9 @@ abstract class Block extends LayerBase {
         y,
         residual,
         keyPadding: pad,
-        attention: state !== null ? 'favor' : call.attention,
+        attention: call.sessions !== null ? 'favor' : call.attention,
         causal: m.config.causal,
-        state,
+        sessions: call.sessions?.map((s) => ({ batch: s.batch, state: m === this.selfAttn ? s.selfState : s.memoryState! })) ?? null,
         label: `${call.label}${m === this.selfAttn ? 'selfAttn' : 'crossAttn'}`,
       });
     // The hidden activations go through in row chunks: a long sequence then needs at
@@ -242,11 +250,11 @@ abstract class Block extends LayerBase {
     const ffNorm = this.crossAttn === null ? n2 : n3;
     const a = b.acquire(rows * D);
     if (!c.normFirst) {
-      attend(this.selfAttn, call.x, a, call.x, { kind: 'self' }, call.keyPadding, call.state);
+      attend(this.selfAttn, call.x, a, call.x, { kind: 'self' }, call.keyPadding);
       norm(n1, a, a);
       if (this.crossAttn !== null) {
         const m = b.acquire(rows * D);
-        attend(this.crossAttn, a, m, a, call.memory!, call.memoryPadding, null);
+        attend(this.crossAttn, a, m, a, call.memory!, call.memoryPadding);
         norm(n2, m, m);
         b.release(a);
         feedForward(m, call.y, m);
@@ -260,12 +268,12 @@ abstract class Block extends LayerBase {
     }
     const t = b.acquire(rows * D);
     norm(n1, call.x, t);
-    attend(this.selfAttn, t, a, call.x, { kind: 'self' }, call.keyPadding, call.state);
+    attend(this.selfAttn, t, a, call.x, { kind: 'self' }, call.keyPadding);
     let r = a;
     if (this.crossAttn !== null) {
       norm(n2, a, t);
       r = b.acquire(rows * D);
-      attend(this.crossAttn, t, r, a, call.memory!, call.memoryPadding, null);
+      attend(this.crossAttn, t, r, a, call.memory!, call.memoryPadding);
       b.release(a);
     }
     norm(ffNorm, r, t);
@@ -405,17 +413,22 @@ export class DecoderLayer extends Block {
 
   /** The next tokens [B, n, modelDim] (see {@link TransformerDecoder.step}). */
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
-    const o = readOptions<{ signal?: AbortSignal }>(options, 'DecoderLayer.step options', ['signal']);
-    const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.step');
-    await runStep(state, n, out, 'DecoderLayer.step', () => b.run(readSignal(o.signal, 'DecoderLayer.step options.signal'), true));
-    return out;
+    return runDecoderStep(this, [this], null, x, state, options, 'DecoderLayer.step', 'state');
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
-    const { b, out, n } = buildDecoderStep(this, [this], null, x, state, 'DecoderLayer.stepSync');
-    runStepSync(state, n, out, 'DecoderLayer.stepSync', () => b.runSync());
-    return out;
+    return runDecoderStepSync(this, [this], null, x, state, 'DecoderLayer.stepSync', 'state');
+  }
+
+  /** Many sessions advanced in one pass (see {@link TransformerDecoder.stepBatch}). */
+  async stepBatch(states: readonly DecodingState[], x: TensorLike, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    return runDecoderStep(this, [this], null, x, states, options, 'DecoderLayer.stepBatch', 'states');
+  }
+
+  /** The blocking twin of {@link stepBatch}. */
+  stepBatchSync(states: readonly DecodingState[], x: TensorLike): Tensor {
+    return runDecoderStepSync(this, [this], null, x, states, 'DecoderLayer.stepBatchSync', 'states');
   }
 }
 

@@ -23,7 +23,7 @@ import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readBoolean, readEnum, readInteger, readNumber, readOptions } from '../validate';
 import { native, type NativeFavorOptions } from '../native';
 import { DecodingState } from './decoding';
-import { checkState, runStep, runStepSync } from './decoding-steps';
+import { readStepStates, runStep, runStepSync, stepRows, type StepStates } from './decoding-steps';
 import { ATTENTION_KINDS, readBatch, readKeyInputs, readKind, readPadding, readSequence } from './layer-inputs';
 import { buildModuleBackward, type InputGradients } from './layer-training';
 import { LayerBase } from './layer';
@@ -180,8 +180,18 @@ export type KeySource =
   | { kind: 'memory'; data: Float32Array; length: number }
   /** Separate key [B, Lk, Dk] and value [B, Lk, Dv] inputs. */
   | { kind: 'pair'; key: Float32Array; value: Float32Array; length: number }
-  /** A memory absorbed by {@link MultiHeadAttention.planMemoryState} (FAVOR+, bidirectional). */
-  | { kind: 'state'; state: Float32Array };
+  /** A memory absorbed by {@link MultiHeadAttention.planMemoryState} (FAVOR+, bidirectional): each session's `state`. */
+  | { kind: 'state' };
+
+/**
+ * @internal The rows of one decoding state in a step (`batch` sequences) and the FAVOR+
+ * state their attention uses: the running causal state (self-attention, written) or the
+ * absorbed memory (KeySource 'state', read).
+ */
+export interface AttentionSession {
+  batch: number;
+  state: Float32Array;
+}
 
 /** @internal One attention call inside a plan. */
 export interface AttentionCall {
@@ -194,7 +204,11 @@ export interface AttentionCall {
   keyPadding: Uint8Array | null;
   attention: AttentionKind;
   causal: boolean;
-  state: Float32Array | null;
+  /**
+   * A decoding step: the sessions whose rows make up the batch, in order. The projections
+   * run once over all rows, the attention once per session on its rows. null: no state.
+   */
+  sessions: readonly AttentionSession[] | null;
   /** Names the module in errors from inside the attention, e.g. 'layers.1.selfAttn'. */
   label?: string;
 }
@@ -301,7 +315,7 @@ export class MultiHeadAttention extends LayerBase {
     const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, Lk);
     const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
     const out = new Float32Array(B * Lq * c.modelDim);
-    this.plan(b, { x: t.data, batch: B, queryLength: Lq, keys, y: out, residual: null, keyPadding, attention, causal: c.causal, state: null });
+    this.plan(b, { x: t.data, batch: B, queryLength: Lq, keys, y: out, residual: null, keyPadding, attention, causal: c.causal, sessions: null });
     b.checkOutput(out, fn);
     return { b, out: { data: out, shape: Object.freeze([B, Lq, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
   }
@@ -348,15 +362,42 @@ export class MultiHeadAttention extends LayerBase {
    */
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
     const o = readOptions<{ signal?: AbortSignal }>(options, 'MultiHeadAttention.step options', ['signal']);
-    const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.step');
-    await runStep(state, n, out, 'MultiHeadAttention.step', () => b.run(readSignal(o.signal, 'MultiHeadAttention.step options.signal')));
+    const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.step', 'state');
+    await runStep([state], n, out, 'MultiHeadAttention.step', () => b.run(readSignal(o.signal, 'MultiHeadAttention.step options.signal')));
     return out;
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
-    const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.stepSync');
-    runStepSync(state, n, out, 'MultiHeadAttention.stepSync', () => b.runSync());
+    const { b, out, n } = this.buildStep(x, state, 'MultiHeadAttention.stepSync', 'state');
+    runStepSync([state], n, out, 'MultiHeadAttention.stepSync', () => b.runSync());
+    return out;
+  }
+
+  /**
+   * Advances many independent decoding sessions in one pass, each at its own position: x
+   * holds the rows of `states[0]` (its batch), then those of `states[1]`, and so on. The
+   * projections read their weights once for all rows; the attention of each session reads
+   * its own state. Equal bit for bit to stepping each state with {@link stepSync} on its
+   * rows (same kernel set). An abort before the pass starts leaves every state as it was;
+   * once running it completes.
+   * @param x `[R, n, modelDim]`, R the sum of the states' batches.
+   * @returns `[R, n, modelDim]`.
+   * @throws TypeError / RangeError for bad input, a state of another model or the same
+   *   state twice; Error (`ERR_INVALID_STATE`) while another async step uses a state.
+   */
+  async stepBatch(states: readonly DecodingState[], x: TensorLike, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    const fn = 'MultiHeadAttention.stepBatch';
+    const o = readOptions<{ signal?: AbortSignal }>(options, `${fn} options`, ['signal']);
+    const { b, out, n, list } = this.buildStep(x, states, fn, 'states');
+    await runStep(list, n, out, fn, () => b.run(readSignal(o.signal, `${fn} options.signal`), true));
+    return out;
+  }
+
+  /** The blocking twin of {@link stepBatch}. */
+  stepBatchSync(states: readonly DecodingState[], x: TensorLike): Tensor {
+    const { b, out, n, list } = this.buildStep(x, states, 'MultiHeadAttention.stepBatchSync', 'states');
+    runStepSync(list, n, out, 'MultiHeadAttention.stepBatchSync', () => b.runSync());
     return out;
   }
 
@@ -371,13 +412,13 @@ export class MultiHeadAttention extends LayerBase {
     }
   }
 
-  private buildStep(x: unknown, state: DecodingState, fn: string) {
+  private buildStep(x: unknown, states: unknown, fn: string, arg: StepStates) {
     this.checkDecoding(fn);
-    checkState(state, this.fingerprint(), fn);
+    const list = readStepStates(states, this.fingerprint(), fn, arg);
     const c = this.config;
-    const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
+    const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', stepRows(list));
     const [B, n] = t.shape;
-    const b = new PlanBuilder();
+    const b = new PlanBuilder({ rowStable: true });
     b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
     const out = new Float32Array(B * n * c.modelDim);
     this.plan(b, {
@@ -390,9 +431,9 @@ export class MultiHeadAttention extends LayerBase {
       keyPadding: null,
       attention: 'favor',
       causal: true,
-      state: state.array<Float32Array>('selfAttn.state'),
+      sessions: list.map((s) => ({ batch: s.batch, state: s.array<Float32Array>('selfAttn.state') })),
     });
-    return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
+    return { b, n, list, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
   }
 
   /** @internal */
@@ -533,16 +574,19 @@ export class MultiHeadAttention extends LayerBase {
     const dims = { batch: B, heads: c.numHeads, queryLength: Lq, keyLength: Lk, headDim: c.headDim, valueDim: c.headDim };
     const label = `${a.label ?? 'attention'} (query, key and value here are the layer's projections of its input)`;
     if (a.attention === 'favor') {
-      const options: NativeFavorOptions = {
-        ...this.features.nativeSpec(),
-        causal: a.causal,
-        keyPadding: a.keyPadding,
-        epsilon: c.epsilon,
-        chunkSize: c.chunkSize,
-        state: a.state,
-        keysState: a.keys.kind === 'state' ? a.keys.state : null,
-      };
-      b.add({ op: 'favor', q, k, v, out: o, dims, options, label });
+      const favor = { ...this.features.nativeSpec(), causal: a.causal, keyPadding: a.keyPadding, epsilon: c.epsilon, chunkSize: c.chunkSize };
+      if (a.sessions === null) {
+        b.add({ op: 'favor', q, k, v, out: o, dims, options: favor, label });
+      } else {
+        // The heads are laid out [B, H, L, dh]: a session's rows are one contiguous span.
+        let first = 0;
+        for (const s of a.sessions) {
+          const span = (t: Float32Array | null, len: number) => t && t.subarray(first * c.numHeads * len * c.headDim, (first + s.batch) * c.numHeads * len * c.headDim);
+          const options: NativeFavorOptions = { ...favor, state: a.keys.kind === 'state' ? null : s.state, keysState: a.keys.kind === 'state' ? s.state : null };
+          b.add({ op: 'favor', q: span(q, Lq), k: span(k, Lk), v: span(v, Lk), out: span(o, Lq), dims: { ...dims, batch: s.batch }, options, label });
+          first += s.batch;
+        }
+      }
     } else {
       // Softmax attention takes its keys and values (KeySource 'state' is FAVOR+ only).
       if (k === null || v === null) throw new Error('internal: an absorbed memory needs FAVOR+ attention');

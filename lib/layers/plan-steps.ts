@@ -25,6 +25,8 @@ export interface LinearStep {
   residual?: Float32Array | null;
   activation?: 'none' | 'relu' | 'gelu';
   y: Float32Array;
+  /** Each row's bits independent of the row count (decoding steps); see PlanBuilder. */
+  rowStable?: boolean;
 }
 
 /** @internal y = LayerNorm(x) per row (gamma, beta optional); parse_layer_norm. */

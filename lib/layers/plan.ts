@@ -23,8 +23,14 @@ export class PlanBuilder {
   private readonly owned: Float32Array[] = [];
   private readonly free = new Map<number, Float32Array[]>();
 
+  /**
+   * `rowStable`: a decoding step. Its linear layers sum every row in one order whatever
+   * the number of rows, so a step of many sessions gives each the bits of its own step.
+   */
+  constructor(private readonly options: { rowStable?: boolean } = {}) {}
+
   add(step: PlanStep): void {
-    this.steps.push(step);
+    this.steps.push(step.op === 'linear' && this.options.rowStable ? { ...step, rowStable: true } : step);
   }
 
   /**

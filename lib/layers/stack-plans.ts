@@ -8,7 +8,7 @@ import { rangeError, typeError } from '../errors';
 import type { Tensor } from '../tensor';
 import { readOptions } from '../validate';
 import { DecodingState } from './decoding';
-import { checkState } from './decoding-steps';
+import { readStepStates, runStep, runStepSync, stepRows, type StepStates } from './decoding-steps';
 import { favorStateLength, type LayerBase, type StateSpec } from './layer';
 import { readBatch, readKind, readPadding, readSequence } from './layer-inputs';
 import type { KeySource } from './multi-head-attention';
@@ -17,7 +17,7 @@ import { PlanBuilder } from './plan';
 import type { Block, BlockCall, DecoderForwardOptions, DecoderStateOptions, EncoderForwardOptions } from './blocks';
 
 /** @internal Runs `layers` in order (then the final norm) on x into a new output. */
-function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null, x: Float32Array, out: Float32Array, call: Omit<BlockCall, 'x' | 'y' | 'memory' | 'state' | 'label'>, perLayer: (i: number) => Pick<BlockCall, 'memory' | 'state'>): void {
+function planStack(b: PlanBuilder, layers: Block[], finalNorm: LayerNorm | null, x: Float32Array, out: Float32Array, call: Omit<BlockCall, 'x' | 'y' | 'memory' | 'sessions' | 'label'>, perLayer: (i: number) => Pick<BlockCall, 'memory' | 'sessions'>): void {
   const rows = call.batch * call.length;
   const D = out.length / rows;
   let input = x;
@@ -46,7 +46,7 @@ export function buildEncoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const out = new Float32Array(B * L * c.modelDim);
   const call = { batch: B, length: L, keyPadding, attention, memoryPadding: null };
-  planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, state: null }));
+  planStack(b, layers, finalNorm, t.data, out, call, () => ({ memory: null, sessions: null }));
   b.checkOutput(out, fn);
   return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
 }
@@ -87,7 +87,7 @@ export function buildDecoder(layers: Block[], finalNorm: LayerNorm | null, x: un
   const keyPadding = readPadding(o.keyPaddingMask, `${fn} options.keyPaddingMask`, B, L);
   const attention = readKind(o.attention, `${fn} options.attention`, c.attention);
   const out = new Float32Array(B * L * c.modelDim);
-  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: L, keyPadding, attention, memoryPadding }, () => ({ memory, state: null }));
+  planStack(b, layers, finalNorm, t.data, out, { batch: B, length: L, keyPadding, attention, memoryPadding }, () => ({ memory, sessions: null }));
   b.checkOutput(out, fn);
   return { b, out: { data: out, shape: Object.freeze([B, L, c.modelDim]) } as Tensor, signal: readSignal(o.signal, `${fn} options.signal`) };
 }
@@ -145,19 +145,45 @@ export function buildDecoderState(owner: LayerBase, layers: Block[], batch: numb
   return { b, state, signal: readSignal(o.signal, `${fn} options.signal`) };
 }
 
-/** @internal */
-export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: LayerNorm | null, x: unknown, state: DecodingState, fn: string) {
+/**
+ * @internal A decoding step of one state (`arg` 'state') or of many sessions at once
+ * ('states': x holds each state's rows in turn): the dense ops run once over all rows,
+ * the attention of each session on its rows with its own states.
+ */
+export function buildDecoderStep(owner: LayerBase, layers: Block[], finalNorm: LayerNorm | null, x: unknown, states: unknown, fn: string, arg: StepStates) {
   checkDecoding(layers, fn);
-  checkState(state, owner.fingerprint(), fn);
+  const list = readStepStates(states, owner.fingerprint(), fn, arg);
   const c = layers[0].config.attention;
-  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', state.batch);
+  const t = readSequence(x, `${fn} x`, c.modelDim, 'modelDim', stepRows(list));
   const [B, n] = t.shape;
-  const b = new PlanBuilder();
+  const b = new PlanBuilder({ rowStable: true });
   b.add({ op: 'checkFinite', x: t.data, shape: t.shape, name: `${fn} x` });
   const out = new Float32Array(B * n * c.modelDim);
   planStack(b, layers, finalNorm, t.data, out, { batch: B, length: n, keyPadding: null, attention: 'favor', memoryPadding: null }, (i) => ({
-    state: state.array<Float32Array>(`layers.${i}.selfAttn.state`),
-    memory: layers[i].crossAttn !== null ? { kind: 'state', state: state.array<Float32Array>(`layers.${i}.crossAttn.memoryState`) } : null,
+    sessions: list.map((state) => ({
+      batch: state.batch,
+      selfState: state.array<Float32Array>(`layers.${i}.selfAttn.state`),
+      memoryState: layers[i].crossAttn !== null ? state.array<Float32Array>(`layers.${i}.crossAttn.memoryState`) : null,
+    })),
+    memory: layers[i].crossAttn !== null ? { kind: 'state' } : null,
   }));
-  return { b, n, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
+  return { b, n, list, out: { data: out, shape: Object.freeze([B, n, c.modelDim]) } as Tensor };
+}
+
+/**
+ * @internal A decoder's `step` / `stepBatch`, off the event loop. Once running, the pass is
+ * not stopped by the signal: every layer's state of every session advances, or none.
+ */
+export async function runDecoderStep(owner: LayerBase, layers: Block[], finalNorm: LayerNorm | null, x: unknown, states: unknown, options: unknown, fn: string, arg: StepStates): Promise<Tensor> {
+  const o = readOptions<{ signal?: AbortSignal }>(options, `${fn} options`, ['signal']);
+  const { b, out, n, list } = buildDecoderStep(owner, layers, finalNorm, x, states, fn, arg);
+  await runStep(list, n, out, fn, () => b.run(readSignal(o.signal, `${fn} options.signal`), true));
+  return out;
+}
+
+/** @internal The blocking twin of {@link runDecoderStep}. */
+export function runDecoderStepSync(owner: LayerBase, layers: Block[], finalNorm: LayerNorm | null, x: unknown, states: unknown, fn: string, arg: StepStates): Tensor {
+  const { b, out, n, list } = buildDecoderStep(owner, layers, finalNorm, x, states, fn, arg);
+  runStepSync(list, n, out, fn, () => b.runSync());
+  return out;
 }

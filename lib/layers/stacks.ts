@@ -4,7 +4,6 @@
  * optional final LayerNorm. The whole stack runs as one native plan: one async hop
  * per forward pass or decoding step.
  */
-import { readSignal } from '../async-call';
 import type { Tensor, TensorLike } from '../tensor';
 import { rangeError, typeError } from '../errors';
 import { readBoolean, readInteger, readNumber, readOptions } from '../validate';
@@ -22,12 +21,11 @@ import {
   type EncoderLayerOptions,
 } from './blocks';
 import type { DecodingState } from './decoding';
-import { runStep, runStepSync } from './decoding-steps';
 import { LayerBase } from './layer';
 import { buildModuleBackward, type InputGradients } from './layer-training';
 import type { MultiHeadAttention } from './multi-head-attention';
 import { LayerNorm, type ParamSlot } from './parameters';
-import { buildDecoder, buildDecoderState, buildDecoderStep, buildEncoder, decoderStateSpec } from './stack-plans';
+import { buildDecoder, buildDecoderState, buildEncoder, decoderStateSpec, runDecoderStep, runDecoderStepSync } from './stack-plans';
 
 /** Options of {@link TransformerEncoder}: the layer options plus the stack's. */
 export interface TransformerEncoderOptions extends EncoderLayerOptions {
@@ -252,16 +250,34 @@ export class TransformerDecoder extends Stack<DecoderLayer> {
    *   another async step uses the state.
    */
   async step(x: TensorLike, state: DecodingState, options?: { signal?: AbortSignal }): Promise<Tensor> {
-    const o = readOptions<{ signal?: AbortSignal }>(options, 'TransformerDecoder.step options', ['signal']);
-    const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.step');
-    await runStep(state, n, out, 'TransformerDecoder.step', () => b.run(readSignal(o.signal, 'TransformerDecoder.step options.signal'), true));
-    return out;
+    return runDecoderStep(this, [...this.layers], this.norm, x, state, options, 'TransformerDecoder.step', 'state');
   }
 
   /** The blocking twin of {@link step}. */
   stepSync(x: TensorLike, state: DecodingState): Tensor {
-    const { b, out, n } = buildDecoderStep(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.stepSync');
-    runStepSync(state, n, out, 'TransformerDecoder.stepSync', () => b.runSync());
-    return out;
+    return runDecoderStepSync(this, [...this.layers], this.norm, x, state, 'TransformerDecoder.stepSync', 'state');
+  }
+
+  /**
+   * Advances many independent decoding sessions in one pass, each at its own position: x
+   * holds the rows of `states[0]` (its batch), then those of `states[1]`, and so on. The
+   * dense ops (projections, feed-forward, norms) read their weights once for all rows; the
+   * self-attention of each session reads its own state, its cross-attention its own
+   * absorbed memory. Equal bit for bit to stepping each state with {@link stepSync} on its
+   * rows (same kernel set). An abort before the pass starts leaves every state as it was;
+   * once running it completes.
+   * @param states Distinct states of this model, at least one.
+   * @param x `[R, n, modelDim]`, R the sum of the states' batches.
+   * @returns `[R, n, modelDim]`.
+   * @throws TypeError / RangeError for bad input, a state of another model or the same
+   *   state twice; Error (`ERR_INVALID_STATE`) while another async step uses a state.
+   */
+  async stepBatch(states: readonly DecodingState[], x: TensorLike, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    return runDecoderStep(this, [...this.layers], this.norm, x, states, options, 'TransformerDecoder.stepBatch', 'states');
+  }
+
+  /** The blocking twin of {@link stepBatch}. */
+  stepBatchSync(states: readonly DecodingState[], x: TensorLike): Tensor {
+    return runDecoderStepSync(this, [...this.layers], this.norm, x, states, 'TransformerDecoder.stepBatchSync', 'states');
   }
 }

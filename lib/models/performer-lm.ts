@@ -18,11 +18,11 @@ import { fillAxialTable, inverseFrequencies, type AxialWeights, type PerformerPy
 import { readDropoutRates, readLMConfig, type DropoutRates, type LMConfig, type PerformerLMPytorchConfig } from './config';
 import { lmStateSpec, makeLMState, PerformerLMState } from './lm-state';
 import { modelFingerprint, parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
-import { readSampler, sample, type SamplingOptions } from './sampling';
+import { readSampler, sample, TokenSampler, type SamplingOptions } from './sampling';
 import { readTargets, readTokenList, readTokens } from './tokens';
 import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention, type TrainingCall } from './lm-training';
 import { FeatureMap } from '../feature-map';
-import { LAYER_NORM_EPS, PerformerStack, type LayerState, type Numerics, type RotaryTable } from './stack';
+import { LAYER_NORM_EPS, PerformerStack, type LayerState, type Numerics, type RotaryTable, type SessionRow } from './stack';
 
 /** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
 export interface TokenTensor {
@@ -402,6 +402,105 @@ export class PerformerLM {
   }
 
   /**
+   * Advances many independent sessions by one token each in one pass: `tokens[i]` joins
+   * `states[i]`, each at its own position. The dense layers (projections, feed-forward, the
+   * logits) read their weights once for all sessions; the attention of each session reads its
+   * own state. Returns the logits of every session's token, `[states.length, numTokens]`,
+   * equal bit for bit to stepping the sessions one by one with {@link step} on the same
+   * kernel set. Off the event loop; an abort before the pass starts leaves every state as it
+   * was, once running it completes.
+   *
+   * Under performer-pytorch numerics a session whose key maximum rose in a lower layer has its
+   * prefix recomputed after the batched pass, for that session alone (as {@link step} does; its
+   * `recomputes` counts it); the others are unaffected. A model that is not causal has no
+   * decoding state to batch: its sessions are stepped one after another.
+   * @param states Distinct states of this model, at least one.
+   * @param tokens One token id per state (Int32Array or array).
+   * @throws TypeError / RangeError for bad tokens, states of another model, the same state
+   *   twice or a length mismatch; Error (`ERR_INVALID_STATE`) while another step uses a state
+   *   or after a failed step broke it; AbortError.
+   */
+  async stepBatch(states: readonly PerformerLMState[], tokens: TokenIds, options?: { signal?: AbortSignal }): Promise<Tensor> {
+    const fn = 'PerformerLM.stepBatch';
+    const o = readOptions<{ signal?: AbortSignal }>(options, `${fn} options`, ['signal']);
+    const signal = readSignal(o.signal, `${fn} options.signal`);
+    const { list, t } = this.readBatchStep(states, tokens, fn);
+    const V = this.config.numTokens;
+    const out = newFloat32Array(list.length * V, `${fn} logits`);
+    for (const state of list) state.busy = true;
+    try {
+      if (!this.config.causal) {
+        for (let i = 0; i < list.length; i++) {
+          list[i].busy = false;
+          try {
+            // Only the first may be aborted, so an abort leaves every state as it was.
+            out.set(await this.step(t.subarray(i, i + 1), list[i], { signal: i === 0 ? signal : undefined }), i * V);
+          } finally {
+            list[i].busy = true;
+          }
+        }
+      } else {
+        const layers = list.map((state) => state.layerStates(this.stack));
+        const b = this.batchPlan(list, layers, t, out, fn);
+        await runGuardedAll(list, () => b.run(signal, true));
+        for (let i = 0; i < list.length; i++) {
+          const state = list[i];
+          state.appendTokens(t.subarray(i, i + 1));
+          if (this.mustRecompute(layers[i])) {
+            const fresh = this.stack.createStates(1);
+            const whole = this.wholePass(state.history()!, fresh, out.subarray(i * V, (i + 1) * V), fn);
+            await runGuarded(state, () => whole.run(undefined, true));
+            state.replaceLayers(fresh);
+            state.countRecompute();
+          }
+          state.position += 1;
+        }
+      }
+      return { data: out, shape: Object.freeze([list.length, V]) };
+    } finally {
+      for (const state of list) state.busy = false;
+    }
+  }
+
+  /** The blocking twin of {@link stepBatch}. */
+  stepBatchSync(states: readonly PerformerLMState[], tokens: TokenIds): Tensor {
+    const fn = 'PerformerLM.stepBatchSync';
+    const { list, t } = this.readBatchStep(states, tokens, fn);
+    const V = this.config.numTokens;
+    const out = newFloat32Array(list.length * V, `${fn} logits`);
+    if (!this.config.causal) {
+      list.forEach((state, i) => out.set(this.stepSync(t.subarray(i, i + 1), state), i * V));
+    } else {
+      const layers = list.map((state) => state.layerStates(this.stack));
+      const b = this.batchPlan(list, layers, t, out, fn);
+      runGuardedAllSync(list, () => b.runSync());
+      list.forEach((state, i) => {
+        state.appendTokens(t.subarray(i, i + 1));
+        if (this.mustRecompute(layers[i])) {
+          const fresh = this.stack.createStates(1);
+          runGuardedSync(state, () => this.wholePass(state.history()!, fresh, out.subarray(i * V, (i + 1) * V), fn).runSync());
+          state.replaceLayers(fresh);
+          state.countRecompute();
+        }
+        state.position += 1;
+      });
+    }
+    return { data: out, shape: Object.freeze([list.length, V]) };
+  }
+
+  /**
+   * A token sampler with {@link generate}'s options (greedy by default): for callers that
+   * step sessions themselves (`step`, `stepBatch`). `options.draws` (from a sampler's
+   * `state()`) continues a sampler's sequence where it stopped.
+   * @throws TypeError / RangeError for bad options.
+   */
+  sampler(options: SamplingOptions & { draws?: number } = {}): TokenSampler {
+    const fn = 'PerformerLM.sampler';
+    const o = readOptions<SamplingOptions & { draws?: number }>(options, `${fn} options`, ['temperature', 'topK', 'topP', 'seed', 'draws']);
+    return new TokenSampler(o, this.config.numTokens, fn);
+  }
+
+  /**
    * Generates tokens, streaming: the prompt in one causal pass, then one step per token
    * from the decoding state (O(1) in the context length). Greedy by default
    * (temperature 0). The state (`options.state` or a new one) absorbs the prompt and
@@ -561,6 +660,29 @@ export class PerformerLM {
     state.checkUsable(fn);
   }
 
+  private readBatchStep(states: unknown, tokens: unknown, fn: string): { list: PerformerLMState[]; t: Int32Array } {
+    if (!Array.isArray(states)) throw typeError(`${fn} states: expected an array of PerformerLMState, received ${describe(states)}`);
+    if (states.length === 0) throw rangeError(`${fn} states: expected at least one state, received none`);
+    const seen = new Set<unknown>();
+    states.forEach((state, i) => {
+      this.checkState(state, `${fn} states[${i}]`);
+      if (seen.has(state)) throw rangeError(`${fn} states[${i}]: the same state appears twice; each session advances once per step`, 'ERR_INVALID_ARG_VALUE');
+      seen.add(state);
+      this.checkPositions(state.position, 1, `${fn} states[${i}]`);
+    });
+    const t = readTokenList(tokens, `${fn} tokens`, this.config.numTokens);
+    if (t.length !== states.length) {
+      throw rangeError(`${fn} tokens: expected one token per state (${states.length}), received ${t.length}`);
+    }
+    return { list: states as PerformerLMState[], t };
+  }
+
+  // One pass over every session's token: row i is session i (see StackCall.sessions).
+  private batchPlan(list: PerformerLMState[], layers: LayerState[][], tokens: Int32Array, out: Float32Array, fn: string): PlanBuilder {
+    const sessions = list.map((state, i) => ({ states: layers[i], start: state.position }));
+    return this.passPlan(tokens, list.length, 1, 0, null, null, 'all', out, fn, 'favor', sessions);
+  }
+
   private readStep(tokens: unknown, state: PerformerLMState, fn: string): Int32Array {
     this.checkState(state, `${fn} state`);
     const t = readTokenList(tokens, `${fn} tokens`, this.config.numTokens);
@@ -604,29 +726,35 @@ export class PerformerLM {
     out: Float32Array,
     fn: string,
     attention: TrainingAttention = 'favor',
+    sessions?: readonly SessionRow[],
   ): PlanBuilder {
     const c = this.config;
     const D = c.dim;
-    const b = new PlanBuilder();
+    // A pass that advances decoding states is a step (or a recompute inside one).
+    const b = new PlanBuilder({ rowStable: states !== null || sessions !== undefined });
     const x = b.acquire(batch * len * D);
     const p = this.positions;
-    b.add({
-      op: 'embed',
-      tokens,
-      rows: batch * len,
-      len,
-      dim: D,
-      table: this.tokenEmb,
-      numTokens: c.numTokens,
-      start,
-      out: x,
-      positions: p.kind,
-      posTable: p.table,
-      posRows: p.rows,
-      invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
-    });
+    // A batched step embeds each session's token at its own position.
+    const parts = sessions === undefined ? [{ first: 0, rows: batch * len, start }] : sessions.map((session, i) => ({ first: i, rows: 1, start: session.start }));
+    for (const part of parts) {
+      b.add({
+        op: 'embed',
+        tokens: tokens.subarray(part.first, part.first + part.rows),
+        rows: part.rows,
+        len,
+        dim: D,
+        table: this.tokenEmb,
+        numTokens: c.numTokens,
+        start: part.start,
+        out: x.subarray(part.first * D, (part.first + part.rows) * D),
+        positions: p.kind,
+        posTable: p.table,
+        posRows: p.rows,
+        invFreq: p.kind === 'sinusoid' ? p.invFreq : null,
+      });
+    }
     const y = b.acquire(batch * len * D);
-    this.stack.plan(b, { x, y, batch, len, keep, start, rotary: this.layerRotary, states, label: fn, attention });
+    this.stack.plan(b, { x, y, batch, len, keep, start, rotary: this.layerRotary, states, label: fn, attention, sessions });
     b.release(x);
     const n = rows === 'all' ? batch * len : 1;
     const last = rows === 'all' ? y : y.subarray((len - 1) * D, len * D);
@@ -650,6 +778,25 @@ async function runGuarded(state: PerformerLMState, run: () => Promise<void>): Pr
     await run();
   } catch (error) {
     if ((error as { name?: string }).name !== 'AbortError') state.broken = true;
+    throw error;
+  }
+}
+
+// runGuarded for a pass that advances several states at once: a failure breaks them all.
+async function runGuardedAll(states: PerformerLMState[], run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (error) {
+    if ((error as { name?: string }).name !== 'AbortError') for (const state of states) state.broken = true;
+    throw error;
+  }
+}
+
+function runGuardedAllSync(states: PerformerLMState[], run: () => void): void {
+  try {
+    run();
+  } catch (error) {
+    for (const state of states) state.broken = true;
     throw error;
   }
 }

@@ -5,7 +5,7 @@
  */
 import { randomInt } from 'node:crypto';
 
-import { rangeError } from '../errors';
+import { describe, rangeError, typeError } from '../errors';
 import { readInteger, readNumber } from '../validate';
 
 /** How {@link PerformerLM.generate} picks tokens. */
@@ -26,6 +26,72 @@ export interface Sampler {
   topK: number;
   topP: number;
   random: () => number;
+}
+
+/** Everything a {@link TokenSampler} needs to continue where it stopped (JSON-safe). */
+export interface TokenSamplerState {
+  /** 0 is greedy; see {@link SamplingOptions.temperature}. */
+  temperature: number;
+  /** Present when sampling (temperature above 0). */
+  topK?: number;
+  /** Present when sampling (temperature above 0). */
+  topP?: number;
+  /** Seed of the sampling generator. */
+  seed: number;
+  /** Random numbers drawn so far (one per sampled token; greedy draws none). */
+  draws: number;
+}
+
+/**
+ * Picks tokens from logits as {@link PerformerLM.generate} does (same options, same
+ * generator), one call at a time: for callers that step sessions themselves, e.g. with
+ * `stepBatch`. `state()` is JSON-safe; a sampler made from it continues the same sequence of
+ * tokens, in another process too.
+ */
+export class TokenSampler {
+  /** @internal */
+  private readonly sampler: Sampler;
+  /** @internal */
+  private readonly numTokens: number;
+  /** @internal */
+  private readonly seed: number;
+  /** @internal */
+  private draws: number;
+
+  /** @internal Use {@link PerformerLM.sampler}. */
+  constructor(options: SamplingOptions & { draws?: number }, numTokens: number, fn: string) {
+    const seed = options.seed === undefined ? randomInt(2 ** 47) : options.seed;
+    this.sampler = readSampler({ ...options, seed }, fn, numTokens);
+    this.numTokens = numTokens;
+    this.seed = seed;
+    const draws = readInteger(options.draws, `${fn} options.draws`, 0, 0, Number.MAX_SAFE_INTEGER);
+    const random = this.sampler.random;
+    for (let i = 0; i < draws; i++) random();
+    this.draws = draws;
+    this.sampler.random = () => {
+      this.draws++;
+      return random();
+    };
+  }
+
+  /**
+   * The next token for `logits` (the numTokens logits of one position).
+   * @throws TypeError / RangeError when `logits` is not a Float32Array of numTokens values.
+   */
+  next(logits: Float32Array): number {
+    if (!(logits instanceof Float32Array)) throw typeError(`TokenSampler.next logits: expected a Float32Array, received ${describe(logits)}`);
+    if (logits.length !== this.numTokens) {
+      throw rangeError(`TokenSampler.next logits: expected ${this.numTokens} values (num_tokens), received ${logits.length}`);
+    }
+    return sample(logits, this.sampler);
+  }
+
+  /** The options, seed and draws so far: pass to `lm.sampler()` to continue. */
+  state(): TokenSamplerState {
+    const s = this.sampler;
+    const filters = s.temperature > 0 ? { topK: s.topK, topP: s.topP } : {};
+    return { temperature: s.temperature, ...filters, seed: this.seed, draws: this.draws };
+  }
 }
 
 /** @internal xoshiro128** on 32-bit words, seeded through splitmix32: uniform doubles in [0, 1). */

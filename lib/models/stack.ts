@@ -100,6 +100,28 @@ export interface StackCall {
   label: string;
   /** The global heads' attention: FAVOR+ (default) or exact softmax over the same weights. */
   attention?: 'favor' | 'softmax';
+  /**
+   * A batched decoding step: row i (len 1) is session i, with its own states and position
+   * (`states`, `start` and `keep` of the call are then unused). The dense ops run once over
+   * all rows; the ops that read a state or a position run once per session on its row.
+   */
+  sessions?: readonly SessionRow[];
+}
+
+/** @internal One session of a batched step: its layer states and the position of its token. */
+export interface SessionRow {
+  states: LayerState[];
+  start: number;
+}
+
+/** @internal The sequences a state- or position-dependent op runs over, see StackCall.sessions. */
+interface SequenceSlice {
+  batch: number;
+  start: number;
+  keep: Uint8Array | null;
+  states: LayerState[] | null;
+  /** This slice's part of a [batch, ...] buffer holding `perSequence` floats per sequence. */
+  at(buffer: Float32Array, perSequence: number): Float32Array;
 }
 
 /** @internal The layers of a performer-pytorch stack with their weights. */
@@ -299,19 +321,22 @@ export class PerformerStack {
     }
     if (c.shiftTokens) {
       const shifted = b.acquire(rows * D);
-      const state = call.states?.[l];
-      b.add({
-        op: 'tokenShift',
-        x: n,
-        batch: call.batch,
-        len: call.len,
-        dim: D,
-        shifts: c.causal ? [0, 1] : [-1, 0, 1],
-        // The mask reaches the attention's shift only, as in performer-pytorch.
-        keep: part === 0 ? call.keep : null,
-        history: state ? (part === 0 ? state.shiftAttn : state.shiftFf) : null,
-        y: shifted,
-      });
+      const from = n;
+      for (const seq of sequences(call)) {
+        const state = seq.states?.[l];
+        b.add({
+          op: 'tokenShift',
+          x: seq.at(from, call.len * D),
+          batch: seq.batch,
+          len: call.len,
+          dim: D,
+          shifts: c.causal ? [0, 1] : [-1, 0, 1],
+          // The mask reaches the attention's shift only, as in performer-pytorch.
+          keep: part === 0 ? seq.keep : null,
+          history: state ? (part === 0 ? state.shiftAttn : state.shiftFf) : null,
+          y: seq.at(shifted, call.len * D),
+        });
+      }
       owned.push(shifted);
       n = shifted;
     }
@@ -362,7 +387,6 @@ export class PerformerStack {
     const rows = B * L;
     const lh = layer.localHeads;
     const gh = c.heads - lh;
-    const state = call.states?.[l] ?? null;
     const label = `${call.label}.layers.${l}.attention`;
     const qkv = b.acquire(rows * 3 * inner);
     b.add({ op: 'linear', x, rows, in: c.dim, out: 3 * inner, packed: layer.qkv.packed, bias: layer.qkv.bias, activation: 'none', y: qkv });
@@ -374,46 +398,54 @@ export class PerformerStack {
         b.add({ op: 'splitHeads', src: qkv.subarray(which * inner + first * d), srcStride: 3 * inner, batch: B, len: L, heads: count, headDim: d, dst });
         return dst;
       });
-    const dims = (heads: number) => ({ batch: B, heads, queryLength: L, keyLength: L, headDim: d, valueDim: d });
+    const dims = (batch: number, heads: number) => ({ batch, heads, queryLength: L, keyLength: L, headDim: d, valueDim: d });
     if (gh > 0) {
       const [q, k, v] = split(0, gh);
-      if (call.rotary !== null) {
-        for (const t of [q, k]) {
-          b.add({ op: 'rotary', x: t, heads: B * gh, len: L, headDim: d, start: call.start, layout: 'interleaved', table: call.rotary.table, tableRows: call.rotary.rows, invFreq: call.rotary.invFreq });
-        }
-      }
       const o = b.acquire(rows * gh * d);
-      b.add(
-        call.attention === 'softmax'
-          ? { op: 'softmax', q, k, v, out: o, dims: dims(gh), options: { causal: c.causal, keyPadding: call.keep, scale: 1 / Math.sqrt(d) }, label: `${label} (global heads)` }
-          : this.globalAttentionStep(l, q, k, v, o, dims(gh), call.keep, state, label),
-      );
+      const per = gh * L * d;
+      for (const seq of sequences(call)) {
+        const [sq, sk, sv, so] = [q, k, v, o].map((t) => seq.at(t, per));
+        if (call.rotary !== null) {
+          for (const t of [sq, sk]) {
+            b.add({ op: 'rotary', x: t, heads: seq.batch * gh, len: L, headDim: d, start: seq.start, layout: 'interleaved', table: call.rotary.table, tableRows: call.rotary.rows, invFreq: call.rotary.invFreq });
+          }
+        }
+        b.add(
+          call.attention === 'softmax'
+            ? { op: 'softmax', q: sq, k: sk, v: sv, out: so, dims: dims(seq.batch, gh), options: { causal: c.causal, keyPadding: seq.keep, scale: 1 / Math.sqrt(d) }, label: `${label} (global heads)` }
+            : this.globalAttentionStep(l, sq, sk, sv, so, dims(seq.batch, gh), seq.keep, seq.states?.[l] ?? null, label),
+        );
+      }
       b.add({ op: 'mergeHeads', src: o, dst: merged, dstStride: inner, batch: B, len: L, heads: gh, headDim: d });
       for (const t of [q, k, v, o]) b.release(t);
     }
     if (lh > 0) {
       const [q, k, v] = split(gh, lh);
-      for (const t of [q, k]) {
-        b.add({ op: 'rotary', x: t, heads: B * lh, len: L, headDim: d, start: call.start, layout: 'halves', invFreq: layer.localInvFreq });
-      }
       const o = b.acquire(rows * lh * d);
-      b.add({
-        op: 'localAttention',
-        q,
-        k,
-        v,
-        out: o,
-        dims: dims(lh),
-        options: {
-          window: c.localWindowSize,
-          causal: c.causal,
-          keep: call.keep,
-          pytorchNumerics: this.numerics === 'performer-pytorch',
-          ring: state?.local ?? null,
-          start: call.start,
-        },
-        label: `${label} (local heads)`,
-      });
+      const per = lh * L * d;
+      for (const seq of sequences(call)) {
+        const [sq, sk, sv, so] = [q, k, v, o].map((t) => seq.at(t, per));
+        for (const t of [sq, sk]) {
+          b.add({ op: 'rotary', x: t, heads: seq.batch * lh, len: L, headDim: d, start: seq.start, layout: 'halves', invFreq: layer.localInvFreq });
+        }
+        b.add({
+          op: 'localAttention',
+          q: sq,
+          k: sk,
+          v: sv,
+          out: so,
+          dims: dims(seq.batch, lh),
+          options: {
+            window: c.localWindowSize,
+            causal: c.causal,
+            keep: seq.keep,
+            pytorchNumerics: this.numerics === 'performer-pytorch',
+            ring: seq.states?.[l]?.local ?? null,
+            start: seq.start,
+          },
+          label: `${label} (local heads)`,
+        });
+      }
       b.add({ op: 'mergeHeads', src: o, dst: merged.subarray(gh * d), dstStride: inner, batch: B, len: L, heads: lh, headDim: d });
       for (const t of [q, k, v, o]) b.release(t);
     }
@@ -490,4 +522,18 @@ export class PerformerStack {
       },
     };
   }
+}
+
+// The whole call as one slice, or (a batched step) one slice per session on its row.
+function sequences(call: StackCall): SequenceSlice[] {
+  if (call.sessions === undefined) {
+    return [{ batch: call.batch, start: call.start, keep: call.keep, states: call.states, at: (buffer) => buffer }];
+  }
+  return call.sessions.map((session, i) => ({
+    batch: 1,
+    start: session.start,
+    keep: null,
+    states: session.states,
+    at: (buffer, perSequence) => buffer.subarray(i * perSequence, (i + 1) * perSequence),
+  }));
 }

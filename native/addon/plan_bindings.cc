@@ -60,10 +60,12 @@ Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
     throw_range_error(ctx.env, "linear: residual overlaps y without being y");
   }
   const pa::Activation act = parse_activation(s);
+  const bool row_stable = s.Has("rowStable") && s.Get("rowStable").ToBoolean().Value();
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] {
-    pa::linear(rows, in, out, x, x_stride, packed, bias, residual, act, y, *kernels, *pool);
+    pa::linear(rows, in, out, x, x_stride, packed, bias, residual, act, y, *kernels, *pool,
+               row_stable);
   };
 }
 

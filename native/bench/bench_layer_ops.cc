@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/layer_ops.h"
-#include "kernels/dispatch.h"
 
 namespace {
 
@@ -46,12 +46,8 @@ double fma_peak(const pa::KernelSet& kernels, std::size_t threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const pa::KernelSet* kernels =
-      argc > 1 ? pa::find_kernel_set(argv[1]) : &pa::default_kernel_set();
-  if (kernels == nullptr) {
-    std::fprintf(stderr, "unknown or unavailable kernel set %s\n", argv[1]);
-    return 2;
-  }
+  const pa::KernelSet* kernels = pa_bench::kernel_set_arg(argc, argv);
+  if (kernels == nullptr) return 2;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   struct Shape {
     std::size_t rows, in, out;

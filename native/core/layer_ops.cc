@@ -12,7 +12,7 @@ namespace {
 // B operand of one gemm call with rows of `width` contiguous floats, so the k rows the
 // micro-kernel walks are 256 bytes apart whatever `out` is (a plain [in, out] layout
 // puts them `out` floats apart, which for out = 2048 maps them all to a few L1 sets).
-constexpr std::size_t kBlockCols = 64;
+constexpr std::size_t kBlockCols = kLinearBlockCols;
 // Rows of x per gemm call. The x tile (kRowTile x in) is read once per column block
 // and stays in L2 across the blocks of a work item; the output tile (kRowTile x 64)
 // gets bias, activation and residual while it is still in L1.
@@ -68,12 +68,13 @@ void linear_pack(std::size_t in, std::size_t out, const float* w, float* packed)
   }
 }
 
-void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, std::size_t x_stride,
-            const float* packed, const float* bias, const float* residual, Activation act, float* y,
-            const KernelSet& kernels, ThreadPool& pool) {
+void linear_tiled(std::size_t rows, std::size_t in, std::size_t out, const float* x,
+                  std::size_t x_stride, const LinearBlockProduct& product, const float* bias,
+                  const float* residual, Activation act, float* y, const KernelSet& kernels,
+                  ThreadPool& pool) {
   if (rows == 0 || out == 0) return;
   // The work split depends on the problem size only, so every thread count gives the
-  // same gemm calls and thus the same bits.
+  // same block products and thus the same bits.
   const std::size_t blocks = ceil_div(out, kBlockCols);
   const std::size_t row_tiles = ceil_div(rows, kRowTile);
   const std::size_t group_blocks =
@@ -93,14 +94,25 @@ void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, s
           const std::size_t b_end = std::min(blocks, (group + 1) * group_blocks);
           for (std::size_t b = group * group_blocks; b < b_end; ++b) {
             const std::size_t c0 = b * kBlockCols, width = std::min(kBlockCols, out - c0);
-            kernels.gemm(m, width, in, x + r0 * x_stride, x_stride, 1, packed + c0 * in, width,
-                         tile, width, false);
+            product(m, c0, width, x + r0 * x_stride, tile);
             finish_tile(m, width, tile, bias != nullptr ? bias + c0 : nullptr,
                         residual != nullptr ? residual + r0 * out + c0 : nullptr, out, act,
                         y + r0 * out + c0, kernels);
           }
         }
       });
+}
+
+void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, std::size_t x_stride,
+            const float* packed, const float* bias, const float* residual, Activation act, float* y,
+            const KernelSet& kernels, ThreadPool& pool, bool row_stable) {
+  const GemmFn gemm = row_stable ? kernels.gemm_row_stable : kernels.gemm;
+  linear_tiled(
+      rows, in, out, x, x_stride,
+      [&](std::size_t m, std::size_t c0, std::size_t width, const float* x_tile, float* tile) {
+        gemm(m, width, in, x_tile, x_stride, 1, packed + c0 * in, width, tile, width, false);
+      },
+      bias, residual, act, y, kernels, pool);
 }
 
 // Two passes in double: the mean, then the squared deviations from it, so a

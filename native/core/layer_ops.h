@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
@@ -27,9 +28,24 @@ void linear_pack(std::size_t in, std::size_t out, const float* w, float* packed)
 // x rows have stride x_stride (>= in) so a caller can feed a slice; y and residual are dense [rows,
 // out]. Splits rows (and columns when rows are few) over the pool; result bits must not depend on
 // the pool size.
+// row_stable: every row gets the same bits whatever `rows` is (gemm_row_stable), which
+// decoding steps need so that a step of many sessions equals single steps.
 void linear(std::size_t rows, std::size_t in, std::size_t out, const float* x, std::size_t x_stride,
             const float* packed, const float* bias, const float* residual, Activation act, float* y,
-            const KernelSet& kernels, ThreadPool& pool);
+            const KernelSet& kernels, ThreadPool& pool, bool row_stable = false);
+
+// The tiling linear() runs for any weight format: columns in blocks of kLinearBlockCols, rows
+// in tiles, items split over the pool by problem size only (so the bits never depend on the
+// pool size). product(m, c0, width, x_tile, tile) writes tile[m, width] = x_tile W^T for
+// the columns c0 .. c0 + width of W, x_tile being m rows of stride x_stride; bias,
+// activation and residual are then applied as in linear().
+constexpr std::size_t kLinearBlockCols = 64;
+using LinearBlockProduct = std::function<void(std::size_t m, std::size_t c0, std::size_t width,
+                                              const float* x_tile, float* tile)>;
+void linear_tiled(std::size_t rows, std::size_t in, std::size_t out, const float* x,
+                  std::size_t x_stride, const LinearBlockProduct& product, const float* bias,
+                  const float* residual, Activation act, float* y, const KernelSet& kernels,
+                  ThreadPool& pool);
 
 // y[r, :] = (x[r, :] - mean) / sqrt(var + eps) * gamma + beta (biased variance, like PyTorch);
 // gamma/beta may be null (1 / 0). y may alias x. Mean and variance accumulated in double.

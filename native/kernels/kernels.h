@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace pa {
 
@@ -19,6 +20,23 @@ namespace pa {
 using GemmFn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float* a,
                         std::size_t a_row_stride, std::size_t a_col_stride, const float* b,
                         std::size_t ldb, float* c, std::size_t ldc, bool accumulate);
+
+// Weight-only quantized products, C[M x N] = X[M x K] * W[K x N] with W stored narrow
+// and widened in registers (never expanded to a float buffer):
+//   X(i, k) = x[i * ldx + k], C(i, n) = c[i * ldc + n] (rows contiguous, C written, not added to)
+//   W(k, n) = w[k * ldw + n]; each row of w is readable up to round_up(N, 16) columns
+//   (the packing pads with zeros), so the kernels load whole vectors.
+// int8: C(i, n) = (sum_k X(i, k) * float(q(k, n))) * scale[n]: the sum in float (order the
+// kernel's own), then one multiplication by the column's scale.
+// bf16: the weight is the exact float whose upper 16 bits are w(k, n) (lower bits 0);
+// the sum is in float, order the kernel's own.
+// No alignment is assumed for any pointer; K == 0 writes zeros.
+using LinearInt8Fn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float* x,
+                              std::size_t ldx, const std::int8_t* w, std::size_t ldw,
+                              const float* scale, float* c, std::size_t ldc);
+using LinearBf16Fn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float* x,
+                              std::size_t ldx, const std::uint16_t* w, std::size_t ldw, float* c,
+                              std::size_t ldc);
 
 // y[i] = exp(x[i] + (bias ? bias[i] : 0) + offset), for i < n. y may alias x.
 // Accurate to a few ulp over the whole float range: large arguments give +inf,
@@ -60,6 +78,10 @@ using FmaPeakFn = double (*)(std::size_t iterations, float* sink);
 struct KernelSet {
   const char* name;  // "scalar", "avx2", "avx512"
   GemmFn gemm;
+  // The same product, where each row of C gets the same bits whatever M is (the rows
+  // of one call never change how k is summed): batched decoding steps equal single ones.
+  // Thin tiles lose their split accumulators, so it is slower when B sits in cache.
+  GemmFn gemm_row_stable;
   ExpBiasFn exp_bias;
   MaxBiasFn max_bias;
   MaxAccumulateFn max_accumulate;
@@ -68,6 +90,8 @@ struct KernelSet {
   DotF64Fn dot_f64;
   AxpyF64Fn axpy_f64;
   FmaPeakFn fma_peak;
+  LinearInt8Fn linear_int8;
+  LinearBf16Fn linear_bf16;
 };
 
 // The ISA files each define one of these; the AVX ones only on x86-64 builds

@@ -3,6 +3,7 @@
 // compiler can vectorize them for the baseline ISA.
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -131,6 +132,46 @@ void axpy_f64_scalar(std::size_t n, double f, const double* x, double* y) {
   for (std::size_t i = 0; i < n; ++i) y[i] -= f * x[i];
 }
 
+// Narrow weights widened exactly: int8 to float, bf16 as the top 16 bits of a float.
+inline float widen(std::int8_t q) { return static_cast<float>(q); }
+inline float widen(std::uint16_t h) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Loops i, k, n as in gemm_scalar; the column scale (int8) multiplies the finished sums.
+template <class W>
+void quant_linear_scalar(std::size_t M, std::size_t N, std::size_t K, const float* x,
+                         std::size_t ldx, const W* w, std::size_t ldw, const float* scale, float* c,
+                         std::size_t ldc) {
+  for (std::size_t i = 0; i < M; ++i) {
+    float* __restrict ci = c + i * ldc;
+    std::memset(ci, 0, N * sizeof(float));
+    for (std::size_t k = 0; k < K; ++k) {
+      const float xk = x[i * ldx + k];
+      const W* __restrict wk = w + k * ldw;
+      for (std::size_t n = 0; n < N; ++n) ci[n] += xk * widen(wk[n]);
+    }
+    if (scale != nullptr) {
+      for (std::size_t n = 0; n < N; ++n) ci[n] *= scale[n];
+    }
+  }
+}
+
+void linear_int8_scalar(std::size_t M, std::size_t N, std::size_t K, const float* x,
+                        std::size_t ldx, const std::int8_t* w, std::size_t ldw, const float* scale,
+                        float* c, std::size_t ldc) {
+  quant_linear_scalar(M, N, K, x, ldx, w, ldw, scale, c, ldc);
+}
+
+void linear_bf16_scalar(std::size_t M, std::size_t N, std::size_t K, const float* x,
+                        std::size_t ldx, const std::uint16_t* w, std::size_t ldw, float* c,
+                        std::size_t ldc) {
+  quant_linear_scalar(M, N, K, x, ldx, w, ldw, static_cast<const float*>(nullptr), c, ldc);
+}
+
 }  // namespace
 
 // The portable build's multiply-add rate (the compiler may vectorize this loop
@@ -149,7 +190,10 @@ static double fma_peak_scalar(std::size_t iterations, float* sink) {
 }
 
 const KernelSet kScalarKernels = {
-    "scalar",         gemm_scalar, exp_bias_scalar, max_bias_scalar, max_accumulate_scalar,
-    gelu_bias_scalar, dot_scalar,  dot_f64_scalar,  axpy_f64_scalar, fma_peak_scalar};
+    "scalar",           gemm_scalar,
+    gemm_scalar,  // row by row already: a row's bits never depend on M
+    exp_bias_scalar,    max_bias_scalar,   max_accumulate_scalar, gelu_bias_scalar,
+    dot_scalar,         dot_f64_scalar,    axpy_f64_scalar,       fma_peak_scalar,
+    linear_int8_scalar, linear_bf16_scalar};
 
 }  // namespace pa

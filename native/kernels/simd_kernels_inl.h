@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -43,13 +44,15 @@ namespace simd {
 // `last` (N tail), and nothing outside them is read or written.
 //
 // FMA latency 4 x 2 pipes needs >= 8 independent accumulators; thin tiles (MR*NV < 8)
-// split k over KS accumulator sets that are summed at the end.
-template <class V, int MR, int NV, bool MASKED>
+// split k over KS accumulator sets that are summed at the end, unless ROW_STABLE: then
+// every tile sums k in one order, so a row's result does not depend on how many rows
+// share the call (slower for thin tiles whose B is in cache).
+template <class V, int MR, int NV, bool MASKED, bool ROW_STABLE = false>
 void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs, const float* b,
                std::size_t ldb, float* c, std::size_t ldc, bool load_c, typename V::Lanes last) {
   using F = typename V::F;
   constexpr std::size_t kLanes = V::kLanes;
-  constexpr int KS = MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
+  constexpr int KS = ROW_STABLE || MR * NV >= 8 ? 1 : (MR * NV >= 4 ? 2 : 4);
   F acc[KS][MR][NV];
   PA_UNROLL
   for (int s = 0; s < KS; ++s) {
@@ -126,41 +129,45 @@ void gemm_tile(std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
 
 // All M rows of one column panel (NV vectors wide) for one k block: the target's
 // main tile, then 4-, 2- and 1-row tiles for the leftover rows.
-template <class V, int NV, bool MASKED>
+template <class V, int NV, bool MASKED, bool ROW_STABLE>
 void gemm_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars, std::size_t acs,
                 const float* b, std::size_t ldb, float* c, std::size_t ldc, bool load_c,
                 typename V::Lanes last) {
   constexpr std::size_t MR = V::main_rows(NV);
   std::size_t i = 0;
   for (; i + MR <= M; i += MR) {
-    gemm_tile<V, MR, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, MR, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                             load_c, last);
   }
   if (M - i >= 4) {
-    gemm_tile<V, 4, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, 4, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
     i += 4;
   }
   if (M - i >= 2) {
-    gemm_tile<V, 2, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, 2, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
     i += 2;
   }
   if (M - i >= 1) {
-    gemm_tile<V, 1, NV, MASKED>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc, load_c, last);
+    gemm_tile<V, 1, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
   }
 }
 
 // A panel NV vectors wide, masked or not.
-template <class V, int NV>
+template <class V, int NV, bool ROW_STABLE>
 void gemm_panel_any(bool masked, std::size_t M, std::size_t kc, const float* a, std::size_t ars,
                     std::size_t acs, const float* b, std::size_t ldb, float* c, std::size_t ldc,
                     bool load_c, typename V::Lanes last) {
   if (masked) {
-    gemm_panel<V, NV, true>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
+    gemm_panel<V, NV, true, ROW_STABLE>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
   } else {
-    gemm_panel<V, NV, false>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
+    gemm_panel<V, NV, false, ROW_STABLE>(M, kc, a, ars, acs, b, ldb, c, ldc, load_c, last);
   }
 }
 
-template <class V>
+template <class V, bool ROW_STABLE = false>
 void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size_t a_row_stride,
           std::size_t a_col_stride, const float* b, std::size_t ldb, float* c, std::size_t ldc,
           bool accumulate) {
@@ -178,7 +185,29 @@ void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size
   const std::size_t k_blocks = (K + V::kMaxKc - 1) / V::kMaxKc;
   const std::size_t kc_step = (K + k_blocks - 1) / k_blocks;  // even split, no tiny block
 
-  for (std::size_t n0 = 0; n0 < N;) {
+  std::size_t n_start = 0;
+  // Row-stable thin rows (a decoding step: M of 1 to 3) lose the split accumulators, so
+  // they run one row at a time in tiles 64 floats wide instead: as many independent
+  // accumulators again, and the same order of k per element as every other tile.
+  constexpr int kWideVectors = static_cast<int>(64 / kLanes);
+  if constexpr (ROW_STABLE && kWideVectors > V::kPanelVectors) {
+    constexpr std::size_t kWide = kWideVectors * kLanes;
+    if (M < 4) {
+      for (; n_start + kWide <= N; n_start += kWide) {
+        for (std::size_t k0 = 0; k0 < K; k0 += kc_step) {
+          const std::size_t kc = std::min(kc_step, K - k0);
+          for (std::size_t i = 0; i < M; ++i) {
+            gemm_tile<V, 1, kWideVectors, false, true>(
+                kc, a + i * a_row_stride + k0 * a_col_stride, a_row_stride, a_col_stride,
+                b + k0 * ldb + n_start, ldb, c + i * ldc + n_start, ldc, accumulate || k0 > 0,
+                V::first_lanes(kLanes));
+          }
+        }
+      }
+    }
+  }
+
+  for (std::size_t n0 = n_start; n0 < N;) {
     // With kFoldLastVector, a last panel of one vector joins the panel before.
     const std::size_t left = N - n0;
     const std::size_t nb = V::kFoldLastVector && left > kPanel && left <= kPanel + kLanes
@@ -194,9 +223,9 @@ void gemm(std::size_t M, std::size_t N, std::size_t K, const float* a, std::size
       const float* ap = a + k0 * a_col_stride;
       const float* bp = b + k0 * ldb + n0;
       float* cp = c + n0;
-#define PA_PANEL(NV)                                                                             \
-  gemm_panel_any<V, NV>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp, ldc, load_c, \
-                        last)
+#define PA_PANEL(NV)                                                                            \
+  gemm_panel_any<V, NV, ROW_STABLE>(masked, M, kc, ap, a_row_stride, a_col_stride, bp, ldb, cp, \
+                                    ldc, load_c, last)
       // Cases wider than the target's widest panel are never taken: they fall through.
       switch (nv) {
         case 5:
@@ -487,11 +516,158 @@ double fma_peak(std::size_t iterations, float* sink) {
   return static_cast<double>(iterations) * 12 * V::kLanes * 2;
 }
 
+// ---------------------------------------------------------------------------------
+// weight-only quantized linear (int8, bf16)
+// ---------------------------------------------------------------------------------
+
+template <class V>
+inline typename V::F load_weights(const std::int8_t* p) {
+  return V::load_i8(p);
+}
+template <class V>
+inline typename V::F load_weights(const std::uint16_t* p) {
+  return V::load_bf16(p);
+}
+
+// C tile of MR rows x NV vector columns over all of k: each k step widens the NV weight
+// vectors once, for all MR rows (so a few rows cost little more than one). Thin tiles
+// split k over KS accumulator sets, as in gemm_tile. The tile reads NV whole vectors of
+// every weight row and stores its first `cols` columns, times scale[n] when scale is set.
+// Accumulator sets that keep FMA latency hidden in a tile of MR x NV vectors (as gemm_tile).
+constexpr int quant_sets(int tile) { return tile >= 8 ? 1 : (tile >= 4 ? 2 : 4); }
+
+// The widest tile for MR rows: at most 64 columns and kQuantAccumulators vectors, halved
+// until the accumulators, the NV widened weights and the broadcast fit in the registers.
+template <class V>
+constexpr int quant_vectors(int MR) {
+  int nv = std::min(64 / static_cast<int>(V::kLanes), std::max(1, V::kQuantAccumulators / MR));
+  while (nv > 1 && quant_sets(MR * nv) * MR * nv + nv + 1 > V::kRegisters) nv /= 2;
+  return nv;
+}
+
+template <class V, class W, int MR, int NV>
+void quant_tile(std::size_t K, const float* x, std::size_t ldx, const W* w, std::size_t ldw,
+                const float* scale, float* c, std::size_t ldc, std::size_t cols) {
+  using F = typename V::F;
+  constexpr std::size_t kLanes = V::kLanes;
+  constexpr std::size_t kWidth = NV * kLanes;
+  constexpr int KS = quant_sets(MR * NV);
+  F acc[KS][MR][NV];
+  PA_UNROLL
+  for (int s = 0; s < KS; ++s) {
+    PA_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) acc[s][r][v] = V::zero();
+    }
+  }
+  auto step = [&](std::size_t k, F(&sums)[MR][NV]) {
+    const W* pw = w + k * ldw;
+    F wv[NV];
+    PA_UNROLL
+    for (int v = 0; v < NV; ++v) wv[v] = load_weights<V>(pw + v * kLanes);
+    PA_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const F xv = V::broadcast(x + r * ldx + k);
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) sums[r][v] = V::fmadd(xv, wv[v], sums[r][v]);
+    }
+  };
+  std::size_t k = 0;
+  for (; k + KS <= K; k += KS) {
+    PA_UNROLL
+    for (int s = 0; s < KS; ++s) step(k + s, acc[s]);
+  }
+  for (; k < K; ++k) step(k, acc[0]);  // k tail of the split sets (KS > 1 only)
+
+  PA_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    F sum[NV];
+    PA_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      sum[v] = acc[0][r][v];
+      PA_UNROLL
+      for (int s = 1; s < KS; ++s) sum[v] = V::add(sum[v], acc[s][r][v]);
+    }
+    float* pc = c + r * ldc;
+    if (cols == kWidth) {
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) {
+        const F out = scale != nullptr ? V::mul(sum[v], V::load(scale + v * kLanes)) : sum[v];
+        V::store(pc + v * kLanes, out);
+      }
+    } else {  // the last columns, through a local tile: the same single product
+      float lanes[kWidth];
+      PA_UNROLL
+      for (int v = 0; v < NV; ++v) V::store(lanes + v * kLanes, sum[v]);
+      for (std::size_t j = 0; j < cols; ++j)
+        pc[j] = scale != nullptr ? lanes[j] * scale[j] : lanes[j];
+    }
+  }
+}
+
+// MR rows, all N columns: tiles as wide as quant_vectors allows, then tiles of 16 columns (8 for
+// one-vector AVX2 tiles), which never read past the zero padding of the weight rows (whole groups
+// of 16 columns).
+template <class V, class W, int MR>
+void quant_rows(std::size_t N, std::size_t K, const float* x, std::size_t ldx, const W* w,
+                std::size_t ldw, const float* scale, float* c, std::size_t ldc) {
+  constexpr int kLanes = static_cast<int>(V::kLanes);
+  constexpr int NV = quant_vectors<V>(MR);
+  constexpr int NT = std::min(NV, std::max(1, 16 / kLanes));
+  constexpr std::size_t kMain = NV * V::kLanes, kTail = NT * V::kLanes;
+  std::size_t n = 0;
+  for (; n + kMain <= N; n += kMain) {
+    quant_tile<V, W, MR, NV>(K, x, ldx, w + n, ldw, scale != nullptr ? scale + n : nullptr, c + n,
+                             ldc, kMain);
+  }
+  for (; n < N; n += kTail) {
+    quant_tile<V, W, MR, NT>(K, x, ldx, w + n, ldw, scale != nullptr ? scale + n : nullptr, c + n,
+                             ldc, std::min(kTail, N - n));
+  }
+}
+
+// Row tiles of kRows, then 4, 2 and 1 for the rest: a decoding step of 1 to 8 sessions
+// is one or two passes over the weights. With 16 registers an 8-row tile holds one
+// vector per row and pays 8 broadcasts per widened vector; two 4 x 2 tiles do better.
+template <class V, class W>
+void quant_linear(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
+                  const W* w, std::size_t ldw, const float* scale, float* c, std::size_t ldc) {
+  constexpr int kRows = V::kRegisters >= 32 ? 8 : 4;
+  std::size_t i = 0;
+  for (; i + kRows <= M; i += kRows) {
+    quant_rows<V, W, kRows>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+  }
+  if (kRows > 4 && M - i >= 4) {
+    quant_rows<V, W, 4>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+    i += 4;
+  }
+  if (M - i >= 2) {
+    quant_rows<V, W, 2>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+    i += 2;
+  }
+  if (M - i >= 1) quant_rows<V, W, 1>(N, K, x + i * ldx, ldx, w, ldw, scale, c + i * ldc, ldc);
+}
+
+template <class V>
+void linear_int8(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
+                 const std::int8_t* w, std::size_t ldw, const float* scale, float* c,
+                 std::size_t ldc) {
+  quant_linear<V>(M, N, K, x, ldx, w, ldw, scale, c, ldc);
+}
+
+template <class V>
+void linear_bf16(std::size_t M, std::size_t N, std::size_t K, const float* x, std::size_t ldx,
+                 const std::uint16_t* w, std::size_t ldw, float* c, std::size_t ldc) {
+  quant_linear<V>(M, N, K, x, ldx, w, ldw, static_cast<const float*>(nullptr), c, ldc);
+}
+
 // The kernel set of target V; the double-precision helpers are the caller's.
 template <class V>
 constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
-  return {name,         gemm<V>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
-          gelu_bias<V>, dot<V>,  dot_f64,     axpy_f64,    fma_peak<V>};
+  return {name,          gemm<V>, gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
+          gelu_bias<V>,  dot<V>,  dot_f64,       axpy_f64,    fma_peak<V>, linear_int8<V>,
+          linear_bf16<V>};
 }
 
 }  // namespace simd

@@ -29,12 +29,27 @@ struct Avx2 {
   static constexpr bool kFoldLastVector = false;
   static constexpr std::size_t kMaxKc = 256;
   static constexpr std::size_t main_rows(int nv) { return nv >= 2 ? 6 : 8; }
+  // Quantized linear tiles: at most kQuantAccumulators accumulators, and accumulators,
+  // widened weights and the broadcast all within the 16 registers (a spilled
+  // accumulator would chain every k step through a store and a load).
+  static constexpr int kQuantAccumulators = 8;
+  static constexpr int kRegisters = 16;
 
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float x) { return _mm256_set1_ps(x); }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static F broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  // Widening loads of 8 narrow weights, exact: int8 -> int32 -> float, and bf16 ->
+  // float by moving the 16 bits to the top of each lane.
+  static F load_i8(const std::int8_t* p) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+  }
+  static F load_bf16(const std::uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
 
   // 0 <= n <= 8. vmaskmovps neither reads nor writes the other lanes (nor faults on them).
   static Lanes first_lanes(std::size_t n) {

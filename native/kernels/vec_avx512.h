@@ -17,6 +17,7 @@
 #endif
 
 #include <cstddef>
+#include <cstdint>
 
 namespace pa {
 namespace {
@@ -41,12 +42,27 @@ struct Avx512 {
   static constexpr bool kFoldLastVector = true;
   static constexpr std::size_t kMaxKc = 128;
   static constexpr std::size_t main_rows(int nv) { return nv >= 5 ? 5 : (nv >= 4 ? 6 : 8); }
+  // Quantized linear tiles: at most kQuantAccumulators accumulators, and accumulators,
+  // widened weights and the broadcast all within the 32 registers (a spilled
+  // accumulator would chain every k step through a store and a load).
+  static constexpr int kQuantAccumulators = 16;
+  static constexpr int kRegisters = 32;
 
   static F zero() { return _mm512_setzero_ps(); }
   static F set1(float x) { return _mm512_set1_ps(x); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   static F broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  // Widening loads of 16 narrow weights, exact: int8 -> int32 -> float, and bf16 ->
+  // float by moving the 16 bits to the top of each lane.
+  static F load_i8(const std::int8_t* p) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+  }
+  static F load_bf16(const std::uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
 
   // 0 <= n <= 16. Masked loads read nothing beyond the row and masked stores leave
   // the other lanes untouched.

@@ -92,7 +92,7 @@ struct GemmStats {
 // failing set so that a broken kernel does not flood the log.
 bool run_gemm_case(std::size_t M, std::size_t N, std::size_t K, ALayout layout, std::size_t offset,
                    std::size_t ldb_pad, std::size_t ldc_pad, bool accumulate, std::mt19937& rng,
-                   std::vector<GemmStats>& stats) {
+                   std::vector<GemmStats>& stats, pa::GemmFn KernelSet::* gemm = &KernelSet::gemm) {
   const auto& sets = sets_under_test();
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
 
@@ -148,7 +148,7 @@ bool run_gemm_case(std::size_t M, std::size_t N, std::size_t K, ALayout layout, 
   for (std::size_t s = 0; s < sets.size(); ++s) {
     Buffer c(c_size, offset);
     std::memcpy(c.data(), c0.data(), c_size * sizeof(float));
-    sets[s]->gemm(M, N, K, a.data(), ars, acs, b.data(), ldb, c.data(), ldc, accumulate);
+    (sets[s]->*gemm)(M, N, K, a.data(), ars, acs, b.data(), ldb, c.data(), ldc, accumulate);
     ++stats[s].cases;
     bool ok = c.guards_intact();
     for (std::size_t i = 0; i < M && ok; ++i) {
@@ -167,10 +167,10 @@ bool run_gemm_case(std::size_t M, std::size_t N, std::size_t K, ALayout layout, 
     }
     if (!ok) {
       std::fprintf(stderr,
-                   "  [%s] gemm M=%zu N=%zu K=%zu A %s offset=%zu ldb=%zu ldc=%zu "
+                   "  [%s] %s M=%zu N=%zu K=%zu A %s offset=%zu ldb=%zu ldc=%zu "
                    "accumulate=%d: wrong result or guard overwritten\n",
-                   sets[s]->name, M, N, K, layout_name(layout), offset, ldb, ldc,
-                   accumulate ? 1 : 0);
+                   sets[s]->name, gemm == &KernelSet::gemm ? "gemm" : "gemm_row_stable", M, N, K,
+                   layout_name(layout), offset, ldb, ldc, accumulate ? 1 : 0);
       CHECK(ok);
       return false;
     }
@@ -195,8 +195,11 @@ TEST("kernels/gemm") {
             for (bool accumulate : {false, true}) {
               // Aligned: packed rows. Misaligned: padded ldb and ldc (guards in between).
               const std::size_t pad = offset == 0 ? 0 : 3;
-              if (!run_gemm_case(M, N, K, layout, offset, pad, pad, accumulate, rng, stats)) {
-                if (++failures > 10) return;
+              for (pa::GemmFn KernelSet::* gemm : {&KernelSet::gemm, &KernelSet::gemm_row_stable}) {
+                if (!run_gemm_case(M, N, K, layout, offset, pad, pad, accumulate, rng, stats,
+                                   gemm)) {
+                  if (++failures > 10) return;
+                }
               }
             }
           }
@@ -224,13 +227,54 @@ TEST("kernels/gemm_large") {
   for (const Size& sz : sizes) {
     for (ALayout layout : {ALayout::kRowMajor, ALayout::kTransposed}) {
       for (bool accumulate : {false, true}) {
-        run_gemm_case(sz.M, sz.N, sz.K, layout, 1, 5, 2, accumulate, rng, stats);
+        for (pa::GemmFn KernelSet::* gemm : {&KernelSet::gemm, &KernelSet::gemm_row_stable}) {
+          run_gemm_case(sz.M, sz.N, sz.K, layout, 1, 5, 2, accumulate, rng, stats, gemm);
+        }
       }
     }
   }
   for (std::size_t s = 0; s < sets.size(); ++s) {
     std::printf("  [%s] gemm_large: %zu cases, worst error %.3g of the bound\n", sets[s]->name,
                 stats[s].cases, stats[s].worst);
+  }
+}
+
+// gemm_row_stable: row i of C has the same bits whether the call holds rows 0..M-1 or
+// row i alone (what makes a batched decoding step equal single steps), past the k
+// blocking and over every panel width and row tile.
+TEST("kernels/gemm_row_stable_rows") {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  struct Size {
+    std::size_t N, K;
+  };
+  const Size sizes[] = {{1, 1}, {7, 9}, {17, 64}, {33, 300}, {130, 520}, {64, 1000}};
+  for (const KernelSet* set : sets_under_test()) {
+    for (const Size& sz : sizes) {
+      const std::size_t M = 13, N = sz.N, K = sz.K;
+      std::vector<float> a(M * K), b(K * N);
+      for (float& x : a) x = uni(rng);
+      for (float& x : b) x = uni(rng);
+      std::vector<float> alone(M * N);
+      for (std::size_t i = 0; i < M; ++i) {
+        set->gemm_row_stable(1, N, K, a.data() + i * K, K, 1, b.data(), N, alone.data() + i * N, N,
+                             false);
+      }
+      for (std::size_t rows = 2; rows <= M; ++rows) {
+        for (std::size_t first = 0; first + rows <= M; first += rows) {
+          std::vector<float> c(rows * N);
+          set->gemm_row_stable(rows, N, K, a.data() + first * K, K, 1, b.data(), N, c.data(), N,
+                               false);
+          const bool same =
+              std::memcmp(c.data(), alone.data() + first * N, rows * N * sizeof(float)) == 0;
+          if (!same) {
+            std::fprintf(stderr, "  [%s] gemm_row_stable N=%zu K=%zu rows %zu..%zu: bits differ\n",
+                         set->name, N, K, first, first + rows - 1);
+          }
+          CHECK(same);
+        }
+      }
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "core/layer_ops.h"
 #include "kernels/dispatch.h"
+#include "linear_reference.h"
 #include "test_harness.h"
 #include "test_util.h"
 
@@ -21,28 +22,14 @@ namespace {
 using pa::Activation;
 using pa_test::Guarded;
 
-double gelu_ref(double v) { return 0.5 * v * std::erfc(-v / std::sqrt(2.0)); }
-
-double act_ref(Activation act, double v) {
-  if (act == Activation::kRelu) return v < 0 ? 0.0 : v;
-  if (act == Activation::kGelu) return gelu_ref(v);
-  return v;
-}
+using pa_test::gelu_ref;
 
 const char* act_name(Activation act) {
   return act == Activation::kRelu ? "relu" : act == Activation::kGelu ? "gelu" : "none";
 }
 
-enum class Residual { kNone, kSeparate, kAliased };
-
-struct LinearCase {
-  std::size_t rows, in, out;
-  Activation act;
-  bool bias;
-  Residual residual;
-  std::size_t offset;   // floats past 64-byte alignment of every array
-  std::size_t x_extra;  // x_stride = in + x_extra
-};
+using pa_test::LinearCase;
+using pa_test::Residual;
 
 // Runs one case on one kernel set; false (after reporting) when it fails.
 bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadPool& pool,
@@ -63,38 +50,14 @@ bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadP
   pa::linear_pack(t.in, t.out, w.data(), packed.data());
 
   // The reference, before y is touched (y holds the residual when aliased).
-  std::vector<double> want(t.rows * t.out), scale(t.rows * t.out);
-  for (std::size_t r = 0; r < t.rows; ++r) {
-    for (std::size_t o = 0; o < t.out; ++o) {
-      double s = t.bias ? bias[o] : 0.0, mag = std::fabs(s);
-      for (std::size_t i = 0; i < t.in; ++i) {
-        const double p = static_cast<double>(x[r * x_stride + i]) * w[o * t.in + i];
-        s += p;
-        mag += std::fabs(p);
-      }
-      double v = act_ref(t.act, s);
-      if (t.residual != Residual::kNone) {
-        v += res[r * t.out + o];
-        mag += std::fabs(res[r * t.out + o]);
-      }
-      want[r * t.out + o] = v;
-      scale[r * t.out + o] = mag;
-    }
-  }
-  const float* residual = nullptr;
-  if (t.residual == Residual::kSeparate) residual = res.data();
-  if (t.residual == Residual::kAliased) {
-    std::copy(res.data(), res.data() + t.rows * t.out, y.data());
-    residual = y.data();
-  }
+  const pa_test::LinearReference ref(t.rows, t.in, t.out, x.data(), x_stride, w.data(),
+                                     t.bias ? bias.data() : nullptr,
+                                     t.residual != Residual::kNone ? res.data() : nullptr, t.act);
+  const float* residual = pa_test::linear_residual_arg(t, res.data(), y.data());
   pa::linear(t.rows, t.in, t.out, x.data(), x_stride, packed.data(), t.bias ? bias.data() : nullptr,
              residual, t.act, y.data(), kernels, pool);
 
-  double worst = 0;
-  for (std::size_t i = 0; i < t.rows * t.out; ++i) {
-    const double err = std::fabs(y[i] - want[i]) / (scale[i] + 1e-30);
-    if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
-  }
+  const double worst = ref.worst_error(y.data());
   const bool guards = x.guards_intact() && w.guards_intact() && bias.guards_intact() &&
                       res.guards_intact() && y.guards_intact() && packed.guards_intact();
   const bool ok = worst <= 1e-5 && guards;
@@ -115,21 +78,13 @@ bool check_linear(const LinearCase& t, const pa::KernelSet& kernels, pa::ThreadP
 TEST("layers/linear: sizes around the vector widths, every option, every kernel set") {
   pa::ThreadPool pool(2);
   const std::size_t sizes[] = {1, 7, 8, 9, 15, 16, 17, 33, 100};
-  const Activation acts[] = {Activation::kNone, Activation::kRelu, Activation::kGelu};
   std::mt19937 rng(11);
   std::size_t cases = 0;
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     cases += pa_test::for_size_triples(
         sizes, [&](std::size_t rows, std::size_t in, std::size_t out, std::size_t index) {
-          // Every option cycles with a different period, so the 729 cases mix them.
-          const LinearCase t{rows,
-                             in,
-                             out,
-                             acts[index % 3],
-                             index % 4 != 1,
-                             static_cast<Residual>((index / 3) % 3),
-                             (index / 2) % 2,
-                             (index / 5) % 3};
+          // 729 cases, mixing the options.
+          const LinearCase t = pa_test::cycled_linear_case(rows, in, out, index);
           return check_linear(t, *kernels, pool, rng);
         });
   }
@@ -139,17 +94,8 @@ TEST("layers/linear: sizes around the vector widths, every option, every kernel 
 TEST("layers/linear: several row tiles and column groups, few rows, column tails") {
   pa::ThreadPool pool(2);
   std::mt19937 rng(12);
-  const LinearCase cases[] = {
-      {300, 70, 257, Activation::kGelu, true, Residual::kAliased, 1, 3},
-      {129, 64, 640, Activation::kRelu, true, Residual::kSeparate, 0, 0},
-      {3, 130, 600, Activation::kNone, false, Residual::kNone, 1, 1},
-      {1, 512, 65, Activation::kGelu, true, Residual::kAliased, 0, 0},
-      {65, 300, 64, Activation::kNone, true, Residual::kSeparate, 1, 5},
-      {20, 0, 33, Activation::kRelu, true, Residual::kSeparate, 0,
-       0},  // in = 0: act(bias) + residual
-  };
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
-    for (const LinearCase& t : cases) check_linear(t, *kernels, pool, rng);
+    for (const LinearCase& t : pa_test::linear_tiling_cases()) check_linear(t, *kernels, pool, rng);
   }
 }
 

@@ -63,6 +63,12 @@ dec.createStateSync(2, { signal: new AbortController().signal });
 // @ts-expect-error: the sync twins take no signal
 dec.backwardSync(x, x, { signal: new AbortController().signal });
 dec.stepSync(x, dec.loadState(bytes));
+// Many sessions in one pass: the states, then their rows.
+assertType<Equal<ReturnType<TransformerDecoder['stepBatch']>, Promise<Tensor>>>();
+assertType<Equal<ReturnType<MultiHeadAttention['stepBatchSync']>, Tensor>>();
+void new DecoderLayer({ modelDim: 8, numHeads: 2 }).stepBatch([state], x, { signal: new AbortController().signal });
+// @ts-expect-error: the sync twins take no signal
+dec.stepBatchSync([state], x, { signal: new AbortController().signal });
 const params: Record<string, Tensor> = dec.parameters();
 dec.loadParameters(params, { strict: false });
 dec.loadParameters(params, { keepFeatures: true });
