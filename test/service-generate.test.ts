@@ -200,7 +200,7 @@ test('a request longer than the lease keeps it (renewed while it runs) and ends 
   const short = await serve({}, 100);
   const t0 = Date.now();
   const r = await post(`${short}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
-  expect(Date.now() - t0).toBeGreaterThan(300); // several leases long
+  expect(Date.now() - t0).toBeGreaterThan(200); // precondition: the request outlived its lease twice over
   expect(only(r.events, 'done')).toMatchObject({ reason: 'length', tokens: 1000 });
   const more = await post(`${short}/sessions/${r.events[0].data.id as string}/generate`, { maxNewTokens: 1 });
   expect(more.events[0].data.position).toBe(1004);

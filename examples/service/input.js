@@ -223,4 +223,9 @@ function readBinaryBody(body, params) {
   return { tensor: { data, shape: [B, L, D] }, batched: params.batched, attention: params.attention, full: params.full };
 }
 
-module.exports = { HttpError, readJsonBody, readBinaryParams, readBinaryBody, ATTENTION };
+// The library's errors about its input (by name and code: errors made by the addon come
+// from the main realm, where instanceof in a vm context such as jest's would fail).
+const isLibraryInputError = (error) =>
+  (error?.name === 'TypeError' || error?.name === 'RangeError') && /^ERR_(INVALID_ARG|OUT_OF_RANGE)/.test(String(error.code));
+
+module.exports = { HttpError, describe, isLibraryInputError, readJsonBody, readBinaryParams, readBinaryBody, ATTENTION };

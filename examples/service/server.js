@@ -15,7 +15,7 @@ const http = require('node:http');
 const os = require('node:os');
 const Fastify = require('fastify');
 
-const { HttpError, readBinaryBody, readBinaryParams, readJsonBody, ATTENTION } = require('./input');
+const { HttpError, isLibraryInputError, readBinaryBody, readBinaryParams, readJsonBody, ATTENTION } = require('./input');
 const { Limiter } = require('./limiter');
 const { Metrics } = require('./metrics');
 const { GenerationScheduler } = require('./generation/scheduler');
@@ -101,11 +101,6 @@ function nested(data, shape) {
   for (let i = 0; i < shape[0]; i++) out[i] = nested(data.subarray(i * step, (i + 1) * step), shape.slice(1));
   return out;
 }
-
-// The library's errors about its input (by name and code: errors made by the addon come
-// from the main realm, where instanceof in a vm context such as jest's would fail).
-const isLibraryInputError = (error) =>
-  (error?.name === 'TypeError' || error?.name === 'RangeError') && /^ERR_(INVALID_ARG|OUT_OF_RANGE)/.test(String(error.code));
 
 // A library error about the input, in the client's terms: finite values can still overflow
 // float32 inside the model (the library names the layer; the client needs the cause).

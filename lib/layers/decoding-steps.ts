@@ -17,17 +17,20 @@ export function checkState(state: unknown, model: string, name: string): asserts
   if (state.busy) throw stateError(`${name}: an async step is using it; await that step first`);
 }
 
-/** The states of a batched step: an array of distinct usable states of `model`, at least one. */
-function checkStates(states: unknown, model: string, fn: string): DecodingState[] {
-  if (!Array.isArray(states)) throw typeError(`${fn} states: expected an array of DecodingState, received ${describe(states)}`);
+/**
+ * @internal The states of a batched step: an array (of `kind`) of distinct states, at least
+ * one, each passing `check` (given the argument's name, e.g. `fn states[2]`).
+ */
+export function readStateList<S>(states: unknown, fn: string, kind: string, check: (state: unknown, name: string) => void): S[] {
+  if (!Array.isArray(states)) throw typeError(`${fn} states: expected an array of ${kind}, received ${describe(states)}`);
   if (states.length === 0) throw rangeError(`${fn} states: expected at least one state, received none`);
   const seen = new Set<unknown>();
   states.forEach((state, i) => {
-    checkState(state, model, `${fn} states[${i}]`);
+    check(state, `${fn} states[${i}]`);
     if (seen.has(state)) throw rangeError(`${fn} states[${i}]: the same state appears twice; each session advances once per step`, 'ERR_INVALID_ARG_VALUE');
     seen.add(state);
   });
-  return states as DecodingState[];
+  return states as S[];
 }
 
 /** @internal How a step takes its states: one (`step`, argument `state`) or many (`stepBatch`, argument `states`). */
@@ -35,7 +38,7 @@ export type StepStates = 'state' | 'states';
 
 /** @internal The checked states of a step, as a list. */
 export function readStepStates(states: unknown, model: string, fn: string, arg: StepStates): DecodingState[] {
-  if (arg === 'states') return checkStates(states, model, fn);
+  if (arg === 'states') return readStateList<DecodingState>(states, fn, 'DecodingState', (state, name) => checkState(state, model, name));
   checkState(states, model, `${fn} state`);
   return [states];
 }

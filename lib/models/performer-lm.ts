@@ -10,6 +10,7 @@ import { readSignal } from '../async-call';
 import { describe, rangeError, stateError, typeError } from '../errors';
 import { checkModelSize } from '../layers/parameters';
 import { PlanBuilder } from '../layers/plan';
+import { readStateList } from '../layers/decoding-steps';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
 import { newFloat32Array, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
@@ -357,16 +358,8 @@ export class PerformerLM {
       for (const chunk of this.chunks(t)) {
         const layers = state.layerStates(this.stack);
         const b = this.passPlan(chunk, 1, chunk.length, state.position, null, layers, 'last', logits, fn);
-        await runGuarded(state, () => b.run(signal, true));
-        state.appendTokens(chunk);
-        if (this.mustRecompute(layers)) {
-          const fresh = this.stack.createStates(1);
-          const whole = this.wholePass(state.history()!, fresh, logits, fn);
-          await runGuarded(state, () => whole.run(undefined, true));
-          state.replaceLayers(fresh);
-          state.countRecompute();
-        }
-        state.position += chunk.length;
+        await runGuarded([state], () => b.run(signal, true));
+        await this.absorb(state, chunk, layers, logits, fn);
       }
       return logits;
     } finally {
@@ -387,16 +380,8 @@ export class PerformerLM {
     for (const chunk of this.chunks(t)) {
       const layers = state.layerStates(this.stack);
       const b = this.passPlan(chunk, 1, chunk.length, state.position, null, layers, 'last', logits, fn);
-      runGuardedSync(state, () => b.runSync());
-      state.appendTokens(chunk);
-      if (this.mustRecompute(layers)) {
-        const fresh = this.stack.createStates(1);
-        const whole = this.wholePass(state.history()!, fresh, logits, fn);
-        runGuardedSync(state, () => whole.runSync());
-        state.replaceLayers(fresh);
-        state.countRecompute();
-      }
-      state.position += chunk.length;
+      runGuardedSync([state], () => b.runSync());
+      this.absorbSync(state, chunk, layers, logits, fn);
     }
     return logits;
   }
@@ -442,19 +427,8 @@ export class PerformerLM {
       } else {
         const layers = list.map((state) => state.layerStates(this.stack));
         const b = this.batchPlan(list, layers, t, out, fn);
-        await runGuardedAll(list, () => b.run(signal, true));
-        for (let i = 0; i < list.length; i++) {
-          const state = list[i];
-          state.appendTokens(t.subarray(i, i + 1));
-          if (this.mustRecompute(layers[i])) {
-            const fresh = this.stack.createStates(1);
-            const whole = this.wholePass(state.history()!, fresh, out.subarray(i * V, (i + 1) * V), fn);
-            await runGuarded(state, () => whole.run(undefined, true));
-            state.replaceLayers(fresh);
-            state.countRecompute();
-          }
-          state.position += 1;
-        }
+        await runGuarded(list, () => b.run(signal, true));
+        for (let i = 0; i < list.length; i++) await this.absorb(list[i], t.subarray(i, i + 1), layers[i], out.subarray(i * V, (i + 1) * V), fn);
       }
       return { data: out, shape: Object.freeze([list.length, V]) };
     } finally {
@@ -473,17 +447,8 @@ export class PerformerLM {
     } else {
       const layers = list.map((state) => state.layerStates(this.stack));
       const b = this.batchPlan(list, layers, t, out, fn);
-      runGuardedAllSync(list, () => b.runSync());
-      list.forEach((state, i) => {
-        state.appendTokens(t.subarray(i, i + 1));
-        if (this.mustRecompute(layers[i])) {
-          const fresh = this.stack.createStates(1);
-          runGuardedSync(state, () => this.wholePass(state.history()!, fresh, out.subarray(i * V, (i + 1) * V), fn).runSync());
-          state.replaceLayers(fresh);
-          state.countRecompute();
-        }
-        state.position += 1;
-      });
+      runGuardedSync(list, () => b.runSync());
+      list.forEach((state, i) => this.absorbSync(state, t.subarray(i, i + 1), layers[i], out.subarray(i * V, (i + 1) * V), fn));
     }
     return { data: out, shape: Object.freeze([list.length, V]) };
   }
@@ -621,6 +586,40 @@ export class PerformerLM {
 
   // A global head's key maximum rose in a layer below the top: the layers above saw keys
   // that performer-pytorch would now compute differently (see docs/performer-pytorch.md).
+  // After a pass that advanced `state` by `tokens` (its `layers`): the history takes them and,
+  // when a lower layer's key maximum rose (performer-pytorch numerics), the prefix is
+  // recomputed into fresh layers, which then replace the state's; `logits` gets its last row.
+  private async absorb(state: PerformerLMState, tokens: Int32Array, layers: LayerState[], logits: Float32Array, fn: string): Promise<void> {
+    const recompute = this.recomputeAfter(state, tokens, layers, logits, fn);
+    if (recompute !== null) {
+      await runGuarded([state], () => recompute.plan.run(undefined, true));
+      recompute.commit();
+    }
+    state.position += tokens.length;
+  }
+
+  private absorbSync(state: PerformerLMState, tokens: Int32Array, layers: LayerState[], logits: Float32Array, fn: string): void {
+    const recompute = this.recomputeAfter(state, tokens, layers, logits, fn);
+    if (recompute !== null) {
+      runGuardedSync([state], () => recompute.plan.runSync());
+      recompute.commit();
+    }
+    state.position += tokens.length;
+  }
+
+  private recomputeAfter(state: PerformerLMState, tokens: Int32Array, layers: LayerState[], logits: Float32Array, fn: string) {
+    state.appendTokens(tokens);
+    if (!this.mustRecompute(layers)) return null;
+    const fresh = this.stack.createStates(1);
+    return {
+      plan: this.wholePass(state.history()!, fresh, logits, fn),
+      commit: () => {
+        state.replaceLayers(fresh);
+        state.countRecompute();
+      },
+    };
+  }
+
   private mustRecompute(layers: LayerState[]): boolean {
     if (!this.keepsHistory()) return false;
     return layers.some((s, l) => l < this.config.depth - 1 && s.maxRose[0] !== 0);
@@ -661,20 +660,15 @@ export class PerformerLM {
   }
 
   private readBatchStep(states: unknown, tokens: unknown, fn: string): { list: PerformerLMState[]; t: Int32Array } {
-    if (!Array.isArray(states)) throw typeError(`${fn} states: expected an array of PerformerLMState, received ${describe(states)}`);
-    if (states.length === 0) throw rangeError(`${fn} states: expected at least one state, received none`);
-    const seen = new Set<unknown>();
-    states.forEach((state, i) => {
-      this.checkState(state, `${fn} states[${i}]`);
-      if (seen.has(state)) throw rangeError(`${fn} states[${i}]: the same state appears twice; each session advances once per step`, 'ERR_INVALID_ARG_VALUE');
-      seen.add(state);
-      this.checkPositions(state.position, 1, `${fn} states[${i}]`);
+    const list = readStateList<PerformerLMState>(states, fn, 'PerformerLMState', (state, name) => {
+      this.checkState(state, name);
+      this.checkPositions(state.position, 1, name);
     });
     const t = readTokenList(tokens, `${fn} tokens`, this.config.numTokens);
-    if (t.length !== states.length) {
-      throw rangeError(`${fn} tokens: expected one token per state (${states.length}), received ${t.length}`);
+    if (t.length !== list.length) {
+      throw rangeError(`${fn} tokens: expected one token per state (${list.length}), received ${t.length}`);
     }
-    return { list: states as PerformerLMState[], t };
+    return { list, t };
   }
 
   // One pass over every session's token: row i is session i (see StackCall.sessions).
@@ -771,32 +765,13 @@ export class PerformerLM {
 // Rows of a prompt per pass when the state keeps no history (bounds the temporaries).
 const PREFILL_CHUNK = 4096;
 
-// Runs a pass that advances a state: if it fails, the state is marked broken (its arrays
+// Runs a pass that advances states: if it fails, every one is marked broken (its arrays
 // may hold part of the pass). An atomic pass only rejects with AbortError before it starts.
-async function runGuarded(state: PerformerLMState, run: () => Promise<void>): Promise<void> {
-  try {
-    await run();
-  } catch (error) {
-    if ((error as { name?: string }).name !== 'AbortError') state.broken = true;
-    throw error;
-  }
-}
-
-// runGuarded for a pass that advances several states at once: a failure breaks them all.
-async function runGuardedAll(states: PerformerLMState[], run: () => Promise<void>): Promise<void> {
+async function runGuarded(states: PerformerLMState[], run: () => Promise<void>): Promise<void> {
   try {
     await run();
   } catch (error) {
     if ((error as { name?: string }).name !== 'AbortError') for (const state of states) state.broken = true;
-    throw error;
-  }
-}
-
-function runGuardedAllSync(states: PerformerLMState[], run: () => void): void {
-  try {
-    run();
-  } catch (error) {
-    for (const state of states) state.broken = true;
     throw error;
   }
 }
@@ -815,11 +790,11 @@ function concat(a: Int32Array, b: Int32Array): Int32Array {
   return out;
 }
 
-function runGuardedSync(state: PerformerLMState, run: () => void): void {
+function runGuardedSync(states: PerformerLMState[], run: () => void): void {
   try {
     run();
   } catch (error) {
-    state.broken = true;
+    for (const state of states) state.broken = true;
     throw error;
   }
 }

@@ -7,20 +7,11 @@
 //     "stopTokens": [token ids] }       the stream ends after any of them
 // A text prompt is taken as UTF-8 bytes (byte-level models): every byte must be a token id.
 'use strict';
-const { HttpError } = require('../input');
+const { HttpError, describe } = require('../input');
 
 const FIELDS = ['prompt', 'maxNewTokens', 'temperature', 'topK', 'topP', 'seed', 'stopTokens'];
 const SAMPLING = ['temperature', 'topK', 'topP', 'seed'];
 const bad = (message) => new HttpError(400, message);
-
-function describe(value) {
-  if (value === null) return 'null';
-  if (value === undefined) return 'nothing';
-  if (Array.isArray(value)) return `an array of length ${value.length}`;
-  if (typeof value === 'object') return 'an object';
-  if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
-  return `${typeof value} ${String(value)}`;
-}
 
 function readTokenArray(value, name, numTokens, maxLength) {
   if (!Array.isArray(value)) throw bad(`${name}: expected an array of token ids or a string, received ${describe(value)}`);

@@ -9,11 +9,9 @@
 'use strict';
 const { randomUUID } = require('node:crypto');
 
-const { HttpError } = require('../input');
+const { HttpError, isLibraryInputError } = require('../input');
 const { readGenerateBody } = require('./request');
 const { SessionBusy } = require('./stores');
-
-const isInputError = (error) => (error?.name === 'TypeError' || error?.name === 'RangeError') && /^ERR_(INVALID_ARG|OUT_OF_RANGE)/.test(String(error.code));
 
 /**
  * @param {import('fastify').FastifyInstance} app
@@ -63,7 +61,7 @@ function registerGeneration(app, g) {
       }
     } catch (error) {
       await store.release(id, owner);
-      if (isInputError(error)) throw new HttpError(400, error.message.replace(/^PerformerLM\.sampler options\.?/, 'sampling: '));
+      if (isLibraryInputError(error)) throw new HttpError(400, error.message.replace(/^PerformerLM\.sampler options\.?/, 'sampling: '));
       throw error;
     }
     return stream(request, reply, { id, owner, state, sampler, logits, input });
