@@ -12,10 +12,22 @@ import { describe, rangeError, typeError } from './errors';
 import type { Tensor, TensorLike } from './tensor';
 import { formatShape, readOptions, readTensor } from './validate';
 
+/** A tensor read from a safetensors file: float32 values, and the dtype the file stores. */
+export interface StoredTensor extends Tensor {
+  /** The file's dtype: 'F32', 'F16', 'BF16', 'F64' or 'I8'. */
+  readonly dtype: string;
+}
+
+/**
+ * A tensor to write: float32 values, stored as `dtype` (default 'F32'). 'BF16' rounds each
+ * value to nearest even; 'I8' takes integers from -128 to 127.
+ */
+export type TensorToWrite = TensorLike & { readonly dtype?: 'F32' | 'BF16' | 'I8' };
+
 /** Tensors and metadata read from a safetensors file. */
 export interface Safetensors {
-  /** The tensors by name, converted to float32. */
-  tensors: Record<string, Tensor>;
+  /** The tensors by name, converted to float32 (each with the dtype of the file). */
+  tensors: Record<string, StoredTensor>;
   /** The file's `__metadata__` (string keys and values); `{}` when it has none. */
   metadata: Record<string, string>;
 }
@@ -42,7 +54,7 @@ const ITEM_BYTES: Record<string, number> = {
   I32: 4, U32: 4, F32: 4,
   I64: 8, U64: 8, F64: 8,
 };
-const CONVERTED = ['F32', 'F16', 'BF16', 'F64'];
+const CONVERTED = ['F32', 'F16', 'BF16', 'F64', 'I8'];
 const LITTLE_ENDIAN_HOST = os.endianness() === 'LE';
 
 let halfTable: Float32Array | undefined;
@@ -169,6 +181,8 @@ function decode(bytes: Uint8Array, start: number, entry: Entry, source: string):
       for (let i = 0; i < count; i++) out[i] = view.getFloat64(8 * i, true);
       return out;
     }
+    case 'I8':
+      return Float32Array.from(new Int8Array(bytes.buffer, offset, count));
     default:
       throw typeError(
         `${source}: tensor '${entry.name}' has dtype ${entry.dtype}; only ${CONVERTED.join(', ')} convert to float32 ` +
@@ -249,10 +263,10 @@ function parse(bytes: unknown, options: unknown, source: string): Safetensors {
     throw formatError(source, `the tensors cover ${position} of the ${dataBytes} bytes of data`);
   }
 
-  const tensors: Record<string, Tensor> = {};
+  const tensors: Record<string, StoredTensor> = {};
   for (const entry of entries) {
     if (include && !include(entry.name)) continue;
-    define(tensors, entry.name, { data: decode(bytes, start, entry, source), shape: Object.freeze(entry.shape) });
+    define(tensors, entry.name, { data: decode(bytes, start, entry, source), shape: Object.freeze(entry.shape), dtype: entry.dtype });
   }
   return { tensors, metadata };
 }
@@ -263,9 +277,9 @@ function define<T>(target: Record<string, T>, key: string, value: T): void {
 }
 
 /**
- * Reads a safetensors file held in memory. F32, F16, BF16 and F64 tensors become float32
- * tensors (F16 exactly, subnormals, infinities and NaN included; BF16 exactly; F64
- * rounded). An F32 tensor whose data is 4-byte aligned in memory is a view of `bytes`
+ * Reads a safetensors file held in memory. F32, F16, BF16, F64 and I8 tensors become float32
+ * tensors (F16 exactly, subnormals, infinities and NaN included; BF16 and I8 exactly; F64
+ * rounded), each with the file's `dtype`. An F32 tensor whose data is 4-byte aligned in memory is a view of `bytes`
  * (no copy; headers written by {@link writeSafetensors} keep it aligned); other tensors are copies.
  * @param bytes The whole file.
  * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a malformed file: a header length beyond
@@ -297,17 +311,19 @@ export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptio
 }
 
 /**
- * Writes tensors as a safetensors file (F32), names sorted, data in that order. The header
+ * Writes tensors as a safetensors file, names sorted, data in that order. The header
  * is padded with spaces so that the data starts at a multiple of 8 bytes.
- * @param tensors Float32 tensors by name (`shape` or `dims`).
+ * @param tensors Float32 tensors by name (`shape` or `dims`), stored as F32, or as their
+ *   `dtype` ('BF16', 'I8'; see {@link TensorToWrite}).
  * @param metadata Optional `__metadata__`: string keys and string values.
  * @returns The file's bytes: a Node `Buffer` of its own (offset 0), typed as `Uint8Array` so
  *   that the package's types need no `@types/node`; pass it to `fs.writeFile` as it is.
- * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }` or metadata
- *   that is not strings; RangeError for a data length that does not match the shape or the
- *   reserved name `__metadata__`.
+ * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }`, an unknown
+ *   dtype or metadata that is not strings; RangeError for a data length that does not match
+ *   the shape, an 'I8' value that is not an integer from -128 to 127, a non-finite 'BF16'
+ *   value, or the reserved name `__metadata__`.
  */
-export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?: Record<string, string>): Uint8Array {
+export function writeSafetensors(tensors: Record<string, TensorToWrite>, metadata?: Record<string, string>): Uint8Array {
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) {
     throw typeError(`tensors: expected an object of tensors by name, received ${describe(tensors)}`);
   }
@@ -322,14 +338,16 @@ export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?:
     define(header, METADATA, { ...metadata });
   }
   const names = Object.keys(tensors).sort();
-  const parts: Tensor[] = [];
+  const parts: Uint8Array[] = [];
   let offset = 0;
   for (const name of names) {
     if (name === METADATA) throw rangeError(`tensors: '${METADATA}' is reserved for the metadata`, 'ERR_INVALID_ARG_VALUE');
     const t = readTensor(tensors[name], `tensors['${name}']`);
-    parts.push(t);
-    define(header, name, { dtype: 'F32', shape: [...t.shape], data_offsets: [offset, offset + t.data.byteLength] });
-    offset += t.data.byteLength;
+    const dtype = (tensors[name] as { dtype?: unknown }).dtype ?? 'F32';
+    const data = encode(t.data, dtype, `tensors['${name}']`);
+    parts.push(data);
+    define(header, name, { dtype, shape: [...t.shape], data_offsets: [offset, offset + data.byteLength] });
+    offset += data.byteLength;
   }
   let json = Buffer.from(JSON.stringify(header), 'utf8');
   const padded = Math.ceil(json.length / 8) * 8;
@@ -338,10 +356,41 @@ export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?:
   out.writeBigUInt64LE(BigInt(json.length), 0);
   json.copy(out, 8);
   let position = 8 + json.length;
-  for (const t of parts) {
-    if (LITTLE_ENDIAN_HOST) out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), position);
-    else for (let i = 0; i < t.data.length; i++) out.writeFloatLE(t.data[i], position + 4 * i);
-    position += t.data.byteLength;
+  for (const data of parts) {
+    out.set(data, position);
+    position += data.byteLength;
   }
   return out;
+}
+
+// The little-endian bytes of float32 values stored as `dtype`.
+function encode(values: Float32Array, dtype: unknown, name: string): Uint8Array {
+  if (dtype === 'F32') {
+    if (LITTLE_ENDIAN_HOST) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+    const out = Buffer.alloc(values.byteLength);
+    for (let i = 0; i < values.length; i++) out.writeFloatLE(values[i], 4 * i);
+    return out;
+  }
+  if (dtype === 'I8') {
+    const out = new Int8Array(values.length);
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (!Number.isInteger(v) || v < -128 || v > 127) throw rangeError(`${name}: dtype I8 takes integers from -128 to 127, received ${v} at index ${i}`);
+      out[i] = v;
+    }
+    return new Uint8Array(out.buffer);
+  }
+  if (dtype === 'BF16') {
+    const out = Buffer.alloc(2 * values.length);
+    const bits = new Uint32Array(1);
+    const word = new Float32Array(bits.buffer);
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) throw rangeError(`${name}: dtype BF16 takes finite values, received ${values[i]} at index ${i}`);
+      word[0] = values[i];
+      // To nearest, ties to even; a finite value past the bf16 range rounds to infinity.
+      out.writeUInt16LE(((bits[0] + 0x7fff + ((bits[0] >>> 16) & 1)) >>> 16) & 0xffff, 2 * i);
+    }
+    return out;
+  }
+  throw typeError(`${name}.dtype: expected 'F32', 'BF16' or 'I8', received ${describe(dtype)}`);
 }
