@@ -49,6 +49,7 @@ export {
   writeSafetensors,
   type ReadSafetensorsOptions,
   type Safetensors,
+  type SafetensorsDtype,
   type StoredTensor,
   type TensorToWrite,
 } from './safetensors';

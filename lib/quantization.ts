@@ -18,7 +18,8 @@ export type QuantizedFormat = Exclude<WeightFormat, 'float32'>;
 
 /** @internal Checks a `quantize()` argument. */
 export function readQuantizedFormat(value: unknown, name: string): QuantizedFormat {
-  if (value !== 'int8' && value !== 'bf16') throw typeError(`${name}: expected 'int8' or 'bf16', received ${describe(value)}`);
+  if (typeof value !== 'string') throw typeError(`${name}: expected 'int8' or 'bf16', received ${describe(value)}`);
+  if (value !== 'int8' && value !== 'bf16') throw rangeError(`${name}: expected 'int8' or 'bf16', received '${value}'`, 'ERR_INVALID_ARG_VALUE');
   return value;
 }
 
@@ -100,7 +101,10 @@ export class QuantizedWeight {
 
   /** The layout the kernels read. */
   get packed(): Int8Array | Uint16Array {
-    if (this.packedValues === null) this.packedValues = native().linearPackQuantized(this.values, this.inFeatures, this.outFeatures);
+    if (this.packedValues === null) {
+      const v = this.values;
+      this.packedValues = v instanceof Int8Array ? native().linearPackQuantized(v, this.inFeatures, this.outFeatures) : native().linearPackQuantized(v, this.inFeatures, this.outFeatures);
+    }
     return this.packedValues;
   }
 

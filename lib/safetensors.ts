@@ -12,17 +12,24 @@ import { describe, rangeError, typeError } from './errors';
 import type { Tensor, TensorLike } from './tensor';
 import { formatShape, readOptions, readTensor } from './validate';
 
+/** The dtypes {@link readSafetensors} converts to float32. */
+export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I8';
+
 /** A tensor read from a safetensors file: float32 values, and the dtype the file stores. */
 export interface StoredTensor extends Tensor {
-  /** The file's dtype: 'F32', 'F16', 'BF16', 'F64' or 'I8'. */
-  readonly dtype: string;
+  /** The file's dtype. */
+  readonly dtype: SafetensorsDtype;
 }
 
 /**
  * A tensor to write: float32 values, stored as `dtype` (default 'F32'). 'BF16' rounds each
- * value to nearest even; 'I8' takes integers from -128 to 127.
+ * value to nearest even; 'I8' takes integers from -128 to 127; 'F16' and 'F64' (as read)
+ * are written as F32. So what {@link readSafetensors} returns writes back unchanged in value.
  */
-export type TensorToWrite = TensorLike & { readonly dtype?: 'F32' | 'BF16' | 'I8' };
+export type TensorToWrite = TensorLike & {
+  /** How the file stores the values (default 'F32'). */
+  readonly dtype?: SafetensorsDtype;
+};
 
 /** Tensors and metadata read from a safetensors file. */
 export interface Safetensors {
@@ -149,7 +156,7 @@ function readEntry(name: string, value: unknown, dataBytes: number, source: stri
         `data_offsets [${begin}, ${end}] hold ${end - begin}`,
     );
   }
-  return { name, dtype, shape: shape as number[], begin, end };
+  return { name, dtype: dtype as SafetensorsDtype, shape: shape as number[], begin, end };
 }
 
 function decode(bytes: Uint8Array, start: number, entry: Entry, source: string): Float32Array {
@@ -311,8 +318,10 @@ export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptio
 }
 
 /**
- * Writes tensors as a safetensors file, names sorted, data in that order. The header
- * is padded with spaces so that the data starts at a multiple of 8 bytes.
+ * Writes tensors as a safetensors file: the data of 4-byte tensors first, then 2-byte, then
+ * 1-byte ones, each group sorted by name, so that every tensor starts at a multiple of its
+ * element size. The header is padded with spaces so that the data starts at a multiple of
+ * 8 bytes.
  * @param tensors Float32 tensors by name (`shape` or `dims`), stored as F32, or as their
  *   `dtype` ('BF16', 'I8'; see {@link TensorToWrite}).
  * @param metadata Optional `__metadata__`: string keys and string values.
@@ -337,14 +346,18 @@ export function writeSafetensors(tensors: Record<string, TensorToWrite>, metadat
     }
     define(header, METADATA, { ...metadata });
   }
-  const names = Object.keys(tensors).sort();
+  // Wider elements first, then by name: every tensor starts at a multiple of its element
+  // size (the data starts at a multiple of 8), which readers that map the file need.
+  const width = (name: string) => ((tensors[name] as { dtype?: unknown } | null)?.dtype === 'BF16' ? 2 : (tensors[name] as { dtype?: unknown } | null)?.dtype === 'I8' ? 1 : 4);
+  const names = Object.keys(tensors).sort((a, b) => width(b) - width(a) || (a < b ? -1 : a > b ? 1 : 0));
   const parts: Uint8Array[] = [];
   let offset = 0;
   for (const name of names) {
     if (name === METADATA) throw rangeError(`tensors: '${METADATA}' is reserved for the metadata`, 'ERR_INVALID_ARG_VALUE');
     const t = readTensor(tensors[name], `tensors['${name}']`);
-    const dtype = (tensors[name] as { dtype?: unknown }).dtype ?? 'F32';
-    const data = encode(t.data, dtype, `tensors['${name}']`);
+    const given = (tensors[name] as { dtype?: unknown }).dtype ?? 'F32';
+    const data = encode(t.data, given, `tensors['${name}']`);
+    const dtype = given === 'BF16' || given === 'I8' ? given : 'F32';
     parts.push(data);
     define(header, name, { dtype, shape: [...t.shape], data_offsets: [offset, offset + data.byteLength] });
     offset += data.byteLength;
@@ -365,7 +378,7 @@ export function writeSafetensors(tensors: Record<string, TensorToWrite>, metadat
 
 // The little-endian bytes of float32 values stored as `dtype`.
 function encode(values: Float32Array, dtype: unknown, name: string): Uint8Array {
-  if (dtype === 'F32') {
+  if (dtype === 'F32' || dtype === 'F16' || dtype === 'F64') {
     if (LITTLE_ENDIAN_HOST) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
     const out = Buffer.alloc(values.byteLength);
     for (let i = 0; i < values.length; i++) out.writeFloatLE(values[i], 4 * i);
@@ -375,7 +388,7 @@ function encode(values: Float32Array, dtype: unknown, name: string): Uint8Array 
     const out = new Int8Array(values.length);
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      if (!Number.isInteger(v) || v < -128 || v > 127) throw rangeError(`${name}: dtype I8 takes integers from -128 to 127, received ${v} at index ${i}`);
+      if (!Number.isInteger(v) || v < -128 || v > 127) throw rangeError(`${name}: dtype I8 takes integers from -128 to 127, received ${v} at index ${i}`, 'ERR_INVALID_ARG_VALUE');
       out[i] = v;
     }
     return new Uint8Array(out.buffer);
@@ -385,12 +398,12 @@ function encode(values: Float32Array, dtype: unknown, name: string): Uint8Array 
     const bits = new Uint32Array(1);
     const word = new Float32Array(bits.buffer);
     for (let i = 0; i < values.length; i++) {
-      if (!Number.isFinite(values[i])) throw rangeError(`${name}: dtype BF16 takes finite values, received ${values[i]} at index ${i}`);
+      if (!Number.isFinite(values[i])) throw rangeError(`${name}: dtype BF16 takes finite values, received ${values[i]} at index ${i}`, 'ERR_INVALID_ARG_VALUE');
       word[0] = values[i];
       // To nearest, ties to even; a finite value past the bf16 range rounds to infinity.
       out.writeUInt16LE(((bits[0] + 0x7fff + ((bits[0] >>> 16) & 1)) >>> 16) & 0xffff, 2 * i);
     }
     return out;
   }
-  throw typeError(`${name}.dtype: expected 'F32', 'BF16' or 'I8', received ${describe(dtype)}`);
+  throw typeError(`${name}.dtype: expected 'F32', 'BF16' or 'I8' (or 'F16' / 'F64', written as F32), received ${describe(dtype)}`);
 }

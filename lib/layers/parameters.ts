@@ -159,7 +159,8 @@ export class Linear {
     };
     const outFeatures = parts.reduce((n, p) => n + p.outFeatures, 0);
     const stacked = new Linear(parts[0].inFeatures, outFeatures, concat(parts.map((p) => p.weight))!, concat(parts.map((p) => p.bias)));
-    if (parts[0].quantized !== null) stacked.quantized = QuantizedWeight.stacked(parts.map((p) => p.quantized!));
+    // Parts of mixed formats (a checkpoint being rejected) stack as float32.
+    if (parts.every((p) => p.quantized !== null && p.format === parts[0].format)) stacked.quantized = QuantizedWeight.stacked(parts.map((p) => p.quantized!));
     return stacked;
   }
 
