@@ -529,21 +529,23 @@ inline typename V::F load_weights(const std::uint16_t* p) {
   return V::load_bf16(p);
 }
 
-// C tile of MR rows x NV vector columns over all of k: each k step widens the NV weight
-// vectors once, for all MR rows (so a few rows cost little more than one). Every column
+// C tile of MR rows x NV vector columns over all of k: each k step broadcasts the MR
+// x values, then widens each weight vector once and uses it for all MR rows right away
+// (so a few rows cost little more than one, and one widened vector is live at a time).
+// Every column
 // is one chain of FMAs in ascending k, whatever MR and NV are (no split accumulator sets):
 // a row gets the same bits in any tile, so batched decoding steps equal single ones.
 // The tile reads NV whole vectors of every weight row and stores its first `cols`
 // columns, times scale[n] when scale is set.
 
 // The widest tile for MR rows: at most 64 columns and kQuantAccumulators vectors, halved
-// until the accumulators, the widened weights and the broadcast fit in the registers. A
-// one-row tile uses each widened vector once, so it needs only one live at a time: its
-// NV independent chains are what hide the FMA latency, now that k is never split.
+// until the accumulators, the MR broadcasts and one widened vector fit in the registers
+// (a spilled accumulator chains every k step through memory). With k never split, the
+// NV x MR independent chains are what hide the FMA latency.
 template <class V>
 constexpr int quant_vectors(int MR) {
   int nv = std::min(64 / static_cast<int>(V::kLanes), std::max(1, V::kQuantAccumulators / MR));
-  while (nv > 1 && MR * nv + (MR > 1 ? nv : 1) + 1 > V::kRegisters) nv /= 2;
+  while (nv > 1 && MR * nv + MR + 1 > V::kRegisters) nv /= 2;
   return nv;
 }
 
@@ -561,14 +563,14 @@ void quant_tile(std::size_t K, const float* x, std::size_t ldx, const W* w, std:
   }
   for (std::size_t k = 0; k < K; ++k) {
     const W* pw = w + k * ldw;
-    F wv[NV];
+    F xv[MR];
     PA_UNROLL
-    for (int v = 0; v < NV; ++v) wv[v] = load_weights<V>(pw + v * kLanes);
+    for (int r = 0; r < MR; ++r) xv[r] = V::broadcast(x + r * ldx + k);
     PA_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const F xv = V::broadcast(x + r * ldx + k);
+    for (int v = 0; v < NV; ++v) {
+      const F wv = load_weights<V>(pw + v * kLanes);
       PA_UNROLL
-      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(xv, wv[v], acc[r][v]);
+      for (int r = 0; r < MR; ++r) acc[r][v] = V::fmadd(xv[r], wv, acc[r][v]);
     }
   }
 
