@@ -9,30 +9,14 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const { PerformerLM, TransformerDecoder } = require('..');
+const { Rng } = require('./lib/data');
+const { relFrobenius: relativeError, summarize } = require('./lib/stats');
 
 const seeds = Number(process.argv[process.argv.indexOf('--seeds') + 1]) || 5;
 const FIXTURES = path.join(__dirname, '..', 'test', 'fixtures', 'performer-pytorch');
 const FORMATS = ['float32', 'bf16', 'int8'];
 
-function relativeError(a, ref) {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    num += (a[i] - ref[i]) ** 2;
-    den += ref[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
-// Seeded normal values (Box-Muller over a 32-bit xorshift).
-function randn(seed, n) {
-  let s = seed >>> 0 || 1;
-  const u = () => {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    return (s + 0.5) / 4294967296;
-  };
-  return Float32Array.from({ length: n }, () => Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u()));
-}
+const randn = (seed, n) => new Rng(seed).normals(n, 1);
 
 // Held-out tokens and targets of the trained model (its fixture's io file and cases.json).
 function trainedCase() {
@@ -77,10 +61,9 @@ function greedy(lm, prompt, n) {
   return out;
 }
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 console.log('Trained performer-pytorch test model (lm_trained_small), both numerics:');
-console.log('| numerics | weights | held-out bits per byte | vs float32 | logits rel. error | greedy tokens equal to float32's before the first difference (of 64) |');
+console.log('| numerics | weights | held-out bits per byte | vs float32 | logits rel. error | greedy tokens equal to float32 before the first difference (of 64) |');
 console.log('|---|---|---:|---:|---:|---:|');
 const { c, tokens } = trainedCase();
 const [, L] = tokens.shape;
@@ -113,7 +96,7 @@ const errors = (make, run) => {
     const ref = run(make(seed), seed);
     for (const format of ['bf16', 'int8']) byFormat[format].push(relativeError(run(make(seed).quantize(format), seed), ref));
   }
-  return ['bf16', 'int8'].map((f) => `${median(byFormat[f]).toExponential(2)} / ${Math.max(...byFormat[f]).toExponential(2)}`);
+  return ['bf16', 'int8'].map((f) => `${summarize(byFormat[f]).median.toExponential(2)} / ${summarize(byFormat[f]).max.toExponential(2)}`);
 };
 const D = 512;
 const decoder = errors(

@@ -16,16 +16,22 @@ export type WeightFormat = 'float32' | 'int8' | 'bf16';
 /** The formats {@link WeightFormat} that `quantize()` takes. */
 export type QuantizedFormat = Exclude<WeightFormat, 'float32'>;
 
-/** @internal Checks a `quantize()` argument. */
-export function readQuantizedFormat(value: unknown, name: string): QuantizedFormat {
+/** Checks a `quantize()` argument. */
+function readQuantizedFormat(value: unknown, name: string): QuantizedFormat {
   if (typeof value !== 'string') throw typeError(`${name}: expected 'int8' or 'bf16', received ${describe(value)}`);
   if (value !== 'int8' && value !== 'bf16') throw rangeError(`${name}: expected 'int8' or 'bf16', received '${value}'`, 'ERR_INVALID_ARG_VALUE');
   return value;
 }
 
-/** @internal The error of a second quantize() to another format (the float32 weights are gone). */
-export function requantizeError(fn: string, current: QuantizedFormat, wanted: QuantizedFormat): Error {
-  return rangeError(`${fn}: the weights are already ${current}; quantize the float32 model to ${wanted} instead`, 'ERR_INVALID_ARG_VALUE');
+/**
+ * @internal The rule of every quantize(): the same format again changes nothing, another one
+ * is an error (the float32 weights are gone); otherwise `store` quantizes the weights.
+ */
+export function quantizeOnce(fn: string, format: unknown, current: WeightFormat, store: (format: QuantizedFormat) => void): void {
+  const f = readQuantizedFormat(format, `${fn} format`);
+  if (current === f) return;
+  if (current !== 'float32') throw rangeError(`${fn}: the weights are already ${current}; quantize the float32 model to ${f} instead`, 'ERR_INVALID_ARG_VALUE');
+  store(f);
 }
 
 /** @internal The error of a training call on a quantized model. */

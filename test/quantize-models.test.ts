@@ -18,7 +18,7 @@ import {
   type TensorToWrite,
 } from '../lib';
 import { expectThrows as expectError } from './helpers/errors';
-import { fixtureCases, readRaw, relativeError, weightsPath } from './helpers/performer-fixtures';
+import { fixtureCases, heldOutBitsPerByte, relativeError, weightsPath } from './helpers/performer-fixtures';
 import { randn, Rng } from './helpers/reference';
 
 const cases = fixtureCases();
@@ -38,26 +38,6 @@ const LM_CONFIG = { num_tokens: 96, max_seq_len: 64, dim: 48, depth: 2, heads: 3
 function tokens(seed: number, B: number, L: number, vocab: number): { data: Int32Array; shape: number[] } {
   const rng = new Rng(seed);
   return { data: Int32Array.from({ length: B * L }, () => Math.floor(rng.uniform() * vocab)), shape: [B, L] };
-}
-
-// Held-out bits per byte of the trained fixture's logits (as test/performer-pytorch.test.ts).
-function bitsPerByte(lm: PerformerLM): number {
-  const c = cases.lm_trained_small;
-  const t = readRaw('lm_trained_small.io.safetensors')['inputs/tokens'];
-  const logits = lm.forwardSync({ data: t.data as Int32Array, shape: t.shape }).data;
-  const V = 128;
-  let total = 0;
-  let count = 0;
-  c.heldout_targets!.forEach((row, b) =>
-    row.forEach((target, i) => {
-      const l = logits.subarray((b * t.shape[1] + i) * V, (b * t.shape[1] + i + 1) * V);
-      const max = Math.max(...l);
-      const lse = Math.log(l.reduce((s, v) => s + Math.exp(v - max), 0)) + max;
-      total += (lse - l[target]) / Math.LN2;
-      count++;
-    }),
-  );
-  return total / count;
 }
 
 describe.each(formats)('PerformerLM.quantize(%s)', (format) => {
@@ -108,8 +88,8 @@ describe.each(formats)('PerformerLM.quantize(%s)', (format) => {
 
   test('held-out bits per byte of the trained fixture within 1 % of float32', () => {
     const c = cases.lm_trained_small;
-    const fp32 = bitsPerByte(PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), c.ctor as never));
-    const quantized = bitsPerByte(PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), c.ctor as never).quantize(format));
+    const fp32 = heldOutBitsPerByte(PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), c.ctor as never));
+    const quantized = heldOutBitsPerByte(PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), c.ctor as never).quantize(format));
     expect(Math.abs(fp32 - c.heldout_bits_per_byte!)).toBeLessThan(1e-4);
     expect(Math.abs(quantized - fp32) / fp32).toBeLessThan(0.01);
   });

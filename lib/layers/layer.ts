@@ -3,7 +3,7 @@
  * random features (redrawFeatures), a fingerprint, and the decoding-state plumbing.
  */
 import { native } from '../native';
-import { quantizedTrainingError, readQuantizedFormat, requantizeError, type QuantizedFormat, type WeightFormat } from '../quantization';
+import { quantizedTrainingError, quantizeOnce, type QuantizedFormat, type WeightFormat } from '../quantization';
 import type { Tensor, TensorLike } from '../tensor';
 import { readInteger } from '../validate';
 import { DecodingState, deserializeState, type StateArray } from './decoding';
@@ -154,13 +154,10 @@ export abstract class LayerBase {
    * @throws TypeError for another format; RangeError when already quantized to the other one.
    */
   quantize(format: QuantizedFormat): this {
-    const fn = `${this.constructor.name}.quantize`;
-    const f = readQuantizedFormat(format, `${fn} format`);
-    const current = this.weightFormat;
-    if (current === f) return this;
-    if (current !== 'float32') throw requantizeError(fn, current, f);
-    for (const slot of this.slotMap().values()) slot.linear?.quantize(f);
-    parameterEpoch++;
+    quantizeOnce(`${this.constructor.name}.quantize`, format, this.weightFormat, (f) => {
+      for (const slot of this.slotMap().values()) slot.linear?.quantize(f);
+      parameterEpoch++;
+    });
     return this;
   }
 

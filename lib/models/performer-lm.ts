@@ -14,7 +14,7 @@ import { readStateList } from '../layers/decoding-steps';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
 import { newFloat32Array, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
-import { quantizedTrainingError, readQuantizedFormat, requantizeError, storedTensors, type QuantizedFormat, type WeightFormat } from '../quantization';
+import { quantizedTrainingError, quantizeOnce, storedTensors, type QuantizedFormat, type WeightFormat } from '../quantization';
 import { Linear } from '../layers/parameters';
 import { fillAxialTable, inverseFrequencies, type AxialWeights, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
 import { readDropoutRates, readLMConfig, type DropoutRates, type LMConfig, type PerformerLMPytorchConfig } from './config';
@@ -212,14 +212,11 @@ export class PerformerLM {
    * @throws TypeError for another format; RangeError when already quantized to the other one.
    */
   quantize(format: QuantizedFormat): this {
-    const fn = 'PerformerLM.quantize';
-    const f = readQuantizedFormat(format, `${fn} format`);
-    const current = this.weightFormat;
-    if (current === f) return this;
-    if (current !== 'float32') throw requantizeError(fn, current, f);
-    this.stack.quantize(f);
-    if (!this.config.tieEmbed) this.head.quantize(f);
-    this.cachedFingerprint = null;
+    quantizeOnce('PerformerLM.quantize', format, this.weightFormat, (f) => {
+      this.stack.quantize(f);
+      if (!this.config.tieEmbed) this.head.quantize(f);
+      this.cachedFingerprint = null;
+    });
     return this;
   }
 

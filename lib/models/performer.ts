@@ -10,7 +10,7 @@ import { PlanBuilder } from '../layers/plan';
 import { readSequence } from '../layers/layer-inputs';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readMask, readOptions } from '../validate';
-import { readQuantizedFormat, requantizeError, type QuantizedFormat, type WeightFormat } from '../quantization';
+import { quantizeOnce, type QuantizedFormat, type WeightFormat } from '../quantization';
 import type { PerformerPytorchWeights, TensorSource } from './checkpoint';
 import { readPerformerConfig, type PerformerPytorchConfig, type PerformerStackConfig } from './config';
 import { parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
@@ -100,12 +100,7 @@ export class Performer {
    * @throws TypeError for another format; RangeError when already quantized to the other one.
    */
   quantize(format: QuantizedFormat): this {
-    const fn = 'Performer.quantize';
-    const f = readQuantizedFormat(format, `${fn} format`);
-    const current = this.weightFormat;
-    if (current === f) return this;
-    if (current !== 'float32') throw requantizeError(fn, current, f);
-    this.stack.quantize(f);
+    quantizeOnce('Performer.quantize', format, this.weightFormat, (f) => this.stack.quantize(f));
     return this;
   }
 
