@@ -23,7 +23,8 @@ export interface StoredTensor extends Tensor {
 
 /**
  * A tensor to write: float32 values, stored as `dtype` (default 'F32'). 'BF16' rounds each
- * value to nearest even; 'I8' takes integers from -128 to 127; 'F16' and 'F64' (as read)
+ * value to nearest even (bf16 values, infinities and NaN stay as they are); 'I8' takes
+ * integers from -128 to 127; 'F16' and 'F64' (as read)
  * are written as F32. So what {@link readSafetensors} returns writes back unchanged in value.
  */
 export type TensorToWrite = TensorLike & {
@@ -329,8 +330,8 @@ export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptio
  *   that the package's types need no `@types/node`; pass it to `fs.writeFile` as it is.
  * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }`, an unknown
  *   dtype or metadata that is not strings; RangeError for a data length that does not match
- *   the shape, an 'I8' value that is not an integer from -128 to 127, a non-finite 'BF16'
- *   value, or the reserved name `__metadata__`.
+ *   the shape, an 'I8' value that is not an integer from -128 to 127, or the reserved name
+ *   `__metadata__`.
  */
 export function writeSafetensors(tensors: Record<string, TensorToWrite>, metadata?: Record<string, string>): Uint8Array {
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) {
@@ -395,13 +396,14 @@ function encode(values: Float32Array, dtype: unknown, name: string): Uint8Array 
   }
   if (dtype === 'BF16') {
     const out = Buffer.alloc(2 * values.length);
-    const bits = new Uint32Array(1);
-    const word = new Float32Array(bits.buffer);
+    // The bits themselves: reading a signaling NaN as a number would quiet it.
+    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
     for (let i = 0; i < values.length; i++) {
-      if (!Number.isFinite(values[i])) throw rangeError(`${name}: dtype BF16 takes finite values, received ${values[i]} at index ${i}`, 'ERR_INVALID_ARG_VALUE');
-      word[0] = values[i];
-      // To nearest, ties to even; a finite value past the bf16 range rounds to infinity.
-      out.writeUInt16LE(((bits[0] + 0x7fff + ((bits[0] >>> 16) & 1)) >>> 16) & 0xffff, 2 * i);
+      const b = bits[i];
+      // bf16 values (infinities and NaN payloads included) as they are; others to nearest,
+      // ties to even (a finite value past the bf16 range rounds to infinity); a NaN stays one.
+      const h = (b & 0xffff) === 0 ? b >>> 16 : (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+      out.writeUInt16LE(h & 0xffff, 2 * i);
     }
     return out;
   }

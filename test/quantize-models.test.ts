@@ -219,7 +219,10 @@ describe('writeSafetensors dtypes', () => {
     expect(file.tensors.i.dtype).toBe('I8');
     expect(file.tensors.f.dtype).toBe('F32');
     expectThrows(() => writeSafetensors({ i: { data: Float32Array.of(128), shape: [1], dtype: 'I8' } }), RangeError, "tensors['i']: dtype I8 takes integers from -128 to 127, received 128 at index 0");
-    expectThrows(() => writeSafetensors({ b: { data: Float32Array.of(NaN), shape: [1], dtype: 'BF16' } }), RangeError, "tensors['b']: dtype BF16 takes finite values, received NaN at index 0");
+    // Infinities and NaN (payloads of bf16 NaNs included) stay as they are.
+    const special = new Float32Array(new Uint32Array([0x7f800000, 0xff800000, 0x7f810000, 0xffc00000, 0x7fc00001]).buffer);
+    const back = readSafetensors(writeSafetensors({ s: { data: special, shape: [5], dtype: 'BF16' } })).tensors.s.data;
+    expect(Array.from(new Uint32Array(back.buffer, back.byteOffset, 5))).toEqual([0x7f800000, 0xff800000, 0x7f810000, 0xffc00000, 0x7fc00000]);
     expectThrows(() => writeSafetensors({ h: { data: Float32Array.of(1), shape: [1], dtype: 'U8' as never } }), TypeError, "tensors['h'].dtype: expected 'F32', 'BF16' or 'I8' (or 'F16' / 'F64', written as F32), received the string \"U8\"");
   });
 });
