@@ -6,10 +6,11 @@
 // performer-pytorch's generate does at every step). Medians of repeated runs; ratios
 // come from the same run. Both numerics by default. Then concurrent sessions: tokens/s of
 // N sessions (each after a 64-token prompt) advanced by stepBatchSync against stepping them
-// one by one, interleaved in the same run.
+// one by one, with float32, bf16 and int8 linear weights (lm.quantize), all interleaved in
+// the same rounds.
 //   npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096]
-//                             [--sessions 1,8,64] [--runs 3] [--numerics performer-pytorch,exact]
-//                             [--json results/generate.json]
+//                             [--sessions 1,8,64] [--weights float32,bf16,int8] [--runs 3]
+//                             [--numerics performer-pytorch,exact] [--json results/generate.json]
 const fs = require('node:fs');
 const path = require('node:path');
 const { performance } = require('node:perf_hooks');
@@ -17,16 +18,17 @@ const { PerformerLM, backendInfo } = require('..');
 const { median, quantile, mean } = require('./lib/stats');
 const { parseFlagsOrExit, parseList, parseLength, integer, oneOf } = require('./lib/args');
 
-const USAGE = 'npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096] [--sessions 1,8,64] [--runs 3] [--numerics performer-pytorch,exact] [--json FILE]';
+const USAGE = 'npm run bench:generate -- [--contexts 256,4096,65536] [--steps 32] [--recompute-up-to 4096] [--sessions 1,8,64] [--weights float32,bf16,int8] [--runs 3] [--numerics performer-pytorch,exact] [--json FILE]';
 const flags = parseFlagsOrExit('bench:generate', USAGE, process.argv.slice(2), {
   contexts: { value: (text, flag) => parseList(text, flag, 'lengths', parseLength) },
   steps: { value: integer(1, 1e6) },
   'recompute-up-to': { key: 'recomputeUpTo', value: integer(0, Number.MAX_SAFE_INTEGER) },
   sessions: { value: (text, flag) => parseList(text, flag, 'session counts', integer(1, 4096)) },
+  weights: { value: (text, flag) => parseList(text, flag, 'weight formats', oneOf(['float32', 'bf16', 'int8'])) },
   runs: { value: integer(1, 1e6) },
   numerics: { value: (text, flag) => parseList(text, flag, 'numerics', oneOf(['performer-pytorch', 'exact'])) },
   json: { value: (text) => text },
-}, { contexts: [256, 4096, 65536], steps: 32, recomputeUpTo: 4096, sessions: [1, 8, 64], runs: 3, numerics: ['performer-pytorch', 'exact'], json: null });
+}, { contexts: [256, 4096, 65536], steps: 32, recomputeUpTo: 4096, sessions: [1, 8, 64], weights: ['float32', 'bf16', 'int8'], runs: 3, numerics: ['performer-pytorch', 'exact'], json: null });
 const { contexts, steps, recomputeUpTo, runs } = flags;
 const config = { num_tokens: 256, max_seq_len: 4096, dim: 512, depth: 6, heads: 8, dim_head: 64, causal: true };
 
@@ -97,35 +99,47 @@ for (const numerics of flags.numerics) {
 }
 
 // Concurrent sessions: each round steps every session once, one by one (stepSync) and then
-// all together (stepBatchSync), so both see the same machine state; medians over rounds.
+// all together (stepBatchSync), for every weight format in turn, so all see the same machine
+// state; medians over rounds.
 const rounds = Math.max(5, runs * 3);
 for (const numerics of flags.numerics) {
-  const lm = PerformerLM.random(config, { seed: 1, numerics });
+  const models = flags.weights.map((weights) => {
+    const lm = PerformerLM.random(config, { seed: 1, numerics });
+    return { weights, lm: weights === 'float32' ? lm : lm.quantize(weights) };
+  });
   console.log(`\nnumerics '${numerics}': concurrent sessions, one step each, ${rounds} interleaved rounds`);
-  console.log('| sessions | one by one: step of all | tokens/s | batched: step of all | tokens/s | batched / one by one |');
-  console.log('|---:|---:|---:|---:|---:|---:|');
+  console.log('| weights | sessions | one by one: step of all | tokens/s | batched: step of all | tokens/s | batched / one by one | one by one vs float32 | batched vs float32 |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const count of flags.sessions) {
     const prompt = tokens(64);
-    const made = () => Array.from({ length: count }, () => {
-      const s = lm.createStateSync();
-      lm.stepSync(prompt, s);
-      return s;
+    const runsOf = models.map(({ weights, lm }) => {
+      const made = () => Array.from({ length: count }, () => {
+        const s = lm.createStateSync();
+        lm.stepSync(prompt, s);
+        return s;
+      });
+      return { weights, lm, single: made(), batched: made(), singleMs: [], batchedMs: [] };
     });
-    const single = made();
-    const batched = made();
-    const singleMs = [];
-    const batchedMs = [];
     for (let r = 0; r < rounds; r++) {
       const next = Int32Array.from({ length: count }, token);
-      singleMs.push(time(() => single.forEach((s, i) => lm.stepSync(next.subarray(i, i + 1), s))));
-      batchedMs.push(time(() => lm.stepBatchSync(batched, next)));
+      for (const m of runsOf) {
+        m.singleMs.push(time(() => m.single.forEach((s, i) => m.lm.stepSync(next.subarray(i, i + 1), s))));
+        m.batchedMs.push(time(() => m.lm.stepBatchSync(m.batched, next)));
+      }
     }
-    const one = median(singleMs);
-    const all = median(batchedMs);
-    const row = { numerics, sessions: count, oneByOneMs: one, batchedMs: all, oneByOneTokensPerSecond: (count / one) * 1000, batchedTokensPerSecond: (count / all) * 1000 };
-    report.sessions.push(row);
-    const ms = (v) => (v >= 100 ? `${v.toFixed(0)} ms` : `${v.toFixed(2)} ms`);
-    console.log(`| ${count} | ${ms(one)} | ${row.oneByOneTokensPerSecond.toFixed(0)} | ${ms(all)} | ${row.batchedTokensPerSecond.toFixed(0)} | ${(one / all).toFixed(2)}x |`);
+    const base = runsOf.find((m) => m.weights === 'float32');
+    for (const m of runsOf) {
+      const one = median(m.singleMs);
+      const all = median(m.batchedMs);
+      const row = { numerics, weights: m.weights, sessions: count, oneByOneMs: one, batchedMs: all, oneByOneTokensPerSecond: (count / one) * 1000, batchedTokensPerSecond: (count / all) * 1000 };
+      report.sessions.push(row);
+      const ms = (v) => (v >= 100 ? `${v.toFixed(0)} ms` : `${v.toFixed(2)} ms`);
+      const vs = (ratio) => (base === undefined ? '-' : `${ratio.toFixed(2)}x`);
+      console.log(
+        `| ${m.weights} | ${count} | ${ms(one)} | ${row.oneByOneTokensPerSecond.toFixed(0)} | ${ms(all)} | ${row.batchedTokensPerSecond.toFixed(0)} | ${(one / all).toFixed(2)}x | ` +
+          `${base ? vs(median(base.singleMs) / one) : '-'} | ${base ? vs(median(base.batchedMs) / all) : '-'} |`,
+      );
+    }
   }
 }
 

@@ -49,7 +49,11 @@ export {
   writeSafetensors,
   type ReadSafetensorsOptions,
   type Safetensors,
+  type SafetensorsDtype,
+  type StoredTensor,
+  type TensorToWrite,
 } from './safetensors';
+export type { QuantizedFormat, WeightFormat } from './quantization';
 export { tensor, type MaskBytes, type MaskLike, type Shaped, type Tensor, type TensorLike } from './tensor';
 export {
   MultiHeadAttention,

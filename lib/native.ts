@@ -46,6 +46,17 @@ export interface NativeAddon {
   runPlanSync(steps: readonly object[]): void;
   runPlanAsync(steps: readonly object[], control?: { cancel?: () => void }, atomic?: boolean): Promise<void>;
   linearPack(weight: Float32Array, inFeatures: number, outFeatures: number): Float32Array;
+  /**
+   * W [out, in] quantized, values still [out, in] (not packed): int8 with one scale per output
+   * channel (max |row| / 127, values rounded to nearest even) or bf16 bits (scales null).
+   * RangeError for non-finite weights (naming the index), wrong lengths or zero sizes.
+   */
+  linearQuantize(weight: Float32Array, inFeatures: number, outFeatures: number, format: 'int8'): { values: Int8Array; scales: Float32Array };
+  linearQuantize(weight: Float32Array, inFeatures: number, outFeatures: number, format: 'bf16'): { values: Uint16Array; scales: null };
+  linearQuantize(weight: Float32Array, inFeatures: number, outFeatures: number, format: 'int8' | 'bf16'): { values: Int8Array | Uint16Array; scales: Float32Array | null };
+  /** Quantized values [out, in] packed for linear plan steps (same array type). */
+  linearPackQuantized(values: Int8Array, inFeatures: number, outFeatures: number): Int8Array;
+  linearPackQuantized(values: Uint16Array, inFeatures: number, outFeatures: number): Uint16Array;
   favorStateFloats(featureCount: number, valueDim: number): number;
   favorStateReset(state: Float32Array, heads: number, featureCount: number, valueDim: number): void;
   pendingCalls(): number;

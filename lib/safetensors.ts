@@ -12,10 +12,30 @@ import { describe, rangeError, typeError } from './errors';
 import type { Tensor, TensorLike } from './tensor';
 import { formatShape, readOptions, readTensor } from './validate';
 
+/** The dtypes {@link readSafetensors} converts to float32. */
+export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I8';
+
+/** A tensor read from a safetensors file: float32 values, and the dtype the file stores. */
+export interface StoredTensor extends Tensor {
+  /** The file's dtype. */
+  readonly dtype: SafetensorsDtype;
+}
+
+/**
+ * A tensor to write: float32 values, stored as `dtype` (default 'F32'). 'BF16' rounds each
+ * value to nearest even (bf16 values, infinities and NaN stay as they are); 'I8' takes
+ * integers from -128 to 127; 'F16' and 'F64' (as read)
+ * are written as F32. So what {@link readSafetensors} returns writes back unchanged in value.
+ */
+export type TensorToWrite = TensorLike & {
+  /** How the file stores the values (default 'F32'). */
+  readonly dtype?: SafetensorsDtype;
+};
+
 /** Tensors and metadata read from a safetensors file. */
 export interface Safetensors {
-  /** The tensors by name, converted to float32. */
-  tensors: Record<string, Tensor>;
+  /** The tensors by name, converted to float32 (each with the dtype of the file). */
+  tensors: Record<string, StoredTensor>;
   /** The file's `__metadata__` (string keys and values); `{}` when it has none. */
   metadata: Record<string, string>;
 }
@@ -42,7 +62,7 @@ const ITEM_BYTES: Record<string, number> = {
   I32: 4, U32: 4, F32: 4,
   I64: 8, U64: 8, F64: 8,
 };
-const CONVERTED = ['F32', 'F16', 'BF16', 'F64'];
+const CONVERTED = ['F32', 'F16', 'BF16', 'F64', 'I8'];
 const LITTLE_ENDIAN_HOST = os.endianness() === 'LE';
 
 let halfTable: Float32Array | undefined;
@@ -137,7 +157,7 @@ function readEntry(name: string, value: unknown, dataBytes: number, source: stri
         `data_offsets [${begin}, ${end}] hold ${end - begin}`,
     );
   }
-  return { name, dtype, shape: shape as number[], begin, end };
+  return { name, dtype: dtype as SafetensorsDtype, shape: shape as number[], begin, end };
 }
 
 function decode(bytes: Uint8Array, start: number, entry: Entry, source: string): Float32Array {
@@ -169,6 +189,8 @@ function decode(bytes: Uint8Array, start: number, entry: Entry, source: string):
       for (let i = 0; i < count; i++) out[i] = view.getFloat64(8 * i, true);
       return out;
     }
+    case 'I8':
+      return Float32Array.from(new Int8Array(bytes.buffer, offset, count));
     default:
       throw typeError(
         `${source}: tensor '${entry.name}' has dtype ${entry.dtype}; only ${CONVERTED.join(', ')} convert to float32 ` +
@@ -249,10 +271,10 @@ function parse(bytes: unknown, options: unknown, source: string): Safetensors {
     throw formatError(source, `the tensors cover ${position} of the ${dataBytes} bytes of data`);
   }
 
-  const tensors: Record<string, Tensor> = {};
+  const tensors: Record<string, StoredTensor> = {};
   for (const entry of entries) {
     if (include && !include(entry.name)) continue;
-    define(tensors, entry.name, { data: decode(bytes, start, entry, source), shape: Object.freeze(entry.shape) });
+    define(tensors, entry.name, { data: decode(bytes, start, entry, source), shape: Object.freeze(entry.shape), dtype: entry.dtype });
   }
   return { tensors, metadata };
 }
@@ -263,9 +285,9 @@ function define<T>(target: Record<string, T>, key: string, value: T): void {
 }
 
 /**
- * Reads a safetensors file held in memory. F32, F16, BF16 and F64 tensors become float32
- * tensors (F16 exactly, subnormals, infinities and NaN included; BF16 exactly; F64
- * rounded). An F32 tensor whose data is 4-byte aligned in memory is a view of `bytes`
+ * Reads a safetensors file held in memory. F32, F16, BF16, F64 and I8 tensors become float32
+ * tensors (F16 exactly, subnormals, infinities and NaN included; BF16 and I8 exactly; F64
+ * rounded), each with the file's `dtype`. An F32 tensor whose data is 4-byte aligned in memory is a view of `bytes`
  * (no copy; headers written by {@link writeSafetensors} keep it aligned); other tensors are copies.
  * @param bytes The whole file.
  * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a malformed file: a header length beyond
@@ -297,17 +319,21 @@ export function loadSafetensorsSync(path: string, options?: ReadSafetensorsOptio
 }
 
 /**
- * Writes tensors as a safetensors file (F32), names sorted, data in that order. The header
- * is padded with spaces so that the data starts at a multiple of 8 bytes.
- * @param tensors Float32 tensors by name (`shape` or `dims`).
+ * Writes tensors as a safetensors file: the data of 4-byte tensors first, then 2-byte, then
+ * 1-byte ones, each group sorted by name, so that every tensor starts at a multiple of its
+ * element size. The header is padded with spaces so that the data starts at a multiple of
+ * 8 bytes.
+ * @param tensors Float32 tensors by name (`shape` or `dims`), stored as F32, or as their
+ *   `dtype` ('BF16', 'I8'; see {@link TensorToWrite}).
  * @param metadata Optional `__metadata__`: string keys and string values.
  * @returns The file's bytes: a Node `Buffer` of its own (offset 0), typed as `Uint8Array` so
  *   that the package's types need no `@types/node`; pass it to `fs.writeFile` as it is.
- * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }` or metadata
- *   that is not strings; RangeError for a data length that does not match the shape or the
- *   reserved name `__metadata__`.
+ * @throws TypeError for a tensor that is not `{ data: Float32Array, shape }`, an unknown
+ *   dtype or metadata that is not strings; RangeError for a data length that does not match
+ *   the shape, an 'I8' value that is not an integer from -128 to 127, or the reserved name
+ *   `__metadata__`.
  */
-export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?: Record<string, string>): Uint8Array {
+export function writeSafetensors(tensors: Record<string, TensorToWrite>, metadata?: Record<string, string>): Uint8Array {
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) {
     throw typeError(`tensors: expected an object of tensors by name, received ${describe(tensors)}`);
   }
@@ -321,15 +347,21 @@ export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?:
     }
     define(header, METADATA, { ...metadata });
   }
-  const names = Object.keys(tensors).sort();
-  const parts: Tensor[] = [];
+  // Wider elements first, then by name: every tensor starts at a multiple of its element
+  // size (the data starts at a multiple of 8), which readers that map the file need.
+  const width = (name: string) => ((tensors[name] as { dtype?: unknown } | null)?.dtype === 'BF16' ? 2 : (tensors[name] as { dtype?: unknown } | null)?.dtype === 'I8' ? 1 : 4);
+  const names = Object.keys(tensors).sort((a, b) => width(b) - width(a) || (a < b ? -1 : a > b ? 1 : 0));
+  const parts: Uint8Array[] = [];
   let offset = 0;
   for (const name of names) {
     if (name === METADATA) throw rangeError(`tensors: '${METADATA}' is reserved for the metadata`, 'ERR_INVALID_ARG_VALUE');
     const t = readTensor(tensors[name], `tensors['${name}']`);
-    parts.push(t);
-    define(header, name, { dtype: 'F32', shape: [...t.shape], data_offsets: [offset, offset + t.data.byteLength] });
-    offset += t.data.byteLength;
+    const given = (tensors[name] as { dtype?: unknown }).dtype ?? 'F32';
+    const data = encode(t.data, given, `tensors['${name}']`);
+    const dtype = given === 'BF16' || given === 'I8' ? given : 'F32';
+    parts.push(data);
+    define(header, name, { dtype, shape: [...t.shape], data_offsets: [offset, offset + data.byteLength] });
+    offset += data.byteLength;
   }
   let json = Buffer.from(JSON.stringify(header), 'utf8');
   const padded = Math.ceil(json.length / 8) * 8;
@@ -338,10 +370,42 @@ export function writeSafetensors(tensors: Record<string, TensorLike>, metadata?:
   out.writeBigUInt64LE(BigInt(json.length), 0);
   json.copy(out, 8);
   let position = 8 + json.length;
-  for (const t of parts) {
-    if (LITTLE_ENDIAN_HOST) out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), position);
-    else for (let i = 0; i < t.data.length; i++) out.writeFloatLE(t.data[i], position + 4 * i);
-    position += t.data.byteLength;
+  for (const data of parts) {
+    out.set(data, position);
+    position += data.byteLength;
   }
   return out;
+}
+
+// The little-endian bytes of float32 values stored as `dtype`.
+function encode(values: Float32Array, dtype: unknown, name: string): Uint8Array {
+  if (dtype === 'F32' || dtype === 'F16' || dtype === 'F64') {
+    if (LITTLE_ENDIAN_HOST) return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+    const out = Buffer.alloc(values.byteLength);
+    for (let i = 0; i < values.length; i++) out.writeFloatLE(values[i], 4 * i);
+    return out;
+  }
+  if (dtype === 'I8') {
+    const out = new Int8Array(values.length);
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (!Number.isInteger(v) || v < -128 || v > 127) throw rangeError(`${name}: dtype I8 takes integers from -128 to 127, received ${v} at index ${i}`, 'ERR_INVALID_ARG_VALUE');
+      out[i] = v;
+    }
+    return new Uint8Array(out.buffer);
+  }
+  if (dtype === 'BF16') {
+    const out = Buffer.alloc(2 * values.length);
+    // The bits themselves: reading a signaling NaN as a number would quiet it.
+    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+    for (let i = 0; i < values.length; i++) {
+      const b = bits[i];
+      // bf16 values (infinities and NaN payloads included) as they are; others to nearest,
+      // ties to even (a finite value past the bf16 range rounds to infinity); a NaN stays one.
+      const h = (b & 0xffff) === 0 ? b >>> 16 : (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+      out.writeUInt16LE(h & 0xffff, 2 * i);
+    }
+    return out;
+  }
+  throw typeError(`${name}.dtype: expected 'F32', 'BF16' or 'I8' (or 'F16' / 'F64', written as F32), received ${describe(dtype)}`);
 }

@@ -1,7 +1,7 @@
 // Models trained with performer-pytorch run here with the outputs and generations the
 // Python package gives (fixtures made by the real package: test/fixtures/performer-pytorch).
 import { backendInfo, Performer, PerformerLM, setBackend, type Tensor } from '../lib';
-import { fixtureCases, readRaw, relativeError, weightsPath, type FixtureCase } from './helpers/performer-fixtures';
+import { fixtureCases, heldOutBitsPerByte, readRaw, relativeError, weightsPath, type FixtureCase } from './helpers/performer-fixtures';
 
 const cases = fixtureCases();
 const names = Object.keys(cases);
@@ -152,24 +152,7 @@ describe('generation from a decoding state', () => {
 
   test('held-out bits per byte of the trained model: performer-pytorch numerics reproduce 2.965, exact numerics lose much', () => {
     const c = cases.lm_trained_small;
-    const t = inputs('lm_trained_small').io['inputs/tokens'];
-    const bits = (numerics: 'performer-pytorch' | 'exact') => {
-      const lm = PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), c.ctor as never, { numerics });
-      const logits = lm.forwardSync({ data: t.data as Int32Array, shape: t.shape }).data;
-      const V = 128;
-      let total = 0;
-      let count = 0;
-      c.heldout_targets!.forEach((row, b) =>
-        row.forEach((target, i) => {
-          const l = logits.subarray((b * t.shape[1] + i) * V, (b * t.shape[1] + i + 1) * V);
-          const max = Math.max(...l);
-          const lse = Math.log(l.reduce((s, v) => s + Math.exp(v - max), 0)) + max;
-          total += (lse - l[target]) / Math.LN2;
-          count++;
-        }),
-      );
-      return total / count;
-    };
+    const bits = (numerics: 'performer-pytorch' | 'exact') => heldOutBitsPerByte(PerformerLM.fromPerformerPytorch(weightsPath('lm_trained_small'), c.ctor as never, { numerics }));
     expect(Math.abs(bits('performer-pytorch') - c.heldout_bits_per_byte!)).toBeLessThan(1e-4);
     expect(bits('exact')).toBeGreaterThan(c.heldout_bits_per_byte! + 0.5);
   });

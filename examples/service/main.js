@@ -4,9 +4,11 @@
 //        [--max-concurrent N] [--max-queue N] [--max-seq-len N] [--timeout-ms N] [--log-level info]
 //        [--lm lm/model.safetensors] [--lm-config lm/config.json] [--no-lm] [--redis redis://host:port]
 //        [--max-sessions N] [--max-new-tokens N] [--session-ttl-ms N] [--lease-ms N] [--persist-every N]
+//        [--lm-quantize int8|bf16]
 // Generation serves the language model in lm/ (a small byte-level PerformerLM trained with
 // performer-pytorch on Python source) unless --lm names another checkpoint (its
-// performer-pytorch config in --lm-config). Sessions stay in memory, or in Redis with --redis:
+// performer-pytorch config in --lm-config); --lm-quantize stores its linear weights as int8 or
+// bf16 (every replica sharing a Redis store must use the same model and format). Sessions stay in memory, or in Redis with --redis:
 // then any replica continues any session.
 // Environment: PORT, HOST, WEIGHTS work too. Generates the default weights file when it is
 // missing (make-weights.js). SIGTERM / SIGINT: stop accepting, finish the requests in
@@ -40,6 +42,7 @@ const FLAGS = {
   '--session-ttl-ms': ['sessionTtlMs', Number],
   '--lease-ms': ['leaseMs', Number],
   '--persist-every': ['persistEvery', Number],
+  '--lm-quantize': ['lmQuantize', String],
 };
 const SWITCHES = { '--no-lm': 'noLm' };
 const LM_DIR = path.join(__dirname, 'lm');
@@ -73,6 +76,7 @@ function parseArgs(argv) {
 // The language model and the session store of the generation routes.
 async function loadGenerator(args) {
   const lm = PerformerLM.fromPerformerPytorch(path.resolve(args.lm), JSON.parse(fs.readFileSync(path.resolve(args.lmConfig), 'utf8')));
+  if (args.lmQuantize !== undefined) lm.quantize(args.lmQuantize);
   const options = { ttlMs: args.sessionTtlMs, leaseMs: args.leaseMs };
   const store = args.redis ? new RedisSessionStore({ url: args.redis, ...options }) : new MemorySessionStore(options);
   if (args.redis) await store.connect();

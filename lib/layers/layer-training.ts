@@ -83,6 +83,7 @@ const DIFFERENTIABLE_KERNELS: readonly string[] = ['softmax', 'softmax-hyperboli
  * owner's after it ran (an aborted or failed pass leaves them as they were).
  */
 export function buildModuleBackward(owner: LayerBase, module: TrainedModule, x: unknown, gradOut: unknown, options: unknown, fn: string, async: boolean) {
+  owner.checkTrainable(fn);
   const kind: 'attention' | 'encoder' | 'decoder' = 'q' in module ? 'attention' : isDecoder(module) ? 'decoder' : 'encoder';
   const keys = ['keyPaddingMask', 'attention', ...(kind !== 'encoder' ? ['memory'] : []), ...(kind === 'attention' ? ['key', 'value'] : []), ...(kind === 'decoder' ? ['memoryKeyPaddingMask'] : []), ...(async ? ['signal'] : [])];
   const o = readOptions<{ memory?: unknown; key?: unknown; value?: unknown; keyPaddingMask?: unknown; memoryKeyPaddingMask?: unknown; attention?: unknown; signal?: unknown }>(options, `${fn} options`, keys);
@@ -218,7 +219,7 @@ function layerNorm(b: PlanBuilder, n: LayerNorm, x: Float32Array, rows: number, 
 }
 
 function linear(b: PlanBuilder, l: Linear, x: Float32Array, rows: number, y: Float32Array, residual: Float32Array | null = null): void {
-  b.add({ op: 'linear', x, rows, in: l.inFeatures, out: l.outFeatures, packed: l.packed, bias: l.bias, residual, activation: 'none', y });
+  b.add({ op: 'linear', x, rows, in: l.inFeatures, out: l.outFeatures, packed: l.packed, scales: l.scales, bias: l.bias, residual, activation: 'none', y });
 }
 
 function linearBack(b: PlanBuilder, l: Linear, dy: Float32Array, x: Float32Array, rows: number, dx: Float32Array | null, accumulate: boolean, grads: LayerGradients): void {
@@ -349,7 +350,7 @@ function blockForward(b: PlanBuilder, o: Owned, block: Block, p: ModulePass, x: 
       linear(b, block.ff1, input, rows, pre);
       b.add({ op: 'gelu', x: pre, n: rows * c.ffDim, y: act });
     } else {
-      b.add({ op: 'linear', x: input, rows, in: block.ff1.inFeatures, out: block.ff1.outFeatures, packed: block.ff1.packed, bias: block.ff1.bias, residual: null, activation: 'relu', y: act });
+      b.add({ op: 'linear', x: input, rows, in: block.ff1.inFeatures, out: block.ff1.outFeatures, packed: block.ff1.packed, scales: block.ff1.scales, bias: block.ff1.bias, residual: null, activation: 'relu', y: act });
     }
     linear(b, block.ff2, act, rows, y, residual);
     return { pre, act };

@@ -3,11 +3,12 @@
  * random features (redrawFeatures), a fingerprint, and the decoding-state plumbing.
  */
 import { native } from '../native';
+import { quantizedTrainingError, quantizeOnce, type QuantizedFormat, type WeightFormat } from '../quantization';
 import type { Tensor, TensorLike } from '../tensor';
 import { readInteger } from '../validate';
 import { DecodingState, deserializeState, type StateArray } from './decoding';
 import type { MultiHeadAttention } from './multi-head-attention';
-import { fingerprint, load, snapshot, type LoadParametersOptions, type ParamSlot } from './parameters';
+import { fingerprint, load, snapshot, type Linear, type LoadParametersOptions, type ParamSlot } from './parameters';
 
 /** @internal The arrays a decoding state of a model holds, by batch. */
 export type StateSpec = StateArraySpec[];
@@ -23,6 +24,9 @@ export interface StateArraySpec {
 export function favorStateLength(m: MultiHeadAttention, batch: number): number {
   return batch * m.config.numHeads * native().favorStateFloats(m.featureMap.outputFeatures, m.config.headDim);
 }
+
+// Where a quantized layer's user finds float32 weights to fine-tune.
+const LAYER_FLOATS = 'parameters() gives float32 weights to load into a new layer';
 
 // Counts parameter and feature changes of every module in the process.
 let parameterEpoch = 0;
@@ -131,8 +135,53 @@ export abstract class LayerBase {
     if (this.grads !== null) for (const g of this.grads.values()) g.fill(0);
   }
 
+  /**
+   * How the linear layers' weights are stored: `'float32'`, or the format of
+   * {@link quantize}.
+   */
+  get weightFormat(): WeightFormat {
+    for (const slot of this.slotMap().values()) if (slot.linear !== undefined) return slot.linear.format;
+    return 'float32';
+  }
+
+  /**
+   * Stores every linear layer's weights (projections, feed-forward) as `int8` (symmetric,
+   * one float32 scale per output channel) or `bf16`, in place; LayerNorms, biases and the
+   * random features stay float32. From then on `parameters()` gives the dequantized
+   * weights, `writeModel` saves the stored ones, and decoding states made before no longer
+   * fit. Training needs the float32 weights (backward passes are refused).
+   * @returns this.
+   * @throws TypeError for another format; RangeError when already quantized to the other one.
+   */
+  quantize(format: QuantizedFormat): this {
+    quantizeOnce(`${this.constructor.name}.quantize`, format, this.weightFormat, (f) => {
+      for (const slot of this.slotMap().values()) slot.linear?.quantize(f);
+      parameterEpoch++;
+    });
+    return this;
+  }
+
+  /** @internal The linear layers by weight name. */
+  linears(): Map<string, Linear> {
+    const out = new Map<string, Linear>();
+    for (const [name, slot] of this.slotMap()) if (slot.linear !== undefined) out.set(name, slot.linear);
+    return out;
+  }
+
+  /** @internal After weights changed outside the slots (stored weights read from a file). */
+  weightsReplaced(): void {
+    parameterEpoch++;
+  }
+
+  /** @internal Refuses training passes on quantized weights. */
+  checkTrainable(fn: string): void {
+    const format = this.weightFormat;
+    if (format !== 'float32') throw quantizedTrainingError(fn, format, LAYER_FLOATS);
+  }
+
   /** @internal The trained tensors with their gradients (the optimizer's view). */
   trainables(): { name: string; param: Float32Array; grad: Float32Array }[] {
+    this.checkTrainable(`${this.constructor.name} optimizer`);
     const slots = this.slotMap();
     const store = this.gradientStore(slots);
     return [...store].map(([name, grad]) => ({ name, param: slots.get(name)!.get(), grad }));
@@ -177,7 +226,10 @@ export abstract class LayerBase {
     if (this.cachedFingerprint?.epoch !== parameterEpoch) {
       const slots = new Map<string, ParamSlot>();
       this.slots('', slots);
-      this.cachedFingerprint = { epoch: parameterEpoch, value: `${this.constructor.name}:${fingerprint(this.config, slots)}` };
+      // The format too: the kernels of int8 or bf16 weights sum in their own order.
+      const format = this.weightFormat;
+      const config = format === 'float32' ? this.config : { ...this.config, weightFormat: format };
+      this.cachedFingerprint = { epoch: parameterEpoch, value: `${this.constructor.name}:${fingerprint(config, slots)}` };
     }
     return this.cachedFingerprint.value;
   }

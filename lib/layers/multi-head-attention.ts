@@ -508,7 +508,8 @@ export class MultiHeadAttention extends LayerBase {
   // Fused projections: one pass over x for q, k and v (self) or k and v (memory). Only
   // inputs of one width fuse; separate key and value inputs are projected apart.
   private fusedLinears(): { qkv: Linear; kv: Linear | null } {
-    if (this.fused === null) {
+    // After quantize() the fused copies are made again, in the parts' format.
+    if (this.fused === null || this.fused.qkv.format !== this.q.format) {
       const c = this.config;
       const kvSame = c.keyDim === c.valueDim;
       const sameInput = kvSame && c.keyDim === c.modelDim;
@@ -643,6 +644,7 @@ export class MultiHeadAttention extends LayerBase {
       in: l.inFeatures,
       out: l.outFeatures,
       packed: l.packed,
+      scales: l.scales,
       bias: l.bias,
       residual,
       activation: 'none',

@@ -6,6 +6,7 @@
 import { crc32 } from '../crc32';
 import { describe, rangeError, typeError } from '../errors';
 import { native } from '../native';
+import { QuantizedWeight, type QuantizedFormat, type WeightFormat } from '../quantization';
 import type { Tensor, TensorLike } from '../tensor';
 import { formatShape, isFloat32Array, newFloat32Array, readBoolean, readOptions } from '../validate';
 
@@ -14,6 +15,8 @@ export interface ParamSlot {
   readonly shape: readonly number[];
   get(): Float32Array;
   set(values: Float32Array): void;
+  /** The linear layer whose weight this is (what quantize() visits). */
+  readonly linear?: Linear;
 }
 
 /** Options of `loadParameters`. */
@@ -119,11 +122,16 @@ export function checkModelSize(count: number, fn: string, reduce = 'modelDim, nu
   }
 }
 
-/** @internal y = x W^T + b with W [out, in]; the packed copy for the kernels is made on first use. */
+/**
+ * @internal y = x W^T + b with W [out, in]; the packed copy for the kernels is made on first
+ * use. Quantized (see quantization.ts), `weight` holds the dequantized values and the
+ * kernels read the stored int8 or bf16 weights.
+ */
 export class Linear {
   weight: Float32Array;
   bias: Float32Array | null;
   private packedWeight: Float32Array | null = null;
+  private quantized: QuantizedWeight | null = null;
 
   constructor(
     readonly inFeatures: number,
@@ -141,7 +149,7 @@ export class Linear {
     return new Linear(inFeatures, outFeatures, weight, bias ? random.fill(outFeatures, 1 / Math.sqrt(inFeatures)) : null);
   }
 
-  /** `parts` stacked along their outputs (one pass over x yields q, k and v); a copy. */
+  /** `parts` stacked along their outputs (one pass over x yields q, k and v); a copy, quantized as they are. */
   static stacked(parts: Linear[]): Linear {
     const concat = (arrays: (Float32Array | null)[]) => {
       if (arrays.some((a) => a === null)) return null;
@@ -150,12 +158,57 @@ export class Linear {
       return out;
     };
     const outFeatures = parts.reduce((n, p) => n + p.outFeatures, 0);
-    return new Linear(parts[0].inFeatures, outFeatures, concat(parts.map((p) => p.weight))!, concat(parts.map((p) => p.bias)));
+    const stacked = new Linear(parts[0].inFeatures, outFeatures, concat(parts.map((p) => p.weight))!, concat(parts.map((p) => p.bias)));
+    // Parts of mixed formats (a checkpoint being rejected) stack as float32.
+    if (parts.every((p) => p.quantized !== null && p.format === parts[0].format)) stacked.quantized = QuantizedWeight.stacked(parts.map((p) => p.quantized!));
+    return stacked;
   }
 
-  get packed(): Float32Array {
+  /** How the kernels read the weights. */
+  get format(): WeightFormat {
+    return this.quantized?.format ?? 'float32';
+  }
+
+  /** Stores the weights as `format` from now on; `weight` becomes their dequantized values. */
+  quantize(format: QuantizedFormat): void {
+    this.setQuantized(QuantizedWeight.fromFloat(this.weight, this.inFeatures, this.outFeatures, format));
+  }
+
+  /** Takes stored weights (read from a file); `weight` becomes their dequantized values. */
+  setQuantized(q: QuantizedWeight): void {
+    q.dequantizeInto(this.weight);
+    this.quantized = q;
+    this.packedWeight = null;
+  }
+
+  /**
+   * After `weight` changed in place (an optimizer step): the packed copy is made again.
+   * Quantized weights are never trained, so their stored form stands.
+   */
+  weightChanged(): void {
+    this.packedWeight = null;
+  }
+
+  /** The stored weights when quantized (values [out, in], scales). */
+  get stored(): QuantizedWeight | null {
+    return this.quantized;
+  }
+
+  /** What a plan's linear step reads: float32, int8 (with {@link scales}) or bf16. */
+  get packed(): Float32Array | Int8Array | Uint16Array {
+    if (this.quantized !== null) return this.quantized.packed;
     if (this.packedWeight === null) this.packedWeight = native().linearPack(this.weight, this.inFeatures, this.outFeatures);
     return this.packedWeight;
+  }
+
+  /** The int8 weights' per-output-channel scales (null otherwise). */
+  get scales(): Float32Array | null {
+    return this.quantized?.scales ?? null;
+  }
+
+  /** Bytes the kernels' copy of the weights takes (float32 packed, or the stored values). */
+  get weightBytes(): number {
+    return this.quantized !== null ? this.quantized.byteLength : 2 * this.weight.byteLength;
   }
 
   slots(prefix: string, into: Map<string, ParamSlot>): void {
@@ -163,9 +216,14 @@ export class Linear {
       shape: [this.outFeatures, this.inFeatures],
       get: () => this.weight,
       set: (v) => {
+        // The same array back (parametersChanged): a quantized layer keeps its stored weights.
+        if (v === this.weight && this.quantized !== null) return;
         this.weight = v;
         this.packedWeight = null;
+        // New values in a quantized layer are stored in its format.
+        if (this.quantized !== null) this.quantize(this.quantized.format);
       },
+      linear: this,
     });
     if (this.bias !== null) {
       into.set(`${prefix}.bias`, { shape: [this.outFeatures], get: () => this.bias!, set: (v) => (this.bias = v) });

@@ -20,12 +20,21 @@ export interface LinearStep {
   rows: number;
   in: number;
   out: number;
-  packed: Float32Array;
+  /**
+   * W packed: a Float32Array from linearPack (fp32), or from linearPackQuantized an Int8Array
+   * (int8, `scales` required) or a Uint16Array (bf16 values, no `scales`).
+   */
+  packed: Float32Array | Int8Array | Uint16Array;
+  /** int8 weights only: the `out` per-output-channel scales of linearQuantize. */
+  scales?: Float32Array | null;
   bias?: Float32Array | null;
   residual?: Float32Array | null;
   activation?: 'none' | 'relu' | 'gelu';
   y: Float32Array;
-  /** Each row's bits independent of the row count (decoding steps); see PlanBuilder. */
+  /**
+   * Each row's bits independent of the row count (decoding steps); see PlanBuilder. Quantized
+   * weights are always row-stable.
+   */
   rowStable?: boolean;
 }
 

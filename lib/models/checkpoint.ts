@@ -5,6 +5,7 @@
  * names the tensors and says what was expected.
  */
 import { describe, rangeError, typeError } from '../errors';
+import { readStoredWeight, scaleName, type QuantizedWeight } from '../quantization';
 import { loadSafetensorsSync, readSafetensors } from '../safetensors';
 import type { TensorLike } from '../tensor';
 import { formatShape, isFloat32Array } from '../validate';
@@ -27,8 +28,13 @@ export type PerformerPytorchWeights =
 // The training-time counter of feature redraws: a buffer of the state_dict, never an input.
 const IGNORED = /(^|\.)proj_updater\.calls_since_last_redraw$/;
 
-/** @internal Tensors by state_dict name, as float32 with shapes. */
-export type NamedTensors = Map<string, { data: Float32Array; shape: readonly number[] }>;
+/**
+ * @internal Tensors by state_dict name, as float32 with shapes, and the dtype they were
+ * stored in when known (a safetensors file's, or a tensor's `dtype`): 'I8' and 'BF16'
+ * linear weights are quantized ones.
+ */
+export type NamedTensors = Map<string, { data: Float32Array; shape: readonly number[]; dtype?: string }>;
+
 
 /** @internal Reads the weights argument into named float32 tensors. */
 export function readWeights(weights: unknown, fn: string): NamedTensors {
@@ -48,12 +54,12 @@ export function readWeights(weights: unknown, fn: string): NamedTensors {
   const out: NamedTensors = new Map();
   for (const [name, value] of Object.entries(record)) {
     if (IGNORED.test(name)) continue;
-    const t = value as { data?: unknown; shape?: unknown; dims?: unknown };
+    const t = value as { data?: unknown; shape?: unknown; dims?: unknown; dtype?: unknown };
     const shape = t?.shape ?? t?.dims;
     if (value === null || typeof value !== 'object' || !isFloat32Array(t.data) || !Array.isArray(shape)) {
       throw typeError(`${fn} weights['${name}']: expected a tensor { data: Float32Array, shape }, received ${describe(value)}`);
     }
-    out.set(name, { data: t.data, shape: shape as number[] });
+    out.set(name, { data: t.data, shape: shape as number[], ...(typeof t.dtype === 'string' ? { dtype: t.dtype } : {}) });
   }
   return out;
 }
@@ -64,6 +70,11 @@ export interface TensorSource {
   take(name: string, shape: readonly number[]): Float32Array;
   /** Every tensor taken, by name (the model's parameters under state_dict names). */
   readonly taken: Map<string, { data: Float32Array; shape: readonly number[] }>;
+  /**
+   * The stored form of a linear weight already taken, when the checkpoint holds it quantized
+   * (an 'I8' weight with its `…weight_scale`, or a 'BF16' weight); null for float32.
+   */
+  storedWeight(name: string, inFeatures: number, outFeatures: number): QuantizedWeight | null;
   /** Reports every problem at once (`hint` describes the config), then lets go of the source. */
   finish(hint: string): void;
 }
@@ -96,6 +107,20 @@ export class CheckpointReader implements TensorSource {
     const data = this.read(name, shape);
     this.taken.set(name, { data, shape: Object.freeze([...shape]) });
     return data;
+  }
+
+  storedWeight(name: string, inFeatures: number, outFeatures: number): QuantizedWeight | null {
+    const found = this.resolve(name);
+    const t = found === null ? undefined : this.tensors.get(found);
+    const values = this.taken.get(name)?.data;
+    if (t === undefined || values === undefined || (t.dtype !== 'I8' && t.dtype !== 'BF16')) return null;
+    const scales = t.dtype === 'I8' ? this.read(scaleName(found!), [outFeatures]) : null;
+    try {
+      return readStoredWeight(found!, t.dtype, values, scales, inFeatures, outFeatures);
+    } catch (error) {
+      this.problems.push((error as Error).message);
+      return null;
+    }
   }
 
   private read(name: string, shape: readonly number[]): Float32Array {
@@ -209,6 +234,10 @@ export class RandomSource implements TensorSource {
     const data = this.make(name, shape);
     this.taken.set(name, { data, shape: Object.freeze([...shape]) });
     return data;
+  }
+
+  storedWeight(): null {
+    return null;
   }
 
   finish(): void {}

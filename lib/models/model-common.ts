@@ -6,6 +6,7 @@ import { rangeError } from '../errors';
 import { FeatureMap } from '../feature-map';
 import { readEnum, readOptions } from '../validate';
 import { crc32 } from '../crc32';
+import type { WeightFormat } from '../quantization';
 import type { Tensor } from '../tensor';
 import { CheckpointReader, RandomSource, readWeights, type TensorSource } from './checkpoint';
 import type { Numerics } from './stack';
@@ -65,8 +66,9 @@ export function parameterCopies(source: TensorSource): Record<string, Tensor> {
 }
 
 /** @internal CRC-32 of a configuration, the numerics and every tensor. */
-export function modelFingerprint(kind: string, config: object, numerics: Numerics, source: TensorSource): string {
-  let c = crc32(Buffer.from(JSON.stringify({ kind, config, numerics })));
+export function modelFingerprint(kind: string, config: object, numerics: Numerics, source: TensorSource, format: WeightFormat): string {
+  // The format too: the kernels of int8 or bf16 weights sum in their own order.
+  let c = crc32(Buffer.from(JSON.stringify({ kind, config, numerics, ...(format !== 'float32' ? { format } : {}) })));
   for (const [name, t] of [...source.taken].sort(([a], [b]) => (a < b ? -1 : 1))) {
     c = crc32(Buffer.from(name), c);
     c = crc32(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), c);

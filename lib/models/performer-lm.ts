@@ -13,7 +13,8 @@ import { PlanBuilder } from '../layers/plan';
 import { readStateList } from '../layers/decoding-steps';
 import { deserializeState, type StateArray } from '../layers/decoding';
 import type { MaskLike, Tensor } from '../tensor';
-import { newFloat32Array, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
+import { newFloat32Array, readBoolean, readEnum, readInteger, readMask, readNumber, readOptions } from '../validate';
+import { quantizedTrainingError, quantizeOnce, storedTensors, type QuantizedFormat, type WeightFormat } from '../quantization';
 import { Linear } from '../layers/parameters';
 import { fillAxialTable, inverseFrequencies, type AxialWeights, type PerformerPytorchWeights, type TensorSource } from './checkpoint';
 import { readDropoutRates, readLMConfig, type DropoutRates, type LMConfig, type PerformerLMPytorchConfig } from './config';
@@ -23,7 +24,7 @@ import { readSampler, sample, TokenSampler, type SamplingOptions } from './sampl
 import { readTargets, readTokenList, readTokens } from './tokens';
 import { checkTrainable, GradientStore, planTrainingPass, type LMParts, type TrainingAttention, type TrainingCall } from './lm-training';
 import { FeatureMap } from '../feature-map';
-import { LAYER_NORM_EPS, PerformerStack, type LayerState, type Numerics, type RotaryTable, type SessionRow } from './stack';
+import { LAYER_NORM_EPS, PerformerStack, takeLinear, weightFormatOf, type LayerState, type Numerics, type RotaryTable, type SessionRow } from './stack';
 
 /** Token ids: `{ data: Int32Array, shape: [B, L] }`. */
 export interface TokenTensor {
@@ -84,6 +85,8 @@ export type Positions =
   | { kind: 'sinusoid'; table: Float32Array; rows: number; invFreq: Float32Array }
   | { kind: 'learned'; table: Float32Array; rows: number; axial?: AxialWeights };
 
+// Where a quantized model's user finds float32 weights to fine-tune.
+const LM_FLOATS = 'toPerformerPytorch({ dequantize: true }) gives float32 weights to load';
 const ROOT = 'performer.net.';
 const ALIASES: [string, string][] = [[ROOT, 'performer.proj_updater.instance.']];
 
@@ -133,10 +136,9 @@ export class PerformerLM {
     }
     this.stack = new PerformerStack(c, numerics, source, ROOT);
     this.norm = { gamma: source.take('norm.weight', [D]), beta: source.take('norm.bias', [D]) };
-    this.head = c.tieEmbed
-      ? new Linear(D, c.numTokens, this.tokenEmb, null)
-      : new Linear(D, c.numTokens, source.take('to_out.weight', [c.numTokens, D]), source.take('to_out.bias', [c.numTokens]));
+    this.head = c.tieEmbed ? new Linear(D, c.numTokens, this.tokenEmb, null) : takeLinear(source, 'to_out', D, c.numTokens, true);
     source.finish(describeConfig(c));
+    weightFormatOf(this.quantizable(), fn);
     this.stack.prepare();
   }
 
@@ -174,14 +176,60 @@ export class PerformerLM {
    * The state_dict as performer-pytorch's PerformerLM has it: parameters() plus the
    * stack's duplicates under `performer.proj_updater.instance.` and the redraw counter, so
    * that `load_state_dict` (strict) takes a model trained here unchanged in form.
+   *
+   * A quantized model gives its stored weights (see {@link quantize}): each int8 linear
+   * weight as integers with `dtype: 'I8'` and its scales under `…weight_scale`, each bf16
+   * one with `dtype: 'BF16'`; `writeSafetensors` stores them in those dtypes and
+   * `fromPerformerPytorch` loads them back into the same model. With
+   * `{ dequantize: true }`, float32 weights only (what PyTorch's `load_state_dict` takes).
    */
-  toPerformerPytorch(): Record<string, Tensor> {
+  toPerformerPytorch(options?: { dequantize?: boolean }): Record<string, Tensor> {
+    const o = readOptions<{ dequantize?: boolean }>(options, 'PerformerLM.toPerformerPytorch options', ['dequantize']);
+    const dequantize = readBoolean(o.dequantize, 'PerformerLM.toPerformerPytorch options.dequantize', false);
     const out = this.parameters();
+    if (!dequantize) Object.assign(out, storedTensors(this.namedLinears()));
     for (const [name, t] of Object.entries(out)) {
-      if (name.startsWith(ROOT)) out[`performer.proj_updater.instance.${name.slice(ROOT.length)}`] = { data: Float32Array.from(t.data), shape: t.shape };
+      if (name.startsWith(ROOT)) out[`performer.proj_updater.instance.${name.slice(ROOT.length)}`] = { ...t, data: Float32Array.from(t.data) };
     }
     out['performer.proj_updater.calls_since_last_redraw'] = { data: new Float32Array(1), shape: [] };
     return out;
+  }
+
+  /** How the linear layers' weights are stored: `'float32'`, or the format of {@link quantize}. */
+  get weightFormat(): WeightFormat {
+    return weightFormatOf(this.quantizable(), 'PerformerLM');
+  }
+
+  /**
+   * Stores the weights of every linear layer (attention projections, feed-forward, and the
+   * output head unless it is tied to the embedding) as `int8` (symmetric, one float32 scale
+   * per output channel) or `bf16`, in place. Embeddings, norms, biases and the features stay
+   * float32; activations and sums too. Decoding steps read 4x (int8) or 2x (bf16) fewer
+   * weight bytes. `parameters()` then gives the dequantized weights,
+   * {@link toPerformerPytorch} the stored ones; states made before no longer fit, and
+   * training needs the float32 model.
+   * @returns this.
+   * @throws TypeError for another format; RangeError when already quantized to the other one.
+   */
+  quantize(format: QuantizedFormat): this {
+    quantizeOnce('PerformerLM.quantize', format, this.weightFormat, (f) => {
+      this.stack.quantize(f);
+      if (!this.config.tieEmbed) this.head.quantize(f);
+      this.cachedFingerprint = null;
+    });
+    return this;
+  }
+
+  // The linear layers quantize() stores (a head tied to the embedding stays float32).
+  private quantizable(): Linear[] {
+    return [...this.stack.linears(), ...(this.config.tieEmbed ? [] : [this.head])];
+  }
+
+  // The quantizable linear layers by their weight's state_dict name.
+  private namedLinears(): Map<string, Linear> {
+    const byWeight = new Map<Float32Array, string>();
+    for (const [name, t] of this.source.taken) byWeight.set(t.data, name);
+    return new Map(this.quantizable().map((l) => [byWeight.get(l.weight)!, l]));
   }
 
   /**
@@ -243,6 +291,8 @@ export class PerformerLM {
 
   /** @internal The trained tensors with their gradients (the optimizer's view). */
   trainables(): { name: string; param: Float32Array; grad: Float32Array }[] {
+    const format = this.weightFormat;
+    if (format !== 'float32') throw quantizedTrainingError('PerformerLM optimizer', format, LM_FLOATS);
     const store = this.gradientStore();
     return [...store.byName].map(([name, grad]) => ({ name, param: this.source.taken.get(name)!.data, grad }));
   }
@@ -251,7 +301,7 @@ export class PerformerLM {
   parametersChanged(): void {
     if (this.positions.kind === 'learned' && this.positions.axial) fillAxialTable(this.positions.axial, this.positions.table);
     this.stack.refresh();
-    this.head = new Linear(this.head.inFeatures, this.head.outFeatures, this.head.weight, this.head.bias);
+    this.head.weightChanged();
     this.cachedFingerprint = null;
   }
 
@@ -531,6 +581,8 @@ export class PerformerLM {
   private pending: GradientStore | null = null;
 
   private buildTraining(tokens: unknown, targets: unknown, o: Partial<TrainingOptions>, fn: string) {
+    const format = this.weightFormat;
+    if (format !== 'float32') throw quantizedTrainingError(fn, format, LM_FLOATS);
     const kind = readEnum<TrainingAttention>(o.attention, `${fn} options.attention`, 'favor', ['favor', 'softmax']);
     const dropout = this.readDropout(o.dropout, o.seed, fn);
     const parts = this.parts();
@@ -572,7 +624,7 @@ export class PerformerLM {
 
   /** @internal The fingerprint of configuration, numerics and weights (decoding states carry it). */
   fingerprint(): string {
-    if (this.cachedFingerprint === null) this.cachedFingerprint = modelFingerprint('PerformerLM', this.config, this.numerics, this.source);
+    if (this.cachedFingerprint === null) this.cachedFingerprint = modelFingerprint('PerformerLM', this.config, this.numerics, this.source, this.weightFormat);
     return this.cachedFingerprint;
   }
 
@@ -754,7 +806,7 @@ export class PerformerLM {
     const last = rows === 'all' ? y : y.subarray((len - 1) * D, len * D);
     const normed = b.acquire(n * D);
     b.add({ op: 'layerNorm', x: last, rows: n, dim: D, gamma: this.norm.gamma, beta: this.norm.beta, eps: LAYER_NORM_EPS, y: normed });
-    b.add({ op: 'linear', x: normed, rows: n, in: D, out: c.numTokens, packed: this.head.packed, bias: this.head.bias, activation: 'none', y: out });
+    b.add({ op: 'linear', x: normed, rows: n, in: D, out: c.numTokens, packed: this.head.packed, scales: this.head.scales, bias: this.head.bias, activation: 'none', y: out });
     b.release(normed);
     b.release(y);
     b.checkOutput(out, fn);

@@ -10,10 +10,11 @@ import { PlanBuilder } from '../layers/plan';
 import { readSequence } from '../layers/layer-inputs';
 import type { MaskLike, Tensor, TensorLike } from '../tensor';
 import { readMask, readOptions } from '../validate';
+import { quantizeOnce, type QuantizedFormat, type WeightFormat } from '../quantization';
 import type { PerformerPytorchWeights, TensorSource } from './checkpoint';
 import { readPerformerConfig, type PerformerPytorchConfig, type PerformerStackConfig } from './config';
 import { parameterCopies, readModelOptions, tensorSource, type PerformerPytorchOptions, type RandomModelOptions } from './model-common';
-import { PerformerStack, type Numerics } from './stack';
+import { PerformerStack, weightFormatOf, type Numerics } from './stack';
 
 /** Options of {@link Performer.forward}. */
 export interface PerformerForwardOptions {
@@ -55,6 +56,7 @@ export class Performer {
     );
     this.stack = new PerformerStack(config, numerics, source, ROOT);
     source.finish(`dim ${config.dim}, depth ${config.depth}, heads ${config.heads}, dim_head ${config.dimHead}, nb_features ${config.numFeatures}, norm ${config.norm}`);
+    weightFormatOf(this.stack.linears(), fn);
     this.stack.prepare();
   }
 
@@ -81,9 +83,25 @@ export class Performer {
     return new Performer(c, numerics, tensorSource(null, fn, ALIASES, seed), fn);
   }
 
-  /** Copies of the weights under their state_dict names. */
+  /** Copies of the weights under their state_dict names (dequantized ones when quantized). */
   parameters(): Record<string, Tensor> {
     return parameterCopies(this.source);
+  }
+
+  /** How the linear layers' weights are stored: `'float32'`, or the format of {@link quantize}. */
+  get weightFormat(): WeightFormat {
+    return weightFormatOf(this.stack.linears(), 'Performer');
+  }
+
+  /**
+   * Stores every linear layer's weights as `int8` or `bf16`, in place, as
+   * `PerformerLM.quantize` does.
+   * @returns this.
+   * @throws TypeError for another format; RangeError when already quantized to the other one.
+   */
+  quantize(format: QuantizedFormat): this {
+    quantizeOnce('Performer.quantize', format, this.weightFormat, (f) => this.stack.quantize(f));
+    return this;
   }
 
   /**

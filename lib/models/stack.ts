@@ -8,11 +8,13 @@
  * token shift when configured.
  */
 import { DEFAULT_LAYER_NORM_EPS } from '../defaults';
+import { rangeError } from '../errors';
 import { FeatureMap } from '../feature-map';
 import { native, type NativeDims } from '../native';
 import { Linear } from '../layers/parameters';
 import type { PlanBuilder } from '../layers/plan';
 import type { FavorStep, PytorchFavorStep } from '../layers/plan-steps';
+import type { QuantizedFormat, WeightFormat } from '../quantization';
 import type { TensorSource } from './checkpoint';
 import { sublayerPrefix, type PerformerStackConfig } from './config';
 
@@ -154,8 +156,7 @@ export class PerformerStack {
       };
       const a = wrap(0);
       const f = wrap(1);
-      const linear = (name: string, inF: number, outF: number, bias: boolean) =>
-        new Linear(inF, outF, reader.take(`${name}.weight`, [outF, inF]), bias ? reader.take(`${name}.bias`, [outF]) : null);
+      const linear = (name: string, inF: number, outF: number, bias: boolean) => takeLinear(reader, name, inF, outF, bias);
       const q = linear(`${a.prefix}to_q`, D, inner, c.qkvBias);
       const k = linear(`${a.prefix}to_k`, D, inner, c.qkvBias);
       const v = linear(`${a.prefix}to_v`, D, inner, c.qkvBias);
@@ -193,12 +194,20 @@ export class PerformerStack {
   refresh(): void {
     for (const layer of this.layers) {
       layer.qkv = Linear.stacked([layer.q, layer.k, layer.v]);
-      for (const key of ['out', 'w1', 'w2'] as const) {
-        const l = layer[key];
-        layer[key] = new Linear(l.inFeatures, l.outFeatures, l.weight, l.bias);
-      }
+      for (const l of [layer.out, layer.w1, layer.w2]) l.weightChanged();
     }
     this.prepare();
+  }
+
+  /** The linear layers of every layer (not the stacked q/k/v copies). */
+  linears(): Linear[] {
+    return this.layers.flatMap((layer) => [layer.q, layer.k, layer.v, layer.out, layer.w1, layer.w2]);
+  }
+
+  /** Stores the linear layers as `format` (the stacked q/k/v copies follow). */
+  quantize(format: QuantizedFormat): void {
+    for (const l of this.linears()) l.quantize(format);
+    for (const layer of this.layers) layer.qkv = Linear.stacked([layer.q, layer.k, layer.v]);
   }
 
   /** Prepares the packed projections and feature maps (after the reader reported no problem). */
@@ -366,12 +375,12 @@ export class PerformerStack {
       const hid = h.subarray(0, n * hidden);
       if (gate !== null) {
         const g = gate.subarray(0, n * 2 * hidden);
-        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: 2 * hidden, packed: layer.w1.packed, bias: layer.w1.bias, activation: 'none', y: g });
+        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: 2 * hidden, packed: layer.w1.packed, scales: layer.w1.scales, bias: layer.w1.bias, activation: 'none', y: g });
         b.add({ op: 'gluGelu', h: g, rows: n, hidden, y: hid });
       } else {
-        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: hidden, packed: layer.w1.packed, bias: layer.w1.bias, activation: 'gelu', y: hid });
+        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: hidden, packed: layer.w1.packed, scales: layer.w1.scales, bias: layer.w1.bias, activation: 'gelu', y: hid });
       }
-      b.add({ op: 'linear', x: hid, rows: n, in: hidden, out: D, packed: layer.w2.packed, bias: layer.w2.bias, residual: residual ? span(residual) : null, activation: 'none', y: span(y) });
+      b.add({ op: 'linear', x: hid, rows: n, in: hidden, out: D, packed: layer.w2.packed, scales: layer.w2.scales, bias: layer.w2.bias, residual: residual ? span(residual) : null, activation: 'none', y: span(y) });
     }
     b.release(h);
     if (gate !== null) b.release(gate);
@@ -389,7 +398,7 @@ export class PerformerStack {
     const gh = c.heads - lh;
     const label = `${call.label}.layers.${l}.attention`;
     const qkv = b.acquire(rows * 3 * inner);
-    b.add({ op: 'linear', x, rows, in: c.dim, out: 3 * inner, packed: layer.qkv.packed, bias: layer.qkv.bias, activation: 'none', y: qkv });
+    b.add({ op: 'linear', x, rows, in: c.dim, out: 3 * inner, packed: layer.qkv.packed, scales: layer.qkv.scales, bias: layer.qkv.bias, activation: 'none', y: qkv });
     const merged = b.acquire(rows * inner);
     // Heads [first, first + count) of q, k and v, as [B, count, L, d].
     const split = (first: number, count: number) =>
@@ -450,7 +459,7 @@ export class PerformerStack {
       for (const t of [q, k, v, o]) b.release(t);
     }
     b.release(qkv);
-    b.add({ op: 'linear', x: merged, rows, in: inner, out: c.dim, packed: layer.out.packed, bias: layer.out.bias, residual, activation: 'none', y });
+    b.add({ op: 'linear', x: merged, rows, in: inner, out: c.dim, packed: layer.out.packed, scales: layer.out.scales, bias: layer.out.bias, residual, activation: 'none', y });
     b.release(merged);
   }
 
@@ -525,6 +534,30 @@ export class PerformerStack {
 }
 
 // The whole call as one slice, or (a batched step) one slice per session on its row.
+/**
+ * @internal A linear layer `name` ([out, in] weight, optional bias) from a checkpoint, in the
+ * format the checkpoint stores it (float32, or int8 / bf16 weights).
+ */
+export function takeLinear(source: TensorSource, name: string, inF: number, outF: number, bias: boolean): Linear {
+  const linear = new Linear(inF, outF, source.take(`${name}.weight`, [outF, inF]), bias ? source.take(`${name}.bias`, [outF]) : null);
+  const stored = source.storedWeight(`${name}.weight`, inF, outF);
+  if (stored !== null) linear.setQuantized(stored);
+  return linear;
+}
+
+/**
+ * @internal The one format of a model's linear layers, or a RangeError naming the layers that
+ * differ (a checkpoint that mixes formats).
+ */
+export function weightFormatOf(linears: Linear[], fn: string): WeightFormat {
+  const format = linears[0]?.format ?? 'float32';
+  const other = linears.findIndex((l) => l.format !== format);
+  if (other >= 0) {
+    throw rangeError(`${fn}: the linear weights mix formats (${format} and ${linears[other].format}); store them all as float32, int8 or bf16`, 'ERR_INVALID_ARG_VALUE');
+  }
+  return format;
+}
+
 function sequences(call: StackCall): SequenceSlice[] {
   if (call.sessions === undefined) {
     return [{ batch: call.batch, start: call.start, keep: call.keep, states: call.states, at: (buffer) => buffer }];

@@ -7,6 +7,7 @@
 #include "addon/feature_map_bindings.h"
 #include "addon/model_plan_ops.h"
 #include "addon/plan_bindings.h"
+#include "addon/quantized_bindings.h"
 
 namespace {
 
@@ -16,6 +17,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   pa_addon::register_attention_bindings(env, exports);
   pa_addon::register_backward_bindings(env, exports);
   pa_addon::register_plan_bindings(env, exports);
+  pa_addon::register_quantized_bindings(env, exports);
   pa_addon::register_model_bindings(env, exports);
   return exports;
 }

@@ -152,6 +152,15 @@ Napi::Float64Array new_float64_array(Napi::Env env, std::size_t length, const ch
       .As<Napi::Float64Array>();
 }
 
+Napi::Int8Array new_int8_array(Napi::Env env, std::size_t length, const char* name) {
+  return new_typed_array(env, "Int8Array", napi_int8_array, length, 1, name).As<Napi::Int8Array>();
+}
+
+Napi::Uint16Array new_uint16_array(Napi::Env env, std::size_t length, const char* name) {
+  return new_typed_array(env, "Uint16Array", napi_uint16_array, length, 2, name)
+      .As<Napi::Uint16Array>();
+}
+
 std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {
   if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) {
     throw_range_error(env, "tensor size overflows the address space");

@@ -49,12 +49,14 @@ double number_property(const Napi::Object& object, const char* key);
 bool bool_property(const Napi::Object& object, const char* key);
 std::string string_property(const Napi::Object& object, const char* key);
 
-// A new zero-filled Float32Array / Float64Array of `length` elements, made by the JS
-// constructor: an allocation that cannot succeed becomes a RangeError with code
+// A new zero-filled typed array of `length` elements, made by the JS constructor: an
+// allocation that cannot succeed becomes a RangeError with code
 // ERR_MEMORY_ALLOCATION_FAILED naming `name` (napi_create_arraybuffer would end the
 // process instead).
 Napi::Float32Array new_float32_array(Napi::Env env, std::size_t length, const char* name);
 Napi::Float64Array new_float64_array(Napi::Env env, std::size_t length, const char* name);
+Napi::Int8Array new_int8_array(Napi::Env env, std::size_t length, const char* name);
+Napi::Uint16Array new_uint16_array(Napi::Env env, std::size_t length, const char* name);
 
 // a * b, or a RangeError when it overflows size_t.
 std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b);

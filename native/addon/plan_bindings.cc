@@ -4,7 +4,9 @@
 // one per step). Every array a step touches is length-checked here.
 //
 // Steps ({ op, ... }) (the steps of performer-pytorch models are in model_plan_ops.cc):
-//   linear      x, xStride, rows, in, out, packed, bias?, residual?, activation, y
+//   linear      x, xStride, rows, in, out, packed, scales?, bias?, residual?, activation, y
+//               (packed: Float32Array from linearPack, or from linearPackQuantized an
+//               Int8Array, with `out` scales, or a Uint16Array of bf16 values)
 //   layerNorm   x, rows, dim, gamma?, beta?, eps, y
 //   splitHeads  src, srcStride, batch, len, heads, headDim, dst
 //   mergeHeads  src, batch, len, heads, headDim, dst, dstStride
@@ -30,6 +32,7 @@
 #include "addon/plan_context.h"
 #include "core/favor.h"
 #include "core/layer_ops.h"
+#include "core/quantized_linear.h"
 
 namespace pa_addon {
 namespace {
@@ -43,6 +46,45 @@ pa::Activation parse_activation(const Napi::Object& step) {
                     "activation: expected 'none', 'relu' or 'gelu', received '" + name + "'");
 }
 
+// The weights of a linear step, told apart by the array type of `packed`: fp32
+// (linearPack), int8 with per-output-channel scales or bf16 (linearPackQuantized).
+struct LinearWeights {
+  const float* fp32 = nullptr;
+  const std::int8_t* int8 = nullptr;
+  const float* scales = nullptr;
+  const std::uint16_t* bf16 = nullptr;
+};
+
+LinearWeights parse_linear_weights(const PlanContext& ctx, const Napi::Object& s, std::size_t in,
+                                   std::size_t out) {
+  const Napi::Value packed = s.Get("packed");
+  const napi_typedarray_type type = packed.IsTypedArray()
+                                        ? packed.As<Napi::TypedArray>().TypedArrayType()
+                                        : napi_float32_array;  // float_field names the error
+  const Napi::Value scales = s.Get("scales");
+  const bool has_scales = !scales.IsUndefined() && !scales.IsNull();
+  LinearWeights w;
+  if (type == napi_int8_array) {
+    if (!has_scales) {
+      throw_type_error(ctx.env, "linear: int8 weights need scales, a Float32Array of " +
+                                    std::to_string(out) + " floats");
+    }
+    w.int8 = int8_field(ctx, s, "packed", pa::linear_quant_packed_size(in, out));
+    w.scales = float_field(ctx, s, "scales", out);
+    return w;
+  }
+  if (has_scales) {
+    throw_type_error(ctx.env,
+                     "linear: scales are for int8 weights only (packed is not an Int8Array)");
+  }
+  if (type == napi_uint16_array) {
+    w.bf16 = uint16_field(ctx, s, "packed", pa::linear_quant_packed_size(in, out));
+  } else {
+    w.fp32 = float_field(ctx, s, "packed", pa::linear_packed_size(in, out));
+  }
+  return w;
+}
+
 Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t rows = size_property(s, "rows"), in = size_property(s, "in"),
                     out = size_property(s, "out");
@@ -51,7 +93,7 @@ Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
   const std::size_t x_len = strided_extent(ctx.env, rows, x_stride, in);
   const std::size_t y_len = checked_mul(ctx.env, rows, out);
   const float* x = float_field(ctx, s, "x", x_len);
-  const float* packed = float_field(ctx, s, "packed", pa::linear_packed_size(in, out));
+  const LinearWeights w = parse_linear_weights(ctx, s, in, out);
   const float* bias = optional_float_field(ctx, s, "bias", out);
   const float* residual = optional_float_field(ctx, s, "residual", y_len);
   float* y = float_field(ctx, s, "y", y_len);
@@ -60,12 +102,20 @@ Step parse_linear(const PlanContext& ctx, const Napi::Object& s) {
     throw_range_error(ctx.env, "linear: residual overlaps y without being y");
   }
   const pa::Activation act = parse_activation(s);
+  // Quantized steps are always row-stable (quantized_linear.h).
   const bool row_stable = s.Has("rowStable") && s.Get("rowStable").ToBoolean().Value();
   const pa::KernelSet* kernels = ctx.kernels;
   std::shared_ptr<pa::ThreadPool> pool = ctx.pool;
   return [=] {
-    pa::linear(rows, in, out, x, x_stride, packed, bias, residual, act, y, *kernels, *pool,
-               row_stable);
+    if (w.int8 != nullptr) {
+      pa::linear_int8(rows, in, out, x, x_stride, w.int8, w.scales, bias, residual, act, y,
+                      *kernels, *pool);
+    } else if (w.bf16 != nullptr) {
+      pa::linear_bf16(rows, in, out, x, x_stride, w.bf16, bias, residual, act, y, *kernels, *pool);
+    } else {
+      pa::linear(rows, in, out, x, x_stride, w.fp32, bias, residual, act, y, *kernels, *pool,
+                 row_stable);
+    }
   };
 }
 

@@ -106,6 +106,16 @@ const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step
   return typed_field<std::int32_t>(ctx, step, key, length, napi_int32_array, "an Int32Array");
 }
 
+const std::int8_t* int8_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                              std::size_t length) {
+  return typed_field<std::int8_t>(ctx, step, key, length, napi_int8_array, "an Int8Array");
+}
+
+const std::uint16_t* uint16_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                                  std::size_t length) {
+  return typed_field<std::uint16_t>(ctx, step, key, length, napi_uint16_array, "a Uint16Array");
+}
+
 std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width) {
   if (rows == 0) return 0;
   if (stride < width) throw_range_error(env, "stride: smaller than the row width");

@@ -62,6 +62,11 @@ std::uint8_t* uint8_field(const PlanContext& ctx, const Napi::Object& step, cons
                           std::size_t length, bool optional);
 const std::int32_t* int32_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
                                 std::size_t length);
+// An Int8Array / Uint16Array property of exactly `length` elements (quantized weights).
+const std::int8_t* int8_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                              std::size_t length);
+const std::uint16_t* uint16_field(const PlanContext& ctx, const Napi::Object& step, const char* key,
+                                  std::size_t length);
 
 // End of the rows [0, rows) of width `width` at stride `stride` (0 rows: 0).
 std::size_t strided_extent(Napi::Env env, std::size_t rows, std::size_t stride, std::size_t width);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace pa {
 namespace {
@@ -27,26 +28,47 @@ void for_each_packed(std::size_t in, std::size_t out, F f) {
   }
 }
 
+// Packs values [out, in] of either format, zeros in the padding columns.
+template <class T>
+void pack_values(std::size_t in, std::size_t out, const T* values, T* packed) {
+  std::fill(packed, packed + linear_quant_packed_size(in, out), T{0});
+  for_each_packed(in, out, [&](std::size_t o, std::size_t i, std::size_t index) {
+    packed[index] = values[o * in + i];
+  });
+}
+
 }  // namespace
 
 std::size_t linear_quant_packed_size(std::size_t in, std::size_t out) {
   return in * round_up(out, kGroup);
 }
 
+void linear_quantize_int8(std::size_t in, std::size_t out, const float* w, std::int8_t* q,
+                          float* scales) {
+  for (std::size_t o = 0; o < out; ++o) {
+    const float* row = w + o * in;
+    float amax = 0.0f;
+    for (std::size_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(row[i]));
+    const float scale = amax / 127.0f;
+    scales[o] = scale;
+    for (std::size_t i = 0; i < in; ++i) {
+      // std::nearbyint rounds half to even in the default rounding mode.
+      const float v = scale > 0.0f ? std::nearbyint(row[i] / scale) : 0.0f;
+      q[o * in + i] = static_cast<std::int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+    }
+  }
+}
+
+void linear_pack_int8_values(std::size_t in, std::size_t out, const std::int8_t* q,
+                             std::int8_t* packed) {
+  pack_values(in, out, q, packed);
+}
+
 void linear_pack_int8(std::size_t in, std::size_t out, const float* w, std::int8_t* packed,
                       float* scales) {
-  std::fill(packed, packed + linear_quant_packed_size(in, out), std::int8_t{0});  // padding
-  for (std::size_t o = 0; o < out; ++o) {
-    float amax = 0.0f;
-    for (std::size_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(w[o * in + i]));
-    scales[o] = amax / 127.0f;
-  }
-  for_each_packed(in, out, [&](std::size_t o, std::size_t i, std::size_t index) {
-    const float scale = scales[o];
-    // std::nearbyint rounds half to even in the default rounding mode.
-    const float q = scale > 0.0f ? std::nearbyint(w[o * in + i] / scale) : 0.0f;
-    packed[index] = static_cast<std::int8_t>(std::min(127.0f, std::max(-127.0f, q)));
-  });
+  std::vector<std::int8_t> q(in * out);
+  linear_quantize_int8(in, out, w, q.data(), scales);
+  linear_pack_int8_values(in, out, q.data(), packed);
 }
 
 void linear_unpack_int8(std::size_t in, std::size_t out, const std::int8_t* packed,
@@ -78,11 +100,15 @@ float bf16_to_float(std::uint16_t h) {
   return f;
 }
 
+void linear_pack_bf16_values(std::size_t in, std::size_t out, const std::uint16_t* h,
+                             std::uint16_t* packed) {
+  pack_values(in, out, h, packed);
+}
+
 void linear_pack_bf16(std::size_t in, std::size_t out, const float* w, std::uint16_t* packed) {
-  std::fill(packed, packed + linear_quant_packed_size(in, out), std::uint16_t{0});  // padding
-  for_each_packed(in, out, [&](std::size_t o, std::size_t i, std::size_t index) {
-    packed[index] = float_to_bf16(w[o * in + i]);
-  });
+  std::vector<std::uint16_t> h(in * out);
+  std::transform(w, w + in * out, h.begin(), float_to_bf16);
+  linear_pack_bf16_values(in, out, h.data(), packed);
 }
 
 void linear_unpack_bf16(std::size_t in, std::size_t out, const std::uint16_t* packed,

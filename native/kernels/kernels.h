@@ -26,10 +26,13 @@ using GemmFn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float
 //   X(i, k) = x[i * ldx + k], C(i, n) = c[i * ldc + n] (rows contiguous, C written, not added to)
 //   W(k, n) = w[k * ldw + n]; each row of w is readable up to round_up(N, 16) columns
 //   (the packing pads with zeros), so the kernels load whole vectors.
-// int8: C(i, n) = (sum_k X(i, k) * float(q(k, n))) * scale[n]: the sum in float (order the
-// kernel's own), then one multiplication by the column's scale.
+// int8: C(i, n) = (sum_k X(i, k) * float(q(k, n))) * scale[n]: the sum in float, then one
+// multiplication by the column's scale.
 // bf16: the weight is the exact float whose upper 16 bits are w(k, n) (lower bits 0);
-// the sum is in float, order the kernel's own.
+// the sum is in float.
+// Row-stable: each C(i, n) is one chain of multiply-adds over k in ascending order (fused
+// or not, as the kernel set's own), so row i gets the same bits whatever M is and
+// whichever row tile it lands in: a batched decoding step equals its rows run alone.
 // No alignment is assumed for any pointer; K == 0 writes zeros.
 using LinearInt8Fn = void (*)(std::size_t M, std::size_t N, std::size_t K, const float* x,
                               std::size_t ldx, const std::int8_t* w, std::size_t ldw,

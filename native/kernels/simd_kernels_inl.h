@@ -529,19 +529,23 @@ inline typename V::F load_weights(const std::uint16_t* p) {
   return V::load_bf16(p);
 }
 
-// C tile of MR rows x NV vector columns over all of k: each k step widens the NV weight
-// vectors once, for all MR rows (so a few rows cost little more than one). Thin tiles
-// split k over KS accumulator sets, as in gemm_tile. The tile reads NV whole vectors of
-// every weight row and stores its first `cols` columns, times scale[n] when scale is set.
-// Accumulator sets that keep FMA latency hidden in a tile of MR x NV vectors (as gemm_tile).
-constexpr int quant_sets(int tile) { return tile >= 8 ? 1 : (tile >= 4 ? 2 : 4); }
+// C tile of MR rows x NV vector columns over all of k: each k step broadcasts the MR
+// x values, then widens each weight vector once and uses it for all MR rows right away
+// (so a few rows cost little more than one, and one widened vector is live at a time).
+// Every column
+// is one chain of FMAs in ascending k, whatever MR and NV are (no split accumulator sets):
+// a row gets the same bits in any tile, so batched decoding steps equal single ones.
+// The tile reads NV whole vectors of every weight row and stores its first `cols`
+// columns, times scale[n] when scale is set.
 
 // The widest tile for MR rows: at most 64 columns and kQuantAccumulators vectors, halved
-// until the accumulators, the NV widened weights and the broadcast fit in the registers.
+// until the accumulators, the MR broadcasts and one widened vector fit in the registers
+// (a spilled accumulator chains every k step through memory). With k never split, the
+// NV x MR independent chains are what hide the FMA latency.
 template <class V>
 constexpr int quant_vectors(int MR) {
   int nv = std::min(64 / static_cast<int>(V::kLanes), std::max(1, V::kQuantAccumulators / MR));
-  while (nv > 1 && quant_sets(MR * nv) * MR * nv + nv + 1 > V::kRegisters) nv /= 2;
+  while (nv > 1 && MR * nv + MR + 1 > V::kRegisters) nv /= 2;
   return nv;
 }
 
@@ -551,55 +555,38 @@ void quant_tile(std::size_t K, const float* x, std::size_t ldx, const W* w, std:
   using F = typename V::F;
   constexpr std::size_t kLanes = V::kLanes;
   constexpr std::size_t kWidth = NV * kLanes;
-  constexpr int KS = quant_sets(MR * NV);
-  F acc[KS][MR][NV];
+  F acc[MR][NV];
   PA_UNROLL
-  for (int s = 0; s < KS; ++s) {
+  for (int r = 0; r < MR; ++r) {
     PA_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      PA_UNROLL
-      for (int v = 0; v < NV; ++v) acc[s][r][v] = V::zero();
-    }
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
   }
-  auto step = [&](std::size_t k, F(&sums)[MR][NV]) {
+  for (std::size_t k = 0; k < K; ++k) {
     const W* pw = w + k * ldw;
-    F wv[NV];
+    F xv[MR];
     PA_UNROLL
-    for (int v = 0; v < NV; ++v) wv[v] = load_weights<V>(pw + v * kLanes);
+    for (int r = 0; r < MR; ++r) xv[r] = V::broadcast(x + r * ldx + k);
     PA_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const F xv = V::broadcast(x + r * ldx + k);
+    for (int v = 0; v < NV; ++v) {
+      const F wv = load_weights<V>(pw + v * kLanes);
       PA_UNROLL
-      for (int v = 0; v < NV; ++v) sums[r][v] = V::fmadd(xv, wv[v], sums[r][v]);
+      for (int r = 0; r < MR; ++r) acc[r][v] = V::fmadd(xv[r], wv, acc[r][v]);
     }
-  };
-  std::size_t k = 0;
-  for (; k + KS <= K; k += KS) {
-    PA_UNROLL
-    for (int s = 0; s < KS; ++s) step(k + s, acc[s]);
   }
-  for (; k < K; ++k) step(k, acc[0]);  // k tail of the split sets (KS > 1 only)
 
   PA_UNROLL
   for (int r = 0; r < MR; ++r) {
-    F sum[NV];
-    PA_UNROLL
-    for (int v = 0; v < NV; ++v) {
-      sum[v] = acc[0][r][v];
-      PA_UNROLL
-      for (int s = 1; s < KS; ++s) sum[v] = V::add(sum[v], acc[s][r][v]);
-    }
     float* pc = c + r * ldc;
     if (cols == kWidth) {
       PA_UNROLL
       for (int v = 0; v < NV; ++v) {
-        const F out = scale != nullptr ? V::mul(sum[v], V::load(scale + v * kLanes)) : sum[v];
+        const F out = scale != nullptr ? V::mul(acc[r][v], V::load(scale + v * kLanes)) : acc[r][v];
         V::store(pc + v * kLanes, out);
       }
     } else {  // the last columns, through a local tile: the same single product
       float lanes[kWidth];
       PA_UNROLL
-      for (int v = 0; v < NV; ++v) V::store(lanes + v * kLanes, sum[v]);
+      for (int v = 0; v < NV; ++v) V::store(lanes + v * kLanes, acc[r][v]);
       for (std::size_t j = 0; j < cols; ++j)
         pc[j] = scale != nullptr ? lanes[j] * scale[j] : lanes[j];
     }

@@ -2,7 +2,8 @@
 // (round trip, rounding ties, zero rows, extremes, NaN and inf) and linear_int8 /
 // linear_bf16 on every kernel set this CPU can run, against double references over the
 // dequantized weights: sizes around the vector widths, misaligned pointers, strided x,
-// residual aliasing y, each activation, the same bits for any pool size.
+// residual aliasing y, each activation, the same bits for any pool size and for a row
+// alone or in a batch of any size.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -170,6 +171,13 @@ TEST("layers/quantized pack int8: scales, rounding ties, zero rows, extremes, ro
       }
     }
     CHECK(ok);
+    // The same values unpacked, and packed again from them, as linearQuantize and
+    // linearPackQuantized do.
+    std::vector<std::int8_t> qu(n_in * n_out), repacked(pr.size(), 1);
+    std::vector<float> su(n_out);
+    pa::linear_quantize_int8(n_in, n_out, wr.data(), qu.data(), su.data());
+    pa::linear_pack_int8_values(n_in, n_out, qu.data(), repacked.data());
+    CHECK(qu == qr && su == sc && repacked == pr);
   }
 }
 
@@ -233,6 +241,9 @@ TEST("layers/quantized pack bf16: nearest even, inf, NaN, overflow, exact round 
                                   : std::fabs(back[k] - w[k]) <= std::ldexp(std::fabs(w[k]), -8)));
   }
   CHECK(ok);
+  std::vector<std::uint16_t> repacked(packed.size(), 1);
+  pa::linear_pack_bf16_values(in, out, h.data(), repacked.data());
+  CHECK(repacked == packed);
   // The last block (22 columns) is padded to 32 with zeros.
   for (std::size_t i = 0; i < in; ++i) {
     for (std::size_t j = 22; j < 32; ++j) CHECK(packed[128 * in + i * 32 + j] == 0);
@@ -306,6 +317,52 @@ TEST("layers/quantized linear: the same bits for 1, 2 and 3 threads") {
           }
         }
       }
+    }
+  }
+}
+
+TEST("layers/quantized linear: each row of an M-row call has the bits it gets alone") {
+  // Batched decoding steps must equal single ones: no row tile, tail tile or pool split
+  // may change how a row is summed. The 64 single rows are computed once per shape.
+  pa::ThreadPool pool1(1), pool3(3);
+  std::mt19937 rng(47);
+  std::normal_distribution<float> normal;
+  const std::size_t out_list[] = {1, 15, 16, 17, 63, 64, 65, 200};
+  const std::size_t in_list[] = {1, 7, 64, 300};
+  std::vector<std::size_t> rows_list;
+  for (std::size_t m = 1; m <= 17; ++m) rows_list.push_back(m);
+  rows_list.push_back(64);
+  const std::size_t max_rows = 64;
+  for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
+    for (Format format : {Format::kInt8, Format::kBf16}) {
+      bool ok = true;
+      for (std::size_t in : in_list) {
+        for (std::size_t out : out_list) {
+          std::vector<float> x(max_rows * in), w(out * in), b(out), alone(max_rows * out);
+          for (auto& v : x) v = normal(rng);
+          for (auto& v : w) v = normal(rng);
+          for (auto& v : b) v = normal(rng);
+          const Packed packed(format, in, out, w.data());
+          for (std::size_t r = 0; r < max_rows; ++r) {
+            packed.run(1, in, out, x.data() + r * in, in, b.data(), nullptr, Activation::kGelu,
+                       alone.data() + r * out, *kernels, pool1);
+          }
+          for (std::size_t rows : rows_list) {
+            for (pa::ThreadPool* pool : {&pool1, &pool3}) {
+              std::vector<float> y(rows * out);
+              packed.run(rows, in, out, x.data(), in, b.data(), nullptr, Activation::kGelu,
+                         y.data(), *kernels, *pool);
+              if (!pa_test::same_bits(alone.data(), y.data(), rows * out)) {
+                std::fprintf(stderr, "  [%s] linear_%s rows=%zu in=%zu out=%zu threads=%zu\n",
+                             kernels->name, format == Format::kInt8 ? "int8" : "bf16", rows, in,
+                             out, pool == &pool1 ? std::size_t{1} : std::size_t{3});
+                ok = false;
+              }
+            }
+          }
+        }
+      }
+      CHECK(ok);
     }
   }
 }

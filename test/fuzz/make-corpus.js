@@ -93,7 +93,11 @@ for (const [name, config] of Object.entries(LM_CONFIGS)) {
   // performer-pytorch's own form: duplicates under proj_updater.instance. and the redraw counter.
   const lm = lib.PerformerLM.fromPerformerPytorch(fs.readFileSync(file(name)), config);
   modelFiles[`${name}-state-dict`] = lib.writeSafetensors(lm.toPerformerPytorch());
+  // Quantized weights: I8 with their scales, and BF16.
+  modelFiles[`${name}-int8`] = lib.writeSafetensors(lib.PerformerLM.fromPerformerPytorch(fs.readFileSync(file(name)), config).quantize('int8').toPerformerPytorch());
+  modelFiles[`${name}-bf16`] = lib.writeSafetensors(lm.quantize('bf16').toPerformerPytorch());
 }
+modelFiles['encoder-int8'] = lib.writeModel(new lib.TransformerEncoder({ modelDim: 4, numHeads: 1, numLayers: 1, ffDim: 4, seed: 7, featureMap: { numFeatures: 3 } }).quantize('int8'));
 modelFiles['no-metadata'] = lib.writeSafetensors({ 'q.weight': { data: new Float32Array(4), shape: [2, 2] } });
 writeCorpus('model-file', modelFiles);
 writeCorpus('model-file-framed', Object.fromEntries(Object.entries(modelFiles).map(([name, bytes]) => [name, unframeModel(bytes)])));

@@ -78,3 +78,26 @@ export function relativeError(a: ArrayLike<number>, ref: ArrayLike<number>): num
   }
   return Math.sqrt(num / den);
 }
+
+/**
+ * Held-out bits per byte of the trained fixture (lm_trained_small) under `lm`: the mean
+ * next-byte cross-entropy in bits over the fixture's held-out targets.
+ */
+export function heldOutBitsPerByte(lm: { forwardSync(tokens: { data: Int32Array; shape: number[] }): { data: Float32Array } }): number {
+  const c = fixtureCases().lm_trained_small;
+  const t = readRaw('lm_trained_small.io.safetensors')['inputs/tokens'];
+  const logits = lm.forwardSync({ data: t.data as Int32Array, shape: [...t.shape] }).data;
+  const V = (c.ctor as { num_tokens: number }).num_tokens;
+  let total = 0;
+  let count = 0;
+  c.heldout_targets!.forEach((row, b) =>
+    row.forEach((target, i) => {
+      const l = logits.subarray((b * t.shape[1] + i) * V, (b * t.shape[1] + i + 1) * V);
+      const max = Math.max(...l);
+      const lse = Math.log(l.reduce((s, v) => s + Math.exp(v - max), 0)) + max;
+      total += (lse - l[target]) / Math.LN2;
+      count++;
+    }),
+  );
+  return total / count;
+}

@@ -2,6 +2,7 @@
 // test/types.test.ts in npm test). Each @ts-expect-error line must be an error, so a
 // type that became too loose (any, a wider union) fails the check as well.
 import {
+  type StoredTensor,
   FeatureMap,
   backendInfo,
   favorAttention,
@@ -133,7 +134,8 @@ assertType<Equal<typeof file, Uint8Array>>();
 assertType<Equal<ReturnType<typeof readSafetensors>, Safetensors>>();
 assertType<Equal<ReturnType<typeof loadSafetensors>, Promise<Safetensors>>>();
 assertType<Equal<ReturnType<typeof loadSafetensorsSync>, Safetensors>>();
-assertType<Equal<Safetensors['tensors'], Record<string, Tensor>>>();
+assertType<Equal<Safetensors['tensors'], Record<string, StoredTensor>>>();
+writeSafetensors(readSafetensors(file).tensors);
 assertType<Equal<Safetensors['metadata'], Record<string, string>>>();
 readSafetensors(file, { include: (name) => name.startsWith('w') });
 // @ts-expect-error: metadata values are strings

@@ -8,7 +8,7 @@
 const { readSafetensors, writeSafetensors } = require('../../../dist');
 const { attempt, check, sameBits, aligned, Finding } = require('../oracle');
 
-const CONVERSION = /only F32, F16, BF16, F64 convert to float32/;
+const CONVERSION = /only F32, F16, BF16, F64, I8 convert to float32/;
 
 function fuzz(data) {
   const full = attempt(() => readSafetensors(data), 'readSafetensors');
