@@ -16,7 +16,6 @@ throughout. Written the way a careful numpy user would:
 
 Timing and peak memory: py_timing.py (a warm-up call, then the median of N calls).
 """
-import json
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ import time
 import numpy as np
 
 sys.dont_write_bytecode = True  # no __pycache__ in the package's bench folder
-from py_timing import print_result, time_calls  # noqa: E402
+from py_timing import print_result, read_spec, time_calls  # noqa: E402
 
 
 def orthogonal_features(m, d, rng):
@@ -96,12 +95,8 @@ def blas_info():
 
 
 def main():
-    spec = json.loads(sys.argv[1])
-    B, H, L, d = spec['batch'], spec['heads'], spec['L'], spec['headDim']
-    dv = spec.get('valueDim', d)
-    m = spec.get('features', 256)
+    spec, B, H, L, d, dv, m, causal = read_spec(sys.argv)
     impl = spec['impl']
-    causal = bool(spec.get('causal', False))
     rng = np.random.default_rng(spec.get('seed', 1))
     q = (rng.standard_normal((B, H, L, d), dtype=np.float32) * np.float32(0.35))
     k = (rng.standard_normal((B, H, L, d), dtype=np.float32) * np.float32(0.35))

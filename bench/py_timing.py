@@ -46,6 +46,14 @@ def measure_peak(fn):
     return result, max(0, after['VmHWM'] - base)
 
 
+def read_spec(argv):
+    """The spec (argv[1], JSON) and its shape: spec, B, H, L, d, Dv, m, causal."""
+    spec = json.loads(argv[1])
+    d = spec['headDim']
+    return (spec, spec['batch'], spec['heads'], spec['L'], d, spec.get('valueDim', d),
+            spec.get('features', 256), bool(spec.get('causal', False)))
+
+
 def time_calls(call, spec, name):
     """Warm-up (with the memory peak), then the timed calls; the fields of the result."""
     t0 = time.perf_counter()

@@ -20,7 +20,6 @@ torch.set_num_threads(threads), every call under torch.inference_mode().
 
 Timing and peak memory: py_timing.py (a warm-up call, then the median of N calls).
 """
-import json
 import math
 import sys
 import time
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.dont_write_bytecode = True  # no __pycache__ in the package's bench folder
-from py_timing import print_result, time_calls  # noqa: E402
+from py_timing import print_result, read_spec, time_calls  # noqa: E402
 
 CHUNK = 128
 
@@ -96,12 +95,8 @@ def parallel_threads():
 
 
 def main():
-    spec = json.loads(sys.argv[1])
-    B, H, L, d = spec['batch'], spec['heads'], spec['L'], spec['headDim']
-    dv = spec.get('valueDim', d)
-    m = spec.get('features', 256)
+    spec, B, H, L, d, dv, m, causal = read_spec(sys.argv)
     impl = spec['impl']
-    causal = bool(spec.get('causal', False))
     threads = spec.get('threads')
     if threads:
         torch.set_num_threads(threads)

@@ -39,27 +39,36 @@ function label(config) {
   return `${name} ${config.mode} L=${config.L}${config.heads !== undefined ? ` H=${config.heads}` : ''} threads=${config.threads}`;
 }
 
-/** Runs one attention measurement in a worker; returns a record or a failure. */
-async function measureAttention(ctx, config, extra = {}) {
+/** What a measuring child (worker or python script) is told of the shape and the method. */
+function childSpec(ctx, config) {
   const o = ctx.opts;
-  const spec = {
-    kind: 'attention',
-    impl: config.impl,
+  return {
     batch: config.batch,
     heads: config.heads,
     L: config.L,
     headDim: config.headDim,
     valueDim: config.valueDim,
     features: config.features,
-    kernel: config.kernel,
     causal: config.mode === 'causal',
     threads: config.threads,
-    isa: o.isa,
     seed: o.seed,
     repeats: o.repeats,
+    targetMs: o.targetMs,
+    quiet: o.quiet,
+  };
+}
+
+/** Runs one attention measurement in a worker; returns a record or a failure. */
+async function measureAttention(ctx, config, extra = {}) {
+  const o = ctx.opts;
+  const spec = {
+    ...childSpec(ctx, config),
+    kind: 'attention',
+    impl: config.impl,
+    kernel: config.kernel,
+    isa: o.isa,
     targetMs: extra.targetMs ?? o.targetMs,
     fresh: extra.fresh,
-    quiet: o.quiet,
     label: label(config),
   };
   const started = Date.now();
@@ -83,24 +92,8 @@ async function measureAttention(ctx, config, extra = {}) {
  * script's name for it. Returns a record or a failure.
  */
 async function measurePython(ctx, run, impl, config) {
-  const o = ctx.opts;
   ctx.progress(`${label(config)} ...`);
-  const spec = {
-    impl,
-    batch: config.batch,
-    heads: config.heads,
-    L: config.L,
-    headDim: config.headDim,
-    valueDim: config.valueDim,
-    features: config.features,
-    causal: config.mode === 'causal',
-    threads: config.threads,
-    seed: o.seed,
-    repeats: o.repeats,
-    targetMs: o.targetMs,
-    quiet: o.quiet,
-  };
-  const raw = await run(spec, config.threads);
+  const raw = await run({ ...childSpec(ctx, config), impl }, config.threads);
   if (!raw.ok) {
     ctx.fail(`${label(config)}: ${raw.error}`);
     return { ...config, failed: true, error: raw.error };
@@ -116,6 +109,12 @@ async function measurePython(ctx, run, impl, config) {
 const cellMs = (r) => (!r ? '–' : r.skipped ? (r.estimatedMs ? `(~${fmt.ms(r.estimatedMs)})` : 'skipped') : r.failed ? 'failed' : fmt.ms(r.ms));
 const cellMem = (r, ours) => (!r || r.skipped || r.failed ? '–' : fmt.bytes(ours ? (r.freshOutput?.extraBytes ?? r.extraBytes + r.outBytes) : r.extraBytes));
 const cellRatio = (a, b) => (a && b && !a.skipped && !b.skipped && !a.failed && !b.failed ? fmt.ratio(a.ms / b.ms) : '–');
+
+/** A comparison's result when its probe failed: the reason, also listed at the end. */
+function skippedComparison(ctx, title, reason) {
+  ctx.skip(`${title} comparison`, reason);
+  return { title, text: `${title} comparison skipped: ${reason}`, data: { skipped: reason } };
+}
 
 /** Five cells comparing ours with a baseline: time and memory of each, baseline/ours. */
 function pairCells(row, ours, theirs) {
@@ -190,6 +189,7 @@ module.exports = {
   measureAttention,
   measurePython,
   comparisonRow,
+  skippedComparison,
   pairCells,
   pairColumns,
   exactEstimateMs,

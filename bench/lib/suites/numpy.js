@@ -3,15 +3,12 @@
 // (bench/numpy_attention.py; skipped without python and numpy).
 const fmt = require('../format');
 const { runNumpy, probeNumpy } = require('../runner');
-const { seqFor, comparisonRow, pairCells, pairColumns } = require('./common');
+const { seqFor, comparisonRow, skippedComparison, pairCells, pairColumns } = require('./common');
 
 async function numpy(ctx) {
   const o = ctx.opts;
   const probe = probeNumpy();
-  if (!probe.ok) {
-    ctx.skip('numpy comparison', probe.reason);
-    return { title: 'numpy', text: `numpy comparison skipped: ${probe.reason}`, data: { skipped: probe.reason } };
-  }
+  if (!probe.ok) return skippedComparison(ctx, 'numpy', probe.reason);
   const threads = ctx.threadList[ctx.threadList.length - 1];
   const mode = 'bidirectional';
   const rows = [];

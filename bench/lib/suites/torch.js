@@ -5,17 +5,14 @@
 // L and thread count, ours and torch measured in turn in the same run.
 const fmt = require('../format');
 const { runTorch, probeTorch } = require('../runner');
-const { seqFor, comparisonRow, pairCells, pairColumns } = require('./common');
+const { seqFor, comparisonRow, skippedComparison, pairCells, pairColumns } = require('./common');
 
 const IMPLS = ['favor', 'torch-favor', 'exact', 'torch-sdpa'];
 
 async function torch(ctx) {
   const o = ctx.opts;
   const probe = probeTorch();
-  if (!probe.ok) {
-    ctx.skip('torch comparison', probe.reason);
-    return { title: 'torch', text: `torch comparison skipped: ${probe.reason}`, data: { skipped: probe.reason } };
-  }
+  if (!probe.ok) return skippedComparison(ctx, 'torch', probe.reason);
   const threadList = o.threads ?? [1, 2];
   const rows = [];
   for (const mode of o.modes) {
