@@ -41,20 +41,11 @@ function label(config) {
 
 /** What a measuring child (worker or python script) is told of the shape and the method. */
 function childSpec(ctx, config) {
-  const o = ctx.opts;
+  const pick = (from, keys) => Object.fromEntries(keys.map((k) => [k, from[k]]));
   return {
-    batch: config.batch,
-    heads: config.heads,
-    L: config.L,
-    headDim: config.headDim,
-    valueDim: config.valueDim,
-    features: config.features,
+    ...pick(config, ['batch', 'heads', 'L', 'headDim', 'valueDim', 'features', 'threads']),
     causal: config.mode === 'causal',
-    threads: config.threads,
-    seed: o.seed,
-    repeats: o.repeats,
-    targetMs: o.targetMs,
-    quiet: o.quiet,
+    ...pick(ctx.opts, ['seed', 'repeats', 'targetMs', 'quiet']),
   };
 }
 
