@@ -14,18 +14,17 @@ throughout. Written the way a careful numpy user would:
   place, then (P v) / rowsum; one head at a time so the L x L scores stay one
   head's worth (1 GiB at L = 16384).
 
-Each measurement is a warm-up call followed by N timed calls (N adapted to the
-run time, at least 3); the peak extra memory is the kernel's high-water mark
-(VmHWM, reset through /proc/self/clear_refs) during the warm-up call minus the
-resident size before it, with the inputs already allocated.
+Timing and peak memory: py_timing.py (a warm-up call, then the median of N calls).
 """
-import json
 import math
 import os
 import sys
 import time
 
 import numpy as np
+
+sys.dont_write_bytecode = True  # no __pycache__ in the package's bench folder
+from py_timing import print_result, read_spec, time_calls  # noqa: E402
 
 
 def orthogonal_features(m, d, rng):
@@ -82,40 +81,6 @@ def exact_attention(q, k, v, causal=False):
     return out
 
 
-def read_status():
-    try:
-        with open('/proc/self/status') as f:
-            text = f.read()
-    except OSError:
-        return None
-    vals = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(':')
-        if key in ('VmRSS', 'VmHWM'):
-            vals[key] = int(rest.split()[0]) * 1024
-    return vals if len(vals) == 2 else None
-
-
-def reset_peak():
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
-def measure_peak(fn):
-    reset = reset_peak()
-    before = read_status()
-    result = fn()
-    after = read_status()
-    if before is None or after is None:
-        return result, None
-    base = before['VmRSS'] if reset else max(before['VmRSS'], before['VmHWM'])
-    return result, max(0, after['VmHWM'] - base)
-
-
 def blas_info():
     info = {'numpy': np.__version__}
     try:
@@ -130,12 +95,8 @@ def blas_info():
 
 
 def main():
-    spec = json.loads(sys.argv[1])
-    B, H, L, d = spec['batch'], spec['heads'], spec['L'], spec['headDim']
-    dv = spec.get('valueDim', d)
-    m = spec.get('features', 256)
+    spec, B, H, L, d, dv, m, causal = read_spec(sys.argv)
     impl = spec['impl']
-    causal = bool(spec.get('causal', False))
     rng = np.random.default_rng(spec.get('seed', 1))
     q = (rng.standard_normal((B, H, L, d), dtype=np.float32) * np.float32(0.35))
     k = (rng.standard_normal((B, H, L, d), dtype=np.float32) * np.float32(0.35))
@@ -153,39 +114,15 @@ def main():
     else:
         raise SystemExit(f'numpy_attention.py: unknown impl {impl}')
 
-    t0 = time.perf_counter()
-    _, extra = measure_peak(call)
-    first_ms = (time.perf_counter() - t0) * 1000
-    if spec.get('repeats'):
-        runs = spec['repeats']
-    else:
-        target = spec.get('targetMs', 1000)
-        runs = max(3, min(50, math.ceil(target / max(first_ms, 1e-3))))
-    times = []
-    cpu0 = time.process_time()
-    wall0 = time.perf_counter()
-    for r in range(runs):
-        t = time.perf_counter()
-        call()
-        ms = (time.perf_counter() - t) * 1000
-        times.append(ms)
-        if not spec.get('quiet') and (ms > 2000 or first_ms > 2000):
-            sys.stderr.write(f'      numpy {impl} L={L}: run {r + 1}/{runs} {ms / 1000:.2f} s\n')
-    wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0
     result = {
-        'ok': True,
-        'firstMs': first_ms,
-        'times': times,
-        'extraBytes': extra,
+        **time_calls(call, spec, f'numpy {impl}'),
         'outBytes': B * H * L * dv * 4,
-        'coresUsed': cpu / wall if wall > 0 else None,
         'sampleFeaturesMs': sample_ms,
         'threadsEnv': {key: os.environ.get(key) for key in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS')},
         'python': sys.version.split()[0],
         **blas_info(),
     }
-    sys.stdout.write('@@RESULT ' + json.dumps(result) + '\n')
+    print_result(result)
 
 
 if __name__ == '__main__':

@@ -312,10 +312,13 @@ describe('flag parsing', () => {
   test('lists: duplicates removed, lengths sorted; suites in their fixed order, --suite repeatable', () => {
     expect(parseArgs(['--seq', '1024,64..128,64']).seq).toEqual([64, 128, 1024]);
     expect(parseArgs(['--threads', '2,1,2']).threads).toEqual([2, 1]);
-    expect(parseArgs(['--suite', 'all']).suites).toEqual(['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy']);
+    expect(parseArgs(['--suite', 'all']).suites).toEqual(['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy', 'torch']);
     expect(parseArgs(['--suite', 'numpy,overhead', '--suite', 'crossover']).suites).toEqual(['crossover', 'overhead', 'numpy']);
     expect(parseArgs(['--numpy']).suites).toEqual(['sweep', 'numpy']);
     expect(parseArgs(['--suite', 'million', '--numpy']).suites).toEqual(['million', 'numpy']);
+    expect(parseArgs(['--torch']).suites).toEqual(['sweep', 'torch']);
+    expect(parseArgs(['--suite', 'torch,numpy']).suites).toEqual(['numpy', 'torch']);
+    expect(parseArgs(['--suite', 'million', '--torch', '--numpy'])).toMatchObject({ suites: ['million', 'numpy', 'torch'], autoOnnx: false });
   });
 
   test('the default run adds the short onnxruntime comparison unless a suite is chosen or --no-onnx', () => {
@@ -355,7 +358,7 @@ describe('flag parsing', () => {
     [['--causal', 'toString'], '--causal: expected both, true or false, received "toString"'],
     [['--budget', '-1'], '--budget: expected a positive number, received "-1"'],
     [['--target-ms', 'soon'], '--target-ms: expected a positive number, received "soon"'],
-    [['--suite', 'fast'], '--suite: expected one of sweep, crossover, overhead, concurrency, million, sampling, onnx, numpy, all, received "fast"'],
+    [['--suite', 'fast'], '--suite: expected one of sweep, crossover, overhead, concurrency, million, sampling, onnx, numpy, torch, all, received "fast"'],
     [['--suite='], '--suite: expected a list of suites, received nothing'],
     [['--isa', 'neon'], '--isa: expected one of scalar, avx2, avx512, received "neon"'],
     [['--no-exact=1'], '--no-exact takes no value, received "1"'],
@@ -700,6 +703,25 @@ describe('performer-bench, run for real on tiny sizes', () => {
     expect(np.stdout).toMatch(/skipped: numpy comparison: .*no-such-python not found/);
   });
 
+  test('the torch suite is skipped with an install hint when the python cannot import torch', () => {
+    const dir = tmpDir();
+    // python3 without its site-packages (-S): no torch, whatever this machine has installed.
+    const python = path.join(dir, 'python-without-torch');
+    fs.writeFileSync(python, '#!/bin/sh\nexec python3 -S "$@"\n', { mode: 0o755 });
+    for (const py of [python, path.join(dir, 'no-such-python')]) {
+      const r = spawnSync(process.execPath, [cli, '--suite', 'torch', '--seq', '16', '--dim', '8', '--heads', '1', '--features', '8', '--peak-ms', '10', '--out', dir, '--quiet'], {
+        encoding: 'utf8',
+        cwd: root,
+        timeout: 60000,
+        env: { ...process.env, PERFORMER_BENCH_PYTHON: py },
+      });
+      expect(r.status).toBe(0);
+      expect(r.stdout).toContain('== torch ==');
+      expect(r.stdout).toMatch(/skipped: torch comparison: .*; pip install torch \(CPU wheel\)/);
+      expect(r.stdout).not.toMatch(/FAVOR\+ ms/);
+    }
+  });
+
   test('bad flags exit with code 2 and a message; --help exits 0', () => {
     const bad = runCli(['--seq', '1024..256']);
     expect(bad.status).toBe(2);
@@ -710,7 +732,7 @@ describe('performer-bench, run for real on tiny sizes', () => {
     const help = runCli(['--help']);
     expect(help.status).toBe(0);
     expect(help.stdout).toMatch(/--seq LIST/);
-    for (const flag of ['--batch', '--heads', '--dim', '--features', '--kernel', '--causal', '--threads', '--json', '--out', '--repeats', '--no-exact', '--onnx', '--numpy', '--suite']) {
+    for (const flag of ['--batch', '--heads', '--dim', '--features', '--kernel', '--causal', '--threads', '--json', '--out', '--repeats', '--no-exact', '--onnx', '--numpy', '--torch', '--suite']) {
       expect(help.stdout).toContain(flag);
     }
   });

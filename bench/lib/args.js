@@ -7,7 +7,7 @@
 
 const util = require('node:util');
 
-const SUITES = ['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy'];
+const SUITES = ['sweep', 'crossover', 'overhead', 'concurrency', 'million', 'sampling', 'onnx', 'numpy', 'torch'];
 const KERNELS = ['softmax', 'softmax-hyperbolic', 'trig', 'relu', 'elu', 'exp', 'abs', 'softmax-opt', 'softmax-dense'];
 const ISAS = ['scalar', 'avx2', 'avx512'];
 
@@ -55,8 +55,9 @@ Extra measurements (--suite NAME[,NAME]; default sweep):
   sampling      time to sample the projection W (m x d)
   onnx          exact attention against onnxruntime-node (MatMul-Softmax-MatMul and MultiHeadAttention; default L 1024..8192)
   numpy         FAVOR+ and exact attention against numpy in python3 (default L 4096,16384; bidirectional)
+  torch         FAVOR+ and exact attention against torch in python3 (default L 1024,4096; both modes; threads 1,2)
   all           every suite above
-  --onnx, --numpy    add those suites to the others
+  --onnx, --numpy, --torch    add those suites to the others
   --no-onnx          without --suite, the sweep also compares exact attention with onnxruntime-node
                      at L = 1024..4096 when that package is installed; this turns that off
   -h, --help         this text
@@ -197,6 +198,7 @@ const FLAGS = {
   onnx: { set: {} },
   'no-onnx': { set: { autoOnnx: false } },
   numpy: { set: {} },
+  torch: { set: {} },
   help: { short: 'h', set: { help: true } },
 };
 
@@ -262,7 +264,7 @@ function parseFlagsOrExit(program, usage, argv, flags, o) {
 function parseArgs(argv) {
   const o = defaults();
   const seen = parseFlags(argv, FLAGS, o);
-  const extra = ['onnx', 'numpy'].filter((s) => seen.has(`--${s}`));
+  const extra = ['onnx', 'numpy', 'torch'].filter((s) => seen.has(`--${s}`));
   if (o.suites !== null || extra.includes('onnx')) o.autoOnnx = false;
   if (seen.has('--onnx') && seen.has('--no-onnx')) throw new UsageError('--onnx and --no-onnx contradict each other');
   const base = o.suites ?? ['sweep'];

@@ -12,11 +12,18 @@ const IMPL_NAMES = {
   'ort-mha': 'onnxruntime MultiHeadAttention',
   'numpy-favor': 'numpy FAVOR+',
   'numpy-exact': 'numpy exact',
+  'torch-favor': 'torch FAVOR+',
+  'torch-sdpa': 'torch SDPA',
 };
+
+/** FAVOR+, ours or a baseline's ('numpy-favor', 'torch-favor'). */
+function isFavor(impl) {
+  return impl === 'favor' || impl.endsWith('-favor');
+}
 
 /** The cost (flops, exps) of one call of `impl` on `shape`. */
 function costOf(impl, shape) {
-  return impl === 'favor' || impl === 'numpy-favor' ? favorCost(shape) : exactCost(shape);
+  return isFavor(impl) ? favorCost(shape) : exactCost(shape);
 }
 
 /**
@@ -66,18 +73,18 @@ function deriveRecord(raw, config, peakGflops) {
     extraOverIo: raw.extraBytes === null || raw.extraBytes === undefined ? null : raw.extraBytes / io,
     outBytes: raw.outBytes ?? null,
   };
-  if (config.impl === 'favor' || config.impl === 'numpy-favor') {
+  if (isFavor(config.impl)) {
     record.features = config.features;
     record.kernel = config.kernel ?? 'softmax';
   }
   if (raw.fresh) record.freshOutput = raw.fresh;
   if (raw.allocOutMs !== undefined) record.allocOutMs = raw.allocOutMs;
   if (raw.memoryMethod) record.memoryMethod = raw.memoryMethod;
-  for (const key of ['onnxruntime', 'sessionMs', 'sessionExtraBytes', 'maxAbsDiffVsExact', 'note', 'numpy', 'blas', 'blasVersion', 'blasConfig', 'threadsEnv', 'sampleFeaturesMs']) {
+  for (const key of ['onnxruntime', 'sessionMs', 'sessionExtraBytes', 'maxAbsDiffVsExact', 'note', 'numpy', 'blas', 'blasVersion', 'blasConfig', 'threadsEnv', 'sampleFeaturesMs', 'torch', 'torchThreads', 'parallelThreads']) {
     if (raw[key] !== undefined) record[key] = raw[key];
   }
   record.times = raw.times;
   return record;
 }
 
-module.exports = { deriveRecord, costOf, IMPL_NAMES };
+module.exports = { deriveRecord, costOf, isFavor, IMPL_NAMES };

@@ -5,6 +5,7 @@ const path = require('node:path');
 
 const WORKER = path.join(__dirname, 'worker.js');
 const NUMPY_SCRIPT = path.join(__dirname, '..', 'numpy_attention.py');
+const TORCH_SCRIPT = path.join(__dirname, '..', 'torch_attention.py');
 const MARK = '@@RESULT ';
 
 function runChild(command, args, env) {
@@ -39,7 +40,7 @@ function runWorker(spec) {
 }
 
 /**
- * The environment of the numpy child: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+ * The environment of the python children (numpy, torch): OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
  * removed (let OpenBLAS pick its kernels for this CPU), thread counts pinned to
  * the library's.
  */
@@ -58,18 +59,34 @@ function pythonCommand() {
   return process.env.PERFORMER_BENCH_PYTHON || 'python3';
 }
 
-/** { ok, version } or { ok: false, reason } for python3 with numpy. */
-function probeNumpy() {
+/**
+ * { ok, version, python, command } or { ok: false, reason } for the python
+ * (PERFORMER_BENCH_PYTHON, else python3) importing `module`; hint ends the reason.
+ */
+function probePython(module, hint = '') {
   const py = pythonCommand();
-  const r = spawnSync(py, ['-c', 'import numpy, sys; print(numpy.__version__, sys.version.split()[0])'], {
+  const r = spawnSync(py, ['-c', `import ${module}, sys; print(${module}.__version__, sys.version.split()[0])`], {
     encoding: 'utf8',
     timeout: 60000,
     env: numpyEnv(null),
   });
-  if (r.error) return { ok: false, reason: `${py} not found (${r.error.code ?? r.error.message})` };
-  if (r.status !== 0) return { ok: false, reason: `numpy is not importable by ${py}: ${(r.stderr || '').trim().split('\n').pop()}` };
-  const [numpy, python] = r.stdout.trim().split(/\s+/);
-  return { ok: true, numpy, python, command: py };
+  const tail = hint ? `; ${hint}` : '';
+  if (r.error) return { ok: false, reason: `${py} not found (${r.error.code ?? r.error.message})${tail}` };
+  if (r.status !== 0) return { ok: false, reason: `${module} is not importable by ${py}: ${(r.stderr || '').trim().split('\n').pop()}${tail}` };
+  const [version, python] = r.stdout.trim().split(/\s+/);
+  return { ok: true, version, python, command: py };
+}
+
+/** { ok, numpy, python } or { ok: false, reason } for python3 with numpy. */
+function probeNumpy() {
+  const p = probePython('numpy');
+  return p.ok ? { ok: true, numpy: p.version, python: p.python, command: p.command } : p;
+}
+
+/** { ok, torch, python } or { ok: false, reason } for python3 with torch. */
+function probeTorch() {
+  const p = probePython('torch', 'pip install torch (CPU wheel), see docs/benchmark.md');
+  return p.ok ? { ok: true, torch: p.version, python: p.python, command: p.command } : p;
 }
 
 /** A measurement by bench/numpy_attention.py. */
@@ -77,4 +94,9 @@ function runNumpy(spec, threads) {
   return runChild(pythonCommand(), [NUMPY_SCRIPT, JSON.stringify(spec)], numpyEnv(threads));
 }
 
-module.exports = { runWorker, runNumpy, probeNumpy, numpyEnv, WORKER };
+/** A measurement by bench/torch_attention.py (which also calls torch.set_num_threads). */
+function runTorch(spec, threads) {
+  return runChild(pythonCommand(), [TORCH_SCRIPT, JSON.stringify(spec)], numpyEnv(threads));
+}
+
+module.exports = { runWorker, runNumpy, probeNumpy, runTorch, probeTorch, numpyEnv, WORKER };

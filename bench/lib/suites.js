@@ -13,7 +13,8 @@ const { million } = require('./suites/million');
 const { sampling } = require('./suites/sampling');
 const { onnx } = require('./suites/onnx');
 const { numpy } = require('./suites/numpy');
+const { torch } = require('./suites/torch');
 
-const SUITE_FUNCTIONS = { sweep, crossover, overhead, concurrency, million, sampling, onnx, numpy };
+const SUITE_FUNCTIONS = { sweep, crossover, overhead, concurrency, million, sampling, onnx, numpy, torch };
 
 module.exports = { SUITE_FUNCTIONS };
