@@ -15,6 +15,7 @@ import { only, parseSse, streamTokens, type SseEvent } from './helpers/sse';
 interface LM {
   generate(prompt: ArrayLike<number>, options: Record<string, unknown>): AsyncGenerator<number>;
   config: { numTokens: number };
+  quantize(format: 'int8' | 'bf16'): LM;
 }
 const dist = require('../dist') as { PerformerLM: { fromPerformerPytorch(weights: string, config: unknown): LM } };
 const { buildServer } = require('../examples/service/server.js') as { buildServer(options: Record<string, unknown>): FastifyInstance };
@@ -40,9 +41,9 @@ afterAll(async () => {
   for (const close of closers) await close();
 });
 
-async function serve(options: Record<string, unknown> = {}, leaseMs = 10_000): Promise<string> {
+async function serve(options: Record<string, unknown> = {}, leaseMs = 10_000, model: LM = lm): Promise<string> {
   const store = new MemorySessionStore({ ttlMs: 60_000, leaseMs });
-  const app = buildServer({ model: encoder, generator: { lm, store }, ...options });
+  const app = buildServer({ model: encoder, generator: { lm: model, store }, ...options });
   closers.push(async () => {
     await app.close();
     await store.close();
@@ -57,10 +58,10 @@ async function post(url: string, body: unknown, init: RequestInit = {}): Promise
   return { status: r.status, events: [], json: JSON.parse(text) as Record<string, unknown>, headers: r.headers };
 }
 
-async function expected(prompt: string | number[], options: Record<string, unknown>): Promise<number[]> {
+async function expected(prompt: string | number[], options: Record<string, unknown>, model: LM = lm): Promise<number[]> {
   const tokens: number[] = [];
   const ids = typeof prompt === 'string' ? Buffer.from(prompt) : prompt;
-  for await (const t of lm.generate(ids, options)) tokens.push(t);
+  for await (const t of model.generate(ids, options)) tokens.push(t);
   return tokens;
 }
 
@@ -192,8 +193,20 @@ test('bad bodies get a 400 naming the field; nothing is created', async () => {
     expect(r.status).toBe(400);
     expect(r.json!.message).toMatch(message);
   }
-  const health = (await (await fetch(`${url}/health`)).json()) as { generation: { store: string } };
+  const health = (await (await fetch(`${url}/health`)).json()) as { generation: { store: string; weights: string } };
   expect(health.generation.store).toBe('memory');
+  expect(health.generation.weights).toBe('float32');
+});
+
+test('a model with int8 weights streams the tokens its own generate() picks, and says so in /health', async () => {
+  const int8 = dist.PerformerLM.fromPerformerPytorch(path.join(SERVICE, 'lm', 'model.safetensors'), require(path.join(SERVICE, 'lm', 'config.json'))).quantize('int8');
+  const at = await serve({}, 10_000, int8);
+  const options = { temperature: 0.8, seed: 5, topK: 20 };
+  const r = await post(`${at}/generate`, { prompt: 'import ', maxNewTokens: 16, ...options });
+  expect(r.status).toBe(200);
+  expect(streamTokens(r.events)).toEqual(await expected('import ', { maxNewTokens: 16, ...options }, int8));
+  const health = (await (await fetch(`${at}/health`)).json()) as { generation: { weights: string } };
+  expect(health.generation.weights).toBe('int8');
 });
 
 test('a request longer than the lease keeps it (renewed while it runs) and ends normally', async () => {

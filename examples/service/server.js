@@ -235,7 +235,7 @@ function buildServer(options) {
 
   app.get('/health', async () => ({
     status: 'ok',
-    ...(o.generator !== undefined && { generation: { model: o.generator.lm.config, store: o.generator.store.shared ? 'shared' : 'memory', maxSessions: o.maxSessions, maxNewTokens: o.maxNewTokens, maxPromptTokens: o.maxPromptTokens } }),
+    ...(o.generator !== undefined && { generation: { model: o.generator.lm.config, weights: o.generator.lm.weightFormat, store: o.generator.store.shared ? 'shared' : 'memory', maxSessions: o.maxSessions, maxNewTokens: o.maxNewTokens, maxPromptTokens: o.maxPromptTokens } }),
     model: model.config,
     attention: ATTENTION,
     limits: { ...limits, maxConcurrent: o.maxConcurrent, maxQueue: o.maxQueue, jsonBodyLimit: o.jsonBodyLimit, binaryBodyLimit: o.binaryBodyLimit, timeoutMs: o.timeoutMs },
