@@ -14,8 +14,11 @@ namespace pa {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::size_t kQueryBlock = 64;
-constexpr std::size_t kKeyBlock = 256;
+// A block's scores (48 x 128 floats, 24 KiB) stay in L1 between the QK^T product, the
+// row max, the exp and the PV product; 64 x 256 (64 KiB) went to L2 for each pass. 48 rows
+// are whole register tiles of every kernel set (6, 8, 12 or 16 rows).
+constexpr std::size_t kQueryBlock = 48;
+constexpr std::size_t kKeyBlock = 128;
 constexpr std::size_t kGroupRows =
     4 * kQueryBlock;  // query rows sharing one packing of a key block
 
