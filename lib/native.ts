@@ -57,6 +57,7 @@ export interface NativeAddon {
   /** Quantized values [out, in] packed for linear plan steps (same array type). */
   linearPackQuantized(values: Int8Array, inFeatures: number, outFeatures: number): Int8Array;
   linearPackQuantized(values: Uint16Array, inFeatures: number, outFeatures: number): Uint16Array;
+  linearPackQuantized(values: Int8Array | Uint16Array, inFeatures: number, outFeatures: number): Int8Array | Uint16Array;
   favorStateFloats(featureCount: number, valueDim: number): number;
   favorStateReset(state: Float32Array, heads: number, featureCount: number, valueDim: number): void;
   pendingCalls(): number;

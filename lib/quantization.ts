@@ -107,16 +107,8 @@ export class QuantizedWeight {
 
   /** The layout the kernels read. */
   get packed(): Int8Array | Uint16Array {
-    if (this.packedValues === null) {
-      const v = this.values;
-      this.packedValues = v instanceof Int8Array ? native().linearPackQuantized(v, this.inFeatures, this.outFeatures) : native().linearPackQuantized(v, this.inFeatures, this.outFeatures);
-    }
+    if (this.packedValues === null) this.packedValues = native().linearPackQuantized(this.values, this.inFeatures, this.outFeatures);
     return this.packedValues;
-  }
-
-  /** Bytes the stored and packed weights take. */
-  get byteLength(): number {
-    return 2 * this.values.byteLength + (this.scales?.byteLength ?? 0);
   }
 }
 

@@ -241,8 +241,8 @@ abstract class Block extends LayerBase {
         const n = Math.min(chunk, rows - r0);
         const span = (a: Float32Array) => a.subarray(r0 * D, (r0 + n) * D);
         const hidden = h.subarray(0, n * c.ffDim);
-        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: c.ffDim, packed: this.ff1.packed, scales: this.ff1.scales, bias: this.ff1.bias, activation: c.activation, y: hidden });
-        b.add({ op: 'linear', x: hidden, rows: n, in: c.ffDim, out: D, packed: this.ff2.packed, scales: this.ff2.scales, bias: this.ff2.bias, residual: span(residual), activation: 'none', y: span(y) });
+        b.add({ op: 'linear', x: span(x), rows: n, ...this.ff1.stepFields, activation: c.activation, y: hidden });
+        b.add({ op: 'linear', x: hidden, rows: n, ...this.ff2.stepFields, residual: span(residual), activation: 'none', y: span(y) });
       }
       b.release(h);
     };

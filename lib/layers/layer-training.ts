@@ -219,7 +219,7 @@ function layerNorm(b: PlanBuilder, n: LayerNorm, x: Float32Array, rows: number, 
 }
 
 function linear(b: PlanBuilder, l: Linear, x: Float32Array, rows: number, y: Float32Array, residual: Float32Array | null = null): void {
-  b.add({ op: 'linear', x, rows, in: l.inFeatures, out: l.outFeatures, packed: l.packed, scales: l.scales, bias: l.bias, residual, activation: 'none', y });
+  b.add({ op: 'linear', x, rows, ...l.stepFields, residual, activation: 'none', y });
 }
 
 function linearBack(b: PlanBuilder, l: Linear, dy: Float32Array, x: Float32Array, rows: number, dx: Float32Array | null, accumulate: boolean, grads: LayerGradients): void {
@@ -350,7 +350,7 @@ function blockForward(b: PlanBuilder, o: Owned, block: Block, p: ModulePass, x: 
       linear(b, block.ff1, input, rows, pre);
       b.add({ op: 'gelu', x: pre, n: rows * c.ffDim, y: act });
     } else {
-      b.add({ op: 'linear', x: input, rows, in: block.ff1.inFeatures, out: block.ff1.outFeatures, packed: block.ff1.packed, scales: block.ff1.scales, bias: block.ff1.bias, residual: null, activation: 'relu', y: act });
+      b.add({ op: 'linear', x: input, rows, ...block.ff1.stepFields, residual: null, activation: 'relu', y: act });
     }
     linear(b, block.ff2, act, rows, y, residual);
     return { pre, act };

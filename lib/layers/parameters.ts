@@ -8,6 +8,7 @@ import { describe, rangeError, typeError } from '../errors';
 import { native } from '../native';
 import { QuantizedWeight, type QuantizedFormat, type WeightFormat } from '../quantization';
 import type { Tensor, TensorLike } from '../tensor';
+import type { LinearStep } from './plan-steps';
 import { formatShape, isFloat32Array, newFloat32Array, readBoolean, readOptions } from '../validate';
 
 /** @internal A named parameter: its shape, a view of its values and how to replace them. */
@@ -206,9 +207,9 @@ export class Linear {
     return this.quantized?.scales ?? null;
   }
 
-  /** Bytes the kernels' copy of the weights takes (float32 packed, or the stored values). */
-  get weightBytes(): number {
-    return this.quantized !== null ? this.quantized.byteLength : 2 * this.weight.byteLength;
+  /** What a plan's linear step takes from this layer: its sizes, weights as the kernels read them, and bias. */
+  get stepFields(): Pick<LinearStep, 'in' | 'out' | 'packed' | 'scales' | 'bias'> {
+    return { in: this.inFeatures, out: this.outFeatures, packed: this.packed, scales: this.scales, bias: this.bias };
   }
 
   slots(prefix: string, into: Map<string, ParamSlot>): void {

@@ -35,7 +35,6 @@ const IGNORED = /(^|\.)proj_updater\.calls_since_last_redraw$/;
  */
 export type NamedTensors = Map<string, { data: Float32Array; shape: readonly number[]; dtype?: string }>;
 
-
 /** @internal Reads the weights argument into named float32 tensors. */
 export function readWeights(weights: unknown, fn: string): NamedTensors {
   let record: Record<string, unknown>;

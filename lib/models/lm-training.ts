@@ -156,7 +156,7 @@ export function planTrainingPass(b: PlanBuilder, parts: LMParts, grads: Gradient
     return a;
   };
   const linear = (x: Float32Array, rows: number, l: Linear, y: Float32Array, residual: Float32Array | null = null) =>
-    b.add({ op: 'linear', x, rows, in: l.inFeatures, out: l.outFeatures, packed: l.packed, scales: l.scales, bias: l.bias, residual, activation: 'none', y });
+    b.add({ op: 'linear', x, rows, ...l.stepFields, residual, activation: 'none', y });
   const linearBack = (dy: Float32Array, x: Float32Array, rows: number, l: Linear, dx: Float32Array | null, accumulate: boolean, dweight: Float32Array, dbias: Float32Array | null) =>
     b.add({ op: 'linearBackward', rows, in: l.inFeatures, out: l.outFeatures, dy, x, weight: l.weight, dx, accumulate, dweight, dbias });
   const heads = { batch: B, len: L, heads: H, headDim: d };

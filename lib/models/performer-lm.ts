@@ -806,7 +806,7 @@ export class PerformerLM {
     const last = rows === 'all' ? y : y.subarray((len - 1) * D, len * D);
     const normed = b.acquire(n * D);
     b.add({ op: 'layerNorm', x: last, rows: n, dim: D, gamma: this.norm.gamma, beta: this.norm.beta, eps: LAYER_NORM_EPS, y: normed });
-    b.add({ op: 'linear', x: normed, rows: n, in: D, out: c.numTokens, packed: this.head.packed, scales: this.head.scales, bias: this.head.bias, activation: 'none', y: out });
+    b.add({ op: 'linear', x: normed, rows: n, ...this.head.stepFields, activation: 'none', y: out });
     b.release(normed);
     b.release(y);
     b.checkOutput(out, fn);

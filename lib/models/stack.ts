@@ -375,12 +375,12 @@ export class PerformerStack {
       const hid = h.subarray(0, n * hidden);
       if (gate !== null) {
         const g = gate.subarray(0, n * 2 * hidden);
-        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: 2 * hidden, packed: layer.w1.packed, scales: layer.w1.scales, bias: layer.w1.bias, activation: 'none', y: g });
+        b.add({ op: 'linear', x: span(x), rows: n, ...layer.w1.stepFields, activation: 'none', y: g });
         b.add({ op: 'gluGelu', h: g, rows: n, hidden, y: hid });
       } else {
-        b.add({ op: 'linear', x: span(x), rows: n, in: D, out: hidden, packed: layer.w1.packed, scales: layer.w1.scales, bias: layer.w1.bias, activation: 'gelu', y: hid });
+        b.add({ op: 'linear', x: span(x), rows: n, ...layer.w1.stepFields, activation: 'gelu', y: hid });
       }
-      b.add({ op: 'linear', x: hid, rows: n, in: hidden, out: D, packed: layer.w2.packed, scales: layer.w2.scales, bias: layer.w2.bias, residual: residual ? span(residual) : null, activation: 'none', y: span(y) });
+      b.add({ op: 'linear', x: hid, rows: n, ...layer.w2.stepFields, residual: residual ? span(residual) : null, activation: 'none', y: span(y) });
     }
     b.release(h);
     if (gate !== null) b.release(gate);
@@ -398,7 +398,7 @@ export class PerformerStack {
     const gh = c.heads - lh;
     const label = `${call.label}.layers.${l}.attention`;
     const qkv = b.acquire(rows * 3 * inner);
-    b.add({ op: 'linear', x, rows, in: c.dim, out: 3 * inner, packed: layer.qkv.packed, scales: layer.qkv.scales, bias: layer.qkv.bias, activation: 'none', y: qkv });
+    b.add({ op: 'linear', x, rows, ...layer.qkv.stepFields, activation: 'none', y: qkv });
     const merged = b.acquire(rows * inner);
     // Heads [first, first + count) of q, k and v, as [B, count, L, d].
     const split = (first: number, count: number) =>
@@ -459,7 +459,7 @@ export class PerformerStack {
       for (const t of [q, k, v, o]) b.release(t);
     }
     b.release(qkv);
-    b.add({ op: 'linear', x: merged, rows, in: inner, out: c.dim, packed: layer.out.packed, scales: layer.out.scales, bias: layer.out.bias, residual, activation: 'none', y });
+    b.add({ op: 'linear', x: merged, rows, ...layer.out.stepFields, residual, activation: 'none', y });
     b.release(merged);
   }
 
@@ -533,7 +533,6 @@ export class PerformerStack {
   }
 }
 
-// The whole call as one slice, or (a batched step) one slice per session on its row.
 /**
  * @internal A linear layer `name` ([out, in] weight, optional bias) from a checkpoint, in the
  * format the checkpoint stores it (float32, or int8 / bf16 weights).
@@ -558,6 +557,7 @@ export function weightFormatOf(linears: Linear[], fn: string): WeightFormat {
   return format;
 }
 
+// The whole call as one slice, or (a batched step) one slice per session on its row.
 function sequences(call: StackCall): SequenceSlice[] {
   if (call.sessions === undefined) {
     return [{ batch: call.batch, start: call.start, keep: call.keep, states: call.states, at: (buffer) => buffer }];

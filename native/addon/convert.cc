@@ -161,6 +161,19 @@ Napi::Uint16Array new_uint16_array(Napi::Env env, std::size_t length, const char
       .As<Napi::Uint16Array>();
 }
 
+std::size_t size_argument(const Napi::CallbackInfo& info, std::size_t i, const char* name,
+                          std::size_t min) {
+  const double value = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1.0;
+  if (!(value >= static_cast<double>(min)) || value != std::floor(value) ||
+      value > 9007199254740991.0) {
+    throw_range_error(
+        info.Env(),
+        std::string(name) + (min == 0 ? ": expected a non-negative integer"
+                                      : ": expected an integer >= " + std::to_string(min)));
+  }
+  return static_cast<std::size_t>(value);
+}
+
 std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b) {
   if (a != 0 && b > std::numeric_limits<std::size_t>::max() / a) {
     throw_range_error(env, "tensor size overflows the address space");

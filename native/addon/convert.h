@@ -61,6 +61,10 @@ Napi::Uint16Array new_uint16_array(Napi::Env env, std::size_t length, const char
 // a * b, or a RangeError when it overflows size_t.
 std::size_t checked_mul(Napi::Env env, std::size_t a, std::size_t b);
 
+// info[i] as an integer from `min` to 2^53 - 1; RangeError naming `name` otherwise.
+std::size_t size_argument(const Napi::CallbackInfo& info, std::size_t i, const char* name,
+                          std::size_t min = 0);
+
 // Errors caught on a worker thread, rethrown as JS errors on the main thread.
 struct PendingError {
   std::string kind;  // "RangeError", "Error"

@@ -352,14 +352,6 @@ Step parse_local_attention_backward(const PlanContext& ctx, const Napi::Object& 
   });
 }
 
-std::size_t size_argument(const Napi::CallbackInfo& info, std::size_t i, const char* name) {
-  const double value = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1.0;
-  if (!(value >= 0.0) || value != std::floor(value) || value > 9007199254740991.0) {
-    throw_range_error(info.Env(), std::string(name) + ": expected a non-negative integer");
-  }
-  return static_cast<std::size_t>(value);
-}
-
 // (featureCount, valueDim) -> floats of one (batch, head) state
 Napi::Value pytorch_favor_state_floats(const Napi::CallbackInfo& info) {
   const std::size_t floats = pa::pytorch_favor_state_floats(size_argument(info, 0, "featureCount"),

@@ -13,18 +13,6 @@
 namespace pa_addon {
 namespace {
 
-// info[index] as a feature count: an integer >= 1.
-std::size_t feature_count(const Napi::CallbackInfo& info, std::size_t index, const char* name) {
-  const Napi::Value value = info[index];
-  if (!value.IsNumber()) throw_type_error(info.Env(), std::string(name) + ": expected a number");
-  const double d = value.As<Napi::Number>().DoubleValue();
-  if (!(d >= 1.0 && d <= 9007199254740991.0) || d != std::floor(d)) {
-    throw_range_error(info.Env(), std::string(name) + ": expected an integer >= 1, received " +
-                                      value.ToString().Utf8Value());
-  }
-  return static_cast<std::size_t>(d);
-}
-
 // The element count of an [out, in] array, checked against `length`.
 std::size_t check_weight_count(Napi::Env env, const char* name, std::size_t length, std::size_t in,
                                std::size_t out) {
@@ -46,8 +34,8 @@ std::size_t check_weight_count(Napi::Env env, const char* name, std::size_t leng
 Napi::Value linear_quantize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const FloatView w = float32_array(info[0], "weight");
-  const std::size_t in = feature_count(info, 1, "inFeatures");
-  const std::size_t out = feature_count(info, 2, "outFeatures");
+  const std::size_t in = size_argument(info, 1, "inFeatures", 1);
+  const std::size_t out = size_argument(info, 2, "outFeatures", 1);
   const std::size_t n = check_weight_count(env, "weight", w.length, in, out);
   const std::string format = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
   if (format != "int8" && format != "bf16")
@@ -89,8 +77,8 @@ Napi::Value linear_pack_quantized(const Napi::CallbackInfo& info) {
     throw_type_error(env, "values: expected an Int8Array (int8) or a Uint16Array (bf16)");
   if (value.As<Napi::TypedArray>().ArrayBuffer().IsDetached())
     throw_type_error(env, "values: its ArrayBuffer is detached", "ERR_INVALID_STATE");
-  const std::size_t in = feature_count(info, 1, "inFeatures");
-  const std::size_t out = feature_count(info, 2, "outFeatures");
+  const std::size_t in = size_argument(info, 1, "inFeatures", 1);
+  const std::size_t out = size_argument(info, 2, "outFeatures", 1);
   check_weight_count(env, "values", value.As<Napi::TypedArray>().ElementLength(), in, out);
   const std::size_t size = pa::linear_quant_packed_size(in, out);
   if (type == napi_int8_array) {
