@@ -83,28 +83,29 @@ class SoftmaxHead {
 
  private:
   // Query rows [i0, i0 + n) (local row b0 of the group) against packed keys [j0, j0 + m).
+  // A causal block on the diagonal computes only the columns its last row sees: the
+  // ones past them would be masked for every row (score rows keep stride m).
   void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m,
              long long offset, const float* v) {
     const std::size_t d = dims_.head_dim;
-    kernels_.gemm(n, m, d, q_scaled_ + b0 * d, d, 1, k_t_, m, scores_, m, false);
+    auto visible = [&](std::size_t i) {  // keys of [j0, j0 + m) that query i sees
+      const long long count = static_cast<long long>(i) + offset + 1 - static_cast<long long>(j0);
+      return static_cast<std::size_t>(std::clamp<long long>(count, 0, static_cast<long long>(m)));
+    };
+    const std::size_t cols = options_.causal ? visible(i0 + n - 1) : m;
+    kernels_.gemm(n, cols, d, q_scaled_ + b0 * d, d, 1, k_t_, m, scores_, m, false);
     for (std::size_t r = 0; r < n; ++r) {
       float* s = scores_ + r * m;
       float& row_max = row_max_[b0 + r];
       for (std::size_t t = 0; t < padded_count_; ++t) s[padded_[t]] = kNegInf;
-      if (options_.causal) {
-        // Keys after this row's limit are hidden: a tail of the block.
-        const long long visible =
-            static_cast<long long>(i0 + r) + offset + 1 - static_cast<long long>(j0);
-        const std::size_t keep =
-            static_cast<std::size_t>(std::clamp<long long>(visible, 0, static_cast<long long>(m)));
-        std::fill(s + keep, s + m, kNegInf);
-      }
-      const float new_max = std::max(row_max, kernels_.max_bias(m, s, nullptr));
-      online_softmax_row(kernels_, s, m, m, new_max, row_max, row_sum_[b0 + r],
+      // Keys after this row's limit are hidden: a tail of the block.
+      if (options_.causal) std::fill(s + visible(i0 + r), s + cols, kNegInf);
+      const float new_max = std::max(row_max, kernels_.max_bias(cols, s, nullptr));
+      online_softmax_row(kernels_, s, cols, cols, new_max, row_max, row_sum_[b0 + r],
                          acc_ + (b0 + r) * Dv_, Dv_);
     }
     // acc += P V, straight from the caller's values.
-    kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
+    kernels_.gemm(n, Dv_, cols, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
   }
 
   void finish_row(const float* acc, float sum, float* dst) const {
