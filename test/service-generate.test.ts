@@ -23,7 +23,7 @@ const { buildServer } = require('../examples/service/server.js') as { buildServe
 const { loadModel } = require('../examples/service/model.js') as { loadModel(file: string): Promise<unknown> };
 const { makeWeights } = require('../examples/service/make-weights.js') as { makeWeights(file: string, config: Record<string, unknown>): unknown };
 const { MemorySessionStore } = require('../examples/service/generation/stores.js') as {
-  MemorySessionStore: new (options: { ttlMs: number; leaseMs: number }) => { close(): Promise<void> };
+  MemorySessionStore: (new (options: { ttlMs: number; leaseMs: number }) => { close(): Promise<void> }) & { prototype: { renew(id: string, owner: string): Promise<void> } };
 };
 const { sample } = require('../examples/service/metrics.js') as { sample(text: string, name: string, labels?: Record<string, string>): number | undefined };
 
@@ -268,9 +268,19 @@ test('a model with int8 weights streams the tokens its own generate() picks, and
 
 test('a request longer than the lease keeps it (renewed while it runs) and ends normally', async () => {
   const short = await serve({}, 100);
-  const t0 = Date.now();
-  const r = await post(`${short}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
-  expect(Date.now() - t0).toBeGreaterThan(200); // precondition: the request outlived its lease twice over
+  const renew = jest.spyOn(MemorySessionStore.prototype, 'renew');
+  let r: Awaited<ReturnType<typeof post>>;
+  let renewed: string[];
+  try {
+    r = await post(`${short}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
+    renewed = renew.mock.calls.map(([session]) => session);
+  } finally {
+    renew.mockRestore();
+  }
+  // Precondition: the request outlived its lease twice over. The server renews a lease once
+  // a third of it has passed, so 6 renewals of this session's lease span 2 leases at least.
+  const id = r.events[0].data.id as string;
+  expect(renewed.filter((session) => session === id).length).toBeGreaterThanOrEqual(6);
   expect(only(r.events, 'done')).toMatchObject({ reason: 'length', tokens: 1000 });
   const more = await post(`${short}/sessions/${r.events[0].data.id as string}/generate`, { maxNewTokens: 1 });
   expect(more.events[0].data.position).toBe(1004);
