@@ -63,7 +63,8 @@ function trickle(url, route, bytes, modelDim, onSent) {
     path += `?shape=${rows},${modelDim}`;
     type = 'application/octet-stream';
   }
-  const piece = Buffer.alloc(Math.min(256 * 1024, Math.ceil(bytes / 10)), 0x61); // 'a'; small bodies in 10 pieces
+  // Zeros (float32 0) for /encode, else 'a's: the text of a prompt. Small bodies go in 10 pieces.
+  const piece = Buffer.alloc(Math.min(256 * 1024, Math.ceil(bytes / 10)), route === 'encode' ? 0 : 0x61);
   const first = Buffer.from(piece);
   if (route !== 'encode') first.write('{"maxNewTokens": 1, "prompt": "');
   return new Promise((resolve) => {
