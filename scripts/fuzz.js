@@ -6,7 +6,8 @@
 //   npm run fuzz -- <target|all> [--seconds N]   fuzz (default 600 s a target); new corpus
 //                                               entries go to build/fuzz/corpus/<target>/,
 //                                               findings to build/fuzz/findings/<target>/
-//   npm run fuzz -- <target> --runs N            stop after N executions
+//   npm run fuzz -- <target> --runs N            stop after N executions (however long
+//                                               they take, unless --seconds is given too)
 //   npm run fuzz -- <target> --replay [file...]  run the committed corpus (or the files)
 //                                               once, without Jazzer; fails on a finding
 //   npm run fuzz -- <target> --coverage          the corpus once, instrumented: line and
@@ -47,7 +48,7 @@ function usage(message) {
 function parseArgs(argv) {
   const dash = argv.indexOf('--');
   const own = dash < 0 ? argv : argv.slice(0, dash);
-  const o = { targets: [], files: [], libfuzzer: dash < 0 ? [] : argv.slice(dash + 1), seconds: 600, timeoutMs: 10000, rssLimitMb: 2048 };
+  const o = { targets: [], files: [], libfuzzer: dash < 0 ? [] : argv.slice(dash + 1), seconds: undefined, timeoutMs: 10000, rssLimitMb: 2048 };
   const number = (i, name) => {
     const value = Number(own[i]);
     if (!Number.isSafeInteger(value) || value < 0) usage(`${name}: expected a non-negative integer, received ${own[i]}`);
@@ -172,7 +173,8 @@ async function fuzz(target, o) {
     '-print_final_stats=1',
     ...(fs.existsSync(dict) ? [`-dict=${dict}`] : []),
     ...(o.runs !== undefined ? [`-runs=${o.runs}`] : []),
-    `-max_total_time=${o.seconds}`,
+    // --runs alone decides on the count; else 600 s by default.
+    ...(o.seconds !== undefined || o.runs === undefined ? [`-max_total_time=${o.seconds ?? 600}`] : []),
     ...(o.seed !== undefined ? [`-seed=${o.seed}`] : []),
     ...o.libfuzzer,
   ];

@@ -7,6 +7,7 @@ import {
   EncoderLayer,
   FeatureMap,
   MultiHeadAttention,
+  PerformerLM,
   favorAttention,
   favorAttentionSync,
   softmaxAttentionSync,
@@ -72,6 +73,27 @@ describe('layers', () => {
     const a = dec.stepSync(x, dec.createStateSync(B, { memory, memoryKeyPaddingMask: mask }));
     const b = dec.stepSync(x, dec.createStateSync(B, { memory, memoryKeyPaddingMask: plain }));
     expect(bits(a.data).equals(bits(b.data))).toBe(true);
+  });
+});
+
+describe('PerformerLM', () => {
+  // performer-pytorch's `mask` is 1 = keep too: a PyTorch key_padding_mask goes in as { ignore }.
+  const lm = PerformerLM.random({ num_tokens: 16, max_seq_len: 16, dim: D, depth: 1, heads: H, dim_head: 4, causal: false }, { seed: 7 });
+  const tokens = { data: Int32Array.from({ length: B * L }, (_, i) => (i * 5) % 16), shape: [B, L] };
+  const plain = { data: keepBytes, shape: [B, L] };
+
+  test.each(forms)('forward options.mask: %s equals the bytes mask', async (_, mask) => {
+    const want = lm.forwardSync(tokens, { mask: plain }).data;
+    expect(bits(lm.forwardSync(tokens, { mask }).data).equals(bits(want))).toBe(true);
+    expect(bits((await lm.forward(tokens, { mask })).data).equals(bits(want))).toBe(true);
+  });
+
+  test('the PyTorch mask as bytes gives other logits than as { ignore }', () => {
+    const right = lm.forwardSync(tokens, { mask: { ignore: { data: torchMask, shape: [B, L] } } }).data;
+    const wrong = lm.forwardSync(tokens, { mask: { data: torchMask, shape: [B, L] } }).data;
+    let diff = 0;
+    for (let i = 0; i < right.length; i++) diff = Math.max(diff, Math.abs(right[i] - wrong[i]));
+    expect(diff).toBeGreaterThan(1e-3);
   });
 });
 

@@ -79,6 +79,16 @@ test('the tarball is small and ships the prebuild, dist, the ESM entry and the s
   for (const file of ['dist/index.js', 'dist/index.d.ts', 'esm/index.mjs', 'binding.gyp', 'scripts/install.js', 'native/sources.json'])
     expect(files).toContain(`package/${file}`);
   expect(files.filter((f) => /\.map$|^package\/(test|lib|native\/tests)\//.test(f))).toEqual([]);
+  // docs/building.md quotes the tarball's file count: it may not drift from the real one by
+  // more than 5% (a file or two added needs no new measurement; a new directory does).
+  const quoted = /([\d.]+) kB packed, (\d+)\s+files/.exec(fs.readFileSync(path.join(root, 'docs', 'building.md'), 'utf8'));
+  expect(quoted).not.toBeNull();
+  const documented = Number(quoted![2]);
+  expect({ files: files.length, documented, within: Math.abs(files.length - documented) <= Math.ceil(documented * 0.05) }).toEqual({
+    files: files.length,
+    documented,
+    within: true,
+  });
 });
 
 test('the install used the prebuild: nothing was compiled, and it loads', () => {

@@ -4,6 +4,7 @@
 // stop tokens, DELETE, 404/409/503, deadlines, disconnects and every bad body. The memory
 // store here; test/service-redis.test.ts runs replicas over Redis.
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,7 +23,7 @@ const { buildServer } = require('../examples/service/server.js') as { buildServe
 const { loadModel } = require('../examples/service/model.js') as { loadModel(file: string): Promise<unknown> };
 const { makeWeights } = require('../examples/service/make-weights.js') as { makeWeights(file: string, config: Record<string, unknown>): unknown };
 const { MemorySessionStore } = require('../examples/service/generation/stores.js') as {
-  MemorySessionStore: new (options: { ttlMs: number; leaseMs: number }) => { close(): Promise<void> };
+  MemorySessionStore: (new (options: { ttlMs: number; leaseMs: number }) => { close(): Promise<void> }) & { prototype: { renew(id: string, owner: string): Promise<void> } };
 };
 const { sample } = require('../examples/service/metrics.js') as { sample(text: string, name: string, labels?: Record<string, string>): number | undefined };
 
@@ -142,6 +143,62 @@ test('beyond maxSessions generating at once: 503 with Retry-After', async () => 
   expect(only((await running).events, 'done').reason).toBe('length');
 });
 
+// A POST whose body arrives in pieces: the headers and `first` bytes now, the rest on
+// `finish()`; `response` resolves with the status and text when the answer arrives.
+function slowPost(base: string, route: string, body: Buffer, first: number) {
+  const { port } = new URL(base);
+  const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: route, headers: { 'content-type': 'application/json', 'content-length': String(body.length) } });
+  req.on('error', () => undefined); // the answer is what is checked
+  const response = new Promise<{ status: number; text: string }>((resolve) => {
+    req.on('response', (res) => {
+      let text = '';
+      res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      res.on('end', () => resolve({ status: res.statusCode!, text }));
+    });
+  });
+  req.write(body.subarray(0, first));
+  return { response, finish: () => req.end(body.subarray(first)) };
+}
+
+async function admitted(base: string): Promise<number> {
+  return ((await (await fetch(`${base}/health`)).json()) as { generation: { admitted: number } }).generation.admitted;
+}
+
+test('generation requests count from their headers: beyond maxSessions, uploads included, 503 before the body is read', async () => {
+  const at = await serve({ maxSessions: 2 });
+  const body = Buffer.from(JSON.stringify({ prompt: 'def ', maxNewTokens: 2 }));
+  const uploads = [0, 1].map(() => slowPost(at, '/generate', body, 5));
+  while ((await admitted(at)) < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+  // No session generates yet: only the uploads hold the limit.
+  const refused = await post(`${at}/generate`, { prompt: 'x', maxNewTokens: 1 });
+  expect(refused.status).toBe(503);
+  expect(refused.headers.get('retry-after')).toBe('1');
+  expect(refused.json!.message).toMatch(/overloaded: 2 generation requests in progress/);
+  for (const u of uploads) u.finish();
+  for (const u of uploads) expect((await u.response).status).toBe(200);
+  while ((await admitted(at)) > 0) await new Promise((resolve) => setTimeout(resolve, 5));
+  expect((await post(`${at}/generate`, { prompt: 'x', maxNewTokens: 1 })).status).toBe(200);
+  const metrics = await (await fetch(`${at}/metrics`)).text();
+  expect(sample(metrics, 'generate_rejected_total', { reason: 'overload' })).toBe(1);
+});
+
+test('a generation body over its small limit is refused from its content-length; an unknown route is refused before its body', async () => {
+  const at = await serve({ maxPromptTokens: 64 });
+  const health = (await (await fetch(`${at}/health`)).json()) as { generation: { bodyLimit: number } };
+  expect(health.generation.bodyLimit).toBe(16 * 64 + 16 * 1024);
+  // Both answered while 4 MiB are still to be sent: nothing of them is buffered.
+  const big = slowPost(at, '/generate', Buffer.alloc(4 * 1024 * 1024, 0x20), 10);
+  const tooLarge = await big.response;
+  expect(tooLarge.status).toBe(400);
+  expect(JSON.parse(tooLarge.text).message).toMatch(/body larger than this server's limit of 17408 bytes for a generation request \(a prompt of at most 64 tokens\)/);
+  for (const route of ['/nothing-here', '/health', '/sessions/x']) {
+    const unknown = slowPost(at, route, Buffer.alloc(4 * 1024 * 1024, 0x20), 10);
+    const answer = await unknown.response;
+    expect({ route, status: answer.status }).toEqual({ route, status: 404 });
+    expect(JSON.parse(answer.text).message).toMatch(new RegExp(`no route POST ${route} on this server \\(routes: GET /health, .*POST /generate`));
+  }
+});
+
 test('a deadline or a disconnect ends the stream; the session keeps every token streamed and continues', async () => {
   const slow = await serve({ timeoutMs: 300 });
   const r = await post(`${slow}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
@@ -211,9 +268,19 @@ test('a model with int8 weights streams the tokens its own generate() picks, and
 
 test('a request longer than the lease keeps it (renewed while it runs) and ends normally', async () => {
   const short = await serve({}, 100);
-  const t0 = Date.now();
-  const r = await post(`${short}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
-  expect(Date.now() - t0).toBeGreaterThan(200); // precondition: the request outlived its lease twice over
+  const renew = jest.spyOn(MemorySessionStore.prototype, 'renew');
+  let r: Awaited<ReturnType<typeof post>>;
+  let renewed: string[];
+  try {
+    r = await post(`${short}/generate`, { prompt: 'def ', maxNewTokens: 1000 });
+    renewed = renew.mock.calls.map(([session]) => session);
+  } finally {
+    renew.mockRestore();
+  }
+  // Precondition: the request outlived its lease twice over. The server renews a lease once
+  // a third of it has passed, so 6 renewals of this session's lease span 2 leases at least.
+  const id = r.events[0].data.id as string;
+  expect(renewed.filter((session) => session === id).length).toBeGreaterThanOrEqual(6);
   expect(only(r.events, 'done')).toMatchObject({ reason: 'length', tokens: 1000 });
   const more = await post(`${short}/sessions/${r.events[0].data.id as string}/generate`, { maxNewTokens: 1 });
   expect(more.events[0].data.position).toBe(1004);

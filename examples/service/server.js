@@ -44,6 +44,8 @@ const DEFAULTS = {
   maxSessions: 64, // sessions generating at once (one batched step advances them all); 503 beyond
   maxNewTokens: 1024, // per request
   maxPromptTokens: 4096, // per request
+  generateBodyLimit: undefined, // bytes of a generation request's JSON body; default 16 per
+  // prompt token (a token id or an escaped byte of text) + 16 KiB for the other fields
   persistEvery: undefined, // tokens between saves of a session; default 1 with a shared store
   // (Redis: a replica that dies loses only its step in flight), else only at the end
 };
@@ -62,6 +64,7 @@ function readOptions(options) {
   o.maxQueue ??= 2 * o.maxConcurrent;
   o.maxTokens ??= o.maxSeqLen;
   o.binaryBodyLimit ??= o.maxTokens * model.modelDim * 4;
+  o.generateBodyLimit ??= 16 * o.maxPromptTokens + 16 * 1024;
   if (o.generator !== undefined) {
     const { lm, store } = o.generator;
     if (!lm || typeof lm.stepBatch !== 'function' || !store || typeof store.acquire !== 'function') {
@@ -70,7 +73,7 @@ function readOptions(options) {
     o.persistEvery ??= store.shared ? 1 : Number.MAX_SAFE_INTEGER;
     if (!Number.isSafeInteger(o.persistEvery) || o.persistEvery < 1) throw new RangeError(`options.persistEvery: expected a positive integer, received ${o.persistEvery}`);
   }
-  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'uploadTimeoutMs', 'drainLimit', 'retryAfterSeconds', 'maxSessions', 'maxNewTokens', 'maxPromptTokens']) {
+  for (const key of ['maxConcurrent', 'maxSeqLen', 'maxBatch', 'maxTokens', 'jsonBodyLimit', 'binaryBodyLimit', 'timeoutMs', 'uploadTimeoutMs', 'drainLimit', 'retryAfterSeconds', 'maxSessions', 'maxNewTokens', 'maxPromptTokens', 'generateBodyLimit']) {
     if (!Number.isSafeInteger(o[key]) || o[key] < 1) throw new RangeError(`options.${key}: expected a positive integer, received ${o[key]}`);
   }
   if (!Number.isSafeInteger(o.maxQueue) || o.maxQueue < 0) throw new RangeError(`options.maxQueue: expected an integer >= 0, received ${o.maxQueue}`);
@@ -111,6 +114,27 @@ function clientMessage(message) {
   return `input: ${message}`;
 }
 
+// Admission from the headers: a request counts from its first byte, while its body is still
+// uploading, to the end of its answer; past `full()` it gets `refuse()` (a 503) before its
+// body is read. So the bodies in memory are bounded in number, each by its route's limit.
+function admission(full, refuse) {
+  const a = {
+    count: 0,
+    onRequest: async (request, reply) => {
+      if (full(a.count)) throw refuse(a.count);
+      a.count++;
+      let counted = true;
+      const leave = () => {
+        if (counted) a.count--;
+        counted = false;
+      };
+      reply.raw.once('finish', leave);
+      reply.raw.once('close', leave);
+    },
+  };
+  return a;
+}
+
 function buildServer(options) {
   const o = readOptions(options);
   const { model } = o;
@@ -122,10 +146,6 @@ function buildServer(options) {
     defaultAttention: o.defaultAttention,
   };
   const limiter = new Limiter(o.maxConcurrent, o.maxQueue);
-  // /encode requests admitted, from their first byte to their answer: bodies being
-  // uploaded count too, so at most maxConcurrent + maxQueue bodies are in memory at once.
-  let admitted = 0;
-  const maxAdmitted = o.maxConcurrent + o.maxQueue;
   const metrics = new Metrics({ pendingCalls: () => model.pendingCalls(), limiter });
   const overloaded = () => {
     metrics.reject('overload');
@@ -133,6 +153,10 @@ function buildServer(options) {
       'retry-after': String(o.retryAfterSeconds),
     });
   };
+
+  // /encode requests admitted: at most maxConcurrent + maxQueue bodies are in memory at once.
+  const encodes = admission((count) => count >= o.maxConcurrent + o.maxQueue || limiter.full(), overloaded);
+  let generations; // the same for generation requests, given a language model (below)
 
   const app = Fastify({
     logger: o.logger,
@@ -175,7 +199,8 @@ function buildServer(options) {
     } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       status = 400;
       const binary = /octet-stream/.test(request.headers['content-type'] || '');
-      message = `body larger than this server's limit of ${binary ? o.binaryBodyLimit : o.jsonBodyLimit} bytes${binary ? '' : ' for JSON (send long sequences as application/octet-stream float32)'}`;
+      if (request.routeOptions.url !== '/encode') message = `body larger than this server's limit of ${o.generateBodyLimit} bytes for a generation request (a prompt of at most ${o.maxPromptTokens} tokens)`;
+      else message = `body larger than this server's limit of ${binary ? o.binaryBodyLimit : o.jsonBodyLimit} bytes${binary ? '' : ' for JSON (send long sequences as application/octet-stream float32)'}`;
       drainRest(request, reply);
     } else if (!(status >= 400 && status < 500)) {
       request.log.error({ err: error }, 'request failed');
@@ -204,6 +229,15 @@ function buildServer(options) {
     raw.on('data', count);
     raw.resume();
   }
+
+  // A request no route serves is refused from its headers: its body is never read (Node
+  // discards it), whatever its size.
+  app.addHook('onRequest', async (request) => {
+    if (request.is404) {
+      const routes = ['GET /health', 'GET /metrics', 'POST /encode', ...(o.generator === undefined ? [] : ['POST /generate', 'POST /sessions/:id/generate', 'DELETE /sessions/:id'])];
+      throw new HttpError(404, `no route ${request.method} ${request.url.split('?')[0]} on this server (routes: ${routes.join(', ')})`);
+    }
+  });
 
   app.addHook('onResponse', async (request, reply) => {
     metrics.observe(request.method, request.routeOptions.url || 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
@@ -235,13 +269,13 @@ function buildServer(options) {
 
   app.get('/health', async () => ({
     status: 'ok',
-    ...(o.generator !== undefined && { generation: { model: o.generator.lm.config, weights: o.generator.lm.weightFormat, store: o.generator.store.shared ? 'shared' : 'memory', maxSessions: o.maxSessions, maxNewTokens: o.maxNewTokens, maxPromptTokens: o.maxPromptTokens } }),
+    ...(o.generator !== undefined && { generation: { model: o.generator.lm.config, weights: o.generator.lm.weightFormat, store: o.generator.store.shared ? 'shared' : 'memory', maxSessions: o.maxSessions, maxNewTokens: o.maxNewTokens, maxPromptTokens: o.maxPromptTokens, bodyLimit: o.generateBodyLimit, admitted: generations.count } }),
     model: model.config,
     attention: ATTENTION,
     limits: { ...limits, maxConcurrent: o.maxConcurrent, maxQueue: o.maxQueue, jsonBodyLimit: o.jsonBodyLimit, binaryBodyLimit: o.binaryBodyLimit, timeoutMs: o.timeoutMs },
     active: limiter.active,
     queued: limiter.waiting.length,
-    admitted,
+    admitted: encodes.count,
   }));
 
   app.get('/metrics', async (request, reply) => {
@@ -251,6 +285,15 @@ function buildServer(options) {
 
   if (o.generator !== undefined) {
     const { lm, store } = o.generator;
+    // Generation requests admitted, from their headers to the end of their stream: at most
+    // maxSessions, uploading or generating (a prompt's body is at most generateBodyLimit).
+    generations = admission(
+      (count) => count >= o.maxSessions,
+      (count) => {
+        metrics.generationRejections.inc({ reason: 'overload' });
+        return new HttpError(503, `overloaded: ${count} generation requests in progress, this server's limit; retry later`, { 'retry-after': String(o.retryAfterSeconds) });
+      },
+    );
     const scheduler = new GenerationScheduler({
       lm,
       maxActive: o.maxSessions,
@@ -268,6 +311,7 @@ function buildServer(options) {
       timeoutMs: o.timeoutMs,
       retryAfterSeconds: o.retryAfterSeconds,
       persistEvery: o.persistEvery,
+      route: { onRequest: generations.onRequest, bodyLimit: o.generateBodyLimit },
       onReject: (reason) => metrics.generationRejections.inc({ reason }),
       onTokens: (n) => metrics.generatedTokens.inc(n),
     });
@@ -276,17 +320,7 @@ function buildServer(options) {
   app.post('/encode', {
     // Refuse before reading the body: when the queue is full, and when a binary
     // request's shape is wrong or does not match its Content-Length.
-    onRequest: async (request, reply) => {
-      if (admitted >= maxAdmitted || limiter.full()) throw overloaded();
-      admitted++;
-      let counted = true;
-      const leave = () => {
-        if (counted) admitted--;
-        counted = false;
-      };
-      reply.raw.once('finish', leave);
-      reply.raw.once('close', leave);
-    },
+    onRequest: encodes.onRequest,
     preParsing: async (request, reply, payload) => {
       if (/^application\/octet-stream\b/i.test(request.headers['content-type'] || '')) {
         const params = readBinaryParams(request.query, request.headers, limits);

@@ -17,6 +17,7 @@ const { SessionBusy } = require('./stores');
  * @param {import('fastify').FastifyInstance} app
  * @param {{ lm, store, scheduler, limits: { numTokens, maxPromptTokens, maxNewTokens },
  *           timeoutMs: number, retryAfterSeconds: number, persistEvery: number,
+ *           route: { onRequest, bodyLimit: number },  the routes' admission hook and body limit
  *           onReject: (reason: string) => void, onTokens: (n: number) => void }} g
  */
 function registerGeneration(app, g) {
@@ -129,9 +130,11 @@ function registerGeneration(app, g) {
     }
   }
 
-  app.post('/generate', (request, reply) => generate(request, reply, null));
-  app.post('/sessions/:id/generate', (request, reply) => generate(request, reply, request.params.id));
-  app.delete('/sessions/:id', async (request, reply) => {
+  // Admitted from their headers (a body counts while it uploads), bodies of a prompt's size.
+  app.post('/generate', g.route, (request, reply) => generate(request, reply, null));
+  app.post('/sessions/:id/generate', g.route, (request, reply) => generate(request, reply, request.params.id));
+  // A DELETE needs no body: one sent is read up to the same small limit, then ignored.
+  app.delete('/sessions/:id', { bodyLimit: g.route.bodyLimit }, async (request, reply) => {
     const { id } = request.params;
     const result = await store.delete(id);
     if (result === 'missing') throw new HttpError(404, `session ${id}: no such session here (never created, deleted, or expired)`);
