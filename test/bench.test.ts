@@ -737,3 +737,34 @@ describe('performer-bench, run for real on tiny sizes', () => {
     }
   });
 });
+
+describe('bench:compare (builds timed call by call in one process)', () => {
+  const compare = path.join(benchDir, 'compare-builds.js');
+  const run = (args: string[]) => spawnSync(process.execPath, [compare, ...args], { encoding: 'utf8', cwd: root, timeout: 60000 });
+
+  test('a build against itself: one row per build, the first build at ratio 1, the same outputs', () => {
+    const binary = path.join(root, 'build', 'Release', 'performer_attention.node');
+    const builds = fs.existsSync(binary) ? `current,${binary}` : 'current,current';
+    const r = run(['--builds', builds, '--seq', '64', '--rounds', '3', '--modes', 'favor,exact-causal', '--heads', '2', '--dim', '8', '--features', '8']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^bench:compare: 2 builds, \w+, 1 thread\(s\), FMA peak [\d.]+ GFLOP\/s/);
+    for (const mode of ['favor', 'exact-causal']) {
+      const block = r.stdout.split(`\n${mode}, L = 64\n`)[1];
+      expect(block).toBeDefined();
+      const rows = block.split('\n').slice(1, 3);
+      expect(rows[0]).toMatch(/^current\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+%\s+1\.000\s+0\.0e\+0$/);
+      // The same binary loaded twice: the same bits.
+      expect(rows[1]).toMatch(/\s\d+\.\d{3}\s+0\.0e\+0$/);
+    }
+  });
+
+  test('a missing build or no --builds: exit 2 with the reason', () => {
+    const missing = run(['--builds', 'current,/nonexistent/performer_attention.node']);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toMatch(/build \/nonexistent\/performer_attention.node not found/);
+    const none = run([]);
+    expect(none.status).toBe(2);
+    expect(none.stderr).toMatch(/--builds is required/);
+  });
+});

@@ -19,6 +19,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // are whole register tiles of every kernel set (6, 8, 12 or 16 rows).
 constexpr std::size_t kQueryBlock = 48;
 constexpr std::size_t kKeyBlock = 128;
+// Row stride of the packed K^T and of the scores: rows 128 floats apart (512 bytes)
+// would share 8 of L1's 64 sets and evict each other; 144 spreads them over all.
+constexpr std::size_t kKeyStride = kKeyBlock + 16;
 constexpr std::size_t kGroupRows =
     4 * kQueryBlock;  // query rows sharing one packing of a key block
 
@@ -32,8 +35,8 @@ class SoftmaxHead {
     const std::size_t d = dims.head_dim;
     auto layout = [&](Carver& carve) {
       q_scaled_ = carve.take(kGroupRows * d);
-      k_t_ = carve.take(d * kKeyBlock);
-      scores_ = carve.take(kQueryBlock * kKeyBlock);
+      k_t_ = carve.take(d * kKeyStride);
+      scores_ = carve.take(kQueryBlock * kKeyStride);
       acc_ = carve.take(kGroupRows * Dv_);
       row_max_ = carve.take(kGroupRows);
       row_sum_ = carve.take(kGroupRows);
@@ -83,28 +86,31 @@ class SoftmaxHead {
 
  private:
   // Query rows [i0, i0 + n) (local row b0 of the group) against packed keys [j0, j0 + m).
+  // A causal block on the diagonal computes only the columns its last row sees: the
+  // ones past them would be masked for every row.
   void block(std::size_t i0, std::size_t b0, std::size_t n, std::size_t j0, std::size_t m,
              long long offset, const float* v) {
     const std::size_t d = dims_.head_dim;
-    kernels_.gemm(n, m, d, q_scaled_ + b0 * d, d, 1, k_t_, m, scores_, m, false);
+    auto visible = [&](std::size_t i) {  // keys of [j0, j0 + m) that query i sees
+      const long long count = static_cast<long long>(i) + offset + 1 - static_cast<long long>(j0);
+      return static_cast<std::size_t>(std::clamp<long long>(count, 0, static_cast<long long>(m)));
+    };
+    const std::size_t cols = options_.causal ? visible(i0 + n - 1) : m;
+    kernels_.gemm(n, cols, d, q_scaled_ + b0 * d, d, 1, k_t_, kKeyStride, scores_, kKeyStride,
+                  false);
     for (std::size_t r = 0; r < n; ++r) {
-      float* s = scores_ + r * m;
+      float* s = scores_ + r * kKeyStride;
       float& row_max = row_max_[b0 + r];
       for (std::size_t t = 0; t < padded_count_; ++t) s[padded_[t]] = kNegInf;
-      if (options_.causal) {
-        // Keys after this row's limit are hidden: a tail of the block.
-        const long long visible =
-            static_cast<long long>(i0 + r) + offset + 1 - static_cast<long long>(j0);
-        const std::size_t keep =
-            static_cast<std::size_t>(std::clamp<long long>(visible, 0, static_cast<long long>(m)));
-        std::fill(s + keep, s + m, kNegInf);
-      }
-      const float new_max = std::max(row_max, kernels_.max_bias(m, s, nullptr));
-      online_softmax_row(kernels_, s, m, m, new_max, row_max, row_sum_[b0 + r],
+      // Keys after this row's limit are hidden: a tail of the block.
+      if (options_.causal) std::fill(s + visible(i0 + r), s + cols, kNegInf);
+      const float new_max = std::max(row_max, kernels_.max_bias(cols, s, nullptr));
+      online_softmax_row(kernels_, s, cols, cols, new_max, row_max, row_sum_[b0 + r],
                          acc_ + (b0 + r) * Dv_, Dv_);
     }
     // acc += P V, straight from the caller's values.
-    kernels_.gemm(n, Dv_, m, scores_, m, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_, true);
+    kernels_.gemm(n, Dv_, cols, scores_, kKeyStride, 1, v + j0 * Dv_, Dv_, acc_ + b0 * Dv_, Dv_,
+                  true);
   }
 
   void finish_row(const float* acc, float sum, float* dst) const {
@@ -117,12 +123,12 @@ class SoftmaxHead {
     }
   }
 
-  // k_t_ = K[j0 .. j0+m)^T (d x m), padded_ = padded columns.
+  // k_t_ = K[j0 .. j0+m)^T (d x m, rows kKeyStride apart), padded_ = padded columns.
   void pack_keys(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t m) {
     const std::size_t d = dims_.head_dim;
     for (std::size_t j = 0; j < m; ++j) {
       const float* row = k + (j0 + j) * d;
-      for (std::size_t t = 0; t < d; ++t) k_t_[t * m + j] = row[t];
+      for (std::size_t t = 0; t < d; ++t) k_t_[t * kKeyStride + j] = row[t];
     }
     padded_count_ = 0;
     if (pad != nullptr) {

@@ -134,10 +134,21 @@ void gemm_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars, 
                 const float* b, std::size_t ldb, float* c, std::size_t ldc, bool load_c,
                 typename V::Lanes last) {
   constexpr std::size_t MR = V::main_rows(NV);
+  // When the rows left after the main tiles would need a thin tile that is
+  // load-bound (2 rows: as many loads as multiply-adds) and one main tile plus
+  // them make 8, the last main tile's rows go to two 4-row tiles instead
+  // (32 rows: 4 x 6 + 4 + 4, not 5 x 6 + 2).
+  const std::size_t main_end =
+      M >= MR && M % MR != 0 && M % MR + MR == 8 && M % MR < 4 ? M - 8 : M - M % MR;
   std::size_t i = 0;
-  for (; i + MR <= M; i += MR) {
+  for (; i < main_end; i += MR) {
     gemm_tile<V, MR, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
                                              load_c, last);
+  }
+  if (M - i >= 8) {
+    gemm_tile<V, 4, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
+                                            load_c, last);
+    i += 4;
   }
   if (M - i >= 4) {
     gemm_tile<V, 4, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
