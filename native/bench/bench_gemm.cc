@@ -25,26 +25,6 @@ struct Shape {
   bool accumulate;
 };
 
-// Median over `runs` of the mean seconds of one call, each run >= 20 ms of calls.
-template <class Call>
-double median_seconds(int runs, const Call& call) {
-  std::vector<double> times;
-  call();
-  for (int r = 0; r < runs; ++r) {
-    std::size_t calls = 0;
-    const auto start = Clock::now();
-    double elapsed = 0;
-    do {
-      call();
-      ++calls;
-      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    } while (elapsed < 0.02);
-    times.push_back(elapsed / static_cast<double>(calls));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -89,7 +69,7 @@ int main(int argc, char** argv) {
     for (auto& x : b) x = uniform(rng);
     for (auto& x : c) x = uniform(rng) * 1e-3f;
     const std::size_t ars = s.a_transposed ? 1 : s.K, acs = s.a_transposed ? s.M : 1;
-    const double seconds = median_seconds(runs, [&] {
+    const double seconds = pa_bench::median_seconds_per_call(runs, [&] {
       kernels->gemm(s.M, s.N, s.K, a.data(), ars, acs, b.data(), s.N, c.data(), s.N, s.accumulate);
     });
     const double gflops = 2.0 * static_cast<double>(s.M * s.N * s.K) / seconds / 1e9;

@@ -7,7 +7,6 @@
 //   cmake --build build/native-tests --target bench_quantized_linear
 //   build/native-tests/bench_quantized_linear [isa] [threads] [runs]
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -21,29 +20,13 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 // Weight bytes cycled over in the streamed mode: well above a 32 MiB L3.
 constexpr std::size_t kStreamBytes = std::size_t{256} << 20;
 
-// Median over `runs` of the mean time of one call(copy) over >= 20 ms of calls, in µs.
+// Median µs of one call(copy), the copies taken in turn.
 double median_us(int runs, std::size_t copies, const std::function<void(std::size_t)>& call) {
-  std::vector<double> times;
   std::size_t next = 0;
-  call(next++ % copies);  // warm-up
-  for (int r = 0; r < runs; ++r) {
-    std::size_t calls = 0;
-    const auto start = Clock::now();
-    double elapsed = 0;
-    do {
-      call(next++ % copies);
-      ++calls;
-      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    } while (elapsed < 0.02);
-    times.push_back(1e6 * elapsed / static_cast<double>(calls));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return 1e6 * pa_bench::median_seconds_per_call(runs, [&] { call(next++ % copies); });
 }
 
 }  // namespace

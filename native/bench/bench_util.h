@@ -1,7 +1,11 @@
-// What the native benchmarks share: the kernel set named on the command line.
+// What the native benchmarks share: the kernel set named on the command line, and the
+// timing of a call.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <vector>
 
 #include "kernels/dispatch.h"
 
@@ -14,6 +18,28 @@ inline const pa::KernelSet* kernel_set_arg(int argc, char** argv) {
       argc > 1 ? pa::find_kernel_set(argv[1]) : &pa::default_kernel_set();
   if (kernels == nullptr) std::fprintf(stderr, "unknown or unavailable kernel set %s\n", argv[1]);
   return kernels;
+}
+
+// Median over `runs` of the mean seconds of one call(), each run >= 20 ms of calls, after
+// one warm-up call.
+template <class Call>
+double median_seconds_per_call(int runs, Call&& call) {
+  using Clock = std::chrono::steady_clock;
+  std::vector<double> times;
+  call();
+  for (int r = 0; r < runs; ++r) {
+    std::size_t calls = 0;
+    const auto start = Clock::now();
+    double elapsed = 0;
+    do {
+      call();
+      ++calls;
+      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    } while (elapsed < 0.02);
+    times.push_back(elapsed / static_cast<double>(calls));
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
 }
 
 }  // namespace pa_bench
