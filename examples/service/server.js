@@ -231,10 +231,13 @@ function buildServer(options) {
   }
 
   // A request no route serves is refused from its headers: its body is never read (Node
-  // discards it), whatever its size.
+  // discards it), whatever its size. The message lists the routes as they are registered.
+  const routes = [];
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) if (method !== 'HEAD') routes.push(`${method} ${route.url}`);
+  });
   app.addHook('onRequest', async (request) => {
     if (request.is404) {
-      const routes = ['GET /health', 'GET /metrics', 'POST /encode', ...(o.generator === undefined ? [] : ['POST /generate', 'POST /sessions/:id/generate', 'DELETE /sessions/:id'])];
       throw new HttpError(404, `no route ${request.method} ${request.url.split('?')[0]} on this server (routes: ${routes.join(', ')})`);
     }
   });

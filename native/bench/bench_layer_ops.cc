@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "bench_util.h"
@@ -21,26 +20,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// FMA peak of `threads` threads running the kernel set's FMA loop at once for ~0.2 s.
-double fma_peak(const pa::KernelSet& kernels, std::size_t threads) {
-  std::vector<double> rates(threads);
-  std::vector<float> sinks(threads);
-  std::vector<std::thread> workers;
-  for (std::size_t t = 0; t < threads; ++t) {
-    workers.emplace_back([&, t] {
-      const auto start = Clock::now();
-      double flops = 0;
-      do flops += kernels.fma_peak(1 << 16, &sinks[t]);
-      while (seconds_since(start) < 0.2);
-      rates[t] = flops / seconds_since(start) / 1e9;
-    });
-  }
-  for (auto& w : workers) w.join();
-  double total = 0;
-  for (double r : rates) total += r;
-  return total;
 }
 
 }  // namespace
@@ -63,7 +42,7 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal;
   for (std::size_t threads : {1, 2}) {
     pa::ThreadPool pool(threads);
-    const double peak = fma_peak(*kernels, threads);
+    const double peak = pa_bench::fma_peak(*kernels, threads);
     std::printf("%s, %zu thread%s: FMA peak %.1f GFLOP/s\n", kernels->name, threads,
                 threads > 1 ? "s" : "", peak);
     for (const Shape& s : shapes) {

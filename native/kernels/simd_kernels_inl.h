@@ -138,22 +138,16 @@ void gemm_panel(std::size_t M, std::size_t kc, const float* a, std::size_t ars, 
   // load-bound (2 rows: as many loads as multiply-adds) and one main tile plus
   // them make 8, the last main tile's rows go to two 4-row tiles instead
   // (32 rows: 4 x 6 + 4 + 4, not 5 x 6 + 2).
-  const std::size_t main_end =
-      M >= MR && M % MR != 0 && M % MR + MR == 8 && M % MR < 4 ? M - 8 : M - M % MR;
+  const std::size_t rest = M % MR;
+  const std::size_t main_end = M >= MR && rest != 0 && rest + MR == 8 ? M - 8 : M - rest;
   std::size_t i = 0;
   for (; i < main_end; i += MR) {
     gemm_tile<V, MR, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
                                              load_c, last);
   }
-  if (M - i >= 8) {
+  for (; M - i >= 4; i += 4) {
     gemm_tile<V, 4, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
                                             load_c, last);
-    i += 4;
-  }
-  if (M - i >= 4) {
-    gemm_tile<V, 4, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
-                                            load_c, last);
-    i += 4;
   }
   if (M - i >= 2) {
     gemm_tile<V, 2, NV, MASKED, ROW_STABLE>(kc, a + i * ars, ars, acs, b, ldb, c + i * ldc, ldc,
