@@ -227,9 +227,7 @@ void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* 
   }
 
   // scores = Q'_c K'_c^T, causal within the chunk.
-  for (std::size_t r = 0; r < n; ++r) {
-    for (std::size_t f = 0; f < F_; ++f) kf_t_[f * n + r] = kf_[(r0 + r) * F_ + f];
-  }
+  kernels_.transpose(n, F_, kf_ + r0 * F_, F_, kf_t_, n);
   kernels_.gemm(n, n, F_, qf_ + r0 * F_, F_, 1, kf_t_, n, scores_, n, false);
   for (std::size_t r = 0; r < n; ++r)
     std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
