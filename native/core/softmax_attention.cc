@@ -70,7 +70,7 @@ class SoftmaxHead {
       for (std::size_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
         const std::size_t m = std::min(kKeyBlock, key_end - j0);
         pack_keys(k, pad, j0, m);
-        prefetch_rows(k + (j0 + m) * d, std::min(kKeyBlock, key_end - std::min(key_end, j0 + m)) * d);
+        prefetch_rows(k + (j0 + m) * d, std::min(kKeyBlock, key_end - j0 - m) * d);
         for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
           const std::size_t n = std::min(kQueryBlock, group_rows - b0);
           if (options_.causal &&

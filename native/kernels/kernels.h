@@ -75,8 +75,8 @@ using AxpyF64Fn = void (*)(std::size_t n, double f, const double* x, double* y);
 // dst(c, r) = src(r, c) for r < rows, c < cols: src(r, c) = src[r * lds + c],
 // dst(c, r) = dst[c * ldd + r]. Only those elements of dst are written; no alignment
 // is assumed. Packs a GEMM operand whose rows must be contiguous (K'^T, K^T, S^T).
-using TransposeFn = void (*)(std::size_t rows, std::size_t cols, const float* src,
-                             std::size_t lds, float* dst, std::size_t ldd);
+using TransposeFn = void (*)(std::size_t rows, std::size_t cols, const float* src, std::size_t lds,
+                             float* dst, std::size_t ldd);
 
 // The machine's multiply-add peak with this ISA: runs `iterations` rounds of
 // independent vector FMAs held in registers and returns the flops performed

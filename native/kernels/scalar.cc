@@ -199,8 +199,8 @@ void transpose_scalar(std::size_t rows, std::size_t cols, const float* src, std:
 const KernelSet kScalarKernels = {
     "scalar",           gemm_scalar,
     gemm_scalar,  // row by row already: a row's bits never depend on M
-    exp_bias_scalar,    max_bias_scalar,   max_accumulate_scalar, gelu_bias_scalar,
-    dot_scalar,         dot_f64_scalar,    axpy_f64_scalar,       fma_peak_scalar,
+    exp_bias_scalar,    max_bias_scalar,    max_accumulate_scalar, gelu_bias_scalar,
+    dot_scalar,         dot_f64_scalar,     axpy_f64_scalar,       fma_peak_scalar,
     linear_int8_scalar, linear_bf16_scalar, transpose_scalar};
 
 }  // namespace pa

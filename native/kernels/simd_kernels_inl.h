@@ -680,8 +680,8 @@ void transpose(std::size_t rows, std::size_t cols, const float* src, std::size_t
 // The kernel set of target V; the double-precision helpers are the caller's.
 template <class V>
 constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
-  return {name,          gemm<V>, gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
-          gelu_bias<V>,  dot<V>,  dot_f64,       axpy_f64,    fma_peak<V>, linear_int8<V>,
+  return {name,           gemm<V>,     gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
+          gelu_bias<V>,   dot<V>,      dot_f64,       axpy_f64,    fma_peak<V>, linear_int8<V>,
           linear_bf16<V>, transpose<V>};
 }
 
