@@ -235,16 +235,27 @@ void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* 
   raise_reference(st, chunk_max_);  // st.c becomes chunk_max_ (>= it everywhere)
   key_features(st, r0, r1);
 
-  // scores = Q'_c K'_c^T, causal within the chunk.
-  kernels_.transpose(n, F_, kf_ + r0 * F_, F_, kf_t_, n);
-  kernels_.gemm(n, n, F_, qf_ + r0 * F_, F_, 1, kf_t_, n, scores_, n, false);
-  for (std::size_t r = 0; r < n; ++r)
-    std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
-  // num = Q'_c S + scores V_c; den = Q'_c z + scores 1.
+  // scores = Q'_c K'_c^T, causal within the chunk; num = Q'_c S + scores V_c.
+  // The chunk's rows in two bands, each against the keys up to its last row, so the
+  // products skip the top-right quarter that the mask would zero.
   float* out_rows = out_chunk + r0 * Dv_;
   const float* v_rows = v_chunk + r0 * Dv_;
+  kernels_.transpose(n, F_, kf_ + r0 * F_, F_, kf_t_, n);
   kernels_.gemm(n, Dv_, F_, qf_ + r0 * F_, F_, 1, st.s, Dv_, out_rows, Dv_, false);
-  kernels_.gemm(n, Dv_, n, scores_, n, 1, v_rows, Dv_, out_rows, Dv_, true);
+  const std::size_t bounds[3] = {0, n >= 16 ? n / 2 : n, n};
+  for (int b = 0; b < 2; ++b) {
+    const std::size_t begin = bounds[b], end = bounds[b + 1];  // rows; keys [0, end)
+    if (begin == end) continue;
+    float* band = scores_ + begin * n;
+    kernels_.gemm(end - begin, end, F_, qf_ + (r0 + begin) * F_, F_, 1, kf_t_, n, band, n, false);
+    for (std::size_t r = begin; r < end; ++r) {
+      float* row = band + (r - begin) * n;
+      std::fill(row + r + 1, row + end, 0.0f);
+    }
+    kernels_.gemm(end - begin, Dv_, end, band, n, 1, v_rows, Dv_, out_rows + begin * Dv_, Dv_,
+                  true);
+  }
+  // den = Q'_c z + scores 1 (row r's sum stops at column r).
   if (eps_ != 0.0f) std::copy(st.values, st.values + Dv_ + 1, running_values_);
   for (std::size_t r = 0; r < n; ++r) {
     if (eps_ != 0.0f && attends(pad, j0 + r0 + r)) {
