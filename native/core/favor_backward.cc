@@ -420,10 +420,9 @@ class BackwardWorker {
     if (dw_ != nullptr) kernels_.gemm(m_, d_, n, g_, 1, m_, x, d_, dw_, d_, true);
   }
 
-  static void transpose(const float* src, std::size_t rows, std::size_t cols, float* dst) {
-    for (std::size_t r = 0; r < rows; ++r) {
-      for (std::size_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-    }
+  // dst = src^T for a row-major rows x cols src.
+  void transpose(const float* src, std::size_t rows, std::size_t cols, float* dst) const {
+    kernels_.transpose(rows, cols, src, cols, dst, rows);
   }
 
   const AttentionDims& dims_;

@@ -47,7 +47,7 @@ FavorWorker::FavorWorker(const AttentionDims& dims, const FavorOptions& options,
     work_ = carve.take(R * std::max(features.work_per_row(), F));
     kf_t_ = causal ? carve.take(F * R) : nullptr;
     scores_ = causal ? carve.take(R * R) : nullptr;
-    for (float** p : {&ones_, &row_max_, &row_eps_}) *p = carve.take(R);
+    for (float** p : {&ones_, &row_eps_}) *p = carve.take(R);
     for (float** p : {&neg_c_, &chunk_max_, &prefix_max_}) *p = carve.take(F);
     running_values_ = carve.take(Dv_ + 1);
   };
@@ -77,7 +77,7 @@ void FavorWorker::emit(const StateView& st, const float* q, float* out, std::siz
     const std::size_t n = std::min(rows_, i_end - i0);
     features_->log_features(q + i0 * dims_.head_dim, n, zq_, sq_, work_);
     for (std::size_t r = 0; r < n; ++r) {
-      query_features(st, r, kernels_.max_bias(F_, zq_ + r * F_, st.c), st.c);
+      query_features(st.c, r, kernels_.max_bias(F_, zq_ + r * F_, st.c), st.c);
     }
     float* out_rows = out + i0 * Dv_;
     kernels_.gemm(n, Dv_, F_, qf_, F_, 1, st.s, Dv_, out_rows, Dv_, false);
@@ -133,12 +133,12 @@ void FavorWorker::key_features(const StateView& st, std::size_t r0, std::size_t 
   }
 }
 
-void FavorWorker::query_features(const StateView& st, std::size_t r, float m, const float* own) {
+void FavorWorker::query_features(const float* c, std::size_t r, float m, const float* own) {
   float* qf = qf_ + r * F_;
   if (m == kNegInf) {
     std::fill(qf, qf + F_, 0.0f);  // no feature of this row meets any key feature
   } else {
-    kernels_.exp_bias(F_, zq_ + r * F_, st.c, -m, qf);
+    kernels_.exp_bias(F_, zq_ + r * F_, c, -m, qf);
     if (sq_ != nullptr) {
       for (std::size_t f = 0; f < F_; ++f) qf[f] *= sq_[r * F_ + f];
     }
@@ -152,7 +152,7 @@ void FavorWorker::query_features(const StateView& st, std::size_t r, float m, co
   }
   for (std::size_t f = 0; f < F_; ++f) {
     // eps exp(c_f - own_f); a feature no attended key has (own_f = -inf) is unused.
-    if (own[f] != kNegInf) qf[f] += eps_ * std::exp(st.c[f] - own[f]);
+    if (own[f] != kNegInf) qf[f] += eps_ * std::exp(c[f] - own[f]);
   }
   row_eps_[r] = static_cast<float>(eps_ * (a_sum + static_cast<double>(eps_) * F_));
 }
@@ -177,10 +177,20 @@ void FavorWorker::finish_row(float* out_row, float den, float w, const float* su
   bool ok = den != 0.0f && std::isfinite(den);
   if (ok) {
     const float inv = 1.0f / den;
-    for (std::size_t e = 0; e < Dv_; ++e) {
-      out_row[e] = (w != 0.0f ? out_row[e] + w * sums[e] : out_row[e]) * inv;
-      ok = ok && std::isfinite(out_row[e]);
+    if (w != 0.0f) {
+      for (std::size_t e = 0; e < Dv_; ++e) out_row[e] = (out_row[e] + w * sums[e]) * inv;
+    } else {
+      for (std::size_t e = 0; e < Dv_; ++e) out_row[e] *= inv;
     }
+    // x * 0 is 0 for finite x and NaN otherwise: one check for the row, in loops
+    // without an early exit and with four independent sums, which vectorize.
+    float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    std::size_t e = 0;
+    for (; e + 4 <= Dv_; e += 4) {
+      for (std::size_t l = 0; l < 4; ++l) p[l] += out_row[e + l] * 0.0f;
+    }
+    for (; e < Dv_; ++e) p[0] += out_row[e] * 0.0f;
+    ok = (p[0] + p[1]) + (p[2] + p[3]) == 0.0f;
   }
   if (!ok) std::fill(out_row, out_row + Dv_, 0.0f);
 }
@@ -194,6 +204,8 @@ void FavorWorker::finish_row(float* out_row, float den, float w, const float* su
 // gap_r = max_f (zq_rf + c_f) - m_r (and, with epsilon, max_f (c_f - p_rf)).
 // When a gap passes kMaxChunkGap the chunk is split in two (down to single rows,
 // where the gaps are 0), so no feature overflows and no term that matters underflows.
+// Query features are formed in the same pass as the gaps (against c, which the
+// state's reference becomes below); a split discards them.
 void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* out_chunk,
                               const std::uint8_t* pad, std::size_t j0, std::size_t r0,
                               std::size_t r1) {
@@ -203,41 +215,47 @@ void FavorWorker::causal_rows(const StateView& st, const float* v_chunk, float* 
   std::copy(st.c, st.c + F_, prefix_max_);
   for (std::size_t r = r0; r < r1; ++r) {
     kernels_.max_accumulate(F_, zk_ + r * F_, prefix_max_);
-    row_max_[r] = kernels_.max_bias(F_, zq_ + r * F_, prefix_max_);
-    if (n == 1 || row_max_[r] == kNegInf) continue;
-    float gap = kernels_.max_bias(F_, zq_ + r * F_, chunk_max_) - row_max_[r];
-    if (eps_ != 0.0f) {
-      for (std::size_t f = 0; f < F_; ++f) {
-        if (prefix_max_[f] != kNegInf) gap = std::max(gap, chunk_max_[f] - prefix_max_[f]);
+    const float row_max = kernels_.max_bias(F_, zq_ + r * F_, prefix_max_);
+    if (n > 1 && row_max != kNegInf) {
+      float gap = kernels_.max_bias(F_, zq_ + r * F_, chunk_max_) - row_max;
+      if (eps_ != 0.0f) {
+        for (std::size_t f = 0; f < F_; ++f) {
+          if (prefix_max_[f] != kNegInf) gap = std::max(gap, chunk_max_[f] - prefix_max_[f]);
+        }
+      }
+      if (gap > kMaxChunkGap) {
+        const std::size_t mid = r0 + n / 2;
+        causal_rows(st, v_chunk, out_chunk, pad, j0, r0, mid);
+        causal_rows(st, v_chunk, out_chunk, pad, j0, mid, r1);
+        return;
       }
     }
-    if (gap > kMaxChunkGap) {
-      const std::size_t mid = r0 + n / 2;
-      causal_rows(st, v_chunk, out_chunk, pad, j0, r0, mid);
-      causal_rows(st, v_chunk, out_chunk, pad, j0, mid, r1);
-      return;
-    }
+    query_features(chunk_max_, r, row_max, prefix_max_);
   }
-  std::copy(st.c, st.c + F_, prefix_max_);  // the reference before this chunk
-  raise_reference(st, chunk_max_);
+  raise_reference(st, chunk_max_);  // st.c becomes chunk_max_ (>= it everywhere)
   key_features(st, r0, r1);
-  for (std::size_t r = r0; r < r1; ++r) {
-    kernels_.max_accumulate(F_, zk_ + r * F_, prefix_max_);
-    query_features(st, r, row_max_[r], prefix_max_);
-  }
 
-  // scores = Q'_c K'_c^T, causal within the chunk.
-  for (std::size_t r = 0; r < n; ++r) {
-    for (std::size_t f = 0; f < F_; ++f) kf_t_[f * n + r] = kf_[(r0 + r) * F_ + f];
-  }
-  kernels_.gemm(n, n, F_, qf_ + r0 * F_, F_, 1, kf_t_, n, scores_, n, false);
-  for (std::size_t r = 0; r < n; ++r)
-    std::fill(scores_ + r * n + r + 1, scores_ + (r + 1) * n, 0.0f);
-  // num = Q'_c S + scores V_c; den = Q'_c z + scores 1.
+  // scores = Q'_c K'_c^T, causal within the chunk; num = Q'_c S + scores V_c.
+  // The chunk's rows in two bands, each against the keys up to its last row, so the
+  // products skip the top-right quarter that the mask would zero.
   float* out_rows = out_chunk + r0 * Dv_;
   const float* v_rows = v_chunk + r0 * Dv_;
+  kernels_.transpose(n, F_, kf_ + r0 * F_, F_, kf_t_, n);
   kernels_.gemm(n, Dv_, F_, qf_ + r0 * F_, F_, 1, st.s, Dv_, out_rows, Dv_, false);
-  kernels_.gemm(n, Dv_, n, scores_, n, 1, v_rows, Dv_, out_rows, Dv_, true);
+  const std::size_t bounds[3] = {0, n >= 16 ? n / 2 : n, n};
+  for (int b = 0; b < 2; ++b) {
+    const std::size_t begin = bounds[b], end = bounds[b + 1];  // rows; keys [0, end)
+    if (begin == end) continue;
+    float* band = scores_ + begin * n;
+    kernels_.gemm(end - begin, end, F_, qf_ + (r0 + begin) * F_, F_, 1, kf_t_, n, band, n, false);
+    for (std::size_t r = begin; r < end; ++r) {
+      float* row = band + (r - begin) * n;
+      std::fill(row + r + 1, row + end, 0.0f);
+    }
+    kernels_.gemm(end - begin, Dv_, end, band, n, 1, v_rows, Dv_, out_rows + begin * Dv_, Dv_,
+                  true);
+  }
+  // den = Q'_c z + scores 1 (row r's sum stops at column r).
   if (eps_ != 0.0f) std::copy(st.values, st.values + Dv_ + 1, running_values_);
   for (std::size_t r = 0; r < n; ++r) {
     if (eps_ != 0.0f && attends(pad, j0 + r0 + r)) {

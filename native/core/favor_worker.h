@@ -107,10 +107,10 @@ class FavorWorker {
   // kf_ rows [r0, r1) = stabilized key features b_j from zk_ (relative to c).
   void key_features(const StateView& st, std::size_t r0, std::size_t r1);
 
-  // qf_ row r: the query features against the state's reference c, for a row
-  // whose own reference is `own` (c itself when bidirectional) and whose largest
-  // log-term is m. Sets row_eps_[r] = eps (sum_f a_rf + eps F).
-  void query_features(const StateView& st, std::size_t r, float m, const float* own);
+  // qf_ row r: the query features against the reference c (the state's), for a
+  // row whose own reference is `own` (c itself when bidirectional) and whose
+  // largest log-term is m. Sets row_eps_[r] = eps (sum_f a_rf + eps F).
+  void query_features(const float* c, std::size_t r, float m, const float* own);
 
   // st.s += kf_[r0..r1)^T v_rows and st.z += column sums of kf_[r0..r1) (v_rows is
   // row r0's value; row r is key j0 + r); value sums for epsilon.
@@ -135,7 +135,7 @@ class FavorWorker {
   const float eps_;
   // Views into this thread's scratch.
   float *zk_, *zq_, *sk_, *sq_, *kf_, *qf_, *work_, *kf_t_, *scores_, *ones_;
-  float *row_max_, *row_eps_, *neg_c_, *chunk_max_, *prefix_max_, *running_values_;
+  float *row_eps_, *neg_c_, *chunk_max_, *prefix_max_, *running_values_;
 };
 
 }  // namespace favor_internal

@@ -154,9 +154,7 @@ class Worker {
       const std::size_t n = std::min(kRows, L - i0);
       key_exponents(k, i0, n, *st.max);
       for (std::size_t i = 0; i < n * F_; ++i) kf_[i] = materialize(e_[i]);
-      for (std::size_t r = 0; r < n; ++r) {
-        for (std::size_t f = 0; f < F_; ++f) kf_t_[f * n + r] = kf_[r * F_ + f];
-      }
+      transpose(kf_, n, F_, kf_t_);
       query_features(q, i0, n);
       masked_values(v, keep, i0, n);
       // A = Q' K'^T within the chunk, lower triangle.
@@ -526,10 +524,9 @@ class Worker {
     }
   }
 
-  static void transpose(const float* src, std::size_t rows, std::size_t cols, float* dst) {
-    for (std::size_t r = 0; r < rows; ++r) {
-      for (std::size_t col = 0; col < cols; ++col) dst[col * rows + r] = src[r * cols + col];
-    }
+  // dst = src^T for a row-major rows x cols src.
+  void transpose(const float* src, std::size_t rows, std::size_t cols, float* dst) const {
+    kernels_.transpose(rows, cols, src, cols, dst, rows);
   }
 
   std::vector<float> back_;

@@ -70,6 +70,7 @@ class SoftmaxHead {
       for (std::size_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
         const std::size_t m = std::min(kKeyBlock, key_end - j0);
         pack_keys(k, pad, j0, m);
+        prefetch_rows(k + (j0 + m) * d, std::min(kKeyBlock, key_end - j0 - m) * d);
         for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
           const std::size_t n = std::min(kQueryBlock, group_rows - b0);
           if (options_.causal &&
@@ -123,13 +124,21 @@ class SoftmaxHead {
     }
   }
 
+  // Asks for the next key block while this one's products run: past L2 (long
+  // sequences) its rows would otherwise arrive one by one during the transpose.
+  static void prefetch_rows(const float* x, std::size_t count) {
+#if defined(__GNUC__) || defined(__clang__)
+    for (std::size_t i = 0; i < count; i += 16) __builtin_prefetch(x + i);
+#else
+    (void)x;
+    (void)count;
+#endif
+  }
+
   // k_t_ = K[j0 .. j0+m)^T (d x m, rows kKeyStride apart), padded_ = padded columns.
   void pack_keys(const float* k, const std::uint8_t* pad, std::size_t j0, std::size_t m) {
     const std::size_t d = dims_.head_dim;
-    for (std::size_t j = 0; j < m; ++j) {
-      const float* row = k + (j0 + j) * d;
-      for (std::size_t t = 0; t < d; ++t) k_t_[t * kKeyStride + j] = row[t];
-    }
+    kernels_.transpose(m, d, k + j0 * d, d, k_t_, kKeyStride);
     padded_count_ = 0;
     if (pad != nullptr) {
       for (std::size_t j = 0; j < m; ++j) {

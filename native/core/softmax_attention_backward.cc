@@ -176,10 +176,7 @@ class BackwardWorker {
       std::fill(dk_block, dk_block + m * d, 0.0f);
       std::fill(dv_block, dv_block + m * Dv, 0.0f);
       if (!pack_keys(k, pad, j0, m)) continue;  // no query attends these keys
-      for (std::size_t j = 0; j < m; ++j) {
-        const float* row = v + (j0 + j) * Dv;
-        for (std::size_t t = 0; t < Dv; ++t) v_t_[t * m + j] = row[t];
-      }
+      kernels_.transpose(m, Dv, v + j0 * Dv, Dv, v_t_, m);
       for (std::size_t i0 = 0; i0 < Lq; i0 += kQueryBlock) {
         const std::size_t n = std::min(kQueryBlock, Lq - i0);
         if (tiling_.hidden(i0, n, j0)) continue;

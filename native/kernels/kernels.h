@@ -72,6 +72,12 @@ using DotF64Fn = double (*)(std::size_t n, const double* a, const double* b);
 // y[i] = y[i] - f * x[i] for i < n.
 using AxpyF64Fn = void (*)(std::size_t n, double f, const double* x, double* y);
 
+// dst(c, r) = src(r, c) for r < rows, c < cols: src(r, c) = src[r * lds + c],
+// dst(c, r) = dst[c * ldd + r]. Only those elements of dst are written; no alignment
+// is assumed. Packs a GEMM operand whose rows must be contiguous (K'^T, K^T, S^T).
+using TransposeFn = void (*)(std::size_t rows, std::size_t cols, const float* src, std::size_t lds,
+                             float* dst, std::size_t ldd);
+
 // The machine's multiply-add peak with this ISA: runs `iterations` rounds of
 // independent vector FMAs held in registers and returns the flops performed
 // (writes a value derived from them to *sink so nothing is optimized away).
@@ -95,6 +101,7 @@ struct KernelSet {
   FmaPeakFn fma_peak;
   LinearInt8Fn linear_int8;
   LinearBf16Fn linear_bf16;
+  TransposeFn transpose;
 };
 
 // The ISA files each define one of these; the AVX ones only on x86-64 builds

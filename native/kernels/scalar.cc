@@ -189,11 +189,18 @@ static double fma_peak_scalar(std::size_t iterations, float* sink) {
   return static_cast<double>(iterations) * 16 * 2;
 }
 
+void transpose_scalar(std::size_t rows, std::size_t cols, const float* src, std::size_t lds,
+                      float* dst, std::size_t ldd) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
+
 const KernelSet kScalarKernels = {
     "scalar",           gemm_scalar,
     gemm_scalar,  // row by row already: a row's bits never depend on M
-    exp_bias_scalar,    max_bias_scalar,   max_accumulate_scalar, gelu_bias_scalar,
-    dot_scalar,         dot_f64_scalar,    axpy_f64_scalar,       fma_peak_scalar,
-    linear_int8_scalar, linear_bf16_scalar};
+    exp_bias_scalar,    max_bias_scalar,    max_accumulate_scalar, gelu_bias_scalar,
+    dot_scalar,         dot_f64_scalar,     axpy_f64_scalar,       fma_peak_scalar,
+    linear_int8_scalar, linear_bf16_scalar, transpose_scalar};
 
 }  // namespace pa

@@ -654,12 +654,35 @@ void linear_bf16(std::size_t M, std::size_t N, std::size_t K, const float* x, st
   quant_linear<V>(M, N, K, x, ldx, w, ldw, static_cast<const float*>(nullptr), c, ldc);
 }
 
+// ---------------------------------------------------------------------------------
+// transpose
+// ---------------------------------------------------------------------------------
+
+// Whole blocks in registers; the right and bottom edges element by element.
+template <class V>
+void transpose(std::size_t rows, std::size_t cols, const float* src, std::size_t lds, float* dst,
+               std::size_t ldd) {
+  constexpr std::size_t kB = V::kTransposeBlock;
+  const std::size_t rows_b = rows - rows % kB, cols_b = cols - cols % kB;
+  for (std::size_t r = 0; r < rows_b; r += kB) {
+    for (std::size_t c = 0; c < cols_b; c += kB) {
+      V::transpose_block(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+    }
+    for (std::size_t c = cols_b; c < cols; ++c) {
+      for (std::size_t i = r; i < r + kB; ++i) dst[c * ldd + i] = src[i * lds + c];
+    }
+  }
+  for (std::size_t r = rows_b; r < rows; ++r) {
+    for (std::size_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
+
 // The kernel set of target V; the double-precision helpers are the caller's.
 template <class V>
 constexpr KernelSet kernel_set(const char* name, DotF64Fn dot_f64, AxpyF64Fn axpy_f64) {
-  return {name,          gemm<V>, gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
-          gelu_bias<V>,  dot<V>,  dot_f64,       axpy_f64,    fma_peak<V>, linear_int8<V>,
-          linear_bf16<V>};
+  return {name,           gemm<V>,     gemm<V, true>, exp_bias<V>, max_bias<V>, max_accumulate<V>,
+          gelu_bias<V>,   dot<V>,      dot_f64,       axpy_f64,    fma_peak<V>, linear_int8<V>,
+          linear_bf16<V>, transpose<V>};
 }
 
 }  // namespace simd

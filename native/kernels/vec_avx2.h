@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "transpose_avx.h"
+
 namespace pa {
 namespace {
 
@@ -34,6 +36,12 @@ struct Avx2 {
   // accumulator would chain every k step through a store and a load).
   static constexpr int kQuantAccumulators = 8;
   static constexpr int kRegisters = 16;
+
+  // transpose: blocks of 8 x 8, in ymm registers.
+  static constexpr std::size_t kTransposeBlock = 8;
+  static void transpose_block(const float* src, std::size_t lds, float* dst, std::size_t ldd) {
+    transpose8x8_ymm(src, lds, dst, ldd);
+  }
 
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float x) { return _mm256_set1_ps(x); }

@@ -19,6 +19,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "transpose_avx.h"
+
 namespace pa {
 namespace {
 
@@ -47,6 +49,12 @@ struct Avx512 {
   // accumulator would chain every k step through a store and a load).
   static constexpr int kQuantAccumulators = 16;
   static constexpr int kRegisters = 32;
+
+  // transpose: blocks of 8 x 8, in ymm registers.
+  static constexpr std::size_t kTransposeBlock = 8;
+  static void transpose_block(const float* src, std::size_t lds, float* dst, std::size_t ldd) {
+    transpose8x8_ymm(src, lds, dst, ldd);
+  }
 
   static F zero() { return _mm512_setzero_ps(); }
   static F set1(float x) { return _mm512_set1_ps(x); }

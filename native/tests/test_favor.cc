@@ -76,11 +76,19 @@ void check_case(const Case& t, const pa::KernelSet& kernels, pa::ThreadPool& poo
 TEST("favor/bidirectional and causal equal the double reference on every kernel set") {
   pa::ThreadPool pool(2);
   const Case cases[] = {
-      {33, 33, 16, 16, 40, 1.0, false, false, 64},   {70, 50, 8, 5, 24, 1.0, false, true, 64},
-      {65, 65, 16, 16, 32, 1.0, true, false, 64},    {65, 65, 16, 16, 32, 1.0, true, false, 1},
-      {65, 65, 16, 16, 32, 1.0, true, false, 7},     {40, 65, 16, 9, 32, 1.0, true, true, 16},
-      {65, 40, 16, 9, 32, 1.0, true, false, 16},     {1, 1, 1, 1, 1, 1.0, true, false, 64},
-      {130, 130, 32, 32, 64, 8.0, false, false, 64}, {130, 130, 32, 32, 64, 8.0, true, false, 64},
+      {33, 33, 16, 16, 40, 1.0, false, false, 64},
+      {70, 50, 8, 5, 24, 1.0, false, true, 64},
+      {65, 65, 16, 16, 32, 1.0, true, false, 64},
+      {65, 65, 16, 16, 32, 1.0, true, false, 1},
+      {65, 65, 16, 16, 32, 1.0, true, false, 7},
+      {40, 65, 16, 9, 32, 1.0, true, true, 16},
+      {65, 40, 16, 9, 32, 1.0, true, false, 16},
+      {1, 1, 1, 1, 1, 1.0, true, false, 64},
+      {130, 130, 32, 32, 64, 8.0, false, false, 64},
+      {130, 130, 32, 32, 64, 8.0, true, false, 64},
+      // Chunks of 19 rows (bands of 9 and 10, odd) and 15 (one band), padded keys.
+      {60, 60, 16, 16, 32, 1.0, true, true, 19},
+      {60, 60, 16, 16, 32, 1.0, true, true, 15},
   };
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (const Case& t : cases) check_case(t, *kernels, pool);
