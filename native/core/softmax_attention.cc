@@ -47,42 +47,42 @@ class SoftmaxHead {
     layout(at);
   }
 
-  void run(const float* q, const float* k, const float* v, float* out, const std::uint8_t* pad) {
+  // Query rows of group `group` (kGroupRows from group * kGroupRows) of one head.
+  void run(const float* q, const float* k, const float* v, float* out, const std::uint8_t* pad,
+           std::size_t group) {
     const std::size_t Lq = dims_.q_len, Lk = dims_.k_len, d = dims_.head_dim;
     const long long offset = static_cast<long long>(Lk) - static_cast<long long>(Lq);
-    for (std::size_t g0 = 0; g0 < Lq; g0 += kGroupRows) {
-      check_cancel(options_.cancel);
-      const std::size_t group_rows = std::min(kGroupRows, Lq - g0);
-      // Keys this group can see: all, or up to its last row's causal limit.
-      std::size_t key_end = Lk;
-      if (options_.causal) {
-        const long long limit = static_cast<long long>(g0 + group_rows - 1) + offset + 1;
-        key_end =
-            static_cast<std::size_t>(std::clamp<long long>(limit, 0, static_cast<long long>(Lk)));
-      }
-      // The scale is folded into the queries once, so scores come out of the GEMM final.
-      for (std::size_t t = 0; t < group_rows * d; ++t)
-        q_scaled_[t] = q[g0 * d + t] * options_.scale;
-      std::fill(row_max_, row_max_ + group_rows, kNegInf);
-      std::fill(row_sum_, row_sum_ + group_rows, 0.0f);
-      std::fill(acc_, acc_ + group_rows * Dv_, 0.0f);
-      // Each key block is packed once for the whole group of query blocks.
-      for (std::size_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
-        const std::size_t m = std::min(kKeyBlock, key_end - j0);
-        pack_keys(k, pad, j0, m);
-        prefetch_rows(k + (j0 + m) * d, std::min(kKeyBlock, key_end - j0 - m) * d);
-        for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
-          const std::size_t n = std::min(kQueryBlock, group_rows - b0);
-          if (options_.causal &&
-              static_cast<long long>(j0) > static_cast<long long>(g0 + b0 + n - 1) + offset) {
-            continue;  // the whole block is above the diagonal
-          }
-          block(g0 + b0, b0, n, j0, m, offset, v);
-        }
-      }
-      for (std::size_t r = 0; r < group_rows; ++r)
-        finish_row(acc_ + r * Dv_, row_sum_[r], out + (g0 + r) * Dv_);
+    const std::size_t g0 = group * kGroupRows;
+    check_cancel(options_.cancel);
+    const std::size_t group_rows = std::min(kGroupRows, Lq - g0);
+    // Keys this group can see: all, or up to its last row's causal limit.
+    std::size_t key_end = Lk;
+    if (options_.causal) {
+      const long long limit = static_cast<long long>(g0 + group_rows - 1) + offset + 1;
+      key_end =
+          static_cast<std::size_t>(std::clamp<long long>(limit, 0, static_cast<long long>(Lk)));
     }
+    // The scale is folded into the queries once, so scores come out of the GEMM final.
+    for (std::size_t t = 0; t < group_rows * d; ++t) q_scaled_[t] = q[g0 * d + t] * options_.scale;
+    std::fill(row_max_, row_max_ + group_rows, kNegInf);
+    std::fill(row_sum_, row_sum_ + group_rows, 0.0f);
+    std::fill(acc_, acc_ + group_rows * Dv_, 0.0f);
+    // Each key block is packed once for the whole group of query blocks.
+    for (std::size_t j0 = 0; j0 < key_end; j0 += kKeyBlock) {
+      const std::size_t m = std::min(kKeyBlock, key_end - j0);
+      pack_keys(k, pad, j0, m);
+      prefetch_rows(k + (j0 + m) * d, std::min(kKeyBlock, key_end - j0 - m) * d);
+      for (std::size_t b0 = 0; b0 < group_rows; b0 += kQueryBlock) {
+        const std::size_t n = std::min(kQueryBlock, group_rows - b0);
+        if (options_.causal &&
+            static_cast<long long>(j0) > static_cast<long long>(g0 + b0 + n - 1) + offset) {
+          continue;  // the whole block is above the diagonal
+        }
+        block(g0 + b0, b0, n, j0, m, offset, v);
+      }
+    }
+    for (std::size_t r = 0; r < group_rows; ++r)
+      finish_row(acc_ + r * Dv_, row_sum_[r], out + (g0 + r) * Dv_);
   }
 
  private:
@@ -171,7 +171,10 @@ void softmax_attention(const AttentionDims& dims, const float* q, const float* k
     throw InputError("query/key: magnitudes so large that attention scores overflow float32");
   }
   check_value_magnitude(dims, stats);
-  run_heads<SoftmaxHead>(pool, dims, q, k, v, out, options.key_padding,
+  // Each head's query groups are independent pieces of pool work (the same bits
+  // whichever thread takes them).
+  const std::size_t groups = (dims.q_len + kGroupRows - 1) / kGroupRows;
+  run_heads<SoftmaxHead>(pool, dims, groups, q, k, v, out, options.key_padding,
                          [&] { return std::make_unique<SoftmaxHead>(dims, options, kernels); });
 }
 

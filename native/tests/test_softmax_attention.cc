@@ -16,9 +16,15 @@ TEST("softmax/blockwise online softmax equals the double reference on every kern
     double sigma;
   };
   const Case cases[] = {
-      {1, 1, 1, 1, false, false, 1.0},      {63, 129, 17, 9, false, true, 1.0},
-      {129, 129, 16, 16, true, false, 1.0}, {65, 200, 8, 8, true, true, 1.0},
-      {200, 65, 8, 8, true, false, 1.0},    {130, 130, 64, 64, false, false, 8.0}};
+      {1, 1, 1, 1, false, false, 1.0},
+      {63, 129, 17, 9, false, true, 1.0},
+      {129, 129, 16, 16, true, false, 1.0},
+      {65, 200, 8, 8, true, true, 1.0},
+      {200, 65, 8, 8, true, false, 1.0},
+      {130, 130, 64, 64, false, false, 8.0},
+      // Three query groups of 192 rows (the pieces of pool work), the last one partial.
+      {500, 450, 16, 8, true, true, 1.0},
+      {450, 500, 16, 8, false, true, 1.0}};
   for (const pa::KernelSet* kernels : pa::available_kernel_sets()) {
     for (const Case& t : cases) {
       const std::size_t B = 2, H = 2;
