@@ -304,9 +304,7 @@ void linear_backward(std::size_t rows, std::size_t in, std::size_t out, const fl
         const std::size_t o1 = std::min(out, o0 + kTile);
         for (std::size_t i0 = 0; i0 < in; i0 += kTile) {
           const std::size_t i1 = std::min(in, i0 + kTile);
-          for (std::size_t o = o0; o < o1; ++o) {
-            for (std::size_t i = i0; i < i1; ++i) wt[i * out + o] = weight[o * in + i];
-          }
+          kernels.transpose(o1 - o0, i1 - i0, weight + o0 * in + i0, in, wt + i0 * out + o0, out);
         }
       }
       linear_pack(out, in, wt, packed.data());

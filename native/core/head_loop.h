@@ -1,5 +1,6 @@
-// The outer loop every attention driver shares: (batch, head) pairs spread over
-// the thread pool, each pool slot with its own scratch object made once per call.
+// The outer loop of exact attention: (batch, head) pairs, each cut into independent
+// parts, spread over the thread pool, each pool slot with its own scratch object made
+// once per call.
 #pragma once
 
 #include <cstdint>
